@@ -1,0 +1,1 @@
+//! Test harness (see tests/src/lib.rs)
