@@ -9,12 +9,20 @@ use crate::types::ReasonCode;
 pub enum DecodeError {
     /// The bytes do not form a valid packet.
     #[error("malformed packet: {what} {clause}")]
-    Malformed { what: &'static str, clause: &'static str },
+    Malformed {
+        what: &'static str,
+        clause: &'static str,
+    },
     /// The packet is well formed but breaks a protocol rule checked at the wire.
     #[error("protocol error: {what} {clause}")]
-    Protocol { what: &'static str, clause: &'static str },
+    Protocol {
+        what: &'static str,
+        clause: &'static str,
+    },
     /// The declared packet size exceeds the maximum packet size; nothing was buffered.
-    #[error("packet of {size} bytes exceeds the maximum packet size of {max} bytes [MQTT-3.2.2-15]")]
+    #[error(
+        "packet of {size} bytes exceeds the maximum packet size of {max} bytes [MQTT-3.2.2-15]"
+    )]
     PacketTooLarge { size: usize, max: usize },
     /// CONNECT with a protocol name/level this server does not speak [MQTT-3.1.2-2].
     #[error("unsupported protocol name or level (level {level}) [MQTT-3.1.2-2]")]
@@ -36,7 +44,9 @@ impl DecodeError {
 /// Why a packet could not be encoded. Nothing was written to the buffer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
-    #[error("{field} is {len} bytes; MQTT strings and binary data hold at most 65,535 [MQTT-1.5.4]")]
+    #[error(
+        "{field} is {len} bytes; MQTT strings and binary data hold at most 65,535 [MQTT-1.5.4]"
+    )]
     FieldTooLong { field: &'static str, len: usize },
     #[error("packet needs a remaining length of {0} bytes, above 268,435,455 [MQTT-2.2.3]")]
     PacketTooLarge(usize),

@@ -13,11 +13,15 @@
 mod decode;
 mod encode;
 mod error;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 mod packet;
+mod properties;
+mod read;
 mod types;
 
 pub use decode::Decoder;
-pub use encode::{encode, encoded_len};
+pub use encode::{connack_return_code, encode, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use types::{topic_matches, ReasonCode, Str, StrError, TopicFilter, TopicName};

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::types::{ReasonCode, Str, TopicFilter, TopicName};
+use crate::types::{ReasonCode, Str, StrError, TopicFilter, TopicName};
 
 /// The protocol level a connection speaks, chosen by its CONNECT packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,7 +152,8 @@ pub struct ConnectProperties {
 }
 
 /// CONNACK (3.2). `reason` is always a 5.0 reason code; the encoder maps it to the 3.1.1 return
-/// code (0x80 -> 2 for an invalid client id, 0x86 -> 4, 0x87 -> 5, 0x84 -> 1, server errors -> 3).
+/// code with [`crate::connack_return_code`] (0x84 -> 1, 0x85 -> 2, 0x86 -> 4, 0x87 -> 5, other
+/// failures -> 3), and the decoder maps 3.1.1 return codes 1..=5 to 0x84, 0x85, 0x88, 0x86, 0x87.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
     pub session_present: bool,
@@ -229,7 +230,11 @@ pub struct PubAck {
 impl PubAck {
     /// A successful ack for `pkid` with no properties.
     pub fn new(pkid: u16) -> PubAck {
-        PubAck { pkid, reason: ReasonCode::SUCCESS, properties: AckProperties::default() }
+        PubAck {
+            pkid,
+            reason: ReasonCode::SUCCESS,
+            properties: AckProperties::default(),
+        }
     }
 }
 
@@ -244,8 +249,12 @@ pub struct AckProperties {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub pkid: u16,
-    /// Never empty [MQTT-3.8.3-3].
+    /// The well-formed filters, in order. Never empty together with `rejected` [MQTT-3.8.3-3].
     pub filters: Vec<Subscription>,
+    /// Filters that are valid UTF-8 but not valid topic filters (`a/#/b`): not a decode error,
+    /// the broker answers each with SUBACK 0x8F (0x80 in 3.1.1) at its position. Each entry is
+    /// (position in the SUBSCRIBE, the string, why).
+    pub rejected: Vec<(usize, Str, StrError)>,
     pub properties: SubscribeProperties,
 }
 
@@ -298,8 +307,10 @@ pub struct SubAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub pkid: u16,
-    /// Never empty [MQTT-3.10.3-2].
+    /// The well-formed filters, in order. Never empty together with `rejected` [MQTT-3.10.3-2].
     pub filters: Vec<TopicFilter>,
+    /// Filters that are not valid topic filters: (position, string); answered with 0x8F.
+    pub rejected: Vec<(usize, Str)>,
     pub user_properties: Vec<UserProperty>,
 }
 
@@ -321,7 +332,10 @@ pub struct Disconnect {
 impl Disconnect {
     /// A DISCONNECT with `reason` and no properties.
     pub fn new(reason: ReasonCode) -> Disconnect {
-        Disconnect { reason, properties: DisconnectProperties::default() }
+        Disconnect {
+            reason,
+            properties: DisconnectProperties::default(),
+        }
     }
 }
 

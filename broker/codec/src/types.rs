@@ -22,7 +22,9 @@ pub enum StrError {
     WildcardInTopicName,
     #[error("topic filter is empty [MQTT-4.7.3-1]")]
     EmptyFilter,
-    #[error("'#' is not the last character of the filter or not alone in its level [MQTT-4.7.1-1]")]
+    #[error(
+        "'#' is not the last character of the filter or not alone in its level [MQTT-4.7.1-1]"
+    )]
     InvalidMultiLevelWildcard,
     #[error("'+' does not occupy an entire level of the filter [MQTT-4.7.1-2]")]
     InvalidSingleLevelWildcard,
@@ -45,6 +47,12 @@ impl Str {
             return Err(StrError::ContainsNul);
         }
         Ok(Str(bytes))
+    }
+
+    /// A string from bytes the decoder has already checked (valid UTF-8, no U+0000, short
+    /// enough), so a decoded string is validated once, not twice.
+    pub(crate) fn from_checked(bytes: Bytes) -> Str {
+        Str(bytes)
     }
 
     /// A string from a static literal (checked the same way; panics only on a bad literal).
@@ -178,9 +186,7 @@ impl TopicFilter {
             // and a filter follows [MQTT-4.8.2-1], [MQTT-4.8.2-2].
             match rest.split_once('/') {
                 Some((name, filter))
-                    if !name.is_empty()
-                        && !name.contains(['+', '#'])
-                        && !filter.is_empty() => {}
+                    if !name.is_empty() && !name.contains(['+', '#']) && !filter.is_empty() => {}
                 _ => return Err(StrError::InvalidSharedSubscription),
             }
         }
@@ -199,7 +205,9 @@ impl TopicFilter {
 
     /// For `$share/{group}/{filter}`: the group name and the filter that is matched.
     pub fn shared(&self) -> Option<(&str, &str)> {
-        self.as_str().strip_prefix("$share/").and_then(|rest| rest.split_once('/'))
+        self.as_str()
+            .strip_prefix("$share/")
+            .and_then(|rest| rest.split_once('/'))
     }
 
     /// The filter that is matched against topic names (the part after `$share/{group}/`).
