@@ -1,6 +1,8 @@
 //! Byte builders and assertions shared by the codec's integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod strategies;
+
 use bytes::BytesMut;
 use sluice_codec::{DecodeError, Decoder, Packet, Protocol};
 
