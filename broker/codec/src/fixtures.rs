@@ -4,7 +4,8 @@
 //! broker's and the black-box tests), so the codec and the server are checked against the same
 //! bytes. Every fixture is canonical: `encode(packet) == bytes` as well as `decode(bytes) == packet`.
 //!
-//! [`check_decode`] is the invariant the fuzz target and the committed corpus replay both run.
+//! [`check_decode`] and [`check_round_trip`] are the invariants the fuzz targets and the
+//! committed corpus replay (`tests/fuzz_corpus.rs`) both run.
 
 use bytes::{Bytes, BytesMut};
 
@@ -573,4 +574,40 @@ pub fn check_reencode(packet: &Packet, level: Protocol) {
         out.is_empty(),
         "bytes left after decoding a re-encoded packet"
     );
+}
+
+/// The round-trip invariant, on whatever `data` decodes to at each level: encoding is a fixed
+/// point (`encode(decode(encode(p))) == encode(p)`) and the encoding, split at any point chosen
+/// from `data`, decodes to `Ok(None)` and then to the packet. Panics when it does not hold.
+pub fn check_round_trip(data: &[u8]) {
+    let split = data.first().map_or(0, |&b| usize::from(b));
+    for level in [Protocol::V31, Protocol::V311, Protocol::V5] {
+        let mut decoder = Decoder::with_protocol(level, usize::MAX);
+        let mut buf = BytesMut::from(data);
+        while let Ok(Some(packet)) = decoder.decode(&mut buf) {
+            let level = match &packet {
+                Packet::Connect(c) => c.protocol,
+                _ => level,
+            };
+            let mut first = BytesMut::new();
+            if encode(&packet, level, &mut first).is_err() {
+                panic!("decoded {packet:?} does not re-encode at {level:?}");
+            }
+            let mut again = Decoder::with_protocol(level, usize::MAX);
+            let cut = split % first.len();
+            let mut partial = BytesMut::from(&first[..cut]);
+            assert_eq!(
+                again.decode(&mut partial),
+                Ok(None),
+                "prefix of {cut} bytes"
+            );
+            assert_eq!(partial.len(), cut, "Ok(None) consumed bytes");
+            partial.extend_from_slice(&first[cut..]);
+            let decoded = again.decode(&mut partial);
+            assert_eq!(decoded, Ok(Some(packet.clone())), "split at {cut}");
+            let mut second = BytesMut::new();
+            assert!(encode(&packet, level, &mut second).is_ok());
+            assert_eq!(first, second, "encoding is not a fixed point");
+        }
+    }
 }
