@@ -150,11 +150,11 @@ const BEFORE_CONNECT: DecodeError = protocol("first packet is not CONNECT", "[MQ
 fn check_type_and_flags(byte: u8, level: Option<Protocol>) -> Result<(), DecodeError> {
     let (packet_type, flags) = (byte >> 4, byte & 0x0F);
     match packet_type {
-        0 => return Err(malformed("reserved packet type 0", "[MQTT-2.1.2]")),
+        0 => return Err(malformed("reserved packet type 0", "(2.1.2)")),
         15 if level.is_some_and(|p| !p.is_v5()) => {
             return Err(malformed(
                 "packet type 15 (AUTH) before MQTT 5.0",
-                "[MQTT-2.1.2]",
+                "(2.1.2)",
             ))
         }
         _ => {}
@@ -167,7 +167,7 @@ fn check_type_and_flags(byte: u8, level: Option<Protocol>) -> Result<(), DecodeE
         6 => (0b0010, "[MQTT-3.6.1-1]"),
         8 => (0b0010, "[MQTT-3.8.1-1]"),
         10 => (0b0010, "[MQTT-3.10.1-1]"),
-        _ => (0b0000, "[MQTT-2.1.3-1]"),
+        _ => (0b0000, "[MQTT-2.1.3-1] (3.1.1: [MQTT-2.2.2-1])"),
     };
     if flags != expected {
         return Err(malformed("invalid fixed header flags", clause));
@@ -198,16 +198,19 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
     if !will_flag && will_qos != 0 {
         return Err(malformed(
             "will QoS set without the will flag",
-            "[MQTT-3.1.2-11]",
+            "[MQTT-3.1.2-11] (3.1.1: [MQTT-3.1.2-13])",
         ));
     }
     if !will_flag && will_retain {
         return Err(malformed(
             "will retain set without the will flag",
-            "[MQTT-3.1.2-13]",
+            "[MQTT-3.1.2-13] (3.1.1: [MQTT-3.1.2-15])",
         ));
     }
-    let will_qos = QoS::from_u8(will_qos).ok_or(malformed("will QoS 3", "[MQTT-3.1.2-12]"))?;
+    let will_qos = QoS::from_u8(will_qos).ok_or(malformed(
+        "will QoS 3",
+        "[MQTT-3.1.2-12] (3.1.1: [MQTT-3.1.2-14])",
+    ))?;
     if password_flag && !username_flag && !protocol.is_v5() {
         return Err(malformed(
             "password flag without user name flag",
@@ -436,7 +439,7 @@ fn decode_suback(r: &mut Reader<'_>, p: Protocol) -> Result<SubAck, DecodeError>
     };
     let codes = r.rest();
     if codes.is_empty() {
-        return Err(protocol("SUBACK without a return code", "[MQTT-3.9.3-1]"));
+        return Err(protocol("SUBACK without a return code", "(3.9.3)"));
     }
     if !p.is_v5() && codes.iter().any(|&c| !matches!(c, 0 | 1 | 2 | 0x80)) {
         return Err(malformed("reserved SUBACK return code", "[MQTT-3.9.3-2]"));

@@ -271,7 +271,7 @@ fn body<S: Sink>(packet: &Packet, protocol: Protocol, s: &mut S) -> Result<(), E
             pkid(s, a.pkid)?;
             if a.reasons.is_empty() {
                 return Err(EncodeError::InvalidValue(
-                    "SUBACK without a return code [MQTT-3.9.3-1]",
+                    "SUBACK without a return code (3.9.3)",
                 ));
             }
             if v5 {

@@ -1,6 +1,10 @@
 //! Decode and encode errors. Each decode error carries the 5.0 reason code the server sends
 //! before closing (0x81 Malformed Packet, 0x82 Protocol Error, 0x95 Packet Too Large, ...)
 //! and, where one exists, the clause of the standard it enforces.
+//!
+//! Clauses are the 5.0 normative statement ids (`[MQTT-3.3.1-4]`), with the 3.1.1 id added where
+//! it differs; a rule the standard states without an id is cited by its 5.0 section, in
+//! parentheses (`(2.1.4)` for the remaining length, `(2.2.2.2)` for the property table).
 
 use crate::types::ReasonCode;
 
@@ -48,7 +52,7 @@ pub enum EncodeError {
         "{field} is {len} bytes; MQTT strings and binary data hold at most 65,535 [MQTT-1.5.4]"
     )]
     FieldTooLong { field: &'static str, len: usize },
-    #[error("packet needs a remaining length of {0} bytes, above 268,435,455 [MQTT-2.2.3]")]
+    #[error("packet needs a remaining length of {0} bytes, above 268,435,455 (2.1.4)")]
     PacketTooLarge(usize),
     #[error("{0} cannot be sent at this protocol level")]
     NotInProtocol(&'static str),

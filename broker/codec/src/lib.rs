@@ -7,7 +7,14 @@
 //!   buffered.
 //! * Every field is copied out of the read buffer once, right-sized, into `Bytes`-backed
 //!   validated types, so stored messages never pin a read buffer.
-//! * [`encode`] never leaves partial bytes in the output buffer on error.
+//! * [`encode`] never leaves partial bytes in the output buffer on error. It measures the packet
+//!   first (validating every field), reserves once and writes once; [`encoded_len`] runs the same
+//!   measuring pass, so the two always agree.
+//! * A SUBSCRIBE / UNSUBSCRIBE filter that is well-formed UTF-8 but not a valid topic filter is not
+//!   a decode error: it is kept in `Subscribe::rejected` / `Unsubscribe::rejected` at its position
+//!   so the broker can answer 0x8F (0x80 in 3.1.1) for it.
+//! * `fixtures` (feature `fixtures`, always on for this crate's tests) holds well-known packet
+//!   bytes shared with the broker's tests, and the invariants the fuzz targets check.
 //! * Errors name the clause of the standard they enforce, e.g. `[MQTT-3.3.1-4]`.
 
 mod decode;

@@ -35,7 +35,7 @@ pub(crate) fn str_error(e: StrError) -> DecodeError {
     malformed(what, clause)
 }
 
-const PAST_END: DecodeError = malformed("field runs past the end of the packet", "[MQTT-2.2.3]");
+const PAST_END: DecodeError = malformed("field runs past the end of the packet", "(2.1.4)");
 
 /// Reads a Variable Byte Integer (1.5.5) from the start of `buf`.
 ///
@@ -54,7 +54,7 @@ pub(crate) fn read_varint(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeErro
     }
     Err(malformed(
         "variable byte integer longer than 4 bytes",
-        "[MQTT-1.5.5]",
+        "(1.5.5)",
     ))
 }
 
@@ -167,7 +167,7 @@ impl<'a> Reader<'a> {
         what: &'static str,
     ) -> Result<Reader<'a>, DecodeError> {
         if len > self.buf.len() {
-            return Err(malformed(what, "[MQTT-2.2.2]"));
+            return Err(malformed(what, "(2.2.2.1)"));
         }
         Ok(Reader::new(self.take(len)?))
     }
@@ -179,7 +179,7 @@ impl<'a> Reader<'a> {
         } else {
             Err(malformed(
                 "unexpected bytes after the end of the packet",
-                "[MQTT-2.2.3]",
+                "(2.1.4)",
             ))
         }
     }

@@ -69,11 +69,7 @@ fn subscription_identifier_and_topic_alias_zero_are_protocol_errors() {
     };
     assert_eq!(sub.properties.subscription_identifier, Some(268_435_455));
     // A five-byte Variable Byte Integer is malformed (1.5.5).
-    malformed_at(
-        V5,
-        &subscribe_with(b"\x0b\xff\xff\xff\xff\x01"),
-        "[MQTT-1.5.5]",
-    );
+    malformed_at(V5, &subscribe_with(b"\x0b\xff\xff\xff\xff\x01"), "(1.5.5)");
 }
 
 /// Row: property length longer or shorter than the properties present -> malformed; the
@@ -82,7 +78,7 @@ fn subscription_identifier_and_topic_alias_zero_are_protocol_errors() {
 fn property_length_mismatch_is_malformed_and_never_reads_the_payload() {
     // Longer than the rest of the packet.
     let bytes = frame(0x32, &cat(&[&field(b"a"), b"\x00\x01", b"\x7f\x01\x01"]));
-    malformed_at(V5, &bytes, "[MQTT-2.2.2]");
+    malformed_at(V5, &bytes, "(2.2.2.1)");
     // Shorter: it ends inside the Message Expiry Interval, whose remaining bytes sit in the
     // payload ("\x00\x05payload") and must not be read.
     let bytes = frame(
@@ -94,17 +90,17 @@ fn property_length_mismatch_is_malformed_and_never_reads_the_payload() {
             b"\x00\x05payload",
         ]),
     );
-    malformed_at(V5, &bytes, "[MQTT-2.2.3]");
+    malformed_at(V5, &bytes, "(2.1.4)");
     // Shorter: it ends between a property identifier and its value.
     let bytes = frame(0x30, &cat(&[&field(b"a"), b"\x01\x01", b"\x01rest"]));
-    malformed_at(V5, &bytes, "[MQTT-2.2.3]");
+    malformed_at(V5, &bytes, "(2.1.4)");
     // A user property whose value runs past the block.
-    malformed_at(V5, &publish_with(b"\x26\x00\x01k\x00\x09v"), "[MQTT-2.2.3]");
+    malformed_at(V5, &publish_with(b"\x26\x00\x01k\x00\x09v"), "(2.1.4)");
     // In acks, SUBACK, DISCONNECT and AUTH the same holds.
-    malformed_at(V5, b"\x40\x05\x00\x01\x80\x05\x1f", "[MQTT-2.2.2]");
-    malformed_at(V5, b"\x90\x05\x00\x01\x02\x1f\x00", "[MQTT-2.2.3]");
-    malformed_at(V5, b"\xe0\x03\x80\x02\x11", "[MQTT-2.2.2]");
-    malformed_at(V5, b"\xf0\x04\x18\x02\x15\x00", "[MQTT-2.2.3]");
+    malformed_at(V5, b"\x40\x05\x00\x01\x80\x05\x1f", "(2.2.2.1)");
+    malformed_at(V5, b"\x90\x05\x00\x01\x02\x1f\x00", "(2.1.4)");
+    malformed_at(V5, b"\xe0\x03\x80\x02\x11", "(2.2.2.1)");
+    malformed_at(V5, b"\xf0\x04\x18\x02\x15\x00", "(2.1.4)");
 }
 
 /// Row: a property not allowed in the packet -> malformed (2.2.2.2), e.g. 0x11 in PUBLISH.
