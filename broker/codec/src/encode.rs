@@ -391,7 +391,12 @@ fn publish<S: Sink>(p: &Publish, v5: bool, s: &mut S) -> Result<(), EncodeError>
         pkid(s, p.pkid)?;
     }
     if v5 {
-        s.props(|s| props::emit_publish(s, &p.properties, None))?;
+        if p.properties.is_empty() {
+            // The hot path: most messages carry no properties, only their zero length.
+            s.u8(0);
+        } else {
+            s.props(|s| props::emit_publish(s, &p.properties, None))?;
+        }
     }
     s.raw(&p.payload);
     Ok(())
@@ -418,7 +423,9 @@ fn filters<'a, S: Sink, T: 'a>(
                 "rejected filter positions out of order or range",
             ));
         } else if index == 0 {
-            return Err(EncodeError::InvalidValue("no topic filter [MQTT-3.8.3-3]"));
+            return Err(EncodeError::InvalidValue(
+                "no topic filter [MQTT-3.8.3-3] [MQTT-3.10.3-2]",
+            ));
         } else {
             return Ok(());
         }
