@@ -1,0 +1,346 @@
+//! Configuration: one TOML file, then `SLUICE__SECTION__KEY` environment variables on top.
+//!
+//! The file's shape is [`Config`] (serde, unknown keys refused). [`Config::load`] layers the
+//! sources with the `config` crate, deserializes, then [`Config::validate`] checks every value
+//! against its range. A bad value is reported as [`ConfigError`] with the key, the value and
+//! the reason, and the binary exits 2 before it binds anything.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `SLUICE__MQTT__MAX_KEEPALIVE=30` sets `mqtt.max_keepalive`.
+pub const ENV_PREFIX: &str = "SLUICE";
+/// Separator between prefix, section and key in environment overrides.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where clients connect. Default: one plain TCP listener on `0.0.0.0:1883`.
+    pub listeners: Vec<ListenerConfig>,
+    /// MQTT capabilities and per-session bounds.
+    pub mqtt: MqttConfig,
+    /// Who may connect and what they may do.
+    pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listeners: vec![ListenerConfig {
+                bind: "0.0.0.0:1883".into(),
+            }],
+            mqtt: MqttConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `HOST:PORT` to listen on; port 0 picks a free port (logged at start-up).
+    pub bind: String,
+}
+
+/// The `[mqtt]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Largest Keep Alive (seconds) a client may use. A 5.0 client asking for more (or for 0)
+    /// is told the lower value as Server Keep Alive [MQTT-3.2.2-21]; 3.1.1 has no way to say
+    /// so, and its clients keep their own value.
+    pub max_keepalive: u16,
+    /// Largest packet, fixed header included, the broker accepts; larger is refused from the
+    /// fixed header alone (5.0: DISCONNECT 0x95). Advertised to 5.0 clients.
+    pub max_packet_size: u32,
+    /// How many QoS 1/2 PUBLISHes a 5.0 client may have unacknowledged towards the broker
+    /// (Receive Maximum, advertised in CONNACK); more is DISCONNECT 0x93 [MQTT-3.3.4-9].
+    pub receive_maximum: u16,
+    /// Most QoS 1/2 messages in flight to one client at once, lowered further by the client's
+    /// own Receive Maximum. Each inflight entry costs ~80 bytes plus a shared message.
+    pub max_inflight: u16,
+    /// Most messages queued for one session (offline, or waiting for the inflight window).
+    pub max_queued_messages: usize,
+    /// Most payload+topic bytes queued for one session. Queued messages are shared between
+    /// sessions (one copy each), so this bounds what one session can pin.
+    pub max_queued_bytes: usize,
+    /// Most Topic Aliases a 5.0 client may set towards the broker (0: none).
+    pub topic_alias_maximum: u16,
+    /// Most Topic Aliases the broker uses towards one 5.0 client (further capped by the
+    /// client's Topic Alias Maximum; 0 turns outbound aliases off). Least recently used topics
+    /// give up their alias; each alias costs ~40 bytes per connection.
+    pub max_outbound_topic_aliases: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> MqttConfig {
+        MqttConfig {
+            max_keepalive: 65_535,
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 256,
+            max_inflight: 256,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            topic_alias_maximum: 64,
+            max_outbound_topic_aliases: 32,
+        }
+    }
+}
+
+/// The `[auth]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether clients without a username may connect.
+    pub allow_anonymous: bool,
+    /// Mosquitto-format ACL file, checked on PUBLISH, SUBSCRIBE and delivery. None: no ACL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            allow_anonymous: true,
+            acl_file: None,
+        }
+    }
+}
+
+/// A configuration that cannot be used: which key, which value, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key (`mqtt.max_packet_size`), or the file for errors about the file itself.
+    pub key: String,
+    /// The offending value as written, when there is one.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.key, self.reason)
+        } else {
+            write!(f, "{} = {}: {}", self.key, self.value, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, value: impl fmt::Display, reason: &str) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Loads `file` (if any), applies `SLUICE__SECTION__KEY` overrides from the process
+    /// environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(file, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "--config",
+                    path.display(),
+                    "no such file (or not a regular file)",
+                ));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let layered = builder.build().map_err(from_config_error)?;
+        let config: Config = layered.try_deserialize().map_err(from_config_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(invalid(
+                "listeners",
+                "[]",
+                "at least one listener is needed",
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.bind.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    &format!("listeners[{i}].bind"),
+                    &l.bind,
+                    "expected IP:PORT, e.g. 0.0.0.0:1883 or [::]:1883",
+                ));
+            }
+        }
+        let m = &self.mqtt;
+        if !(16..=crate::MAX_PACKET_SIZE).contains(&m.max_packet_size) {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                m.max_packet_size,
+                "must be between 16 and 268435460 bytes (the protocol's limit)",
+            ));
+        }
+        if m.receive_maximum == 0 {
+            return Err(invalid(
+                "mqtt.receive_maximum",
+                0,
+                "must be 1 to 65535 [MQTT-3.2.2.3.3]",
+            ));
+        }
+        if m.max_inflight == 0 {
+            return Err(invalid("mqtt.max_inflight", 0, "must be 1 to 65535"));
+        }
+        if m.max_queued_messages == 0 {
+            return Err(invalid("mqtt.max_queued_messages", 0, "must be at least 1"));
+        }
+        if m.max_queued_bytes < m.max_packet_size as usize {
+            return Err(invalid(
+                "mqtt.max_queued_bytes",
+                m.max_queued_bytes,
+                "must be at least mqtt.max_packet_size, or no large message could ever be queued",
+            ));
+        }
+        if let Some(path) = &self.auth.acl_file {
+            if !path.is_file() {
+                return Err(invalid("auth.acl_file", path.display(), "no such file"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `--check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Turns the `config` crate's error into key / value / reason. Its messages read
+/// "invalid type: string \"x\", expected u32 for key `mqtt.k` in FILE" or
+/// "unknown field `k`, expected one of ... for key `mqtt`".
+fn from_config_error(e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    let between = |start: &str, end: &str| {
+        text.split(start)
+            .nth(1)
+            .and_then(|rest| rest.split(end).next())
+            .map(str::to_owned)
+    };
+    let key = between("for key `", "`");
+    if let Some(field) = between("unknown field `", "`") {
+        let key = match key {
+            Some(section) if !section.is_empty() => format!("{section}.{field}"),
+            _ => field,
+        };
+        let expected = between(", expected ", " for key").unwrap_or_default();
+        return ConfigError {
+            key,
+            value: String::new(),
+            reason: format!("unknown key; expected {expected}"),
+        };
+    }
+    let value = between("invalid type: ", ", expected")
+        .or_else(|| between("invalid value: ", ", expected"))
+        .unwrap_or_default();
+    ConfigError {
+        key: key.unwrap_or_else(|| "config".into()),
+        value,
+        reason: text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let r = Config::load_from(Some(&path), env);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(load_toml("", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_values_and_env_override() {
+        let c = load_toml(
+            "[mqtt]\nmax_keepalive = 30\n[[listeners]]\nbind = \"127.0.0.1:0\"\n",
+            &[
+                ("SLUICE__MQTT__MAX_KEEPALIVE", "10"),
+                ("SLUICE__AUTH__ALLOW_ANONYMOUS", "false"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.max_keepalive, 10);
+        assert!(!c.auth.allow_anonymous);
+        assert_eq!(c.listeners[0].bind, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let e = load_toml("[mqtt]\nmax_keepalivee = 30\n", &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_keepalivee", "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_value() {
+        let e = load_toml("[mqtt]\nmax_packet_size = \"big\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_packet_size", "{e}");
+        assert!(e.to_string().contains("big"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_key_value_reason() {
+        let e = load_toml("[mqtt]\nreceive_maximum = 0\n", &[]).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("mqtt.receive_maximum", "0")
+        );
+        let e = load_toml("[[listeners]]\nbind = \"nowhere\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "listeners[0].bind");
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let c = Config::default();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the real MQTT peers the integration tests talk to:
+#   - mosquitto_pub / mosquitto_sub (Debian package mosquitto-clients)
+#   - mosquitto (the broker, used only as the benchmark's baseline)
+#   - Paho's Python client (paho-mqtt) in a project-local virtualenv (.venv)
+# Idempotent: skips what is already there. Needs root (or sudo) for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+
+need_apt=()
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "install-test-deps: apt-get install ${need_apt[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# The Debian package enables and starts a system broker on :1883; the tests never use it.
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+pkill -x mosquitto >/dev/null 2>&1 || true
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import paho.mqtt' >/dev/null 2>&1; then
+    echo "install-test-deps: pip install paho-mqtt" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check 'paho-mqtt>=2.1,<3'
+fi
+echo "install-test-deps: mosquitto_pub $(command -v mosquitto_pub), paho-mqtt $(.venv/bin/python -c 'import paho.mqtt; print(paho.mqtt.__version__)')" >&2
