@@ -1,0 +1,377 @@
+//! The broker's shared state and the session lifecycle: open (with takeover), close (park or
+//! discard), expiry and delayed wills.
+//!
+//! There is no router thread: publishers route in their own task ([`crate::router`]). Locks:
+//! * `sessions` (registry): held only to look up or insert/remove a handle.
+//! * `subscriptions`: read-locked while matching, write-locked for one whole subscribe or
+//!   unsubscribe (never per node: mochi issue 185).
+//! * `retained`: same pattern.
+//! * per session: `connect_lock` (async) serialises ownership changes of one client id;
+//!   `ownership` and `outbox` are short sync locks.
+//!
+//! None of these is held across an await, except `connect_lock`, which exists for that.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use sluice_codec::{LastWill, SubscriptionOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::acl::Acl;
+use crate::config::Config;
+use crate::message::{ClientId, Message};
+use crate::retain::RetainedStore;
+use crate::session::{Control, Owner, PendingWill, Session, SessionHandle};
+use crate::subscriptions::SubscriptionTree;
+
+/// How long a new connection waits for the old one to hand its session over.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A subscription as stored in the tree: what matching needs without touching the session.
+#[derive(Debug, Clone)]
+pub struct SubEntry {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+    /// Where matching messages go.
+    pub handle: Arc<SessionHandle>,
+    /// The subscriber's username when it subscribed, for read checks of the ACL on delivery.
+    pub username: Option<Arc<str>>,
+}
+
+/// Counters, readable at any time (relaxed atomics: they are statistics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicUsize,
+    pub messages_received: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub messages_dropped: AtomicU64,
+}
+
+/// The shared state of one broker. Connections hold an `Arc<Broker>`.
+#[derive(Debug)]
+pub struct Broker {
+    /// Validated configuration.
+    pub config: Config,
+    /// Every existing session by client id: online ones and parked persistent ones.
+    sessions: Mutex<HashMap<ClientId, Arc<SessionHandle>>>,
+    /// The subscription tree (4.7); values point straight at the subscriber's session handle.
+    pub subscriptions: RwLock<SubscriptionTree<ClientId, SubEntry>>,
+    /// Retained messages (3.3.1.3), one per topic.
+    pub retained: RwLock<RetainedStore<Arc<Message>>>,
+    /// `auth.acl_file`, if configured.
+    pub acl: Option<Acl>,
+    /// Source of unique connection numbers.
+    next_connection: AtomicU64,
+    /// Rotates the member chosen in each shared subscription group.
+    pub(crate) shared_cursor: AtomicUsize,
+    pub stats: Stats,
+}
+
+/// What [`Broker::open_session`] hands the connection task.
+#[derive(Debug)]
+pub struct Opened {
+    pub handle: Arc<SessionHandle>,
+    pub session: Session,
+    /// Session Present for CONNACK [MQTT-3.2.2-2].
+    pub session_present: bool,
+}
+
+impl Broker {
+    /// A broker with `config` and the ACL it names (already validated by the caller).
+    pub fn new(config: Config, acl: Option<Acl>) -> Broker {
+        Broker {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(SubscriptionTree::new()),
+            retained: RwLock::new(RetainedStore::new()),
+            acl,
+            next_connection: AtomicU64::new(1),
+            shared_cursor: AtomicUsize::new(0),
+            stats: Stats::default(),
+        }
+    }
+
+    /// A fresh connection number.
+    pub fn connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of sessions (online and parked).
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// The handle of `client_id`'s session, if one exists.
+    pub fn session(&self, client_id: &str) -> Option<Arc<SessionHandle>> {
+        lock(&self.sessions).get(client_id).cloned()
+    }
+
+    /// Takes ownership of `client_id`'s session for connection `connection`, taking it over
+    /// from a connected client if there is one [MQTT-3.1.4-3], resuming or discarding it per
+    /// Clean Start [MQTT-3.1.2-4] .. [MQTT-3.1.2-6].
+    pub async fn open_session(
+        self: &Arc<Self>,
+        client_id: &ClientId,
+        clean_start: bool,
+        connection: u64,
+        control: mpsc::Sender<Control>,
+    ) -> Opened {
+        loop {
+            let handle = {
+                let mut sessions = lock(&self.sessions);
+                sessions
+                    .entry(client_id.clone())
+                    .or_insert_with(|| {
+                        let m = &self.config.mqtt;
+                        Arc::new(SessionHandle::new(
+                            client_id.clone(),
+                            m.max_queued_messages,
+                            m.max_queued_bytes,
+                        ))
+                    })
+                    .clone()
+            };
+            let _guard = handle.connect_lock.lock().await;
+            // The session may have expired and been removed while we waited for the lock.
+            let current = lock(&self.sessions).get(client_id).cloned();
+            if !current.is_some_and(|h| Arc::ptr_eq(&h, &handle)) {
+                continue;
+            }
+            self.take_over(&handle).await;
+
+            let now = Instant::now();
+            let parked = {
+                let mut own = handle.ownership();
+                own.generation += 1;
+                own.expires_at = None;
+                own.owner = Some(Owner {
+                    connection,
+                    control: control.clone(),
+                });
+                own.parked.take()
+            };
+            let (session, present) = match parked {
+                Some(old) if !clean_start && old.expiry_interval > 0 => {
+                    let mut s = *old;
+                    // Reconnected before the Will Delay Interval passed: the will is not sent
+                    // [MQTT-3.1.3-9].
+                    s.pending_will = None;
+                    (s, true)
+                }
+                Some(old) => {
+                    // Clean Start, or a session that ended with its connection: the old session
+                    // ends now, and with it any will still waiting for its delay.
+                    self.discard_subscriptions(client_id, &old);
+                    handle.outbox().clear();
+                    if let Some(p) = old.pending_will {
+                        self.publish_will(client_id, p.will, now);
+                    }
+                    (Session::default(), false)
+                }
+                None => (Session::default(), false),
+            };
+            handle.outbox().set_online(true);
+            return Opened {
+                handle: handle.clone(),
+                session,
+                session_present: present,
+            };
+        }
+    }
+
+    /// Asks the current owner of `handle`, if any, to hand the session over, and waits.
+    async fn take_over(&self, handle: &Arc<SessionHandle>) {
+        let control = handle.ownership().owner.as_ref().map(|o| o.control.clone());
+        let Some(control) = control else { return };
+        let (tx, rx) = oneshot::channel();
+        if control.send(Control::TakeOver(tx)).await.is_ok()
+            && tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await.is_err()
+        {
+            tracing::warn!(client_id = %handle.client_id, "old connection did not hand over its session in time; taking it anyway");
+        }
+        // If the old task is gone without parking (it panicked or timed out), its session state
+        // is lost; the owner slot is cleared so the new connection can proceed.
+        handle.ownership().owner = None;
+    }
+
+    /// Called by a connection task that is ending while it owns the session. `will` is the
+    /// will to publish (abnormal end) or None (normal DISCONNECT, 3.1.2.5). Must be called with
+    /// `connect_lock` held, or during a takeover (`taken_over`: the new owner holds the lock and
+    /// keeps using this handle, so it stays registered even when the session itself ends).
+    pub fn park_session(
+        self: &Arc<Self>,
+        handle: &Arc<SessionHandle>,
+        mut session: Session,
+        connection: u64,
+        will: Option<LastWill>,
+        taken_over: bool,
+    ) {
+        let now = Instant::now();
+        let mut will_now = None;
+        let generation;
+        let deadline;
+        {
+            let mut own = handle.ownership();
+            if own
+                .owner
+                .as_ref()
+                .is_none_or(|o| o.connection != connection)
+            {
+                return; // Someone else owns it already; our state was taken over.
+            }
+            own.owner = None;
+            own.generation += 1;
+            generation = own.generation;
+            handle.outbox().set_online(false);
+            if let Some(will) = will {
+                if will.delay_interval == 0 || session.expiry_interval == 0 {
+                    will_now = Some(will);
+                } else {
+                    let publish_at = now + Duration::from_secs(u64::from(will.delay_interval));
+                    session.pending_will = Some(PendingWill { will, publish_at });
+                }
+            }
+            if session.expiry_interval == 0 {
+                own.parked = None;
+                own.expires_at = None;
+                deadline = None;
+            } else {
+                own.expires_at = (session.expiry_interval != u32::MAX)
+                    .then(|| now + Duration::from_secs(u64::from(session.expiry_interval)));
+                deadline = earliest(
+                    own.expires_at,
+                    session.pending_will.as_ref().map(|p| p.publish_at),
+                );
+                own.parked = Some(Box::new(session.clone()));
+            }
+        }
+        if session.expiry_interval == 0 {
+            self.discard_subscriptions(&handle.client_id, &session);
+            if !taken_over {
+                self.remove_handle(handle);
+            }
+        }
+        if let Some(will) = will_now {
+            self.publish_will(&handle.client_id, will, now);
+        }
+        if let Some(deadline) = deadline {
+            self.arm_timer(handle.clone(), generation, deadline);
+        }
+    }
+
+    /// One timer per parked session with a deadline: fires the delayed will and/or expires the
+    /// session, unless ownership changed (generation) in the meantime.
+    fn arm_timer(self: &Arc<Self>, handle: Arc<SessionHandle>, generation: u64, deadline: Instant) {
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut deadline = deadline;
+            loop {
+                tokio::time::sleep_until(deadline.into()).await;
+                let Some(broker) = broker.upgrade() else {
+                    return;
+                };
+                let _guard = handle.connect_lock.lock().await;
+                let now = Instant::now();
+                let (will, expired, next) = {
+                    let mut own = handle.ownership();
+                    if own.generation != generation || own.owner.is_some() {
+                        return;
+                    }
+                    let expired = own.expires_at.is_some_and(|t| t <= now);
+                    let expires_at = own.expires_at;
+                    let Some(parked) = own.parked.as_mut() else {
+                        return;
+                    };
+                    let will = match &parked.pending_will {
+                        Some(p) if p.publish_at <= now || expired => {
+                            parked.pending_will.take().map(|p| p.will)
+                        }
+                        _ => None,
+                    };
+                    let next = earliest(
+                        expires_at,
+                        parked.pending_will.as_ref().map(|p| p.publish_at),
+                    );
+                    let parked = if expired { own.parked.take() } else { None };
+                    (will, parked.filter(|_| expired), next)
+                };
+                if let Some(will) = will {
+                    broker.publish_will(&handle.client_id, will, now);
+                }
+                if let Some(session) = expired {
+                    tracing::info!(client_id = %handle.client_id, "session expired");
+                    broker.discard_subscriptions(&handle.client_id, &session);
+                    broker.remove_handle(&handle);
+                    return;
+                }
+                match next {
+                    Some(t) => deadline = t,
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Removes every subscription of `session` from the tree.
+    fn discard_subscriptions(&self, client_id: &ClientId, session: &Session) {
+        if session.subscriptions.is_empty() {
+            return;
+        }
+        let mut tree = write(&self.subscriptions);
+        for filter in session.subscriptions.keys() {
+            tree.unsubscribe(filter, client_id);
+        }
+    }
+
+    /// Removes `handle` from the registry if it is still the registered one.
+    fn remove_handle(&self, handle: &Arc<SessionHandle>) {
+        let mut sessions = lock(&self.sessions);
+        if sessions
+            .get(&handle.client_id)
+            .is_some_and(|h| Arc::ptr_eq(h, handle))
+        {
+            sessions.remove(&handle.client_id);
+        }
+    }
+
+    /// Publishes a will message (3.1.2.5) on behalf of `client_id`.
+    pub fn publish_will(&self, client_id: &ClientId, will: LastWill, now: Instant) {
+        tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
+        let msg = Message::new(
+            will.topic,
+            will.payload,
+            will.qos,
+            will.retain,
+            will.properties,
+            client_id.clone(),
+            now,
+        );
+        self.publish(Arc::new(msg));
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section here leaves the data
+/// consistent at each step, so a panic elsewhere must not take the broker down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Read-locks an RwLock (see [`lock`] on poisoning).
+pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Write-locks an RwLock (see [`lock`] on poisoning).
+pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}

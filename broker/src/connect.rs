@@ -1,0 +1,304 @@
+//! CONNECT -> CONNACK negotiation (3.1, 3.2), without sockets: client identifier rules,
+//! authentication, will checks, keepalive and the limits both sides announce.
+
+use std::sync::Arc;
+
+use sluice_codec::{ConnAck, ConnAckProperties, Connect, Protocol, ReasonCode, Str};
+
+use crate::broker::Broker;
+use crate::message::ClientId;
+use crate::protocol::Negotiated;
+
+/// The client's view of the maximum packet size when it announces none (the protocol's limit).
+const UNLIMITED_PACKET: usize = crate::MAX_PACKET_SIZE as usize;
+
+/// A CONNECT the broker accepts, with the CONNACK properties to send.
+#[derive(Debug)]
+pub struct Accepted {
+    pub negotiated: Negotiated,
+    /// Whether the session starts clean (Clean Session / Clean Start).
+    pub clean_start: bool,
+    /// Session Expiry Interval in effect: 5.0's property, or 0 / forever for 3.1.1.
+    pub session_expiry: u32,
+    /// CONNACK properties (5.0), without Session Present, which the session decides.
+    pub properties: ConnAckProperties,
+}
+
+/// A CONNECT the broker refuses: the CONNACK reason and a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: ReasonCode,
+    pub why: &'static str,
+}
+
+fn refuse(reason: ReasonCode, why: &'static str) -> Refused {
+    Refused { reason, why }
+}
+
+/// Decides whether to accept `c`, and on which terms.
+pub fn negotiate(c: &Connect, broker: &Broker) -> Result<Accepted, Refused> {
+    let cfg = &broker.config.mqtt;
+    let v5 = c.protocol.is_v5();
+    let mut properties = ConnAckProperties::default();
+
+    if c.properties.authentication_method.is_some() {
+        return Err(refuse(
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication method not supported [MQTT-4.12.0-1]",
+        ));
+    }
+
+    // Client identifier (3.1.3.1).
+    let client_id: ClientId = if c.client_id.is_empty() {
+        match c.protocol {
+            Protocol::V31 => {
+                return Err(refuse(
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client identifier (MQTT 3.1 requires one)",
+                ))
+            }
+            Protocol::V311 if !c.clean_start => {
+                return Err(refuse(
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client identifier with Clean Session 0 [MQTT-3.1.3-8]",
+                ))
+            }
+            _ => {
+                let id = format!("sluice-{:016x}", rand::random::<u64>());
+                if v5 {
+                    // Told to the client, which has no other way to learn it [MQTT-3.2.2-16].
+                    properties.assigned_client_identifier = Str::try_from(id.as_str()).ok();
+                }
+                id.into()
+            }
+        }
+    } else {
+        c.client_id.as_str().into()
+    };
+
+    // Authentication: until a password file exists (auth issue), only anonymous access can be
+    // granted, so `allow_anonymous = false` refuses everyone.
+    if !broker.config.auth.allow_anonymous {
+        return Err(if c.username.is_some() {
+            refuse(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "no password file configured to check credentials",
+            )
+        } else {
+            refuse(
+                ReasonCode::NOT_AUTHORIZED,
+                "anonymous clients are not allowed (auth.allow_anonymous = false)",
+            )
+        });
+    }
+    let username: Option<Arc<str>> = c.username.as_ref().map(|u| u.as_str().into());
+
+    if let Some(will) = &c.will {
+        if !broker.may_publish(username.as_deref(), &client_id, &will.topic) {
+            return Err(refuse(
+                ReasonCode::NOT_AUTHORIZED,
+                "will topic not allowed by the ACL",
+            ));
+        }
+    }
+
+    // Keep Alive (3.1.2.10): a 5.0 client asking for more than the maximum (or for none, when a
+    // maximum is set) is told the maximum as Server Keep Alive [MQTT-3.2.2-21].
+    let mut keep_alive = c.keep_alive;
+    if v5 && cfg.max_keepalive < u16::MAX && (keep_alive == 0 || keep_alive > cfg.max_keepalive) {
+        keep_alive = cfg.max_keepalive;
+        properties.server_keep_alive = Some(keep_alive);
+    }
+
+    let session_expiry = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+
+    let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+    let send_window = usize::from(client_receive_max.min(cfg.max_inflight));
+    if v5 {
+        if cfg.receive_maximum < u16::MAX {
+            properties.receive_maximum = Some(cfg.receive_maximum);
+        }
+        properties.maximum_packet_size = Some(cfg.max_packet_size);
+        if cfg.topic_alias_maximum > 0 {
+            properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        }
+    }
+
+    let negotiated = Negotiated {
+        protocol: c.protocol,
+        client_id,
+        username,
+        keep_alive,
+        connect_session_expiry: session_expiry,
+        send_window,
+        client_max_packet: c
+            .properties
+            .maximum_packet_size
+            .map_or(UNLIMITED_PACKET, |m| m as usize),
+        receive_maximum: usize::from(cfg.receive_maximum),
+        topic_alias_maximum: if v5 { cfg.topic_alias_maximum } else { 0 },
+        request_problem_information: c.properties.request_problem_information.unwrap_or(true),
+        outbound_alias_maximum: if v5 {
+            c.properties
+                .topic_alias_maximum
+                .unwrap_or(0)
+                .min(cfg.max_outbound_topic_aliases)
+        } else {
+            0
+        },
+    };
+    Ok(Accepted {
+        negotiated,
+        clean_start: c.clean_start,
+        session_expiry,
+        properties,
+    })
+}
+
+/// The CONNACK for a refused CONNECT [MQTT-3.2.2-6]: Session Present 0, and for 5.0 a Reason
+/// String unless the client asked for none (3.1.2.11.7) or it would not fit its Maximum Packet
+/// Size [MQTT-3.2.2-19].
+pub fn refusal(r: &Refused, c: &Connect) -> ConnAck {
+    let mut ack = ConnAck {
+        session_present: false,
+        reason: r.reason,
+        properties: ConnAckProperties::default(),
+    };
+    if c.protocol.is_v5() && c.properties.request_problem_information != Some(false) {
+        ack.properties.reason_string = Str::try_from(r.why).ok();
+        let limit = c
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize);
+        let fits =
+            sluice_codec::encoded_len(&sluice_codec::Packet::ConnAck(ack.clone()), c.protocol)
+                .is_ok_and(|len| len <= limit);
+        if !fits {
+            ack.properties.reason_string = None;
+        }
+    }
+    ack
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use sluice_codec::ConnectProperties;
+
+    fn connect(protocol: Protocol, id: &str, clean: bool) -> Connect {
+        Connect {
+            protocol,
+            clean_start: clean,
+            keep_alive: 60,
+            client_id: Str::try_from(id).unwrap(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        }
+    }
+
+    fn broker(f: impl FnOnce(&mut Config)) -> Broker {
+        let mut c = Config::default();
+        f(&mut c);
+        Broker::new(c, None)
+    }
+
+    #[test]
+    fn empty_client_id_rules() {
+        let b = broker(|_| {});
+        // [MQTT-3.1.3-8]: 3.1.1, empty id, Clean Session 0 -> identifier rejected.
+        let r = negotiate(&connect(Protocol::V311, "", false), &b).unwrap_err();
+        assert_eq!(r.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        // [MQTT-3.1.3-6]: 3.1.1, empty id, Clean Session 1 -> an id is assigned silently.
+        let a = negotiate(&connect(Protocol::V311, "", true), &b).unwrap();
+        assert!(a.negotiated.client_id.starts_with("sluice-"));
+        assert!(a.properties.assigned_client_identifier.is_none());
+        // [MQTT-3.2.2-16]: 5.0 gets the Assigned Client Identifier, even with Clean Start 0.
+        let a = negotiate(&connect(Protocol::V5, "", false), &b).unwrap();
+        assert_eq!(
+            a.properties.assigned_client_identifier.as_deref(),
+            Some(&*a.negotiated.client_id)
+        );
+        assert!(negotiate(&connect(Protocol::V31, "", true), &b).is_err());
+    }
+
+    #[test]
+    fn server_keep_alive_caps_v5_only() {
+        let b = broker(|c| c.mqtt.max_keepalive = 30);
+        let a = negotiate(&connect(Protocol::V5, "c", true), &b).unwrap();
+        assert_eq!(
+            (a.negotiated.keep_alive, a.properties.server_keep_alive),
+            (30, Some(30))
+        );
+        let mut c = connect(Protocol::V5, "c", true);
+        c.keep_alive = 0;
+        let a = negotiate(&c, &b).unwrap();
+        assert_eq!(a.properties.server_keep_alive, Some(30), "[MQTT-3.2.2-21]");
+        let a = negotiate(&connect(Protocol::V311, "c", true), &b).unwrap();
+        assert_eq!(
+            a.negotiated.keep_alive, 60,
+            "3.1.1 cannot be told another keepalive"
+        );
+    }
+
+    #[test]
+    fn session_expiry_per_level() {
+        let b = broker(|_| {});
+        assert_eq!(
+            negotiate(&connect(Protocol::V311, "c", false), &b)
+                .unwrap()
+                .session_expiry,
+            u32::MAX
+        );
+        assert_eq!(
+            negotiate(&connect(Protocol::V311, "c", true), &b)
+                .unwrap()
+                .session_expiry,
+            0
+        );
+        let mut c = connect(Protocol::V5, "c", false);
+        assert_eq!(
+            negotiate(&c, &b).unwrap().session_expiry,
+            0,
+            "absent means 0 [MQTT-3.1.2-?]"
+        );
+        c.properties.session_expiry_interval = Some(300);
+        assert_eq!(negotiate(&c, &b).unwrap().session_expiry, 300);
+    }
+
+    #[test]
+    fn send_window_is_min_of_client_receive_maximum_and_config() {
+        let b = broker(|c| c.mqtt.max_inflight = 100);
+        let mut c = connect(Protocol::V5, "c", true);
+        c.properties.receive_maximum = Some(5);
+        assert_eq!(negotiate(&c, &b).unwrap().negotiated.send_window, 5);
+        c.properties.receive_maximum = None;
+        assert_eq!(negotiate(&c, &b).unwrap().negotiated.send_window, 100);
+    }
+
+    #[test]
+    fn anonymous_refused_when_disallowed() {
+        let b = broker(|c| c.auth.allow_anonymous = false);
+        let r = negotiate(&connect(Protocol::V5, "c", true), &b).unwrap_err();
+        assert_eq!(r.reason, ReasonCode::NOT_AUTHORIZED);
+    }
+
+    #[test]
+    fn unknown_authentication_method_is_refused() {
+        let b = broker(|_| {});
+        let mut c = connect(Protocol::V5, "c", true);
+        c.properties.authentication_method = Some(Str::from_static("SCRAM-SHA-1"));
+        assert_eq!(
+            negotiate(&c, &b).unwrap_err().reason,
+            ReasonCode::BAD_AUTHENTICATION_METHOD
+        );
+    }
+}

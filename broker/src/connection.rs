@@ -1,0 +1,299 @@
+//! The per-client task: owns the socket and, while connected, the client's session.
+//!
+//! One `select!` loop moves bytes between the socket and [`ClientState`]: it reads many packets
+//! per syscall, drains the session's outbox when woken, writes everything pending with one
+//! write, and watches the keepalive deadline, takeover requests and shutdown. Reading pauses
+//! while the write buffer is above its high-water mark, so a client that does not read cannot
+//! make the broker buffer without bound.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use sluice_codec::{encode, ConnAck, Connect, DecodeError, Decoder, Packet, Protocol, ReasonCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::Broker;
+use crate::connect::{negotiate, refusal};
+use crate::protocol::{ClientState, Close};
+use crate::session::Control;
+
+/// How long a new connection may take to send CONNECT (issue 6 makes this configurable).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stop reading and draining once this much is waiting to be written.
+const HIGH_WATER: usize = 64 * 1024;
+/// Initial read buffer; it grows for large packets and is shrunk back afterwards.
+const READ_BUF: usize = 1024;
+/// How long the final flush (DISCONNECT, acks) may take before the socket is dropped.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one client connection until it ends.
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    broker.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(READ_BUF);
+    let mut decoder = Decoder::new(broker.config.mqtt.max_packet_size as usize);
+
+    let connect = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        read_connect(&mut rd, &mut rbuf, &mut decoder),
+    )
+    .await
+    {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => {
+            tracing::debug!(%peer, "connection closed before CONNECT");
+            return done(&broker);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "refused connection: bad CONNECT");
+            if let DecodeError::UnsupportedProtocol { .. } = e {
+                // Answered in the 3.1.1 form, the only one such a client can be expected to read
+                // [MQTT-3.1.2-2]: return code 0x01.
+                let ack = ConnAck {
+                    session_present: false,
+                    reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    properties: Default::default(),
+                };
+                write_final(&mut wr, &Packet::ConnAck(ack), Protocol::V311).await;
+            } else if decoder.protocol() == Some(Protocol::V5) {
+                let ack = ConnAck {
+                    session_present: false,
+                    reason: e.reason_code(),
+                    properties: Default::default(),
+                };
+                write_final(&mut wr, &Packet::ConnAck(ack), Protocol::V5).await;
+            }
+            return done(&broker);
+        }
+        Err(_) => {
+            tracing::info!(%peer, "no CONNECT within {}s; closing", CONNECT_TIMEOUT.as_secs());
+            return done(&broker);
+        }
+    };
+
+    let accepted = match negotiate(&connect, &broker) {
+        Ok(a) => a,
+        Err(r) => {
+            tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {}", r.why);
+            write_final(
+                &mut wr,
+                &Packet::ConnAck(refusal(&r, &connect)),
+                connect.protocol,
+            )
+            .await;
+            return done(&broker);
+        }
+    };
+    let protocol = connect.protocol;
+    let n = accepted.negotiated;
+    let connection = broker.connection_id();
+    let (control_tx, mut control_rx) = mpsc::channel(1);
+    let opened = broker
+        .open_session(&n.client_id, accepted.clean_start, connection, control_tx)
+        .await;
+    let mut session = opened.session;
+    session.expiry_interval = accepted.session_expiry;
+    let keep_alive = n.keep_alive;
+    tracing::info!(
+        %peer, client_id = %n.client_id, protocol = protocol.level(), clean_start = accepted.clean_start,
+        keep_alive, session_present = opened.session_present, "client connected"
+    );
+    let Connect { will, .. } = *connect;
+    let mut state = ClientState::new(n, opened.handle.clone(), session, will);
+    let ack = ConnAck {
+        session_present: opened.session_present,
+        reason: ReasonCode::SUCCESS,
+        properties: accepted.properties,
+    };
+    state.send(&Packet::ConnAck(ack));
+    let now = Instant::now();
+    state.resend_inflight(now);
+    let mut pending = state.drain_outbox(now, HIGH_WATER);
+
+    let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let sleep = tokio::time::sleep(keepalive.unwrap_or(Duration::from_secs(86_400)));
+    tokio::pin!(sleep);
+    let mut shutdown = shutdown;
+    let mut takeover_reply = None;
+
+    let close: Close = loop {
+        if pending && state.write_buf.len() < HIGH_WATER / 2 {
+            pending = state.drain_outbox(Instant::now(), HIGH_WATER);
+        }
+        let want_read = state.write_buf.len() < HIGH_WATER;
+        let handle = state.handle.clone();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                break Close { send: Some(ReasonCode::SERVER_SHUTTING_DOWN), publish_will: false, reason: "server shutting down".into() };
+            }
+            Some(ctl) = control_rx.recv() => match ctl {
+                Control::TakeOver(reply) => {
+                    takeover_reply = Some(reply);
+                    break Close::error(ReasonCode::SESSION_TAKEN_OVER, "session taken over by a new connection [MQTT-3.1.4-3]");
+                }
+            },
+            r = wr.write(&state.write_buf), if !state.write_buf.is_empty() => match r {
+                Ok(0) | Err(_) => break io_closed(),
+                Ok(n) => {
+                    state.write_buf.advance(n);
+                    if state.write_buf.is_empty() && state.write_buf.capacity() > HIGH_WATER * 2 {
+                        state.write_buf = BytesMut::with_capacity(READ_BUF);
+                    }
+                }
+            },
+            r = rd.read_buf(&mut rbuf), if want_read => match r {
+                Ok(0) | Err(_) => break io_closed(),
+                Ok(_) => {
+                    let now = Instant::now();
+                    match decode_all(&mut decoder, &mut rbuf, &mut state, now, &broker) {
+                        Ok(()) => {}
+                        Err(close) => break close,
+                    }
+                    if let Some(k) = keepalive {
+                        // Any packet resets the keepalive timer [MQTT-3.1.2-22].
+                        sleep.as_mut().reset((now + k).into());
+                    }
+                    if rbuf.is_empty() && rbuf.capacity() > HIGH_WATER {
+                        rbuf = BytesMut::with_capacity(READ_BUF);
+                    }
+                    pending = true;
+                }
+            },
+            _ = handle.notify.notified() => {
+                pending = true;
+            }
+            _ = &mut sleep, if keepalive.is_some() => {
+                break Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"));
+            }
+        }
+    };
+
+    // Say goodbye: 5.0 clients get a DISCONNECT with the reason [MQTT-4.13.1-1]; what was
+    // already queued for the socket (acks) goes out first.
+    if let Some(code) = close.send {
+        if protocol.is_v5() {
+            let d = state.disconnect_packet(code, &close.reason);
+            state.send(&d);
+        }
+    }
+    if !state.write_buf.is_empty() {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&state.write_buf)).await;
+    }
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.shutdown()).await;
+    drop((rd, wr));
+
+    let level = if close.send.is_some_and(|c| {
+        c.is_error() && c != ReasonCode::SESSION_TAKEN_OVER && c != ReasonCode::SERVER_SHUTTING_DOWN
+    }) {
+        tracing::Level::WARN
+    } else {
+        tracing::Level::INFO
+    };
+    let client_id = state.n.client_id.clone();
+    if level == tracing::Level::WARN {
+        tracing::warn!(%peer, %client_id, protocol = protocol.level(), reason = %close.reason, "client disconnected");
+    } else {
+        tracing::info!(%peer, %client_id, protocol = protocol.level(), reason = %close.reason, "client disconnected");
+    }
+
+    let will = if close.publish_will {
+        state.will.take()
+    } else {
+        None
+    };
+    let handle = state.handle.clone();
+    let session = std::mem::take(&mut state.session);
+    match takeover_reply {
+        Some(reply) => {
+            // The new connection holds connect_lock and waits for us.
+            broker.park_session(&handle, session, connection, will, true);
+            let _ = reply.send(());
+        }
+        // Ownership changes go through connect_lock; a new connection may hold it while asking
+        // us to hand over, so keep answering takeovers while waiting for it.
+        None => tokio::select! {
+            _guard = handle.connect_lock.lock() => {
+                broker.park_session(&handle, session, connection, will, false);
+            }
+            Some(Control::TakeOver(reply)) = control_rx.recv() => {
+                broker.park_session(&handle, session, connection, will, true);
+                let _ = reply.send(());
+            }
+        },
+    }
+    done(&broker)
+}
+
+fn done(broker: &Broker) {
+    broker.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The client went away without DISCONNECT (or the socket failed): the will is published.
+fn io_closed() -> Close {
+    Close {
+        send: None,
+        publish_will: true,
+        reason: "connection closed without DISCONNECT".into(),
+    }
+}
+
+/// Decodes and handles every complete packet in `rbuf`.
+fn decode_all(
+    decoder: &mut Decoder,
+    rbuf: &mut BytesMut,
+    state: &mut ClientState,
+    now: Instant,
+    broker: &Broker,
+) -> Result<(), Close> {
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(Some(packet)) => state.handle(now, packet, broker)?,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(Close::error(e.reason_code(), e.to_string())),
+        }
+    }
+}
+
+/// Reads until a CONNECT is decoded. Ok(None): the peer closed first.
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Option<Box<Connect>>, DecodeError> {
+    loop {
+        if let Some(packet) = decoder.decode(rbuf)? {
+            return match packet {
+                Packet::Connect(c) => Ok(Some(c)),
+                _ => Err(DecodeError::Protocol {
+                    what: "first packet is not CONNECT",
+                    clause: "[MQTT-3.1.0-1]",
+                }),
+            };
+        }
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Writes one packet and closes, best effort, bounded in time.
+async fn write_final<W: AsyncWrite + Unpin>(wr: &mut W, packet: &Packet, protocol: Protocol) {
+    let mut buf = BytesMut::new();
+    if encode(packet, protocol, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&buf)).await;
+    }
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.shutdown()).await;
+}

@@ -1,0 +1,600 @@
+//! The per-connection MQTT state machine, after CONNECT: no sockets, no clock inside.
+//!
+//! [`ClientState::handle`] takes a decoded packet and the current time, updates the session,
+//! routes messages through the [`Broker`] (synchronous: matching and queueing never await), and
+//! appends the packets to send to [`ClientState::write_buf`]. [`ClientState::drain_outbox`] moves
+//! queued deliveries into the inflight window. The connection task (`connection.rs`) only moves
+//! bytes and time in and out; the unit tests below drive this without a socket.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use sluice_codec::Protocol;
+use sluice_codec::{
+    encode, encoded_len, AckProperties, Disconnect, LastWill, Packet, PubAck, Publish, QoS,
+    ReasonCode, Str, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
+};
+
+use crate::alias::{AliasUse, OutboundAliases};
+use crate::broker::{write, Broker, SubEntry};
+use crate::message::{ClientId, Message};
+use crate::router::Requester;
+use crate::session::{Delivery, Inflight, Session, SessionHandle, SubscriptionRecord};
+
+/// Why and how a connection ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// DISCONNECT reason code to send first (5.0 only); None when the client closed it.
+    pub send: Option<ReasonCode>,
+    /// Whether the will is published (everything but a DISCONNECT 0x00, 3.1.2.5).
+    pub publish_will: bool,
+    /// For the disconnect log line.
+    pub reason: String,
+}
+
+impl Close {
+    /// The server closes because of an error with `code` ([MQTT-4.13.1-1]).
+    pub fn error(code: ReasonCode, reason: impl Into<String>) -> Close {
+        Close {
+            send: Some(code),
+            publish_will: true,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What the broker granted at CONNECT and keeps for the connection's lifetime.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub protocol: Protocol,
+    pub client_id: ClientId,
+    pub username: Option<Arc<str>>,
+    /// Effective Keep Alive in seconds (0: none).
+    pub keep_alive: u16,
+    /// Session Expiry Interval asked for in CONNECT (for the DISCONNECT rule [MQTT-3.14.2-2]).
+    pub connect_session_expiry: u32,
+    /// Most QoS 1/2 messages in flight to the client: min(its Receive Maximum, max_inflight).
+    pub send_window: usize,
+    /// The client's Maximum Packet Size: larger messages are not sent to it [MQTT-3.1.2-25].
+    pub client_max_packet: usize,
+    /// Our Receive Maximum towards the client (inbound QoS 2 awaiting PUBREL).
+    pub receive_maximum: usize,
+    /// Our Topic Alias Maximum towards the client.
+    pub topic_alias_maximum: u16,
+    /// Whether the client wants Reason Strings and User Properties on errors (5.0).
+    pub request_problem_information: bool,
+    /// Topic aliases we may use towards the client: min(its Topic Alias Maximum,
+    /// `mqtt.max_outbound_topic_aliases`).
+    pub outbound_alias_maximum: u16,
+}
+
+/// The state of one connection after a successful CONNECT.
+#[derive(Debug)]
+pub struct ClientState {
+    pub n: Negotiated,
+    /// The shared half of the session (outbox, notify).
+    pub handle: Arc<SessionHandle>,
+    /// The owned half of the session.
+    pub session: Session,
+    /// The will, until a normal DISCONNECT deletes it [MQTT-3.1.2-10].
+    pub will: Option<LastWill>,
+    /// Topic aliases the client set (5.0, 3.3.2.3.4): index alias-1. Sized on first use.
+    inbound_aliases: Vec<Option<TopicName>>,
+    /// Encoded packets waiting for the socket.
+    pub write_buf: BytesMut,
+    /// Topic aliases towards the client (5.0).
+    outbound_aliases: OutboundAliases,
+    /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
+    pub oversize_dropped: u64,
+}
+
+impl ClientState {
+    /// State for a connection whose CONNECT was accepted.
+    pub fn new(
+        n: Negotiated,
+        handle: Arc<SessionHandle>,
+        session: Session,
+        will: Option<LastWill>,
+    ) -> ClientState {
+        let aliases = OutboundAliases::new(n.outbound_alias_maximum);
+        ClientState {
+            n,
+            handle,
+            session,
+            will,
+            inbound_aliases: Vec::new(),
+            outbound_aliases: aliases,
+            write_buf: BytesMut::with_capacity(256),
+            oversize_dropped: 0,
+        }
+    }
+
+    /// Encodes `packet` into the write buffer. Encoding only fails for values we built
+    /// ourselves; such a packet is logged and skipped rather than taking the connection down.
+    pub fn send(&mut self, packet: &Packet) {
+        if let Err(e) = encode(packet, self.n.protocol, &mut self.write_buf) {
+            tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
+        }
+    }
+
+    /// A reason string for an error ack, if the client did not opt out (3.1.2.11.7).
+    fn reason_string(&self, text: &'static str) -> AckProperties {
+        let mut p = AckProperties::default();
+        if self.n.protocol.is_v5() && self.n.request_problem_information {
+            p.reason_string = Some(Str::from_static(text));
+        }
+        p
+    }
+
+    /// The DISCONNECT the server sends for `code`, with a Reason String when it fits the
+    /// client's Maximum Packet Size [MQTT-3.14.2-3].
+    pub fn disconnect_packet(&self, code: ReasonCode, reason: &str) -> Packet {
+        let mut d = Disconnect::new(code);
+        let text: String = reason.chars().take(200).collect();
+        d.properties.reason_string = Str::try_from(text).ok();
+        let fits = encoded_len(&Packet::Disconnect(d.clone()), self.n.protocol)
+            .is_ok_and(|len| len <= self.n.client_max_packet);
+        if !fits {
+            d.properties.reason_string = None;
+        }
+        Packet::Disconnect(d)
+    }
+
+    /// Handles one packet from the client.
+    pub fn handle(&mut self, now: Instant, packet: Packet, broker: &Broker) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(now, p, broker),
+            Packet::PubAck(a) => {
+                self.on_puback(a.pkid);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                self.on_pubrec(a);
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                self.on_pubrel(a.pkid);
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                if let Some(i) = self.session.inflight_position(a.pkid) {
+                    if matches!(self.session.inflight[i], Inflight::Release { .. }) {
+                        self.session.inflight.remove(i);
+                    }
+                }
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(now, s, broker),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u, broker);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            Packet::Connect(_) => Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "second CONNECT [MQTT-3.1.0-2]",
+            )),
+            Packet::Auth(_) => Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an Authentication Method in CONNECT [MQTT-4.12.0-1]",
+            )),
+            other => Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                format!("{} may only be sent by a server", other.name()),
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, now: Instant, mut p: Publish, broker: &Broker) -> Result<(), Close> {
+        // Topic Alias (3.3.2.3.4).
+        if let Some(alias) = p.properties.topic_alias {
+            if alias == 0 || alias > self.n.topic_alias_maximum {
+                return Err(Close::error(
+                    ReasonCode::TOPIC_ALIAS_INVALID,
+                    format!(
+                        "topic alias {alias} outside 1..={} [MQTT-3.3.2-9]",
+                        self.n.topic_alias_maximum
+                    ),
+                ));
+            }
+            let slot = usize::from(alias) - 1;
+            if self.inbound_aliases.len() <= slot {
+                self.inbound_aliases
+                    .resize(usize::from(self.n.topic_alias_maximum), None);
+            }
+            if p.topic.is_empty() {
+                match &self.inbound_aliases[slot] {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Err(Close::error(
+                            ReasonCode::PROTOCOL_ERROR,
+                            format!("topic alias {alias} used before it was set [MQTT-3.3.4-?]"),
+                        ))
+                    }
+                }
+            } else {
+                self.inbound_aliases[slot] = Some(p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            return Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "empty topic name without a topic alias [MQTT-4.7.3-1]",
+            ));
+        }
+        // `$SYS` belongs to the broker and `$share/` is not a topic; both are refused like an ACL
+        // denial, as Mosquitto does. Other `$` topics are ordinary (wildcards just skip them).
+        let reserved = p.topic.starts_with("$SYS") || p.topic.starts_with("$share/");
+        let allowed = !reserved
+            && broker.may_publish(self.n.username.as_deref(), &self.n.client_id, &p.topic);
+        match p.qos {
+            QoS::AtMostOnce => {
+                if allowed {
+                    self.route(now, p, broker);
+                }
+            }
+            QoS::AtLeastOnce => {
+                let pkid = p.pkid;
+                let reason = if allowed {
+                    self.route(now, p, broker);
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NOT_AUTHORIZED
+                };
+                self.send_ack(
+                    Packet::PubAck,
+                    pkid,
+                    reason,
+                    "not authorized to publish on this topic",
+                );
+            }
+            QoS::ExactlyOnce => {
+                let pkid = p.pkid;
+                // Already received and not yet released: acknowledge again, deliver nothing
+                // [MQTT-4.3.3-9].
+                if self.session.awaiting_pubrel.contains(&pkid) {
+                    self.send(&Packet::PubRec(PubAck::new(pkid)));
+                    return Ok(());
+                }
+                if !allowed {
+                    self.send_ack(
+                        Packet::PubRec,
+                        pkid,
+                        ReasonCode::NOT_AUTHORIZED,
+                        "not authorized to publish on this topic",
+                    );
+                    return Ok(());
+                }
+                if self.session.awaiting_pubrel.len() >= self.n.receive_maximum {
+                    return Err(Close::error(
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        "more unacknowledged QoS 2 PUBLISHes than Receive Maximum [MQTT-3.3.4-9]",
+                    ));
+                }
+                self.session.awaiting_pubrel.insert(pkid);
+                self.route(now, p, broker);
+                self.send(&Packet::PubRec(PubAck::new(pkid)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends PUBACK/PUBREC with `reason`; 3.1.1 has no reason codes, so a refusal there is
+    /// a plain ack (the message is silently dropped, as 3.1.1 brokers do).
+    fn send_ack(
+        &mut self,
+        kind: fn(PubAck) -> Packet,
+        pkid: u16,
+        reason: ReasonCode,
+        text: &'static str,
+    ) {
+        let mut ack = PubAck::new(pkid);
+        if self.n.protocol.is_v5() && reason.is_error() {
+            ack.reason = reason;
+            ack.properties = self.reason_string(text);
+        }
+        self.send(&kind(ack));
+    }
+
+    fn route(&mut self, now: Instant, p: Publish, broker: &Broker) {
+        let msg = Message::new(
+            p.topic,
+            p.payload,
+            p.qos,
+            p.retain,
+            p.properties,
+            self.n.client_id.clone(),
+            now,
+        );
+        broker.publish(Arc::new(msg));
+    }
+
+    fn on_puback(&mut self, pkid: u16) {
+        match self.session.inflight_position(pkid) {
+            Some(i) if matches!(&self.session.inflight[i], Inflight::Publish { delivery, .. } if delivery.qos == QoS::AtLeastOnce) =>
+            {
+                self.session.inflight.remove(i);
+            }
+            _ => {
+                tracing::debug!(client_id = %self.n.client_id, pkid, "PUBACK for an unknown packet id ignored")
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, ack: PubAck) {
+        let pos = self.session.inflight_position(ack.pkid);
+        match pos.map(|i| &self.session.inflight[i]) {
+            Some(Inflight::Publish { delivery, .. }) if delivery.qos == QoS::ExactlyOnce => {
+                let i = pos.unwrap_or_default();
+                if ack.reason.is_error() {
+                    // The receiver refused it: the flow ends here [MQTT-4.3.3-4 note].
+                    self.session.inflight.remove(i);
+                    return;
+                }
+                self.session.inflight[i] = Inflight::Release { pkid: ack.pkid };
+                self.send(&Packet::PubRel(PubAck::new(ack.pkid)));
+            }
+            Some(Inflight::Release { .. }) => {
+                // A duplicate PUBREC: answer with PUBREL again.
+                self.send(&Packet::PubRel(PubAck::new(ack.pkid)));
+            }
+            _ => {
+                let mut rel = PubAck::new(ack.pkid);
+                if self.n.protocol.is_v5() {
+                    rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.send(&Packet::PubRel(rel));
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, pkid: u16) {
+        let mut comp = PubAck::new(pkid);
+        if !self.session.awaiting_pubrel.remove(&pkid) && self.n.protocol.is_v5() {
+            comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+        }
+        self.send(&Packet::PubComp(comp));
+    }
+
+    fn on_subscribe(&mut self, now: Instant, s: Subscribe, broker: &Broker) -> Result<(), Close> {
+        let v5 = self.n.protocol.is_v5();
+        let identifier = s.properties.subscription_identifier;
+        let mut reasons = vec![ReasonCode::UNSPECIFIED_ERROR; s.filters.len() + s.rejected.len()];
+        for (index, _, _) in &s.rejected {
+            if let Some(r) = reasons.get_mut(*index) {
+                *r = ReasonCode::TOPIC_FILTER_INVALID;
+            }
+        }
+        let mut valid = s.filters.into_iter();
+        let mut retained = Vec::new();
+        let who = Requester {
+            client_id: &self.n.client_id,
+            username: self.n.username.as_deref(),
+        };
+        for reason in reasons.iter_mut() {
+            if *reason == ReasonCode::TOPIC_FILTER_INVALID {
+                continue;
+            }
+            let Some(sub) = valid.next() else { break };
+            let filter = sub.filter;
+            let options = sub.options;
+            if filter.shared().is_some() && options.no_local {
+                return Err(Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "No Local on a shared subscription [MQTT-3.8.3-4]",
+                ));
+            }
+            if !broker.may_subscribe(who.username, who.client_id, &filter) {
+                *reason = ReasonCode::NOT_AUTHORIZED;
+                continue;
+            }
+            let entry = SubEntry {
+                options,
+                identifier,
+                handle: self.handle.clone(),
+                username: self.n.username.clone(),
+            };
+            // Replaces an existing subscription with the same filter [MQTT-3.8.4-3].
+            let existed = write(&broker.subscriptions)
+                .subscribe(&filter, self.n.client_id.clone(), entry)
+                .is_some();
+            let record = SubscriptionRecord {
+                options,
+                identifier,
+            };
+            retained.extend(broker.retained_for(&filter, &record, existed, &who, now));
+            self.session.subscriptions.insert(filter, record);
+            *reason = ReasonCode(options.qos as u8);
+        }
+        if !v5 {
+            for r in &mut reasons {
+                if r.is_error() {
+                    *r = ReasonCode::UNSPECIFIED_ERROR; // 0x80 Failure in 3.1.1 [MQTT-3.9.3-2]
+                }
+            }
+        }
+        // SUBACK first, then the retained messages through the queue [MQTT-3.8.4-1].
+        self.send(&Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            reasons,
+            properties: AckProperties::default(),
+        }));
+        let mut outbox = self.handle.outbox();
+        for d in retained {
+            let _ = outbox.push(d);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe, broker: &Broker) {
+        let mut reasons =
+            vec![ReasonCode::TOPIC_FILTER_INVALID; u.filters.len() + u.rejected.len()];
+        let rejected: Vec<usize> = u.rejected.iter().map(|(i, _)| *i).collect();
+        let mut valid = u.filters.into_iter();
+        {
+            let mut tree = write(&broker.subscriptions);
+            for (slot, r) in reasons.iter_mut().enumerate() {
+                if rejected.contains(&slot) {
+                    continue;
+                }
+                let Some(filter) = valid.next() else { break };
+                let existed = tree.unsubscribe(&filter, &self.n.client_id).is_some();
+                self.session.subscriptions.remove(&filter);
+                *r = if existed {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                };
+            }
+        }
+        self.send(&Packet::UnsubAck(UnsubAck {
+            pkid: u.pkid,
+            reasons,
+            properties: AckProperties::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.n.connect_session_expiry == 0 && expiry != 0 {
+                return Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "DISCONNECT sets a Session Expiry Interval after CONNECT set 0 [MQTT-3.14.2-2]",
+                );
+            }
+            self.session.expiry_interval = expiry;
+        }
+        let with_will = d.reason == ReasonCode::DISCONNECT_WITH_WILL;
+        Close {
+            send: None,
+            publish_will: with_will,
+            reason: if d.reason == ReasonCode::NORMAL_DISCONNECTION {
+                "client disconnected".into()
+            } else {
+                format!("client disconnected with reason {}", d.reason)
+            },
+        }
+    }
+
+    /// Resends unacknowledged PUBLISHes (DUP set) and PUBRELs of a resumed session, in their
+    /// original order with their original packet ids [MQTT-4.4.0-1].
+    pub fn resend_inflight(&mut self, now: Instant) {
+        let inflight = std::mem::take(&mut self.session.inflight);
+        for entry in &inflight {
+            match entry {
+                Inflight::Publish { pkid, delivery } => {
+                    let p = self.publish_packet(delivery, *pkid, true, now);
+                    self.send(&Packet::Publish(p));
+                }
+                Inflight::Release { pkid } => self.send(&Packet::PubRel(PubAck::new(*pkid))),
+            }
+        }
+        self.session.inflight = inflight;
+    }
+
+    /// Moves deliveries from the outbox into the write buffer while the inflight window and the
+    /// write buffer's high-water mark allow. Returns true if anything is still queued.
+    pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
+        let mut batch = Vec::new();
+        let more = {
+            let mut outbox = self.handle.outbox();
+            let mut window = self
+                .n
+                .send_window
+                .saturating_sub(self.session.inflight_len());
+            let mut budget = high_water.saturating_sub(self.write_buf.len());
+            while let Some(front) = outbox.front() {
+                if budget == 0 || (front.qos != QoS::AtMostOnce && window == 0) {
+                    break;
+                }
+                let Some(d) = outbox.pop() else { break };
+                if d.qos != QoS::AtMostOnce {
+                    window -= 1;
+                }
+                budget = budget.saturating_sub(d.msg.cost());
+                batch.push(d);
+            }
+            !outbox.is_empty()
+        };
+        for d in batch {
+            self.send_delivery(d, now);
+        }
+        more
+    }
+
+    fn send_delivery(&mut self, d: Delivery, now: Instant) {
+        if d.msg.is_expired(now) {
+            return; // Expired messages are never delivered [MQTT-3.3.2-5].
+        }
+        let mut p = self.publish_packet(&d, 0, false, now);
+        if d.qos != QoS::AtMostOnce {
+            match self.session.next_pkid() {
+                Some(id) => p.pkid = id,
+                None => return,
+            }
+        }
+        let alias = self.outbound_aliases.name(&p.topic);
+        match alias {
+            AliasUse::Known(a) => {
+                p.properties.topic_alias = Some(a);
+                p.topic = TopicName::default();
+            }
+            AliasUse::Assign(a) => p.properties.topic_alias = Some(a),
+            AliasUse::None => {}
+        }
+        let pkid = p.pkid;
+        let packet = Packet::Publish(p);
+        if self.n.protocol.is_v5() {
+            match encoded_len(&packet, self.n.protocol) {
+                Ok(len) if len <= self.n.client_max_packet => {}
+                _ => {
+                    // Larger than the client accepts: not sent, as if delivered [MQTT-3.3.4-?],
+                    // [MQTT-3.1.2-25]. An alias assigned for it was never told to the client.
+                    if let AliasUse::Assign(a) = alias {
+                        self.outbound_aliases.forget(a);
+                    }
+                    self.oversize_dropped += 1;
+                    return;
+                }
+            }
+        }
+        self.send(&packet);
+        if d.qos != QoS::AtMostOnce {
+            self.session
+                .inflight
+                .push_back(Inflight::Publish { pkid, delivery: d });
+        }
+    }
+
+    /// The PUBLISH packet for one delivery.
+    fn publish_packet(&self, d: &Delivery, pkid: u16, dup: bool, now: Instant) -> Publish {
+        let msg = &d.msg;
+        let mut properties = if self.n.protocol.is_v5() {
+            msg.properties.clone()
+        } else {
+            Default::default()
+        };
+        if self.n.protocol.is_v5() {
+            properties.message_expiry_interval = msg.remaining_expiry(now);
+            properties.subscription_identifiers = d.subscription_ids.clone();
+        }
+        Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: msg.topic.clone(),
+            pkid,
+            payload: msg.payload.clone(),
+            properties,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;

@@ -1,0 +1,579 @@
+//! Sans-IO tests of the protocol state machine: clients are driven with packets and a clock,
+//! and what they would write is decoded back. No sockets, no sleeps.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_codec::{
+    Decoder, Disconnect, DisconnectProperties, Packet, Protocol, PubAck, Publish,
+    PublishProperties, QoS, ReasonCode, RetainHandling, Subscribe, SubscribeProperties,
+    Subscription, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe,
+};
+
+use super::{ClientState, Negotiated};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::session::{Session, SessionHandle};
+
+struct Client {
+    state: ClientState,
+}
+
+fn negotiated(protocol: Protocol, id: &str) -> Negotiated {
+    Negotiated {
+        protocol,
+        client_id: id.into(),
+        username: None,
+        keep_alive: 60,
+        connect_session_expiry: 0,
+        send_window: 16,
+        client_max_packet: usize::MAX,
+        receive_maximum: 4,
+        topic_alias_maximum: 8,
+        request_problem_information: true,
+        outbound_alias_maximum: 0,
+    }
+}
+
+impl Client {
+    fn new(protocol: Protocol, id: &str) -> Client {
+        Client::with(negotiated(protocol, id))
+    }
+
+    fn with(n: Negotiated) -> Client {
+        let handle = Arc::new(SessionHandle::new(n.client_id.clone(), 1000, 1 << 24));
+        handle.outbox().set_online(true);
+        Client {
+            state: ClientState::new(n, handle, Session::default(), None),
+        }
+    }
+
+    fn handle(&mut self, b: &Broker, p: Packet) -> Result<(), super::Close> {
+        self.state.handle(Instant::now(), p, b)
+    }
+
+    /// Drains the outbox and returns every packet written since the last call.
+    fn take(&mut self) -> Vec<Packet> {
+        self.take_at(Instant::now())
+    }
+
+    fn take_at(&mut self, now: Instant) -> Vec<Packet> {
+        self.state.drain_outbox(now, 1 << 20);
+        let mut buf = self.state.write_buf.split();
+        let mut d = Decoder::with_protocol(self.state.n.protocol, usize::MAX);
+        let mut out = Vec::new();
+        while let Some(p) = d.decode(&mut buf).expect("broker wrote a valid packet") {
+            out.push(p);
+        }
+        assert!(buf.is_empty(), "no partial packet left");
+        out
+    }
+
+    fn subscribe(&mut self, b: &Broker, filter: &str, qos: QoS) -> Vec<Packet> {
+        self.subscribe_with(
+            b,
+            filter,
+            SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+            None,
+        )
+    }
+
+    fn subscribe_with(
+        &mut self,
+        b: &Broker,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Vec<Packet> {
+        let s = Subscribe {
+            pkid: 1,
+            filters: vec![Subscription {
+                filter: TopicFilter::try_from(filter).unwrap(),
+                options,
+            }],
+            rejected: vec![],
+            properties: SubscribeProperties {
+                subscription_identifier: id,
+                user_properties: vec![],
+            },
+        };
+        self.handle(b, Packet::Subscribe(s)).unwrap();
+        self.take()
+    }
+}
+
+fn broker() -> Broker {
+    Broker::new(Config::default(), None)
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: TopicName::try_from(topic).unwrap(),
+        pkid,
+        payload: Bytes::from_static(payload),
+        properties: PublishProperties::default(),
+    })
+}
+
+fn publishes(packets: &[Packet]) -> Vec<&Publish> {
+    packets
+        .iter()
+        .filter_map(|p| {
+            if let Packet::Publish(p) = p {
+                Some(p)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn qos1_publish_is_acked_and_delivered_downgraded() {
+    // [MQTT-3.3.4-1] PUBACK; [MQTT-3.8.4-8] delivered at min(publish QoS, subscription QoS).
+    let b = broker();
+    let mut sub = Client::new(Protocol::V311, "sub");
+    let mut publ = Client::new(Protocol::V311, "pub");
+    sub.subscribe(&b, "a/+", QoS::AtMostOnce);
+    publ.handle(&b, publish("a/b", QoS::AtLeastOnce, 7, b"hi"))
+        .unwrap();
+    assert_eq!(publ.take(), vec![Packet::PubAck(PubAck::new(7))]);
+    let got = sub.take();
+    let p = publishes(&got);
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        (p[0].qos, p[0].pkid, &p[0].payload[..]),
+        (QoS::AtMostOnce, 0, &b"hi"[..])
+    );
+}
+
+#[test]
+fn inbound_qos2_is_delivered_once_until_released() {
+    // [MQTT-4.3.3-9]: a resent PUBLISH with the same id before PUBREL is not delivered again.
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    let mut publ = Client::new(Protocol::V5, "pub");
+    sub.subscribe(&b, "t", QoS::ExactlyOnce);
+    publ.handle(&b, publish("t", QoS::ExactlyOnce, 3, b"x"))
+        .unwrap();
+    let mut dup = publish("t", QoS::ExactlyOnce, 3, b"x");
+    if let Packet::Publish(p) = &mut dup {
+        p.dup = true;
+    }
+    publ.handle(&b, dup).unwrap();
+    assert_eq!(
+        publ.take(),
+        vec![
+            Packet::PubRec(PubAck::new(3)),
+            Packet::PubRec(PubAck::new(3))
+        ]
+    );
+    assert_eq!(publishes(&sub.take()).len(), 1);
+    publ.handle(&b, Packet::PubRel(PubAck::new(3))).unwrap();
+    assert_eq!(publ.take(), vec![Packet::PubComp(PubAck::new(3))]);
+    // After release the id is free again: a new message with it is a new message.
+    publ.handle(&b, publish("t", QoS::ExactlyOnce, 3, b"y"))
+        .unwrap();
+    assert_eq!(publishes(&sub.take()).len(), 1);
+}
+
+#[test]
+fn pubrel_for_unknown_id_gets_0x92_in_v5() {
+    let b = broker();
+    let mut c = Client::new(Protocol::V5, "c");
+    c.handle(&b, Packet::PubRel(PubAck::new(9))).unwrap();
+    let out = c.take();
+    assert!(
+        matches!(&out[..], [Packet::PubComp(a)] if a.reason == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+    );
+}
+
+#[test]
+fn outbound_qos2_flow_and_resend_with_dup() {
+    // [MQTT-4.3.3-3..5] PUBLISH -> PUBREC -> PUBREL -> PUBCOMP; [MQTT-4.4.0-1] resend on resume.
+    let b = broker();
+    let mut sub = Client::new(Protocol::V311, "sub");
+    let mut publ = Client::new(Protocol::V311, "pub");
+    sub.subscribe(&b, "t", QoS::ExactlyOnce);
+    publ.handle(&b, publish("t", QoS::ExactlyOnce, 1, b"m1"))
+        .unwrap();
+    publ.handle(&b, publish("t", QoS::ExactlyOnce, 2, b"m2"))
+        .unwrap();
+    let got = sub.take();
+    let p = publishes(&got);
+    assert_eq!(p.len(), 2);
+    let (id1, id2) = (p[0].pkid, p[1].pkid);
+    assert!(id1 != 0 && id2 != 0 && id1 != id2, "[MQTT-2.2.1-3]");
+    sub.handle(&b, Packet::PubRec(PubAck::new(id1))).unwrap();
+    assert_eq!(sub.take(), vec![Packet::PubRel(PubAck::new(id1))]);
+    // Connection lost here: id1 owes PUBREL, id2 owes the PUBLISH. On resume both are resent
+    // in order, the PUBLISH with DUP set.
+    sub.state.resend_inflight(Instant::now());
+    let again = sub.take();
+    assert_eq!(again.len(), 2);
+    assert_eq!(again[0], Packet::PubRel(PubAck::new(id1)));
+    match &again[1] {
+        Packet::Publish(p) => assert!(p.dup && p.pkid == id2 && &p.payload[..] == b"m2"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    sub.handle(&b, Packet::PubComp(PubAck::new(id1))).unwrap();
+    sub.handle(&b, Packet::PubRec(PubAck::new(id2))).unwrap();
+    sub.handle(&b, Packet::PubComp(PubAck::new(id2))).unwrap();
+    assert_eq!(sub.state.session.inflight_len(), 0);
+}
+
+#[test]
+fn receive_maximum_exceeded_disconnects_0x93() {
+    // [MQTT-3.3.4-9]: more QoS 2 PUBLISHes awaiting PUBREL than our Receive Maximum (4).
+    let b = broker();
+    let mut c = Client::new(Protocol::V5, "c");
+    for id in 1..=4 {
+        c.handle(&b, publish("t", QoS::ExactlyOnce, id, b""))
+            .unwrap();
+    }
+    let e = c
+        .handle(&b, publish("t", QoS::ExactlyOnce, 5, b""))
+        .unwrap_err();
+    assert_eq!(e.send, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+}
+
+#[test]
+fn send_window_honours_client_receive_maximum() {
+    // [MQTT-3.3.4-7]: never more unacknowledged QoS 1/2 PUBLISHes than the client's Receive
+    // Maximum; the rest wait in order.
+    let b = broker();
+    let mut n = negotiated(Protocol::V5, "sub");
+    n.send_window = 2;
+    let mut sub = Client::with(n);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    sub.subscribe(&b, "t", QoS::AtLeastOnce);
+    for i in 1..=5u16 {
+        publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b""))
+            .unwrap();
+    }
+    let first = sub.take();
+    let ids: Vec<u16> = publishes(&first).iter().map(|p| p.pkid).collect();
+    assert_eq!(ids.len(), 2);
+    sub.handle(&b, Packet::PubAck(PubAck::new(ids[0]))).unwrap();
+    assert_eq!(publishes(&sub.take()).len(), 1);
+    assert_eq!(sub.state.handle.outbox().len(), 2);
+}
+
+#[test]
+fn overlapping_subscriptions_give_one_copy_with_all_identifiers() {
+    // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy at the highest QoS with every identifier.
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    let mut publ = Client::new(Protocol::V5, "pub");
+    let o = |qos| SubscriptionOptions {
+        qos,
+        ..Default::default()
+    };
+    sub.subscribe_with(&b, "a/#", o(QoS::AtMostOnce), Some(1));
+    sub.subscribe_with(&b, "a/+", o(QoS::AtLeastOnce), Some(2));
+    publ.handle(&b, publish("a/b", QoS::ExactlyOnce, 1, b"x"))
+        .unwrap();
+    let got = sub.take();
+    let p = publishes(&got);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].qos, QoS::AtLeastOnce);
+    let mut ids = p[0].properties.subscription_identifiers.clone();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2]);
+}
+
+#[test]
+fn no_local_skips_own_messages() {
+    // [MQTT-3.8.3-3]
+    let b = broker();
+    let mut c = Client::new(Protocol::V5, "c");
+    let opts = SubscriptionOptions {
+        qos: QoS::AtMostOnce,
+        no_local: true,
+        ..Default::default()
+    };
+    c.subscribe_with(&b, "t", opts, None);
+    c.handle(&b, publish("t", QoS::AtMostOnce, 0, b"x"))
+        .unwrap();
+    assert!(publishes(&c.take()).is_empty());
+}
+
+#[test]
+fn wildcards_never_match_dollar_topics() {
+    // [MQTT-4.7.2-1]
+    let b = broker();
+    let mut sub = Client::new(Protocol::V311, "sub");
+    let mut publ = Client::new(Protocol::V311, "pub");
+    sub.subscribe(&b, "#", QoS::AtMostOnce);
+    sub.subscribe(&b, "+/x", QoS::AtMostOnce);
+    publ.handle(&b, publish("$foo/x", QoS::AtMostOnce, 0, b""))
+        .unwrap();
+    assert!(publishes(&sub.take()).is_empty());
+    sub.subscribe(&b, "$foo/#", QoS::AtMostOnce);
+    publ.handle(&b, publish("$foo/x", QoS::AtMostOnce, 0, b""))
+        .unwrap();
+    assert_eq!(publishes(&sub.take()).len(), 1);
+}
+
+#[test]
+fn retained_messages_on_subscribe_and_retain_handling() {
+    // [MQTT-3.3.1-5..7] store/replace/delete; [MQTT-3.3.1-9..11] Retain Handling 0/1/2.
+    let b = broker();
+    let mut publ = Client::new(Protocol::V5, "pub");
+    let mut r = publish("r/1", QoS::AtLeastOnce, 1, b"v1");
+    if let Packet::Publish(p) = &mut r {
+        p.retain = true;
+    }
+    publ.handle(&b, r.clone()).unwrap();
+    if let Packet::Publish(p) = &mut r {
+        p.payload = Bytes::from_static(b"v2");
+    }
+    publ.handle(&b, r.clone()).unwrap();
+
+    let mut sub = Client::new(Protocol::V5, "sub");
+    let got = sub.subscribe(&b, "r/#", QoS::AtLeastOnce);
+    assert!(matches!(got[0], Packet::SubAck(_)), "SUBACK comes first");
+    let p = publishes(&got);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].retain, "retain flag set on subscribe-time delivery");
+    assert_eq!(&p[0].payload[..], b"v2", "replaced");
+
+    let mut opts = SubscriptionOptions {
+        qos: QoS::AtMostOnce,
+        ..Default::default()
+    };
+    opts.retain_handling = RetainHandling::OnNewSubscription;
+    assert!(
+        publishes(&sub.subscribe_with(&b, "r/#", opts, None)).is_empty(),
+        "already existed"
+    );
+    opts.retain_handling = RetainHandling::Never;
+    let mut other = Client::new(Protocol::V5, "other");
+    assert!(publishes(&other.subscribe_with(&b, "r/#", opts, None)).is_empty());
+
+    // Live delivery: RETAIN cleared unless Retain As Published.
+    publ.handle(&b, r.clone()).unwrap();
+    let live = sub.take();
+    assert!(
+        publishes(&live).iter().all(|p| !p.retain),
+        "[MQTT-3.3.1-12]"
+    );
+
+    // Empty payload deletes.
+    if let Packet::Publish(p) = &mut r {
+        p.payload = Bytes::new();
+    }
+    publ.handle(&b, r).unwrap();
+    let mut late = Client::new(Protocol::V5, "late");
+    assert!(publishes(&late.subscribe(&b, "r/#", QoS::AtMostOnce)).is_empty());
+}
+
+#[test]
+fn inbound_topic_alias_set_used_and_limits() {
+    // 3.3.2.3.4; alias 0 or above the maximum: DISCONNECT 0x94 [MQTT-3.3.2-9].
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    let mut c = Client::new(Protocol::V5, "c");
+    sub.subscribe(&b, "long/topic", QoS::AtMostOnce);
+    let mut p = publish("long/topic", QoS::AtMostOnce, 0, b"1");
+    if let Packet::Publish(p) = &mut p {
+        p.properties.topic_alias = Some(3);
+    }
+    c.handle(&b, p.clone()).unwrap();
+    if let Packet::Publish(p) = &mut p {
+        p.topic = TopicName::default();
+    }
+    c.handle(&b, p.clone()).unwrap();
+    assert_eq!(publishes(&sub.take()).len(), 2);
+    if let Packet::Publish(p) = &mut p {
+        p.properties.topic_alias = Some(9);
+    }
+    assert_eq!(
+        c.handle(&b, p).unwrap_err().send,
+        Some(ReasonCode::TOPIC_ALIAS_INVALID)
+    );
+}
+
+#[test]
+fn second_connect_and_server_packets_are_protocol_errors() {
+    let b = broker();
+    let mut c = Client::new(Protocol::V5, "c");
+    let e = c.handle(&b, Packet::PingResp).unwrap_err();
+    assert_eq!(e.send, Some(ReasonCode::PROTOCOL_ERROR));
+}
+
+#[test]
+fn disconnect_cannot_raise_session_expiry_from_zero() {
+    // [MQTT-3.14.2-2]
+    let b = broker();
+    let mut c = Client::new(Protocol::V5, "c");
+    let d = Disconnect {
+        reason: ReasonCode::SUCCESS,
+        properties: DisconnectProperties {
+            session_expiry_interval: Some(60),
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        c.handle(&b, Packet::Disconnect(d)).unwrap_err().send,
+        Some(ReasonCode::PROTOCOL_ERROR)
+    );
+    let mut c = Client::new(Protocol::V5, "c2");
+    let close = c
+        .handle(
+            &b,
+            Packet::Disconnect(Disconnect::new(ReasonCode::DISCONNECT_WITH_WILL)),
+        )
+        .unwrap_err();
+    assert!(
+        close.publish_will && close.send.is_none(),
+        "0x04 publishes the will"
+    );
+    let close = c
+        .handle(&b, Packet::Disconnect(Disconnect::new(ReasonCode::SUCCESS)))
+        .unwrap_err();
+    assert!(
+        !close.publish_will,
+        "[MQTT-3.1.2-10] normal DISCONNECT deletes the will"
+    );
+}
+
+#[test]
+fn expired_messages_are_not_delivered_and_expiry_counts_down() {
+    // [MQTT-3.3.2-5], [MQTT-3.3.2-6]
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    let mut publ = Client::new(Protocol::V5, "pub");
+    sub.subscribe(&b, "t", QoS::AtLeastOnce);
+    let mut p = publish("t", QoS::AtLeastOnce, 1, b"x");
+    if let Packet::Publish(p) = &mut p {
+        p.properties.message_expiry_interval = Some(10);
+    }
+    publ.handle(&b, p.clone()).unwrap();
+    publ.handle(&b, p).unwrap();
+    let now = Instant::now();
+    // Deliver one at +4 s (remaining 6 s), then the other after expiry.
+    sub.state.n.send_window = 1;
+    let first = sub.take_at(now + Duration::from_secs(4));
+    assert_eq!(
+        publishes(&first)[0].properties.message_expiry_interval,
+        Some(6)
+    );
+    let id = publishes(&first)[0].pkid;
+    sub.handle(&b, Packet::PubAck(PubAck::new(id))).unwrap();
+    assert!(publishes(&sub.take_at(now + Duration::from_secs(11))).is_empty());
+}
+
+#[test]
+fn messages_over_client_maximum_packet_size_are_dropped() {
+    // [MQTT-3.1.2-25]
+    let b = broker();
+    let mut n = negotiated(Protocol::V5, "small");
+    n.client_max_packet = 64;
+    let mut sub = Client::with(n);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    sub.subscribe(&b, "t", QoS::AtMostOnce);
+    publ.handle(&b, publish("t", QoS::AtMostOnce, 0, &[b'x'; 100]))
+        .unwrap();
+    publ.handle(&b, publish("t", QoS::AtMostOnce, 0, b"fits"))
+        .unwrap();
+    let got = sub.take();
+    let p = publishes(&got);
+    assert_eq!(p.len(), 1);
+    assert_eq!(&p[0].payload[..], b"fits");
+    assert_eq!(sub.state.oversize_dropped, 1);
+}
+
+#[test]
+fn unsubscribe_reports_per_filter() {
+    // [MQTT-3.11.3-1]; 0x11 No subscription existed.
+    let b = broker();
+    let mut c = Client::new(Protocol::V5, "c");
+    c.subscribe(&b, "a", QoS::AtMostOnce);
+    let u = Unsubscribe {
+        pkid: 2,
+        filters: vec![
+            TopicFilter::try_from("a").unwrap(),
+            TopicFilter::try_from("b").unwrap(),
+        ],
+        rejected: vec![],
+        user_properties: vec![],
+    };
+    c.handle(&b, Packet::Unsubscribe(u)).unwrap();
+    match &c.take()[..] {
+        [Packet::UnsubAck(a)] => {
+            assert_eq!(
+                a.reasons,
+                vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn acl_free_broker_refuses_publish_to_sys() {
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    let mut c = Client::new(Protocol::V5, "c");
+    sub.subscribe(&b, "$SYS/#", QoS::AtMostOnce);
+    c.handle(&b, publish("$SYS/x", QoS::AtLeastOnce, 1, b""))
+        .unwrap();
+    assert!(matches!(&c.take()[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NOT_AUTHORIZED));
+    assert!(publishes(&sub.take()).is_empty());
+}
+
+#[test]
+fn shared_subscription_delivers_to_one_member() {
+    // [MQTT-4.8.2-?]: each message to one member of the group.
+    let b = broker();
+    let mut m1 = Client::new(Protocol::V5, "m1");
+    let mut m2 = Client::new(Protocol::V5, "m2");
+    let mut publ = Client::new(Protocol::V5, "pub");
+    m1.subscribe(&b, "$share/g/jobs/#", QoS::AtLeastOnce);
+    m2.subscribe(&b, "$share/g/jobs/#", QoS::AtLeastOnce);
+    for i in 1..=10u16 {
+        publ.handle(&b, publish("jobs/x", QoS::AtLeastOnce, i, b""))
+            .unwrap();
+    }
+    let (a, c) = (publishes(&m1.take()).len(), publishes(&m2.take()).len());
+    assert_eq!(a + c, 10);
+    assert!(a > 0 && c > 0, "round robin spreads the messages ({a}/{c})");
+}
+
+#[test]
+fn outbound_topic_aliases_name_repeated_topics_by_alias() {
+    // 3.3.2.3.4: first PUBLISH carries topic + alias, later ones the alias and an empty topic;
+    // never more aliases than the client's Topic Alias Maximum [MQTT-3.3.2-10].
+    let b = broker();
+    let mut n = negotiated(Protocol::V5, "sub");
+    n.outbound_alias_maximum = 1;
+    let mut sub = Client::with(n);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    sub.subscribe(&b, "#", QoS::AtMostOnce);
+    for topic in ["a/long/topic", "a/long/topic", "other", "a/long/topic"] {
+        publ.handle(&b, publish(topic, QoS::AtMostOnce, 0, b"x"))
+            .unwrap();
+    }
+    let got = sub.take();
+    let seen: Vec<(&str, Option<u16>)> = publishes(&got)
+        .iter()
+        .map(|p| (p.topic.as_str(), p.properties.topic_alias))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("a/long/topic", Some(1)),
+            ("", Some(1)),
+            ("other", Some(1)),
+            ("a/long/topic", Some(1))
+        ]
+    );
+}

@@ -1,0 +1,185 @@
+//! Routing a PUBLISH: update the retained store, match the subscription tree, and push one
+//! delivery record per subscribing session onto its outbox. It runs in the publisher's task,
+//! takes only short locks and never awaits: a full outbox is the subscriber's problem
+//! (dropped and counted), never the publisher's.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_codec::{QoS, RetainHandling, TopicFilter};
+
+use crate::acl::Access;
+use crate::broker::{read, write, Broker, SubEntry};
+use crate::message::Message;
+use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
+
+/// The client asking for something, for ACL checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+}
+
+/// One resolved target of a message before it is pushed.
+struct Target {
+    handle: Arc<SessionHandle>,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: Vec<u32>,
+    username: Option<Arc<str>>,
+}
+
+impl Target {
+    fn from_entry(e: &SubEntry, msg: &Message) -> Target {
+        Target {
+            handle: e.handle.clone(),
+            qos: msg.qos.min(e.options.qos),
+            // Live messages carry RETAIN only under Retain As Published [MQTT-3.3.1-12];
+            // 3.1.1 subscriptions never set it [MQTT-3.3.1-9].
+            retain: msg.retain && e.options.retain_as_published,
+            subscription_ids: e.identifier.into_iter().collect(),
+            username: e.username.clone(),
+        }
+    }
+}
+
+impl Broker {
+    /// Routes `msg` to every matching subscription; returns how many sessions it was queued for.
+    pub fn publish(&self, msg: Arc<Message>) -> usize {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        let mut targets: Vec<Target> = Vec::new();
+        // (group, members) for shared subscriptions; rare, so a small Vec.
+        let mut groups: Vec<(Box<str>, Vec<Target>)> = Vec::new();
+        {
+            let tree = read(&self.subscriptions);
+            tree.for_each_match(msg.topic.as_str(), |group, client, entry| {
+                // No Local: not back to the publisher's own subscriptions [MQTT-3.8.3-3].
+                if entry.options.no_local && **client == *msg.origin {
+                    return;
+                }
+                let target = Target::from_entry(entry, &msg);
+                match group {
+                    None => targets.push(target),
+                    Some(g) => match groups.iter_mut().find(|(name, _)| &**name == g) {
+                        Some((_, members)) => members.push(target),
+                        None => groups.push((g.into(), vec![target])),
+                    },
+                }
+            });
+        }
+        // Overlapping subscriptions of one client: one copy at the highest QoS, with every
+        // matching Subscription Identifier [MQTT-3.3.4-2], [MQTT-3.3.4-3].
+        if targets.len() > 1 {
+            targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.handle) as usize);
+            targets.dedup_by(|later, kept| {
+                if !Arc::ptr_eq(&later.handle, &kept.handle) {
+                    return false;
+                }
+                kept.qos = kept.qos.max(later.qos);
+                kept.retain |= later.retain;
+                kept.subscription_ids.append(&mut later.subscription_ids);
+                true
+            });
+        }
+        // Shared subscriptions: one member per group [MQTT-4.8.2-...].
+        for (_, mut members) in groups {
+            let pick = self.shared_cursor.fetch_add(1, Ordering::Relaxed) % members.len();
+            targets.push(members.swap_remove(pick));
+        }
+        let mut queued = 0;
+        for t in targets {
+            if !self.may_read(
+                t.username.as_deref(),
+                &t.handle.client_id,
+                msg.topic.as_str(),
+            ) {
+                continue;
+            }
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: t.qos,
+                retain: t.retain,
+                subscription_ids: t.subscription_ids,
+            };
+            match t.handle.deliver(d) {
+                Ok(()) => queued += 1,
+                Err(_) => {
+                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        queued
+    }
+
+    /// Stores, replaces or deletes (empty payload) the retained message of its topic
+    /// [MQTT-3.3.1-5], [MQTT-3.3.1-6], [MQTT-3.3.1-7].
+    fn store_retained(&self, msg: &Arc<Message>) {
+        let mut store = write(&self.retained);
+        if msg.payload.is_empty() {
+            store.remove(msg.topic.as_str());
+        } else {
+            store.insert(msg.topic.as_str(), msg.clone());
+        }
+    }
+
+    /// The retained messages to send for a new subscription, per Retain Handling
+    /// [MQTT-3.8.4-4], [MQTT-3.3.1-9] .. [MQTT-3.3.1-11]. Shared subscriptions get none
+    /// (retained messages are not sent for shared subscriptions, 4.8.2).
+    pub fn retained_for(
+        &self,
+        filter: &TopicFilter,
+        record: &SubscriptionRecord,
+        existed: bool,
+        who: &Requester<'_>,
+        now: Instant,
+    ) -> Vec<Delivery> {
+        let options = &record.options;
+        let send = match options.retain_handling {
+            RetainHandling::OnSubscribe => true,
+            RetainHandling::OnNewSubscription => !existed,
+            RetainHandling::Never => false,
+        };
+        if !send || filter.shared().is_some() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let store = read(&self.retained);
+        store.for_each_match(filter.match_filter(), |topic, msg| {
+            if msg.is_expired(now) || !self.may_read(who.username, who.client_id, topic) {
+                return;
+            }
+            out.push(Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(options.qos),
+                retain: true,
+                subscription_ids: record.identifier.into_iter().collect(),
+            });
+        });
+        out
+    }
+
+    /// ACL read check (subscribe-time for retained, delivery-time for live messages).
+    fn may_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.check_topic(username, client_id, topic, Access::Read))
+    }
+
+    /// ACL write check for a PUBLISH (or a will).
+    pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.check_topic(username, client_id, topic, Access::Write))
+    }
+
+    /// ACL check for a SUBSCRIBE filter.
+    pub fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.check_subscribe(username, client_id, filter))
+    }
+}

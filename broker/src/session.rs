@@ -1,0 +1,390 @@
+//! Session state (4.1): what the broker keeps for a client id across connections.
+//!
+//! Two halves with different owners:
+//! * [`SessionHandle`] is shared (`Arc`): publishers push [`Delivery`] records onto its
+//!   [`Outbox`] without awaiting, and wake the owning connection task through `notify`.
+//! * [`Session`] is owned by exactly one task at a time: the connection task while the client is
+//!   online, otherwise it is parked in the handle. It holds subscriptions, the inflight window and
+//!   inbound QoS 2 state. It is plain data, so the durability work can serialise it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use sluice_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::message::{ClientId, Message};
+
+/// One message on its way to one session: the shared message plus what differs per subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The shared message (never copied per subscriber).
+    pub msg: Arc<Message>,
+    /// min(published QoS, subscription QoS) [MQTT-3.8.4-8].
+    pub qos: QoS,
+    /// RETAIN flag to send: 1 for retained messages sent on subscribe, else Retain As Published.
+    pub retain: bool,
+    /// Subscription Identifiers of every matching subscription (5.0) [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<u32>,
+}
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// QoS 0 for an offline session: not queued, as Mosquitto does by default.
+    OfflineQos0,
+    /// `mqtt.max_queued_messages` or `mqtt.max_queued_bytes` reached.
+    QueueFull,
+}
+
+/// The per-session queue of deliveries not yet handed to the connection: messages for an
+/// offline session, and messages waiting for a free slot in the inflight window. Bounded in
+/// count and bytes; a full queue drops the new message and counts it, never blocks.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Deliveries in arrival order [MQTT-4.6.0-6].
+    queue: VecDeque<Delivery>,
+    /// Sum of `Message::cost` over `queue`, checked against `max_bytes`.
+    bytes: usize,
+    /// Whether a connection currently owns the session (QoS 0 is not queued for offline ones).
+    online: bool,
+    /// `mqtt.max_queued_messages`.
+    max_messages: usize,
+    /// `mqtt.max_queued_bytes`.
+    max_bytes: usize,
+    /// Deliveries refused since the session began, for logs and counters.
+    dropped: u64,
+}
+
+impl Outbox {
+    /// An empty outbox with the given bounds.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            queue: VecDeque::new(),
+            bytes: 0,
+            online: false,
+            max_messages,
+            max_bytes,
+            dropped: 0,
+        }
+    }
+
+    /// Queues `d` unless a bound forbids it.
+    pub fn push(&mut self, d: Delivery) -> Result<(), Dropped> {
+        if !self.online && d.qos == QoS::AtMostOnce {
+            self.dropped += 1;
+            return Err(Dropped::OfflineQos0);
+        }
+        let cost = d.msg.cost();
+        if self.queue.len() >= self.max_messages || self.bytes + cost > self.max_bytes {
+            self.dropped += 1;
+            return Err(Dropped::QueueFull);
+        }
+        self.bytes += cost;
+        self.queue.push_back(d);
+        Ok(())
+    }
+
+    /// Puts `d` back at the front (a delivery taken but not sent, e.g. the window filled).
+    pub fn push_front(&mut self, d: Delivery) {
+        self.bytes += d.msg.cost();
+        self.queue.push_front(d);
+    }
+
+    /// Takes the oldest delivery.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.bytes -= d.msg.cost();
+        Some(d)
+    }
+
+    /// The oldest delivery, without taking it.
+    pub fn front(&self) -> Option<&Delivery> {
+        self.queue.front()
+    }
+
+    /// Number of queued deliveries.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Bytes charged for queued deliveries.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Deliveries refused so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Marks the session online or offline.
+    pub fn set_online(&mut self, online: bool) {
+        self.online = online;
+    }
+
+    /// Drops everything queued (Clean Start discards the old session's messages).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A subscription as the session remembers it (the tree holds a copy for matching).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier (5.0), sent with every message this subscription matches.
+    pub identifier: Option<u32>,
+}
+
+/// An outbound QoS 1/2 message awaiting its acknowledgement (4.3.2, 4.3.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inflight {
+    /// PUBLISH sent (QoS 1: awaiting PUBACK; QoS 2: awaiting PUBREC). Resent with DUP on resume.
+    Publish { pkid: u16, delivery: Delivery },
+    /// QoS 2 PUBREC received and PUBREL sent: awaiting PUBCOMP. The message itself is gone.
+    Release { pkid: u16 },
+}
+
+impl Inflight {
+    /// The packet identifier this entry holds.
+    pub fn pkid(&self) -> u16 {
+        match self {
+            Inflight::Publish { pkid, .. } | Inflight::Release { pkid } => *pkid,
+        }
+    }
+}
+
+/// The will of a connection that ended abnormally and is waiting out its Will Delay Interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWill {
+    pub will: LastWill,
+    /// When to publish it, unless the session resumes first [MQTT-3.1.3-9].
+    pub publish_at: Instant,
+}
+
+/// The session state owned by one task at a time (see the module docs).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Subscriptions by the filter as the client wrote it (`$share/...` included).
+    pub subscriptions: HashMap<TopicFilter, SubscriptionRecord>,
+    /// Outbound QoS 1/2 messages not yet fully acknowledged, in the order they were sent;
+    /// resent in this order when the session resumes [MQTT-4.4.0-1].
+    pub inflight: VecDeque<Inflight>,
+    /// The last packet identifier used for an outbound PUBLISH.
+    pub last_pkid: u16,
+    /// Inbound QoS 2 packet ids received and PUBREC'd but not yet released by PUBREL: a
+    /// PUBLISH with one of these ids is not delivered again [MQTT-4.3.3-9].
+    pub awaiting_pubrel: HashSet<u16>,
+    /// Session Expiry Interval in seconds; 0 ends the session with the connection, u32::MAX
+    /// never expires (3.1.1 Clean Session = 0).
+    pub expiry_interval: u32,
+    /// A will waiting for its delay while the client is away.
+    pub pending_will: Option<PendingWill>,
+}
+
+impl Session {
+    /// The next free packet identifier (never 0 [MQTT-2.2.1-3], never one in use
+    /// [MQTT-2.2.1-2]); None if all 65,535 are in flight.
+    pub fn next_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            let id = self.last_pkid;
+            if !self.inflight.iter().any(|i| i.pkid() == id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Finds the inflight entry for `pkid`; acks usually arrive in order, so this checks the
+    /// oldest entry first.
+    pub fn inflight_position(&self, pkid: u16) -> Option<usize> {
+        self.inflight.iter().position(|i| i.pkid() == pkid)
+    }
+
+    /// Number of inflight QoS 1/2 PUBLISHes (PUBRELs awaiting PUBCOMP count too, 4.9).
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+/// A message for the task that owns a session.
+#[derive(Debug)]
+pub enum Control {
+    /// Another connection with the same client id arrived [MQTT-3.1.4-3]: send DISCONNECT
+    /// 0x8E, close, park the session in the handle, then answer.
+    TakeOver(oneshot::Sender<()>),
+}
+
+/// The connection currently owning a session.
+#[derive(Debug)]
+pub struct Owner {
+    /// Unique per connection, so a late-finishing old connection cannot clobber a new owner.
+    pub connection: u64,
+    /// Where to send [`Control`] messages.
+    pub control: mpsc::Sender<Control>,
+}
+
+/// Who holds the session now; guarded by one lock so ownership changes are atomic.
+#[derive(Debug, Default)]
+pub struct Ownership {
+    /// The online owner, if any.
+    pub owner: Option<Owner>,
+    /// The session while nobody owns it.
+    pub parked: Option<Box<Session>>,
+    /// Bumped whenever ownership changes: expiry and will timers fire only for the generation
+    /// they were armed for.
+    pub generation: u64,
+    /// When the parked session expires (None: never, or online).
+    pub expires_at: Option<Instant>,
+}
+
+/// The shared half of a session (see the module docs).
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// The client identifier this session belongs to.
+    pub client_id: ClientId,
+    /// Deliveries waiting for the owning connection (or for the client to come back).
+    outbox: Mutex<Outbox>,
+    /// Wakes the owning connection task after a push.
+    pub notify: Notify,
+    /// Ownership and the parked session. Locked briefly; never across an await.
+    ownership: Mutex<Ownership>,
+    /// Serialises CONNECTs and disconnects for this client id, so two connections racing for one
+    /// session take it over one after the other. Held across the takeover await (async mutex).
+    pub connect_lock: tokio::sync::Mutex<()>,
+    /// Deliveries refused by a full outbox, for counters.
+    pub overflow_count: AtomicU64,
+}
+
+impl SessionHandle {
+    /// A handle with an empty outbox and no owner.
+    pub fn new(client_id: ClientId, max_messages: usize, max_bytes: usize) -> SessionHandle {
+        SessionHandle {
+            client_id,
+            outbox: Mutex::new(Outbox::new(max_messages, max_bytes)),
+            notify: Notify::new(),
+            ownership: Mutex::new(Ownership::default()),
+            connect_lock: tokio::sync::Mutex::new(()),
+            overflow_count: AtomicU64::new(0),
+        }
+    }
+
+    /// Locks the outbox. Never held across an await.
+    pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every mutation is
+        // a single push/pop), so a poisoned lock is still usable.
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the ownership state. Never held across an await.
+    pub fn ownership(&self) -> MutexGuard<'_, Ownership> {
+        self.ownership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a delivery and wakes the owner; never blocks on the subscriber.
+    pub fn deliver(&self, d: Delivery) -> Result<(), Dropped> {
+        let r = self.outbox().push(d);
+        match r {
+            Ok(()) => self.notify.notify_one(),
+            Err(Dropped::QueueFull) => {
+                let n = self.overflow_count.fetch_add(1, Ordering::Relaxed);
+                // Log the first overflow and then every 1000th, so a flood cannot flood the log.
+                if n % 1000 == 0 {
+                    tracing::warn!(
+                        client_id = %self.client_id,
+                        dropped = n + 1,
+                        "session queue full (mqtt.max_queued_messages / mqtt.max_queued_bytes): message dropped"
+                    );
+                }
+            }
+            Err(Dropped::OfflineQos0) => {}
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use sluice_codec::TopicName;
+
+    fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
+        let msg = Message::new(
+            TopicName::try_from("t").unwrap(),
+            Bytes::from_static(payload),
+            qos,
+            false,
+            Default::default(),
+            "p".into(),
+            Instant::now(),
+        );
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn outbox_bounds_by_count_and_bytes() {
+        let mut o = Outbox::new(2, 1 << 20);
+        o.set_online(true);
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"a")).is_ok());
+        assert!(o.push(delivery(QoS::AtMostOnce, b"b")).is_ok());
+        assert_eq!(
+            o.push(delivery(QoS::AtLeastOnce, b"c")),
+            Err(Dropped::QueueFull)
+        );
+        assert_eq!(o.dropped(), 1);
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let mut o = Outbox::new(100, one * 2);
+        o.set_online(true);
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"x")).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"y")).is_ok());
+        assert_eq!(
+            o.push(delivery(QoS::AtLeastOnce, b"z")),
+            Err(Dropped::QueueFull)
+        );
+        assert_eq!(o.bytes(), one * 2);
+        o.pop();
+        assert_eq!(o.bytes(), one);
+    }
+
+    #[test]
+    fn offline_outbox_refuses_qos0_but_queues_qos1() {
+        let mut o = Outbox::new(10, 1 << 20);
+        assert_eq!(
+            o.push(delivery(QoS::AtMostOnce, b"a")),
+            Err(Dropped::OfflineQos0)
+        );
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"a")).is_ok());
+        assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let mut s = Session {
+            last_pkid: u16::MAX - 1,
+            ..Default::default()
+        };
+        assert_eq!(s.next_pkid(), Some(u16::MAX));
+        s.inflight.push_back(Inflight::Release { pkid: 1 });
+        assert_eq!(
+            s.next_pkid(),
+            Some(2),
+            "wraps past 0 [MQTT-2.2.1-3] and skips 1 (in use)"
+        );
+    }
+}
