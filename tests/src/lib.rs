@@ -1,1 +1,524 @@
-//! Test harness (see tests/src/lib.rs)
+//! Harness for the black-box tests: starts the real `sluice` binary on a free loopback port,
+//! and offers the peers the tests talk to it with:
+//!
+//! * [`rumqttc`] (re-exported) for the v4 and v5 Rust client APIs;
+//! * [`RawClient`]: a TCP socket that sends exact bytes and decodes replies with Sluice's codec,
+//!   for byte-exact and malformed-packet cases;
+//! * [`mosquitto_pub`] / [`mosquitto_sub`]: Debian's `mosquitto-clients`;
+//! * [`paho`]: Paho's Python client, from the virtualenv made by `scripts/install-test-deps.sh`.
+//!
+//! Every process started here is stopped by its PID (on drop at the latest), every wait is bounded.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use rumqttc;
+pub use sluice_codec as codec;
+use sluice_codec::{Decoder, Packet, Protocol};
+
+/// The workspace root (for scripts and the virtualenv).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `sluice` binary: `$SLUICE_BIN` if set, else built once with `cargo build -p sluice`
+/// into this workspace's target directory (same profile as the tests).
+pub fn sluice_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SLUICE_BIN") {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build -p sluice");
+        assert!(status.success(), "cargo build -p sluice failed");
+        // This test executable lives in target/<profile>/deps/.
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let bin = profile_dir.join("sluice");
+        assert!(
+            bin.exists(),
+            "{} not found after cargo build",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// Captured stderr of a broker, shared with the thread that reads it.
+#[derive(Debug, Default)]
+struct LogBuf {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+/// A running `sluice` process. Killed by PID on drop.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    /// The plain-TCP address it listens on.
+    pub addr: SocketAddr,
+    log: Arc<LogBuf>,
+    /// Scratch directory for its config file and data (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+/// How to start a broker.
+#[derive(Debug, Default, Clone)]
+pub struct BrokerOpts {
+    /// TOML written to `sluice.toml` and passed with `--config` (if not empty).
+    pub config: String,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Extra files written into the scratch directory before start (name, contents).
+    pub files: Vec<(String, String)>,
+}
+
+impl Broker {
+    /// A broker with its defaults on 127.0.0.1:0.
+    pub fn start() -> Broker {
+        Broker::start_with(BrokerOpts::default()).expect("start sluice")
+    }
+
+    /// A broker with the given TOML configuration (the listener is still 127.0.0.1:0).
+    pub fn with_config(toml: &str) -> Broker {
+        Broker::start_with(BrokerOpts {
+            config: toml.into(),
+            ..Default::default()
+        })
+        .expect("start sluice")
+    }
+
+    pub fn start_with(opts: BrokerOpts) -> Result<Broker> {
+        let dir = tempfile::tempdir()?;
+        for (name, contents) in &opts.files {
+            std::fs::write(dir.path().join(name), contents)?;
+        }
+        let mut cmd = Command::new(sluice_bin());
+        cmd.current_dir(dir.path())
+            .args(["--bind", "127.0.0.1:0", "--log", "debug"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !opts.config.is_empty() {
+            let path = dir.path().join("sluice.toml");
+            std::fs::write(&path, &opts.config)?;
+            cmd.arg("--config").arg(&path);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("spawn sluice")?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(LogBuf::default());
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("SLUICE_TEST_LOG").is_some() {
+                    eprintln!("[sluice] {line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.changed.notify_all();
+            }
+        });
+        let mut broker = Broker {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse()?,
+            log,
+            dir,
+        };
+        let line = broker
+            .wait_log("listening on tcp://", Duration::from_secs(20))
+            .map_err(|e| anyhow!("{e}; exit status {:?}", broker.try_exit()))?;
+        let addr = line
+            .split("listening on tcp://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .ok_or_else(|| anyhow!("no address in {line:?}"))?;
+        broker.addr = addr.parse().with_context(|| format!("parse {addr:?}"))?;
+        Ok(broker)
+    }
+
+    /// The PID of the broker process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// `host` and `port` as strings, for command-line clients.
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// Every stderr line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a stderr line contains `needle`; returns that line.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_log_from(0, needle, timeout)
+    }
+
+    /// Like [`Broker::wait_log`], looking only at lines from index `from` on.
+    pub fn wait_log_from(&self, from: usize, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().skip(from).find(|l| l.contains(needle)) {
+                return Ok(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "no log line containing {needle:?} within {timeout:?}; log:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = self
+                .log
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Number of log lines so far (to wait only for newer ones).
+    pub fn log_len(&self) -> usize {
+        self.log.lines.lock().unwrap().len()
+    }
+
+    fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("already stopped"))?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("sluice did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `sluice` with arguments to completion (bounded), e.g. `--check-config`.
+pub fn run_sluice(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Result<Output> {
+    let mut cmd = Command::new(sluice_bin());
+    cmd.args(args).current_dir(dir).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_bounded(cmd, Duration::from_secs(20))
+}
+
+/// Runs a command with a time limit (killed by PID when it runs over); returns its output.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "{cmd:?} ran over {limit:?}; stdout {:?} stderr {:?}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn require_tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: run scripts/install-test-deps.sh (installs mosquitto-clients)");
+}
+
+/// `mosquitto_pub` against `broker` with extra arguments; waits for it (bounded).
+pub fn mosquitto_pub(broker: &Broker, args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(require_tool("mosquitto_pub"));
+    cmd.args(["-h", "127.0.0.1", "-p", &broker.port()])
+        .args(args);
+    let out = run_bounded(cmd, Duration::from_secs(15))?;
+    if !out.status.success() {
+        bail!(
+            "mosquitto_pub {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// A `mosquitto_sub` running in the background; collect its output with [`BgProcess::finish`].
+pub fn mosquitto_sub(broker: &Broker, args: &[&str]) -> Result<BgProcess> {
+    let mut cmd = Command::new(require_tool("mosquitto_sub"));
+    cmd.args(["-h", "127.0.0.1", "-p", &broker.port()])
+        .args(args);
+    BgProcess::spawn(cmd)
+}
+
+/// The virtualenv's Python with paho-mqtt.
+pub fn paho_python() -> PathBuf {
+    let p = workspace_root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/install-test-deps.sh",
+        p.display()
+    );
+    p
+}
+
+/// Runs `tests/python/<script>` with Paho against `broker`, with extra arguments; returns stdout
+/// (the script exits non-zero on failure; that is an error here with its stderr).
+pub fn paho(broker: &Broker, script: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new(paho_python());
+    cmd.arg(workspace_root().join("tests/python").join(script))
+        .args(["--host", "127.0.0.1", "--port", &broker.port()])
+        .args(args);
+    let out = run_bounded(cmd, Duration::from_secs(30))?;
+    if !out.status.success() {
+        bail!(
+            "{script} {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A background process whose output is collected at the end; killed by PID on drop.
+#[derive(Debug)]
+pub struct BgProcess {
+    child: Option<Child>,
+}
+
+impl BgProcess {
+    pub fn spawn(mut cmd: Command) -> Result<BgProcess> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(BgProcess {
+            child: Some(cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?),
+        })
+    }
+
+    /// Waits up to `limit` for it to exit by itself, else kills it; returns the output.
+    pub fn finish(mut self, limit: Duration) -> Result<Output> {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + limit;
+        while child.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        Ok(child.wait_with_output()?)
+    }
+}
+
+impl Drop for BgProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A raw MQTT connection: exact bytes out, packets in (decoded with Sluice's codec, which
+/// decodes every packet type in both directions).
+#[derive(Debug)]
+pub struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+/// What [`RawClient::recv`] saw.
+#[derive(Debug)]
+pub enum Recv {
+    Packet(Box<Packet>),
+    /// The server closed the connection (EOF or reset).
+    Closed,
+    /// Nothing within the time limit.
+    Timeout,
+}
+
+impl RawClient {
+    /// Connects; `protocol` tells the decoder how to read the server's packets.
+    pub async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<RawClient> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawClient {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            decoder: Decoder::with_protocol(protocol, 1 << 28),
+        })
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Encodes and sends a packet at the decoder's protocol level.
+    pub async fn send(&mut self, packet: &Packet) -> Result<()> {
+        let protocol = self.decoder.protocol().unwrap_or(Protocol::V311);
+        let mut out = BytesMut::new();
+        sluice_codec::encode(packet, protocol, &mut out).map_err(|e| anyhow!("encode: {e}"))?;
+        self.send_bytes(&out).await
+    }
+
+    /// The next packet from the server, `Closed`, or `Timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Recv> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(p) = self
+                .decoder
+                .decode(&mut self.buf)
+                .map_err(|e| anyhow!("decode: {e}"))?
+            {
+                return Ok(Recv::Packet(Box::new(p)));
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Ok(Recv::Timeout),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(Recv::Closed),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next packet, which must arrive within `timeout`.
+    pub async fn expect_packet(&mut self, timeout: Duration) -> Result<Packet> {
+        match self.recv(timeout).await? {
+            Recv::Packet(p) => Ok(*p),
+            other => bail!("expected a packet, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server closes the connection (bounded); returns the packets seen first.
+    pub async fn expect_closed(&mut self, timeout: Duration) -> Result<Vec<Packet>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await? {
+                Recv::Packet(p) => seen.push(*p),
+                Recv::Closed => return Ok(seen),
+                Recv::Timeout => bail!("connection still open after {timeout:?}; saw {seen:?}"),
+            }
+        }
+    }
+}
+
+/// Raw bytes of a minimal CONNECT: clean session/start, keepalive 60, no will, no credentials.
+pub fn connect_bytes(protocol: Protocol, client_id: &str) -> Vec<u8> {
+    let (name, level): (&[u8], u8) = match protocol {
+        Protocol::V31 => (b"MQIsdp", 3),
+        Protocol::V311 => (b"MQTT", 4),
+        Protocol::V5 => (b"MQTT", 5),
+    };
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name);
+    body.push(level);
+    body.push(0x02); // clean session / clean start
+    body.extend_from_slice(&60u16.to_be_bytes());
+    if protocol == Protocol::V5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut out = vec![0x10];
+    encode_remaining_length(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Appends MQTT's variable byte integer.
+pub fn encode_remaining_length(mut len: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+/// A unique-enough client id for a test.
+pub fn client_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
