@@ -191,6 +191,12 @@ impl ClientState {
     }
 
     fn on_publish(&mut self, now: Instant, mut p: Publish, broker: &Broker) -> Result<(), Close> {
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "Subscription Identifier in a PUBLISH from a client [MQTT-3.3.4-6]",
+            ));
+        }
         // Topic Alias (3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias {
             if alias == 0 || alias > self.n.topic_alias_maximum {
@@ -213,7 +219,7 @@ impl ClientState {
                     None => {
                         return Err(Close::error(
                             ReasonCode::PROTOCOL_ERROR,
-                            format!("topic alias {alias} used before it was set [MQTT-3.3.4-?]"),
+                            format!("topic alias {alias} used before it was set (3.3.2.3.4)"),
                         ))
                     }
                 }

@@ -577,3 +577,16 @@ fn outbound_topic_aliases_name_repeated_topics_by_alias() {
         ]
     );
 }
+
+#[test]
+fn subscription_identifier_in_client_publish_is_a_protocol_error() {
+    // [MQTT-3.3.4-6]
+    let b = broker();
+    let mut c = Client::new(Protocol::V5, "c");
+    let mut p = publish("t", QoS::AtMostOnce, 0, b"x");
+    if let Packet::Publish(p) = &mut p {
+        p.properties.subscription_identifiers = vec![1];
+    }
+    let close = c.handle(&b, p).unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::PROTOCOL_ERROR));
+}
