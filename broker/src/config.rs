@@ -76,6 +76,32 @@ pub struct MqttConfig {
     /// client's Topic Alias Maximum; 0 turns outbound aliases off). Least recently used topics
     /// give up their alias; each alias costs ~40 bytes per connection.
     pub max_outbound_topic_aliases: u16,
+    /// Highest QoS clients may use (0, 1 or 2). Below 2 it is advertised as Maximum QoS; a
+    /// PUBLISH or will above it is refused (5.0: 0x9B [MQTT-3.2.2-11]) and subscriptions are
+    /// granted at most this QoS.
+    pub maximum_qos: u8,
+    /// Whether retained messages are supported. Off: advertised as Retain Available 0, and a
+    /// PUBLISH or will with RETAIN set is refused (5.0: 0x9A [MQTT-3.2.2-14]).
+    pub retain_available: bool,
+    /// Whether `+`/`#` filters may be subscribed to. Off: SUBACK 0xA2 for such filters.
+    pub wildcard_subscription_available: bool,
+    /// Whether 5.0 Subscription Identifiers are supported. Off: a SUBSCRIBE carrying one is
+    /// DISCONNECT 0xA1.
+    pub subscription_identifiers_available: bool,
+    /// Whether `$share/{group}/{filter}` subscriptions are supported. Off: SUBACK 0x9E.
+    pub shared_subscription_available: bool,
+    /// Check that payloads flagged as UTF-8 (Payload Format Indicator 1) are valid UTF-8 and
+    /// refuse those that are not with 0x99 (5.0, 3.3.2.3.2). Costs one scan of each such payload.
+    pub validate_utf8_payloads: bool,
+    /// Redirect 5.0 clients to another server (Server Reference, 4.11): new connections are
+    /// refused with CONNACK 0x9C Use Another Server (0x9D Server Moved when
+    /// `server_moved = true`) carrying this reference, and on shutdown connected 5.0 clients get
+    /// DISCONNECT with the same code and reference instead of 0x8B. 3.1.1 clients cannot be
+    /// redirected and are refused with return code 3 (Server unavailable). None: no redirection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_reference: Option<String>,
+    /// With `server_reference`: the move is permanent (0x9D) rather than temporary (0x9C).
+    pub server_moved: bool,
 }
 
 impl Default for MqttConfig {
@@ -89,6 +115,14 @@ impl Default for MqttConfig {
             max_queued_bytes: 16 * 1024 * 1024,
             topic_alias_maximum: 64,
             max_outbound_topic_aliases: 32,
+            maximum_qos: 2,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: true,
+            shared_subscription_available: true,
+            validate_utf8_payloads: false,
+            server_reference: None,
+            server_moved: false,
         }
     }
 }
@@ -229,6 +263,22 @@ impl Config {
                 m.max_queued_bytes,
                 "must be at least mqtt.max_packet_size, or no large message could ever be queued",
             ));
+        }
+        if m.maximum_qos > 2 {
+            return Err(invalid(
+                "mqtt.maximum_qos",
+                m.maximum_qos,
+                "must be 0, 1 or 2",
+            ));
+        }
+        if let Some(r) = &m.server_reference {
+            if r.is_empty() || r.len() > 65_535 {
+                return Err(invalid(
+                    "mqtt.server_reference",
+                    r,
+                    "must be a non-empty string of at most 65535 bytes",
+                ));
+            }
         }
         if let Some(path) = &self.auth.acl_file {
             if !path.is_file() {

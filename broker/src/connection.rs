@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
-use crate::connect::{negotiate, refusal};
+use crate::connect::{negotiate, redirect_code, refusal};
 use crate::protocol::{ClientState, Close};
 use crate::session::Control;
 
@@ -136,7 +136,12 @@ pub async fn serve<S>(
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
-                break Close { send: Some(ReasonCode::SERVER_SHUTTING_DOWN), publish_will: false, reason: "server shutting down".into() };
+                // With a Server Reference configured, clients are sent on to it (4.11).
+                let code = match &broker.config.mqtt.server_reference {
+                    Some(_) => redirect_code(&broker.config.mqtt),
+                    None => ReasonCode::SERVER_SHUTTING_DOWN,
+                };
+                break Close { send: Some(code), publish_will: false, reason: "server shutting down".into() };
             }
             Some(ctl) = control_rx.recv() => match ctl {
                 Control::TakeOver(reply) => {
@@ -184,7 +189,18 @@ pub async fn serve<S>(
     // already queued for the socket (acks) goes out first.
     if let Some(code) = close.send {
         if protocol.is_v5() {
-            let d = state.disconnect_packet(code, &close.reason);
+            let mut d = state.disconnect_packet(code, &close.reason);
+            if let (Packet::Disconnect(d), Some(reference)) =
+                (&mut d, &broker.config.mqtt.server_reference)
+            {
+                if matches!(
+                    code,
+                    ReasonCode::USE_ANOTHER_SERVER | ReasonCode::SERVER_MOVED
+                ) {
+                    d.properties.server_reference =
+                        sluice_codec::Str::try_from(reference.as_str()).ok();
+                }
+            }
             state.send(&d);
         }
     }

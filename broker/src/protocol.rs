@@ -233,6 +233,44 @@ impl ClientState {
                 "empty topic name without a topic alias [MQTT-4.7.3-1]",
             ));
         }
+        let cfg = &broker.config.mqtt;
+        if p.qos as u8 > cfg.maximum_qos {
+            return Err(Close::error(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "PUBLISH QoS above the server's Maximum QoS [MQTT-3.2.2-11]",
+            ));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(Close::error(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "RETAIN set but retained messages are not available [MQTT-3.2.2-14]",
+            ));
+        }
+        if cfg.validate_utf8_payloads
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // 3.3.2.3.2: the receiver may check the payload it was told is UTF-8.
+            const WHY: &str = "payload flagged as UTF-8 is not valid UTF-8 (3.3.2.3.2)";
+            match p.qos {
+                QoS::AtMostOnce => {
+                    return Err(Close::error(ReasonCode::PAYLOAD_FORMAT_INVALID, WHY));
+                }
+                QoS::AtLeastOnce => self.send_ack(
+                    Packet::PubAck,
+                    p.pkid,
+                    ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    WHY,
+                ),
+                QoS::ExactlyOnce => self.send_ack(
+                    Packet::PubRec,
+                    p.pkid,
+                    ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    WHY,
+                ),
+            }
+            return Ok(());
+        }
         // `$SYS` belongs to the broker and `$share/` is not a topic; both are refused like an ACL
         // denial, as Mosquitto does. Other `$` topics are ordinary (wildcards just skip them).
         let reserved = p.topic.starts_with("$SYS") || p.topic.starts_with("$share/");
@@ -369,7 +407,14 @@ impl ClientState {
 
     fn on_subscribe(&mut self, now: Instant, s: Subscribe, broker: &Broker) -> Result<(), Close> {
         let v5 = self.n.protocol.is_v5();
+        let cfg = &broker.config.mqtt;
         let identifier = s.properties.subscription_identifier;
+        if identifier.is_some() && !cfg.subscription_identifiers_available {
+            return Err(Close::error(
+                ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "Subscription Identifier sent but not available (3.2.2.3.12)",
+            ));
+        }
         let mut reasons = vec![ReasonCode::UNSPECIFIED_ERROR; s.filters.len() + s.rejected.len()];
         for (index, _, _) in &s.rejected {
             if let Some(r) = reasons.get_mut(*index) {
@@ -388,7 +433,19 @@ impl ClientState {
             }
             let Some(sub) = valid.next() else { break };
             let filter = sub.filter;
-            let options = sub.options;
+            let mut options = sub.options;
+            if filter.shared().is_some() && !cfg.shared_subscription_available {
+                *reason = ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
+                continue;
+            }
+            if !cfg.wildcard_subscription_available && filter.match_filter().contains(['+', '#']) {
+                *reason = ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED;
+                continue;
+            }
+            // Granted at most the server's Maximum QoS (3.9.3).
+            if options.qos as u8 > cfg.maximum_qos {
+                options.qos = QoS::from_u8(cfg.maximum_qos).unwrap_or(QoS::AtMostOnce);
+            }
             if filter.shared().is_some() && options.no_local {
                 return Err(Close::error(
                     ReasonCode::PROTOCOL_ERROR,

@@ -590,3 +590,124 @@ fn subscription_identifier_in_client_publish_is_a_protocol_error() {
     let close = c.handle(&b, p).unwrap_err();
     assert_eq!(close.send, Some(ReasonCode::PROTOCOL_ERROR));
 }
+
+fn broker_with(f: impl FnOnce(&mut crate::config::MqttConfig)) -> Broker {
+    let mut c = Config::default();
+    f(&mut c.mqtt);
+    Broker::new(c, None)
+}
+
+fn suback_codes(packets: &[Packet]) -> Vec<u8> {
+    packets
+        .iter()
+        .find_map(|p| match p {
+            Packet::SubAck(s) => Some(s.reasons.iter().map(|r| r.0).collect()),
+            _ => None,
+        })
+        .expect("a SUBACK")
+}
+
+#[test]
+fn switched_off_capabilities_are_enforced() {
+    // Maximum QoS 1: QoS 2 PUBLISH is DISCONNECT 0x9B [MQTT-3.2.2-11]; subscriptions granted 1.
+    let b = broker_with(|m| m.maximum_qos = 1);
+    let mut c = Client::new(Protocol::V5, "c");
+    assert_eq!(
+        suback_codes(&c.subscribe(&b, "t", QoS::ExactlyOnce)),
+        vec![1]
+    );
+    let close = c
+        .handle(&b, publish("t", QoS::ExactlyOnce, 1, b"x"))
+        .unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::QOS_NOT_SUPPORTED));
+
+    // Retain Available 0: a retained PUBLISH is DISCONNECT 0x9A [MQTT-3.2.2-14].
+    let b = broker_with(|m| m.retain_available = false);
+    let mut c = Client::new(Protocol::V5, "c");
+    let mut p = publish("t", QoS::AtMostOnce, 0, b"x");
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+    }
+    let close = c.handle(&b, p).unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::RETAIN_NOT_SUPPORTED));
+
+    // Wildcards, shared subscriptions off: per-filter SUBACK codes 0xA2, 0x9E.
+    let b = broker_with(|m| {
+        m.wildcard_subscription_available = false;
+        m.shared_subscription_available = false;
+    });
+    let mut c = Client::new(Protocol::V5, "c");
+    assert_eq!(
+        suback_codes(&c.subscribe(&b, "a/+", QoS::AtMostOnce)),
+        vec![0xA2]
+    );
+    assert_eq!(
+        suback_codes(&c.subscribe(&b, "$share/g/a", QoS::AtMostOnce)),
+        vec![0x9E]
+    );
+    assert_eq!(
+        suback_codes(&c.subscribe(&b, "a/b", QoS::AtMostOnce)),
+        vec![0]
+    );
+
+    // Subscription Identifiers off: DISCONNECT 0xA1.
+    let b = broker_with(|m| m.subscription_identifiers_available = false);
+    let mut c = Client::new(Protocol::V5, "c");
+    let s = Subscribe {
+        pkid: 1,
+        filters: vec![Subscription {
+            filter: TopicFilter::try_from("a").unwrap(),
+            options: SubscriptionOptions::default(),
+        }],
+        rejected: Vec::new(),
+        properties: SubscribeProperties {
+            subscription_identifier: Some(3),
+            ..Default::default()
+        },
+    };
+    let close = c.handle(&b, Packet::Subscribe(s)).unwrap_err();
+    assert_eq!(
+        close.send,
+        Some(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+    );
+}
+
+#[test]
+fn invalid_utf8_payload_flagged_as_utf8_is_refused_when_validation_is_on() {
+    // 3.3.2.3.2: Payload Format Indicator 1 promises UTF-8; 0x99 when it is not.
+    let bad = |qos, pkid| {
+        let mut p = publish("t", qos, pkid, b"\xff\xfe");
+        if let Packet::Publish(p) = &mut p {
+            p.properties.payload_format_indicator = Some(1);
+        }
+        p
+    };
+    let b = broker_with(|m| m.validate_utf8_payloads = true);
+    let mut sub = Client::new(Protocol::V5, "sub");
+    sub.subscribe(&b, "t", QoS::AtLeastOnce);
+    let mut c = Client::new(Protocol::V5, "c");
+    c.handle(&b, bad(QoS::AtLeastOnce, 1)).unwrap();
+    let acks = c.take();
+    assert!(
+        matches!(&acks[..], [Packet::PubAck(a)] if a.reason == ReasonCode::PAYLOAD_FORMAT_INVALID),
+        "{acks:?}"
+    );
+    assert!(
+        publishes(&sub.take()).is_empty(),
+        "refused message not delivered"
+    );
+    let close = c.handle(&b, bad(QoS::AtMostOnce, 0)).unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::PAYLOAD_FORMAT_INVALID));
+
+    // Off by default: forwarded untouched.
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    sub.subscribe(&b, "t", QoS::AtLeastOnce);
+    let mut c = Client::new(Protocol::V5, "c");
+    c.handle(&b, bad(QoS::AtLeastOnce, 1)).unwrap();
+    let got = sub.take();
+    assert_eq!(
+        publishes(&got)[0].properties.payload_format_indicator,
+        Some(1)
+    );
+}
