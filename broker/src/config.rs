@@ -5,6 +5,7 @@
 //! against its range. A bad value is reported as [`ConfigError`] with the key, the value and
 //! the reason, and the binary exits 2 before it binds anything.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,32 @@ pub struct MqttConfig {
     pub server_reference: Option<String>,
     /// With `server_reference`: the move is permanent (0x9D) rather than temporary (0x9C).
     pub server_moved: bool,
+    /// How a shared subscription group (`$share/{group}/{filter}`) picks the one member that
+    /// gets each message (see `shared.rs`): `round_robin`, `random`, `hash_client_id`,
+    /// `hash_topic`, `sticky` or `least_inflight`.
+    pub shared_subscription_strategy: SharedStrategy,
+    /// Per-group strategy overriding the broker-wide one, by group name:
+    /// `[mqtt.shared_group_strategies]` `workers = "least_inflight"`.
+    pub shared_group_strategies: BTreeMap<String, SharedStrategy>,
+}
+
+/// Member selection in a shared subscription group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    #[default]
+    RoundRobin,
+    /// A uniformly random member.
+    Random,
+    /// By a hash of the publisher's client id: one publisher's messages go to one member.
+    HashClientId,
+    /// By a hash of the topic: one topic's messages go to one member (per-topic order).
+    HashTopic,
+    /// The same member while it has room, then the next one.
+    Sticky,
+    /// The member with the most free receive window (spreads a burst over unequal workers).
+    LeastInflight,
 }
 
 impl Default for MqttConfig {
@@ -123,6 +150,8 @@ impl Default for MqttConfig {
             validate_utf8_payloads: false,
             server_reference: None,
             server_moved: false,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
+            shared_group_strategies: BTreeMap::new(),
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod retain;
 mod router;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod subscriptions;
 
 pub use broker::Broker;

@@ -98,6 +98,12 @@ impl ClientState {
         will: Option<LastWill>,
     ) -> ClientState {
         let aliases = OutboundAliases::new(n.outbound_alias_maximum);
+        handle
+            .window
+            .store(n.send_window, std::sync::atomic::Ordering::Relaxed);
+        handle
+            .inflight
+            .store(session.inflight_len(), std::sync::atomic::Ordering::Relaxed);
         ClientState {
             n,
             handle,
@@ -143,6 +149,20 @@ impl ClientState {
 
     /// Handles one packet from the client.
     pub fn handle(&mut self, now: Instant, packet: Packet, broker: &Broker) -> Result<(), Close> {
+        let r = self.dispatch(now, packet, broker);
+        self.publish_inflight();
+        r
+    }
+
+    /// Tells shared-subscription selection how full this client's window is.
+    fn publish_inflight(&self) {
+        let n = self.session.inflight_len();
+        self.handle
+            .inflight
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn dispatch(&mut self, now: Instant, packet: Packet, broker: &Broker) -> Result<(), Close> {
         match packet {
             Packet::Publish(p) => self.on_publish(now, p, broker),
             Packet::PubAck(a) => {
@@ -461,6 +481,7 @@ impl ClientState {
                 identifier,
                 handle: self.handle.clone(),
                 username: self.n.username.clone(),
+                shared: filter.shared().is_some().then(|| filter.clone()),
             };
             // Replaces an existing subscription with the same filter [MQTT-3.8.4-3].
             let existed = write(&broker.subscriptions)
@@ -587,6 +608,7 @@ impl ClientState {
         for d in batch {
             self.send_delivery(d, now);
         }
+        self.publish_inflight();
         more
     }
 
@@ -616,7 +638,7 @@ impl ClientState {
             match encoded_len(&packet, self.n.protocol) {
                 Ok(len) if len <= self.n.client_max_packet => {}
                 _ => {
-                    // Larger than the client accepts: not sent, as if delivered [MQTT-3.3.4-?],
+                    // Larger than the client accepts: not sent, as if delivered
                     // [MQTT-3.1.2-25]. An alias assigned for it was never told to the client.
                     if let AliasUse::Assign(a) = alias {
                         self.outbound_aliases.forget(a);

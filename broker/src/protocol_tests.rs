@@ -711,3 +711,116 @@ fn invalid_utf8_payload_flagged_as_utf8_is_refused_when_validation_is_on() {
         Some(1)
     );
 }
+
+fn shared_broker(strategy: crate::config::SharedStrategy) -> Broker {
+    broker_with(|m| m.shared_subscription_strategy = strategy)
+}
+
+#[test]
+fn shared_subscription_round_robin_gives_each_message_to_one_member() {
+    // 4.8.2: each message to exactly one member of the group; a plain subscriber still gets all.
+    let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
+    let mut members: Vec<Client> = (0..3)
+        .map(|i| Client::new(Protocol::V5, &format!("m{i}")))
+        .collect();
+    for m in &mut members {
+        m.subscribe(&b, "$share/g/jobs/#", QoS::AtLeastOnce);
+    }
+    let mut plain = Client::new(Protocol::V311, "plain");
+    plain.subscribe(&b, "jobs/#", QoS::AtMostOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    for i in 1..=30u16 {
+        publ.handle(&b, publish("jobs/a", QoS::AtLeastOnce, i, b"x"))
+            .unwrap();
+    }
+    let counts: Vec<usize> = members
+        .iter_mut()
+        .map(|m| publishes(&m.take()).len())
+        .collect();
+    assert_eq!(counts.iter().sum::<usize>(), 30, "{counts:?}");
+    assert_eq!(counts, vec![10, 10, 10], "round robin spreads evenly");
+    assert_eq!(publishes(&plain.take()).len(), 30);
+}
+
+#[test]
+fn shared_subscription_skips_members_without_a_free_window() {
+    // Members whose window is full are skipped while another has room (issue: least_inflight).
+    for strategy in [
+        crate::config::SharedStrategy::LeastInflight,
+        crate::config::SharedStrategy::RoundRobin,
+        crate::config::SharedStrategy::Sticky,
+    ] {
+        let b = shared_broker(strategy);
+        let mut slow = Client::with(Negotiated {
+            send_window: 2,
+            ..negotiated(Protocol::V5, "slow")
+        });
+        let mut fast = Client::new(Protocol::V5, "fast");
+        slow.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+        fast.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+        let mut publ = Client::new(Protocol::V5, "pub");
+        for i in 1..=12u16 {
+            publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b"x"))
+                .unwrap();
+            // The fast worker acknowledges at once; the slow one never does.
+            for p in publishes(&fast.take())
+                .iter()
+                .map(|p| p.pkid)
+                .collect::<Vec<_>>()
+            {
+                fast.handle(&b, Packet::PubAck(PubAck::new(p))).unwrap();
+            }
+            slow.take();
+        }
+        let slow_got = slow.state.session.inflight_len();
+        assert!(
+            slow_got <= 2,
+            "{strategy:?}: slow member got {slow_got} > its window"
+        );
+        assert_eq!(
+            slow.state.handle.outbox().len(),
+            0,
+            "{strategy:?}: nothing queued behind"
+        );
+    }
+}
+
+#[test]
+fn shared_messages_of_a_departed_member_move_to_another_member() {
+    // 4.8.2: queued (never sent) messages go to another member rather than being lost.
+    let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
+    let mut a = Client::new(Protocol::V5, "a");
+    let mut c = Client::new(Protocol::V5, "c");
+    a.subscribe(&b, "$share/g/t", QoS::AtLeastOnce);
+    c.subscribe(&b, "$share/g/t", QoS::AtLeastOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    for i in 1..=4u16 {
+        publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b"x"))
+            .unwrap();
+    }
+    // "a" goes away before draining: its shared deliveries are handed on.
+    let queued = a.state.handle.outbox().take_where(|d| d.shared.is_some());
+    assert_eq!(queued.len(), 2);
+    a.state.handle.outbox().set_online(false);
+    let left = b.redistribute(&a.state.n.client_id, queued);
+    assert!(left.is_empty());
+    assert_eq!(publishes(&c.take()).len(), 4, "c got its 2 and a's 2");
+}
+
+#[test]
+fn hash_strategies_pin_a_key_to_one_member() {
+    let b = shared_broker(crate::config::SharedStrategy::HashTopic);
+    let mut m: Vec<Client> = (0..3)
+        .map(|i| Client::new(Protocol::V5, &format!("h{i}")))
+        .collect();
+    for c in &mut m {
+        c.subscribe(&b, "$share/g/s/+", QoS::AtMostOnce);
+    }
+    let mut publ = Client::new(Protocol::V5, "pub");
+    for _ in 0..5 {
+        publ.handle(&b, publish("s/one", QoS::AtMostOnce, 0, b"x"))
+            .unwrap();
+    }
+    let counts: Vec<usize> = m.iter_mut().map(|c| publishes(&c.take()).len()).collect();
+    assert!(counts.contains(&5), "one topic, one member: {counts:?}");
+}
