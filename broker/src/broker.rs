@@ -50,6 +50,10 @@ pub struct Stats {
     pub messages_received: AtomicU64,
     pub messages_delivered: AtomicU64,
     pub messages_dropped: AtomicU64,
+    /// Times a connection's reading was paused by `limits.publish_rate` / `publish_bytes_rate`.
+    pub rate_limited: AtomicU64,
+    /// Connections refused by `limits.max_connections`.
+    pub connections_refused: AtomicU64,
 }
 
 /// The shared state of one broker. Connections hold an `Arc<Broker>`.

@@ -72,6 +72,30 @@ pub fn negotiate(c: &Connect, broker: &Broker) -> Result<Accepted, Refused> {
         });
     }
 
+    let limits = &broker.config.limits;
+    // This connection is already counted.
+    if broker
+        .stats
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > limits.max_connections
+    {
+        broker
+            .stats
+            .connections_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(refuse(
+            ReasonCode::SERVER_BUSY,
+            "too many connections (limits.max_connections)",
+        ));
+    }
+    if c.client_id.len() > limits.max_client_id_length {
+        return Err(refuse(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client identifier longer than limits.max_client_id_length",
+        ));
+    }
+
     if c.properties.authentication_method.is_some() {
         return Err(refuse(
             ReasonCode::BAD_AUTHENTICATION_METHOD,
@@ -125,6 +149,12 @@ pub fn negotiate(c: &Connect, broker: &Broker) -> Result<Accepted, Refused> {
     let username: Option<Arc<str>> = c.username.as_ref().map(|u| u.as_str().into());
 
     if let Some(will) = &c.will {
+        if crate::protocol::topic_over_limits(&will.topic, limits) {
+            return Err(refuse(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "will topic longer or deeper than limits.max_topic_length / max_topic_levels",
+            ));
+        }
         if will.qos as u8 > cfg.maximum_qos {
             return Err(refuse(
                 ReasonCode::QOS_NOT_SUPPORTED,
@@ -420,5 +450,13 @@ mod tests {
             negotiate(&c, &b).unwrap_err().reason,
             ReasonCode::RETAIN_NOT_SUPPORTED
         );
+    }
+
+    #[test]
+    fn client_id_length_limit() {
+        let b = broker(|c| c.limits.max_client_id_length = 8);
+        let r = negotiate(&connect(Protocol::V311, "123456789", true), &b).unwrap_err();
+        assert_eq!(r.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        assert!(negotiate(&connect(Protocol::V311, "12345678", true), &b).is_ok());
     }
 }

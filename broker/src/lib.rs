@@ -34,6 +34,7 @@ mod connect;
 mod connection;
 pub mod message;
 pub mod protocol;
+pub mod ratelimit;
 pub mod retain;
 mod router;
 pub mod server;

@@ -44,6 +44,12 @@ impl Close {
     }
 }
 
+/// Whether a topic name or filter exceeds `limits.max_topic_length` / `max_topic_levels`.
+pub fn topic_over_limits(topic: &str, limits: &crate::config::LimitsConfig) -> bool {
+    topic.len() > limits.max_topic_length
+        || topic.bytes().filter(|&b| b == b'/').count() >= limits.max_topic_levels
+}
+
 /// What the broker granted at CONNECT and keeps for the connection's lifetime.
 #[derive(Debug, Clone)]
 pub struct Negotiated {
@@ -253,6 +259,12 @@ impl ClientState {
                 "empty topic name without a topic alias [MQTT-4.7.3-1]",
             ));
         }
+        if topic_over_limits(&p.topic, &broker.config.limits) {
+            return Err(Close::error(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "topic longer or deeper than limits.max_topic_length / max_topic_levels",
+            ));
+        }
         let cfg = &broker.config.mqtt;
         if p.qos as u8 > cfg.maximum_qos {
             return Err(Close::error(
@@ -454,6 +466,17 @@ impl ClientState {
             let Some(sub) = valid.next() else { break };
             let filter = sub.filter;
             let mut options = sub.options;
+            if topic_over_limits(&filter, &broker.config.limits) {
+                *reason = ReasonCode::TOPIC_FILTER_INVALID;
+                continue;
+            }
+            if !self.session.subscriptions.contains_key(&filter)
+                && self.session.subscriptions.len()
+                    >= broker.config.limits.max_subscriptions_per_client
+            {
+                *reason = ReasonCode::QUOTA_EXCEEDED;
+                continue;
+            }
             if filter.shared().is_some() && !cfg.shared_subscription_available {
                 *reason = ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
                 continue;

@@ -824,3 +824,39 @@ fn hash_strategies_pin_a_key_to_one_member() {
     let counts: Vec<usize> = m.iter_mut().map(|c| publishes(&c.take()).len()).collect();
     assert!(counts.contains(&5), "one topic, one member: {counts:?}");
 }
+
+#[test]
+fn topic_and_subscription_limits() {
+    let mut c = Config::default();
+    c.limits.max_topic_levels = 3;
+    c.limits.max_subscriptions_per_client = 2;
+    let b = Broker::new(c, None);
+    let mut cl = Client::new(Protocol::V5, "c");
+    // Filters: deeper than 3 levels -> 0x8F; a third distinct filter -> 0x97 Quota Exceeded.
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "a/b/c/d", QoS::AtMostOnce)),
+        vec![0x8F]
+    );
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "a/b/c", QoS::AtMostOnce)),
+        vec![0]
+    );
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "x", QoS::AtMostOnce)),
+        vec![0]
+    );
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "y", QoS::AtMostOnce)),
+        vec![0x97]
+    );
+    // Re-subscribing to an existing filter is not a new subscription.
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "x", QoS::AtLeastOnce)),
+        vec![1]
+    );
+    // Topic names deeper than the limit: DISCONNECT 0x90.
+    let close = cl
+        .handle(&b, publish("a/b/c/d", QoS::AtMostOnce, 0, b"x"))
+        .unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::TOPIC_NAME_INVALID));
+}
