@@ -68,7 +68,8 @@ pub struct Broker {
     /// Retained messages (3.3.1.3), one per topic.
     pub retained: RwLock<RetainedStore<Arc<Message>>>,
     /// `auth.acl_file`, if configured.
-    pub acl: Option<Acl>,
+    /// Replaced whole on reload (SIGHUP); readers clone the `Arc` under a short read lock.
+    acl: RwLock<Option<Arc<Acl>>>,
     /// Source of unique connection numbers.
     next_connection: AtomicU64,
     /// Selection state of shared subscription groups.
@@ -93,11 +94,27 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedStore::new()),
-            acl,
+            acl: RwLock::new(acl.map(Arc::new)),
             next_connection: AtomicU64::new(1),
             shared_groups: SharedGroups::default(),
             stats: Stats::default(),
         }
+    }
+
+    /// The ACL in force (None: no `auth.acl_file`).
+    pub fn acl(&self) -> Option<Arc<Acl>> {
+        read(&self.acl).clone()
+    }
+
+    /// Re-reads `auth.acl_file` (SIGHUP). On error the old rules stay in force and the error is
+    /// returned for the log; connections are never dropped by a reload.
+    pub fn reload_acl(&self) -> Result<bool, crate::acl::AclLoadError> {
+        let Some(path) = &self.config.auth.acl_file else {
+            return Ok(false);
+        };
+        let acl = Acl::load(path)?;
+        *write(&self.acl) = Some(Arc::new(acl));
+        Ok(true)
     }
 
     /// A fresh connection number.
