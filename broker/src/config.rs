@@ -296,7 +296,16 @@ impl Config {
                 .source(Some(env)),
         );
         let layered = builder.build().map_err(from_config_error)?;
-        let config: Config = layered.try_deserialize().map_err(from_config_error)?;
+        let config: Config = layered.clone().try_deserialize().map_err(|e| {
+            let mut err = from_config_error(e);
+            if err.value.is_empty() {
+                // Unknown keys: the config crate does not say the value; look it up.
+                if let Ok(v) = layered.get::<config::Value>(&err.key) {
+                    err.value = v.to_string();
+                }
+            }
+            err
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -502,6 +511,7 @@ mod tests {
     fn unknown_key_is_an_error_naming_it() {
         let e = load_toml("[mqtt]\nmax_keepalivee = 30\n", &[]).unwrap_err();
         assert_eq!(e.key, "mqtt.max_keepalivee", "{e}");
+        assert_eq!(e.value, "30", "{e}");
     }
 
     #[test]
