@@ -302,6 +302,8 @@ fn acl_refused_subscribe_gets_failure_suback() {
 
 /// A PUBLISH to a topic the client may not write is not delivered; 5.0 QoS 1 gets PUBACK 0x87,
 /// 3.1.1 a plain PUBACK [MQTT-3.3.5-2]; an allowed one is delivered, also across users.
+/// (The watcher does not subscribe to `alice/#`: Sluice refuses a subscription that a `deny`
+/// rule intersects, here `alice/secret/#`, where Mosquitto would grant it and filter on delivery.)
 #[test]
 fn acl_write_denied_publish_is_not_delivered() {
     let broker = acl_broker();
@@ -309,7 +311,7 @@ fn acl_write_denied_publish_is_not_delivered() {
         for protocol in [Protocol::V311, Protocol::V5] {
             let mut watcher = connect(&broker, protocol, "alice-watch", Some("alice")).await;
             assert_eq!(
-                subscribe(&mut watcher, 1, &["shared/#", "alice/#"]).await,
+                subscribe(&mut watcher, 1, &["shared/#", "alice/ok"]).await,
                 [1, 1]
             );
             let mut bob = connect(&broker, protocol, "bob-inbox", Some("bob")).await;
