@@ -3,10 +3,12 @@
 One client subscribes to sid/# (QoS 1) with Subscription Identifier 1 and to sid/+ (QoS 2)
 with 2, in separate SUBSCRIBE packets since the identifier belongs to the packet. Another
 client publishes sid/both at QoS 2 (matches both filters), then sid/deep/only (sid/# only).
-The subscriber prints one line per PUBLISH it receives:
+The subscriber prints one line per PUBLISH it receives, sorted by topic (Paho hands a QoS 2
+message over only at PUBREL, so arrival order says nothing), after waiting 0.3 s for copies:
     RECEIVED <topic> qos=<qos> ids=<sorted identifiers, comma separated>
 """
 
+import queue
 import uuid
 
 from paho.mqtt.packettypes import PacketTypes
@@ -32,11 +34,16 @@ def main():
     pub = Peer(args, f"paho-sidpub-{tag}")
     pub.publish("sid/both", "b", qos=2)
     pub.publish("sid/deep/only", "d", qos=1)
-    while True:
-        msg = sub.wait(sub.messages, "message")
+    received = []
+    while {m.topic for m in received} != {"sid/both", "sid/deep/only"}:
+        received.append(sub.wait(sub.messages, "message"))
+    try:
+        while True:
+            received.append(sub.messages.get(timeout=0.3))
+    except queue.Empty:
+        pass
+    for msg in sorted(received, key=lambda m: m.topic):
         print(f"RECEIVED {msg.topic} qos={msg.qos} ids={show_ids(msg)}", flush=True)
-        if msg.topic == "sid/deep/only":
-            break
     pub.stop()
     sub.stop()
 

@@ -137,7 +137,7 @@ fn overlapping_subscriptions_deliver_one_copy() {
         let args = ["-v", "-q", "2", "-t", "a/#", "-t", "a/+", "-t", "a/b"];
         let sub = Sub::start(&broker, v, &args, 2);
         publish(&broker, v, &["-q", "2", "-t", "a/b", "-m", "all-three"]);
-        publish(&broker, v, &["-q", "1", "-t", "a/c/d", "-m", "only-hash"]);
+        publish(&broker, v, &["-q", "2", "-t", "a/c/d", "-m", "only-hash"]);
         assert_eq!(
             sub.finish(&broker),
             ["a/b all-three", "a/c/d only-hash"],

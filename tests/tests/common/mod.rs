@@ -12,7 +12,8 @@
 //! The subscriber also has a private `$end/<n>` filter: [`Sub::end`] publishes `END` there after
 //! the test's messages. Deliveries to one subscriber keep the order in which the broker accepted
 //! them, so `END` is the last line unless something unexpected arrived, and the subscriber exits
-//! through `-C` as soon as it has printed it.
+//! through `-C` as soon as it has printed it. (Tests must not publish a QoS 1 message after a
+//! QoS 2 one to the same subscriber and expect that order: see [`Sub::end`].)
 
 #![allow(dead_code)]
 
