@@ -285,6 +285,20 @@ impl ByteConn {
         }
     }
 
+    /// Reads until the server closes the connection (bounded by [`T`]); returns what came first.
+    pub async fn read_until_closed(&mut self, what: &str) -> Vec<u8> {
+        let mut all = Vec::new();
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let mut b = [0u8; 256];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return all,
+                Ok(Ok(n)) => all.extend_from_slice(&b[..n]),
+                Err(_) => panic!("{what}: connection still open after {T:?}; got {all:02x?}"),
+            }
+        }
+    }
+
     /// Asserts no byte arrives for `d`.
     pub async fn expect_silence(&mut self, d: Duration, what: &str) {
         let mut b = [0u8; 64];
