@@ -574,3 +574,56 @@ async fn qos2_inbound_exactly_once_across_reconnect_v5() {
     assert_eq!(payloads, vec![&b"A"[..], &b"B"[..]]);
     expect_silence(&mut sub, QUIET).await;
 }
+
+/// QoS 1 across a reconnect at 3.1.1, byte for byte: an unacknowledged PUBLISH 0x32 comes back
+/// as 0x3A (DUP = 1) with the same packet id [MQTT-4.4.0-1], [MQTT-3.3.1-1]; after its PUBACK
+/// nothing more is resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_unacked_publish_resent_with_dup_after_reconnect_v311() {
+    let broker = Broker::start();
+    let id = client_id("sub");
+    let mut sub = bytes_connect(broker.addr, &id, false, false).await;
+    sub.send(&subscribe_311(1, "a/b", 1)).await;
+    sub.expect(&[0x90, 0x03, 0x00, 0x01, 0x01], "SUBACK").await;
+    publish_from_raw(&broker, "a/b", QoS::AtLeastOnce, PAYLOAD).await;
+    let pkid = expect_publish_bytes(&mut sub, 0x32, "a/b", PAYLOAD).await;
+
+    let from = broker.log_len();
+    drop(sub);
+    wait_disconnected(&broker, from, &id);
+
+    let mut sub = bytes_connect(broker.addr, &id, false, true).await;
+    let again = expect_publish_bytes(&mut sub, 0x3A, "a/b", PAYLOAD).await;
+    assert_eq!(again, pkid);
+    sub.send(&ack(0x40, pkid)).await;
+    sub.expect_silence(QUIET, "after PUBACK").await;
+}
+
+/// Takeover keeps the in-flight state: a 5.0 persistent subscriber holding an unacknowledged
+/// QoS 1 PUBLISH is taken over by a new connection with the same id (the old one gets
+/// DISCONNECT 0x8E [MQTT-3.1.4-3]); the new one has Session Present 1 and gets the PUBLISH
+/// again with DUP = 1 and the same packet id [MQTT-4.4.0-1].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_inflight_survives_takeover_v5() {
+    let broker = Broker::start();
+    let id = client_id("sub");
+    let o = Opts::persistent(60);
+    let mut old = raw_ok(broker.addr, Protocol::V5, &id, &o).await;
+    raw_subscribe(&mut old, 1, "a/b", QoS::AtLeastOnce).await;
+    publish_from_raw(&broker, "a/b", QoS::AtLeastOnce, PAYLOAD).await;
+    let first = expect_publish(&mut old).await;
+
+    let (mut new, ack) = raw_connect(broker.addr, Protocol::V5, &id, &o).await;
+    assert!(ack.session_present);
+    let seen = old.expect_closed(T).await.unwrap();
+    assert_eq!(disconnect_reasons(&seen), vec![0x8E], "saw {seen:?}");
+    let again = expect_publish(&mut new).await;
+    assert_eq!(
+        (again.dup, again.pkid, &again.payload[..]),
+        (true, first.pkid, PAYLOAD)
+    );
+    new.send(&Packet::PubAck(PubAck::new(again.pkid)))
+        .await
+        .unwrap();
+    expect_silence(&mut new, QUIET).await;
+}
