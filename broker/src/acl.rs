@@ -1,22 +1,672 @@
-//! TEMPORARY stand-in (not committed).
-#[derive(Debug, Clone, Copy)]
+//! Topic access control from a Mosquitto-style `acl_file` (mosquitto.conf(5), "acl_file").
+//!
+//! # Format
+//! One rule per line; leading and trailing whitespace is ignored, as are blank lines and lines
+//! whose first non-blank character is `#`.
+//!
+//! ```text
+//! # anonymous clients (no username) may only read the weather
+//! topic read weather/#
+//!
+//! user alice
+//! topic readwrite home/alice/#
+//! topic deny home/alice/secrets/#
+//! # no access word: readwrite
+//! topic sensors/+/temperature
+//!
+//! # every client; %c = its client id
+//! pattern write devices/%c/status
+//! # every client with a username; %u = its username
+//! pattern read users/%u/inbox/#
+//! ```
+//!
+//! There are no end-of-line comments: `#` after a keyword is part of the filter.
+//!
+//! * `topic [read|write|readwrite|deny] <filter>`: before the first `user` line the rule applies
+//!   to anonymous clients only; after `user <name>` it applies to that user (a user may have
+//!   several sections; they accumulate).
+//! * `user <name>`: starts a user's section; the name is the rest of the line.
+//! * `pattern [read|write|readwrite|deny] <filter>`: applies to every client, anonymous
+//!   included, wherever it appears. `%c` is replaced by the client id and `%u` by the username.
+//!   A pattern using `%u` never applies to an anonymous client. A pattern never applies to a
+//!   client whose id (for `%c`) or username (for `%u`) contains `+`, `#` or `/`: substituting it
+//!   would turn the pattern into a wider filter (`devices/%c/#` with client id `#`). This holds
+//!   for `deny` patterns too, so such a client escapes a `deny` pattern using `%c`/`%u`; it also
+//!   gets no grant from one, so this only matters when another rule grants the same topics.
+//!
+//! As in Mosquitto, a `topic`/`pattern` line with one word after the keyword has no access word
+//! (readwrite); with two or more, the first is the access word and the rest of the line is the
+//! filter, which may contain spaces (`topic read my topic`). `topic read` is thus the filter
+//! `read` with readwrite access, again as in Mosquitto.
+//!
+//! Every filter is validated as an MQTT topic filter (4.7.1) when the file is loaded. Unlike
+//! Mosquitto, which skips unknown lines, an unknown keyword is a load error: a typo in an ACL
+//! should not silently drop a rule.
+//!
+//! # Decision
+//! The rules that apply to a client are its section (the anonymous one, or its user's; a user
+//! with no section has none) plus all patterns.
+//! * [`Acl::check_topic`]: refused if any applicable `deny` rule matches the topic (deny wins
+//!   whatever the order of lines); otherwise allowed if an applicable rule granting the requested
+//!   access matches; otherwise refused (default deny). Matching follows MQTT, including
+//!   [MQTT-4.7.2-1]: a rule starting with `+` or `#` does not match `$SYS/...`; to grant a `$`
+//!   topic the rule must name its first level.
+//! * [`Acl::check_subscribe`]: allowed if an applicable read or readwrite rule *covers* the
+//!   subscription filter (matches every topic the subscription can match, see `covers`) and
+//!   no applicable `deny` rule *intersects* it (matches some topic the subscription can match,
+//!   see `intersects`). So a permitted subscription never matches a topic that
+//!   [`Acl::check_topic`] would refuse for reading; the broker still checks each delivery.
+
+use sluice_codec::topic_matches;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+/// The kind of access being checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Receiving messages published to a topic.
     Read,
+    /// Publishing to a topic.
     Write,
 }
+
+/// A loaded ACL file, pre-split so that a check looks only at the rules that can apply.
 #[derive(Debug)]
-pub struct Acl;
+pub struct Acl {
+    /// `topic` lines before the first `user` line: the only rules (besides patterns) for clients
+    /// without a username, kept apart so anonymous checks never hash anything.
+    anonymous: RuleSet,
+    /// `topic` lines per user section, keyed by username: one hash lookup per check instead of a
+    /// scan over every user's rules.
+    users: HashMap<String, RuleSet>,
+    /// `pattern` lines, which apply to every client.
+    patterns: RuleSet,
+    /// True if some pattern uses `%c` or `%u`: only then does a check need to vet the client id
+    /// and username for substitution.
+    has_templates: bool,
+}
+
+/// The rules of one scope, split by what they grant so a check scans only the relevant lists.
+#[derive(Debug, Default)]
+struct RuleSet {
+    /// `deny` rules: consulted first, since any match refuses.
+    deny: Vec<Rule>,
+    /// `read` and `readwrite` rules.
+    read: Vec<Rule>,
+    /// `write` and `readwrite` rules.
+    write: Vec<Rule>,
+}
+
+/// One filter from the file.
+#[derive(Debug, Clone)]
+struct Rule {
+    /// The filter as written; matched directly (no allocation) when there is no template.
+    filter: Box<str>,
+    /// For a `pattern` containing `%c` or `%u`: the filter pre-split into levels, so a topic can
+    /// be matched without building the substituted filter.
+    template: Option<Template>,
+}
+
+/// A pattern filter with substitutions, split into levels at load.
+#[derive(Debug, Clone)]
+struct Template {
+    /// The levels; substitutions never add levels because substituted values contain no `/`.
+    levels: Box<[TLevel]>,
+    /// Uses `%c`: the rule does not apply when the client id is unfit for substitution.
+    needs_client_id: bool,
+    /// Uses `%u`: the rule does not apply to anonymous clients or unfit usernames.
+    needs_username: bool,
+}
+
+/// One level of a [`Template`].
+#[derive(Debug, Clone)]
+enum TLevel {
+    /// `+`.
+    Plus,
+    /// `#` (always the last level).
+    Hash,
+    /// A level without substitutions, compared as is.
+    Literal(Box<str>),
+    /// A level containing `%c` and/or `%u`, as the pieces to concatenate.
+    Pieces(Box<[Piece]>),
+}
+
+/// Part of a [`TLevel::Pieces`] level.
+#[derive(Debug, Clone)]
+enum Piece {
+    /// Text copied as is.
+    Text(Box<str>),
+    /// `%c`.
+    ClientId,
+    /// `%u`.
+    Username,
+}
+
+/// The client being checked, with the values a pattern may substitute (`None` when a value is
+/// absent or unfit: it contains `+`, `#` or `/`).
+#[derive(Debug, Clone, Copy)]
+struct Who<'a> {
+    /// Client id, if fit for `%c`.
+    client_id: Option<&'a str>,
+    /// Username, if present and fit for `%u`.
+    username: Option<&'a str>,
+}
+
+impl<'a> Who<'a> {
+    fn new(user: Option<&'a str>, client_id: &'a str) -> Who<'a> {
+        let fit = |s: &&str| !s.contains(['+', '#', '/']);
+        Who {
+            client_id: Some(client_id).filter(fit),
+            username: user.filter(fit),
+        }
+    }
+
+    /// For an ACL without templates: nothing is ever substituted.
+    const NOBODY: Who<'static> = Who {
+        client_id: None,
+        username: None,
+    };
+}
+
+/// Why an ACL file could not be loaded. The message names the file, the line and the problem,
+/// e.g. ``acl.conf:7: unknown access `rw` (expected read, write, readwrite or deny)``.
 #[derive(Debug, thiserror::Error)]
-#[error("acl")]
-pub struct AclLoadError;
-impl Acl {
-    pub fn load(_p: &std::path::Path) -> Result<Acl, AclLoadError> {
-        Ok(Acl)
-    }
-    pub fn check_topic(&self, _u: Option<&str>, _c: &str, _t: &str, _a: Access) -> bool {
-        true
-    }
-    pub fn check_subscribe(&self, _u: Option<&str>, _c: &str, _f: &str) -> bool {
-        true
+#[error("{}: {}", Location(.source_name, .line), .kind)]
+pub struct AclLoadError {
+    /// The file path (or the name given to [`Acl::parse`]), so the operator knows which file.
+    source_name: String,
+    /// 1-based line number; `None` when the file as a whole could not be read.
+    line: Option<usize>,
+    /// What was wrong.
+    kind: ErrorKind,
+}
+
+/// `file:line` or `file`.
+struct Location<'a>(&'a str, &'a Option<usize>);
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self.1 {
+            Some(line) => write!(f, "{}:{line}", self.0),
+            None => f.write_str(self.0),
+        }
     }
 }
+
+/// The problems [`AclLoadError`] reports.
+#[derive(Debug, thiserror::Error)]
+enum ErrorKind {
+    #[error("cannot read: {0}")]
+    Read(std::io::Error),
+    #[error("unknown keyword `{0}` (expected topic, pattern or user)")]
+    UnknownKeyword(String),
+    #[error("unknown access `{0}` (expected read, write, readwrite or deny)")]
+    UnknownAccess(String),
+    #[error("`{0}` without a topic filter")]
+    MissingFilter(&'static str),
+    #[error("invalid topic filter `{filter}`: {why}")]
+    InvalidFilter { filter: String, why: &'static str },
+    #[error("`user` without a name")]
+    MissingUser,
+}
+
+/// What a rule line grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Read,
+    Write,
+    ReadWrite,
+    Deny,
+}
+
+impl RuleSet {
+    fn add(&mut self, grant: Grant, rule: Rule) {
+        match grant {
+            Grant::Read => self.read.push(rule),
+            Grant::Write => self.write.push(rule),
+            Grant::ReadWrite => {
+                self.read.push(rule.clone());
+                self.write.push(rule);
+            }
+            Grant::Deny => self.deny.push(rule),
+        }
+    }
+}
+
+impl Acl {
+    /// Parses ACL text; `source_name` (usually the path) is used in error messages.
+    pub fn parse(text: &str, source_name: &str) -> Result<Acl, AclLoadError> {
+        let mut acl = Acl {
+            anonymous: RuleSet::default(),
+            users: HashMap::new(),
+            patterns: RuleSet::default(),
+            has_templates: false,
+        };
+        // The section `topic` lines go to: None = anonymous.
+        let mut user: Option<String> = None;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        for (index, raw) in text.lines().enumerate() {
+            let err = |kind| AclLoadError {
+                source_name: source_name.to_owned(),
+                line: Some(index + 1),
+                kind,
+            };
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (keyword, rest) = split_word(line);
+            match keyword {
+                "user" => {
+                    if rest.is_empty() {
+                        return Err(err(ErrorKind::MissingUser));
+                    }
+                    user = Some(rest.to_owned());
+                }
+                "topic" | "pattern" => {
+                    let keyword = if keyword == "topic" {
+                        "topic"
+                    } else {
+                        "pattern"
+                    };
+                    let (grant, filter) = parse_rule(keyword, rest).map_err(err)?;
+                    if keyword == "topic" {
+                        let set = match &user {
+                            None => &mut acl.anonymous,
+                            Some(name) => acl.users.entry(name.clone()).or_default(),
+                        };
+                        set.add(grant, Rule::topic(filter));
+                    } else {
+                        let rule = Rule::pattern(filter);
+                        acl.has_templates |= rule.template.is_some();
+                        acl.patterns.add(grant, rule);
+                    }
+                }
+                other => return Err(err(ErrorKind::UnknownKeyword(other.to_owned()))),
+            }
+        }
+        Ok(acl)
+    }
+
+    /// Reads and parses an ACL file.
+    pub fn load(path: &Path) -> Result<Acl, AclLoadError> {
+        let name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Acl::parse(&text, &name),
+            Err(e) => Err(AclLoadError {
+                source_name: name,
+                line: None,
+                kind: ErrorKind::Read(e),
+            }),
+        }
+    }
+
+    /// May `user` (None = anonymous) / `client_id` publish to (Write) or receive from (Read) `topic`?
+    pub fn check_topic(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        access: Access,
+    ) -> bool {
+        let who = self.who(user, client_id);
+        let section = self.section(user);
+        let sets = [section, Some(&self.patterns)];
+        let sets = sets.iter().flatten();
+        if sets
+            .clone()
+            .any(|s| s.deny.iter().any(|r| r.matches(who, topic)))
+        {
+            return false;
+        }
+        sets.into_iter().any(|s| {
+            let rules = match access {
+                Access::Read => &s.read,
+                Access::Write => &s.write,
+            };
+            rules.iter().any(|r| r.matches(who, topic))
+        })
+    }
+
+    /// May the client subscribe to `filter` (a topic filter that may contain + and #; for shared
+    /// subscriptions the broker passes the filter without the `$share/group/` prefix)?
+    pub fn check_subscribe(&self, user: Option<&str>, client_id: &str, filter: &str) -> bool {
+        if validate_filter(filter).is_err() {
+            return false;
+        }
+        let who = self.who(user, client_id);
+        let section = self.section(user);
+        let sets = [section, Some(&self.patterns)];
+        let sets = sets.iter().flatten();
+        if sets
+            .clone()
+            .any(|s| s.deny.iter().any(|r| r.intersects(who, filter)))
+        {
+            return false;
+        }
+        sets.into_iter()
+            .any(|s| s.read.iter().any(|r| r.covers(who, filter)))
+    }
+
+    /// The `topic` rules for this client: the anonymous section or its user's, if any.
+    fn section(&self, user: Option<&str>) -> Option<&RuleSet> {
+        match user {
+            None => Some(&self.anonymous),
+            Some(name) => self.users.get(name),
+        }
+    }
+
+    /// The substitution values, vetted only if some pattern needs them.
+    fn who<'a>(&self, user: Option<&'a str>, client_id: &'a str) -> Who<'a> {
+        if self.has_templates {
+            Who::new(user, client_id)
+        } else {
+            Who::NOBODY
+        }
+    }
+}
+
+/// Splits off the first whitespace-separated word; the rest is trimmed at its start.
+fn split_word(s: &str) -> (&str, &str) {
+    match s.split_once(char::is_whitespace) {
+        Some((word, rest)) => (word, rest.trim_start()),
+        None => (s, ""),
+    }
+}
+
+/// Parses what follows `topic`/`pattern`: an optional access word, then the filter.
+fn parse_rule<'a>(keyword: &'static str, rest: &'a str) -> Result<(Grant, &'a str), ErrorKind> {
+    let (first, filter) = split_word(rest);
+    let (grant, filter) = if filter.is_empty() {
+        // One word: it is the filter (an empty `first` means nothing followed the keyword).
+        (Grant::ReadWrite, first)
+    } else {
+        let grant = match first {
+            "read" => Grant::Read,
+            "write" => Grant::Write,
+            "readwrite" => Grant::ReadWrite,
+            "deny" => Grant::Deny,
+            other => return Err(ErrorKind::UnknownAccess(other.to_owned())),
+        };
+        (grant, filter)
+    };
+    if filter.is_empty() {
+        return Err(ErrorKind::MissingFilter(keyword));
+    }
+    validate_filter(filter).map_err(|why| ErrorKind::InvalidFilter {
+        filter: filter.to_owned(),
+        why,
+    })?;
+    Ok((grant, filter))
+}
+
+/// Topic filter syntax (4.7.1): non-empty, `#` only as the whole last level, `+` only as a whole
+/// level, and no U+0000 (not allowed in MQTT strings, 1.5.4).
+fn validate_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.is_empty() {
+        return Err("empty");
+    }
+    if filter.contains('\0') {
+        return Err("contains U+0000");
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Err("`#` must be a whole level and the last one");
+        }
+        if level.contains('+') && level != "+" {
+            return Err("`+` must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+impl Rule {
+    /// A `topic` rule: used as written (`%c`/`%u` mean nothing there).
+    fn topic(filter: &str) -> Rule {
+        Rule {
+            filter: filter.into(),
+            template: None,
+        }
+    }
+
+    /// A `pattern` rule: pre-split into levels if it substitutes anything.
+    fn pattern(filter: &str) -> Rule {
+        Rule {
+            filter: filter.into(),
+            template: Template::parse(filter),
+        }
+    }
+
+    /// Does the rule, for this client, match topic name `topic`?
+    fn matches(&self, who: Who<'_>, topic: &str) -> bool {
+        match &self.template {
+            None => topic_matches(&self.filter, topic),
+            Some(t) => t.matches(who, topic),
+        }
+    }
+
+    /// Does the rule, for this client, cover subscription filter `filter`?
+    fn covers(&self, who: Who<'_>, filter: &str) -> bool {
+        match &self.template {
+            None => covers(&self.filter, filter),
+            Some(t) => t.substitute(who).is_some_and(|rule| covers(&rule, filter)),
+        }
+    }
+
+    /// Does the rule, for this client, match some topic that `filter` matches?
+    fn intersects(&self, who: Who<'_>, filter: &str) -> bool {
+        match &self.template {
+            None => intersects(&self.filter, filter),
+            Some(t) => t
+                .substitute(who)
+                .is_some_and(|rule| intersects(&rule, filter)),
+        }
+    }
+}
+
+impl Template {
+    /// `None` if the pattern contains neither `%c` nor `%u`.
+    fn parse(filter: &str) -> Option<Template> {
+        if !filter.contains("%c") && !filter.contains("%u") {
+            return None;
+        }
+        let mut needs_client_id = false;
+        let mut needs_username = false;
+        let levels = filter
+            .split('/')
+            .map(|level| match level {
+                "+" => TLevel::Plus,
+                "#" => TLevel::Hash,
+                _ if !level.contains("%c") && !level.contains("%u") => {
+                    TLevel::Literal(level.into())
+                }
+                _ => {
+                    let mut pieces = Vec::new();
+                    let mut rest = level;
+                    while let Some(i) = find_token(rest) {
+                        if i > 0 {
+                            pieces.push(Piece::Text(rest[..i].into()));
+                        }
+                        if rest[i..].starts_with("%c") {
+                            needs_client_id = true;
+                            pieces.push(Piece::ClientId);
+                        } else {
+                            needs_username = true;
+                            pieces.push(Piece::Username);
+                        }
+                        rest = &rest[i + 2..];
+                    }
+                    if !rest.is_empty() {
+                        pieces.push(Piece::Text(rest.into()));
+                    }
+                    TLevel::Pieces(pieces.into())
+                }
+            })
+            .collect();
+        Some(Template {
+            levels,
+            needs_client_id,
+            needs_username,
+        })
+    }
+
+    /// The values to substitute, or `None` if the client lacks one this template needs.
+    fn values<'a>(&self, who: Who<'a>) -> Option<(&'a str, &'a str)> {
+        let client_id = match who.client_id {
+            Some(c) => c,
+            None if self.needs_client_id => return None,
+            None => "",
+        };
+        let username = match who.username {
+            Some(u) => u,
+            None if self.needs_username => return None,
+            None => "",
+        };
+        Some((client_id, username))
+    }
+
+    /// Matches a topic against the substituted filter without building it. Same rules as
+    /// [`topic_matches`], including [MQTT-4.7.2-1].
+    fn matches(&self, who: Who<'_>, topic: &str) -> bool {
+        let Some((client_id, username)) = self.values(who) else {
+            return false;
+        };
+        if topic.starts_with('$')
+            && matches!(self.levels.first(), Some(TLevel::Plus | TLevel::Hash))
+        {
+            return false;
+        }
+        let mut topic_levels = topic.split('/');
+        for level in self.levels.iter() {
+            if let TLevel::Hash = level {
+                return true;
+            }
+            let Some(t) = topic_levels.next() else {
+                return false;
+            };
+            let ok = match level {
+                TLevel::Plus | TLevel::Hash => true,
+                TLevel::Literal(l) => **l == *t,
+                TLevel::Pieces(pieces) => {
+                    let mut rest = t;
+                    pieces.iter().all(|p| {
+                        let s = match p {
+                            Piece::Text(s) => s,
+                            Piece::ClientId => client_id,
+                            Piece::Username => username,
+                        };
+                        match rest.strip_prefix(s) {
+                            Some(r) => {
+                                rest = r;
+                                true
+                            }
+                            None => false,
+                        }
+                    }) && rest.is_empty()
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        topic_levels.next().is_none()
+    }
+
+    /// The filter with `%c`/`%u` replaced, or `None` if the client lacks a needed value.
+    fn substitute(&self, who: Who<'_>) -> Option<String> {
+        let (client_id, username) = self.values(who)?;
+        let mut out = String::new();
+        for (i, level) in self.levels.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            match level {
+                TLevel::Plus => out.push('+'),
+                TLevel::Hash => out.push('#'),
+                TLevel::Literal(l) => out.push_str(l),
+                TLevel::Pieces(pieces) => {
+                    for p in pieces.iter() {
+                        out.push_str(match p {
+                            Piece::Text(s) => s,
+                            Piece::ClientId => client_id,
+                            Piece::Username => username,
+                        });
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Byte offset of the first `%c` or `%u` in `s`.
+fn find_token(s: &str) -> Option<usize> {
+    s.match_indices('%')
+        .map(|(i, _)| i)
+        .find(|&i| matches!(s.as_bytes().get(i + 1), Some(b'c' | b'u')))
+}
+
+/// True for `+` and `#`.
+fn is_wildcard(level: &str) -> bool {
+    level == "+" || level == "#"
+}
+
+/// The first level of a filter.
+fn first_level(filter: &str) -> &str {
+    filter.split_once('/').map_or(filter, |(first, _)| first)
+}
+
+/// Does `rule` match every topic that `filter` matches (both valid topic filters)?
+///
+/// Level by level: a `#` in the rule covers whatever remains; otherwise a `#` in the filter is
+/// covered only by a `#` in the rule (or, as the first level, by `+/#`: a topic has at least one
+/// level); a `+` in the rule covers any single level but `#`; a literal covers only the same
+/// literal; both must end together. [MQTT-4.7.2-1]: a rule
+/// starting with a wildcard does not cover a filter whose first level starts with `$`.
+fn covers(rule: &str, filter: &str) -> bool {
+    if is_wildcard(first_level(rule)) && first_level(filter).starts_with('$') {
+        return false;
+    }
+    let mut r = rule.split('/');
+    let mut f = filter.split('/');
+    let mut first = true;
+    loop {
+        match (r.next(), f.next()) {
+            (Some("#"), _) | (None, None) => return true,
+            // A topic has at least one level, so a filter `#` matches exactly what `+/#` does.
+            (Some("+"), Some("#")) if first => return r.next() == Some("#"),
+            (Some("+"), Some(fl)) if fl != "#" => {}
+            (Some(rl), Some(fl)) if rl == fl => {}
+            _ => return false,
+        }
+        first = false;
+    }
+}
+
+/// Is there a topic that both `a` and `b` (valid topic filters) match?
+///
+/// Level by level: a `#` on either side matches whatever the other side still needs (including
+/// nothing); a `+` matches any single level; literals must be equal; both must end together.
+/// [MQTT-4.7.2-1]: a leading wildcard does not meet a first level starting with `$`.
+fn intersects(a: &str, b: &str) -> bool {
+    let (a0, b0) = (first_level(a), first_level(b));
+    if (is_wildcard(a0) && b0.starts_with('$')) || (is_wildcard(b0) && a0.starts_with('$')) {
+        return false;
+    }
+    let mut a = a.split('/');
+    let mut b = b.split('/');
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "acl_tests.rs"]
+mod tests;

@@ -11,19 +11,20 @@
 //!
 //! None of these is held across an await, except `connect_lock`, which exists for that.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use sluice_codec::{LastWill, SubscriptionOptions};
+use sluice_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::acl::Acl;
 use crate::config::Config;
 use crate::message::{ClientId, Message};
 use crate::retain::RetainedStore;
-use crate::session::{Control, Owner, PendingWill, Session, SessionHandle};
+use crate::session::{Control, Inflight, Owner, PendingWill, Session, SessionHandle};
+use crate::shared::SharedGroups;
 use crate::subscriptions::SubscriptionTree;
 
 /// How long a new connection waits for the old one to hand its session over.
@@ -38,6 +39,8 @@ pub struct SubEntry {
     pub handle: Arc<SessionHandle>,
     /// The subscriber's username when it subscribed, for read checks of the ACL on delivery.
     pub username: Option<Arc<str>>,
+    /// The full `$share/{group}/{filter}` for a shared subscription (its group's identity).
+    pub shared: Option<TopicFilter>,
 }
 
 /// Counters, readable at any time (relaxed atomics: they are statistics).
@@ -47,6 +50,10 @@ pub struct Stats {
     pub messages_received: AtomicU64,
     pub messages_delivered: AtomicU64,
     pub messages_dropped: AtomicU64,
+    /// Times a connection's reading was paused by `limits.publish_rate` / `publish_bytes_rate`.
+    pub rate_limited: AtomicU64,
+    /// Connections refused by `limits.max_connections`.
+    pub connections_refused: AtomicU64,
 }
 
 /// The shared state of one broker. Connections hold an `Arc<Broker>`.
@@ -61,11 +68,12 @@ pub struct Broker {
     /// Retained messages (3.3.1.3), one per topic.
     pub retained: RwLock<RetainedStore<Arc<Message>>>,
     /// `auth.acl_file`, if configured.
-    pub acl: Option<Acl>,
+    /// Replaced whole on reload (SIGHUP); readers clone the `Arc` under a short read lock.
+    acl: RwLock<Option<Arc<Acl>>>,
     /// Source of unique connection numbers.
     next_connection: AtomicU64,
-    /// Rotates the member chosen in each shared subscription group.
-    pub(crate) shared_cursor: AtomicUsize,
+    /// Selection state of shared subscription groups.
+    pub(crate) shared_groups: SharedGroups,
     pub stats: Stats,
 }
 
@@ -86,11 +94,27 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedStore::new()),
-            acl,
+            acl: RwLock::new(acl.map(Arc::new)),
             next_connection: AtomicU64::new(1),
-            shared_cursor: AtomicUsize::new(0),
+            shared_groups: SharedGroups::default(),
             stats: Stats::default(),
         }
+    }
+
+    /// The ACL in force (None: no `auth.acl_file`).
+    pub fn acl(&self) -> Option<Arc<Acl>> {
+        read(&self.acl).clone()
+    }
+
+    /// Re-reads `auth.acl_file` (SIGHUP). On error the old rules stay in force and the error is
+    /// returned for the log; connections are never dropped by a reload.
+    pub fn reload_acl(&self) -> Result<bool, crate::acl::AclLoadError> {
+        let Some(path) = &self.config.auth.acl_file else {
+            return Ok(false);
+        };
+        let acl = Acl::load(path)?;
+        *write(&self.acl) = Some(Arc::new(acl));
+        Ok(true)
     }
 
     /// A fresh connection number.
@@ -210,6 +234,7 @@ impl Broker {
     ) {
         let now = Instant::now();
         let mut will_now = None;
+        let redistribute;
         let generation;
         let deadline;
         {
@@ -224,7 +249,25 @@ impl Broker {
             own.owner = None;
             own.generation += 1;
             generation = own.generation;
-            handle.outbox().set_online(false);
+            let mut outbox = handle.outbox();
+            outbox.set_online(false);
+            // Shared-subscription messages not yet sent move to other members, and so do
+            // unacknowledged QoS 1 ones; sent QoS 2 ones stay ([MQTT-4.8.2-4], shared.rs).
+            let mut moving = outbox.take_where(|d| d.shared.is_some());
+            drop(outbox);
+            let mut kept = VecDeque::with_capacity(session.inflight.len());
+            for entry in session.inflight.drain(..) {
+                match entry {
+                    Inflight::Publish { delivery, .. }
+                        if delivery.shared.is_some() && delivery.qos == QoS::AtLeastOnce =>
+                    {
+                        moving.push(delivery)
+                    }
+                    other => kept.push_back(other),
+                }
+            }
+            session.inflight = kept;
+            redistribute = moving;
             if let Some(will) = will {
                 if will.delay_interval == 0 || session.expiry_interval == 0 {
                     will_now = Some(will);
@@ -245,6 +288,17 @@ impl Broker {
                     session.pending_will.as_ref().map(|p| p.publish_at),
                 );
                 own.parked = Some(Box::new(session.clone()));
+            }
+        }
+        if !redistribute.is_empty() {
+            // Whatever no other member can take stays with this session (lost with it if it
+            // ends now, as any queued message of an ending session is).
+            let left = self.redistribute(&handle.client_id, redistribute);
+            if session.expiry_interval != 0 {
+                let mut outbox = handle.outbox();
+                for d in left.into_iter().rev() {
+                    outbox.push_front(d);
+                }
             }
         }
         if session.expiry_interval == 0 {

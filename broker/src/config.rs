@@ -5,6 +5,7 @@
 //! against its range. A bad value is reported as [`ConfigError`] with the key, the value and
 //! the reason, and the binary exits 2 before it binds anything.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,59 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Who may connect and what they may do.
     pub auth: AuthConfig,
+    /// Bounds on what one client (or all of them) can make the broker spend.
+    pub limits: LimitsConfig,
+}
+
+/// The `[limits]` section: every resource a client can make the broker spend has a bound here
+/// (or in `[mqtt]` for per-session queues and packet size).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Seconds a new connection has to send CONNECT after the TCP accept.
+    pub connect_timeout: u64,
+    /// Most client connections at once, all listeners together. A connection over the limit
+    /// is answered CONNACK 0x89 Server Busy (3.1.1: 3 Server unavailable) and closed; far over
+    /// it (1,024 more), sockets are closed without reading.
+    pub max_connections: usize,
+    /// Longest client identifier in bytes; longer is CONNACK 0x85 (3.1.1: 2).
+    pub max_client_id_length: usize,
+    /// Longest topic name or filter in bytes (the protocol allows 65,535). PUBLISH: DISCONNECT
+    /// 0x90 Topic Name Invalid; SUBSCRIBE: SUBACK 0x8F; will: CONNACK 0x90.
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter, same reason codes as `max_topic_length`.
+    pub max_topic_levels: usize,
+    /// Most subscriptions one session may hold; further filters get SUBACK 0x97 Quota Exceeded
+    /// (3.1.1: 0x80).
+    pub max_subscriptions_per_client: usize,
+    /// Sustained PUBLISH packets per second one connection may send (0: unlimited). Above it the
+    /// broker stops reading from that socket until the budget refills, so TCP pushes back on the
+    /// client and other clients keep their share.
+    pub publish_rate: u32,
+    /// Sustained PUBLISH bytes (whole packets) per second per connection (0: unlimited).
+    pub publish_bytes_rate: u64,
+    /// How far above the rates a connection may burst: this many seconds' worth of budget.
+    pub publish_burst_seconds: u32,
+    /// Instead of pushing back, disconnect a 5.0 client over the rate with DISCONNECT 0x96
+    /// Message Rate Too High (3.1.1 clients are always pushed back).
+    pub disconnect_over_rate: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            connect_timeout: 10,
+            max_connections: 100_000,
+            max_client_id_length: 256,
+            max_topic_length: 4096,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 1000,
+            publish_rate: 0,
+            publish_bytes_rate: 0,
+            publish_burst_seconds: 1,
+            disconnect_over_rate: false,
+        }
+    }
 }
 
 impl Default for Config {
@@ -36,6 +90,7 @@ impl Default for Config {
             }],
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -76,6 +131,58 @@ pub struct MqttConfig {
     /// client's Topic Alias Maximum; 0 turns outbound aliases off). Least recently used topics
     /// give up their alias; each alias costs ~40 bytes per connection.
     pub max_outbound_topic_aliases: u16,
+    /// Highest QoS clients may use (0, 1 or 2). Below 2 it is advertised as Maximum QoS; a
+    /// PUBLISH or will above it is refused (5.0: 0x9B [MQTT-3.2.2-11]) and subscriptions are
+    /// granted at most this QoS.
+    pub maximum_qos: u8,
+    /// Whether retained messages are supported. Off: advertised as Retain Available 0, and a
+    /// PUBLISH or will with RETAIN set is refused (5.0: 0x9A [MQTT-3.2.2-14]).
+    pub retain_available: bool,
+    /// Whether `+`/`#` filters may be subscribed to. Off: SUBACK 0xA2 for such filters.
+    pub wildcard_subscription_available: bool,
+    /// Whether 5.0 Subscription Identifiers are supported. Off: a SUBSCRIBE carrying one is
+    /// DISCONNECT 0xA1.
+    pub subscription_identifiers_available: bool,
+    /// Whether `$share/{group}/{filter}` subscriptions are supported. Off: SUBACK 0x9E.
+    pub shared_subscription_available: bool,
+    /// Check that payloads flagged as UTF-8 (Payload Format Indicator 1) are valid UTF-8 and
+    /// refuse those that are not with 0x99 (5.0, 3.3.2.3.2). Costs one scan of each such payload.
+    pub validate_utf8_payloads: bool,
+    /// Redirect 5.0 clients to another server (Server Reference, 4.11): new connections are
+    /// refused with CONNACK 0x9C Use Another Server (0x9D Server Moved when
+    /// `server_moved = true`) carrying this reference, and on shutdown connected 5.0 clients get
+    /// DISCONNECT with the same code and reference instead of 0x8B. 3.1.1 clients cannot be
+    /// redirected and are refused with return code 3 (Server unavailable). None: no redirection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_reference: Option<String>,
+    /// With `server_reference`: the move is permanent (0x9D) rather than temporary (0x9C).
+    pub server_moved: bool,
+    /// How a shared subscription group (`$share/{group}/{filter}`) picks the one member that
+    /// gets each message (see `shared.rs`): `round_robin`, `random`, `hash_client_id`,
+    /// `hash_topic`, `sticky` or `least_inflight`.
+    pub shared_subscription_strategy: SharedStrategy,
+    /// Per-group strategy overriding the broker-wide one, by group name:
+    /// `[mqtt.shared_group_strategies]` `workers = "least_inflight"`.
+    pub shared_group_strategies: BTreeMap<String, SharedStrategy>,
+}
+
+/// Member selection in a shared subscription group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    #[default]
+    RoundRobin,
+    /// A uniformly random member.
+    Random,
+    /// By a hash of the publisher's client id: one publisher's messages go to one member.
+    HashClientId,
+    /// By a hash of the topic: one topic's messages go to one member (per-topic order).
+    HashTopic,
+    /// The same member while it has room, then the next one.
+    Sticky,
+    /// The member with the most free receive window (spreads a burst over unequal workers).
+    LeastInflight,
 }
 
 impl Default for MqttConfig {
@@ -89,6 +196,16 @@ impl Default for MqttConfig {
             max_queued_bytes: 16 * 1024 * 1024,
             topic_alias_maximum: 64,
             max_outbound_topic_aliases: 32,
+            maximum_qos: 2,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: true,
+            shared_subscription_available: true,
+            validate_utf8_payloads: false,
+            server_reference: None,
+            server_moved: false,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
+            shared_group_strategies: BTreeMap::new(),
         }
     }
 }
@@ -179,7 +296,16 @@ impl Config {
                 .source(Some(env)),
         );
         let layered = builder.build().map_err(from_config_error)?;
-        let config: Config = layered.try_deserialize().map_err(from_config_error)?;
+        let config: Config = layered.clone().try_deserialize().map_err(|e| {
+            let mut err = from_config_error(e);
+            if err.value.is_empty() {
+                // Unknown keys: the config crate does not say the value; look it up.
+                if let Ok(v) = layered.get::<config::Value>(&err.key) {
+                    err.value = v.to_string();
+                }
+            }
+            err
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -228,6 +354,74 @@ impl Config {
                 "mqtt.max_queued_bytes",
                 m.max_queued_bytes,
                 "must be at least mqtt.max_packet_size, or no large message could ever be queued",
+            ));
+        }
+        if m.maximum_qos > 2 {
+            return Err(invalid(
+                "mqtt.maximum_qos",
+                m.maximum_qos,
+                "must be 0, 1 or 2",
+            ));
+        }
+        if let Some(r) = &m.server_reference {
+            if r.is_empty() || r.len() > 65_535 {
+                return Err(invalid(
+                    "mqtt.server_reference",
+                    r,
+                    "must be a non-empty string of at most 65535 bytes",
+                ));
+            }
+        }
+        let l = &self.limits;
+        if !(1..=3600).contains(&l.connect_timeout) {
+            return Err(invalid(
+                "limits.connect_timeout",
+                l.connect_timeout,
+                "must be 1 to 3600 seconds",
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", 0, "must be at least 1"));
+        }
+        if !(1..=65_535).contains(&l.max_client_id_length) {
+            return Err(invalid(
+                "limits.max_client_id_length",
+                l.max_client_id_length,
+                "must be 1 to 65535 bytes",
+            ));
+        }
+        if !(1..=65_535).contains(&l.max_topic_length) {
+            return Err(invalid(
+                "limits.max_topic_length",
+                l.max_topic_length,
+                "must be 1 to 65535 bytes",
+            ));
+        }
+        if l.max_topic_levels == 0 {
+            return Err(invalid("limits.max_topic_levels", 0, "must be at least 1"));
+        }
+        if l.max_subscriptions_per_client == 0 {
+            return Err(invalid(
+                "limits.max_subscriptions_per_client",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if l.publish_burst_seconds == 0 {
+            return Err(invalid(
+                "limits.publish_burst_seconds",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if l.publish_bytes_rate != 0
+            && l.publish_bytes_rate * u64::from(l.publish_burst_seconds)
+                < u64::from(m.max_packet_size)
+        {
+            return Err(invalid(
+                "limits.publish_bytes_rate",
+                l.publish_bytes_rate,
+                "times limits.publish_burst_seconds must be at least mqtt.max_packet_size, or a large PUBLISH could never pass",
             ));
         }
         if let Some(path) = &self.auth.acl_file {
@@ -317,6 +511,7 @@ mod tests {
     fn unknown_key_is_an_error_naming_it() {
         let e = load_toml("[mqtt]\nmax_keepalivee = 30\n", &[]).unwrap_err();
         assert_eq!(e.key, "mqtt.max_keepalivee", "{e}");
+        assert_eq!(e.value, "30", "{e}");
     }
 
     #[test]
@@ -342,5 +537,21 @@ mod tests {
         let c = Config::default();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        let e = load_toml("[limits]\nconnect_timeout = 0\n", &[]).unwrap_err();
+        assert_eq!(e.key, "limits.connect_timeout");
+        let e = load_toml("[limits]\npublish_bytes_rate = 10\n", &[]).unwrap_err();
+        assert_eq!(e.key, "limits.publish_bytes_rate");
+        let c = load_toml(
+            "[limits]\npublish_rate = 50\n",
+            &[("SLUICE__LIMITS__MAX_CONNECTIONS", "7")],
+        )
+        .unwrap();
+        assert_eq!((c.limits.publish_rate, c.limits.max_connections), (50, 7));
+        let e = load_toml("[mqtt]\nshared_subscription_strategy = \"fastest\"\n", &[]).unwrap_err();
+        assert!(e.key.contains("shared_subscription_strategy"), "{e}");
     }
 }

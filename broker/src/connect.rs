@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sluice_codec::{ConnAck, ConnAckProperties, Connect, Protocol, ReasonCode, Str};
+use sluice_codec::{ConnAck, ConnAckProperties, Connect, Protocol, QoS, ReasonCode, Str};
 
 use crate::broker::Broker;
 use crate::message::ClientId;
@@ -29,10 +29,25 @@ pub struct Accepted {
 pub struct Refused {
     pub reason: ReasonCode,
     pub why: &'static str,
+    /// Server Reference to send with 0x9C/0x9D (5.0 redirection, 4.11).
+    pub server_reference: Option<Str>,
 }
 
 fn refuse(reason: ReasonCode, why: &'static str) -> Refused {
-    Refused { reason, why }
+    Refused {
+        reason,
+        why,
+        server_reference: None,
+    }
+}
+
+/// The redirection code configured with `mqtt.server_reference` (4.11).
+pub fn redirect_code(cfg: &crate::config::MqttConfig) -> ReasonCode {
+    if cfg.server_moved {
+        ReasonCode::SERVER_MOVED
+    } else {
+        ReasonCode::USE_ANOTHER_SERVER
+    }
 }
 
 /// Decides whether to accept `c`, and on which terms.
@@ -40,6 +55,46 @@ pub fn negotiate(c: &Connect, broker: &Broker) -> Result<Accepted, Refused> {
     let cfg = &broker.config.mqtt;
     let v5 = c.protocol.is_v5();
     let mut properties = ConnAckProperties::default();
+
+    if let Some(reference) = &cfg.server_reference {
+        // Redirection (4.11): 5.0 clients are told where to go; 3.1.1 has no way to say it.
+        return Err(if v5 {
+            Refused {
+                reason: redirect_code(cfg),
+                why: "redirected to another server (mqtt.server_reference)",
+                server_reference: Str::try_from(reference.as_str()).ok(),
+            }
+        } else {
+            refuse(
+                ReasonCode::SERVER_UNAVAILABLE,
+                "this server redirects clients (mqtt.server_reference); MQTT 3.1.1 cannot follow",
+            )
+        });
+    }
+
+    let limits = &broker.config.limits;
+    // This connection is already counted.
+    if broker
+        .stats
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > limits.max_connections
+    {
+        broker
+            .stats
+            .connections_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(refuse(
+            ReasonCode::SERVER_BUSY,
+            "too many connections (limits.max_connections)",
+        ));
+    }
+    if c.client_id.len() > limits.max_client_id_length {
+        return Err(refuse(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client identifier longer than limits.max_client_id_length",
+        ));
+    }
 
     if c.properties.authentication_method.is_some() {
         return Err(refuse(
@@ -94,6 +149,24 @@ pub fn negotiate(c: &Connect, broker: &Broker) -> Result<Accepted, Refused> {
     let username: Option<Arc<str>> = c.username.as_ref().map(|u| u.as_str().into());
 
     if let Some(will) = &c.will {
+        if crate::protocol::topic_over_limits(&will.topic, limits) {
+            return Err(refuse(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "will topic longer or deeper than limits.max_topic_length / max_topic_levels",
+            ));
+        }
+        if will.qos as u8 > cfg.maximum_qos {
+            return Err(refuse(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "will QoS above the server's Maximum QoS [MQTT-3.2.2-12]",
+            ));
+        }
+        if will.retain && !cfg.retain_available {
+            return Err(refuse(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "will retain set but retained messages are not available [MQTT-3.2.2-13]",
+            ));
+        }
         if !broker.may_publish(username.as_deref(), &client_id, &will.topic) {
             return Err(refuse(
                 ReasonCode::NOT_AUTHORIZED,
@@ -128,6 +201,15 @@ pub fn negotiate(c: &Connect, broker: &Broker) -> Result<Accepted, Refused> {
         if cfg.topic_alias_maximum > 0 {
             properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
         }
+        // Capabilities: absent means available, so only the switched-off ones are sent.
+        if cfg.maximum_qos < 2 {
+            properties.maximum_qos = QoS::from_u8(cfg.maximum_qos);
+        }
+        let off = |available: bool| (!available).then_some(false);
+        properties.retain_available = off(cfg.retain_available);
+        properties.wildcard_subscription_available = off(cfg.wildcard_subscription_available);
+        properties.subscription_identifiers_available = off(cfg.subscription_identifiers_available);
+        properties.shared_subscription_available = off(cfg.shared_subscription_available);
     }
 
     let negotiated = Negotiated {
@@ -170,6 +252,10 @@ pub fn refusal(r: &Refused, c: &Connect) -> ConnAck {
         reason: r.reason,
         properties: ConnAckProperties::default(),
     };
+    if c.protocol.is_v5() {
+        // The Server Reference is sent whatever Request Problem Information says (3.2.2.3.16).
+        ack.properties.server_reference = r.server_reference.clone();
+    }
     if c.protocol.is_v5() && c.properties.request_problem_information != Some(false) {
         ack.properties.reason_string = Str::try_from(r.why).ok();
         let limit = c
@@ -300,5 +386,77 @@ mod tests {
             negotiate(&c, &b).unwrap_err().reason,
             ReasonCode::BAD_AUTHENTICATION_METHOD
         );
+    }
+
+    #[test]
+    fn server_reference_redirects_v5_and_refuses_v311() {
+        // 4.11: 0x9C Use Another Server with the Server Reference; 0x9D when moved for good.
+        let b = broker(|c| c.mqtt.server_reference = Some("other:1883".into()));
+        let c5 = connect(Protocol::V5, "c", true);
+        let r = negotiate(&c5, &b).unwrap_err();
+        assert_eq!(r.reason, ReasonCode::USE_ANOTHER_SERVER);
+        let ack = refusal(&r, &c5);
+        assert_eq!(
+            ack.properties.server_reference.as_deref(),
+            Some("other:1883")
+        );
+        let r = negotiate(&connect(Protocol::V311, "c", true), &b).unwrap_err();
+        assert_eq!(
+            sluice_codec::connack_return_code(r.reason),
+            3,
+            "server unavailable"
+        );
+        let b = broker(|c| {
+            c.mqtt.server_reference = Some("other:1883".into());
+            c.mqtt.server_moved = true;
+        });
+        assert_eq!(
+            negotiate(&c5, &b).unwrap_err().reason,
+            ReasonCode::SERVER_MOVED
+        );
+    }
+
+    #[test]
+    fn capabilities_advertised_and_will_checked() {
+        let b = broker(|c| {
+            c.mqtt.maximum_qos = 1;
+            c.mqtt.retain_available = false;
+        });
+        let a = negotiate(&connect(Protocol::V5, "c", true), &b).unwrap();
+        assert_eq!(a.properties.maximum_qos, Some(QoS::AtLeastOnce));
+        assert_eq!(a.properties.retain_available, Some(false));
+        assert_eq!(
+            a.properties.wildcard_subscription_available, None,
+            "available by default"
+        );
+        let mut c = connect(Protocol::V5, "c", true);
+        c.will = Some(sluice_codec::LastWill {
+            topic: sluice_codec::TopicName::try_from("w").unwrap(),
+            payload: Default::default(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            delay_interval: 0,
+            properties: Default::default(),
+        });
+        assert_eq!(
+            negotiate(&c, &b).unwrap_err().reason,
+            ReasonCode::QOS_NOT_SUPPORTED
+        );
+        if let Some(w) = &mut c.will {
+            w.qos = QoS::AtMostOnce;
+            w.retain = true;
+        }
+        assert_eq!(
+            negotiate(&c, &b).unwrap_err().reason,
+            ReasonCode::RETAIN_NOT_SUPPORTED
+        );
+    }
+
+    #[test]
+    fn client_id_length_limit() {
+        let b = broker(|c| c.limits.max_client_id_length = 8);
+        let r = negotiate(&connect(Protocol::V311, "123456789", true), &b).unwrap_err();
+        assert_eq!(r.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        assert!(negotiate(&connect(Protocol::V311, "12345678", true), &b).is_ok());
     }
 }

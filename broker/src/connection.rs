@@ -17,12 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
-use crate::connect::{negotiate, refusal};
+use crate::connect::{negotiate, redirect_code, refusal};
 use crate::protocol::{ClientState, Close};
+use crate::ratelimit::RateLimiter;
 use crate::session::Control;
 
-/// How long a new connection may take to send CONNECT (issue 6 makes this configurable).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Stop reading and draining once this much is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
 /// Initial read buffer; it grows for large packets and is shrunk back afterwards.
@@ -44,8 +43,10 @@ pub async fn serve<S>(
     let mut rbuf = BytesMut::with_capacity(READ_BUF);
     let mut decoder = Decoder::new(broker.config.mqtt.max_packet_size as usize);
 
+    // CONNECT must arrive within `limits.connect_timeout` of the accept.
+    let connect_timeout = Duration::from_secs(broker.config.limits.connect_timeout);
     let connect = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
+        connect_timeout,
         read_connect(&mut rd, &mut rbuf, &mut decoder),
     )
     .await
@@ -77,7 +78,7 @@ pub async fn serve<S>(
             return done(&broker);
         }
         Err(_) => {
-            tracing::info!(%peer, "no CONNECT within {}s; closing", CONNECT_TIMEOUT.as_secs());
+            tracing::info!(%peer, "no CONNECT within {}s (limits.connect_timeout); closing", connect_timeout.as_secs());
             return done(&broker);
         }
     };
@@ -126,17 +127,27 @@ pub async fn serve<S>(
     tokio::pin!(sleep);
     let mut shutdown = shutdown;
     let mut takeover_reply = None;
+    let mut limiter = RateLimiter::new(&broker.config.limits, now);
+    // While over a rate limit, reading stops until this instant (TCP pushes back).
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    let pause = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pause);
 
     let close: Close = loop {
         if pending && state.write_buf.len() < HIGH_WATER / 2 {
             pending = state.drain_outbox(Instant::now(), HIGH_WATER);
         }
-        let want_read = state.write_buf.len() < HIGH_WATER;
+        let want_read = state.write_buf.len() < HIGH_WATER && paused_until.is_none();
         let handle = state.handle.clone();
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
-                break Close { send: Some(ReasonCode::SERVER_SHUTTING_DOWN), publish_will: false, reason: "server shutting down".into() };
+                // With a Server Reference configured, clients are sent on to it (4.11).
+                let code = match &broker.config.mqtt.server_reference {
+                    Some(_) => redirect_code(&broker.config.mqtt),
+                    None => ReasonCode::SERVER_SHUTTING_DOWN,
+                };
+                break Close { send: Some(code), publish_will: false, reason: "server shutting down".into() };
             }
             Some(ctl) = control_rx.recv() => match ctl {
                 Control::TakeOver(reply) => {
@@ -157,13 +168,28 @@ pub async fn serve<S>(
                 Ok(0) | Err(_) => break io_closed(),
                 Ok(_) => {
                     let now = Instant::now();
-                    match decode_all(&mut decoder, &mut rbuf, &mut state, now, &broker) {
+                    match decode_all(&mut decoder, &mut rbuf, &mut state, now, &broker, &mut limiter) {
                         Ok(()) => {}
                         Err(close) => break close,
                     }
+                    let mut silence_allowance = Duration::ZERO;
+                    if limiter.is_active() {
+                        if let Some(wait) = limiter.pause(now) {
+                            if broker.config.limits.disconnect_over_rate && protocol.is_v5() {
+                                break Close::error(ReasonCode::MESSAGE_RATE_TOO_HIGH, "PUBLISH rate over limits.publish_rate / publish_bytes_rate");
+                            }
+                            broker.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, client_id = %state.n.client_id, pause_ms = wait.as_millis() as u64, "over the publish rate limit: reading paused");
+                            let until = tokio::time::Instant::from(now + wait);
+                            paused_until = Some(until);
+                            pause.as_mut().reset(until);
+                            // Our own pause must not count as the client's silence.
+                            silence_allowance = wait;
+                        }
+                    }
                     if let Some(k) = keepalive {
                         // Any packet resets the keepalive timer [MQTT-3.1.2-22].
-                        sleep.as_mut().reset((now + k).into());
+                        sleep.as_mut().reset((now + k + silence_allowance).into());
                     }
                     if rbuf.is_empty() && rbuf.capacity() > HIGH_WATER {
                         rbuf = BytesMut::with_capacity(READ_BUF);
@@ -173,6 +199,9 @@ pub async fn serve<S>(
             },
             _ = handle.notify.notified() => {
                 pending = true;
+            }
+            _ = &mut pause, if paused_until.is_some() => {
+                paused_until = None;
             }
             _ = &mut sleep, if keepalive.is_some() => {
                 break Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"));
@@ -184,7 +213,18 @@ pub async fn serve<S>(
     // already queued for the socket (acks) goes out first.
     if let Some(code) = close.send {
         if protocol.is_v5() {
-            let d = state.disconnect_packet(code, &close.reason);
+            let mut d = state.disconnect_packet(code, &close.reason);
+            if let (Packet::Disconnect(d), Some(reference)) =
+                (&mut d, &broker.config.mqtt.server_reference)
+            {
+                if matches!(
+                    code,
+                    ReasonCode::USE_ANOTHER_SERVER | ReasonCode::SERVER_MOVED
+                ) {
+                    d.properties.server_reference =
+                        sluice_codec::Str::try_from(reference.as_str()).ok();
+                }
+            }
             state.send(&d);
         }
     }
@@ -256,10 +296,18 @@ fn decode_all(
     state: &mut ClientState,
     now: Instant,
     broker: &Broker,
+    limiter: &mut RateLimiter,
 ) -> Result<(), Close> {
     loop {
+        let before = rbuf.len();
         match decoder.decode(rbuf) {
-            Ok(Some(packet)) => state.handle(now, packet, broker)?,
+            Ok(Some(packet)) => {
+                if limiter.is_active() && matches!(packet, Packet::Publish(_)) {
+                    // The decoder consumes exactly one whole frame.
+                    limiter.charge(now, before - rbuf.len());
+                }
+                state.handle(now, packet, broker)?
+            }
             Ok(None) => return Ok(()),
             Err(e) => return Err(Close::error(e.reason_code(), e.to_string())),
         }

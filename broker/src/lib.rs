@@ -34,10 +34,12 @@ mod connect;
 mod connection;
 pub mod message;
 pub mod protocol;
+pub mod ratelimit;
 pub mod retain;
 mod router;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod subscriptions;
 
 pub use broker::Broker;

@@ -56,6 +56,21 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        // SIGHUP re-reads the ACL file; a bad file is logged and the old rules stay.
+        let broker = server.broker().clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match broker.reload_acl() {
+                    Ok(true) => tracing::info!("SIGHUP: auth.acl_file reloaded"),
+                    Ok(false) => tracing::info!("SIGHUP: nothing to reload"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: auth.acl_file not reloaded; the previous rules stay in force"),
+                }
+            }
+        });
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })

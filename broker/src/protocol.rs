@@ -44,6 +44,12 @@ impl Close {
     }
 }
 
+/// Whether a topic name or filter exceeds `limits.max_topic_length` / `max_topic_levels`.
+pub fn topic_over_limits(topic: &str, limits: &crate::config::LimitsConfig) -> bool {
+    topic.len() > limits.max_topic_length
+        || topic.bytes().filter(|&b| b == b'/').count() >= limits.max_topic_levels
+}
+
 /// What the broker granted at CONNECT and keeps for the connection's lifetime.
 #[derive(Debug, Clone)]
 pub struct Negotiated {
@@ -98,6 +104,12 @@ impl ClientState {
         will: Option<LastWill>,
     ) -> ClientState {
         let aliases = OutboundAliases::new(n.outbound_alias_maximum);
+        handle
+            .window
+            .store(n.send_window, std::sync::atomic::Ordering::Relaxed);
+        handle
+            .inflight
+            .store(session.inflight_len(), std::sync::atomic::Ordering::Relaxed);
         ClientState {
             n,
             handle,
@@ -143,6 +155,20 @@ impl ClientState {
 
     /// Handles one packet from the client.
     pub fn handle(&mut self, now: Instant, packet: Packet, broker: &Broker) -> Result<(), Close> {
+        let r = self.dispatch(now, packet, broker);
+        self.publish_inflight();
+        r
+    }
+
+    /// Tells shared-subscription selection how full this client's window is.
+    fn publish_inflight(&self) {
+        let n = self.session.inflight_len();
+        self.handle
+            .inflight
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn dispatch(&mut self, now: Instant, packet: Packet, broker: &Broker) -> Result<(), Close> {
         match packet {
             Packet::Publish(p) => self.on_publish(now, p, broker),
             Packet::PubAck(a) => {
@@ -191,6 +217,12 @@ impl ClientState {
     }
 
     fn on_publish(&mut self, now: Instant, mut p: Publish, broker: &Broker) -> Result<(), Close> {
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "Subscription Identifier in a PUBLISH from a client [MQTT-3.3.4-6]",
+            ));
+        }
         // Topic Alias (3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias {
             if alias == 0 || alias > self.n.topic_alias_maximum {
@@ -213,7 +245,7 @@ impl ClientState {
                     None => {
                         return Err(Close::error(
                             ReasonCode::PROTOCOL_ERROR,
-                            format!("topic alias {alias} used before it was set [MQTT-3.3.4-?]"),
+                            format!("topic alias {alias} used before it was set (3.3.2.3.4)"),
                         ))
                     }
                 }
@@ -226,6 +258,50 @@ impl ClientState {
                 ReasonCode::PROTOCOL_ERROR,
                 "empty topic name without a topic alias [MQTT-4.7.3-1]",
             ));
+        }
+        if topic_over_limits(&p.topic, &broker.config.limits) {
+            return Err(Close::error(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "topic longer or deeper than limits.max_topic_length / max_topic_levels",
+            ));
+        }
+        let cfg = &broker.config.mqtt;
+        if p.qos as u8 > cfg.maximum_qos {
+            return Err(Close::error(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "PUBLISH QoS above the server's Maximum QoS [MQTT-3.2.2-11]",
+            ));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(Close::error(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "RETAIN set but retained messages are not available [MQTT-3.2.2-14]",
+            ));
+        }
+        if cfg.validate_utf8_payloads
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // 3.3.2.3.2: the receiver may check the payload it was told is UTF-8.
+            const WHY: &str = "payload flagged as UTF-8 is not valid UTF-8 (3.3.2.3.2)";
+            match p.qos {
+                QoS::AtMostOnce => {
+                    return Err(Close::error(ReasonCode::PAYLOAD_FORMAT_INVALID, WHY));
+                }
+                QoS::AtLeastOnce => self.send_ack(
+                    Packet::PubAck,
+                    p.pkid,
+                    ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    WHY,
+                ),
+                QoS::ExactlyOnce => self.send_ack(
+                    Packet::PubRec,
+                    p.pkid,
+                    ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    WHY,
+                ),
+            }
+            return Ok(());
         }
         // `$SYS` belongs to the broker and `$share/` is not a topic; both are refused like an ACL
         // denial, as Mosquitto does. Other `$` topics are ordinary (wildcards just skip them).
@@ -363,7 +439,14 @@ impl ClientState {
 
     fn on_subscribe(&mut self, now: Instant, s: Subscribe, broker: &Broker) -> Result<(), Close> {
         let v5 = self.n.protocol.is_v5();
+        let cfg = &broker.config.mqtt;
         let identifier = s.properties.subscription_identifier;
+        if identifier.is_some() && !cfg.subscription_identifiers_available {
+            return Err(Close::error(
+                ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "Subscription Identifier sent but not available (3.2.2.3.12)",
+            ));
+        }
         let mut reasons = vec![ReasonCode::UNSPECIFIED_ERROR; s.filters.len() + s.rejected.len()];
         for (index, _, _) in &s.rejected {
             if let Some(r) = reasons.get_mut(*index) {
@@ -382,7 +465,30 @@ impl ClientState {
             }
             let Some(sub) = valid.next() else { break };
             let filter = sub.filter;
-            let options = sub.options;
+            let mut options = sub.options;
+            if topic_over_limits(&filter, &broker.config.limits) {
+                *reason = ReasonCode::TOPIC_FILTER_INVALID;
+                continue;
+            }
+            if !self.session.subscriptions.contains_key(&filter)
+                && self.session.subscriptions.len()
+                    >= broker.config.limits.max_subscriptions_per_client
+            {
+                *reason = ReasonCode::QUOTA_EXCEEDED;
+                continue;
+            }
+            if filter.shared().is_some() && !cfg.shared_subscription_available {
+                *reason = ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
+                continue;
+            }
+            if !cfg.wildcard_subscription_available && filter.match_filter().contains(['+', '#']) {
+                *reason = ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED;
+                continue;
+            }
+            // Granted at most the server's Maximum QoS (3.9.3).
+            if options.qos as u8 > cfg.maximum_qos {
+                options.qos = QoS::from_u8(cfg.maximum_qos).unwrap_or(QoS::AtMostOnce);
+            }
             if filter.shared().is_some() && options.no_local {
                 return Err(Close::error(
                     ReasonCode::PROTOCOL_ERROR,
@@ -398,6 +504,7 @@ impl ClientState {
                 identifier,
                 handle: self.handle.clone(),
                 username: self.n.username.clone(),
+                shared: filter.shared().is_some().then(|| filter.clone()),
             };
             // Replaces an existing subscription with the same filter [MQTT-3.8.4-3].
             let existed = write(&broker.subscriptions)
@@ -524,6 +631,7 @@ impl ClientState {
         for d in batch {
             self.send_delivery(d, now);
         }
+        self.publish_inflight();
         more
     }
 
@@ -553,7 +661,7 @@ impl ClientState {
             match encoded_len(&packet, self.n.protocol) {
                 Ok(len) if len <= self.n.client_max_packet => {}
                 _ => {
-                    // Larger than the client accepts: not sent, as if delivered [MQTT-3.3.4-?],
+                    // Larger than the client accepts: not sent, as if delivered
                     // [MQTT-3.1.2-25]. An alias assigned for it was never told to the client.
                     if let AliasUse::Assign(a) = alias {
                         self.outbound_aliases.forget(a);

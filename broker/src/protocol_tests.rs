@@ -577,3 +577,286 @@ fn outbound_topic_aliases_name_repeated_topics_by_alias() {
         ]
     );
 }
+
+#[test]
+fn subscription_identifier_in_client_publish_is_a_protocol_error() {
+    // [MQTT-3.3.4-6]
+    let b = broker();
+    let mut c = Client::new(Protocol::V5, "c");
+    let mut p = publish("t", QoS::AtMostOnce, 0, b"x");
+    if let Packet::Publish(p) = &mut p {
+        p.properties.subscription_identifiers = vec![1];
+    }
+    let close = c.handle(&b, p).unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::PROTOCOL_ERROR));
+}
+
+fn broker_with(f: impl FnOnce(&mut crate::config::MqttConfig)) -> Broker {
+    let mut c = Config::default();
+    f(&mut c.mqtt);
+    Broker::new(c, None)
+}
+
+fn suback_codes(packets: &[Packet]) -> Vec<u8> {
+    packets
+        .iter()
+        .find_map(|p| match p {
+            Packet::SubAck(s) => Some(s.reasons.iter().map(|r| r.0).collect()),
+            _ => None,
+        })
+        .expect("a SUBACK")
+}
+
+#[test]
+fn switched_off_capabilities_are_enforced() {
+    // Maximum QoS 1: QoS 2 PUBLISH is DISCONNECT 0x9B [MQTT-3.2.2-11]; subscriptions granted 1.
+    let b = broker_with(|m| m.maximum_qos = 1);
+    let mut c = Client::new(Protocol::V5, "c");
+    assert_eq!(
+        suback_codes(&c.subscribe(&b, "t", QoS::ExactlyOnce)),
+        vec![1]
+    );
+    let close = c
+        .handle(&b, publish("t", QoS::ExactlyOnce, 1, b"x"))
+        .unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::QOS_NOT_SUPPORTED));
+
+    // Retain Available 0: a retained PUBLISH is DISCONNECT 0x9A [MQTT-3.2.2-14].
+    let b = broker_with(|m| m.retain_available = false);
+    let mut c = Client::new(Protocol::V5, "c");
+    let mut p = publish("t", QoS::AtMostOnce, 0, b"x");
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+    }
+    let close = c.handle(&b, p).unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::RETAIN_NOT_SUPPORTED));
+
+    // Wildcards, shared subscriptions off: per-filter SUBACK codes 0xA2, 0x9E.
+    let b = broker_with(|m| {
+        m.wildcard_subscription_available = false;
+        m.shared_subscription_available = false;
+    });
+    let mut c = Client::new(Protocol::V5, "c");
+    assert_eq!(
+        suback_codes(&c.subscribe(&b, "a/+", QoS::AtMostOnce)),
+        vec![0xA2]
+    );
+    assert_eq!(
+        suback_codes(&c.subscribe(&b, "$share/g/a", QoS::AtMostOnce)),
+        vec![0x9E]
+    );
+    assert_eq!(
+        suback_codes(&c.subscribe(&b, "a/b", QoS::AtMostOnce)),
+        vec![0]
+    );
+
+    // Subscription Identifiers off: DISCONNECT 0xA1.
+    let b = broker_with(|m| m.subscription_identifiers_available = false);
+    let mut c = Client::new(Protocol::V5, "c");
+    let s = Subscribe {
+        pkid: 1,
+        filters: vec![Subscription {
+            filter: TopicFilter::try_from("a").unwrap(),
+            options: SubscriptionOptions::default(),
+        }],
+        rejected: Vec::new(),
+        properties: SubscribeProperties {
+            subscription_identifier: Some(3),
+            ..Default::default()
+        },
+    };
+    let close = c.handle(&b, Packet::Subscribe(s)).unwrap_err();
+    assert_eq!(
+        close.send,
+        Some(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+    );
+}
+
+#[test]
+fn invalid_utf8_payload_flagged_as_utf8_is_refused_when_validation_is_on() {
+    // 3.3.2.3.2: Payload Format Indicator 1 promises UTF-8; 0x99 when it is not.
+    let bad = |qos, pkid| {
+        let mut p = publish("t", qos, pkid, b"\xff\xfe");
+        if let Packet::Publish(p) = &mut p {
+            p.properties.payload_format_indicator = Some(1);
+        }
+        p
+    };
+    let b = broker_with(|m| m.validate_utf8_payloads = true);
+    let mut sub = Client::new(Protocol::V5, "sub");
+    sub.subscribe(&b, "t", QoS::AtLeastOnce);
+    let mut c = Client::new(Protocol::V5, "c");
+    c.handle(&b, bad(QoS::AtLeastOnce, 1)).unwrap();
+    let acks = c.take();
+    assert!(
+        matches!(&acks[..], [Packet::PubAck(a)] if a.reason == ReasonCode::PAYLOAD_FORMAT_INVALID),
+        "{acks:?}"
+    );
+    assert!(
+        publishes(&sub.take()).is_empty(),
+        "refused message not delivered"
+    );
+    let close = c.handle(&b, bad(QoS::AtMostOnce, 0)).unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::PAYLOAD_FORMAT_INVALID));
+
+    // Off by default: forwarded untouched.
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    sub.subscribe(&b, "t", QoS::AtLeastOnce);
+    let mut c = Client::new(Protocol::V5, "c");
+    c.handle(&b, bad(QoS::AtLeastOnce, 1)).unwrap();
+    let got = sub.take();
+    assert_eq!(
+        publishes(&got)[0].properties.payload_format_indicator,
+        Some(1)
+    );
+}
+
+fn shared_broker(strategy: crate::config::SharedStrategy) -> Broker {
+    broker_with(|m| m.shared_subscription_strategy = strategy)
+}
+
+#[test]
+fn shared_subscription_round_robin_gives_each_message_to_one_member() {
+    // 4.8.2: each message to exactly one member of the group; a plain subscriber still gets all.
+    let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
+    let mut members: Vec<Client> = (0..3)
+        .map(|i| Client::new(Protocol::V5, &format!("m{i}")))
+        .collect();
+    for m in &mut members {
+        m.subscribe(&b, "$share/g/jobs/#", QoS::AtLeastOnce);
+    }
+    let mut plain = Client::new(Protocol::V311, "plain");
+    plain.subscribe(&b, "jobs/#", QoS::AtMostOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    for i in 1..=30u16 {
+        publ.handle(&b, publish("jobs/a", QoS::AtLeastOnce, i, b"x"))
+            .unwrap();
+    }
+    let counts: Vec<usize> = members
+        .iter_mut()
+        .map(|m| publishes(&m.take()).len())
+        .collect();
+    assert_eq!(counts.iter().sum::<usize>(), 30, "{counts:?}");
+    assert_eq!(counts, vec![10, 10, 10], "round robin spreads evenly");
+    assert_eq!(publishes(&plain.take()).len(), 30);
+}
+
+#[test]
+fn shared_subscription_skips_members_without_a_free_window() {
+    // Members whose window is full are skipped while another has room (issue: least_inflight).
+    for strategy in [
+        crate::config::SharedStrategy::LeastInflight,
+        crate::config::SharedStrategy::RoundRobin,
+        crate::config::SharedStrategy::Sticky,
+    ] {
+        let b = shared_broker(strategy);
+        let mut slow = Client::with(Negotiated {
+            send_window: 2,
+            ..negotiated(Protocol::V5, "slow")
+        });
+        let mut fast = Client::new(Protocol::V5, "fast");
+        slow.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+        fast.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+        let mut publ = Client::new(Protocol::V5, "pub");
+        for i in 1..=12u16 {
+            publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b"x"))
+                .unwrap();
+            // The fast worker acknowledges at once; the slow one never does.
+            for p in publishes(&fast.take())
+                .iter()
+                .map(|p| p.pkid)
+                .collect::<Vec<_>>()
+            {
+                fast.handle(&b, Packet::PubAck(PubAck::new(p))).unwrap();
+            }
+            slow.take();
+        }
+        let slow_got = slow.state.session.inflight_len();
+        assert!(
+            slow_got <= 2,
+            "{strategy:?}: slow member got {slow_got} > its window"
+        );
+        assert_eq!(
+            slow.state.handle.outbox().len(),
+            0,
+            "{strategy:?}: nothing queued behind"
+        );
+    }
+}
+
+#[test]
+fn shared_messages_of_a_departed_member_move_to_another_member() {
+    // 4.8.2: queued (never sent) messages go to another member rather than being lost.
+    let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
+    let mut a = Client::new(Protocol::V5, "a");
+    let mut c = Client::new(Protocol::V5, "c");
+    a.subscribe(&b, "$share/g/t", QoS::AtLeastOnce);
+    c.subscribe(&b, "$share/g/t", QoS::AtLeastOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    for i in 1..=4u16 {
+        publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b"x"))
+            .unwrap();
+    }
+    // "a" goes away before draining: its shared deliveries are handed on.
+    let queued = a.state.handle.outbox().take_where(|d| d.shared.is_some());
+    assert_eq!(queued.len(), 2);
+    a.state.handle.outbox().set_online(false);
+    let left = b.redistribute(&a.state.n.client_id, queued);
+    assert!(left.is_empty());
+    assert_eq!(publishes(&c.take()).len(), 4, "c got its 2 and a's 2");
+}
+
+#[test]
+fn hash_strategies_pin_a_key_to_one_member() {
+    let b = shared_broker(crate::config::SharedStrategy::HashTopic);
+    let mut m: Vec<Client> = (0..3)
+        .map(|i| Client::new(Protocol::V5, &format!("h{i}")))
+        .collect();
+    for c in &mut m {
+        c.subscribe(&b, "$share/g/s/+", QoS::AtMostOnce);
+    }
+    let mut publ = Client::new(Protocol::V5, "pub");
+    for _ in 0..5 {
+        publ.handle(&b, publish("s/one", QoS::AtMostOnce, 0, b"x"))
+            .unwrap();
+    }
+    let counts: Vec<usize> = m.iter_mut().map(|c| publishes(&c.take()).len()).collect();
+    assert!(counts.contains(&5), "one topic, one member: {counts:?}");
+}
+
+#[test]
+fn topic_and_subscription_limits() {
+    let mut c = Config::default();
+    c.limits.max_topic_levels = 3;
+    c.limits.max_subscriptions_per_client = 2;
+    let b = Broker::new(c, None);
+    let mut cl = Client::new(Protocol::V5, "c");
+    // Filters: deeper than 3 levels -> 0x8F; a third distinct filter -> 0x97 Quota Exceeded.
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "a/b/c/d", QoS::AtMostOnce)),
+        vec![0x8F]
+    );
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "a/b/c", QoS::AtMostOnce)),
+        vec![0]
+    );
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "x", QoS::AtMostOnce)),
+        vec![0]
+    );
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "y", QoS::AtMostOnce)),
+        vec![0x97]
+    );
+    // Re-subscribing to an existing filter is not a new subscription.
+    assert_eq!(
+        suback_codes(&cl.subscribe(&b, "x", QoS::AtLeastOnce)),
+        vec![1]
+    );
+    // Topic names deeper than the limit: DISCONNECT 0x90.
+    let close = cl
+        .handle(&b, publish("a/b/c/d", QoS::AtMostOnce, 0, b"x"))
+        .unwrap_err();
+    assert_eq!(close.send, Some(ReasonCode::TOPIC_NAME_INVALID));
+}

@@ -13,6 +13,7 @@ use crate::acl::Access;
 use crate::broker::{read, write, Broker, SubEntry};
 use crate::message::Message;
 use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
+use crate::shared::Candidate;
 
 /// The client asking for something, for ACL checks.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +29,8 @@ struct Target {
     retain: bool,
     subscription_ids: Vec<u32>,
     username: Option<Arc<str>>,
+    /// `$share/{group}/{filter}` for a shared subscription's member.
+    shared: Option<TopicFilter>,
 }
 
 impl Target {
@@ -40,6 +43,7 @@ impl Target {
             retain: msg.retain && e.options.retain_as_published,
             subscription_ids: e.identifier.into_iter().collect(),
             username: e.username.clone(),
+            shared: e.shared.clone(),
         }
     }
 }
@@ -52,8 +56,8 @@ impl Broker {
             self.store_retained(&msg);
         }
         let mut targets: Vec<Target> = Vec::new();
-        // (group, members) for shared subscriptions; rare, so a small Vec.
-        let mut groups: Vec<(Box<str>, Vec<Target>)> = Vec::new();
+        // (shared subscription, members): rare, so a small Vec.
+        let mut groups: Vec<(TopicFilter, Vec<Target>)> = Vec::new();
         {
             let tree = read(&self.subscriptions);
             tree.for_each_match(msg.topic.as_str(), |group, client, entry| {
@@ -62,12 +66,12 @@ impl Broker {
                     return;
                 }
                 let target = Target::from_entry(entry, &msg);
-                match group {
-                    None => targets.push(target),
-                    Some(g) => match groups.iter_mut().find(|(name, _)| &**name == g) {
+                match (group, &entry.shared) {
+                    (Some(_), Some(key)) => match groups.iter_mut().find(|(k, _)| k == key) {
                         Some((_, members)) => members.push(target),
-                        None => groups.push((g.into(), vec![target])),
+                        None => groups.push((key.clone(), vec![target])),
                     },
+                    _ => targets.push(target),
                 }
             });
         }
@@ -85,10 +89,25 @@ impl Broker {
                 true
             });
         }
-        // Shared subscriptions: one member per group [MQTT-4.8.2-...].
-        for (_, mut members) in groups {
-            let pick = self.shared_cursor.fetch_add(1, Ordering::Relaxed) % members.len();
-            targets.push(members.swap_remove(pick));
+        // Shared subscriptions: one member per group (4.8.2), chosen by the group's strategy.
+        for (key, mut members) in groups {
+            // A stable order, so hash strategies map a key to the same member.
+            members.sort_unstable_by(|a, b| a.handle.client_id.cmp(&b.handle.client_id));
+            let candidates: Vec<Candidate<'_>> = members
+                .iter()
+                .map(|t| Candidate { handle: &t.handle })
+                .collect();
+            let strategy = self.shared_strategy(key.shared().map_or("", |(g, _)| g));
+            let pick = self.shared_groups.pick(
+                &key,
+                strategy,
+                &candidates,
+                &msg.origin,
+                msg.topic.as_str(),
+            );
+            if let Some(i) = pick {
+                targets.push(members.swap_remove(i));
+            }
         }
         let mut queued = 0;
         for t in targets {
@@ -104,6 +123,7 @@ impl Broker {
                 qos: t.qos,
                 retain: t.retain,
                 subscription_ids: t.subscription_ids,
+                shared: t.shared,
             };
             match t.handle.deliver(d) {
                 Ok(()) => queued += 1,
@@ -157,6 +177,7 @@ impl Broker {
                 qos: msg.qos.min(options.qos),
                 retain: true,
                 subscription_ids: record.identifier.into_iter().collect(),
+                shared: None,
             });
         });
         out
@@ -164,22 +185,19 @@ impl Broker {
 
     /// ACL read check (subscribe-time for retained, delivery-time for live messages).
     fn may_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.acl
-            .as_ref()
+        self.acl()
             .is_none_or(|acl| acl.check_topic(username, client_id, topic, Access::Read))
     }
 
     /// ACL write check for a PUBLISH (or a will).
     pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.acl
-            .as_ref()
+        self.acl()
             .is_none_or(|acl| acl.check_topic(username, client_id, topic, Access::Write))
     }
 
     /// ACL check for a SUBSCRIBE filter.
     pub fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
-        self.acl
-            .as_ref()
+        self.acl()
             .is_none_or(|acl| acl.check_subscribe(username, client_id, filter))
     }
 }

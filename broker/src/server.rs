@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ use crate::config::{Config, ConfigError};
 
 /// How long shutdown waits for connections to say goodbye before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Connections past `limits.max_connections` that still get a CONNACK 0x89 refusal; past this
+/// many more, sockets are closed at once (each refusal costs a task until CONNECT arrives).
+const HARD_CAP_SLACK: usize = 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -119,7 +123,22 @@ async fn accept_loop(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, &broker, &stop, &alive),
+            Ok((stream, peer)) => {
+                // Far over limits.max_connections, do not even read a CONNECT to refuse it.
+                let open = broker.stats.connections.load(Ordering::Relaxed);
+                if open >= broker.config.limits.max_connections + HARD_CAP_SLACK {
+                    let n = broker
+                        .stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    if n % 1000 == 0 {
+                        tracing::warn!(%peer, open, refused = n + 1, "connection refused: limits.max_connections");
+                    }
+                    drop(stream);
+                    continue;
+                }
+                spawn_connection(stream, peer, &broker, &stop, &alive)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;

@@ -8,7 +8,7 @@
 //!   inbound QoS 2 state. It is plain data, so the durability work can serialise it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -28,6 +28,9 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription Identifiers of every matching subscription (5.0) [MQTT-3.3.4-3].
     pub subscription_ids: Vec<u32>,
+    /// For a delivery through a shared subscription, its full `$share/{group}/{filter}`: the
+    /// message may move to another member of that group if this session goes away (4.8.2).
+    pub shared: Option<TopicFilter>,
 }
 
 /// Why a delivery was not queued.
@@ -128,6 +131,27 @@ impl Outbox {
     /// Marks the session online or offline.
     pub fn set_online(&mut self, online: bool) {
         self.online = online;
+    }
+
+    /// Takes out every queued delivery for which `pred` holds, keeping the others in order.
+    pub fn take_where(&mut self, mut pred: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if pred(&d) {
+                self.bytes -= d.msg.cost();
+                taken.push(d);
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
+    /// Whether a connection owns the session.
+    pub fn is_online(&self) -> bool {
+        self.online
     }
 
     /// Drops everything queued (Clean Start discards the old session's messages).
@@ -264,6 +288,11 @@ pub struct SessionHandle {
     pub connect_lock: tokio::sync::Mutex<()>,
     /// Deliveries refused by a full outbox, for counters.
     pub overflow_count: AtomicU64,
+    /// QoS 1/2 messages in flight to the client, published by the owning connection task so
+    /// shared-subscription selection can see who has room without touching the session.
+    pub inflight: AtomicUsize,
+    /// The connection's send window (min(client Receive Maximum, `mqtt.max_inflight`)).
+    pub window: AtomicUsize,
 }
 
 impl SessionHandle {
@@ -276,7 +305,21 @@ impl SessionHandle {
             ownership: Mutex::new(Ownership::default()),
             connect_lock: tokio::sync::Mutex::new(()),
             overflow_count: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
+            window: AtomicUsize::new(0),
         }
+    }
+
+    /// Room left in the client's window: its window less what is in flight and already queued.
+    /// 0 when offline.
+    pub fn free_window(&self) -> usize {
+        let outbox = self.outbox();
+        if !outbox.is_online() {
+            return 0;
+        }
+        self.window
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.inflight.load(Ordering::Relaxed) + outbox.len())
     }
 
     /// Locks the outbox. Never held across an await.
@@ -334,6 +377,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: vec![],
+            shared: None,
         }
     }
 
