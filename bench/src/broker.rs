@@ -81,6 +81,9 @@ pub fn sluice_bin() -> Result<PathBuf> {
         if let Some(dir) = exe.parent() {
             if dir.ends_with("release") {
                 candidates.push(dir.join("sluice"));
+            } else if let Some(target) = dir.parent() {
+                // target/debug/sluice-bench: the release broker of the same target directory.
+                candidates.push(target.join("release/sluice"));
             }
         }
     }
