@@ -52,6 +52,9 @@ pub struct StartOpts {
     pub dir: PathBuf,
     /// `max_queued_messages` for both shorthands (default: Sluice's 1000).
     pub max_queued: Option<usize>,
+    /// `max_queued_bytes` for both shorthands (default: Sluice's 16 MiB). Sluice counts topic +
+    /// payload + its per-message overhead, Mosquitto the payload only.
+    pub max_queued_bytes: Option<usize>,
 }
 
 /// A broker process we started. Stopped (by PID) on drop at the latest.
@@ -115,19 +118,25 @@ fn mosquitto_bin() -> PathBuf {
 }
 
 /// The Mosquitto configuration used by the `mosquitto` shorthand.
-pub fn mosquitto_config(port: u16, nodelay: bool, max_queued: Option<usize>) -> String {
+pub fn mosquitto_config(
+    port: u16,
+    nodelay: bool,
+    max_queued: Option<usize>,
+    max_queued_bytes: Option<usize>,
+) -> String {
     let mut c = format!(
         "# written by sluice-bench: Sluice's defaults (broker/src/config.rs)\n\
          listener {port} 127.0.0.1\n\
          allow_anonymous true\n\
          max_inflight_messages {SLUICE_MAX_INFLIGHT}\n\
          max_queued_messages {}\n\
-         max_queued_bytes {SLUICE_MAX_QUEUED_BYTES}\n\
+         max_queued_bytes {}\n\
          persistence false\n\
          log_dest stderr\n\
          log_type error\n\
          log_type warning\n",
-        max_queued.unwrap_or(SLUICE_MAX_QUEUED_MESSAGES)
+        max_queued.unwrap_or(SLUICE_MAX_QUEUED_MESSAGES),
+        max_queued_bytes.unwrap_or(SLUICE_MAX_QUEUED_BYTES)
     );
     if nodelay {
         c.push_str("set_tcp_nodelay true\n");
@@ -154,11 +163,18 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
                 cmd.env("SLUICE__MQTT__MAX_QUEUED_MESSAGES", q.to_string());
                 env = format!("SLUICE__MQTT__MAX_QUEUED_MESSAGES={q} ");
             }
+            if let Some(b) = opts.max_queued_bytes {
+                cmd.env("SLUICE__MQTT__MAX_QUEUED_BYTES", b.to_string());
+                env += &format!("SLUICE__MQTT__MAX_QUEUED_BYTES={b} ");
+            }
             command = format!("{env}{} --bind 127.0.0.1:{port} --log warn", bin.display());
         }
         BrokerSpec::Mosquitto { nodelay } => {
             let conf = opts.dir.join(format!("{tag}-mosquitto.conf"));
-            std::fs::write(&conf, mosquitto_config(port, *nodelay, opts.max_queued))?;
+            std::fs::write(
+                &conf,
+                mosquitto_config(port, *nodelay, opts.max_queued, opts.max_queued_bytes),
+            )?;
             let bin = mosquitto_bin();
             cmd = Command::new(&bin);
             cmd.arg("-c").arg(&conf);

@@ -75,6 +75,9 @@ struct CompareArgs {
     /// max_queued_messages for the `sluice`/`mosquitto` shorthands (default: Sluice's 1000).
     #[arg(long)]
     max_queued: Option<usize>,
+    /// max_queued_bytes for the `sluice`/`mosquitto` shorthands (default: Sluice's 16 MiB).
+    #[arg(long)]
+    max_queued_bytes: Option<usize>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -260,6 +263,7 @@ async fn compare(args: CompareArgs) -> Result<()> {
     let opts = StartOpts {
         dir: dir.clone(),
         max_queued: args.max_queued,
+        max_queued_bytes: args.max_queued_bytes,
     };
     let mut records = Vec::new();
     let mut keep_logs = false;
