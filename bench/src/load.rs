@@ -589,7 +589,7 @@ async fn publisher(
         payload: Bytes::from(vec![0x5a; payload]),
         properties: PublishProperties::default(),
     });
-    let t0_ns = track::now_ns() - t0.elapsed().as_nanos() as u64;
+    let t0_ns = track::now_ns().saturating_sub(t0.elapsed().as_nanos() as u64);
     // Per packet id: 0 free, 1 awaiting PUBACK/PUBREC, 2 awaiting PUBCOMP.
     let mut state = vec![0u8; 65536];
     let mut in_flight = 0usize;

@@ -284,7 +284,7 @@ pub fn compare(
             params.describe(),
             machine()
         );
-        let _ = writeln!(md, "| figure | A: {} | B: {} | A/B |", names.0, names.1);
+        let _ = writeln!(md, "| figure | {} | {} | A/B |", names.0, names.1);
         let _ = writeln!(md, "|---|---:|---:|---:|");
         for r in &rows {
             let _ = writeln!(md, "| {} | {} | {} | {} |", r.label, r.a, r.b, r.ratio);
