@@ -85,9 +85,7 @@ impl Default for LimitsConfig {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            listeners: vec![ListenerConfig {
-                bind: "0.0.0.0:1883".into(),
-            }],
+            listeners: vec![ListenerConfig::plain("0.0.0.0:1883")],
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
@@ -95,12 +93,80 @@ impl Default for Config {
     }
 }
 
-/// One `[[listeners]]` entry.
+/// One `[[listeners]]` entry: plain TCP, TLS (`tls`), WebSockets (`websocket`) or both (WSS).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `HOST:PORT` to listen on; port 0 picks a free port (logged at start-up).
     pub bind: String,
+    /// TLS on this listener (MQTT over TLS, or WSS with `websocket`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// MQTT over WebSockets on this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketConfig>,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener on `bind`.
+    pub fn plain(bind: impl Into<String>) -> ListenerConfig {
+        ListenerConfig {
+            bind: bind.into(),
+            tls: None,
+            websocket: None,
+        }
+    }
+}
+
+/// A listener's `tls` table. The files are read (and checked) at start-up, and again on SIGHUP
+/// or when they change on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1
+    /// (`BEGIN EC PRIVATE KEY`); not encrypted.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that client certificates must chain to (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a valid certificate at the handshake. Default: true when
+    /// `client_ca` is set (false: a certificate is verified if presented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_client_cert: Option<bool>,
+    /// Lowest TLS version: "1.2" (default) or "1.3".
+    #[serde(default = "default_tls_min_version")]
+    pub min_version: String,
+    /// The client certificate's Common Name (else its first Subject Alternative Name) is the
+    /// client's username, for the ACL; the CONNECT username and password are ignored.
+    /// Needs `client_ca` and a required client certificate.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+}
+
+fn default_tls_min_version() -> String {
+    "1.2".into()
+}
+
+impl TlsConfig {
+    /// The effective `require_client_cert`.
+    pub fn requires_client_cert(&self) -> bool {
+        self.require_client_cert.unwrap_or(self.client_ca.is_some())
+    }
+}
+
+/// A listener's `websocket` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// The HTTP path of the upgrade request; other paths are answered 404.
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
 }
 
 /// The `[mqtt]` section.
@@ -234,7 +300,6 @@ impl AuthConfig {
     }
 }
 
-
 /// A configuration that cannot be used: which key, which value, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -331,6 +396,52 @@ impl Config {
                     &l.bind,
                     "expected IP:PORT, e.g. 0.0.0.0:1883 or [::]:1883",
                 ));
+            }
+            if let Some(t) = &l.tls {
+                let key = |k: &str| format!("listeners[{i}].tls.{k}");
+                for (k, path) in [
+                    ("cert", Some(&t.cert)),
+                    ("key", Some(&t.key)),
+                    ("client_ca", t.client_ca.as_ref()),
+                ] {
+                    if let Some(path) = path {
+                        if !path.is_file() {
+                            return Err(invalid(
+                                &key(k),
+                                path.display(),
+                                "no such file (or not a regular file)",
+                            ));
+                        }
+                    }
+                }
+                if t.min_version != "1.2" && t.min_version != "1.3" {
+                    return Err(invalid(
+                        &key("min_version"),
+                        &t.min_version,
+                        "must be \"1.2\" or \"1.3\"",
+                    ));
+                }
+                if t.require_client_cert == Some(true) && t.client_ca.is_none() {
+                    return Err(invalid(
+                        &key("require_client_cert"),
+                        true,
+                        "needs listeners[].tls.client_ca to verify client certificates against",
+                    ));
+                }
+                if t.use_identity_as_username
+                    && !(t.client_ca.is_some() && t.requires_client_cert())
+                {
+                    return Err(invalid(&key("use_identity_as_username"), true, "needs client_ca and require_client_cert = true (every client must then have a certificate to take its identity from)"));
+                }
+            }
+            if let Some(w) = &l.websocket {
+                if !w.path.starts_with('/') || w.path.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        &format!("listeners[{i}].websocket.path"),
+                        &w.path,
+                        "must be an absolute HTTP path such as /mqtt",
+                    ));
+                }
             }
         }
         let m = &self.mqtt;
@@ -572,5 +683,34 @@ mod tests {
         assert_eq!((c.limits.publish_rate, c.limits.max_connections), (50, 7));
         let e = load_toml("[mqtt]\nshared_subscription_strategy = \"fastest\"\n", &[]).unwrap_err();
         assert!(e.key.contains("shared_subscription_strategy"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_websocket_tables_are_validated() {
+        let e = load_toml(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls = { cert = \"/nonexistent/s.pem\", key = \"k\" }\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "listeners[0].tls.cert", "{e}");
+        assert_eq!(e.value, "/nonexistent/s.pem");
+        let e = load_toml(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls = { cert = \"c\", key = \"k\", colour = 1 }\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = load_toml(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\nwebsocket = { path = \"mqtt\" }\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "listeners[0].websocket.path", "{e}");
+        let c = load_toml(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\nwebsocket = {}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].websocket.as_ref().unwrap().path, "/mqtt");
     }
 }

@@ -29,15 +29,39 @@ const READ_BUF: usize = 1024;
 /// How long the final flush (DISCONNECT, acks) may take before the socket is dropped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What the transport knows about a connection before MQTT starts.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// With `tls.use_identity_as_username`: the client certificate's identity, which replaces
+    /// the CONNECT username (and skips the password check).
+    pub tls_identity: Option<String>,
+    /// The stream buffers writes (TLS, WebSockets) and must be flushed once the write buffer
+    /// is handed over; plain TCP writes straight to the socket.
+    pub flush: bool,
+}
+
+impl ConnInfo {
+    /// A plain TCP connection.
+    pub fn plain(peer: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            peer,
+            tls_identity: None,
+            flush: false,
+        }
+    }
+}
+
 /// Serves one client connection until it ends.
 pub async fn serve<S>(
     stream: S,
-    peer: SocketAddr,
+    info: ConnInfo,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let peer = info.peer;
     broker.stats.connections.fetch_add(1, Ordering::Relaxed);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(READ_BUF);
@@ -45,7 +69,7 @@ pub async fn serve<S>(
 
     // CONNECT must arrive within `limits.connect_timeout` of the accept.
     let connect_timeout = Duration::from_secs(broker.config.limits.connect_timeout);
-    let connect = match tokio::time::timeout(
+    let mut connect = match tokio::time::timeout(
         connect_timeout,
         read_connect(&mut rd, &mut rbuf, &mut decoder),
     )
@@ -83,7 +107,18 @@ pub async fn serve<S>(
         }
     };
 
-    let credentials = check_credentials(&connect, &broker).await;
+    let credentials = match info.tls_identity {
+        // The certificate was verified at the handshake: its identity is the username.
+        Some(identity) => match sluice_codec::Str::try_from(identity) {
+            Ok(name) => {
+                connect.username = Some(name);
+                connect.password = None;
+                Credentials::Verified
+            }
+            Err(_) => Credentials::Failed,
+        },
+        None => check_credentials(&connect, &broker).await,
+    };
     let accepted = match negotiate(&connect, &broker, credentials) {
         Ok(a) => a,
         Err(r) => {
@@ -138,6 +173,8 @@ pub async fn serve<S>(
     let mut paused_until: Option<tokio::time::Instant> = None;
     let pause = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(pause);
+    // TLS and WebSocket streams hold written bytes until flushed.
+    let mut unflushed = false;
 
     let close: Close = loop {
         if pending && state.write_buf.len() < HIGH_WATER / 2 {
@@ -161,9 +198,11 @@ pub async fn serve<S>(
                     break Close::error(ReasonCode::SESSION_TAKEN_OVER, "session taken over by a new connection [MQTT-3.1.4-3]");
                 }
             },
-            r = wr.write(&state.write_buf), if !state.write_buf.is_empty() => match r {
-                Ok(0) | Err(_) => break io_closed(),
-                Ok(n) => {
+            r = write_or_flush(&mut wr, &state.write_buf), if !state.write_buf.is_empty() || unflushed => match r {
+                Ok(None) => unflushed = false,
+                Ok(Some(0)) | Err(_) => break io_closed(),
+                Ok(Some(n)) => {
+                    unflushed = info.flush;
                     state.write_buf.advance(n);
                     if state.write_buf.is_empty() && state.write_buf.capacity() > HIGH_WATER * 2 {
                         state.write_buf = BytesMut::with_capacity(READ_BUF);
@@ -359,6 +398,19 @@ async fn read_connect<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
         }
+    }
+}
+
+/// Writes some of `buf` (Some(n)), or, with nothing to write, flushes (None). One await
+/// either way, so it can be dropped by `select!` without losing track of written bytes.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    buf: &[u8],
+) -> std::io::Result<Option<usize>> {
+    if buf.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write(buf).await.map(Some)
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
-//! * [`server`]: listeners, accept loops, graceful shutdown ([`Server`]).
+//! * [`server`]: listeners, accept loops, graceful shutdown ([`Server`]); [`tls`] (rustls,
+//!   certificate reload) and `ws` (MQTT over WebSockets) wrap a listener's sockets before MQTT.
+//! * [`certgen`]: development certificates (`sluice gen-certs`).
 //! * `connection`: the per-client task, the only owner of a socket and, while connected, of
 //!   the client's [`session::Session`].
 //! * [`protocol`] and `connect`: the MQTT state machine, sans IO (packets and a time in, packets
@@ -29,6 +31,7 @@
 pub mod acl;
 mod alias;
 pub mod broker;
+pub mod certgen;
 pub mod config;
 mod connect;
 mod connection;
@@ -42,6 +45,8 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod subscriptions;
+pub mod tls;
+mod ws;
 
 pub use broker::Broker;
 pub use config::{Config, ConfigError};

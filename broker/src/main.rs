@@ -38,12 +38,33 @@ enum Command {
         #[arg(long)]
         stdin: bool,
     },
+    /// Write a development CA, a server certificate (localhost, 127.0.0.1, ::1) and a client
+    /// certificate (CN device-1) into DIR. For development and tests only.
+    GenCerts {
+        /// Where to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::Passwd { file, user, stdin }) = &args.command {
         return passwd(file, user, *stdin);
+    }
+    if let Some(Command::GenCerts { dir }) = &args.command {
+        return match sluice::certgen::generate(dir) {
+            Ok(()) => {
+                println!(
+                    "wrote ca.pem, ca.key, server.pem, server.key, client.pem, client.key to {} (development only)",
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice gen-certs: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     init_logging(args.log.as_deref());
     let config = match load(&args) {
@@ -54,6 +75,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        // The TLS files too: readable, PEM, key matching certificate.
+        if let Err(e) = sluice::tls::check(&config) {
+            eprintln!("sluice: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
@@ -75,8 +101,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        // SIGHUP re-reads the ACL file; a bad file is logged and the old rules stay.
+        // SIGHUP re-reads the password and ACL files and the TLS certificates; a bad file is
+        // logged and the old one stays.
         let broker = server.broker().clone();
+        let tls = server.tls_reloader();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -93,6 +121,7 @@ fn main() -> ExitCode {
                     Ok(false) => tracing::info!("SIGHUP: nothing to reload"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: auth.acl_file not reloaded; the previous rules stay in force"),
                 }
+                tls.reload_all("SIGHUP");
             }
         });
         server.run(shutdown_signal()).await;
@@ -143,7 +172,7 @@ fn passwd(file: &std::path::Path, user: &str, stdin: bool) -> ExitCode {
 fn load(args: &Args) -> Result<Config, sluice::ConfigError> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(bind) = &args.bind {
-        config.listeners = vec![sluice::config::ListenerConfig { bind: bind.clone() }];
+        config.listeners = vec![sluice::config::ListenerConfig::plain(bind.clone())];
         config.validate()?;
     }
     Ok(config)

@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, watch};
 use crate::acl::Acl;
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
+use crate::connection::ConnInfo;
 use crate::passwords::PasswordFile;
+use crate::tls::{FailureLog, TlsListener, TlsReloader};
 
 /// How long shutdown waits for connections to say goodbye before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -38,7 +40,34 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Arc<Transport>)>,
+    tls: TlsReloader,
+}
+
+/// What a listener speaks over TCP before MQTT: nothing (plain), TLS, WebSockets, or both.
+#[derive(Debug)]
+struct Transport {
+    tls: Option<Arc<TlsListener>>,
+    /// The WebSocket upgrade path.
+    websocket: Option<String>,
+    /// Failed WebSocket upgrades (TLS failures go to the TLS listener's log).
+    ws_failures: FailureLog,
+}
+
+impl Transport {
+    fn is_plain(&self) -> bool {
+        self.tls.is_none() && self.websocket.is_none()
+    }
+
+    /// The URL scheme in the `listening on` line.
+    fn scheme(&self) -> &'static str {
+        match (self.tls.is_some(), self.websocket.is_some()) {
+            (false, false) => "tcp",
+            (true, false) => "tls",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        }
+    }
 }
 
 impl Server {
@@ -60,19 +89,38 @@ impl Server {
             })?),
             None => None,
         };
+        // Certificates and keys are read and checked before anything is bound.
+        let mut transports = Vec::new();
+        let mut tls_listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(t) => {
+                    let t = Arc::new(TlsListener::load(i, t.clone(), l.websocket.is_some())?);
+                    tls_listeners.push(t.clone());
+                    Some(t)
+                }
+                None => None,
+            };
+            transports.push(Arc::new(Transport {
+                tls,
+                websocket: l.websocket.as_ref().map(|w| w.path.clone()),
+                ws_failures: FailureLog::default(),
+            }));
+        }
         let mut listeners = Vec::new();
-        for l in &config.listeners {
+        for (l, transport) in config.listeners.iter().zip(transports) {
             let listener = TcpListener::bind(&l.bind)
                 .await
                 .map_err(|source| StartError::Bind {
                     addr: l.bind.clone(),
                     source,
                 })?;
-            listeners.push(listener);
+            listeners.push((listener, transport));
         }
         Ok(Server {
             broker: Arc::new(Broker::with_auth(config, acl, passwords)),
             listeners,
+            tls: TlsReloader::new(tls_listeners),
         })
     }
 
@@ -80,8 +128,13 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The TLS listeners, to reload their certificates (e.g. on SIGHUP).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.clone()
     }
 
     /// The shared broker state (for embedding and tests).
@@ -95,17 +148,23 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a clone; when all are dropped, `recv` returns None.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        for listener in self.listeners {
+        for (listener, transport) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!("listening on tcp://{addr}");
+                let path = transport.websocket.as_deref().unwrap_or("");
+                tracing::info!("listening on {}://{addr}{path}", transport.scheme());
             }
             let broker = self.broker.clone();
             let stop = stop_rx.clone();
             let alive = alive_tx.clone();
-            tokio::spawn(accept_loop(listener, broker, stop, alive));
+            tokio::spawn(accept_loop(listener, transport, broker, stop, alive));
         }
         drop(alive_tx);
+        // Certificates changed on disk are picked up by new handshakes.
+        let watcher = (!self.tls.is_empty()).then(|| tokio::spawn(self.tls.clone().watch()));
         shutdown.await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         if tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv())
@@ -122,6 +181,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
+    transport: Arc<Transport>,
     broker: Arc<Broker>,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
@@ -146,7 +206,7 @@ async fn accept_loop(
                     drop(stream);
                     continue;
                 }
-                spawn_connection(stream, peer, &broker, &stop, &alive)
+                spawn_connection(stream, peer, &transport, &broker, &stop, &alive)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -159,6 +219,7 @@ async fn accept_loop(
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    transport: &Arc<Transport>,
     broker: &Arc<Broker>,
     stop: &watch::Receiver<bool>,
     alive: &mpsc::Sender<()>,
@@ -168,8 +229,123 @@ fn spawn_connection(
     let broker = broker.clone();
     let stop = stop.clone();
     let alive = alive.clone();
-    tokio::spawn(async move {
-        crate::connection::serve(stream, peer, broker, stop).await;
-        drop(alive);
-    });
+    if transport.is_plain() {
+        tokio::spawn(async move {
+            crate::connection::serve(stream, ConnInfo::plain(peer), broker, stop).await;
+            drop(alive);
+        });
+    } else {
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            handshake_and_serve(stream, peer, &transport, broker, stop).await;
+            drop(alive);
+        });
+    }
+}
+
+/// TLS handshake and/or WebSocket upgrade, within `limits.connect_timeout` of the accept, then
+/// MQTT. Failures are logged at a bounded rate.
+async fn handshake_and_serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: &Transport,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+) {
+    let limit = Duration::from_secs(broker.config.limits.connect_timeout);
+    let deadline = tokio::time::Instant::now() + limit;
+    let max_packet = broker.config.mqtt.max_packet_size as usize;
+    let Some(tls) = &transport.tls else {
+        let path = transport.websocket.as_deref().unwrap_or("/");
+        match tokio::time::timeout_at(deadline, crate::ws::accept(stream, path, max_packet)).await {
+            Ok(Ok(ws)) => {
+                let info = ConnInfo {
+                    peer,
+                    tls_identity: None,
+                    flush: true,
+                };
+                crate::connection::serve(ws, info, broker, stop).await;
+            }
+            Ok(Err(e)) => {
+                transport.ws_failures.failed("WebSocket upgrade", peer, &e);
+            }
+            Err(_) => {
+                transport.ws_failures.failed(
+                    "WebSocket upgrade",
+                    peer,
+                    &format_args!(
+                        "not done within {}s (limits.connect_timeout)",
+                        limit.as_secs()
+                    ),
+                );
+            }
+        }
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tls.failures.failed("TLS handshake", peer, &e);
+            return;
+        }
+        Err(_) => {
+            tls.failures.failed(
+                "TLS handshake",
+                peer,
+                &format_args!(
+                    "not done within {}s (limits.connect_timeout)",
+                    limit.as_secs()
+                ),
+            );
+            return;
+        }
+    };
+    let tls_identity = if tls.identity_as_username() {
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        match cert.and_then(crate::tls::identity) {
+            Some(id) => Some(id),
+            None => {
+                tls.failures.failed("TLS handshake", peer, &"client certificate has neither a Common Name nor a Subject Alternative Name to use as username (tls.use_identity_as_username)");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(id) = &tls_identity {
+        tracing::debug!(%peer, identity = %id, "TLS client certificate accepted");
+    }
+    let info = ConnInfo {
+        peer,
+        tls_identity,
+        flush: true,
+    };
+    match &transport.websocket {
+        None => crate::connection::serve(stream, info, broker, stop).await,
+        Some(path) => {
+            match tokio::time::timeout_at(deadline, crate::ws::accept(stream, path, max_packet))
+                .await
+            {
+                Ok(Ok(ws)) => crate::connection::serve(ws, info, broker, stop).await,
+                Ok(Err(e)) => {
+                    transport.ws_failures.failed("WebSocket upgrade", peer, &e);
+                }
+                Err(_) => {
+                    transport.ws_failures.failed(
+                        "WebSocket upgrade",
+                        peer,
+                        &format_args!(
+                            "not done within {}s (limits.connect_timeout)",
+                            limit.as_secs()
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
