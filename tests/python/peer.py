@@ -23,6 +23,12 @@ def parser(description):
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--version", choices=["311", "5"], default="5")
+    # Transport: MQTT over TCP (default) or WebSockets, optionally with TLS.
+    p.add_argument("--transport", choices=["tcp", "websockets"], default="tcp")
+    p.add_argument("--ws-path", default="/mqtt")
+    p.add_argument("--cafile", help="CA certificate: connect with TLS, verifying the server")
+    p.add_argument("--cert", help="client certificate (mutual TLS)")
+    p.add_argument("--key", help="client certificate's key (mutual TLS)")
     return p
 
 
@@ -52,8 +58,13 @@ class Peer:
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=protocol,
+            transport=getattr(args, "transport", "tcp"),
             **kwargs,
         )
+        if getattr(args, "transport", "tcp") == "websockets":
+            self.client.ws_set_options(path=args.ws_path)
+        if getattr(args, "cafile", None):
+            self.client.tls_set(ca_certs=args.cafile, certfile=args.cert, keyfile=args.key)
         self.v5 = protocol == mqtt.MQTTv5
         self.connacks = queue.Queue()
         self.subacks = queue.Queue()

@@ -91,6 +91,10 @@ pub struct BrokerOpts {
     pub env: Vec<(String, String)>,
     /// Extra files written into the scratch directory before start (name, contents).
     pub files: Vec<(String, String)>,
+    /// Start without `--bind 127.0.0.1:0`: the configuration's `[[listeners]]` are used (give
+    /// them port 0 and find them with [`Broker::listener_addr`]). `addr` is then the first
+    /// listener, whatever its scheme.
+    pub no_bind: bool,
 }
 
 impl Broker {
@@ -114,9 +118,11 @@ impl Broker {
             std::fs::write(dir.path().join(name), contents)?;
         }
         let mut cmd = Command::new(sluice_bin());
-        cmd.current_dir(dir.path())
-            .args(["--bind", "127.0.0.1:0", "--log", "debug"])
-            .env_remove("RUST_LOG")
+        cmd.current_dir(dir.path()).args(["--log", "debug"]);
+        if !opts.no_bind {
+            cmd.args(["--bind", "127.0.0.1:0"]);
+        }
+        cmd.env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -148,16 +154,57 @@ impl Broker {
             log,
             dir,
         };
+        let needle = if opts.no_bind {
+            "listening on "
+        } else {
+            "listening on tcp://"
+        };
         let line = broker
-            .wait_log("listening on tcp://", Duration::from_secs(20))
+            .wait_log(needle, Duration::from_secs(20))
             .map_err(|e| anyhow!("{e}; exit status {:?}", broker.try_exit()))?;
-        let addr = line
-            .split("listening on tcp://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .ok_or_else(|| anyhow!("no address in {line:?}"))?;
-        broker.addr = addr.parse().with_context(|| format!("parse {addr:?}"))?;
+        broker.addr = parse_listening(&line)?.1;
         Ok(broker)
+    }
+
+    /// The address of the first listener logged as `listening on {scheme}://ADDR` (`tcp`,
+    /// `tls`, `ws`, `wss`), waiting for it (bounded).
+    pub fn listener_addr(&self, scheme: &str) -> Result<SocketAddr> {
+        let line = self.wait_log(
+            &format!("listening on {scheme}://"),
+            Duration::from_secs(10),
+        )?;
+        Ok(parse_listening(&line)?.1)
+    }
+
+    /// Every listener as (scheme, address), in configuration order, once `n` are logged.
+    pub fn listeners(&self, n: usize) -> Result<Vec<(String, SocketAddr)>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<(String, SocketAddr)> = self
+                .log()
+                .iter()
+                .filter(|l| l.contains("listening on "))
+                .map(|l| parse_listening(l))
+                .collect::<Result<_>>()?;
+            if found.len() >= n {
+                return Ok(found);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} of {n} listeners logged: {found:?}", found.len());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGHUP (reload password, ACL and TLS files).
+    pub fn sighup(&self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -HUP failed: {status}");
+        }
+        Ok(())
     }
 
     /// The PID of the broker process.
@@ -253,6 +300,40 @@ impl Drop for Broker {
     }
 }
 
+/// (scheme, address) from a `listening on SCHEME://ADDR[/path]` line.
+fn parse_listening(line: &str) -> Result<(String, SocketAddr)> {
+    let rest = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .ok_or_else(|| anyhow!("no address in {line:?}"))?;
+    let (scheme, rest) = rest
+        .split_once("://")
+        .ok_or_else(|| anyhow!("no scheme in {line:?}"))?;
+    let addr = rest.split('/').next().unwrap_or(rest);
+    let addr = addr
+        .parse()
+        .with_context(|| format!("parse {addr:?} in {line:?}"))?;
+    Ok((scheme.to_owned(), addr))
+}
+
+/// The development certificates committed in `certs/`.
+pub fn certs_dir() -> PathBuf {
+    workspace_root().join("certs")
+}
+
+/// `sluice gen-certs DIR`: a fresh CA, server and client certificate in `dir`.
+pub fn gen_certs(dir: &Path) -> Result<()> {
+    let out = run_sluice(&["gen-certs", &dir.display().to_string()], &[], dir)?;
+    if !out.status.success() {
+        bail!(
+            "sluice gen-certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Runs `sluice` with arguments to completion (bounded), e.g. `--check-config`.
 pub fn run_sluice(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Result<Output> {
     let mut cmd = Command::new(sluice_bin());
@@ -299,10 +380,13 @@ fn require_tool(name: &str) -> PathBuf {
 
 /// `mosquitto_pub` against `broker` with extra arguments; waits for it (bounded).
 pub fn mosquitto_pub(broker: &Broker, args: &[&str]) -> Result<Output> {
-    let mut cmd = Command::new(require_tool("mosquitto_pub"));
-    cmd.args(["-h", "127.0.0.1", "-p", &broker.port()])
-        .args(args);
-    let out = run_bounded(cmd, Duration::from_secs(15))?;
+    mosquitto_pub_at(broker.addr.port(), args)
+}
+
+/// `mosquitto_pub` against 127.0.0.1:`port` (any listener; pass `-h localhost` in `args` to
+/// override the host, e.g. for certificate name checks); fails on a non-zero exit.
+pub fn mosquitto_pub_at(port: u16, args: &[&str]) -> Result<Output> {
+    let out = mosquitto_pub_raw(port, args)?;
     if !out.status.success() {
         bail!(
             "mosquitto_pub {args:?} failed: {}",
@@ -312,10 +396,23 @@ pub fn mosquitto_pub(broker: &Broker, args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
+/// `mosquitto_pub` against 127.0.0.1:`port`, whatever its exit status (bounded).
+pub fn mosquitto_pub_raw(port: u16, args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(require_tool("mosquitto_pub"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args);
+    run_bounded(cmd, Duration::from_secs(15))
+}
+
 /// A `mosquitto_sub` running in the background; collect its output with [`BgProcess::finish`].
 pub fn mosquitto_sub(broker: &Broker, args: &[&str]) -> Result<BgProcess> {
+    mosquitto_sub_at(broker.addr.port(), args)
+}
+
+/// [`mosquitto_sub`] against 127.0.0.1:`port` (any listener).
+pub fn mosquitto_sub_at(port: u16, args: &[&str]) -> Result<BgProcess> {
     let mut cmd = Command::new(require_tool("mosquitto_sub"));
-    cmd.args(["-h", "127.0.0.1", "-p", &broker.port()])
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args);
     BgProcess::spawn(cmd)
 }
@@ -334,9 +431,15 @@ pub fn paho_python() -> PathBuf {
 /// Runs `tests/python/<script>` with Paho against `broker`, with extra arguments; returns stdout
 /// (the script exits non-zero on failure; that is an error here with its stderr).
 pub fn paho(broker: &Broker, script: &str, args: &[&str]) -> Result<String> {
+    paho_at(broker.addr.port(), script, args)
+}
+
+/// [`paho`] against 127.0.0.1:`port` (any listener; `--transport websockets`, `--cafile`,
+/// `--cert`, `--key` choose how to connect).
+pub fn paho_at(port: u16, script: &str, args: &[&str]) -> Result<String> {
     let mut cmd = Command::new(paho_python());
     cmd.arg(workspace_root().join("tests/python").join(script))
-        .args(["--host", "127.0.0.1", "--port", &broker.port()])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(args);
     let out = run_bounded(cmd, Duration::from_secs(30))?;
     if !out.status.success() {
