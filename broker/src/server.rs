@@ -254,6 +254,9 @@ async fn handshake_and_serve(
 ) {
     let limit = Duration::from_secs(broker.config.limits.connect_timeout);
     let deadline = tokio::time::Instant::now() + limit;
+    // A handshake in progress counts towards limits.max_connections like a connection waiting
+    // for its CONNECT (the accept loop's hard cap looks at this count).
+    let handshaking = Handshaking::new(&broker);
     let max_packet = broker.config.mqtt.max_packet_size as usize;
     let Some(tls) = &transport.tls else {
         let path = transport.websocket.as_deref().unwrap_or("/");
@@ -264,6 +267,7 @@ async fn handshake_and_serve(
                     tls_identity: None,
                     flush: true,
                 };
+                drop(handshaking);
                 crate::connection::serve(ws, info, broker, stop).await;
             }
             Ok(Err(e)) => {
@@ -326,12 +330,18 @@ async fn handshake_and_serve(
         flush: true,
     };
     match &transport.websocket {
-        None => crate::connection::serve(stream, info, broker, stop).await,
+        None => {
+            drop(handshaking);
+            crate::connection::serve(stream, info, broker, stop).await
+        }
         Some(path) => {
             match tokio::time::timeout_at(deadline, crate::ws::accept(stream, path, max_packet))
                 .await
             {
-                Ok(Ok(ws)) => crate::connection::serve(ws, info, broker, stop).await,
+                Ok(Ok(ws)) => {
+                    drop(handshaking);
+                    crate::connection::serve(ws, info, broker, stop).await
+                }
                 Ok(Err(e)) => {
                     transport.ws_failures.failed("WebSocket upgrade", peer, &e);
                 }
@@ -347,5 +357,21 @@ async fn handshake_and_serve(
                 }
             }
         }
+    }
+}
+
+/// Counts a TLS handshake or WebSocket upgrade in `stats.connections` while it lasts.
+struct Handshaking(Arc<Broker>);
+
+impl Handshaking {
+    fn new(broker: &Arc<Broker>) -> Handshaking {
+        broker.stats.connections.fetch_add(1, Ordering::Relaxed);
+        Handshaking(broker.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.stats.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

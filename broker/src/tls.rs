@@ -487,6 +487,16 @@ mod tests {
         let pem_sec1 = pem_encode("EC PRIVATE KEY", &sec1);
         std::fs::write(d.0.join("ec.key"), pem_sec1).unwrap();
         server_config(0, &tls(&d.0, "ec.pem", "ec.key"), ALPN_MQTT).unwrap();
+        // PKCS#1 (RSA), from openssl (broker/testdata/README.md).
+        let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let mut c = tls(&testdata, "rsa-pkcs1.pem", "rsa-pkcs1.key");
+        assert!(matches!(
+            load_key("k", &c.key).unwrap(),
+            PrivateKeyDer::Pkcs1(_)
+        ));
+        server_config(0, &c, ALPN_MQTT).unwrap();
+        c.min_version = "1.3".into();
+        server_config(0, &c, ALPN_MQTT).unwrap();
     }
 
     /// Extracts the ECPrivateKey (SEC1) from a PKCS#8 PrivateKeyInfo: the last OCTET STRING.
