@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use bytes::{Bytes, BytesMut};
 use sluice_tests::codec::{
-    ConnAck, Connect, ConnectProperties, Packet, Protocol, Publish, PublishProperties, QoS, Str,
-    Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
+    ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties,
+    QoS, Str, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
 };
 use sluice_tests::{client_id, Broker, RawClient, Recv};
 
@@ -150,6 +150,44 @@ async fn max_topic_levels() -> Result<()> {
         !seen.iter().any(|p| matches!(p, Packet::PubAck(_))),
         "3.1.1: no PUBACK for a refused PUBLISH: {seen:?}"
     );
+    Ok(())
+}
+
+/// `max_topic_length = 16` (the protocol allows 65,535 bytes, 1.5.4): a 17-byte filter gets
+/// SUBACK 0x8F, a 17-byte topic name in PUBLISH is DISCONNECT 0x90 (3.14.2.1), and a will with
+/// such a topic is CONNACK 0x90 (3.2.2.2); 16 bytes are fine.
+#[tokio::test]
+async fn max_topic_length() -> Result<()> {
+    let broker = Broker::with_config("[limits]\nmax_topic_length = 16\n");
+    let ok = "t/23456789abcdef"; // 16 bytes
+    let long = "t/23456789abcdefg"; // 17 bytes
+    let mut c = connect(broker.addr, Protocol::V5).await?;
+    assert_eq!(suback_codes(&mut c, &[ok, long]).await?, vec![1, 0x8F]);
+    c.send(&publish(ok, QoS::AtMostOnce, 0, b"16")).await?;
+    match c.expect_packet(STEP).await? {
+        Packet::Publish(p) => assert_eq!(p.topic.as_str(), ok),
+        other => panic!("expected the 16-byte topic's message, got {other:?}"),
+    }
+    c.send(&publish(long, QoS::AtMostOnce, 0, b"17")).await?;
+    expect_disconnect(&mut c, 0x90, "17-byte topic name").await?;
+
+    let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
+    let Packet::Connect(mut connect) = connect_packet(Protocol::V5, &client_id("will")) else {
+        unreachable!()
+    };
+    connect.will = Some(LastWill {
+        topic: long.try_into().unwrap(),
+        payload: Bytes::from_static(b"bye"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        delay_interval: 0,
+        properties: PublishProperties::default(),
+    });
+    c.send(&Packet::Connect(connect)).await?;
+    match c.expect_packet(STEP).await? {
+        Packet::ConnAck(a) => assert_eq!(a.reason.0, 0x90, "{a:?}"),
+        other => panic!("expected CONNACK 0x90, got {other:?}"),
+    }
     Ok(())
 }
 

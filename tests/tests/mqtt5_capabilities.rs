@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use sluice_tests::codec::{
-    ConnAck, Connect, ConnectProperties, Packet, Protocol, Publish, PublishProperties, QoS, Str,
-    Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
+    ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties,
+    QoS, Str, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
 };
 use sluice_tests::{client_id, Broker, RawClient, Recv};
 
@@ -286,7 +286,7 @@ async fn server_reference_redirects() -> Result<()> {
     Ok(())
 }
 
-/// 3.3.4 [MQTT-3.3.4-9] and 3.2.2.3.3: the server advertises Receive Maximum 2; a client with
+/// 3.3.4 Flow Control and 3.2.2.3.3 Receive Maximum: the server advertises Receive Maximum 2; a client with
 /// three QoS 2 PUBLISHes unacknowledged (no PUBREL sent, so no PUBCOMP) exceeds it and gets
 /// DISCONNECT 0x93 Receive Maximum exceeded.
 #[tokio::test]
@@ -438,5 +438,99 @@ async fn message_over_client_maximum_packet_size_is_not_sent() -> Result<()> {
             .is_none(),
         "nothing else arrives"
     );
+    Ok(())
+}
+
+/// [MQTT-3.2.2-12], [MQTT-3.2.2-13]: a CONNECT whose will exceeds the server's capabilities is
+/// refused: Will QoS 2 over Maximum QoS 1 with CONNACK 0x9B, Will Retain with Retain Available
+/// 0 with CONNACK 0x9A.
+#[tokio::test]
+async fn will_over_capabilities_is_refused_in_connack() -> Result<()> {
+    let broker = Broker::with_config(ALL_OFF);
+    for (qos, retain, code) in [
+        (QoS::ExactlyOnce, false, 0x9B),
+        (QoS::AtMostOnce, true, 0x9A),
+    ] {
+        let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
+        let Packet::Connect(mut connect) = connect_packet(
+            Protocol::V5,
+            &client_id("will"),
+            ConnectProperties::default(),
+        ) else {
+            unreachable!()
+        };
+        connect.will = Some(LastWill {
+            topic: "will/t".try_into().unwrap(),
+            payload: Bytes::from_static(b"bye"),
+            qos,
+            retain,
+            delay_interval: 0,
+            properties: PublishProperties::default(),
+        });
+        c.send(&Packet::Connect(connect)).await?;
+        match c.expect_packet(STEP).await? {
+            Packet::ConnAck(a) => {
+                assert_eq!(a.reason.0, code, "will {qos:?} retain {retain}: {a:?}")
+            }
+            other => panic!("expected CONNACK 0x{code:02X}, got {other:?}"),
+        }
+        c.expect_closed(STEP).await?;
+    }
+    Ok(())
+}
+
+/// 3.3.2.3.4 [MQTT-3.3.2-11] and 3.1.2.11.5 [MQTT-3.1.2-26], [MQTT-3.1.2-27]: the server must not
+/// send a Topic Alias greater than the client's Topic Alias Maximum, nor any alias when it is
+/// absent. With a maximum of 1 and two topics alternating, the alias is re-used: resolving
+/// aliases on the client side (an alias with a topic sets the mapping, an alias alone uses it)
+/// must give back the topics in the order they were published.
+#[tokio::test]
+async fn outbound_topic_aliases_respect_client_maximum_and_resolve() -> Result<()> {
+    let broker = Broker::start();
+    let (mut one, _) = connect_ok(
+        broker.addr,
+        ConnectProperties {
+            topic_alias_maximum: Some(1),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (mut none, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    assert_eq!(suback_code(&mut one, "ra/#").await?, 1);
+    assert_eq!(suback_code(&mut none, "ra/#").await?, 1);
+    let (mut publisher, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let order = [
+        "ra/one", "ra/two", "ra/one", "ra/one", "ra/two", "ra/two", "ra/one",
+    ];
+    for (i, t) in order.iter().enumerate() {
+        publisher
+            .send(&Packet::Publish(publish(t, QoS::AtMostOnce, 0, &[i as u8])))
+            .await?;
+    }
+    let mut aliases: std::collections::HashMap<u16, String> = Default::default();
+    for (i, t) in order.iter().enumerate() {
+        let p = next_publish(&mut one, STEP).await?.expect("message");
+        assert_eq!(&p.payload[..], &[i as u8], "in order");
+        let resolved = match p.properties.topic_alias {
+            Some(a) => {
+                assert_eq!(a, 1, "alias within the client's maximum of 1: {p:?}");
+                if !p.topic.is_empty() {
+                    aliases.insert(a, p.topic.as_str().to_owned());
+                }
+                aliases
+                    .get(&a)
+                    .cloned()
+                    .expect("alias used before being set")
+            }
+            None => p.topic.as_str().to_owned(),
+        };
+        assert_eq!(resolved, *t, "message {i} resolves to its topic");
+        let q = next_publish(&mut none, STEP).await?.expect("message");
+        assert_eq!(
+            q.properties.topic_alias, None,
+            "no alias without Topic Alias Maximum"
+        );
+        assert_eq!(q.topic.as_str(), *t);
+    }
     Ok(())
 }
