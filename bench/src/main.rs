@@ -1,6 +1,335 @@
-//! `sluice-bench`: the load benchmark. The benchmark issue (#7) builds it; until then this binary
-//! only says so, so that nobody mistakes it for a measurement.
-fn main() {
-    eprintln!("sluice-bench: not built yet; see issue 7");
-    std::process::exit(2);
+//! `sluice-bench`: Sluice's load benchmark.
+//!
+//! * `run`: one scenario against a broker already listening on 127.0.0.1.
+//! * `compare`: starts broker A and broker B itself (fresh process per run) and runs A B A B...,
+//!   then prints per figure the median with min..max and the ratio A/B.
+//!
+//! The load generator is this process: tokio tasks, one per MQTT connection, encoding and
+//! decoding with `sluice_codec`. Every payload carries a publisher id, a sequence number and a
+//! send timestamp, so each run counts lost, duplicated and out-of-order deliveries and measures
+//! latency. See bench/README.md.
+
+mod broker;
+mod conn;
+mod load;
+mod procfs;
+mod report;
+mod track;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sluice_codec::{Protocol, QoS};
+
+use crate::broker::{BrokerSpec, StartOpts};
+use crate::load::{Params, Scenario, Target};
+use crate::report::RunRecord;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Load benchmark for MQTT brokers (Sluice's own generator)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one scenario against a broker that is already running.
+    Run(RunArgs),
+    /// Start brokers A and B, run the scenario A B A B ..., compare.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The broker's address (127.0.0.1 only).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    addr: SocketAddr,
+    /// The broker's PID for CPU and memory figures (default: the process listening on the port).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Name of the broker in the output.
+    #[arg(long, default_value = "broker")]
+    label: String,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Broker A: `sluice`, `mosquitto`, `mosquitto-nodelay`, or a command with `{port}`.
+    #[arg(long)]
+    a: String,
+    /// Broker B: as --a.
+    #[arg(long)]
+    b: String,
+    /// Rounds; each round runs A then B, each on a fresh broker process.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// max_queued_messages for the `sluice`/`mosquitto` shorthands (default: Sluice's 1000).
+    #[arg(long)]
+    max_queued: Option<usize>,
+    /// max_queued_bytes for the `sluice`/`mosquitto` shorthands (default: Sluice's 16 MiB).
+    #[arg(long)]
+    max_queued_bytes: Option<usize>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// QoS of publications and subscriptions.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Payload bytes (min 16: publisher/sequence and timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// MQTT protocol level: 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    protocol: u8,
+    /// Publishers (fanin).
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Subscribers (fanout).
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Publisher/subscriber pairs (p2p).
+    #[arg(long, default_value_t = 10)]
+    pairs: usize,
+    /// Idle connections (conns).
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Messages to publish in total (backlog default: 50000).
+    #[arg(long, conflicts_with = "duration")]
+    messages: Option<u64>,
+    /// Seconds to publish for (default 10 when --messages is not given).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Fixed total publish rate in msgs/s (for latency); full speed when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Unacknowledged QoS 1/2 messages per publisher.
+    #[arg(long, default_value_t = 64)]
+    inflight: u16,
+    /// Hard limit on one run, in seconds (on top of --duration).
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Seconds a subscriber waits for missing messages after the publishers finished.
+    #[arg(long, default_value_t = 2.0)]
+    idle: f64,
+    /// Append JSON lines (one per run, plus a summary for compare) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a Markdown table to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+impl LoadArgs {
+    fn params(&self) -> Result<Params> {
+        let secs = |v: f64, what: &str| -> Result<Duration> {
+            if !(v.is_finite() && v > 0.0 && v < 1e6) {
+                bail!("--{what} must be a positive number of seconds");
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0) {
+                bail!("--rate must be positive");
+            }
+        }
+        let duration = match (self.messages, self.duration) {
+            (_, Some(d)) => Some(secs(d, "duration")?),
+            (None, None) if self.scenario != Scenario::Backlog => Some(Duration::from_secs(10)),
+            _ => None,
+        };
+        Ok(Params {
+            scenario: self.scenario,
+            qos: QoS::from_u8(self.qos).unwrap_or_default(),
+            payload: self.payload,
+            protocol: if self.protocol == 5 {
+                Protocol::V5
+            } else {
+                Protocol::V311
+            },
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            pairs: self.pairs,
+            connections: self.connections,
+            messages: self.messages,
+            duration,
+            rate: self.rate,
+            inflight: self.inflight,
+            timeout: secs(self.timeout, "timeout")?,
+            idle: secs(self.idle, "idle")?,
+        })
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice-bench: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.cmd {
+            Cmd::Run(args) => run(args).await,
+            Cmd::Compare(args) => compare(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let params = args.load.params()?;
+    let pid = args
+        .pid
+        .or_else(|| procfs::find_listener_pid(args.addr.port()));
+    if pid.is_none() {
+        eprintln!(
+            "sluice-bench: no PID for the broker on {} (use --pid): no broker CPU/memory figures",
+            args.addr
+        );
+    }
+    let target = Target {
+        addr: args.addr,
+        pid,
+    };
+    let result = load::run(target, &params)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    let mut broker_notes = Vec::new();
+    if let Some(pid) = pid {
+        if procfs::memory_kib(pid).is_none() {
+            broker_notes.push(format!("BROKER PROCESS {pid} IS GONE after the run"));
+        }
+    }
+    let rec = RunRecord {
+        broker: args.label,
+        round: 0,
+        result,
+        broker_notes,
+    };
+    report::print_run(&params, &rec);
+    if let Some(path) = &args.load.json {
+        report::json_run(path, "run", &params, &rec)?;
+    }
+    if let Some(path) = &args.load.markdown {
+        report::markdown_run(path, &params, &rec)?;
+    }
+    if let Err(e) = &rec.result {
+        bail!("run failed: {e}");
+    }
+    Ok(())
+}
+
+async fn compare(args: CompareArgs) -> Result<()> {
+    let params = args.load.params()?;
+    let specs = [BrokerSpec::parse(&args.a), BrokerSpec::parse(&args.b)];
+    let mut names = [
+        format!("A:{}", specs[0].name()),
+        format!("B:{}", specs[1].name()),
+    ];
+    if names[0] == names[1] {
+        names[1].push('\'');
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-bench-{}-{}",
+        std::process::id(),
+        track::now_ns()
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let opts = StartOpts {
+        dir: dir.clone(),
+        max_queued: args.max_queued,
+        max_queued_bytes: args.max_queued_bytes,
+    };
+    let mut records = Vec::new();
+    let mut keep_logs = false;
+    for round in 0..args.rounds.max(1) {
+        for (side, spec) in specs.iter().enumerate() {
+            let tag = format!("{}-r{}", if side == 0 { "a" } else { "b" }, round + 1);
+            let mut broker_notes = Vec::new();
+            let result = match broker::start(spec, &opts, &tag) {
+                Err(e) => Err(format!("{e:#}")),
+                Ok(mut b) => {
+                    eprintln!(
+                        "sluice-bench: {} round {}: `{}` pid {} on {}",
+                        names[side],
+                        round + 1,
+                        b.command,
+                        b.pid,
+                        b.addr
+                    );
+                    let target = Target {
+                        addr: b.addr,
+                        pid: Some(b.pid),
+                    };
+                    let r = load::run(target, &params)
+                        .await
+                        .map_err(|e| format!("{e:#}"));
+                    if let Some(status) = b.exited() {
+                        broker_notes.push(format!(
+                            "BROKER EXITED DURING THE RUN ({status}); log tail:\n{}",
+                            b.log_tail(20)
+                        ));
+                    }
+                    if let Some(d) = b.log_drops() {
+                        broker_notes.push(d);
+                    }
+                    broker_notes.extend(b.stop(Duration::from_secs(5)));
+                    if !broker_notes.is_empty() || r.is_err() {
+                        keep_logs = true;
+                        broker_notes.push(format!("broker log: {}", b.log.display()));
+                    }
+                    r
+                }
+            };
+            let rec = RunRecord {
+                broker: names[side].clone(),
+                round,
+                result,
+                broker_notes,
+            };
+            report::print_run(&params, &rec);
+            if let Some(path) = &args.load.json {
+                report::json_run(path, "compare", &params, &rec)?;
+            }
+            records.push(rec);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    report::compare(
+        &params,
+        (&names[0], &names[1]),
+        &records,
+        args.rounds.max(1),
+        args.load.json.as_deref(),
+        args.load.markdown.as_deref(),
+    )?;
+    if !keep_logs {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
 }

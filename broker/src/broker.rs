@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::acl::Acl;
 use crate::config::Config;
 use crate::message::{ClientId, Message};
+use crate::passwords::PasswordFile;
 use crate::retain::RetainedStore;
 use crate::session::{Control, Inflight, Owner, PendingWill, Session, SessionHandle};
 use crate::shared::SharedGroups;
@@ -68,7 +69,12 @@ pub struct Broker {
     /// Retained messages (3.3.1.3), one per topic.
     pub retained: RwLock<RetainedStore<Arc<Message>>>,
     /// `auth.acl_file`, if configured.
-    pub acl: Option<Acl>,
+    /// Replaced whole on reload (SIGHUP); readers clone the `Arc` under a short read lock.
+    acl: RwLock<Option<Arc<Acl>>>,
+    /// `auth.password_file`, replaced whole on reload like the ACL.
+    passwords: RwLock<Option<Arc<PasswordFile>>>,
+    /// Recent failed logins per source address, to slow password guessing.
+    pub failed_logins: crate::connect::FailedLogins,
     /// Source of unique connection numbers.
     next_connection: AtomicU64,
     /// Selection state of shared subscription groups.
@@ -88,16 +94,55 @@ pub struct Opened {
 impl Broker {
     /// A broker with `config` and the ACL it names (already validated by the caller).
     pub fn new(config: Config, acl: Option<Acl>) -> Broker {
+        Broker::with_auth(config, acl, None)
+    }
+
+    /// A broker with an ACL and a password file (both already loaded by the caller).
+    pub fn with_auth(config: Config, acl: Option<Acl>, passwords: Option<PasswordFile>) -> Broker {
         Broker {
             config,
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedStore::new()),
-            acl,
+            acl: RwLock::new(acl.map(Arc::new)),
+            passwords: RwLock::new(passwords.map(Arc::new)),
+            failed_logins: Default::default(),
             next_connection: AtomicU64::new(1),
             shared_groups: SharedGroups::default(),
             stats: Stats::default(),
         }
+    }
+
+    /// The ACL in force (None: no `auth.acl_file`).
+    pub fn acl(&self) -> Option<Arc<Acl>> {
+        read(&self.acl).clone()
+    }
+
+    /// The password file in force (None: no `auth.password_file`).
+    pub fn passwords(&self) -> Option<Arc<PasswordFile>> {
+        read(&self.passwords).clone()
+    }
+
+    /// Re-reads `auth.acl_file` (SIGHUP). On error the old rules stay in force and the error is
+    /// returned for the log; connections are never dropped by a reload.
+    pub fn reload_acl(&self) -> Result<bool, crate::acl::AclLoadError> {
+        let Some(path) = &self.config.auth.acl_file else {
+            return Ok(false);
+        };
+        let acl = Acl::load(path)?;
+        *write(&self.acl) = Some(Arc::new(acl));
+        Ok(true)
+    }
+
+    /// Re-reads `auth.password_file` (SIGHUP), like [`Broker::reload_acl`]; established
+    /// connections keep their session.
+    pub fn reload_passwords(&self) -> Result<bool, crate::passwords::PasswordFileError> {
+        let Some(path) = &self.config.auth.password_file else {
+            return Ok(false);
+        };
+        let file = PasswordFile::load(path)?;
+        *write(&self.passwords) = Some(Arc::new(file));
+        Ok(true)
     }
 
     /// A fresh connection number.

@@ -211,24 +211,29 @@ impl Default for MqttConfig {
 }
 
 /// The `[auth]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Whether clients without a username may connect.
-    pub allow_anonymous: bool,
+    /// Whether clients without a username may connect. Unset: true without a password file,
+    /// false with one (see [`AuthConfig::allows_anonymous`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+    /// Password file (`username:hash` lines: Mosquitto's `$7$`/`$6$`, or argon2id from
+    /// `sluice passwd`). Reloaded on SIGHUP. None: usernames are not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Mosquitto-format ACL file, checked on PUBLISH, SUBSCRIBE and delivery. None: no ACL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<PathBuf>,
 }
 
-impl Default for AuthConfig {
-    fn default() -> AuthConfig {
-        AuthConfig {
-            allow_anonymous: true,
-            acl_file: None,
-        }
+impl AuthConfig {
+    /// The effective `allow_anonymous`.
+    pub fn allows_anonymous(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 }
+
 
 /// A configuration that cannot be used: which key, which value, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,7 +301,16 @@ impl Config {
                 .source(Some(env)),
         );
         let layered = builder.build().map_err(from_config_error)?;
-        let config: Config = layered.try_deserialize().map_err(from_config_error)?;
+        let config: Config = layered.clone().try_deserialize().map_err(|e| {
+            let mut err = from_config_error(e);
+            if err.value.is_empty() {
+                // Unknown keys: the config crate does not say the value; look it up.
+                if let Ok(v) = layered.get::<config::Value>(&err.key) {
+                    err.value = v.to_string();
+                }
+            }
+            err
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -415,6 +429,15 @@ impl Config {
                 "times limits.publish_burst_seconds must be at least mqtt.max_packet_size, or a large PUBLISH could never pass",
             ));
         }
+        if let Some(path) = &self.auth.password_file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "auth.password_file",
+                    path.display(),
+                    "no such file",
+                ));
+            }
+        }
         if let Some(path) = &self.auth.acl_file {
             if !path.is_file() {
                 return Err(invalid("auth.acl_file", path.display(), "no such file"));
@@ -423,9 +446,11 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML (for `--check-config`).
+    /// The effective configuration as TOML (for `--check-config`), defaults resolved.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut effective = self.clone();
+        effective.auth.allow_anonymous = Some(self.auth.allows_anonymous());
+        toml::to_string_pretty(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
@@ -494,7 +519,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.mqtt.max_keepalive, 10);
-        assert!(!c.auth.allow_anonymous);
+        assert!(!c.auth.allows_anonymous());
         assert_eq!(c.listeners[0].bind, "127.0.0.1:0");
     }
 
@@ -502,6 +527,7 @@ mod tests {
     fn unknown_key_is_an_error_naming_it() {
         let e = load_toml("[mqtt]\nmax_keepalivee = 30\n", &[]).unwrap_err();
         assert_eq!(e.key, "mqtt.max_keepalivee", "{e}");
+        assert_eq!(e.value, "30", "{e}");
     }
 
     #[test]
@@ -526,7 +552,10 @@ mod tests {
     fn effective_config_round_trips_through_toml() {
         let c = Config::default();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
-        assert_eq!(back, c);
+        // The printed configuration spells out the resolved allow_anonymous.
+        let mut expected = c.clone();
+        expected.auth.allow_anonymous = Some(c.auth.allows_anonymous());
+        assert_eq!(back, expected);
     }
 
     #[test]

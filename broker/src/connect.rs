@@ -50,8 +50,57 @@ pub fn redirect_code(cfg: &crate::config::MqttConfig) -> ReasonCode {
     }
 }
 
+/// Failed logins per source address: each failure doubles the delay before that address's
+/// next refusal is answered (100 ms up to 5 s), forgotten a minute after the last failure.
+/// Bounded: past 10,000 addresses the table is cleared (an attacker with that many addresses
+/// is not slowed by per-address delays anyway).
+#[derive(Debug, Default)]
+pub struct FailedLogins {
+    /// address -> (recent failures, time of the last one). Short lock, never across an await.
+    recent:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl FailedLogins {
+    const MAX_ADDRESSES: usize = 10_000;
+    const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Records a failure from `ip` at `now`; returns how long to wait before answering.
+    pub fn failed(&self, ip: std::net::IpAddr, now: std::time::Instant) -> std::time::Duration {
+        let mut map = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::MAX_ADDRESSES && !map.contains_key(&ip) {
+            map.clear();
+        }
+        let e = map.entry(ip).or_insert((0, now));
+        if now.saturating_duration_since(e.1) > Self::FORGET_AFTER {
+            e.0 = 0;
+        }
+        e.0 = e.0.saturating_add(1);
+        e.1 = now;
+        let ms = 100u64.saturating_mul(1 << (e.0 - 1).min(6));
+        std::time::Duration::from_millis(ms.min(5_000))
+    }
+}
+
+/// What checking the CONNECT's credentials gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// No username in CONNECT.
+    Anonymous,
+    /// A username, and no password file to check it against.
+    Unchecked,
+    /// Username and password match the password file.
+    Verified,
+    /// A password file is configured and the username/password do not match it.
+    Failed,
+}
+
 /// Decides whether to accept `c`, and on which terms.
-pub fn negotiate(c: &Connect, broker: &Broker) -> Result<Accepted, Refused> {
+pub fn negotiate(
+    c: &Connect,
+    broker: &Broker,
+    credentials: Credentials,
+) -> Result<Accepted, Refused> {
     let cfg = &broker.config.mqtt;
     let v5 = c.protocol.is_v5();
     let mut properties = ConnAckProperties::default();
@@ -131,22 +180,34 @@ pub fn negotiate(c: &Connect, broker: &Broker) -> Result<Accepted, Refused> {
         c.client_id.as_str().into()
     };
 
-    // Authentication: until a password file exists (auth issue), only anonymous access can be
-    // granted, so `allow_anonymous = false` refuses everyone.
-    if !broker.config.auth.allow_anonymous {
-        return Err(if c.username.is_some() {
-            refuse(
+    // Authentication (3.1.3.5, 3.1.3.6): the password was checked by the caller, off the
+    // runtime threads.
+    let username: Option<Arc<str>> = match credentials {
+        Credentials::Verified => c.username.as_ref().map(|u| u.as_str().into()),
+        Credentials::Failed => {
+            return Err(refuse(
                 ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                "no password file configured to check credentials",
-            )
-        } else {
-            refuse(
+                "bad user name or password",
+            ))
+        }
+        Credentials::Anonymous if !broker.config.auth.allows_anonymous() => {
+            return Err(refuse(
                 ReasonCode::NOT_AUTHORIZED,
                 "anonymous clients are not allowed (auth.allow_anonymous = false)",
-            )
-        });
-    }
-    let username: Option<Arc<str>> = c.username.as_ref().map(|u| u.as_str().into());
+            ))
+        }
+        Credentials::Unchecked if !broker.config.auth.allows_anonymous() => {
+            return Err(refuse(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "no auth.password_file to check credentials, and auth.allow_anonymous = false",
+            ))
+        }
+        // Without a password file a username is taken as given (for ACL sections), as
+        // Mosquitto does with allow_anonymous.
+        Credentials::Anonymous | Credentials::Unchecked => {
+            c.username.as_ref().map(|u| u.as_str().into())
+        }
+    };
 
     if let Some(will) = &c.will {
         if crate::protocol::topic_over_limits(&will.topic, limits) {
@@ -301,34 +362,64 @@ mod tests {
     fn empty_client_id_rules() {
         let b = broker(|_| {});
         // [MQTT-3.1.3-8]: 3.1.1, empty id, Clean Session 0 -> identifier rejected.
-        let r = negotiate(&connect(Protocol::V311, "", false), &b).unwrap_err();
+        let r = negotiate(
+            &connect(Protocol::V311, "", false),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap_err();
         assert_eq!(r.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
         // [MQTT-3.1.3-6]: 3.1.1, empty id, Clean Session 1 -> an id is assigned silently.
-        let a = negotiate(&connect(Protocol::V311, "", true), &b).unwrap();
+        let a = negotiate(
+            &connect(Protocol::V311, "", true),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap();
         assert!(a.negotiated.client_id.starts_with("sluice-"));
         assert!(a.properties.assigned_client_identifier.is_none());
         // [MQTT-3.2.2-16]: 5.0 gets the Assigned Client Identifier, even with Clean Start 0.
-        let a = negotiate(&connect(Protocol::V5, "", false), &b).unwrap();
+        let a = negotiate(
+            &connect(Protocol::V5, "", false),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap();
         assert_eq!(
             a.properties.assigned_client_identifier.as_deref(),
             Some(&*a.negotiated.client_id)
         );
-        assert!(negotiate(&connect(Protocol::V31, "", true), &b).is_err());
+        assert!(negotiate(
+            &connect(Protocol::V31, "", true),
+            &b,
+            Credentials::Anonymous
+        )
+        .is_err());
     }
 
     #[test]
     fn server_keep_alive_caps_v5_only() {
         let b = broker(|c| c.mqtt.max_keepalive = 30);
-        let a = negotiate(&connect(Protocol::V5, "c", true), &b).unwrap();
+        let a = negotiate(
+            &connect(Protocol::V5, "c", true),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap();
         assert_eq!(
             (a.negotiated.keep_alive, a.properties.server_keep_alive),
             (30, Some(30))
         );
         let mut c = connect(Protocol::V5, "c", true);
         c.keep_alive = 0;
-        let a = negotiate(&c, &b).unwrap();
+        let a = negotiate(&c, &b, Credentials::Anonymous).unwrap();
         assert_eq!(a.properties.server_keep_alive, Some(30), "[MQTT-3.2.2-21]");
-        let a = negotiate(&connect(Protocol::V311, "c", true), &b).unwrap();
+        let a = negotiate(
+            &connect(Protocol::V311, "c", true),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap();
         assert_eq!(
             a.negotiated.keep_alive, 60,
             "3.1.1 cannot be told another keepalive"
@@ -339,25 +430,40 @@ mod tests {
     fn session_expiry_per_level() {
         let b = broker(|_| {});
         assert_eq!(
-            negotiate(&connect(Protocol::V311, "c", false), &b)
-                .unwrap()
-                .session_expiry,
+            negotiate(
+                &connect(Protocol::V311, "c", false),
+                &b,
+                Credentials::Anonymous
+            )
+            .unwrap()
+            .session_expiry,
             u32::MAX
         );
         assert_eq!(
-            negotiate(&connect(Protocol::V311, "c", true), &b)
-                .unwrap()
-                .session_expiry,
+            negotiate(
+                &connect(Protocol::V311, "c", true),
+                &b,
+                Credentials::Anonymous
+            )
+            .unwrap()
+            .session_expiry,
             0
         );
         let mut c = connect(Protocol::V5, "c", false);
         assert_eq!(
-            negotiate(&c, &b).unwrap().session_expiry,
+            negotiate(&c, &b, Credentials::Anonymous)
+                .unwrap()
+                .session_expiry,
             0,
             "absent means 0 [MQTT-3.1.2-?]"
         );
         c.properties.session_expiry_interval = Some(300);
-        assert_eq!(negotiate(&c, &b).unwrap().session_expiry, 300);
+        assert_eq!(
+            negotiate(&c, &b, Credentials::Anonymous)
+                .unwrap()
+                .session_expiry,
+            300
+        );
     }
 
     #[test]
@@ -365,15 +471,32 @@ mod tests {
         let b = broker(|c| c.mqtt.max_inflight = 100);
         let mut c = connect(Protocol::V5, "c", true);
         c.properties.receive_maximum = Some(5);
-        assert_eq!(negotiate(&c, &b).unwrap().negotiated.send_window, 5);
+        assert_eq!(
+            negotiate(&c, &b, Credentials::Anonymous)
+                .unwrap()
+                .negotiated
+                .send_window,
+            5
+        );
         c.properties.receive_maximum = None;
-        assert_eq!(negotiate(&c, &b).unwrap().negotiated.send_window, 100);
+        assert_eq!(
+            negotiate(&c, &b, Credentials::Anonymous)
+                .unwrap()
+                .negotiated
+                .send_window,
+            100
+        );
     }
 
     #[test]
     fn anonymous_refused_when_disallowed() {
-        let b = broker(|c| c.auth.allow_anonymous = false);
-        let r = negotiate(&connect(Protocol::V5, "c", true), &b).unwrap_err();
+        let b = broker(|c| c.auth.allow_anonymous = Some(false));
+        let r = negotiate(
+            &connect(Protocol::V5, "c", true),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap_err();
         assert_eq!(r.reason, ReasonCode::NOT_AUTHORIZED);
     }
 
@@ -383,7 +506,9 @@ mod tests {
         let mut c = connect(Protocol::V5, "c", true);
         c.properties.authentication_method = Some(Str::from_static("SCRAM-SHA-1"));
         assert_eq!(
-            negotiate(&c, &b).unwrap_err().reason,
+            negotiate(&c, &b, Credentials::Anonymous)
+                .unwrap_err()
+                .reason,
             ReasonCode::BAD_AUTHENTICATION_METHOD
         );
     }
@@ -393,14 +518,19 @@ mod tests {
         // 4.11: 0x9C Use Another Server with the Server Reference; 0x9D when moved for good.
         let b = broker(|c| c.mqtt.server_reference = Some("other:1883".into()));
         let c5 = connect(Protocol::V5, "c", true);
-        let r = negotiate(&c5, &b).unwrap_err();
+        let r = negotiate(&c5, &b, Credentials::Anonymous).unwrap_err();
         assert_eq!(r.reason, ReasonCode::USE_ANOTHER_SERVER);
         let ack = refusal(&r, &c5);
         assert_eq!(
             ack.properties.server_reference.as_deref(),
             Some("other:1883")
         );
-        let r = negotiate(&connect(Protocol::V311, "c", true), &b).unwrap_err();
+        let r = negotiate(
+            &connect(Protocol::V311, "c", true),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap_err();
         assert_eq!(
             sluice_codec::connack_return_code(r.reason),
             3,
@@ -411,7 +541,9 @@ mod tests {
             c.mqtt.server_moved = true;
         });
         assert_eq!(
-            negotiate(&c5, &b).unwrap_err().reason,
+            negotiate(&c5, &b, Credentials::Anonymous)
+                .unwrap_err()
+                .reason,
             ReasonCode::SERVER_MOVED
         );
     }
@@ -422,7 +554,12 @@ mod tests {
             c.mqtt.maximum_qos = 1;
             c.mqtt.retain_available = false;
         });
-        let a = negotiate(&connect(Protocol::V5, "c", true), &b).unwrap();
+        let a = negotiate(
+            &connect(Protocol::V5, "c", true),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap();
         assert_eq!(a.properties.maximum_qos, Some(QoS::AtLeastOnce));
         assert_eq!(a.properties.retain_available, Some(false));
         assert_eq!(
@@ -439,7 +576,9 @@ mod tests {
             properties: Default::default(),
         });
         assert_eq!(
-            negotiate(&c, &b).unwrap_err().reason,
+            negotiate(&c, &b, Credentials::Anonymous)
+                .unwrap_err()
+                .reason,
             ReasonCode::QOS_NOT_SUPPORTED
         );
         if let Some(w) = &mut c.will {
@@ -447,7 +586,9 @@ mod tests {
             w.retain = true;
         }
         assert_eq!(
-            negotiate(&c, &b).unwrap_err().reason,
+            negotiate(&c, &b, Credentials::Anonymous)
+                .unwrap_err()
+                .reason,
             ReasonCode::RETAIN_NOT_SUPPORTED
         );
     }
@@ -455,8 +596,18 @@ mod tests {
     #[test]
     fn client_id_length_limit() {
         let b = broker(|c| c.limits.max_client_id_length = 8);
-        let r = negotiate(&connect(Protocol::V311, "123456789", true), &b).unwrap_err();
+        let r = negotiate(
+            &connect(Protocol::V311, "123456789", true),
+            &b,
+            Credentials::Anonymous,
+        )
+        .unwrap_err();
         assert_eq!(r.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
-        assert!(negotiate(&connect(Protocol::V311, "12345678", true), &b).is_ok());
+        assert!(negotiate(
+            &connect(Protocol::V311, "12345678", true),
+            &b,
+            Credentials::Anonymous
+        )
+        .is_ok());
     }
 }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
-use crate::connect::{negotiate, redirect_code, refusal};
+use crate::connect::{negotiate, redirect_code, refusal, Credentials};
 use crate::protocol::{ClientState, Close};
 use crate::ratelimit::RateLimiter;
 use crate::session::Control;
@@ -83,9 +83,15 @@ pub async fn serve<S>(
         }
     };
 
-    let accepted = match negotiate(&connect, &broker) {
+    let credentials = check_credentials(&connect, &broker).await;
+    let accepted = match negotiate(&connect, &broker, credentials) {
         Ok(a) => a,
         Err(r) => {
+            if credentials == Credentials::Failed {
+                // Slow down guessing from this address before answering.
+                let delay = broker.failed_logins.failed(peer.ip(), Instant::now());
+                tokio::time::sleep(delay).await;
+            }
             tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {}", r.why);
             write_final(
                 &mut wr,
@@ -274,6 +280,25 @@ pub async fn serve<S>(
         },
     }
     done(&broker)
+}
+
+/// Checks username and password against `auth.password_file`, on the blocking pool: hashing is
+/// slow by design and must not stall a runtime thread.
+async fn check_credentials(connect: &Connect, broker: &Broker) -> Credentials {
+    let Some(user) = &connect.username else {
+        return Credentials::Anonymous;
+    };
+    let Some(file) = broker.passwords() else {
+        return Credentials::Unchecked;
+    };
+    let Some(password) = connect.password.clone() else {
+        return Credentials::Failed;
+    };
+    let user = user.as_str().to_owned();
+    match tokio::task::spawn_blocking(move || file.verify(&user, &password)).await {
+        Ok(true) => Credentials::Verified,
+        _ => Credentials::Failed,
+    }
 }
 
 fn done(broker: &Broker) {

@@ -33,6 +33,7 @@ pub mod config;
 mod connect;
 mod connection;
 pub mod message;
+pub mod passwords;
 pub mod protocol;
 pub mod ratelimit;
 pub mod retain;

@@ -22,10 +22,29 @@ struct Args {
     /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG-style filter).
     #[arg(long, value_name = "LEVEL")]
     log: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add or update a user in a password file (argon2id; the file is created if missing).
+    Passwd {
+        /// The password file (auth.password_file).
+        file: PathBuf,
+        /// The username.
+        user: String,
+        /// Read the password from the first line of standard input instead of the terminal.
+        #[arg(long)]
+        stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Passwd { file, user, stdin }) = &args.command {
+        return passwd(file, user, *stdin);
+    }
     init_logging(args.log.as_deref());
     let config = match load(&args) {
         Ok(c) => c,
@@ -56,9 +75,69 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        // SIGHUP re-reads the ACL file; a bad file is logged and the old rules stay.
+        let broker = server.broker().clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match broker.reload_passwords() {
+                    Ok(true) => tracing::info!("SIGHUP: auth.password_file reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: auth.password_file not reloaded; the previous one stays in force"),
+                }
+                match broker.reload_acl() {
+                    Ok(true) => tracing::info!("SIGHUP: auth.acl_file reloaded"),
+                    Ok(false) => tracing::info!("SIGHUP: nothing to reload"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: auth.acl_file not reloaded; the previous rules stay in force"),
+                }
+            }
+        });
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// `sluice passwd FILE USER`: reads the password (twice, without echo, on a terminal) and
+/// stores its argon2id hash.
+fn passwd(file: &std::path::Path, user: &str, stdin: bool) -> ExitCode {
+    let password = if stdin {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("sluice passwd: cannot read standard input: {e}");
+            return ExitCode::from(2);
+        }
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Reenter password: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("sluice passwd: passwords do not match");
+                return ExitCode::from(2);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!(
+                    "sluice passwd: cannot read the password: {e} (use --stdin without a terminal)"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    };
+    if password.is_empty() {
+        eprintln!("sluice passwd: empty password refused");
+        return ExitCode::from(2);
+    }
+    match sluice::passwords::set_user(file, user, password.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice passwd: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn load(args: &Args) -> Result<Config, sluice::ConfigError> {

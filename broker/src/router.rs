@@ -185,22 +185,19 @@ impl Broker {
 
     /// ACL read check (subscribe-time for retained, delivery-time for live messages).
     fn may_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.acl
-            .as_ref()
+        self.acl()
             .is_none_or(|acl| acl.check_topic(username, client_id, topic, Access::Read))
     }
 
     /// ACL write check for a PUBLISH (or a will).
     pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.acl
-            .as_ref()
+        self.acl()
             .is_none_or(|acl| acl.check_topic(username, client_id, topic, Access::Write))
     }
 
     /// ACL check for a SUBSCRIBE filter.
     pub fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
-        self.acl
-            .as_ref()
+        self.acl()
             .is_none_or(|acl| acl.check_subscribe(username, client_id, filter))
     }
 }

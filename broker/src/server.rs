@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::acl::Acl;
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
+use crate::passwords::PasswordFile;
 
 /// How long shutdown waits for connections to say goodbye before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -51,6 +52,14 @@ impl Server {
             })?),
             None => None,
         };
+        let passwords = match &config.auth.password_file {
+            Some(path) => Some(PasswordFile::load(path).map_err(|e| ConfigError {
+                key: "auth.password_file".into(),
+                value: path.display().to_string(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let listener = TcpListener::bind(&l.bind)
@@ -62,7 +71,7 @@ impl Server {
             listeners.push(listener);
         }
         Ok(Server {
-            broker: Arc::new(Broker::new(config, acl)),
+            broker: Arc::new(Broker::with_auth(config, acl, passwords)),
             listeners,
         })
     }

@@ -414,12 +414,17 @@ fn subscription_options(byte: u8, p: Protocol) -> Result<SubscriptionOptions, De
             "[MQTT-3.8.3-4] / [MQTT-3.8.3-5]",
         ));
     }
-    let qos = QoS::from_u8(byte & 0x03).ok_or(malformed("subscription QoS 3", "[MQTT-3.8.3-4]"))?;
+    // 3.1.1 calls QoS 3 malformed [MQTT-3.8.3-4]; 5.0 calls it a Protocol Error (3.8.3.1).
+    let qos = match QoS::from_u8(byte & 0x03) {
+        Some(q) => q,
+        None if p.is_v5() => return Err(protocol("subscription QoS 3", "(3.8.3.1)")),
+        None => return Err(malformed("subscription QoS 3", "[MQTT-3.8.3-4]")),
+    };
     let retain_handling = match (byte >> 4) & 0x03 {
         0 => RetainHandling::OnSubscribe,
         1 => RetainHandling::OnNewSubscription,
         2 => RetainHandling::Never,
-        _ => return Err(malformed("retain handling 3", "(3.8.3.1)")),
+        _ => return Err(protocol("retain handling 3", "(3.8.3.1)")),
     };
     Ok(SubscriptionOptions {
         qos,

@@ -39,7 +39,8 @@ const PAST_END: DecodeError = malformed("field runs past the end of the packet",
 
 /// Reads a Variable Byte Integer (1.5.5) from the start of `buf`.
 ///
-/// `Ok(None)`: `buf` ends before the integer does. `Err`: a fifth byte would be needed.
+/// `Ok(None)`: `buf` ends before the integer does. `Err`: a fifth byte would be needed, or the
+/// encoding is longer than necessary [MQTT-1.5.5-1].
 /// `Ok(Some((value, bytes used)))` otherwise.
 pub(crate) fn read_varint(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
     let mut value: u32 = 0;
@@ -49,6 +50,13 @@ pub(crate) fn read_varint(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeErro
         };
         value |= u32::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                // A last byte of 0 after a continuation: not the shortest encoding.
+                return Err(malformed(
+                    "variable byte integer not in its shortest form",
+                    "[MQTT-1.5.5-1]",
+                ));
+            }
             return Ok(Some((value, i + 1)));
         }
     }

@@ -12,6 +12,19 @@ const V5: Protocol = Protocol::V5;
 
 // ---- fixed header ---------------------------------------------------------------------------
 
+/// A Variable Byte Integer in more bytes than needed (`80 00` for 0) is malformed
+/// [MQTT-1.5.5-1], in the fixed header and in property lengths alike.
+#[test]
+fn non_minimal_variable_byte_integer_is_malformed_mqtt_1_5_5_1() {
+    for p in LEVELS {
+        let (r, _) = decode_at(p, b"\xc0\x80\x00");
+        assert_malformed(&r, "[MQTT-1.5.5-1]");
+    }
+    // The property length of a v5 DISCONNECT: reason 0x00, property length `80 00`.
+    let (r, _) = decode_at(V5, b"\xe0\x03\x00\x80\x00");
+    assert_malformed(&r, "[MQTT-1.5.5-1]");
+}
+
 /// Row: remaining length encoded in 5 bytes -> malformed (1.5.5, 2.1.4).
 #[test]
 fn remaining_length_of_five_bytes_is_malformed_mqtt_1_5_5() {
@@ -437,22 +450,27 @@ fn subscribe_with_options(p: Protocol, options: u8) -> Vec<u8> {
     )
 }
 
-/// Row: reserved bits in subscription options, Retain Handling 3, QoS 3 -> malformed
-/// ([MQTT-3.8.3-4] in 3.1.1, [MQTT-3.8.3-5] and 3.8.3.1 in 5.0).
+/// Row: reserved bits in subscription options -> malformed ([MQTT-3.8.3-4] in 3.1.1,
+/// [MQTT-3.8.3-5] in 5.0); QoS 3 is malformed in 3.1.1 [MQTT-3.8.3-4] but a Protocol Error in
+/// 5.0, and so is Retain Handling 3 (3.8.3.1: "It is a Protocol Error if the Maximum QoS field
+/// has the value 3", "It is a Protocol Error to send a Retain Handling value of 3").
 #[test]
 fn reserved_subscription_option_bits_and_retain_handling_3_are_malformed() {
     for p in LEVELS {
-        malformed_at(p, &subscribe_with_options(p, 0x03), "[MQTT-3.8.3-4]");
         malformed_at(p, &subscribe_with_options(p, 0x40), "[MQTT-3.8.3");
         malformed_at(p, &subscribe_with_options(p, 0x80), "[MQTT-3.8.3");
     }
+    for p in [Protocol::V31, Protocol::V311] {
+        malformed_at(p, &subscribe_with_options(p, 0x03), "[MQTT-3.8.3-4]");
+    }
+    protocol_at(V5, &subscribe_with_options(V5, 0x03), "3.8.3.1");
     // Before 5.0 every bit above the QoS is reserved.
     for p in [Protocol::V31, Protocol::V311] {
         for bit in [0x04, 0x08, 0x10, 0x20] {
             malformed_at(p, &subscribe_with_options(p, bit), "[MQTT-3.8.3-4]");
         }
     }
-    malformed_at(V5, &subscribe_with_options(V5, 0x30), "3.8.3.1");
+    protocol_at(V5, &subscribe_with_options(V5, 0x30), "3.8.3.1");
     let Packet::Subscribe(sub) = ok_at(V5, &subscribe_with_options(V5, 0x1d)) else {
         panic!()
     };

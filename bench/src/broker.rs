@@ -1,0 +1,328 @@
+//! Starting and stopping the brokers of `compare`: a free loopback port, the command (or the
+//! `sluice` / `mosquitto` shorthands), a bounded wait for the port, SIGTERM then SIGKILL by PID.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Sluice's defaults that the Mosquitto configuration mirrors (broker/src/config.rs).
+pub const SLUICE_MAX_INFLIGHT: u32 = 256;
+pub const SLUICE_MAX_QUEUED_MESSAGES: usize = 1000;
+pub const SLUICE_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// How to start one broker.
+#[derive(Debug, Clone)]
+pub enum BrokerSpec {
+    /// target/release/sluice --bind 127.0.0.1:{port} --log warn
+    Sluice,
+    /// /usr/sbin/mosquitto -c <generated config>, optionally with `set_tcp_nodelay true`.
+    Mosquitto { nodelay: bool },
+    /// A shell command with `{port}` replaced.
+    Command(String),
+}
+
+impl BrokerSpec {
+    pub fn parse(s: &str) -> BrokerSpec {
+        match s.trim() {
+            "sluice" => BrokerSpec::Sluice,
+            "mosquitto" => BrokerSpec::Mosquitto { nodelay: false },
+            "mosquitto-nodelay" => BrokerSpec::Mosquitto { nodelay: true },
+            other => BrokerSpec::Command(other.to_string()),
+        }
+    }
+
+    /// A short name for tables.
+    pub fn name(&self) -> String {
+        match self {
+            BrokerSpec::Sluice => "sluice".into(),
+            BrokerSpec::Mosquitto { nodelay: false } => "mosquitto".into(),
+            BrokerSpec::Mosquitto { nodelay: true } => "mosquitto-nodelay".into(),
+            BrokerSpec::Command(c) => c.split_whitespace().next().unwrap_or("cmd").into(),
+        }
+    }
+}
+
+/// Options shared by both brokers of a comparison.
+#[derive(Debug, Clone)]
+pub struct StartOpts {
+    /// Scratch directory for configs and logs.
+    pub dir: PathBuf,
+    /// `max_queued_messages` for both shorthands (default: Sluice's 1000).
+    pub max_queued: Option<usize>,
+    /// `max_queued_bytes` for both shorthands (default: Sluice's 16 MiB). Sluice counts topic +
+    /// payload + its per-message overhead, Mosquitto the payload only.
+    pub max_queued_bytes: Option<usize>,
+}
+
+/// A broker process we started. Stopped (by PID) on drop at the latest.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<Child>,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    pub command: String,
+}
+
+/// A free loopback port (bound and released; a small race with other processes is accepted).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The sluice binary: $SLUICE_BIN, next to this executable, $CARGO_TARGET_DIR/release, or the
+/// workspace's target/release.
+pub fn sluice_bin() -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(b) = std::env::var_os("SLUICE_BIN") {
+        candidates.push(PathBuf::from(b));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            if dir.ends_with("release") {
+                candidates.push(dir.join("sluice"));
+            } else if let Some(target) = dir.parent() {
+                // target/debug/sluice-bench: the release broker of the same target directory.
+                candidates.push(target.join("release/sluice"));
+            }
+        }
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(Path::new(&t).join("release/sluice"));
+    }
+    candidates.push(PathBuf::from("target/release/sluice"));
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/sluice"));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow!("sluice binary not found (build it with `cargo build --release -p sluice` or set SLUICE_BIN); looked in {candidates:?}")
+        })
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ] {
+        if Path::new(p).is_file() {
+            return p.into();
+        }
+    }
+    "mosquitto".into()
+}
+
+/// The Mosquitto configuration used by the `mosquitto` shorthand.
+pub fn mosquitto_config(
+    port: u16,
+    nodelay: bool,
+    max_queued: Option<usize>,
+    max_queued_bytes: Option<usize>,
+) -> String {
+    let mut c = format!(
+        "# written by sluice-bench: Sluice's defaults (broker/src/config.rs)\n\
+         listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         max_inflight_messages {SLUICE_MAX_INFLIGHT}\n\
+         max_queued_messages {}\n\
+         max_queued_bytes {}\n\
+         persistence false\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n",
+        max_queued.unwrap_or(SLUICE_MAX_QUEUED_MESSAGES),
+        max_queued_bytes.unwrap_or(SLUICE_MAX_QUEUED_BYTES)
+    );
+    if nodelay {
+        c.push_str("set_tcp_nodelay true\n");
+    }
+    c
+}
+
+/// Starts a broker on a free port and waits (bounded) until it accepts connections.
+pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> {
+    let port = free_port()?;
+    let log = opts.dir.join(format!("{tag}.log"));
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+    let mut cmd;
+    let command;
+    match spec {
+        BrokerSpec::Sluice => {
+            let bin = sluice_bin()?;
+            cmd = Command::new(&bin);
+            cmd.args(["--bind", &format!("127.0.0.1:{port}"), "--log", "warn"]);
+            cmd.env_remove("RUST_LOG");
+            let mut env = String::new();
+            if let Some(q) = opts.max_queued {
+                cmd.env("SLUICE__MQTT__MAX_QUEUED_MESSAGES", q.to_string());
+                env = format!("SLUICE__MQTT__MAX_QUEUED_MESSAGES={q} ");
+            }
+            if let Some(b) = opts.max_queued_bytes {
+                cmd.env("SLUICE__MQTT__MAX_QUEUED_BYTES", b.to_string());
+                env += &format!("SLUICE__MQTT__MAX_QUEUED_BYTES={b} ");
+            }
+            command = format!("{env}{} --bind 127.0.0.1:{port} --log warn", bin.display());
+        }
+        BrokerSpec::Mosquitto { nodelay } => {
+            let conf = opts.dir.join(format!("{tag}-mosquitto.conf"));
+            std::fs::write(
+                &conf,
+                mosquitto_config(port, *nodelay, opts.max_queued, opts.max_queued_bytes),
+            )?;
+            let bin = mosquitto_bin();
+            cmd = Command::new(&bin);
+            cmd.arg("-c").arg(&conf);
+            command = format!("{} -c {}", bin.display(), conf.display());
+        }
+        BrokerSpec::Command(c) => {
+            let c = c.replace("{port}", &port.to_string());
+            cmd = Command::new("sh");
+            // exec: the PID we hold is the broker's, not a shell's.
+            cmd.args(["-c", &format!("exec {c}")]);
+            command = c;
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    let child = cmd.spawn().with_context(|| format!("start `{command}`"))?;
+    let pid = child.id();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut running = Running {
+        child: Some(child),
+        pid,
+        addr,
+        log,
+        command,
+    };
+    running.wait_port(Duration::from_secs(15))?;
+    Ok(running)
+}
+
+impl Running {
+    fn wait_port(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                bail!(
+                    "`{}` exited before listening ({status}); log:\n{}",
+                    self.command,
+                    self.log_tail(20)
+                );
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "`{}` not listening on {} within {limit:?}; log:\n{}",
+                    self.command,
+                    self.addr,
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// SIGTERM, a bounded wait, then SIGKILL. Returns notes about anything abnormal.
+    pub fn stop(&mut self, grace: Duration) -> Vec<String> {
+        let mut notes = Vec::new();
+        let Some(mut child) = self.child.take() else {
+            return notes;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            notes.push(format!("broker had already exited: {status}"));
+            return notes;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        notes.push(format!("broker exit status after SIGTERM: {status}"));
+                    }
+                    return notes;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    notes.push(format!(
+                        "broker did not exit within {grace:?} of SIGTERM: killed"
+                    ));
+                    return notes;
+                }
+            }
+        }
+    }
+
+    /// What the broker's log says about dropped messages (Sluice logs the first queue overflow
+    /// of a session and every 1000th): a lower bound on the drops, per the log.
+    pub fn log_drops(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let mut lines = 0usize;
+        let mut per_client: std::collections::HashMap<String, u64> = Default::default();
+        for l in text.lines().filter(|l| l.contains("queue full")) {
+            lines += 1;
+            let client = field(l, "client_id=").unwrap_or_default();
+            let n = field(l, "dropped=")
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0);
+            let e = per_client.entry(client).or_default();
+            *e = (*e).max(n);
+        }
+        if lines == 0 {
+            return None;
+        }
+        let total: u64 = per_client.values().sum();
+        Some(format!(
+            "broker log: {lines} 'session queue full' warnings; drops reported >= {total} (logged every 1000th)"
+        ))
+    }
+}
+
+/// The value after `key` up to the next space (tracing's `key=value` format).
+fn field(line: &str, key: &str) -> Option<String> {
+    let rest = &line[line.find(key)? + key.len()..];
+    Some(
+        rest.split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! Helpers shared by `qos_flows.rs`, `sessions.rs` and `malformed.rs`: packet builders for
+//! [`RawClient`], a byte-exact socket ([`ByteConn`]) and rumqttc wrappers whose event loops run in
+//! a background task. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_tests::codec::{
+    ConnAck, Connect, ConnectProperties, Disconnect, LastWill, Packet, Protocol, PubAck, Publish,
+    PublishProperties, QoS, ReasonCode, Str, SubAck, Subscribe, SubscribeProperties, Subscription,
+    SubscriptionOptions, TopicFilter, TopicName,
+};
+use sluice_tests::rumqttc;
+use sluice_tests::{encode_remaining_length, Broker, RawClient, Recv};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// How long a reply that should come may take.
+pub const T: Duration = Duration::from_secs(3);
+/// How long to watch for something that must NOT come.
+pub const QUIET: Duration = Duration::from_millis(400);
+
+/// CONNECT options for [`connect_packet`].
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub clean: bool,
+    pub keep_alive: u16,
+    /// 5.0 Session Expiry Interval.
+    pub expiry: Option<u32>,
+    pub will: Option<LastWill>,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts {
+            clean: true,
+            keep_alive: 60,
+            expiry: None,
+            will: None,
+        }
+    }
+}
+
+impl Opts {
+    /// Clean Session 0 (3.1.1) / Clean Start 0 with the given expiry (5.0).
+    pub fn persistent(expiry: u32) -> Opts {
+        Opts {
+            clean: false,
+            expiry: Some(expiry),
+            ..Opts::default()
+        }
+    }
+}
+
+pub fn s(v: &str) -> Str {
+    Str::try_from(v).unwrap()
+}
+
+pub fn topic(v: &str) -> TopicName {
+    TopicName::try_from(v).unwrap()
+}
+
+pub fn connect_packet(protocol: Protocol, id: &str, o: &Opts) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol,
+        clean_start: o.clean,
+        keep_alive: o.keep_alive,
+        client_id: s(id),
+        will: o.will.clone(),
+        username: None,
+        password: None,
+        properties: ConnectProperties {
+            session_expiry_interval: if protocol.is_v5() { o.expiry } else { None },
+            ..Default::default()
+        },
+    }))
+}
+
+/// A will on `topic` with `payload` at QoS 1, with a 5.0 Will Delay Interval.
+pub fn will(t: &str, payload: &'static [u8], delay: u32) -> LastWill {
+    LastWill {
+        topic: topic(t),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        delay_interval: delay,
+        properties: PublishProperties::default(),
+    }
+}
+
+/// Connects a raw client and returns it with its CONNACK (which must come).
+pub async fn raw_connect(
+    addr: SocketAddr,
+    protocol: Protocol,
+    id: &str,
+    o: &Opts,
+) -> (RawClient, ConnAck) {
+    let mut c = RawClient::connect(addr, protocol).await.unwrap();
+    c.send(&connect_packet(protocol, id, o)).await.unwrap();
+    match c.expect_packet(T).await.unwrap() {
+        Packet::ConnAck(a) => (c, a),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// Like [`raw_connect`], asserting success.
+pub async fn raw_ok(addr: SocketAddr, protocol: Protocol, id: &str, o: &Opts) -> RawClient {
+    let (c, ack) = raw_connect(addr, protocol, id, o).await;
+    assert_eq!(ack.reason, ReasonCode::SUCCESS, "CONNACK {ack:?}");
+    c
+}
+
+pub fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(Subscribe {
+        pkid,
+        filters: vec![Subscription {
+            filter: TopicFilter::try_from(filter).unwrap(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
+        rejected: vec![],
+        properties: SubscribeProperties::default(),
+    })
+}
+
+/// Subscribes and waits for the SUBACK.
+pub async fn raw_subscribe(c: &mut RawClient, pkid: u16, filter: &str, qos: QoS) -> SubAck {
+    c.send(&subscribe_packet(pkid, filter, qos)).await.unwrap();
+    match c.expect_packet(T).await.unwrap() {
+        Packet::SubAck(a) => {
+            assert_eq!(a.pkid, pkid);
+            a
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+pub fn publish_packet(t: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic(t),
+        pkid,
+        payload: Bytes::copy_from_slice(payload),
+        properties: PublishProperties::default(),
+    })
+}
+
+pub fn disconnect_packet(reason: ReasonCode, expiry: Option<u32>) -> Packet {
+    let mut d = Disconnect::new(reason);
+    d.properties.session_expiry_interval = expiry;
+    Packet::Disconnect(d)
+}
+
+/// Publishes QoS 0 / 1 and waits for the PUBACK of QoS 1.
+pub async fn raw_publish(c: &mut RawClient, t: &str, qos: QoS, pkid: u16, payload: &[u8]) {
+    c.send(&publish_packet(t, qos, pkid, payload))
+        .await
+        .unwrap();
+    match qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => match c.expect_packet(T).await.unwrap() {
+            Packet::PubAck(a) => assert_eq!(a.pkid, pkid),
+            other => panic!("expected PUBACK, got {other:?}"),
+        },
+        QoS::ExactlyOnce => {
+            match c.expect_packet(T).await.unwrap() {
+                Packet::PubRec(a) => assert_eq!(a.pkid, pkid),
+                other => panic!("expected PUBREC, got {other:?}"),
+            }
+            c.send(&Packet::PubRel(PubAck::new(pkid))).await.unwrap();
+            match c.expect_packet(T).await.unwrap() {
+                Packet::PubComp(a) => assert_eq!(a.pkid, pkid),
+                other => panic!("expected PUBCOMP, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The next packet, which must be a PUBLISH.
+pub async fn expect_publish(c: &mut RawClient) -> Publish {
+    match c.expect_packet(T).await.unwrap() {
+        Packet::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// Receives a PUBLISH and acknowledges it fully (PUBACK, or PUBREC/PUBREL/PUBCOMP).
+pub async fn recv_and_ack(c: &mut RawClient) -> Publish {
+    let p = expect_publish(c).await;
+    match p.qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => c.send(&Packet::PubAck(PubAck::new(p.pkid))).await.unwrap(),
+        QoS::ExactlyOnce => {
+            c.send(&Packet::PubRec(PubAck::new(p.pkid))).await.unwrap();
+            match c.expect_packet(T).await.unwrap() {
+                Packet::PubRel(a) => assert_eq!(a.pkid, p.pkid),
+                other => panic!("expected PUBREL, got {other:?}"),
+            }
+            c.send(&Packet::PubComp(PubAck::new(p.pkid))).await.unwrap();
+        }
+    }
+    p
+}
+
+/// Asserts nothing arrives for `d` (the connection may stay open).
+pub async fn expect_silence(c: &mut RawClient, d: Duration) {
+    match c.recv(d).await.unwrap() {
+        Recv::Timeout => {}
+        other => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+/// Waits for the connection to close; returns the packets seen first.
+pub async fn expect_closed(c: &mut RawClient) -> Vec<Packet> {
+    c.expect_closed(T).await.unwrap()
+}
+
+/// The reason codes of the DISCONNECT packets in `seen`.
+pub fn disconnect_reasons(seen: &[Packet]) -> Vec<u8> {
+    seen.iter()
+        .filter_map(|p| match p {
+            Packet::Disconnect(d) => Some(d.reason.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until the broker has logged that `client_id` disconnected (so its session is parked).
+pub fn wait_disconnected(broker: &Broker, from: usize, client_id: &str) {
+    wait_log_all(broker, from, &["client disconnected", client_id], T * 2);
+}
+
+/// Waits for a log line (from index `from`) containing every needle; returns it.
+pub fn wait_log_all(broker: &Broker, from: usize, needles: &[&str], timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = broker
+            .log()
+            .into_iter()
+            .skip(from)
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return l;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "no log line with {needles:?} within {timeout:?}; log:\n{}",
+                broker.log().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain socket for byte-exact exchanges (3.1.1 packets have one encoding only).
+pub struct ByteConn {
+    pub stream: TcpStream,
+}
+
+impl ByteConn {
+    pub async fn connect(addr: SocketAddr) -> ByteConn {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        ByteConn { stream }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads exactly `expected.len()` bytes (bounded) and asserts they are `expected`.
+    pub async fn expect(&mut self, expected: &[u8], what: &str) {
+        let mut got = vec![0u8; expected.len()];
+        match tokio::time::timeout(T, self.stream.read_exact(&mut got)).await {
+            Ok(Ok(_)) => assert_eq!(got, expected, "{what}: bytes differ"),
+            Ok(Err(e)) => panic!("{what}: read failed: {e}"),
+            Err(_) => panic!("{what}: nothing within {T:?}"),
+        }
+    }
+
+    /// Reads until the server closes the connection (bounded by [`T`]); returns what came first.
+    pub async fn read_until_closed(&mut self, what: &str) -> Vec<u8> {
+        let mut all = Vec::new();
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let mut b = [0u8; 256];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return all,
+                Ok(Ok(n)) => all.extend_from_slice(&b[..n]),
+                Err(_) => panic!("{what}: connection still open after {T:?}; got {all:02x?}"),
+            }
+        }
+    }
+
+    /// Asserts no byte arrives for `d`.
+    pub async fn expect_silence(&mut self, d: Duration, what: &str) {
+        let mut b = [0u8; 64];
+        if let Ok(r) = tokio::time::timeout(d, self.stream.read(&mut b)).await {
+            match r {
+                Ok(0) => panic!("{what}: connection closed"),
+                Ok(n) => panic!("{what}: unexpected bytes {:02x?}", &b[..n]),
+                Err(e) => panic!("{what}: read failed: {e}"),
+            }
+        }
+    }
+}
+
+/// A 3.1.1 CONNECT: Clean Session as given, keepalive 60.
+pub fn connect_311(id: &str, clean: bool) -> Vec<u8> {
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        if clean { 0x02 } else { 0x00 },
+        0,
+        60,
+    ];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    frame(0x10, &body)
+}
+
+/// A 3.1.1 PUBLISH's bytes (`first` is the whole first byte: type, DUP, QoS, RETAIN).
+pub fn publish_311(first: u8, t: &str, pkid: Option<u16>, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(t.len() as u16).to_be_bytes());
+    body.extend_from_slice(t.as_bytes());
+    if let Some(id) = pkid {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    frame(first, &body)
+}
+
+/// A 3.1.1 SUBSCRIBE of one filter.
+pub fn subscribe_311(pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(qos);
+    frame(0x82, &body)
+}
+
+/// A two-byte-body ack (PUBACK 0x40, PUBREC 0x50, PUBREL 0x62, PUBCOMP 0x70).
+pub fn ack(first: u8, pkid: u16) -> Vec<u8> {
+    let [hi, lo] = pkid.to_be_bytes();
+    vec![first, 2, hi, lo]
+}
+
+pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    encode_remaining_length(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A 3.1.1 connection over [`ByteConn`], CONNACK checked byte for byte.
+pub async fn bytes_connect(
+    addr: SocketAddr,
+    id: &str,
+    clean: bool,
+    session_present: bool,
+) -> ByteConn {
+    let mut c = ByteConn::connect(addr).await;
+    c.send(&connect_311(id, clean)).await;
+    c.expect(&[0x20, 0x02, u8::from(session_present), 0x00], "CONNACK")
+        .await;
+    c
+}
+
+// ---------------------------------------------------------------- rumqttc
+
+/// A rumqttc v4 (3.1.1) client whose event loop runs in a task; incoming PUBLISHes go to `rx`.
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<rumqttc::Packet>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl V4 {
+    pub async fn connect(addr: SocketAddr, id: &str, clean: bool) -> V4 {
+        let mut o = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_clean_session(clean);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut ev) = rumqttc::AsyncClient::new(o, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(rumqttc::Event::Incoming(p)) => {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let mut c = V4 { client, rx, task };
+        match c.next(|p| matches!(p, rumqttc::Packet::ConnAck(_))).await {
+            rumqttc::Packet::ConnAck(a) => {
+                assert_eq!(a.code, rumqttc::ConnectReturnCode::Success, "{a:?}")
+            }
+            _ => unreachable!(),
+        }
+        c
+    }
+
+    /// The next incoming packet matching `f` (others are skipped), within [`T`].
+    pub async fn next(&mut self, f: impl Fn(&rumqttc::Packet) -> bool) -> rumqttc::Packet {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(p)) if f(&p) => return p,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("rumqttc event loop ended"),
+                Err(_) => panic!("no matching packet within {T:?}"),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        self.next(|p| matches!(p, rumqttc::Packet::SubAck(_))).await;
+    }
+
+    pub async fn next_publish(&mut self) -> rumqttc::Publish {
+        match self
+            .next(|p| matches!(p, rumqttc::Packet::Publish(_)))
+            .await
+        {
+            rumqttc::Packet::Publish(p) => p,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Asserts no PUBLISH arrives for `d`.
+    pub async fn no_publish(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(rumqttc::Packet::Publish(p))) => panic!("unexpected PUBLISH {p:?}"),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Drop for V4 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub use rumqttc::v5::mqttbytes::v5::Packet as P5;
+
+/// A rumqttc v5 client whose event loop runs in a task; incoming packets go to `rx`.
+pub struct V5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<P5>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl V5 {
+    pub async fn connect(addr: SocketAddr, id: &str) -> V5 {
+        let mut o = rumqttc::v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut ev) = rumqttc::v5::AsyncClient::new(o, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(p)) => {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let mut c = V5 { client, rx, task };
+        c.next(|p| matches!(p, P5::ConnAck(_))).await;
+        c
+    }
+
+    pub async fn next(&mut self, f: impl Fn(&P5) -> bool) -> P5 {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(p)) if f(&p) => return p,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("rumqttc v5 event loop ended"),
+                Err(_) => panic!("no matching packet within {T:?}"),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::v5::mqttbytes::QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        self.next(|p| matches!(p, P5::SubAck(_))).await;
+    }
+
+    pub async fn next_publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        match self.next(|p| matches!(p, P5::Publish(_))).await {
+            P5::Publish(p) => p,
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn no_publish(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(P5::Publish(p))) => panic!("unexpected PUBLISH {p:?}"),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Drop for V5 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
