@@ -118,6 +118,7 @@ pub async fn serve<S>(
     );
     let Connect { will, .. } = *connect;
     let mut state = ClientState::new(n, opened.handle.clone(), session, will);
+    state.attach_groups(&broker);
     let ack = ConnAck {
         session_present: opened.session_present,
         reason: ReasonCode::SUCCESS,

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use sluice_codec::Protocol;
 use sluice_codec::{
     encode, encoded_len, AckProperties, Disconnect, LastWill, Packet, PubAck, Publish, QoS,
-    ReasonCode, Str, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
+    ReasonCode, Str, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
 use crate::alias::{AliasUse, OutboundAliases};
@@ -21,6 +21,7 @@ use crate::broker::{write, Broker, SubEntry};
 use crate::message::{ClientId, Message};
 use crate::router::Requester;
 use crate::session::{Delivery, Inflight, Session, SessionHandle, SubscriptionRecord};
+use crate::shared::GroupQueue;
 
 /// Why and how a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,11 @@ pub struct ClientState {
     pub handle: Arc<SessionHandle>,
     /// The owned half of the session.
     pub session: Session,
+    /// Queues of the shared subscriptions this session holds: pulled from when the window has
+    /// room (shared.rs).
+    group_queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
+    /// Rotates which group queue is pulled from first.
+    group_cursor: usize,
     /// The will, until a normal DISCONNECT deletes it [MQTT-3.1.2-10].
     pub will: Option<LastWill>,
     /// Topic aliases the client set (5.0, 3.3.2.3.4): index alias-1. Sized on first use.
@@ -114,6 +120,8 @@ impl ClientState {
             n,
             handle,
             session,
+            group_queues: Vec::new(),
+            group_cursor: 0,
             will,
             inbound_aliases: Vec::new(),
             outbound_aliases: aliases,
@@ -515,6 +523,15 @@ impl ClientState {
                 identifier,
             };
             retained.extend(broker.retained_for(&filter, &record, existed, &who, now));
+            if filter.shared().is_some() && !self.group_queues.iter().any(|(f, _)| *f == filter) {
+                let m = &broker.config.mqtt;
+                let q = broker.shared_groups.queue_for(
+                    &filter,
+                    m.max_queued_messages,
+                    m.max_queued_bytes,
+                );
+                self.group_queues.push((filter.clone(), q));
+            }
             self.session.subscriptions.insert(filter, record);
             *reason = ReasonCode(options.qos as u8);
         }
@@ -552,6 +569,7 @@ impl ClientState {
                 let Some(filter) = valid.next() else { break };
                 let existed = tree.unsubscribe(&filter, &self.n.client_id).is_some();
                 self.session.subscriptions.remove(&filter);
+                self.group_queues.retain(|(f, _)| *f != filter);
                 *r = if existed {
                     ReasonCode::SUCCESS
                 } else {
@@ -604,6 +622,42 @@ impl ClientState {
         self.session.inflight = inflight;
     }
 
+    /// Connects this connection to the queue of shared subscription `filter`.
+    fn attach_group(&mut self, filter: &TopicFilter, broker: &Broker) {
+        if self.group_queues.iter().any(|(f, _)| f == filter) {
+            return;
+        }
+        let m = &broker.config.mqtt;
+        let q = broker
+            .shared_groups
+            .queue_for(filter, m.max_queued_messages, m.max_queued_bytes);
+        self.group_queues.push((filter.clone(), q));
+    }
+
+    /// Connects to the group queues of every shared subscription of a resumed session.
+    pub fn attach_groups(&mut self, broker: &Broker) {
+        let shared: Vec<TopicFilter> = self
+            .session
+            .subscriptions
+            .keys()
+            .filter(|f| f.shared().is_some())
+            .cloned()
+            .collect();
+        for f in shared {
+            self.attach_group(&f, broker);
+        }
+    }
+
+    /// A group-queued delivery as this member's subscription would have made it.
+    fn adapt_group_delivery(&self, filter: &TopicFilter, mut d: Delivery) -> Delivery {
+        if let Some(rec) = self.session.subscriptions.get(filter) {
+            d.qos = d.msg.qos.min(rec.options.qos);
+            d.retain = d.msg.retain && rec.options.retain_as_published;
+            d.subscription_ids = rec.identifier.into_iter().collect();
+        }
+        d
+    }
+
     /// Moves deliveries from the outbox into the write buffer while the inflight window and the
     /// write buffer's high-water mark allow. Returns true if anything is still queued.
     pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
@@ -625,6 +679,28 @@ impl ClientState {
                 }
                 budget = budget.saturating_sub(d.msg.cost());
                 batch.push(d);
+            }
+            // Then the shared subscriptions' group queues, while the window has room.
+            if !self.group_queues.is_empty() {
+                let n = self.group_queues.len();
+                let mut idle = 0;
+                while window > 0 && budget > 0 && idle < n {
+                    let i = self.group_cursor % n;
+                    self.group_cursor = self.group_cursor.wrapping_add(1);
+                    let (filter, q) = &self.group_queues[i];
+                    match q.pop() {
+                        Some(d) => {
+                            idle = 0;
+                            let d = self.adapt_group_delivery(filter, d);
+                            if d.qos != QoS::AtMostOnce {
+                                window -= 1;
+                            }
+                            budget = budget.saturating_sub(d.msg.cost());
+                            batch.push(d);
+                        }
+                        None => idle += 1,
+                    }
+                }
             }
             !outbox.is_empty()
         };

@@ -13,7 +13,7 @@ use crate::acl::Access;
 use crate::broker::{read, write, Broker, SubEntry};
 use crate::message::Message;
 use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
-use crate::shared::Candidate;
+use crate::shared::{Candidate, Pick};
 
 /// The client asking for something, for ACL checks.
 #[derive(Debug, Clone, Copy)]
@@ -105,8 +105,22 @@ impl Broker {
                 &msg.origin,
                 msg.topic.as_str(),
             );
-            if let Some(i) = pick {
-                targets.push(members.swap_remove(i));
+            match pick {
+                Some(Pick::Member(i)) => targets.push(members.swap_remove(i)),
+                Some(Pick::Group) => {
+                    // Adapted to the member that pulls it (its QoS, identifier) on the way out.
+                    let d = Delivery {
+                        msg: msg.clone(),
+                        qos: msg.qos,
+                        retain: msg.retain,
+                        subscription_ids: Vec::new(),
+                        shared: Some(key.clone()),
+                    };
+                    let handles: Vec<Arc<SessionHandle>> =
+                        members.iter().map(|m| m.handle.clone()).collect();
+                    self.queue_shared(&key, d, &handles);
+                }
+                None => {}
             }
         }
         let mut queued = 0;

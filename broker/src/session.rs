@@ -310,16 +310,15 @@ impl SessionHandle {
         }
     }
 
-    /// Room left in the client's window: its window less what is in flight and already queued.
-    /// 0 when offline.
-    pub fn free_window(&self) -> usize {
+    /// Room left in the client's window: its window less what is in flight and already queued;
+    /// negative when a backlog waits behind a full window. `i64::MIN` when offline.
+    pub fn headroom(&self) -> i64 {
         let outbox = self.outbox();
         if !outbox.is_online() {
-            return 0;
+            return i64::MIN;
         }
-        self.window
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.inflight.load(Ordering::Relaxed) + outbox.len())
+        let window = self.window.load(Ordering::Relaxed) as i64;
+        window - self.inflight.load(Ordering::Relaxed) as i64 - outbox.len() as i64
     }
 
     /// Locks the outbox. Never held across an await.
