@@ -6,6 +6,7 @@
 //! while the write buffer is above its high-water mark, so a client that does not read cannot
 //! make the broker buffer without bound.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,10 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use sluice_codec::{encode, ConnAck, Connect, DecodeError, Decoder, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::Broker;
 use crate::connect::{negotiate, redirect_code, refusal, Credentials};
+use crate::persist::{Record, BACKLOG_HIGH_WATER};
 use crate::protocol::{ClientState, Close};
 use crate::ratelimit::RateLimiter;
 use crate::session::Control;
@@ -26,6 +28,8 @@ use crate::session::Control;
 const HIGH_WATER: usize = 64 * 1024;
 /// Initial read buffer; it grows for large packets and is shrunk back afterwards.
 const READ_BUF: usize = 1024;
+/// How often a connection paused by the store's backlog looks again.
+const STORE_BUSY_POLL: Duration = Duration::from_millis(5);
 /// How long the final flush (DISCONNECT, acks) may take before the socket is dropped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -111,6 +115,27 @@ pub async fn serve<S>(
         .await;
     let mut session = opened.session;
     session.expiry_interval = accepted.session_expiry;
+    // Persistent sessions are logged from here on (persist.rs).
+    let persistent = broker.store.is_enabled() && accepted.session_expiry > 0;
+    opened
+        .handle
+        .persistent
+        .store(persistent, Ordering::Relaxed);
+    if broker.store.is_enabled() {
+        if !opened.session_present || !persistent {
+            broker.store.append(Record::SessionGone {
+                client: n.client_id.clone(),
+            });
+        }
+        if persistent {
+            broker.store.append(Record::Session {
+                client: n.client_id.clone(),
+                expiry: accepted.session_expiry,
+                username: n.username.clone(),
+                will: connect.will.clone().map(Box::new),
+            });
+        }
+    }
     let keep_alive = n.keep_alive;
     tracing::info!(
         %peer, client_id = %n.client_id, protocol = protocol.level(), clean_start = accepted.clean_start,
@@ -118,6 +143,7 @@ pub async fn serve<S>(
     );
     let Connect { will, .. } = *connect;
     let mut state = ClientState::new(n, opened.handle.clone(), session, will);
+    state.set_store(broker.store.clone());
     state.attach_groups(&broker);
     let ack = ConnAck {
         session_present: opened.session_present,
@@ -139,12 +165,24 @@ pub async fn serve<S>(
     let mut paused_until: Option<tokio::time::Instant> = None;
     let pause = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(pause);
+    // Packets waiting for the store, each batch behind the ticket that releases it, in order.
+    let mut waiting: VecDeque<(oneshot::Receiver<bool>, BytesMut)> = VecDeque::new();
 
     let close: Close = loop {
         if pending && state.write_buf.len() < HIGH_WATER / 2 {
             pending = state.drain_outbox(Instant::now(), HIGH_WATER);
         }
-        let want_read = state.write_buf.len() < HIGH_WATER && paused_until.is_none();
+        if !state.held.is_empty() {
+            let bytes = state.held.split();
+            match broker.store.ticket() {
+                Some(rx) => waiting.push_back((rx, bytes)),
+                None => state.write_buf.extend_from_slice(&bytes),
+            }
+        }
+        state.holding = !waiting.is_empty();
+        // The store's writer is behind: stop reading until it catches up (back-pressure).
+        let store_busy = broker.store.backlog() > BACKLOG_HIGH_WATER;
+        let want_read = state.write_buf.len() < HIGH_WATER && paused_until.is_none() && !store_busy;
         let handle = state.handle.clone();
         tokio::select! {
             biased;
@@ -210,12 +248,40 @@ pub async fn serve<S>(
             _ = &mut pause, if paused_until.is_some() => {
                 paused_until = None;
             }
+            r = async {
+                match waiting.front_mut() {
+                    Some((rx, _)) => rx.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            }, if !waiting.is_empty() => {
+                let Some((_, bytes)) = waiting.pop_front() else { continue };
+                if !r {
+                    break Close::error(ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR, "persistence failed: acknowledgements withheld");
+                }
+                state.write_buf.extend_from_slice(&bytes);
+            }
+            _ = tokio::time::sleep(STORE_BUSY_POLL), if store_busy => {}
             _ = &mut sleep, if keepalive.is_some() => {
                 break Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"));
             }
         }
     };
 
+    // Acks waiting for the store go out once it has their messages (bounded wait).
+    if !state.held.is_empty() {
+        if let Some(rx) = broker.store.ticket() {
+            waiting.push_back((rx, state.held.split()));
+        }
+    }
+    for (rx, bytes) in waiting.drain(..) {
+        if let Ok(Ok(true)) = tokio::time::timeout(FLUSH_TIMEOUT, rx).await {
+            state.write_buf.extend_from_slice(&bytes);
+        } else {
+            break;
+        }
+    }
+    state.holding = false;
+    state.held.clear();
     // Say goodbye: 5.0 clients get a DISCONNECT with the reason [MQTT-4.13.1-1]; what was
     // already queued for the socket (acks) goes out first.
     if let Some(code) = close.send {
@@ -262,6 +328,23 @@ pub async fn serve<S>(
     };
     let handle = state.handle.clone();
     let session = std::mem::take(&mut state.session);
+    if broker.store.is_enabled() && handle.persistent.load(Ordering::Relaxed) {
+        // What survives this connection: nothing (expiry 0, possibly set by DISCONNECT), or the
+        // session with the will still to come after its delay.
+        if session.expiry_interval == 0 {
+            handle.persistent.store(false, Ordering::Relaxed);
+            broker.store.append(Record::SessionGone {
+                client: handle.client_id.clone(),
+            });
+        } else {
+            broker.store.append(Record::Session {
+                client: handle.client_id.clone(),
+                expiry: session.expiry_interval,
+                username: state.n.username.clone(),
+                will: will.clone().filter(|w| w.delay_interval > 0).map(Box::new),
+            });
+        }
+    }
     match takeover_reply {
         Some(reply) => {
             // The new connection holds connect_lock and waits for us.

@@ -34,6 +34,7 @@ mod connect;
 mod connection;
 pub mod message;
 pub mod passwords;
+pub mod persist;
 pub mod protocol;
 pub mod ratelimit;
 pub mod retain;

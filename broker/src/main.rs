@@ -16,6 +16,9 @@ struct Args {
     /// Address of the plain TCP listener, overriding the file's listeners.
     #[arg(long, value_name = "HOST:PORT")]
     bind: Option<String>,
+    /// Data directory for persistent state (overrides `persistence.dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Validate the configuration, print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -144,8 +147,11 @@ fn load(args: &Args) -> Result<Config, sluice::ConfigError> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(bind) = &args.bind {
         config.listeners = vec![sluice::config::ListenerConfig { bind: bind.clone() }];
-        config.validate()?;
     }
+    if let Some(dir) = &args.data_dir {
+        config.persistence.dir = dir.clone();
+    }
+    config.validate()?;
     Ok(config)
 }
 

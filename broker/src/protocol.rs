@@ -19,6 +19,7 @@ use sluice_codec::{
 use crate::alias::{AliasUse, OutboundAliases};
 use crate::broker::{write, Broker, SubEntry};
 use crate::message::{ClientId, Message};
+use crate::persist::{Record, Store};
 use crate::router::Requester;
 use crate::session::{Delivery, Inflight, Session, SessionHandle, SubscriptionRecord};
 use crate::shared::GroupQueue;
@@ -89,6 +90,14 @@ pub struct ClientState {
     group_queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
     /// Rotates which group queue is pulled from first.
     group_cursor: usize,
+    /// The persistent store (disabled in memory mode and in unit tests).
+    store: Store,
+    /// Packets that may go out only once the store has what they promise (acks of stored
+    /// messages, outbound QoS 2 PUBLISHes of persistent sessions), and everything after them.
+    /// The connection asks the store for a ticket and sends these when it is answered.
+    pub held: BytesMut,
+    /// Set by the connection while earlier held packets still wait: new packets queue behind.
+    pub holding: bool,
     /// The will, until a normal DISCONNECT deletes it [MQTT-3.1.2-10].
     pub will: Option<LastWill>,
     /// Topic aliases the client set (5.0, 3.3.2.3.4): index alias-1. Sized on first use.
@@ -122,6 +131,9 @@ impl ClientState {
             session,
             group_queues: Vec::new(),
             group_cursor: 0,
+            store: Store::disabled(),
+            held: BytesMut::new(),
+            holding: false,
             will,
             inbound_aliases: Vec::new(),
             outbound_aliases: aliases,
@@ -130,10 +142,44 @@ impl ClientState {
         }
     }
 
-    /// Encodes `packet` into the write buffer. Encoding only fails for values we built
-    /// ourselves; such a packet is logged and skipped rather than taking the connection down.
+    /// Uses `store` for this connection's persistent records.
+    pub fn set_store(&mut self, store: Store) {
+        self.store = store;
+    }
+
+    /// Whether this session's state is written to the store.
+    pub fn persistent(&self) -> bool {
+        self.store.is_enabled() && self.session.expiry_interval > 0
+    }
+
+    /// Appends a record if the session is persistent.
+    fn log(&self, rec: impl FnOnce(ClientId) -> Record) {
+        if self.persistent() {
+            self.store.append(rec(self.n.client_id.clone()));
+        }
+    }
+
+    /// Encodes `packet` to go out only after the store has everything logged so far.
+    fn send_held(&mut self, packet: &Packet) {
+        if self.store.holds_acks() {
+            if let Err(e) = encode(packet, self.n.protocol, &mut self.held) {
+                tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
+            }
+        } else {
+            self.send(packet);
+        }
+    }
+
+    /// Encodes `packet` into the write buffer (or behind held packets, keeping the order).
+    /// Encoding only fails for values we built ourselves; such a packet is logged and skipped
+    /// rather than taking the connection down.
     pub fn send(&mut self, packet: &Packet) {
-        if let Err(e) = encode(packet, self.n.protocol, &mut self.write_buf) {
+        let buf = if self.holding || !self.held.is_empty() {
+            &mut self.held
+        } else {
+            &mut self.write_buf
+        };
+        if let Err(e) = encode(packet, self.n.protocol, buf) {
             tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
         }
     }
@@ -195,6 +241,10 @@ impl ClientState {
                 if let Some(i) = self.session.inflight_position(a.pkid) {
                     if matches!(self.session.inflight[i], Inflight::Release { .. }) {
                         self.session.inflight.remove(i);
+                        self.log(|client| Record::Acked {
+                            client,
+                            pkid: a.pkid,
+                        });
                     }
                 }
                 Ok(())
@@ -311,6 +361,25 @@ impl ClientState {
             }
             return Ok(());
         }
+        if p.qos != QoS::AtMostOnce && !broker.store.accepting() {
+            // The store failed (disk full, I/O error): nothing new can be promised.
+            if !self.n.protocol.is_v5() {
+                return Err(Close::error(
+                    ReasonCode::QUOTA_EXCEEDED,
+                    "persistence unavailable: QoS 1/2 PUBLISH refused",
+                ));
+            }
+            let kind = if p.qos == QoS::AtLeastOnce {
+                Packet::PubAck
+            } else {
+                Packet::PubRec
+            };
+            let mut ack = PubAck::new(p.pkid);
+            ack.reason = ReasonCode::QUOTA_EXCEEDED;
+            ack.properties = self.reason_string("persistence unavailable (disk full or I/O error)");
+            self.send(&kind(ack));
+            return Ok(());
+        }
         // `$SYS` belongs to the broker and `$share/` is not a topic; both are refused like an ACL
         // denial, as Mosquitto does. Other `$` topics are ordinary (wildcards just skip them).
         let reserved = p.topic.starts_with("$SYS") || p.topic.starts_with("$share/");
@@ -342,7 +411,7 @@ impl ClientState {
                 // Already received and not yet released: acknowledge again, deliver nothing
                 // [MQTT-4.3.3-9].
                 if self.session.awaiting_pubrel.contains(&pkid) {
-                    self.send(&Packet::PubRec(PubAck::new(pkid)));
+                    self.send_held(&Packet::PubRec(PubAck::new(pkid)));
                     return Ok(());
                 }
                 if !allowed {
@@ -361,8 +430,9 @@ impl ClientState {
                     ));
                 }
                 self.session.awaiting_pubrel.insert(pkid);
+                self.log(|client| Record::Qos2In { client, pkid });
                 self.route(now, p, broker);
-                self.send(&Packet::PubRec(PubAck::new(pkid)));
+                self.send_held(&Packet::PubRec(PubAck::new(pkid)));
             }
         }
         Ok(())
@@ -382,7 +452,8 @@ impl ClientState {
             ack.reason = reason;
             ack.properties = self.reason_string(text);
         }
-        self.send(&kind(ack));
+        // The ack promises the message is safe: it waits for the store.
+        self.send_held(&kind(ack));
     }
 
     fn route(&mut self, now: Instant, p: Publish, broker: &Broker) {
@@ -403,6 +474,7 @@ impl ClientState {
             Some(i) if matches!(&self.session.inflight[i], Inflight::Publish { delivery, .. } if delivery.qos == QoS::AtLeastOnce) =>
             {
                 self.session.inflight.remove(i);
+                self.log(|client| Record::Acked { client, pkid });
             }
             _ => {
                 tracing::debug!(client_id = %self.n.client_id, pkid, "PUBACK for an unknown packet id ignored")
@@ -415,12 +487,15 @@ impl ClientState {
         match pos.map(|i| &self.session.inflight[i]) {
             Some(Inflight::Publish { delivery, .. }) if delivery.qos == QoS::ExactlyOnce => {
                 let i = pos.unwrap_or_default();
+                let pkid = ack.pkid;
                 if ack.reason.is_error() {
                     // The receiver refused it: the flow ends here [MQTT-4.3.3-4 note].
                     self.session.inflight.remove(i);
+                    self.log(|client| Record::Acked { client, pkid });
                     return;
                 }
                 self.session.inflight[i] = Inflight::Release { pkid: ack.pkid };
+                self.log(|client| Record::Released { client, pkid });
                 self.send(&Packet::PubRel(PubAck::new(ack.pkid)));
             }
             Some(Inflight::Release { .. }) => {
@@ -439,7 +514,9 @@ impl ClientState {
 
     fn on_pubrel(&mut self, pkid: u16) {
         let mut comp = PubAck::new(pkid);
-        if !self.session.awaiting_pubrel.remove(&pkid) && self.n.protocol.is_v5() {
+        if self.session.awaiting_pubrel.remove(&pkid) {
+            self.log(|client| Record::Qos2InDone { client, pkid });
+        } else if self.n.protocol.is_v5() {
             comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
         }
         self.send(&Packet::PubComp(comp));
@@ -532,6 +609,13 @@ impl ClientState {
                 );
                 self.group_queues.push((filter.clone(), q));
             }
+            let (f, o) = (filter.clone(), options);
+            self.log(|client| Record::Subscribe {
+                client,
+                filter: f,
+                options: o,
+                identifier,
+            });
             self.session.subscriptions.insert(filter, record);
             *reason = ReasonCode(options.qos as u8);
         }
@@ -568,7 +652,12 @@ impl ClientState {
                 }
                 let Some(filter) = valid.next() else { break };
                 let existed = tree.unsubscribe(&filter, &self.n.client_id).is_some();
-                self.session.subscriptions.remove(&filter);
+                if self.session.subscriptions.remove(&filter).is_some() && self.persistent() {
+                    self.store.append(Record::Unsubscribe {
+                        client: self.n.client_id.clone(),
+                        filter: filter.clone(),
+                    });
+                }
                 self.group_queues.retain(|(f, _)| *f != filter);
                 *r = if existed {
                     ReasonCode::SUCCESS
@@ -711,9 +800,19 @@ impl ClientState {
         more
     }
 
+    /// Logs that a queued QoS 1/2 delivery was dropped unsent.
+    fn log_skip(&self, d: &Delivery) {
+        if d.qos != QoS::AtMostOnce {
+            let id = d.msg.id;
+            self.log(|client| Record::Skip { client, id });
+        }
+    }
+
     fn send_delivery(&mut self, d: Delivery, now: Instant) {
         if d.msg.is_expired(now) {
-            return; // Expired messages are never delivered [MQTT-3.3.2-5].
+            // Expired messages are never delivered [MQTT-3.3.2-5].
+            self.log_skip(&d);
+            return;
         }
         let mut p = self.publish_packet(&d, 0, false, now);
         if d.qos != QoS::AtMostOnce {
@@ -743,11 +842,25 @@ impl ClientState {
                         self.outbound_aliases.forget(a);
                     }
                     self.oversize_dropped += 1;
+                    self.log_skip(&d);
                     return;
                 }
             }
         }
-        self.send(&packet);
+        if d.qos != QoS::AtMostOnce && self.persistent() {
+            self.store.append(Record::Sent {
+                client: self.n.client_id.clone(),
+                id: d.msg.id,
+                pkid,
+            });
+        }
+        if d.qos == QoS::ExactlyOnce && self.persistent() {
+            // Not on the wire before the store knows it was sent with this packet id, or a
+            // crash could deliver it again as a new message [MQTT-4.3.3].
+            self.send_held(&packet);
+        } else {
+            self.send(&packet);
+        }
         if d.qos != QoS::AtMostOnce {
             self.session
                 .inflight

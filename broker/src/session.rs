@@ -8,7 +8,7 @@
 //!   inbound QoS 2 state. It is plain data, so the durability work can serialise it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -293,6 +293,9 @@ pub struct SessionHandle {
     pub inflight: AtomicUsize,
     /// The connection's send window (min(client Receive Maximum, `mqtt.max_inflight`)).
     pub window: AtomicUsize,
+    /// Whether the session outlives its connection (Session Expiry > 0): its QoS 1/2 queue is
+    /// then written to the store.
+    pub persistent: AtomicBool,
 }
 
 impl SessionHandle {
@@ -307,6 +310,7 @@ impl SessionHandle {
             overflow_count: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             window: AtomicUsize::new(0),
+            persistent: AtomicBool::new(false),
         }
     }
 

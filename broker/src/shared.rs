@@ -281,6 +281,8 @@ impl Broker {
             ) {
                 // A fresh delivery for the new member: its own packet id, DUP 0.
                 Some(Pick::Member(i)) => {
+                    let mut logged = false;
+                    self.log_enqueue(&handles[i], &d, &mut logged);
                     if handles[i].deliver(d).is_err() {
                         self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                     }
