@@ -12,11 +12,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use sluice_codec::{encode, ConnAck, Connect, DecodeError, Decoder, Packet, Protocol, ReasonCode};
+use bytes::{Buf, Bytes, BytesMut};
+use sluice_codec::{
+    encode, Auth, AuthProperties, ConnAck, Connect, DecodeError, Decoder, Packet, Protocol,
+    ReasonCode, Str,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::auth::AuthStep;
 use crate::broker::Broker;
 use crate::connect::{negotiate, redirect_code, refusal, Credentials};
 use crate::persist::{Record, BACKLOG_HIGH_WATER};
@@ -87,7 +91,30 @@ pub async fn serve<S>(
         }
     };
 
-    let credentials = check_credentials(&connect, &broker).await;
+    // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
+    let mut enhanced: Option<(Str, Option<Bytes>, String)> = None;
+    let credentials = match enhanced_auth(
+        &connect,
+        &broker,
+        &mut rd,
+        &mut wr,
+        &mut rbuf,
+        &mut decoder,
+        peer,
+    )
+    .await
+    {
+        EnhancedOutcome::NotUsed => check_credentials(&connect, &broker).await,
+        EnhancedOutcome::Authenticated {
+            method,
+            data,
+            username,
+        } => {
+            enhanced = Some((method, data, username));
+            Credentials::Enhanced
+        }
+        EnhancedOutcome::Closed => return done(&broker),
+    };
     let accepted = match negotiate(&connect, &broker, credentials) {
         Ok(a) => a,
         Err(r) => {
@@ -107,6 +134,14 @@ pub async fn serve<S>(
         }
     };
     let protocol = connect.protocol;
+    let mut accepted = accepted;
+    let mut auth_method = None;
+    if let Some((method, data, username)) = enhanced {
+        accepted.negotiated.username = Some(username.into());
+        accepted.properties.authentication_method = Some(method.clone());
+        accepted.properties.authentication_data = data;
+        auth_method = Some(method);
+    }
     let n = accepted.negotiated;
     let connection = broker.connection_id();
     let (control_tx, mut control_rx) = mpsc::channel(1);
@@ -144,6 +179,7 @@ pub async fn serve<S>(
     let Connect { will, .. } = *connect;
     let mut state = ClientState::new(n, opened.handle.clone(), session, will);
     state.set_store(broker.store.clone());
+    state.auth_method = auth_method;
     state.attach_groups(&broker);
     let ack = ConnAck {
         session_present: opened.session_present,
@@ -364,6 +400,143 @@ pub async fn serve<S>(
         },
     }
     done(&broker)
+}
+
+/// How the AUTH exchange before CONNACK went.
+enum EnhancedOutcome {
+    /// CONNECT named no Authentication Method (or the method is unknown: `negotiate` refuses
+    /// it with 0x8C).
+    NotUsed,
+    Authenticated {
+        method: Str,
+        data: Option<Bytes>,
+        username: String,
+    },
+    /// Refused or broken off; the connection is closed.
+    Closed,
+}
+
+/// Runs the CONNECT-time AUTH exchange (4.12.0): AUTH 0x18 challenges and answers until the
+/// method succeeds or fails, bounded by `limits.connect_timeout` overall.
+async fn enhanced_auth<R, W>(
+    connect: &Connect,
+    broker: &Broker,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    peer: SocketAddr,
+) -> EnhancedOutcome
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Some(method) = connect.properties.authentication_method.clone() else {
+        return EnhancedOutcome::NotUsed;
+    };
+    if !connect.protocol.is_v5() {
+        return EnhancedOutcome::NotUsed;
+    }
+    let Some(authenticator) = crate::auth::authenticator(&method, broker.passwords()) else {
+        return EnhancedOutcome::NotUsed;
+    };
+    let first = connect
+        .properties
+        .authentication_data
+        .clone()
+        .unwrap_or_default();
+    let refuse = |why: &str| {
+        let mut ack = ConnAck {
+            session_present: false,
+            reason: ReasonCode::NOT_AUTHORIZED,
+            properties: Default::default(),
+        };
+        if connect.properties.request_problem_information != Some(false) {
+            ack.properties.reason_string = Str::try_from(why).ok();
+        }
+        Packet::ConnAck(ack)
+    };
+    let timeout = Duration::from_secs(broker.config.limits.connect_timeout);
+    let exchange = async {
+        let mut step = authenticator.start(&first);
+        loop {
+            match step {
+                AuthStep::Success { data, username } => {
+                    return Ok((data.map(Bytes::from), username));
+                }
+                AuthStep::Failure(why) => return Err(why),
+                AuthStep::Continue { data, next } => {
+                    let auth = Packet::Auth(Auth {
+                        reason: ReasonCode::CONTINUE_AUTHENTICATION,
+                        properties: AuthProperties {
+                            authentication_method: Some(method.clone()),
+                            authentication_data: Some(Bytes::from(data)),
+                            ..Default::default()
+                        },
+                    });
+                    let mut buf = BytesMut::new();
+                    if encode(&auth, Protocol::V5, &mut buf).is_err()
+                        || wr.write_all(&buf).await.is_err()
+                    {
+                        return Err("connection lost during authentication");
+                    }
+                    let answer = match read_packet(rd, rbuf, decoder).await {
+                        Ok(Some(Packet::Auth(a))) => a,
+                        Ok(Some(_)) => return Err("expected AUTH during authentication (4.12.0)"),
+                        _ => return Err("connection lost during authentication"),
+                    };
+                    if answer.reason != ReasonCode::CONTINUE_AUTHENTICATION
+                        || answer.properties.authentication_method.as_deref() != Some(&*method)
+                    {
+                        // The method must stay the same [MQTT-4.12.0-5].
+                        return Err("AUTH with another method or reason during authentication");
+                    }
+                    step = next.step(
+                        answer
+                            .properties
+                            .authentication_data
+                            .as_deref()
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((data, username))) => EnhancedOutcome::Authenticated {
+            method,
+            data,
+            username,
+        },
+        Ok(Err(why)) => {
+            tracing::info!(%peer, client_id = %connect.client_id, method = %method, reason = why, "refused connection: enhanced authentication failed");
+            let delay = broker.failed_logins.failed(peer.ip(), Instant::now());
+            tokio::time::sleep(delay).await;
+            write_final(wr, &refuse(why), Protocol::V5).await;
+            EnhancedOutcome::Closed
+        }
+        Err(_) => {
+            tracing::info!(%peer, client_id = %connect.client_id, "authentication did not finish within limits.connect_timeout");
+            EnhancedOutcome::Closed
+        }
+    }
+}
+
+/// Reads the next packet (before the main loop).
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Option<Packet>, DecodeError> {
+    loop {
+        if let Some(packet) = decoder.decode(rbuf)? {
+            return Ok(Some(packet));
+        }
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Checks username and password against `auth.password_file`, on the blocking pool: hashing is

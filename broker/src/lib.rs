@@ -34,6 +34,7 @@
 
 pub mod acl;
 mod alias;
+pub mod auth;
 pub mod broker;
 pub mod config;
 mod connect;

@@ -40,13 +40,23 @@ enum Command {
         /// Read the password from the first line of standard input instead of the terminal.
         #[arg(long)]
         stdin: bool,
+        /// Store SCRAM-SHA-256 keys instead of an argon2id hash: usable by MQTT 5 enhanced
+        /// authentication (Authentication Method SCRAM-SHA-256) and by plain passwords alike.
+        #[arg(long)]
+        scram: bool,
     },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Passwd { file, user, stdin }) = &args.command {
-        return passwd(file, user, *stdin);
+    if let Some(Command::Passwd {
+        file,
+        user,
+        stdin,
+        scram,
+    }) = &args.command
+    {
+        return passwd(file, user, *stdin, *scram);
     }
     init_logging(args.log.as_deref());
     let config = match load(&args) {
@@ -105,7 +115,7 @@ fn main() -> ExitCode {
 
 /// `sluice passwd FILE USER`: reads the password (twice, without echo, on a terminal) and
 /// stores its argon2id hash.
-fn passwd(file: &std::path::Path, user: &str, stdin: bool) -> ExitCode {
+fn passwd(file: &std::path::Path, user: &str, stdin: bool, scram: bool) -> ExitCode {
     let password = if stdin {
         let mut line = String::new();
         if let Err(e) = std::io::stdin().read_line(&mut line) {
@@ -134,7 +144,13 @@ fn passwd(file: &std::path::Path, user: &str, stdin: bool) -> ExitCode {
         eprintln!("sluice passwd: empty password refused");
         return ExitCode::from(2);
     }
-    match sluice::passwords::set_user(file, user, password.as_bytes()) {
+    let result = if scram {
+        let entry = sluice::passwords::scram_entry(password.as_bytes());
+        sluice::passwords::set_user_entry(file, user, &entry)
+    } else {
+        sluice::passwords::set_user(file, user, password.as_bytes())
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice passwd: {e}");

@@ -12,11 +12,13 @@ use std::time::Instant;
 use bytes::BytesMut;
 use sluice_codec::Protocol;
 use sluice_codec::{
-    encode, encoded_len, AckProperties, Disconnect, LastWill, Packet, PubAck, Publish, QoS,
-    ReasonCode, Str, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
+    encode, encoded_len, AckProperties, Auth, AuthProperties, Disconnect, LastWill, Packet, PubAck,
+    Publish, QoS, ReasonCode, Str, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck,
+    Unsubscribe,
 };
 
 use crate::alias::{AliasUse, OutboundAliases};
+use crate::auth::{AuthContinuation, AuthStep};
 use crate::broker::{write, Broker, SubEntry};
 use crate::message::{ClientId, Message};
 use crate::persist::{Record, Store};
@@ -43,6 +45,15 @@ impl Close {
             publish_will: true,
             reason: reason.into(),
         }
+    }
+}
+
+/// A re-authentication exchange waiting for the client's next AUTH.
+struct Reauth(Box<dyn AuthContinuation>);
+
+impl std::fmt::Debug for Reauth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reauth")
     }
 }
 
@@ -98,6 +109,11 @@ pub struct ClientState {
     pub held: BytesMut,
     /// Set by the connection while earlier held packets still wait: new packets queue behind.
     pub holding: bool,
+    /// The Authentication Method of CONNECT when enhanced authentication was used: only then
+    /// may the client re-authenticate, with the same method [MQTT-4.12.1-1].
+    pub auth_method: Option<Str>,
+    /// A re-authentication in progress.
+    reauth: Option<Reauth>,
     /// The will, until a normal DISCONNECT deletes it [MQTT-3.1.2-10].
     pub will: Option<LastWill>,
     /// Topic aliases the client set (5.0, 3.3.2.3.4): index alias-1. Sized on first use.
@@ -134,6 +150,8 @@ impl ClientState {
             store: Store::disabled(),
             held: BytesMut::new(),
             holding: false,
+            auth_method: None,
+            reauth: None,
             will,
             inbound_aliases: Vec::new(),
             outbound_aliases: aliases,
@@ -263,15 +281,73 @@ impl ClientState {
                 ReasonCode::PROTOCOL_ERROR,
                 "second CONNECT [MQTT-3.1.0-2]",
             )),
-            Packet::Auth(_) => Err(Close::error(
-                ReasonCode::PROTOCOL_ERROR,
-                "AUTH without an Authentication Method in CONNECT [MQTT-4.12.0-1]",
-            )),
+            Packet::Auth(a) => self.on_auth(a, broker),
             other => Err(Close::error(
                 ReasonCode::PROTOCOL_ERROR,
                 format!("{} may only be sent by a server", other.name()),
             )),
         }
+    }
+
+    /// Re-authentication (4.12.1): AUTH 0x19 starts it, AUTH 0x18 continues it, AUTH 0x00
+    /// from the server ends it; a failure closes the connection with 0x87.
+    fn on_auth(&mut self, a: Auth, broker: &Broker) -> Result<(), Close> {
+        let Some(method) = self.auth_method.clone() else {
+            return Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an Authentication Method in CONNECT [MQTT-4.12.0-1]",
+            ));
+        };
+        if a.properties.authentication_method.as_deref() != Some(&*method) {
+            return Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "re-authentication must use the CONNECT's Authentication Method [MQTT-4.12.1-1]",
+            ));
+        }
+        let data = a.properties.authentication_data.clone().unwrap_or_default();
+        let step = match (a.reason, self.reauth.take()) {
+            (ReasonCode::RE_AUTHENTICATE, None) => {
+                match crate::auth::authenticator(&method, broker.passwords()) {
+                    Some(auth) => auth.start(&data),
+                    None => AuthStep::Failure("authentication method no longer available"),
+                }
+            }
+            (ReasonCode::CONTINUE_AUTHENTICATION, Some(Reauth(next))) => next.step(&data),
+            _ => {
+                return Err(Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "AUTH out of sequence (4.12.1)",
+                ))
+            }
+        };
+        let (reason, data) = match step {
+            AuthStep::Continue { data, next } => {
+                self.reauth = Some(Reauth(next));
+                (ReasonCode::CONTINUE_AUTHENTICATION, Some(data))
+            }
+            AuthStep::Success { data, username } => {
+                if self.n.username.as_deref() != Some(username.as_str()) {
+                    // Another identity from now on: ACLs follow it.
+                    self.n.username = Some(username.into());
+                }
+                (ReasonCode::SUCCESS, data)
+            }
+            AuthStep::Failure(why) => {
+                return Err(Close::error(
+                    ReasonCode::NOT_AUTHORIZED,
+                    format!("re-authentication failed: {why}"),
+                ));
+            }
+        };
+        self.send(&Packet::Auth(Auth {
+            reason,
+            properties: AuthProperties {
+                authentication_method: Some(method),
+                authentication_data: data.map(bytes::Bytes::from),
+                ..Default::default()
+            },
+        }));
+        Ok(())
     }
 
     fn on_publish(&mut self, now: Instant, mut p: Publish, broker: &Broker) -> Result<(), Close> {
