@@ -23,8 +23,11 @@ use crate::acl::Acl;
 use crate::config::Config;
 use crate::message::{ClientId, Message};
 use crate::passwords::PasswordFile;
+use crate::persist::{Image, InflightImage, QueuedImage, Record, Store};
 use crate::retain::RetainedStore;
-use crate::session::{Control, Inflight, Owner, PendingWill, Session, SessionHandle};
+use crate::session::{
+    Control, Delivery, Inflight, Owner, PendingWill, Session, SessionHandle, SubscriptionRecord,
+};
 use crate::shared::SharedGroups;
 use crate::subscriptions::SubscriptionTree;
 
@@ -75,6 +78,8 @@ pub struct Broker {
     passwords: RwLock<Option<Arc<PasswordFile>>>,
     /// Recent failed logins per source address, to slow password guessing.
     pub failed_logins: crate::connect::FailedLogins,
+    /// The persistent store (disabled in `memory` mode).
+    pub store: Store,
     /// Source of unique connection numbers.
     next_connection: AtomicU64,
     /// Selection state of shared subscription groups.
@@ -107,10 +112,17 @@ impl Broker {
             acl: RwLock::new(acl.map(Arc::new)),
             passwords: RwLock::new(passwords.map(Arc::new)),
             failed_logins: Default::default(),
+            store: Store::disabled(),
             next_connection: AtomicU64::new(1),
             shared_groups: SharedGroups::default(),
             stats: Stats::default(),
         }
+    }
+
+    /// Uses `store` for persistent state (before the broker is shared).
+    pub fn with_store(mut self, store: Store) -> Broker {
+        self.store = store;
+        self
     }
 
     /// The ACL in force (None: no `auth.acl_file`).
@@ -283,12 +295,27 @@ impl Broker {
             // unacknowledged QoS 1 ones; sent QoS 2 ones stay ([MQTT-4.8.2-4], shared.rs).
             let mut moving = outbox.take_where(|d| d.shared.is_some());
             drop(outbox);
+            let logging = self.store.is_enabled() && handle.persistent.load(Ordering::Relaxed);
+            if logging {
+                for d in moving.iter().filter(|d| d.qos != QoS::AtMostOnce) {
+                    self.store.append(Record::Skip {
+                        client: handle.client_id.clone(),
+                        id: d.msg.id,
+                    });
+                }
+            }
             let mut kept = VecDeque::with_capacity(session.inflight.len());
             for entry in session.inflight.drain(..) {
                 match entry {
-                    Inflight::Publish { delivery, .. }
+                    Inflight::Publish { delivery, pkid }
                         if delivery.shared.is_some() && delivery.qos == QoS::AtLeastOnce =>
                     {
+                        if logging {
+                            self.store.append(Record::Acked {
+                                client: handle.client_id.clone(),
+                                pkid,
+                            });
+                        }
                         moving.push(delivery)
                     }
                     other => kept.push_back(other),
@@ -384,6 +411,11 @@ impl Broker {
                 }
                 if let Some(session) = expired {
                     tracing::info!(client_id = %handle.client_id, "session expired");
+                    if broker.store.is_enabled() {
+                        broker.store.append(Record::SessionGone {
+                            client: handle.client_id.clone(),
+                        });
+                    }
                     broker.discard_subscriptions(&handle.client_id, &session);
                     broker.remove_handle(&handle);
                     return;
@@ -394,6 +426,113 @@ impl Broker {
                 }
             }
         });
+    }
+
+    /// Rebuilds the state the store recovered at start-up: retained messages, and every
+    /// persistent session parked with its subscriptions, queue, inflight messages (resent with
+    /// DUP when the client returns), inbound QoS 2 ids and will. Expiry and will-delay timers
+    /// start again from `now`. Returns the number of sessions restored.
+    pub fn restore(self: &Arc<Self>, image: Image, now: Instant) -> usize {
+        {
+            let mut retained = write(&self.retained);
+            for (topic, id) in &image.retained {
+                if let Some((m, _)) = image.messages.get(id) {
+                    retained.insert(topic.as_str(), m.clone());
+                }
+            }
+        }
+        let delivery = |q: &QueuedImage| {
+            image.messages.get(&q.id).map(|(m, _)| Delivery {
+                msg: m.clone(),
+                qos: q.qos,
+                retain: q.retain,
+                subscription_ids: q.subscription_ids.clone(),
+                shared: q.shared.clone(),
+            })
+        };
+        let count = image.sessions.len();
+        for (client, s) in &image.sessions {
+            let m = &self.config.mqtt;
+            let handle = Arc::new(SessionHandle::new(
+                client.clone(),
+                m.max_queued_messages,
+                m.max_queued_bytes,
+            ));
+            handle.persistent.store(true, Ordering::Relaxed);
+            let mut session = Session {
+                expiry_interval: s.expiry,
+                awaiting_pubrel: s.qos2_in.clone(),
+                ..Session::default()
+            };
+            {
+                let mut tree = write(&self.subscriptions);
+                for (filter, (options, identifier)) in &s.subscriptions {
+                    session.subscriptions.insert(
+                        filter.clone(),
+                        SubscriptionRecord {
+                            options: *options,
+                            identifier: *identifier,
+                        },
+                    );
+                    let entry = SubEntry {
+                        options: *options,
+                        identifier: *identifier,
+                        handle: handle.clone(),
+                        username: s.username.clone(),
+                        shared: filter.shared().is_some().then(|| filter.clone()),
+                    };
+                    tree.subscribe(filter, client.clone(), entry);
+                }
+            }
+            for i in &s.inflight {
+                let (pkid, entry) = match i {
+                    InflightImage::Publish { pkid, queued } => match delivery(queued) {
+                        Some(d) => (
+                            *pkid,
+                            Inflight::Publish {
+                                pkid: *pkid,
+                                delivery: d,
+                            },
+                        ),
+                        None => continue,
+                    },
+                    InflightImage::Release { pkid } => (*pkid, Inflight::Release { pkid: *pkid }),
+                };
+                session.last_pkid = session.last_pkid.max(pkid);
+                session.inflight.push_back(entry);
+            }
+            {
+                let mut outbox = handle.outbox();
+                for q in &s.queue {
+                    if let Some(d) = delivery(q) {
+                        let _ = outbox.push(d);
+                    }
+                }
+            }
+            // The client was cut off by the restart: its will fires after its delay, unless it
+            // comes back first [MQTT-3.1.3-9].
+            session.pending_will = s.will.clone().map(|will| PendingWill {
+                publish_at: now + Duration::from_secs(u64::from(will.delay_interval)),
+                will,
+            });
+            let (generation, deadline) = {
+                let mut own = handle.ownership();
+                own.generation += 1;
+                own.expires_at =
+                    (s.expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(s.expiry)));
+                let deadline = earliest(
+                    own.expires_at,
+                    session.pending_will.as_ref().map(|p| p.publish_at),
+                );
+                own.parked = Some(Box::new(session));
+                (own.generation, deadline)
+            };
+            lock(&self.sessions).insert(client.clone(), handle.clone());
+            if let Some(deadline) = deadline {
+                self.arm_timer(handle, generation, deadline);
+            }
+        }
+        count
     }
 
     /// Removes every subscription of `session` from the tree.

@@ -29,6 +29,49 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Bounds on what one client (or all of them) can make the broker spend.
     pub limits: LimitsConfig,
+    /// Where and how durably sessions, queued messages and retained messages are kept.
+    pub persistence: PersistenceConfig,
+}
+
+/// How durable acknowledged messages are (see the README's table of loss windows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersistenceMode {
+    /// A QoS 1/2 PUBLISH is acknowledged only after it and its effects are fsynced (group
+    /// commit: one fsync covers every connection's messages of that moment).
+    #[default]
+    Durable,
+    /// Written to the OS before acknowledging (survives a crash of the process, not of the
+    /// machine); fsynced every `sync_interval` milliseconds.
+    Relaxed,
+    /// Nothing on disk.
+    Memory,
+}
+
+/// The `[persistence]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// `durable` (default), `relaxed` or `memory`.
+    pub mode: PersistenceMode,
+    /// The data directory (`--data-dir`); created if missing.
+    pub dir: PathBuf,
+    /// `relaxed` mode: milliseconds between fsyncs.
+    pub sync_interval: u64,
+    /// Most bytes the store may use on disk; past it, QoS 1/2 PUBLISHes that need storing are
+    /// refused (5.0: 0x97 Quota Exceeded) and logged.
+    pub max_disk_bytes: u64,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> PersistenceConfig {
+        PersistenceConfig {
+            mode: PersistenceMode::Durable,
+            dir: PathBuf::from("./data"),
+            sync_interval: 1000,
+            max_disk_bytes: 8 * 1024 * 1024 * 1024,
+        }
+    }
 }
 
 /// The `[limits]` section: every resource a client can make the broker spend has a bound here
@@ -89,6 +132,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }
@@ -538,6 +582,28 @@ impl Config {
                 "limits.publish_bytes_rate",
                 l.publish_bytes_rate,
                 "times limits.publish_burst_seconds must be at least mqtt.max_packet_size, or a large PUBLISH could never pass",
+            ));
+        }
+        let p = &self.persistence;
+        if p.sync_interval == 0 || p.sync_interval > 60_000 {
+            return Err(invalid(
+                "persistence.sync_interval",
+                p.sync_interval,
+                "must be 1 to 60000 milliseconds",
+            ));
+        }
+        if p.max_disk_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "persistence.max_disk_bytes",
+                p.max_disk_bytes,
+                "must be at least 1 MiB",
+            ));
+        }
+        if p.mode != PersistenceMode::Memory && p.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "persistence.dir",
+                "\"\"",
+                "needs a directory (or mode = \"memory\")",
             ));
         }
         if let Some(path) = &self.auth.password_file {

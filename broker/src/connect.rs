@@ -91,6 +91,9 @@ pub enum Credentials {
     Unchecked,
     /// Username and password match the password file.
     Verified,
+    /// The AUTH exchange (enhanced authentication, 4.12) succeeded; the caller sets the
+    /// authenticated username.
+    Enhanced,
     /// A password file is configured and the username/password do not match it.
     Failed,
 }
@@ -145,7 +148,7 @@ pub fn negotiate(
         ));
     }
 
-    if c.properties.authentication_method.is_some() {
+    if c.properties.authentication_method.is_some() && credentials != Credentials::Enhanced {
         return Err(refuse(
             ReasonCode::BAD_AUTHENTICATION_METHOD,
             "enhanced authentication method not supported [MQTT-4.12.0-1]",
@@ -183,7 +186,9 @@ pub fn negotiate(
     // Authentication (3.1.3.5, 3.1.3.6): the password was checked by the caller, off the
     // runtime threads.
     let username: Option<Arc<str>> = match credentials {
-        Credentials::Verified => c.username.as_ref().map(|u| u.as_str().into()),
+        Credentials::Verified | Credentials::Enhanced => {
+            c.username.as_ref().map(|u| u.as_str().into())
+        }
         Credentials::Failed => {
             return Err(refuse(
                 ReasonCode::BAD_USER_NAME_OR_PASSWORD,

@@ -6,18 +6,24 @@
 //! while the write buffer is above its high-water mark, so a client that does not read cannot
 //! make the broker buffer without bound.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use sluice_codec::{encode, ConnAck, Connect, DecodeError, Decoder, Packet, Protocol, ReasonCode};
+use bytes::{Buf, Bytes, BytesMut};
+use sluice_codec::{
+    encode, Auth, AuthProperties, ConnAck, Connect, DecodeError, Decoder, Packet, Protocol,
+    ReasonCode, Str,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::auth::AuthStep;
 use crate::broker::Broker;
 use crate::connect::{negotiate, redirect_code, refusal, Credentials};
+use crate::persist::{Record, BACKLOG_HIGH_WATER};
 use crate::protocol::{ClientState, Close};
 use crate::ratelimit::RateLimiter;
 use crate::session::Control;
@@ -26,6 +32,8 @@ use crate::session::Control;
 const HIGH_WATER: usize = 64 * 1024;
 /// Initial read buffer; it grows for large packets and is shrunk back afterwards.
 const READ_BUF: usize = 1024;
+/// How often a connection paused by the store's backlog looks again.
+const STORE_BUSY_POLL: Duration = Duration::from_millis(5);
 /// How long the final flush (DISCONNECT, acks) may take before the socket is dropped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -107,9 +115,12 @@ pub async fn serve<S>(
         }
     };
 
+    // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
+    let mut enhanced: Option<(Str, Option<Bytes>, String)> = None;
     let credentials = match info.tls_identity {
-        // The certificate was verified at the handshake: its identity is the username.
-        Some(identity) => match sluice_codec::Str::try_from(identity) {
+        // The certificate was verified at the handshake: its identity is the username, and
+        // neither the CONNECT credentials nor an AUTH exchange are looked at.
+        Some(identity) => match Str::try_from(identity) {
             Ok(name) => {
                 connect.username = Some(name);
                 connect.password = None;
@@ -117,7 +128,28 @@ pub async fn serve<S>(
             }
             Err(_) => Credentials::Failed,
         },
-        None => check_credentials(&connect, &broker).await,
+        None => match enhanced_auth(
+            &connect,
+            &broker,
+            &mut rd,
+            &mut wr,
+            &mut rbuf,
+            &mut decoder,
+            peer,
+        )
+        .await
+        {
+            EnhancedOutcome::NotUsed => check_credentials(&connect, &broker).await,
+            EnhancedOutcome::Authenticated {
+                method,
+                data,
+                username,
+            } => {
+                enhanced = Some((method, data, username));
+                Credentials::Enhanced
+            }
+            EnhancedOutcome::Closed => return done(&broker),
+        },
     };
     let accepted = match negotiate(&connect, &broker, credentials) {
         Ok(a) => a,
@@ -138,6 +170,14 @@ pub async fn serve<S>(
         }
     };
     let protocol = connect.protocol;
+    let mut accepted = accepted;
+    let mut auth_method = None;
+    if let Some((method, data, username)) = enhanced {
+        accepted.negotiated.username = Some(username.into());
+        accepted.properties.authentication_method = Some(method.clone());
+        accepted.properties.authentication_data = data;
+        auth_method = Some(method);
+    }
     let n = accepted.negotiated;
     let connection = broker.connection_id();
     let (control_tx, mut control_rx) = mpsc::channel(1);
@@ -146,6 +186,27 @@ pub async fn serve<S>(
         .await;
     let mut session = opened.session;
     session.expiry_interval = accepted.session_expiry;
+    // Persistent sessions are logged from here on (persist.rs).
+    let persistent = broker.store.is_enabled() && accepted.session_expiry > 0;
+    opened
+        .handle
+        .persistent
+        .store(persistent, Ordering::Relaxed);
+    if broker.store.is_enabled() {
+        if !opened.session_present || !persistent {
+            broker.store.append(Record::SessionGone {
+                client: n.client_id.clone(),
+            });
+        }
+        if persistent {
+            broker.store.append(Record::Session {
+                client: n.client_id.clone(),
+                expiry: accepted.session_expiry,
+                username: n.username.clone(),
+                will: connect.will.clone().map(Box::new),
+            });
+        }
+    }
     let keep_alive = n.keep_alive;
     tracing::info!(
         %peer, client_id = %n.client_id, protocol = protocol.level(), clean_start = accepted.clean_start,
@@ -153,6 +214,9 @@ pub async fn serve<S>(
     );
     let Connect { will, .. } = *connect;
     let mut state = ClientState::new(n, opened.handle.clone(), session, will);
+    state.set_store(broker.store.clone());
+    state.auth_method = auth_method;
+    state.attach_groups(&broker);
     let ack = ConnAck {
         session_present: opened.session_present,
         reason: ReasonCode::SUCCESS,
@@ -175,12 +239,24 @@ pub async fn serve<S>(
     tokio::pin!(pause);
     // TLS and WebSocket streams hold written bytes until flushed.
     let mut unflushed = false;
+    // Packets waiting for the store, each batch behind the ticket that releases it, in order.
+    let mut waiting: VecDeque<(oneshot::Receiver<bool>, BytesMut)> = VecDeque::new();
 
     let close: Close = loop {
         if pending && state.write_buf.len() < HIGH_WATER / 2 {
             pending = state.drain_outbox(Instant::now(), HIGH_WATER);
         }
-        let want_read = state.write_buf.len() < HIGH_WATER && paused_until.is_none();
+        if !state.held.is_empty() {
+            let bytes = state.held.split();
+            match broker.store.ticket() {
+                Some(rx) => waiting.push_back((rx, bytes)),
+                None => state.write_buf.extend_from_slice(&bytes),
+            }
+        }
+        state.holding = !waiting.is_empty();
+        // The store's writer is behind: stop reading until it catches up (back-pressure).
+        let store_busy = broker.store.backlog() > BACKLOG_HIGH_WATER;
+        let want_read = state.write_buf.len() < HIGH_WATER && paused_until.is_none() && !store_busy;
         let handle = state.handle.clone();
         tokio::select! {
             biased;
@@ -248,12 +324,40 @@ pub async fn serve<S>(
             _ = &mut pause, if paused_until.is_some() => {
                 paused_until = None;
             }
+            r = async {
+                match waiting.front_mut() {
+                    Some((rx, _)) => rx.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            }, if !waiting.is_empty() => {
+                let Some((_, bytes)) = waiting.pop_front() else { continue };
+                if !r {
+                    break Close::error(ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR, "persistence failed: acknowledgements withheld");
+                }
+                state.write_buf.extend_from_slice(&bytes);
+            }
+            _ = tokio::time::sleep(STORE_BUSY_POLL), if store_busy => {}
             _ = &mut sleep, if keepalive.is_some() => {
                 break Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"));
             }
         }
     };
 
+    // Acks waiting for the store go out once it has their messages (bounded wait).
+    if !state.held.is_empty() {
+        if let Some(rx) = broker.store.ticket() {
+            waiting.push_back((rx, state.held.split()));
+        }
+    }
+    for (rx, bytes) in waiting.drain(..) {
+        if let Ok(Ok(true)) = tokio::time::timeout(FLUSH_TIMEOUT, rx).await {
+            state.write_buf.extend_from_slice(&bytes);
+        } else {
+            break;
+        }
+    }
+    state.holding = false;
+    state.held.clear();
     // Say goodbye: 5.0 clients get a DISCONNECT with the reason [MQTT-4.13.1-1]; what was
     // already queued for the socket (acks) goes out first.
     if let Some(code) = close.send {
@@ -300,6 +404,23 @@ pub async fn serve<S>(
     };
     let handle = state.handle.clone();
     let session = std::mem::take(&mut state.session);
+    if broker.store.is_enabled() && handle.persistent.load(Ordering::Relaxed) {
+        // What survives this connection: nothing (expiry 0, possibly set by DISCONNECT), or the
+        // session with the will still to come after its delay.
+        if session.expiry_interval == 0 {
+            handle.persistent.store(false, Ordering::Relaxed);
+            broker.store.append(Record::SessionGone {
+                client: handle.client_id.clone(),
+            });
+        } else {
+            broker.store.append(Record::Session {
+                client: handle.client_id.clone(),
+                expiry: session.expiry_interval,
+                username: state.n.username.clone(),
+                will: will.clone().filter(|w| w.delay_interval > 0).map(Box::new),
+            });
+        }
+    }
     match takeover_reply {
         Some(reply) => {
             // The new connection holds connect_lock and waits for us.
@@ -319,6 +440,145 @@ pub async fn serve<S>(
         },
     }
     done(&broker)
+}
+
+/// How the AUTH exchange before CONNACK went.
+enum EnhancedOutcome {
+    /// CONNECT named no Authentication Method (or the method is unknown: `negotiate` refuses
+    /// it with 0x8C).
+    NotUsed,
+    Authenticated {
+        method: Str,
+        data: Option<Bytes>,
+        username: String,
+    },
+    /// Refused or broken off; the connection is closed.
+    Closed,
+}
+
+/// Runs the CONNECT-time AUTH exchange (4.12.0): AUTH 0x18 challenges and answers until the
+/// method succeeds or fails, bounded by `limits.connect_timeout` overall.
+async fn enhanced_auth<R, W>(
+    connect: &Connect,
+    broker: &Broker,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    peer: SocketAddr,
+) -> EnhancedOutcome
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Some(method) = connect.properties.authentication_method.clone() else {
+        return EnhancedOutcome::NotUsed;
+    };
+    if !connect.protocol.is_v5() {
+        return EnhancedOutcome::NotUsed;
+    }
+    let Some(authenticator) = crate::auth::authenticator(&method, broker.passwords()) else {
+        return EnhancedOutcome::NotUsed;
+    };
+    let first = connect
+        .properties
+        .authentication_data
+        .clone()
+        .unwrap_or_default();
+    let refuse = |why: &str| {
+        let mut ack = ConnAck {
+            session_present: false,
+            reason: ReasonCode::NOT_AUTHORIZED,
+            properties: Default::default(),
+        };
+        if connect.properties.request_problem_information != Some(false) {
+            ack.properties.reason_string = Str::try_from(why).ok();
+        }
+        Packet::ConnAck(ack)
+    };
+    let timeout = Duration::from_secs(broker.config.limits.connect_timeout);
+    let exchange = async {
+        let mut step = authenticator.start(&first);
+        loop {
+            match step {
+                AuthStep::Success { data, username } => {
+                    return Ok((data.map(Bytes::from), username));
+                }
+                AuthStep::Failure(why) => return Err(why),
+                AuthStep::Continue { data, next } => {
+                    let auth = Packet::Auth(Auth {
+                        reason: ReasonCode::CONTINUE_AUTHENTICATION,
+                        properties: AuthProperties {
+                            authentication_method: Some(method.clone()),
+                            authentication_data: Some(Bytes::from(data)),
+                            ..Default::default()
+                        },
+                    });
+                    let mut buf = BytesMut::new();
+                    // Flushed: TLS and WebSocket streams hold bytes until then.
+                    if encode(&auth, Protocol::V5, &mut buf).is_err()
+                        || wr.write_all(&buf).await.is_err()
+                        || wr.flush().await.is_err()
+                    {
+                        return Err("connection lost during authentication");
+                    }
+                    let answer = match read_packet(rd, rbuf, decoder).await {
+                        Ok(Some(Packet::Auth(a))) => a,
+                        Ok(Some(_)) => return Err("expected AUTH during authentication (4.12.0)"),
+                        _ => return Err("connection lost during authentication"),
+                    };
+                    if answer.reason != ReasonCode::CONTINUE_AUTHENTICATION
+                        || answer.properties.authentication_method.as_deref() != Some(&*method)
+                    {
+                        // The method must stay the same [MQTT-4.12.0-5].
+                        return Err("AUTH with another method or reason during authentication");
+                    }
+                    step = next.step(
+                        answer
+                            .properties
+                            .authentication_data
+                            .as_deref()
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((data, username))) => EnhancedOutcome::Authenticated {
+            method,
+            data,
+            username,
+        },
+        Ok(Err(why)) => {
+            tracing::info!(%peer, client_id = %connect.client_id, method = %method, reason = why, "refused connection: enhanced authentication failed");
+            let delay = broker.failed_logins.failed(peer.ip(), Instant::now());
+            tokio::time::sleep(delay).await;
+            write_final(wr, &refuse(why), Protocol::V5).await;
+            EnhancedOutcome::Closed
+        }
+        Err(_) => {
+            tracing::info!(%peer, client_id = %connect.client_id, "authentication did not finish within limits.connect_timeout");
+            EnhancedOutcome::Closed
+        }
+    }
+}
+
+/// Reads the next packet (before the main loop).
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Option<Packet>, DecodeError> {
+    loop {
+        if let Some(packet) = decoder.decode(rbuf)? {
+            return Ok(Some(packet));
+        }
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Checks username and password against `auth.password_file`, on the blocking pool: hashing is

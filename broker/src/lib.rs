@@ -11,7 +11,10 @@
 //!   and routing out), unit-tested without sockets.
 //! * [`broker`]: shared state (session registry, subscription tree, retained store, ACL) and
 //!   the session lifecycle (takeover, expiry, delayed wills). `router`: fan-out of one PUBLISH.
-//! * [`subscriptions`], [`retain`], [`acl`]: the data structures behind matching and policy.
+//! * [`subscriptions`], [`retain`], [`acl`], [`passwords`]: matching and policy.
+//! * [`shared`]: shared subscriptions (member selection, group queues, hand-over).
+//! * [`persist`]: the write-ahead log, its writer thread (group commit) and start-up recovery.
+//! * [`ratelimit`]: per-connection ingress rate limits.
 //! * The wire codec is its own crate, `sluice-codec` (`broker/codec`).
 //!
 //! # Life of a PUBLISH
@@ -23,13 +26,17 @@
 //! 3. Still in the publisher's task, `Broker::publish` updates the retained store, matches the
 //!    tree under a read lock, merges overlapping subscriptions per client, and pushes a small
 //!    [`session::Delivery`] onto each subscriber's byte-bounded outbox. It never awaits; a full
-//!    outbox drops the message for that subscriber and counts it.
-//! 4. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
+//!    outbox drops the message for that subscriber and counts it. For persistent sessions the
+//!    message and its queue entry are handed to the store's writer first (no I/O here).
+//! 4. The publisher's PUBACK/PUBREC waits for the store's ticket: written and fsynced with
+//!    everyone else's records of that moment (group commit) in `durable` mode.
+//! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
 //!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once.
-//! 5. Acknowledgements release inflight slots, which lets the next queued messages go.
+//! 6. Acknowledgements release inflight slots, which lets the next queued messages go.
 
 pub mod acl;
 mod alias;
+pub mod auth;
 pub mod broker;
 pub mod certgen;
 pub mod config;
@@ -37,6 +44,7 @@ mod connect;
 mod connection;
 pub mod message;
 pub mod passwords;
+pub mod persist;
 pub mod protocol;
 pub mod ratelimit;
 pub mod retain;

@@ -16,6 +16,9 @@ struct Args {
     /// Address of the plain TCP listener, overriding the file's listeners.
     #[arg(long, value_name = "HOST:PORT")]
     bind: Option<String>,
+    /// Data directory for persistent state (overrides `persistence.dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Validate the configuration, print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -37,6 +40,10 @@ enum Command {
         /// Read the password from the first line of standard input instead of the terminal.
         #[arg(long)]
         stdin: bool,
+        /// Store SCRAM-SHA-256 keys instead of an argon2id hash: usable by MQTT 5 enhanced
+        /// authentication (Authentication Method SCRAM-SHA-256) and by plain passwords alike.
+        #[arg(long)]
+        scram: bool,
     },
     /// Write a development CA, a server certificate (localhost, 127.0.0.1, ::1) and a client
     /// certificate (CN device-1) into DIR. For development and tests only.
@@ -48,8 +55,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Passwd { file, user, stdin }) = &args.command {
-        return passwd(file, user, *stdin);
+    if let Some(Command::Passwd {
+        file,
+        user,
+        stdin,
+        scram,
+    }) = &args.command
+    {
+        return passwd(file, user, *stdin, *scram);
     }
     if let Some(Command::GenCerts { dir }) = &args.command {
         return match sluice::certgen::generate(dir) {
@@ -131,7 +144,7 @@ fn main() -> ExitCode {
 
 /// `sluice passwd FILE USER`: reads the password (twice, without echo, on a terminal) and
 /// stores its argon2id hash.
-fn passwd(file: &std::path::Path, user: &str, stdin: bool) -> ExitCode {
+fn passwd(file: &std::path::Path, user: &str, stdin: bool, scram: bool) -> ExitCode {
     let password = if stdin {
         let mut line = String::new();
         if let Err(e) = std::io::stdin().read_line(&mut line) {
@@ -160,7 +173,13 @@ fn passwd(file: &std::path::Path, user: &str, stdin: bool) -> ExitCode {
         eprintln!("sluice passwd: empty password refused");
         return ExitCode::from(2);
     }
-    match sluice::passwords::set_user(file, user, password.as_bytes()) {
+    let result = if scram {
+        let entry = sluice::passwords::scram_entry(password.as_bytes());
+        sluice::passwords::set_user_entry(file, user, &entry)
+    } else {
+        sluice::passwords::set_user(file, user, password.as_bytes())
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice passwd: {e}");
@@ -173,8 +192,11 @@ fn load(args: &Args) -> Result<Config, sluice::ConfigError> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(bind) = &args.bind {
         config.listeners = vec![sluice::config::ListenerConfig::plain(bind.clone())];
-        config.validate()?;
     }
+    if let Some(dir) = &args.data_dir {
+        config.persistence.dir = dir.clone();
+    }
+    config.validate()?;
     Ok(config)
 }
 

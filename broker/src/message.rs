@@ -1,6 +1,7 @@
 //! The application message as the broker stores it: one [`Message`] per PUBLISH received,
 //! shared by `Arc` between the retained store and every session it is queued for.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,17 @@ pub struct Message {
     /// The publisher's client id, for No Local [MQTT-3.8.3-3]. Empty for wills of
     /// connections that never completed CONNECT (none today) and for internal messages.
     pub origin: ClientId,
+    /// Unique id (also across restarts: the store continues above the highest id it
+    /// recovered); names the message in the persistent log.
+    pub id: u64,
+}
+
+/// Source of message ids.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Makes every id handed out from now on larger than `max` (after recovery).
+pub fn ensure_ids_above(max: u64) {
+    NEXT_ID.fetch_max(max.saturating_add(1), Ordering::Relaxed);
 }
 
 /// Fixed bytes charged per message on top of topic and payload when bounding queues.
@@ -58,6 +70,7 @@ impl Message {
             properties,
             expires_at,
             origin,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 

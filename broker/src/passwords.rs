@@ -36,6 +36,59 @@ enum Hash {
     },
     /// A PHC argon2 string, kept as written and parsed on verification.
     Argon2(String),
+    /// SCRAM-SHA-256 keys (usable by the AUTH exchange and by plain passwords).
+    Scram(ScramKeys),
+}
+
+/// What the server keeps for SCRAM-SHA-256 (RFC 5802): never the password itself.
+#[derive(Clone)]
+pub struct ScramKeys {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    /// H(HMAC(SaltedPassword, "Client Key")).
+    pub stored_key: Vec<u8>,
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: Vec<u8>,
+}
+
+impl fmt::Debug for ScramKeys {
+    // Keys are secrets: only the parameters are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ScramKeys(i={})", self.iterations)
+    }
+}
+
+impl ScramKeys {
+    /// Derives the keys for `password` (PBKDF2-HMAC-SHA256).
+    pub fn derive(password: &[u8], salt: &[u8], iterations: u32) -> ScramKeys {
+        use hmac::Mac;
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, &mut salted);
+        let mac = |msg: &[u8]| {
+            let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&salted)
+                .expect("HMAC takes any key length");
+            m.update(msg);
+            m.finalize().into_bytes().to_vec()
+        };
+        let client_key = mac(b"Client Key");
+        ScramKeys {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key: sha2::Sha256::digest(&client_key).to_vec(),
+            server_key: mac(b"Server Key"),
+        }
+    }
+
+    /// The password-file form `$scram-sha-256$ITER:SALT$STORED:SERVER`.
+    pub fn to_entry(&self) -> String {
+        format!(
+            "$scram-sha-256${}:{}${}:{}",
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(&self.stored_key),
+            B64.encode(&self.server_key)
+        )
+    }
 }
 
 impl fmt::Debug for Hash {
@@ -45,6 +98,7 @@ impl fmt::Debug for Hash {
             Hash::Sha512 { .. } => "$6$…",
             Hash::Pbkdf2 { .. } => "$7$…",
             Hash::Argon2(_) => "$argon2…",
+            Hash::Scram(_) => "$scram-sha-256$…",
         })
     }
 }
@@ -116,6 +170,14 @@ impl PasswordFile {
         self.users.is_empty()
     }
 
+    /// `user`'s SCRAM-SHA-256 keys, if the file has a SCRAM entry for them.
+    pub fn scram_keys(&self, user: &str) -> Option<ScramKeys> {
+        match self.users.get(user)? {
+            Hash::Scram(k) => Some(k.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether `password` is `user`'s. Slow on purpose; call off the async runtime.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         match self.users.get(user) {
@@ -172,6 +234,29 @@ fn parse_hash(s: &str) -> Result<Hash, String> {
             hash,
         });
     }
+    if let Some(rest) = s.strip_prefix("$scram-sha-256$") {
+        let parse = || -> Option<ScramKeys> {
+            let (params, keys) = rest.split_once('$')?;
+            let (iter, salt) = params.split_once(':')?;
+            let (stored, server) = keys.split_once(':')?;
+            Some(ScramKeys {
+                iterations: iter.parse().ok()?,
+                salt: B64.decode(salt).ok()?,
+                stored_key: B64.decode(stored).ok()?,
+                server_key: B64.decode(server).ok()?,
+            })
+        };
+        let keys = parse().ok_or_else(|| {
+            "expected $scram-sha-256$ITERATIONS:SALT$STORED_KEY:SERVER_KEY (base64)".to_string()
+        })?;
+        if keys.iterations == 0 || keys.iterations > MAX_ITERATIONS {
+            return Err(format!("iteration count must be 1 to {MAX_ITERATIONS}"));
+        }
+        if keys.stored_key.len() != 32 || keys.server_key.len() != 32 {
+            return Err("SCRAM-SHA-256 keys are 32 bytes".into());
+        }
+        return Ok(Hash::Scram(keys));
+    }
     if s.starts_with("$argon2") {
         PasswordHash::new(s).map_err(|e| format!("bad argon2 string: {e}"))?;
         return Ok(Hash::Argon2(s.to_owned()));
@@ -196,6 +281,10 @@ fn verify_hash(h: &Hash, password: &[u8]) -> bool {
             pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
             out.as_slice().ct_eq(hash).into()
         }
+        Hash::Scram(k) => {
+            let derived = ScramKeys::derive(password, &k.salt, k.iterations);
+            derived.stored_key.as_slice().ct_eq(&k.stored_key).into()
+        }
         Hash::Argon2(s) => PasswordHash::new(s)
             .map(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
             .unwrap_or(false),
@@ -213,9 +302,21 @@ pub fn hash_password(password: &[u8]) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A SCRAM-SHA-256 entry for `password` with a fresh salt (4096 iterations, RFC 7677's minimum).
+pub fn scram_entry(password: &[u8]) -> String {
+    let mut salt = [0u8; 16];
+    rand::fill(&mut salt);
+    ScramKeys::derive(password, &salt, 4096).to_entry()
+}
+
 /// Adds or replaces `user` in the password file at `path` (created if missing), keeping every
 /// other line as it was. The file is written to a temporary file and renamed over the old one.
 pub fn set_user(path: &Path, user: &str, password: &[u8]) -> Result<(), String> {
+    set_user_entry(path, user, &hash_password(password)?)
+}
+
+/// [`set_user`] with a prepared hash (argon2id or SCRAM).
+pub fn set_user_entry(path: &Path, user: &str, hash: &str) -> Result<(), String> {
     if user.is_empty() || user.contains(':') || user.contains('\n') {
         return Err("a username must be non-empty and contain no ':' or newline".into());
     }
@@ -225,7 +326,7 @@ pub fn set_user(path: &Path, user: &str, password: &[u8]) -> Result<(), String> 
         Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
     };
     PasswordFile::parse(&old, &path.display().to_string()).map_err(|e| e.to_string())?;
-    let entry = format!("{user}:{}", hash_password(password)?);
+    let entry = format!("{user}:{hash}");
     let mut out = String::new();
     let mut replaced = false;
     for line in old.lines() {

@@ -12,15 +12,19 @@ use std::time::Instant;
 use bytes::BytesMut;
 use sluice_codec::Protocol;
 use sluice_codec::{
-    encode, encoded_len, AckProperties, Disconnect, LastWill, Packet, PubAck, Publish, QoS,
-    ReasonCode, Str, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
+    encode, encoded_len, AckProperties, Auth, AuthProperties, Disconnect, LastWill, Packet, PubAck,
+    Publish, QoS, ReasonCode, Str, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck,
+    Unsubscribe,
 };
 
 use crate::alias::{AliasUse, OutboundAliases};
+use crate::auth::{AuthContinuation, AuthStep};
 use crate::broker::{write, Broker, SubEntry};
 use crate::message::{ClientId, Message};
+use crate::persist::{Record, Store};
 use crate::router::Requester;
 use crate::session::{Delivery, Inflight, Session, SessionHandle, SubscriptionRecord};
+use crate::shared::GroupQueue;
 
 /// Why and how a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +45,15 @@ impl Close {
             publish_will: true,
             reason: reason.into(),
         }
+    }
+}
+
+/// A re-authentication exchange waiting for the client's next AUTH.
+struct Reauth(Box<dyn AuthContinuation>);
+
+impl std::fmt::Debug for Reauth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reauth")
     }
 }
 
@@ -83,6 +96,24 @@ pub struct ClientState {
     pub handle: Arc<SessionHandle>,
     /// The owned half of the session.
     pub session: Session,
+    /// Queues of the shared subscriptions this session holds: pulled from when the window has
+    /// room (shared.rs).
+    group_queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
+    /// Rotates which group queue is pulled from first.
+    group_cursor: usize,
+    /// The persistent store (disabled in memory mode and in unit tests).
+    store: Store,
+    /// Packets that may go out only once the store has what they promise (acks of stored
+    /// messages, outbound QoS 2 PUBLISHes of persistent sessions), and everything after them.
+    /// The connection asks the store for a ticket and sends these when it is answered.
+    pub held: BytesMut,
+    /// Set by the connection while earlier held packets still wait: new packets queue behind.
+    pub holding: bool,
+    /// The Authentication Method of CONNECT when enhanced authentication was used: only then
+    /// may the client re-authenticate, with the same method [MQTT-4.12.1-1].
+    pub auth_method: Option<Str>,
+    /// A re-authentication in progress.
+    reauth: Option<Reauth>,
     /// The will, until a normal DISCONNECT deletes it [MQTT-3.1.2-10].
     pub will: Option<LastWill>,
     /// Topic aliases the client set (5.0, 3.3.2.3.4): index alias-1. Sized on first use.
@@ -114,6 +145,13 @@ impl ClientState {
             n,
             handle,
             session,
+            group_queues: Vec::new(),
+            group_cursor: 0,
+            store: Store::disabled(),
+            held: BytesMut::new(),
+            holding: false,
+            auth_method: None,
+            reauth: None,
             will,
             inbound_aliases: Vec::new(),
             outbound_aliases: aliases,
@@ -122,10 +160,44 @@ impl ClientState {
         }
     }
 
-    /// Encodes `packet` into the write buffer. Encoding only fails for values we built
-    /// ourselves; such a packet is logged and skipped rather than taking the connection down.
+    /// Uses `store` for this connection's persistent records.
+    pub fn set_store(&mut self, store: Store) {
+        self.store = store;
+    }
+
+    /// Whether this session's state is written to the store.
+    pub fn persistent(&self) -> bool {
+        self.store.is_enabled() && self.session.expiry_interval > 0
+    }
+
+    /// Appends a record if the session is persistent.
+    fn log(&self, rec: impl FnOnce(ClientId) -> Record) {
+        if self.persistent() {
+            self.store.append(rec(self.n.client_id.clone()));
+        }
+    }
+
+    /// Encodes `packet` to go out only after the store has everything logged so far.
+    fn send_held(&mut self, packet: &Packet) {
+        if self.store.holds_acks() {
+            if let Err(e) = encode(packet, self.n.protocol, &mut self.held) {
+                tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
+            }
+        } else {
+            self.send(packet);
+        }
+    }
+
+    /// Encodes `packet` into the write buffer (or behind held packets, keeping the order).
+    /// Encoding only fails for values we built ourselves; such a packet is logged and skipped
+    /// rather than taking the connection down.
     pub fn send(&mut self, packet: &Packet) {
-        if let Err(e) = encode(packet, self.n.protocol, &mut self.write_buf) {
+        let buf = if self.holding || !self.held.is_empty() {
+            &mut self.held
+        } else {
+            &mut self.write_buf
+        };
+        if let Err(e) = encode(packet, self.n.protocol, buf) {
             tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
         }
     }
@@ -187,6 +259,10 @@ impl ClientState {
                 if let Some(i) = self.session.inflight_position(a.pkid) {
                     if matches!(self.session.inflight[i], Inflight::Release { .. }) {
                         self.session.inflight.remove(i);
+                        self.log(|client| Record::Acked {
+                            client,
+                            pkid: a.pkid,
+                        });
                     }
                 }
                 Ok(())
@@ -205,15 +281,73 @@ impl ClientState {
                 ReasonCode::PROTOCOL_ERROR,
                 "second CONNECT [MQTT-3.1.0-2]",
             )),
-            Packet::Auth(_) => Err(Close::error(
-                ReasonCode::PROTOCOL_ERROR,
-                "AUTH without an Authentication Method in CONNECT [MQTT-4.12.0-1]",
-            )),
+            Packet::Auth(a) => self.on_auth(a, broker),
             other => Err(Close::error(
                 ReasonCode::PROTOCOL_ERROR,
                 format!("{} may only be sent by a server", other.name()),
             )),
         }
+    }
+
+    /// Re-authentication (4.12.1): AUTH 0x19 starts it, AUTH 0x18 continues it, AUTH 0x00
+    /// from the server ends it; a failure closes the connection with 0x87.
+    fn on_auth(&mut self, a: Auth, broker: &Broker) -> Result<(), Close> {
+        let Some(method) = self.auth_method.clone() else {
+            return Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an Authentication Method in CONNECT [MQTT-4.12.0-1]",
+            ));
+        };
+        if a.properties.authentication_method.as_deref() != Some(&*method) {
+            return Err(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "re-authentication must use the CONNECT's Authentication Method [MQTT-4.12.1-1]",
+            ));
+        }
+        let data = a.properties.authentication_data.clone().unwrap_or_default();
+        let step = match (a.reason, self.reauth.take()) {
+            (ReasonCode::RE_AUTHENTICATE, None) => {
+                match crate::auth::authenticator(&method, broker.passwords()) {
+                    Some(auth) => auth.start(&data),
+                    None => AuthStep::Failure("authentication method no longer available"),
+                }
+            }
+            (ReasonCode::CONTINUE_AUTHENTICATION, Some(Reauth(next))) => next.step(&data),
+            _ => {
+                return Err(Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "AUTH out of sequence (4.12.1)",
+                ))
+            }
+        };
+        let (reason, data) = match step {
+            AuthStep::Continue { data, next } => {
+                self.reauth = Some(Reauth(next));
+                (ReasonCode::CONTINUE_AUTHENTICATION, Some(data))
+            }
+            AuthStep::Success { data, username } => {
+                if self.n.username.as_deref() != Some(username.as_str()) {
+                    // Another identity from now on: ACLs follow it.
+                    self.n.username = Some(username.into());
+                }
+                (ReasonCode::SUCCESS, data)
+            }
+            AuthStep::Failure(why) => {
+                return Err(Close::error(
+                    ReasonCode::NOT_AUTHORIZED,
+                    format!("re-authentication failed: {why}"),
+                ));
+            }
+        };
+        self.send(&Packet::Auth(Auth {
+            reason,
+            properties: AuthProperties {
+                authentication_method: Some(method),
+                authentication_data: data.map(bytes::Bytes::from),
+                ..Default::default()
+            },
+        }));
+        Ok(())
     }
 
     fn on_publish(&mut self, now: Instant, mut p: Publish, broker: &Broker) -> Result<(), Close> {
@@ -303,6 +437,25 @@ impl ClientState {
             }
             return Ok(());
         }
+        if p.qos != QoS::AtMostOnce && !broker.store.accepting() {
+            // The store failed (disk full, I/O error): nothing new can be promised.
+            if !self.n.protocol.is_v5() {
+                return Err(Close::error(
+                    ReasonCode::QUOTA_EXCEEDED,
+                    "persistence unavailable: QoS 1/2 PUBLISH refused",
+                ));
+            }
+            let kind = if p.qos == QoS::AtLeastOnce {
+                Packet::PubAck
+            } else {
+                Packet::PubRec
+            };
+            let mut ack = PubAck::new(p.pkid);
+            ack.reason = ReasonCode::QUOTA_EXCEEDED;
+            ack.properties = self.reason_string("persistence unavailable (disk full or I/O error)");
+            self.send(&kind(ack));
+            return Ok(());
+        }
         // `$SYS` belongs to the broker and `$share/` is not a topic; both are refused like an ACL
         // denial, as Mosquitto does. Other `$` topics are ordinary (wildcards just skip them).
         let reserved = p.topic.starts_with("$SYS") || p.topic.starts_with("$share/");
@@ -334,7 +487,7 @@ impl ClientState {
                 // Already received and not yet released: acknowledge again, deliver nothing
                 // [MQTT-4.3.3-9].
                 if self.session.awaiting_pubrel.contains(&pkid) {
-                    self.send(&Packet::PubRec(PubAck::new(pkid)));
+                    self.send_held(&Packet::PubRec(PubAck::new(pkid)));
                     return Ok(());
                 }
                 if !allowed {
@@ -353,8 +506,9 @@ impl ClientState {
                     ));
                 }
                 self.session.awaiting_pubrel.insert(pkid);
+                self.log(|client| Record::Qos2In { client, pkid });
                 self.route(now, p, broker);
-                self.send(&Packet::PubRec(PubAck::new(pkid)));
+                self.send_held(&Packet::PubRec(PubAck::new(pkid)));
             }
         }
         Ok(())
@@ -374,7 +528,8 @@ impl ClientState {
             ack.reason = reason;
             ack.properties = self.reason_string(text);
         }
-        self.send(&kind(ack));
+        // The ack promises the message is safe: it waits for the store.
+        self.send_held(&kind(ack));
     }
 
     fn route(&mut self, now: Instant, p: Publish, broker: &Broker) {
@@ -395,6 +550,7 @@ impl ClientState {
             Some(i) if matches!(&self.session.inflight[i], Inflight::Publish { delivery, .. } if delivery.qos == QoS::AtLeastOnce) =>
             {
                 self.session.inflight.remove(i);
+                self.log(|client| Record::Acked { client, pkid });
             }
             _ => {
                 tracing::debug!(client_id = %self.n.client_id, pkid, "PUBACK for an unknown packet id ignored")
@@ -407,12 +563,15 @@ impl ClientState {
         match pos.map(|i| &self.session.inflight[i]) {
             Some(Inflight::Publish { delivery, .. }) if delivery.qos == QoS::ExactlyOnce => {
                 let i = pos.unwrap_or_default();
+                let pkid = ack.pkid;
                 if ack.reason.is_error() {
                     // The receiver refused it: the flow ends here [MQTT-4.3.3-4 note].
                     self.session.inflight.remove(i);
+                    self.log(|client| Record::Acked { client, pkid });
                     return;
                 }
                 self.session.inflight[i] = Inflight::Release { pkid: ack.pkid };
+                self.log(|client| Record::Released { client, pkid });
                 self.send(&Packet::PubRel(PubAck::new(ack.pkid)));
             }
             Some(Inflight::Release { .. }) => {
@@ -431,7 +590,9 @@ impl ClientState {
 
     fn on_pubrel(&mut self, pkid: u16) {
         let mut comp = PubAck::new(pkid);
-        if !self.session.awaiting_pubrel.remove(&pkid) && self.n.protocol.is_v5() {
+        if self.session.awaiting_pubrel.remove(&pkid) {
+            self.log(|client| Record::Qos2InDone { client, pkid });
+        } else if self.n.protocol.is_v5() {
             comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
         }
         self.send(&Packet::PubComp(comp));
@@ -515,6 +676,22 @@ impl ClientState {
                 identifier,
             };
             retained.extend(broker.retained_for(&filter, &record, existed, &who, now));
+            if filter.shared().is_some() && !self.group_queues.iter().any(|(f, _)| *f == filter) {
+                let m = &broker.config.mqtt;
+                let q = broker.shared_groups.queue_for(
+                    &filter,
+                    m.max_queued_messages,
+                    m.max_queued_bytes,
+                );
+                self.group_queues.push((filter.clone(), q));
+            }
+            let (f, o) = (filter.clone(), options);
+            self.log(|client| Record::Subscribe {
+                client,
+                filter: f,
+                options: o,
+                identifier,
+            });
             self.session.subscriptions.insert(filter, record);
             *reason = ReasonCode(options.qos as u8);
         }
@@ -551,7 +728,13 @@ impl ClientState {
                 }
                 let Some(filter) = valid.next() else { break };
                 let existed = tree.unsubscribe(&filter, &self.n.client_id).is_some();
-                self.session.subscriptions.remove(&filter);
+                if self.session.subscriptions.remove(&filter).is_some() && self.persistent() {
+                    self.store.append(Record::Unsubscribe {
+                        client: self.n.client_id.clone(),
+                        filter: filter.clone(),
+                    });
+                }
+                self.group_queues.retain(|(f, _)| *f != filter);
                 *r = if existed {
                     ReasonCode::SUCCESS
                 } else {
@@ -604,6 +787,42 @@ impl ClientState {
         self.session.inflight = inflight;
     }
 
+    /// Connects this connection to the queue of shared subscription `filter`.
+    fn attach_group(&mut self, filter: &TopicFilter, broker: &Broker) {
+        if self.group_queues.iter().any(|(f, _)| f == filter) {
+            return;
+        }
+        let m = &broker.config.mqtt;
+        let q = broker
+            .shared_groups
+            .queue_for(filter, m.max_queued_messages, m.max_queued_bytes);
+        self.group_queues.push((filter.clone(), q));
+    }
+
+    /// Connects to the group queues of every shared subscription of a resumed session.
+    pub fn attach_groups(&mut self, broker: &Broker) {
+        let shared: Vec<TopicFilter> = self
+            .session
+            .subscriptions
+            .keys()
+            .filter(|f| f.shared().is_some())
+            .cloned()
+            .collect();
+        for f in shared {
+            self.attach_group(&f, broker);
+        }
+    }
+
+    /// A group-queued delivery as this member's subscription would have made it.
+    fn adapt_group_delivery(&self, filter: &TopicFilter, mut d: Delivery) -> Delivery {
+        if let Some(rec) = self.session.subscriptions.get(filter) {
+            d.qos = d.msg.qos.min(rec.options.qos);
+            d.retain = d.msg.retain && rec.options.retain_as_published;
+            d.subscription_ids = rec.identifier.into_iter().collect();
+        }
+        d
+    }
+
     /// Moves deliveries from the outbox into the write buffer while the inflight window and the
     /// write buffer's high-water mark allow. Returns true if anything is still queued.
     pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
@@ -626,6 +845,28 @@ impl ClientState {
                 budget = budget.saturating_sub(d.msg.cost());
                 batch.push(d);
             }
+            // Then the shared subscriptions' group queues, while the window has room.
+            if !self.group_queues.is_empty() {
+                let n = self.group_queues.len();
+                let mut idle = 0;
+                while window > 0 && budget > 0 && idle < n {
+                    let i = self.group_cursor % n;
+                    self.group_cursor = self.group_cursor.wrapping_add(1);
+                    let (filter, q) = &self.group_queues[i];
+                    match q.pop() {
+                        Some(d) => {
+                            idle = 0;
+                            let d = self.adapt_group_delivery(filter, d);
+                            if d.qos != QoS::AtMostOnce {
+                                window -= 1;
+                            }
+                            budget = budget.saturating_sub(d.msg.cost());
+                            batch.push(d);
+                        }
+                        None => idle += 1,
+                    }
+                }
+            }
             !outbox.is_empty()
         };
         for d in batch {
@@ -635,9 +876,19 @@ impl ClientState {
         more
     }
 
+    /// Logs that a queued QoS 1/2 delivery was dropped unsent.
+    fn log_skip(&self, d: &Delivery) {
+        if d.qos != QoS::AtMostOnce {
+            let id = d.msg.id;
+            self.log(|client| Record::Skip { client, id });
+        }
+    }
+
     fn send_delivery(&mut self, d: Delivery, now: Instant) {
         if d.msg.is_expired(now) {
-            return; // Expired messages are never delivered [MQTT-3.3.2-5].
+            // Expired messages are never delivered [MQTT-3.3.2-5].
+            self.log_skip(&d);
+            return;
         }
         let mut p = self.publish_packet(&d, 0, false, now);
         if d.qos != QoS::AtMostOnce {
@@ -667,11 +918,25 @@ impl ClientState {
                         self.outbound_aliases.forget(a);
                     }
                     self.oversize_dropped += 1;
+                    self.log_skip(&d);
                     return;
                 }
             }
         }
-        self.send(&packet);
+        if d.qos != QoS::AtMostOnce && self.persistent() {
+            self.store.append(Record::Sent {
+                client: self.n.client_id.clone(),
+                id: d.msg.id,
+                pkid,
+            });
+        }
+        if d.qos == QoS::ExactlyOnce && self.persistent() {
+            // Not on the wire before the store knows it was sent with this packet id, or a
+            // crash could deliver it again as a new message [MQTT-4.3.3].
+            self.send_held(&packet);
+        } else {
+            self.send(&packet);
+        }
         if d.qos != QoS::AtMostOnce {
             self.session
                 .inflight

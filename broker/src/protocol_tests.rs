@@ -860,3 +860,45 @@ fn topic_and_subscription_limits() {
         .unwrap_err();
     assert_eq!(close.send, Some(ReasonCode::TOPIC_NAME_INVALID));
 }
+
+#[test]
+fn overflow_waits_in_the_group_queue_for_the_first_free_window() {
+    // shared.rs tier 2: with every window full, messages wait for whichever member frees a
+    // slot first, so the faster worker takes the burst.
+    let b = shared_broker(crate::config::SharedStrategy::LeastInflight);
+    let small = |id: &str| {
+        Client::with(Negotiated {
+            send_window: 2,
+            ..negotiated(Protocol::V5, id)
+        })
+    };
+    let (mut fast, mut slow) = (small("fast"), small("slow"));
+    fast.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    slow.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    for i in 1..=10u16 {
+        publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b"x"))
+            .unwrap();
+    }
+    let mut fast_got = publishes(&fast.take())
+        .iter()
+        .map(|p| p.pkid)
+        .collect::<Vec<_>>();
+    let slow_got = publishes(&slow.take()).len();
+    assert_eq!(
+        (fast_got.len(), slow_got),
+        (2, 2),
+        "each window filled first"
+    );
+    // The fast worker keeps acknowledging; the slow one never does.
+    let mut total_fast = fast_got.len();
+    while !fast_got.is_empty() {
+        for id in fast_got {
+            fast.handle(&b, Packet::PubAck(PubAck::new(id))).unwrap();
+        }
+        fast_got = publishes(&fast.take()).iter().map(|p| p.pkid).collect();
+        total_fast += fast_got.len();
+    }
+    assert_eq!(total_fast, 8, "the fast member took the whole overflow");
+    assert!(publishes(&slow.take()).is_empty());
+}

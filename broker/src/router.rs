@@ -12,8 +12,9 @@ use sluice_codec::{QoS, RetainHandling, TopicFilter};
 use crate::acl::Access;
 use crate::broker::{read, write, Broker, SubEntry};
 use crate::message::Message;
+use crate::persist::Record;
 use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
-use crate::shared::Candidate;
+use crate::shared::{Candidate, Pick};
 
 /// The client asking for something, for ACL checks.
 #[derive(Debug, Clone, Copy)]
@@ -105,11 +106,27 @@ impl Broker {
                 &msg.origin,
                 msg.topic.as_str(),
             );
-            if let Some(i) = pick {
-                targets.push(members.swap_remove(i));
+            match pick {
+                Some(Pick::Member(i)) => targets.push(members.swap_remove(i)),
+                Some(Pick::Group) => {
+                    // Adapted to the member that pulls it (its QoS, identifier) on the way out.
+                    let d = Delivery {
+                        msg: msg.clone(),
+                        qos: msg.qos,
+                        retain: msg.retain,
+                        subscription_ids: Vec::new(),
+                        shared: Some(key.clone()),
+                    };
+                    let handles: Vec<Arc<SessionHandle>> =
+                        members.iter().map(|m| m.handle.clone()).collect();
+                    self.queue_shared(&key, d, &handles);
+                }
+                None => {}
             }
         }
         let mut queued = 0;
+        // Whether the message itself is in the log already (retained, or an earlier target).
+        let mut message_logged = msg.retain && self.store.is_enabled();
         for t in targets {
             if !self.may_read(
                 t.username.as_deref(),
@@ -125,9 +142,18 @@ impl Broker {
                 subscription_ids: t.subscription_ids,
                 shared: t.shared,
             };
+            // Logged before the push, so the subscriber's own records (sent, acked) always
+            // come after it in the log.
+            let logged = self.log_enqueue(&t.handle, &d, &mut message_logged);
             match t.handle.deliver(d) {
                 Ok(()) => queued += 1,
                 Err(_) => {
+                    if logged {
+                        self.store.append(Record::Skip {
+                            client: t.handle.client_id.clone(),
+                            id: msg.id,
+                        });
+                    }
                     self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -135,14 +161,57 @@ impl Broker {
         queued
     }
 
+    /// Records that `d` is queued for a persistent session (QoS 1/2 only; QoS 0 is never kept
+    /// for offline sessions). Writes the message itself first, once. Returns whether it logged.
+    pub(crate) fn log_enqueue(
+        &self,
+        handle: &SessionHandle,
+        d: &Delivery,
+        message_logged: &mut bool,
+    ) -> bool {
+        if !self.store.is_enabled()
+            || d.qos == QoS::AtMostOnce
+            || !handle.persistent.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        if !*message_logged {
+            self.store.append(Record::Message(d.msg.clone()));
+            *message_logged = true;
+        }
+        self.store.append(Record::Enqueue {
+            client: handle.client_id.clone(),
+            id: d.msg.id,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids.clone(),
+            shared: d.shared.clone(),
+        });
+        true
+    }
+
     /// Stores, replaces or deletes (empty payload) the retained message of its topic
     /// [MQTT-3.3.1-5], [MQTT-3.3.1-6], [MQTT-3.3.1-7].
     fn store_retained(&self, msg: &Arc<Message>) {
         let mut store = write(&self.retained);
+        // Logged under the retained lock, so the log's order matches the store's.
         if msg.payload.is_empty() {
             store.remove(msg.topic.as_str());
+            if self.store.is_enabled() {
+                self.store.append(Record::Retain {
+                    topic: msg.topic.as_mqtt_str().clone(),
+                    id: 0,
+                });
+            }
         } else {
             store.insert(msg.topic.as_str(), msg.clone());
+            if self.store.is_enabled() {
+                self.store.append(Record::Message(msg.clone()));
+                self.store.append(Record::Retain {
+                    topic: msg.topic.as_mqtt_str().clone(),
+                    id: msg.id,
+                });
+            }
         }
     }
 

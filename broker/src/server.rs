@@ -14,6 +14,7 @@ use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnInfo;
 use crate::passwords::PasswordFile;
+use crate::persist::{Store, StoreError};
 use crate::tls::{FailureLog, TlsListener, TlsReloader};
 
 /// How long shutdown waits for connections to say goodbye before exiting anyway.
@@ -29,6 +30,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("persistence: {0}")]
+    Store(StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -117,8 +120,30 @@ impl Server {
                 })?;
             listeners.push((listener, transport));
         }
+        // Recover the persistent state before accepting anyone.
+        let started = std::time::Instant::now();
+        let (store, image, recovery) =
+            Store::open(&config.persistence).map_err(StartError::Store)?;
+        let broker = Arc::new(Broker::with_auth(config, acl, passwords).with_store(store));
+        let restored = broker.restore(image, std::time::Instant::now());
+        if broker.store.is_enabled() {
+            let dir = broker.config.persistence.dir.display().to_string();
+            if let Some((at, bytes)) = recovery.truncated {
+                tracing::warn!(%dir, offset = at, bytes, records = recovery.records, "torn write at the end of the log (crash): cut off, everything before it recovered");
+            }
+            tracing::info!(
+                %dir,
+                mode = ?broker.config.persistence.mode,
+                records = recovery.records,
+                sessions = restored,
+                messages = recovery.messages,
+                retained = recovery.retained,
+                ms = started.elapsed().as_millis() as u64,
+                "store recovered"
+            );
+        }
         Ok(Server {
-            broker: Arc::new(Broker::with_auth(config, acl, passwords)),
+            broker,
             listeners,
             tls: TlsReloader::new(tls_listeners),
         })
@@ -176,6 +201,8 @@ impl Server {
                 SHUTDOWN_GRACE.as_secs()
             );
         }
+        // Everything written and fsynced: a clean restart has no recovery work.
+        self.broker.store.shutdown().await;
     }
 }
 

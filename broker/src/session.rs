@@ -8,7 +8,7 @@
 //!   inbound QoS 2 state. It is plain data, so the durability work can serialise it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -293,6 +293,9 @@ pub struct SessionHandle {
     pub inflight: AtomicUsize,
     /// The connection's send window (min(client Receive Maximum, `mqtt.max_inflight`)).
     pub window: AtomicUsize,
+    /// Whether the session outlives its connection (Session Expiry > 0): its QoS 1/2 queue is
+    /// then written to the store.
+    pub persistent: AtomicBool,
 }
 
 impl SessionHandle {
@@ -307,19 +310,19 @@ impl SessionHandle {
             overflow_count: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             window: AtomicUsize::new(0),
+            persistent: AtomicBool::new(false),
         }
     }
 
-    /// Room left in the client's window: its window less what is in flight and already queued.
-    /// 0 when offline.
-    pub fn free_window(&self) -> usize {
+    /// Room left in the client's window: its window less what is in flight and already queued;
+    /// negative when a backlog waits behind a full window. `i64::MIN` when offline.
+    pub fn headroom(&self) -> i64 {
         let outbox = self.outbox();
         if !outbox.is_online() {
-            return 0;
+            return i64::MIN;
         }
-        self.window
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.inflight.load(Ordering::Relaxed) + outbox.len())
+        let window = self.window.load(Ordering::Relaxed) as i64;
+        window - self.inflight.load(Ordering::Relaxed) as i64 - outbox.len() as i64
     }
 
     /// Locks the outbox. Never held across an await.

@@ -1,10 +1,12 @@
 //! Shared subscriptions (`$share/{group}/{filter}`, MQTT 5.0 4.8.2, also offered to 3.1.1
 //! clients): each matching message goes to exactly one member of each group.
 //!
-//! Choosing the member happens in three tiers, so a burst lands where there is room:
+//! Choosing the member happens in tiers, so a burst lands where there is room:
 //! 1. members that are online and have a free slot in their send window (window less
 //!    inflight less already queued): "members with no free inflight window are skipped";
-//! 2. if none has room, any online member (the message waits in its bounded queue);
+//! 2. if none has room but one is online, the message waits in the group's own bounded queue
+//!    ([`GroupQueue`]) and the first member whose window frees up takes it: a burst is spread
+//!    by how fast each worker acknowledges, not committed in turns to slow ones;
 //! 3. if none is online, any member (a persistent session queues it while offline).
 //!
 //! Within the tier the group's strategy picks (`mqtt.shared_subscription_strategy`, per group
@@ -26,7 +28,7 @@ use sluice_codec::TopicFilter;
 use crate::broker::{read, Broker};
 use crate::config::SharedStrategy;
 use crate::message::ClientId;
-use crate::session::{Delivery, SessionHandle};
+use crate::session::{Delivery, Dropped, Outbox, SessionHandle};
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
 /// only a hint for fairness, so when the bound is reached the table is simply cleared: a client
@@ -47,6 +49,62 @@ struct GroupState {
 pub struct SharedGroups {
     /// Locked once per message per group for a few instructions; never across an await.
     state: Mutex<HashMap<TopicFilter, GroupState>>,
+    /// Group queues, shared with the members' connection tasks (which pull from them). An
+    /// entry nobody else holds and that is empty is pruned when the table grows.
+    queues: Mutex<HashMap<TopicFilter, Arc<GroupQueue>>>,
+}
+
+/// Where a shared-subscription message should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Straight to this member's session queue.
+    Member(usize),
+    /// To the group queue: every online member's window is full.
+    Group,
+}
+
+/// Messages of one shared subscription waiting for any member's window (tier 2 above).
+/// Bounded like a session queue (`mqtt.max_queued_messages` / `max_queued_bytes`); a full
+/// queue drops and counts, never blocks the publisher.
+#[derive(Debug)]
+pub struct GroupQueue {
+    /// Deliveries in arrival order; members pull from the front. Short lock, never awaited.
+    queue: Mutex<Outbox>,
+}
+
+impl GroupQueue {
+    fn new(max_messages: usize, max_bytes: usize) -> GroupQueue {
+        let mut outbox = Outbox::new(max_messages, max_bytes);
+        // The group as a whole is "online" while it queues (QoS 0 is kept too).
+        outbox.set_online(true);
+        GroupQueue {
+            queue: Mutex::new(outbox),
+        }
+    }
+
+    /// Queues a delivery for whichever member frees a slot first.
+    pub fn push(&self, d: Delivery) -> Result<(), Dropped> {
+        self.lock().push(d)
+    }
+
+    /// Takes the oldest waiting delivery.
+    pub fn pop(&self) -> Option<Delivery> {
+        self.lock().pop()
+    }
+
+    /// Number of waiting deliveries.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One candidate member, as the selector sees it.
@@ -56,8 +114,27 @@ pub struct Candidate<'a> {
 }
 
 impl SharedGroups {
-    /// Picks the index in `members` that gets a message on `topic` from `publisher`; None only
-    /// when `members` is empty.
+    /// The queue of shared subscription `group` (created on first use).
+    pub fn queue_for(
+        &self,
+        group: &TopicFilter,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Arc<GroupQueue> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = queues.get(group) {
+            return q.clone();
+        }
+        if queues.len() >= 1024 && queues.len().is_power_of_two() {
+            queues.retain(|_, q| Arc::strong_count(q) > 1 || !q.is_empty());
+        }
+        let q = Arc::new(GroupQueue::new(max_messages, max_bytes));
+        queues.insert(group.clone(), q.clone());
+        q
+    }
+
+    /// Decides where a message on `topic` from `publisher` goes; None only when `members` is
+    /// empty.
     pub fn pick(
         &self,
         group: &TopicFilter,
@@ -65,19 +142,22 @@ impl SharedGroups {
         members: &[Candidate<'_>],
         publisher: &str,
         topic: &str,
-    ) -> Option<usize> {
-        if members.len() <= 1 {
-            return (!members.is_empty()).then_some(0);
+    ) -> Option<Pick> {
+        if members.is_empty() {
+            return None;
         }
-        let free: Vec<usize> = members.iter().map(|m| m.handle.free_window()).collect();
+        // Headroom: window less inflight less queued; negative once a backlog builds up.
+        let free: Vec<i64> = members.iter().map(|m| m.handle.headroom()).collect();
         let mut tier: Vec<usize> = (0..members.len()).filter(|&i| free[i] > 0).collect();
         if tier.is_empty() {
-            tier = (0..members.len())
-                .filter(|&i| members[i].handle.outbox().is_online())
-                .collect();
-        }
-        if tier.is_empty() {
+            if free.iter().any(|&f| f != i64::MIN) {
+                // Someone is online but nobody has room: the first to free a slot takes it.
+                return Some(Pick::Group);
+            }
             tier = (0..members.len()).collect();
+        }
+        if tier.len() == 1 {
+            return Some(Pick::Member(tier[0]));
         }
         let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if states.len() >= MAX_GROUP_STATES && !states.contains_key(group) {
@@ -110,7 +190,9 @@ impl SharedGroups {
                 }
             }
             SharedStrategy::LeastInflight => {
-                // Most free window wins; equal ones take turns.
+                // Most headroom wins, also when every window is full (then: the shortest
+                // backlog), so overflow queues behind the fastest consumers; equal ones take
+                // turns.
                 st.cursor = st.cursor.wrapping_add(1);
                 let start = st.cursor % n;
                 let mut best = tier[start];
@@ -123,7 +205,7 @@ impl SharedGroups {
                 best
             }
         };
-        Some(chosen)
+        Some(Pick::Member(chosen))
     }
 }
 
@@ -137,6 +219,30 @@ fn stable_hash(s: &str) -> usize {
 }
 
 impl Broker {
+    /// Queues `d` in its group's queue and wakes the online members, so the first with a free
+    /// slot takes it.
+    pub(crate) fn queue_shared(
+        &self,
+        key: &TopicFilter,
+        d: Delivery,
+        members: &[Arc<SessionHandle>],
+    ) {
+        let m = &self.config.mqtt;
+        let queue = self
+            .shared_groups
+            .queue_for(key, m.max_queued_messages, m.max_queued_bytes);
+        if queue.push(d).is_err() {
+            let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::warn!(group = %key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
+            }
+            return;
+        }
+        for h in members {
+            h.notify.notify_one();
+        }
+    }
+
     /// The strategy of a shared subscription `$share/{group}/...`.
     pub fn shared_strategy(&self, group: &str) -> SharedStrategy {
         let m = &self.config.mqtt;
@@ -173,12 +279,15 @@ impl Broker {
                 &d.msg.origin,
                 d.msg.topic.as_str(),
             ) {
-                Some(i) => {
-                    // A fresh delivery for the new member: its own packet id, DUP 0.
+                // A fresh delivery for the new member: its own packet id, DUP 0.
+                Some(Pick::Member(i)) => {
+                    let mut logged = false;
+                    self.log_enqueue(&handles[i], &d, &mut logged);
                     if handles[i].deliver(d).is_err() {
                         self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Some(Pick::Group) => self.queue_shared(&key, d, &handles),
                 None => left.push(d),
             }
         }

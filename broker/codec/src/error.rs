@@ -28,6 +28,9 @@ pub enum DecodeError {
         "packet of {size} bytes exceeds the maximum packet size of {max} bytes [MQTT-3.2.2-15]"
     )]
     PacketTooLarge { size: usize, max: usize },
+    /// A PUBLISH with Topic Alias 0 [MQTT-3.3.2-8]: reported as 0x94 Topic Alias Invalid.
+    #[error("topic alias 0 [MQTT-3.3.2-8]")]
+    TopicAliasZero,
     /// CONNECT with a protocol name/level this server does not speak [MQTT-3.1.2-2].
     #[error("unsupported protocol name or level (level {level}) [MQTT-3.1.2-2]")]
     UnsupportedProtocol { level: u8 },
@@ -40,6 +43,7 @@ impl DecodeError {
             DecodeError::Malformed { .. } => ReasonCode::MALFORMED_PACKET,
             DecodeError::Protocol { .. } => ReasonCode::PROTOCOL_ERROR,
             DecodeError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            DecodeError::TopicAliasZero => ReasonCode::TOPIC_ALIAS_INVALID,
             DecodeError::UnsupportedProtocol { .. } => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
         }
     }

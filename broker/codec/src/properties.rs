@@ -139,7 +139,13 @@ pub(crate) fn decode_publish(r: &mut Reader<'_>) -> Result<PublishProperties, De
             continue;
         }
         match id {
-            TOPIC_ALIAS => once!(props.topic_alias, non_zero_u16(&mut p, "topic alias 0")?),
+            TOPIC_ALIAS => once!(
+                props.topic_alias,
+                match p.u16()? {
+                    0 => return Err(DecodeError::TopicAliasZero),
+                    v => v,
+                }
+            ),
             SUBSCRIPTION_IDENTIFIER => {
                 let v = subscription_identifier(&mut p)?;
                 props.subscription_identifiers.push(v)

@@ -63,7 +63,13 @@ fn repeatable_properties_keep_their_order() {
 fn subscription_identifier_and_topic_alias_zero_are_protocol_errors() {
     protocol_at(V5, &publish_with(b"\x0b\x00"), "3.8.2.1.2");
     protocol_at(V5, &subscribe_with(b"\x0b\x00"), "3.8.2.1.2");
-    protocol_at(V5, &publish_with(b"\x23\x00\x00"), "3.3.2.3.4");
+    // Topic Alias 0 is its own error, reported with 0x94 Topic Alias Invalid [MQTT-3.3.2-8].
+    let (r, _) = decode_at(V5, &publish_with(b"\x23\x00\x00"));
+    assert_eq!(r, Err(DecodeError::TopicAliasZero));
+    assert_eq!(
+        DecodeError::TopicAliasZero.reason_code(),
+        ReasonCode::TOPIC_ALIAS_INVALID
+    );
     let Packet::Subscribe(sub) = ok_at(V5, &subscribe_with(b"\x0b\xff\xff\xff\x7f")) else {
         panic!()
     };

@@ -1,0 +1,1317 @@
+//! Durable state: a write-ahead log with group commit, replayed at start-up.
+//!
+//! # Design, and why
+//! Sluice keeps its live state in memory (sessions, queues, retained messages) and writes every
+//! change that must survive a crash as a small [`Record`] to an append-only log in
+//! `persistence.dir`. Records come from the connection tasks without waiting (an unbounded
+//! channel whose backlog is counted in bytes; connections stop reading while it is above a high
+//! water mark, so the channel is bounded by back-pressure) and are written by one dedicated
+//! writer thread, never by a connection task. The writer takes everything queued at that moment,
+//! writes it with one `write` and, in `durable` mode, makes it durable with one `fdatasync`:
+//! *group commit*, so the cost of an fsync is shared by every message of every connection that
+//! arrived meanwhile. A connection that must not acknowledge before its records are safe asks
+//! for a *ticket*; the writer answers tickets after the write (`relaxed`) or after the fsync
+//! (`durable`) that covers every record appended before it.
+//!
+//! Why a log of our own rather than an embedded database: the hot path is append-only and
+//! needs exactly one fsync per batch; a B-tree store (redb was measured at ~720 durable
+//! commits/s here) pays a page-tree commit per transaction, and an LSM store (fjall) lost
+//! acknowledged data under its default durability in the measurements quoted in the issue. A log
+//! plus periodic snapshot is the smallest design that meets "acknowledged means fsynced" at
+//! group-commit throughput, with a format we can checksum and recover exactly.
+//!
+//! The writer keeps an [`Image`] of the persistent state, built by applying each record (the
+//! same code replays the log at start-up). Payloads in the image are the broker's own
+//! `Arc<Message>`s, so it costs metadata only. When the log grows well past the live data, the
+//! writer *compacts*: it writes the image as a fresh log file, fsyncs it, switches `CURRENT` to
+//! it (write + rename + directory fsync) and deletes the old file. Each message's payload is
+//! stored once per log file however many sessions queue it (`Enqueue` records name it by id).
+//!
+//! # Format
+//! `CURRENT` holds the name of the live log file (`wal-NNNNNNNN.log`). A log file is a sequence
+//! of frames `[len: u32 LE][crc32 of payload: u32 LE][payload]`; the payload is a tag byte and the
+//! record's fields. At start-up a bad checksum or a short frame at the *end* of the live file
+//! is a torn write from the crash: the file is truncated there and the recovery logged with
+//! the file, offset and record counts. Anything else unreadable stops start-up with the file
+//! and the reason: a store is never silently opened empty.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sluice_codec::{
+    LastWill, PublishProperties, QoS, RetainHandling, Str, SubscriptionOptions, TopicFilter,
+    TopicName,
+};
+use tokio::sync::oneshot;
+
+use crate::config::{PersistenceConfig, PersistenceMode};
+use crate::message::{ClientId, Message};
+
+/// Connections stop reading while this many bytes of records wait for the writer.
+pub const BACKLOG_HIGH_WATER: usize = 64 * 1024 * 1024;
+/// Most commands the writer takes into one batch (one write, one fsync).
+const MAX_BATCH: usize = 16 * 1024;
+/// Compact when the log is larger than this and more than 4x the last compacted size.
+const COMPACT_MIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// One change to the persistent state.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A message that some session queues or the retained store keeps; written once.
+    Message(Arc<Message>),
+    /// The retained message of `topic` is message `id` (0: deleted).
+    Retain { topic: Str, id: u64 },
+    /// A persistent session exists with these settings (replaces earlier ones, keeps its
+    /// subscriptions and queue).
+    Session {
+        client: ClientId,
+        expiry: u32,
+        username: Option<Arc<str>>,
+        /// The will that fires if the client does not come back (with its delay). Boxed: it
+        /// is large and rare, and every record pays for the largest variant.
+        will: Option<Box<LastWill>>,
+    },
+    /// The session ended: everything of it is gone.
+    SessionGone { client: ClientId },
+    Subscribe {
+        client: ClientId,
+        filter: TopicFilter,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    },
+    Unsubscribe {
+        client: ClientId,
+        filter: TopicFilter,
+    },
+    /// Message `id` queued for `client`.
+    Enqueue {
+        client: ClientId,
+        id: u64,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        shared: Option<TopicFilter>,
+    },
+    /// The oldest queued delivery of message `id` was sent with packet id `pkid`.
+    Sent {
+        client: ClientId,
+        id: u64,
+        pkid: u16,
+    },
+    /// The oldest queued delivery of message `id` was dropped unsent (expired, too large, moved
+    /// to another shared-subscription member, queue full).
+    Skip { client: ClientId, id: u64 },
+    /// PUBACK / PUBCOMP: the inflight entry `pkid` is done.
+    Acked { client: ClientId, pkid: u16 },
+    /// PUBREC: inflight `pkid` now awaits PUBCOMP (its message is no longer needed).
+    Released { client: ClientId, pkid: u16 },
+    /// Inbound QoS 2 `pkid` received and PUBREC'd: a resend must not be delivered again.
+    Qos2In { client: ClientId, pkid: u16 },
+    /// Inbound QoS 2 `pkid` released by PUBREL.
+    Qos2InDone { client: ClientId, pkid: u16 },
+}
+
+// ---- the persistent state image ------------------------------------------------------------
+
+/// A queued delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedImage {
+    pub id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub shared: Option<TopicFilter>,
+}
+
+/// An inflight entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InflightImage {
+    Publish { pkid: u16, queued: QueuedImage },
+    Release { pkid: u16 },
+}
+
+/// A persistent session as stored.
+#[derive(Debug, Clone, Default)]
+pub struct SessionImage {
+    pub expiry: u32,
+    pub username: Option<Arc<str>>,
+    pub will: Option<LastWill>,
+    pub subscriptions: HashMap<TopicFilter, (SubscriptionOptions, Option<u32>)>,
+    pub queue: VecDeque<QueuedImage>,
+    pub inflight: Vec<InflightImage>,
+    pub qos2_in: HashSet<u16>,
+}
+
+/// Everything persistent, as the log describes it.
+#[derive(Debug, Default)]
+pub struct Image {
+    /// Messages by id, with how many queue/inflight/retained references hold them.
+    pub messages: HashMap<u64, (Arc<Message>, u32)>,
+    /// Retained message ids by topic.
+    pub retained: HashMap<Str, u64>,
+    pub sessions: HashMap<ClientId, SessionImage>,
+    /// Highest message id seen (new ids continue above it).
+    pub max_id: u64,
+}
+
+impl Image {
+    fn retain_msg(&mut self, id: u64) {
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.1 += 1;
+        }
+    }
+
+    fn release_msg(&mut self, id: u64) {
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.1 = m.1.saturating_sub(1);
+            if m.1 == 0 {
+                self.messages.remove(&id);
+            }
+        }
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, rec: &Record) {
+        match rec {
+            Record::Message(m) => {
+                self.max_id = self.max_id.max(m.id);
+                self.messages.entry(m.id).or_insert((m.clone(), 0));
+            }
+            Record::Retain { topic, id } => {
+                let old = if *id == 0 {
+                    self.retained.remove(topic)
+                } else {
+                    self.retain_msg(*id);
+                    self.retained.insert(topic.clone(), *id)
+                };
+                if let Some(old) = old {
+                    self.release_msg(old);
+                }
+            }
+            Record::Session {
+                client,
+                expiry,
+                username,
+                will,
+            } => {
+                let s = self.sessions.entry(client.clone()).or_default();
+                s.expiry = *expiry;
+                s.username = username.clone();
+                s.will = will.as_deref().cloned();
+            }
+            Record::SessionGone { client } => {
+                if let Some(s) = self.sessions.remove(client) {
+                    for q in s.queue {
+                        self.release_msg(q.id);
+                    }
+                    for i in s.inflight {
+                        if let InflightImage::Publish { queued, .. } = i {
+                            self.release_msg(queued.id);
+                        }
+                    }
+                }
+            }
+            Record::Subscribe {
+                client,
+                filter,
+                options,
+                identifier,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.subscriptions
+                        .insert(filter.clone(), (*options, *identifier));
+                }
+            }
+            Record::Unsubscribe { client, filter } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.subscriptions.remove(filter);
+                }
+            }
+            Record::Enqueue {
+                client,
+                id,
+                qos,
+                retain,
+                subscription_ids,
+                shared,
+            } => {
+                if !self.messages.contains_key(id) {
+                    return;
+                }
+                let Some(s) = self.sessions.get_mut(client) else {
+                    return;
+                };
+                s.queue.push_back(QueuedImage {
+                    id: *id,
+                    qos: *qos,
+                    retain: *retain,
+                    subscription_ids: subscription_ids.clone(),
+                    shared: shared.clone(),
+                });
+                self.retain_msg(*id);
+            }
+            Record::Sent { client, id, pkid } => {
+                let Some(s) = self.sessions.get_mut(client) else {
+                    return;
+                };
+                if let Some(pos) = s.queue.iter().position(|q| q.id == *id) {
+                    if let Some(queued) = s.queue.remove(pos) {
+                        s.inflight.push(InflightImage::Publish {
+                            pkid: *pkid,
+                            queued,
+                        });
+                    }
+                }
+            }
+            Record::Skip { client, id } => {
+                let removed = self.sessions.get_mut(client).and_then(|s| {
+                    let pos = s.queue.iter().position(|q| q.id == *id)?;
+                    s.queue.remove(pos)
+                });
+                if removed.is_some() {
+                    self.release_msg(*id);
+                }
+            }
+            Record::Acked { client, pkid } => {
+                let removed = self.sessions.get_mut(client).and_then(|s| {
+                    let pos = s.inflight.iter().position(|i| inflight_pkid(i) == *pkid)?;
+                    Some(s.inflight.remove(pos))
+                });
+                if let Some(InflightImage::Publish { queued, .. }) = removed {
+                    self.release_msg(queued.id);
+                }
+            }
+            Record::Released { client, pkid } => {
+                let Some(s) = self.sessions.get_mut(client) else {
+                    return;
+                };
+                let mut freed = None;
+                match s.inflight.iter_mut().find(|i| inflight_pkid(i) == *pkid) {
+                    Some(entry) => {
+                        if let InflightImage::Publish { queued, .. } = entry {
+                            freed = Some(queued.id);
+                        }
+                        *entry = InflightImage::Release { pkid: *pkid };
+                    }
+                    None => s.inflight.push(InflightImage::Release { pkid: *pkid }),
+                }
+                if let Some(id) = freed {
+                    self.release_msg(id);
+                }
+            }
+            Record::Qos2In { client, pkid } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.qos2_in.insert(*pkid);
+                }
+            }
+            Record::Qos2InDone { client, pkid } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.qos2_in.remove(pkid);
+                }
+            }
+        }
+    }
+
+    /// The records that rebuild this image from nothing (compaction).
+    fn to_records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut ids: Vec<&u64> = self.messages.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            out.push(Record::Message(self.messages[id].0.clone()));
+        }
+        for (topic, id) in &self.retained {
+            out.push(Record::Retain {
+                topic: topic.clone(),
+                id: *id,
+            });
+        }
+        for (client, s) in &self.sessions {
+            out.push(Record::Session {
+                client: client.clone(),
+                expiry: s.expiry,
+                username: s.username.clone(),
+                will: s.will.clone().map(Box::new),
+            });
+            for (filter, (options, identifier)) in &s.subscriptions {
+                out.push(Record::Subscribe {
+                    client: client.clone(),
+                    filter: filter.clone(),
+                    options: *options,
+                    identifier: *identifier,
+                });
+            }
+            let enqueue = |q: &QueuedImage| Record::Enqueue {
+                client: client.clone(),
+                id: q.id,
+                qos: q.qos,
+                retain: q.retain,
+                subscription_ids: q.subscription_ids.clone(),
+                shared: q.shared.clone(),
+            };
+            for i in &s.inflight {
+                match i {
+                    InflightImage::Publish { pkid, queued } => {
+                        out.push(enqueue(queued));
+                        out.push(Record::Sent {
+                            client: client.clone(),
+                            id: queued.id,
+                            pkid: *pkid,
+                        });
+                    }
+                    InflightImage::Release { pkid } => out.push(Record::Released {
+                        client: client.clone(),
+                        pkid: *pkid,
+                    }),
+                }
+            }
+            for q in &s.queue {
+                out.push(enqueue(q));
+            }
+            for pkid in &s.qos2_in {
+                out.push(Record::Qos2In {
+                    client: client.clone(),
+                    pkid: *pkid,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn inflight_pkid(i: &InflightImage) -> u16 {
+    match i {
+        InflightImage::Publish { pkid, .. } | InflightImage::Release { pkid } => *pkid,
+    }
+}
+
+// ---- encoding --------------------------------------------------------------------------------
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Converts a monotonic deadline to wall-clock milliseconds (0: none) for storage.
+fn deadline_to_unix(deadline: Option<Instant>) -> u64 {
+    deadline.map_or(0, |d| {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let wall_deadline = if d >= now {
+            wall + (d - now)
+        } else {
+            wall.checked_sub(now - d).unwrap_or(UNIX_EPOCH)
+        };
+        unix_ms(wall_deadline).max(1)
+    })
+}
+
+/// Converts stored wall-clock milliseconds back to a monotonic deadline.
+fn unix_to_deadline(ms: u64, now: Instant) -> Option<Instant> {
+    if ms == 0 {
+        return None;
+    }
+    let wall_now = unix_ms(SystemTime::now());
+    Some(if ms >= wall_now {
+        now + Duration::from_millis(ms - wall_now)
+    } else {
+        now.checked_sub(Duration::from_millis(wall_now - ms))
+            .unwrap_or(now)
+    })
+}
+
+fn put_bytes(b: &mut BytesMut, v: &[u8]) {
+    b.put_u32_le(v.len() as u32);
+    b.put_slice(v);
+}
+
+fn put_opt_bytes(b: &mut BytesMut, v: Option<&[u8]>) {
+    match v {
+        Some(v) => {
+            b.put_u8(1);
+            put_bytes(b, v);
+        }
+        None => b.put_u8(0),
+    }
+}
+
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    let rh = match o.retain_handling {
+        RetainHandling::OnSubscribe => 0,
+        RetainHandling::OnNewSubscription => 1,
+        RetainHandling::Never => 2,
+    };
+    o.qos as u8 | (u8::from(o.no_local) << 2) | (u8::from(o.retain_as_published) << 3) | (rh << 4)
+}
+
+fn options_from(b: u8) -> Result<SubscriptionOptions, String> {
+    Ok(SubscriptionOptions {
+        qos: QoS::from_u8(b & 3).ok_or("bad QoS")?,
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling: match (b >> 4) & 3 {
+            0 => RetainHandling::OnSubscribe,
+            1 => RetainHandling::OnNewSubscription,
+            2 => RetainHandling::Never,
+            _ => return Err("bad retain handling".into()),
+        },
+    })
+}
+
+fn put_props(b: &mut BytesMut, p: &PublishProperties) {
+    b.put_u8(p.payload_format_indicator.map_or(0xFF, |v| v));
+    b.put_u64_le(p.message_expiry_interval.map_or(u64::MAX, u64::from));
+    put_opt_bytes(b, p.response_topic.as_deref().map(str::as_bytes));
+    put_opt_bytes(b, p.correlation_data.as_deref());
+    put_opt_bytes(b, p.content_type.as_deref().map(str::as_bytes));
+    b.put_u32_le(p.user_properties.len() as u32);
+    for (k, v) in &p.user_properties {
+        put_bytes(b, k.as_bytes());
+        put_bytes(b, v.as_bytes());
+    }
+}
+
+fn put_will(b: &mut BytesMut, w: &LastWill) {
+    put_bytes(b, w.topic.as_bytes());
+    put_bytes(b, &w.payload);
+    b.put_u8(w.qos as u8);
+    b.put_u8(u8::from(w.retain));
+    b.put_u32_le(w.delay_interval);
+    put_props(b, &w.properties);
+}
+
+/// Appends one framed record to `out`.
+pub fn encode_record(rec: &Record, out: &mut BytesMut) {
+    let mut b = BytesMut::with_capacity(64);
+    match rec {
+        Record::Message(m) => {
+            b.put_u8(1);
+            b.put_u64_le(m.id);
+            put_bytes(&mut b, m.topic.as_bytes());
+            put_bytes(&mut b, &m.payload);
+            b.put_u8(m.qos as u8);
+            b.put_u8(u8::from(m.retain));
+            put_bytes(&mut b, m.origin.as_bytes());
+            b.put_u64_le(deadline_to_unix(m.expires_at));
+            put_props(&mut b, &m.properties);
+        }
+        Record::Retain { topic, id } => {
+            b.put_u8(2);
+            put_bytes(&mut b, topic.as_bytes());
+            b.put_u64_le(*id);
+        }
+        Record::Session {
+            client,
+            expiry,
+            username,
+            will,
+        } => {
+            b.put_u8(3);
+            put_bytes(&mut b, client.as_bytes());
+            b.put_u32_le(*expiry);
+            put_opt_bytes(&mut b, username.as_deref().map(str::as_bytes));
+            match will {
+                Some(w) => {
+                    b.put_u8(1);
+                    put_will(&mut b, w);
+                }
+                None => b.put_u8(0),
+            }
+        }
+        Record::SessionGone { client } => {
+            b.put_u8(4);
+            put_bytes(&mut b, client.as_bytes());
+        }
+        Record::Subscribe {
+            client,
+            filter,
+            options,
+            identifier,
+        } => {
+            b.put_u8(5);
+            put_bytes(&mut b, client.as_bytes());
+            put_bytes(&mut b, filter.as_bytes());
+            b.put_u8(options_byte(options));
+            b.put_u32_le(identifier.unwrap_or(0));
+        }
+        Record::Unsubscribe { client, filter } => {
+            b.put_u8(6);
+            put_bytes(&mut b, client.as_bytes());
+            put_bytes(&mut b, filter.as_bytes());
+        }
+        Record::Enqueue {
+            client,
+            id,
+            qos,
+            retain,
+            subscription_ids,
+            shared,
+        } => {
+            b.put_u8(7);
+            put_bytes(&mut b, client.as_bytes());
+            b.put_u64_le(*id);
+            b.put_u8(*qos as u8);
+            b.put_u8(u8::from(*retain));
+            b.put_u32_le(subscription_ids.len() as u32);
+            for s in subscription_ids {
+                b.put_u32_le(*s);
+            }
+            put_opt_bytes(&mut b, shared.as_deref().map(str::as_bytes));
+        }
+        Record::Sent { client, id, pkid } => {
+            b.put_u8(8);
+            put_bytes(&mut b, client.as_bytes());
+            b.put_u64_le(*id);
+            b.put_u16_le(*pkid);
+        }
+        Record::Skip { client, id } => {
+            b.put_u8(9);
+            put_bytes(&mut b, client.as_bytes());
+            b.put_u64_le(*id);
+        }
+        Record::Acked { client, pkid } => client_pkid(&mut b, 10, client, *pkid),
+        Record::Released { client, pkid } => client_pkid(&mut b, 11, client, *pkid),
+        Record::Qos2In { client, pkid } => client_pkid(&mut b, 12, client, *pkid),
+        Record::Qos2InDone { client, pkid } => client_pkid(&mut b, 13, client, *pkid),
+    }
+    out.put_u32_le(b.len() as u32);
+    out.put_u32_le(crc32fast::hash(&b));
+    out.put_slice(&b);
+}
+
+fn client_pkid(b: &mut BytesMut, tag: u8, client: &str, pkid: u16) {
+    b.put_u8(tag);
+    put_bytes(b, client.as_bytes());
+    b.put_u16_le(pkid);
+}
+
+/// Reads fields of one record payload.
+struct Fields {
+    b: Bytes,
+}
+
+impl Fields {
+    fn need(&self, n: usize) -> Result<(), String> {
+        if self.b.remaining() < n {
+            Err("record shorter than its fields".into())
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        self.need(1)?;
+        Ok(self.b.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        self.need(2)?;
+        Ok(self.b.get_u16_le())
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        self.need(4)?;
+        Ok(self.b.get_u32_le())
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        self.need(8)?;
+        Ok(self.b.get_u64_le())
+    }
+    fn bytes(&mut self) -> Result<Bytes, String> {
+        let n = self.u32()? as usize;
+        self.need(n)?;
+        Ok(self.b.split_to(n))
+    }
+    fn opt_bytes(&mut self) -> Result<Option<Bytes>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            _ => self.bytes().map(Some),
+        }
+    }
+    fn string(&mut self) -> Result<String, String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "string is not UTF-8".to_string())
+    }
+    fn client(&mut self) -> Result<ClientId, String> {
+        Ok(self.string()?.into())
+    }
+    fn str(&mut self) -> Result<Str, String> {
+        Str::try_from(self.string()?).map_err(|e| format!("bad string: {e:?}"))
+    }
+    fn topic(&mut self) -> Result<TopicName, String> {
+        TopicName::try_from(self.string()?.as_str()).map_err(|e| format!("bad topic: {e:?}"))
+    }
+    fn filter(&mut self) -> Result<TopicFilter, String> {
+        TopicFilter::try_from(self.string()?.as_str()).map_err(|e| format!("bad filter: {e:?}"))
+    }
+    fn qos(&mut self) -> Result<QoS, String> {
+        QoS::from_u8(self.u8()?).ok_or_else(|| "bad QoS".to_string())
+    }
+    fn props(&mut self) -> Result<PublishProperties, String> {
+        let pfi = self.u8()?;
+        let expiry = self.u64()?;
+        let response_topic = match self.opt_bytes()? {
+            Some(b) => Some(
+                TopicName::try_from(std::str::from_utf8(&b).map_err(|_| "bad UTF-8")?)
+                    .map_err(|e| format!("bad response topic: {e:?}"))?,
+            ),
+            None => None,
+        };
+        let correlation_data = self.opt_bytes()?;
+        let content_type = match self.opt_bytes()? {
+            Some(b) => Some(
+                Str::try_from(String::from_utf8(b.to_vec()).map_err(|_| "bad UTF-8")?)
+                    .map_err(|e| format!("bad content type: {e:?}"))?,
+            ),
+            None => None,
+        };
+        let n = self.u32()?;
+        let mut user_properties = Vec::new();
+        for _ in 0..n {
+            user_properties.push((self.str()?, self.str()?));
+        }
+        Ok(PublishProperties {
+            payload_format_indicator: (pfi != 0xFF).then_some(pfi),
+            message_expiry_interval: u32::try_from(expiry).ok(),
+            response_topic,
+            correlation_data,
+            content_type,
+            user_properties,
+            ..Default::default()
+        })
+    }
+    fn will(&mut self) -> Result<LastWill, String> {
+        Ok(LastWill {
+            topic: self.topic()?,
+            payload: self.bytes()?,
+            qos: self.qos()?,
+            retain: self.u8()? != 0,
+            delay_interval: self.u32()?,
+            properties: self.props()?,
+        })
+    }
+}
+
+/// Decodes one record payload (without the frame).
+pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
+    let mut f = Fields { b: payload };
+    let rec = match f.u8()? {
+        1 => {
+            let id = f.u64()?;
+            let topic = f.topic()?;
+            let payload = f.bytes()?;
+            let qos = f.qos()?;
+            let retain = f.u8()? != 0;
+            let origin = f.client()?;
+            let expires = f.u64()?;
+            let properties = f.props()?;
+            let mut m = Message::new(topic, payload, qos, retain, properties, origin, now);
+            m.id = id;
+            m.expires_at = unix_to_deadline(expires, now);
+            Record::Message(Arc::new(m))
+        }
+        2 => Record::Retain {
+            topic: f.str()?,
+            id: f.u64()?,
+        },
+        3 => Record::Session {
+            client: f.client()?,
+            expiry: f.u32()?,
+            username: match f.opt_bytes()? {
+                Some(b) => Some(
+                    String::from_utf8(b.to_vec())
+                        .map_err(|_| "bad UTF-8")?
+                        .into(),
+                ),
+                None => None,
+            },
+            will: match f.u8()? {
+                0 => None,
+                _ => Some(Box::new(f.will()?)),
+            },
+        },
+        4 => Record::SessionGone {
+            client: f.client()?,
+        },
+        5 => Record::Subscribe {
+            client: f.client()?,
+            filter: f.filter()?,
+            options: options_from(f.u8()?)?,
+            identifier: match f.u32()? {
+                0 => None,
+                v => Some(v),
+            },
+        },
+        6 => Record::Unsubscribe {
+            client: f.client()?,
+            filter: f.filter()?,
+        },
+        7 => {
+            let client = f.client()?;
+            let id = f.u64()?;
+            let qos = f.qos()?;
+            let retain = f.u8()? != 0;
+            let n = f.u32()?;
+            let mut subscription_ids = Vec::new();
+            for _ in 0..n.min(1024) {
+                subscription_ids.push(f.u32()?);
+            }
+            let shared = match f.opt_bytes()? {
+                Some(b) => Some(
+                    TopicFilter::try_from(std::str::from_utf8(&b).map_err(|_| "bad UTF-8")?)
+                        .map_err(|e| format!("bad filter: {e:?}"))?,
+                ),
+                None => None,
+            };
+            Record::Enqueue {
+                client,
+                id,
+                qos,
+                retain,
+                subscription_ids,
+                shared,
+            }
+        }
+        8 => Record::Sent {
+            client: f.client()?,
+            id: f.u64()?,
+            pkid: f.u16()?,
+        },
+        9 => Record::Skip {
+            client: f.client()?,
+            id: f.u64()?,
+        },
+        10 => Record::Acked {
+            client: f.client()?,
+            pkid: f.u16()?,
+        },
+        11 => Record::Released {
+            client: f.client()?,
+            pkid: f.u16()?,
+        },
+        12 => Record::Qos2In {
+            client: f.client()?,
+            pkid: f.u16()?,
+        },
+        13 => Record::Qos2InDone {
+            client: f.client()?,
+            pkid: f.u16()?,
+        },
+        t => return Err(format!("unknown record type {t}")),
+    };
+    Ok(rec)
+}
+
+// ---- files -------------------------------------------------------------------------------------
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct StoreError {
+    pub path: String,
+    pub reason: String,
+}
+
+fn err(path: &Path, reason: impl Into<String>) -> StoreError {
+    StoreError {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn log_name(n: u64) -> String {
+    format!("wal-{n:08}.log")
+}
+
+/// What start-up recovered, for the log line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub records: u64,
+    pub sessions: usize,
+    pub messages: usize,
+    pub retained: usize,
+    /// Bytes cut off a torn tail, and where.
+    pub truncated: Option<(u64, u64)>,
+}
+
+/// Reads the live log of `dir` into an image. A torn tail is cut off (reported in `Recovery`);
+/// any other damage is an error naming the file.
+fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), StoreError> {
+    let current = dir.join("CURRENT");
+    let mut image = Image::default();
+    let mut recovery = Recovery::default();
+    let number = match std::fs::read_to_string(&current) {
+        Ok(s) => s
+            .trim()
+            .strip_prefix("wal-")
+            .and_then(|r| r.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                err(
+                    &current,
+                    format!("does not name a log file: {:?}", s.trim()),
+                )
+            })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A data directory with logs but no CURRENT is damaged, not empty.
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with("wal-") {
+                        return Err(err(
+                            &current,
+                            "missing, but log files exist: refusing to start empty",
+                        ));
+                    }
+                }
+            }
+            return Ok((image, 1, recovery, 0));
+        }
+        Err(e) => return Err(err(&current, format!("cannot read: {e}"))),
+    };
+    let path = dir.join(log_name(number));
+    let mut file = File::open(&path).map_err(|e| err(&path, format!("cannot open: {e}")))?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)
+        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let data = Bytes::from(data);
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        let torn = |pos: usize| Some((pos as u64, (data.len() - pos) as u64));
+        if rest.len() < 8 {
+            recovery.truncated = torn(pos);
+            break;
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if rest.len() < 8 + len {
+            recovery.truncated = torn(pos);
+            break;
+        }
+        let payload = data.slice(pos + 8..pos + 8 + len);
+        if crc32fast::hash(&payload) != crc {
+            // Only a torn write at the very end is expected after a crash; a bad record with
+            // good ones after it is corruption.
+            if has_valid_frame_after(&data, pos + 8 + len) {
+                return Err(err(
+                    &path,
+                    format!("checksum mismatch in the record at byte {pos}, with valid records after it: the file is corrupt"),
+                ));
+            }
+            recovery.truncated = torn(pos);
+            break;
+        }
+        let rec = decode_record(payload, now)
+            .map_err(|e| err(&path, format!("record at byte {pos}: {e}")))?;
+        image.apply(&rec);
+        recovery.records += 1;
+        pos += 8 + len;
+    }
+    if let Some((at, _)) = recovery.truncated {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| err(&path, format!("cannot open to cut the torn tail: {e}")))?;
+        f.set_len(at)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| err(&path, format!("cannot cut the torn tail: {e}")))?;
+    }
+    recovery.sessions = image.sessions.len();
+    recovery.messages = image.messages.len();
+    recovery.retained = image.retained.len();
+    Ok((image, number, recovery, pos as u64))
+}
+
+/// Whether a well-formed frame with a good checksum starts anywhere after `from` (scanning a
+/// bounded window): tells corruption in the middle from a torn tail.
+fn has_valid_frame_after(data: &[u8], from: usize) -> bool {
+    let end = data.len().min(from + 1024 * 1024);
+    let mut p = from;
+    while p + 8 <= end {
+        let len = u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]) as usize;
+        let crc = u32::from_le_bytes([data[p + 4], data[p + 5], data[p + 6], data[p + 7]]);
+        if len > 0 && p + 8 + len <= data.len() && crc32fast::hash(&data[p + 8..p + 8 + len]) == crc
+        {
+            return true;
+        }
+        p += 1;
+    }
+    false
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+// ---- the store handle and the writer ------------------------------------------------------
+
+enum Cmd {
+    Rec(Record),
+    /// Answer once everything before it is written (relaxed) or fsynced (durable).
+    Ticket(oneshot::Sender<bool>),
+    /// Flush, fsync and stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Shared {
+    tx: std::sync::Mutex<mpsc::Sender<Cmd>>,
+    /// Approximate bytes of records not yet written (back-pressure).
+    backlog: AtomicUsize,
+    /// Set when the disk is full or a write failed: QoS 1/2 that need storing are refused.
+    failed: AtomicBool,
+    /// Bytes on disk (log file), for `persistence.max_disk_bytes`.
+    disk_bytes: AtomicU64,
+    mode: PersistenceMode,
+}
+
+/// A handle to the store; cheap to clone. A disabled store (`memory` mode) does nothing.
+#[derive(Clone, Default)]
+pub struct Store {
+    shared: Option<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("enabled", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl Store {
+    /// The `memory` mode store.
+    pub fn disabled() -> Store {
+        Store { shared: None }
+    }
+
+    /// Opens (creating if needed) the store in `cfg.dir`, replays it, and starts the writer.
+    /// Returns the store, the recovered image and what recovery did.
+    pub fn open(cfg: &PersistenceConfig) -> Result<(Store, Image, Recovery), StoreError> {
+        if cfg.mode == PersistenceMode::Memory {
+            return Ok((Store::disabled(), Image::default(), Recovery::default()));
+        }
+        let dir = cfg.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| err(&dir, format!("cannot create: {e}")))?;
+        let now = Instant::now();
+        let (image, number, recovery, size) = recover(&dir, now)?;
+        crate::message::ensure_ids_above(image.max_id);
+        let path = dir.join(log_name(number));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| err(&path, format!("cannot open for writing: {e}")))?;
+        if !dir.join("CURRENT").exists() {
+            write_current(&dir, number).map_err(|e| err(&dir.join("CURRENT"), e.to_string()))?;
+        }
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            tx: std::sync::Mutex::new(tx),
+            backlog: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            disk_bytes: AtomicU64::new(size),
+            mode: cfg.mode,
+        });
+        let writer = Writer {
+            dir,
+            number,
+            file,
+            size,
+            compacted_size: size,
+            image: Image::default(),
+            shared: shared.clone(),
+            sync_interval: Duration::from_millis(cfg.sync_interval),
+            max_disk_bytes: cfg.max_disk_bytes,
+        };
+        // The writer's image starts as a copy of what was recovered.
+        let mut writer = writer;
+        for rec in image.to_records() {
+            writer.image.apply(&rec);
+        }
+        std::thread::Builder::new()
+            .name("sluice-store".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| err(&cfg.dir, format!("cannot start the writer thread: {e}")))?;
+        Ok((
+            Store {
+                shared: Some(shared),
+            },
+            image,
+            recovery,
+        ))
+    }
+
+    /// Whether anything is persisted.
+    pub fn is_enabled(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Whether acknowledgements wait for the store (durable and relaxed modes).
+    pub fn holds_acks(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Whether the store can take new messages (not failed, under `max_disk_bytes`).
+    pub fn accepting(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|s| !s.failed.load(Ordering::Relaxed))
+    }
+
+    /// Queues a record for the writer. Never blocks.
+    pub fn append(&self, rec: Record) {
+        if let Some(s) = &self.shared {
+            let size = match &rec {
+                Record::Message(m) => m.cost(),
+                _ => 64,
+            };
+            s.backlog.fetch_add(size, Ordering::Relaxed);
+            let tx = s.tx.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = tx.send(Cmd::Rec(rec));
+        }
+    }
+
+    /// A ticket answered once every record appended so far is safe (per the mode): `true`,
+    /// or `false` if the store failed. None for a disabled store.
+    pub fn ticket(&self) -> Option<oneshot::Receiver<bool>> {
+        let s = self.shared.as_ref()?;
+        let (tx, rx) = oneshot::channel();
+        let sender = s.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if sender.send(Cmd::Ticket(tx)).is_err() {
+            return None;
+        }
+        Some(rx)
+    }
+
+    /// Bytes of records waiting for the writer.
+    pub fn backlog(&self) -> usize {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.backlog.load(Ordering::Relaxed))
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> PersistenceMode {
+        self.shared
+            .as_ref()
+            .map_or(PersistenceMode::Memory, |s| s.mode)
+    }
+
+    /// Writes and fsyncs everything, then stops the writer (graceful shutdown).
+    pub async fn shutdown(&self) {
+        if let Some(s) = &self.shared {
+            let (tx, rx) = oneshot::channel();
+            let sent =
+                s.tx.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(Cmd::Shutdown(tx))
+                    .is_ok();
+            if sent {
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+fn write_current(dir: &Path, number: u64) -> std::io::Result<()> {
+    let tmp = dir.join("CURRENT.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(log_name(number).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("CURRENT"))?;
+    sync_dir(dir)
+}
+
+struct Writer {
+    dir: PathBuf,
+    number: u64,
+    file: File,
+    size: u64,
+    compacted_size: u64,
+    image: Image,
+    shared: Arc<Shared>,
+    sync_interval: Duration,
+    max_disk_bytes: u64,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let durable = self.shared.mode == PersistenceMode::Durable;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut last_sync = Instant::now();
+        let mut dirty = false;
+        loop {
+            let first = if durable || !dirty {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(self.sync_interval.saturating_sub(last_sync.elapsed())) {
+                    Ok(c) => c,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let ok = self.sync();
+                        self.fail_if(!ok);
+                        last_sync = Instant::now();
+                        dirty = false;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut tickets = Vec::new();
+            let mut shutdown = None;
+            let mut backlog = 0usize;
+            let mut cmd = Some(first);
+            let mut n = 0;
+            while let Some(c) = cmd.take() {
+                match c {
+                    Cmd::Rec(rec) => {
+                        backlog += match &rec {
+                            Record::Message(m) => m.cost(),
+                            _ => 64,
+                        };
+                        encode_record(&rec, &mut buf);
+                        self.image.apply(&rec);
+                    }
+                    Cmd::Ticket(t) => tickets.push(t),
+                    Cmd::Shutdown(t) => {
+                        shutdown = Some(t);
+                        break;
+                    }
+                }
+                n += 1;
+                if n < MAX_BATCH {
+                    cmd = rx.try_recv().ok();
+                }
+            }
+            let mut ok = true;
+            if !buf.is_empty() {
+                ok = self.write(&buf);
+                buf.clear();
+                dirty = true;
+            }
+            self.shared.backlog.fetch_sub(backlog, Ordering::Relaxed);
+            if ok && dirty && (durable || shutdown.is_some()) {
+                ok = self.sync();
+                dirty = false;
+                last_sync = Instant::now();
+            }
+            self.fail_if(!ok);
+            for t in tickets {
+                let _ = t.send(ok);
+            }
+            if let Some(t) = shutdown {
+                if dirty {
+                    self.sync();
+                }
+                let _ = t.send(());
+                return;
+            }
+            if self.size > COMPACT_MIN_BYTES && self.size > 4 * self.compacted_size.max(1) {
+                self.compact();
+            }
+            if !durable && dirty && last_sync.elapsed() >= self.sync_interval {
+                let ok = self.sync();
+                self.fail_if(!ok);
+                last_sync = Instant::now();
+                dirty = false;
+            }
+        }
+    }
+
+    fn fail_if(&self, failed: bool) {
+        if failed && !self.shared.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(dir = %self.dir.display(), "persistence failed: QoS 1/2 messages that need storing are refused until restart");
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> bool {
+        if self.size + data.len() as u64 > self.max_disk_bytes {
+            // Try to make room first.
+            self.compact();
+            if self.size + data.len() as u64 > self.max_disk_bytes {
+                tracing::error!(
+                    size = self.size,
+                    max = self.max_disk_bytes,
+                    "persistence.max_disk_bytes reached"
+                );
+                return false;
+            }
+        }
+        match self.file.write_all(data) {
+            Ok(()) => {
+                self.size += data.len() as u64;
+                self.shared.disk_bytes.store(self.size, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %self.dir.join(log_name(self.number)).display(), "cannot write the log");
+                false
+            }
+        }
+    }
+
+    fn sync(&mut self) -> bool {
+        match self.file.sync_data() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot fsync the log");
+                false
+            }
+        }
+    }
+
+    /// Rewrites the live state as a new log file and switches to it.
+    fn compact(&mut self) {
+        let started = Instant::now();
+        let next = self.number + 1;
+        let path = self.dir.join(log_name(next));
+        let mut buf = BytesMut::new();
+        for rec in self.image.to_records() {
+            encode_record(&rec, &mut buf);
+        }
+        let result = (|| -> std::io::Result<File> {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+            write_current(&self.dir, next)?;
+            OpenOptions::new().append(true).open(&path)
+        })();
+        match result {
+            Ok(file) => {
+                let old = self.dir.join(log_name(self.number));
+                let _ = std::fs::remove_file(&old);
+                tracing::info!(
+                    from_bytes = self.size,
+                    to_bytes = buf.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "log compacted"
+                );
+                self.file = file;
+                self.number = next;
+                self.size = buf.len() as u64;
+                self.compacted_size = self.size;
+                self.shared.disk_bytes.store(self.size, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %path.display(), "compaction failed; the old log stays in use");
+                let _ = std::fs::remove_file(&path);
+                // Do not retry at once.
+                self.compacted_size = self.size;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "persist_tests.rs"]
+mod tests;

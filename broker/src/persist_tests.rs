@@ -1,0 +1,254 @@
+//! Tests of the log format, the image and recovery (real files in a temporary directory).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sluice_codec::{PublishProperties, QoS, Str, SubscriptionOptions, TopicFilter, TopicName};
+
+use super::*;
+use crate::config::{PersistenceConfig, PersistenceMode};
+use crate::message::Message;
+
+fn msg(topic: &str, payload: &'static [u8], qos: QoS) -> Arc<Message> {
+    let props = PublishProperties {
+        message_expiry_interval: Some(3600),
+        user_properties: vec![(Str::from_static("k"), Str::from_static("v"))],
+        correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+        ..Default::default()
+    };
+    Arc::new(Message::new(
+        TopicName::try_from(topic).unwrap(),
+        Bytes::from_static(payload),
+        qos,
+        false,
+        props,
+        "pub".into(),
+        Instant::now(),
+    ))
+}
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sluice-store-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn cfg(dir: &Path, mode: PersistenceMode) -> PersistenceConfig {
+    PersistenceConfig {
+        mode,
+        dir: dir.to_path_buf(),
+        ..PersistenceConfig::default()
+    }
+}
+
+fn client(c: &str) -> ClientId {
+    c.into()
+}
+
+/// A session "c" with a subscription, two queued messages, one sent, one inbound QoS 2 id.
+fn sample(m1: &Arc<Message>, m2: &Arc<Message>) -> Vec<Record> {
+    let c = client("c");
+    vec![
+        Record::Session {
+            client: c.clone(),
+            expiry: 300,
+            username: Some("u".into()),
+            will: None,
+        },
+        Record::Subscribe {
+            client: c.clone(),
+            filter: TopicFilter::try_from("a/#").unwrap(),
+            options: SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                no_local: true,
+                retain_as_published: true,
+                retain_handling: sluice_codec::RetainHandling::Never,
+            },
+            identifier: Some(7),
+        },
+        Record::Message(m1.clone()),
+        Record::Enqueue {
+            client: c.clone(),
+            id: m1.id,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![7],
+            shared: None,
+        },
+        Record::Message(m2.clone()),
+        Record::Enqueue {
+            client: c.clone(),
+            id: m2.id,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+        },
+        Record::Sent {
+            client: c.clone(),
+            id: m1.id,
+            pkid: 5,
+        },
+        Record::Qos2In {
+            client: c.clone(),
+            pkid: 9,
+        },
+        Record::Retain {
+            topic: Str::from_static("a/b"),
+            id: m2.id,
+        },
+    ]
+}
+
+#[test]
+fn every_record_round_trips_through_the_frame_format() {
+    let m1 = msg("a/b", b"one", QoS::AtLeastOnce);
+    let m2 = msg("a/c", b"two", QoS::ExactlyOnce);
+    let now = Instant::now();
+    for rec in sample(&m1, &m2) {
+        let mut buf = BytesMut::new();
+        encode_record(&rec, &mut buf);
+        let len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len + 8, buf.len());
+        let back = decode_record(Bytes::copy_from_slice(&buf[8..]), now).unwrap();
+        assert_eq!(format!("{:?}", strip(&back)), format!("{:?}", strip(&rec)));
+    }
+}
+
+/// Debug text without the expiry instant (which is re-derived from wall-clock time).
+fn strip(r: &Record) -> Record {
+    match r {
+        Record::Message(m) => {
+            let mut m = (**m).clone();
+            m.expires_at = None;
+            Record::Message(Arc::new(m))
+        }
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn image_tracks_queues_inflight_and_message_references() {
+    let m1 = msg("a/b", b"one", QoS::AtLeastOnce);
+    let m2 = msg("a/c", b"two", QoS::ExactlyOnce);
+    let mut img = Image::default();
+    for r in sample(&m1, &m2) {
+        img.apply(&r);
+    }
+    let s = &img.sessions[&client("c")];
+    assert_eq!(s.queue.len(), 1);
+    assert_eq!(s.inflight.len(), 1);
+    assert!(s.qos2_in.contains(&9));
+    assert_eq!(img.messages[&m2.id].1, 2, "queued once and retained");
+    // PUBACK frees m1; deleting the retained copy and ending the session frees m2.
+    img.apply(&Record::Acked {
+        client: client("c"),
+        pkid: 5,
+    });
+    assert!(!img.messages.contains_key(&m1.id));
+    img.apply(&Record::Retain {
+        topic: Str::from_static("a/b"),
+        id: 0,
+    });
+    img.apply(&Record::SessionGone {
+        client: client("c"),
+    });
+    assert!(img.messages.is_empty() && img.sessions.is_empty());
+}
+
+#[tokio::test]
+async fn store_recovers_what_was_written_and_compaction_preserves_it() {
+    let dir = tempdir();
+    let m1 = msg("a/b", b"one", QoS::AtLeastOnce);
+    let m2 = msg("a/c", b"two", QoS::ExactlyOnce);
+    {
+        let (store, image, rec) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+        assert!(image.sessions.is_empty());
+        assert_eq!(rec.records, 0);
+        for r in sample(&m1, &m2) {
+            store.append(r);
+        }
+        assert!(
+            store.ticket().unwrap().await.unwrap(),
+            "durable ticket after fsync"
+        );
+        // No shutdown: as after kill -9, only what the ticket covered is promised.
+    }
+    let (store, image, rec) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(rec.records, 9);
+    let s = &image.sessions[&client("c")];
+    assert_eq!((s.expiry, s.queue.len(), s.inflight.len()), (300, 1, 1));
+    assert_eq!(image.retained.len(), 1);
+    let m = &image.messages[&m1.id].0;
+    assert_eq!(&m.payload[..], b"one");
+    assert_eq!(m.properties.user_properties.len(), 1);
+    let left = m
+        .expires_at
+        .unwrap()
+        .saturating_duration_since(Instant::now());
+    assert!(
+        left > Duration::from_secs(3500),
+        "expiry deadline kept: {left:?}"
+    );
+    store.shutdown().await;
+
+    // The image written back as records rebuilds the same state.
+    let mut again = Image::default();
+    for r in image.to_records() {
+        again.apply(&r);
+    }
+    assert_eq!(again.sessions[&client("c")].queue, s.queue);
+    assert_eq!(again.sessions[&client("c")].inflight, s.inflight);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_reported_but_corruption_in_the_middle_stops_start_up() {
+    let dir = tempdir();
+    let m1 = msg("a/b", b"one", QoS::AtLeastOnce);
+    let m2 = msg("a/c", b"two", QoS::ExactlyOnce);
+    {
+        let (store, _, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+        for r in sample(&m1, &m2) {
+            store.append(r);
+        }
+        store.shutdown().await;
+    }
+    let log = dir.join(log_name(1));
+    let full = std::fs::read(&log).unwrap();
+    // Torn tail: half of a frame appended.
+    let mut torn = full.clone();
+    torn.extend_from_slice(&[40, 0, 0, 0, 1, 2]);
+    std::fs::write(&log, &torn).unwrap();
+    let (store, image, rec) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(rec.truncated, Some((full.len() as u64, 6)));
+    assert_eq!(image.sessions.len(), 1);
+    store.shutdown().await;
+    assert_eq!(
+        std::fs::read(&log).unwrap().len(),
+        full.len(),
+        "tail cut off"
+    );
+
+    // A flipped byte in the first record, valid records after it: refused, naming the file.
+    let mut bad = full.clone();
+    bad[10] ^= 0xFF;
+    std::fs::write(&log, &bad).unwrap();
+    let e = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap_err();
+    assert!(e.path.ends_with("wal-00000001.log"), "{e}");
+    assert!(e.reason.contains("corrupt"), "{e}");
+
+    // Log files without CURRENT: refused rather than opened empty.
+    std::fs::write(&log, &full).unwrap();
+    std::fs::remove_file(dir.join("CURRENT")).unwrap();
+    let e = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap_err();
+    assert!(e.reason.contains("refusing to start empty"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn memory_mode_is_disabled() {
+    let (store, image, _) = Store::open(&cfg(Path::new(""), PersistenceMode::Memory)).unwrap();
+    assert!(!store.is_enabled() && store.ticket().is_none() && image.sessions.is_empty());
+}

@@ -1,0 +1,387 @@
+//! Durability (issue 5): in the default `durable` mode, SIGKILL at any moment loses no
+//! acknowledged message; persistent sessions, their queues, inflight messages and retained
+//! messages survive a restart. Real files on disk, real `kill -9`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_tests::codec::{
+    Connect, ConnectProperties, Packet, Protocol, PubAck, Publish, QoS, Str, Subscribe,
+    SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
+};
+use sluice_tests::{Broker, BrokerOpts, RawClient, Recv};
+
+const T: Duration = Duration::from_secs(5);
+
+/// Starts a broker whose data lives in `data` (kept across restarts).
+fn broker_on(data: &std::path::Path) -> Broker {
+    Broker::start_with(BrokerOpts {
+        env: vec![(
+            "SLUICE__PERSISTENCE__DIR".into(),
+            data.display().to_string(),
+        )],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// CONNECT at 3.1.1 with Clean Session 0 (a persistent session).
+async fn connect_persistent(broker: &Broker, id: &str) -> (RawClient, bool) {
+    let mut c = RawClient::connect(broker.addr, Protocol::V311)
+        .await
+        .unwrap();
+    let connect = Connect {
+        protocol: Protocol::V311,
+        clean_start: false,
+        keep_alive: 60,
+        client_id: Str::try_from(id).unwrap(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    };
+    c.send(&Packet::Connect(Box::new(connect))).await.unwrap();
+    match c.expect_packet(T).await.unwrap() {
+        Packet::ConnAck(a) => {
+            assert_eq!(a.reason.0, 0);
+            (c, a.session_present)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
+    let s = Subscribe {
+        pkid: 1,
+        filters: vec![Subscription {
+            filter: TopicFilter::try_from(filter).unwrap(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
+        rejected: vec![],
+        properties: SubscribeProperties::default(),
+    };
+    c.send(&Packet::Subscribe(s)).await.unwrap();
+    assert!(matches!(
+        c.expect_packet(T).await.unwrap(),
+        Packet::SubAck(_)
+    ));
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: TopicName::try_from(topic).unwrap(),
+        pkid,
+        payload: Bytes::from(payload),
+        properties: Default::default(),
+    })
+}
+
+/// Publishes `n` messages (odd sequence numbers at QoS 2, even at QoS 1), one at a time,
+/// until the connection dies. Returns the sequence numbers whose flow the broker acknowledged
+/// (PUBACK, or PUBREC for QoS 2: from then on the broker owns the message).
+async fn publish_until_killed(broker_addr: std::net::SocketAddr, n: u32) -> Vec<u32> {
+    let mut acked = Vec::new();
+    let Ok(mut c) = RawClient::connect(broker_addr, Protocol::V311).await else {
+        return acked;
+    };
+    if c.send_bytes(&sluice_tests::connect_bytes(Protocol::V311, "crash-pub"))
+        .await
+        .is_err()
+    {
+        return acked;
+    }
+    if !matches!(c.recv(T).await, Ok(Recv::Packet(p)) if matches!(*p, Packet::ConnAck(_))) {
+        return acked;
+    }
+    for seq in 0..n {
+        let qos = if seq % 2 == 1 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let pkid = (seq % 60_000 + 1) as u16;
+        let p = publish("crash/t", qos, pkid, seq.to_be_bytes().to_vec(), false);
+        if c.send(&p).await.is_err() {
+            return acked;
+        }
+        match c.recv(T).await {
+            Ok(Recv::Packet(p)) => match *p {
+                Packet::PubAck(_) => acked.push(seq),
+                Packet::PubRec(_) => {
+                    acked.push(seq);
+                    if c.send(&Packet::PubRel(PubAck::new(pkid))).await.is_err() {
+                        return acked;
+                    }
+                    match c.recv(T).await {
+                        Ok(Recv::Packet(p)) if matches!(*p, Packet::PubComp(_)) => {}
+                        _ => return acked,
+                    }
+                }
+                _ => return acked,
+            },
+            _ => return acked,
+        }
+    }
+    acked
+}
+
+/// Reads PUBLISHes until `quiet` passes without one, acknowledging each (QoS 1: PUBACK,
+/// QoS 2: PUBREC/PUBREL/PUBCOMP). Returns (sequence number, QoS, DUP) in arrival order.
+async fn drain(c: &mut RawClient, quiet: Duration) -> Vec<(u32, QoS, bool)> {
+    let mut got = Vec::new();
+    loop {
+        match c.recv(quiet).await.unwrap() {
+            Recv::Packet(p) => match *p {
+                Packet::Publish(p) => {
+                    let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+                    got.push((seq, p.qos, p.dup));
+                    match p.qos {
+                        QoS::AtLeastOnce => {
+                            c.send(&Packet::PubAck(PubAck::new(p.pkid))).await.unwrap()
+                        }
+                        QoS::ExactlyOnce => {
+                            c.send(&Packet::PubRec(PubAck::new(p.pkid))).await.unwrap()
+                        }
+                        QoS::AtMostOnce => {}
+                    }
+                }
+                Packet::PubRel(r) => c.send(&Packet::PubComp(PubAck::new(r.pkid))).await.unwrap(),
+                _ => {}
+            },
+            Recv::Timeout => return got,
+            Recv::Closed => panic!("subscriber connection closed while draining"),
+        }
+    }
+}
+
+/// The issue's crash test: a persistent subscriber is offline; a publisher sends QoS 1 and
+/// QoS 2 messages; the broker is SIGKILLed at a random moment; after a restart the subscriber
+/// gets every message the publisher saw acknowledged, QoS 2 ones exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_no_acknowledged_message() {
+    for round in 0..3u64 {
+        let data = tempfile::tempdir().unwrap();
+        let mut broker = broker_on(data.path());
+        let (mut sub, _) = connect_persistent(&broker, "crash-sub").await;
+        subscribe(&mut sub, "crash/#", QoS::ExactlyOnce).await;
+        drop(sub); // offline from here on: everything queues for it.
+
+        // Kill after a random delay while the publisher is busy.
+        let kill_after = Duration::from_millis(150 + (rand_u64(round) % 600));
+        let addr = broker.addr;
+        let publisher = tokio::spawn(async move { publish_until_killed(addr, 100_000).await });
+        tokio::time::sleep(kill_after).await;
+        broker.kill();
+        let acked = publisher.await.unwrap();
+        assert!(
+            !acked.is_empty(),
+            "round {round}: the publisher got no ack before the kill"
+        );
+
+        let broker = broker_on(data.path());
+        let (mut sub, present) = connect_persistent(&broker, "crash-sub").await;
+        assert!(
+            present,
+            "round {round}: session present after restart [MQTT-3.2.2-2]"
+        );
+        let got = drain(&mut sub, Duration::from_millis(1500)).await;
+        let mut count: HashMap<u32, usize> = HashMap::new();
+        for (seq, _, _) in &got {
+            *count.entry(*seq).or_default() += 1;
+        }
+        let missing: Vec<u32> = acked
+            .iter()
+            .filter(|s| !count.contains_key(s))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged messages lost (of {}), first {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(10)]
+        );
+        let dup_qos2: Vec<u32> = count
+            .iter()
+            .filter(|(s, n)| **s % 2 == 1 && **n > 1)
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(
+            dup_qos2.is_empty(),
+            "round {round}: QoS 2 delivered twice: {dup_qos2:?}"
+        );
+        let seqs: Vec<u32> = got.iter().map(|(s, _, _)| *s).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: in publish order [MQTT-4.6.0-6]"
+        );
+        eprintln!(
+            "round {round}: killed after {kill_after:?}, {} acknowledged, {} delivered after restart",
+            acked.len(),
+            got.len()
+        );
+    }
+}
+
+/// A deterministic per-round pseudo-random number (no RNG dependency in the tests).
+fn rand_u64(seed: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (nanos ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 7
+}
+
+/// With the subscriber connected and not acknowledging, the messages in flight to it are
+/// resent with DUP after a SIGKILL and restart, with the same packet ids [MQTT-4.4.0-1].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflight_messages_are_resent_with_dup_after_a_crash() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = broker_on(data.path());
+    let (mut sub, _) = connect_persistent(&broker, "inflight-sub").await;
+    subscribe(&mut sub, "inf/#", QoS::ExactlyOnce).await;
+    let (mut publ, _) = connect_persistent(&broker, "inflight-pub").await;
+    for seq in 0..4u32 {
+        let pkid = seq as u16 + 1;
+        publ.send(&publish(
+            "inf/t",
+            QoS::AtLeastOnce,
+            pkid,
+            seq.to_be_bytes().to_vec(),
+            false,
+        ))
+        .await
+        .unwrap();
+        assert!(matches!(
+            publ.expect_packet(T).await.unwrap(),
+            Packet::PubAck(_)
+        ));
+    }
+    // The subscriber receives them and acknowledges none.
+    let mut first = Vec::new();
+    while first.len() < 4 {
+        if let Packet::Publish(p) = sub.expect_packet(T).await.unwrap() {
+            first.push((p.pkid, p.payload.clone()));
+        }
+    }
+    // Durable: the Sent records are on disk before this ticketed ack (PUBLISH order).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    broker.kill();
+    drop(sub);
+
+    let broker = broker_on(data.path());
+    let (mut sub, present) = connect_persistent(&broker, "inflight-sub").await;
+    assert!(present);
+    let mut again = Vec::new();
+    while again.len() < 4 {
+        match sub.expect_packet(T).await.unwrap() {
+            Packet::Publish(p) => {
+                assert!(p.dup, "resent with DUP [MQTT-3.3.1-1]");
+                again.push((p.pkid, p.payload.clone()));
+            }
+            other => panic!("expected the resent PUBLISHes, got {other:?}"),
+        }
+    }
+    assert_eq!(again, first, "same packet ids and messages, in order");
+}
+
+/// Retained messages and subscriptions survive a restart (graceful this time: SIGTERM flushes
+/// everything and leaves no recovery work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_and_subscriptions_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = broker_on(data.path());
+    let (mut c, _) = connect_persistent(&broker, "keeper").await;
+    subscribe(&mut c, "keep/#", QoS::AtLeastOnce).await;
+    drop(c);
+    let (mut p, _) = connect_persistent(&broker, "retainer").await;
+    p.send(&publish(
+        "keep/r",
+        QoS::AtLeastOnce,
+        1,
+        7u32.to_be_bytes().to_vec(),
+        true,
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        p.expect_packet(T).await.unwrap(),
+        Packet::PubAck(_)
+    ));
+    drop(p);
+    assert!(broker.terminate(T).unwrap().success());
+    assert!(broker.log().iter().any(|l| l.contains("store recovered")));
+
+    let broker = broker_on(data.path());
+    assert!(broker
+        .wait_log("store recovered", T)
+        .unwrap()
+        .contains("sessions=2"));
+    // The offline subscriber got the message queued while it was away.
+    let (mut c, present) = connect_persistent(&broker, "keeper").await;
+    assert!(present);
+    let got = drain(&mut c, Duration::from_millis(500)).await;
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![7]);
+    // A new subscriber gets the retained message [MQTT-3.3.1-6].
+    let mut fresh = RawClient::connect(broker.addr, Protocol::V311)
+        .await
+        .unwrap();
+    fresh
+        .send_bytes(&sluice_tests::connect_bytes(Protocol::V311, "fresh"))
+        .await
+        .unwrap();
+    fresh.expect_packet(T).await.unwrap();
+    subscribe(&mut fresh, "keep/#", QoS::AtMostOnce).await;
+    match fresh.expect_packet(T).await.unwrap() {
+        Packet::Publish(p) => {
+            assert!(p.retain);
+            assert_eq!(&p.payload[..], &7u32.to_be_bytes());
+        }
+        other => panic!("expected the retained message, got {other:?}"),
+    }
+}
+
+/// A corrupt log stops start-up with the file named, instead of starting empty.
+#[test]
+fn a_corrupt_log_stops_start_up_naming_the_file() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let mut broker = broker_on(data.path());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (mut c, _) = connect_persistent(&broker, "a").await;
+            subscribe(&mut c, "x/#", QoS::AtLeastOnce).await;
+            let (mut d, _) = connect_persistent(&broker, "b").await;
+            subscribe(&mut d, "y/#", QoS::AtLeastOnce).await;
+        });
+        assert!(broker.terminate(T).unwrap().success());
+    }
+    let log = data.path().join("wal-00000001.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[12] ^= 0xFF;
+    std::fs::write(&log, &bytes).unwrap();
+    let out = sluice_tests::run_sluice(
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data.path().display().to_string(),
+        ],
+        &[],
+        data.path(),
+    )
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wal-00000001.log") && err.contains("corrupt"),
+        "{err}"
+    );
+}

@@ -1,0 +1,401 @@
+//! The `[limits]` section: bounds on topics, subscriptions, client identifiers, connections,
+//! the CONNECT deadline and per-connection publish rates, with the MQTT 5.0 reason codes (and
+//! 3.1.1 return codes) the broker answers with when a client goes over them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use bytes::{Bytes, BytesMut};
+use sluice_tests::codec::{
+    ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties,
+    QoS, Str, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
+};
+use sluice_tests::{client_id, Broker, RawClient, Recv};
+
+const STEP: Duration = Duration::from_secs(5);
+
+fn connect_packet(protocol: Protocol, id: &str) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: Str::try_from(id).unwrap(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }))
+}
+
+/// Connects with client id `id` and returns whatever CONNACK came back.
+async fn connect_as(
+    addr: SocketAddr,
+    protocol: Protocol,
+    id: &str,
+) -> Result<(RawClient, ConnAck)> {
+    let mut c = RawClient::connect(addr, protocol).await?;
+    c.send(&connect_packet(protocol, id)).await?;
+    match c.expect_packet(STEP).await? {
+        Packet::ConnAck(a) => Ok((c, a)),
+        other => bail!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// A connected client (successful CONNACK).
+async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<RawClient> {
+    let (c, a) = connect_as(addr, protocol, &client_id("lim")).await?;
+    assert_eq!(a.reason.0, 0, "CONNACK {a:?}");
+    Ok(c)
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.try_into().unwrap(),
+        pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
+        payload: Bytes::copy_from_slice(payload),
+        properties: PublishProperties::default(),
+    })
+}
+
+/// SUBSCRIBEs to `filters` at QoS 1 in one packet; returns the SUBACK's codes.
+async fn suback_codes(c: &mut RawClient, filters: &[&str]) -> Result<Vec<u8>> {
+    c.send(&Packet::Subscribe(Subscribe {
+        pkid: 9,
+        filters: filters
+            .iter()
+            .map(|f| Subscription {
+                filter: (*f).try_into().unwrap(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            })
+            .collect(),
+        rejected: vec![],
+        properties: SubscribeProperties::default(),
+    }))
+    .await?;
+    match c.expect_packet(STEP).await? {
+        Packet::SubAck(a) => Ok(a.reasons.iter().map(|r| r.0).collect()),
+        other => bail!("expected SUBACK, got {other:?}"),
+    }
+}
+
+/// Reads until the server closes; the last packet must be DISCONNECT `code`.
+async fn expect_disconnect(c: &mut RawClient, code: u8, what: &str) -> Result<()> {
+    let seen = c.expect_closed(STEP).await?;
+    match seen.last() {
+        Some(Packet::Disconnect(d)) => assert_eq!(
+            d.reason.0, code,
+            "{what}: DISCONNECT 0x{:02X}, expected 0x{code:02X} ({seen:?})",
+            d.reason.0
+        ),
+        _ => panic!("{what}: expected DISCONNECT 0x{code:02X}, saw {seen:?}"),
+    }
+    Ok(())
+}
+
+/// A QoS 1 PUBLISH and its PUBACK; returns the round-trip time.
+async fn qos1_round_trip(c: &mut RawClient, topic: &str, pkid: u16) -> Result<Duration> {
+    let t = Instant::now();
+    c.send(&publish(topic, QoS::AtLeastOnce, pkid, b"probe"))
+        .await?;
+    loop {
+        match c.expect_packet(STEP).await? {
+            Packet::PubAck(a) if a.pkid == pkid => return Ok(t.elapsed()),
+            Packet::Publish(_) => {}
+            other => bail!("expected PUBACK {pkid}, got {other:?}"),
+        }
+    }
+}
+
+/// `max_topic_levels = 4` (the protocol sets no limit; over the server's own limit the 5.0
+/// reason codes are 0x8F Topic Filter invalid in SUBACK, 3.9.3, and 0x90 Topic Name invalid in
+/// DISCONNECT, 3.14.2.1): a 5-level filter gets SUBACK 0x8F while a 4-level one is granted; a
+/// 5-level PUBLISH is DISCONNECT 0x90 (3.1.1: SUBACK 0x80, and the connection closed).
+#[tokio::test]
+async fn max_topic_levels() -> Result<()> {
+    let broker = Broker::with_config("[limits]\nmax_topic_levels = 4\n");
+    let mut c = connect(broker.addr, Protocol::V5).await?;
+    assert_eq!(
+        suback_codes(&mut c, &["a/b/c/d", "a/b/c/d/e", "a/b/c/#", "a/b/c/d/#"]).await?,
+        vec![1, 0x8F, 1, 0x8F]
+    );
+    // A 4-level PUBLISH is delivered (the client is subscribed to a/b/c/d).
+    c.send(&publish("a/b/c/d", QoS::AtMostOnce, 0, b"4"))
+        .await?;
+    match c.expect_packet(STEP).await? {
+        Packet::Publish(p) => assert_eq!(p.topic.as_str(), "a/b/c/d"),
+        other => panic!("expected the 4-level message, got {other:?}"),
+    }
+    c.send(&publish("a/b/c/d/e", QoS::AtMostOnce, 0, b"5"))
+        .await?;
+    expect_disconnect(&mut c, 0x90, "5-level PUBLISH").await?;
+
+    let mut c = connect(broker.addr, Protocol::V311).await?;
+    assert_eq!(
+        suback_codes(&mut c, &["x/y/z/w/v", "x/y"]).await?,
+        vec![0x80, 1]
+    );
+    c.send(&publish("x/y/z/w/v", QoS::AtLeastOnce, 1, b"5"))
+        .await?;
+    let seen = c.expect_closed(STEP).await?;
+    assert!(
+        !seen.iter().any(|p| matches!(p, Packet::PubAck(_))),
+        "3.1.1: no PUBACK for a refused PUBLISH: {seen:?}"
+    );
+    Ok(())
+}
+
+/// `max_topic_length = 16` (the protocol allows 65,535 bytes, 1.5.4): a 17-byte filter gets
+/// SUBACK 0x8F, a 17-byte topic name in PUBLISH is DISCONNECT 0x90 (3.14.2.1), and a will with
+/// such a topic is CONNACK 0x90 (3.2.2.2); 16 bytes are fine.
+#[tokio::test]
+async fn max_topic_length() -> Result<()> {
+    let broker = Broker::with_config("[limits]\nmax_topic_length = 16\n");
+    let ok = "t/23456789abcdef"; // 16 bytes
+    let long = "t/23456789abcdefg"; // 17 bytes
+    let mut c = connect(broker.addr, Protocol::V5).await?;
+    assert_eq!(suback_codes(&mut c, &[ok, long]).await?, vec![1, 0x8F]);
+    c.send(&publish(ok, QoS::AtMostOnce, 0, b"16")).await?;
+    match c.expect_packet(STEP).await? {
+        Packet::Publish(p) => assert_eq!(p.topic.as_str(), ok),
+        other => panic!("expected the 16-byte topic's message, got {other:?}"),
+    }
+    c.send(&publish(long, QoS::AtMostOnce, 0, b"17")).await?;
+    expect_disconnect(&mut c, 0x90, "17-byte topic name").await?;
+
+    let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
+    let Packet::Connect(mut connect) = connect_packet(Protocol::V5, &client_id("will")) else {
+        unreachable!()
+    };
+    connect.will = Some(LastWill {
+        topic: long.try_into().unwrap(),
+        payload: Bytes::from_static(b"bye"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        delay_interval: 0,
+        properties: PublishProperties::default(),
+    });
+    c.send(&Packet::Connect(connect)).await?;
+    match c.expect_packet(STEP).await? {
+        Packet::ConnAck(a) => assert_eq!(a.reason.0, 0x90, "{a:?}"),
+        other => panic!("expected CONNACK 0x90, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// `max_subscriptions_per_client = 2`: further filters get SUBACK 0x97 Quota exceeded (3.9.3;
+/// 3.1.1: 0x80 Failure, 3.9.3 of 3.1.1), the first two are granted.
+#[tokio::test]
+async fn max_subscriptions_per_client() -> Result<()> {
+    let broker = Broker::with_config("[limits]\nmax_subscriptions_per_client = 2\n");
+    let mut c = connect(broker.addr, Protocol::V5).await?;
+    assert_eq!(
+        suback_codes(&mut c, &["s/1", "s/2", "s/3"]).await?,
+        vec![1, 1, 0x97]
+    );
+    assert_eq!(suback_codes(&mut c, &["s/4"]).await?, vec![0x97]);
+    let mut c = connect(broker.addr, Protocol::V311).await?;
+    assert_eq!(
+        suback_codes(&mut c, &["s/1", "s/2", "s/3"]).await?,
+        vec![1, 1, 0x80]
+    );
+    Ok(())
+}
+
+/// `max_client_id_length = 8` ([MQTT-3.1.3-5] lets the server accept longer ids; this one does
+/// not): a 9-byte id gets CONNACK 0x85 Client Identifier not valid (3.1.1: return code 2
+/// Identifier rejected); 8 bytes are accepted.
+#[tokio::test]
+async fn max_client_id_length() -> Result<()> {
+    let broker = Broker::with_config("[limits]\nmax_client_id_length = 8\n");
+    let (_c, a) = connect_as(broker.addr, Protocol::V5, "abcdefgh").await?;
+    assert_eq!(a.reason.0, 0, "8 bytes accepted: {a:?}");
+    let (mut c, a) = connect_as(broker.addr, Protocol::V5, "abcdefghi").await?;
+    assert_eq!(a.reason.0, 0x85, "{a:?}");
+    c.expect_closed(STEP).await?;
+    // The codec decodes 3.1.1 return code 2 as 0x85.
+    let (mut c, a) = connect_as(broker.addr, Protocol::V311, "abcdefghi").await?;
+    assert_eq!(a.reason.0, 0x85, "3.1.1 return code 2: {a:?}");
+    c.expect_closed(STEP).await?;
+    Ok(())
+}
+
+/// `max_connections = 3`: the 4th client gets CONNACK 0x89 Server busy (3.2.2.2; 3.1.1: return
+/// code 3 Server unavailable) and is closed, while the first three keep working; once one of
+/// them leaves, a new client is admitted.
+#[tokio::test]
+async fn max_connections() -> Result<()> {
+    let broker = Broker::with_config("[limits]\nmax_connections = 3\n");
+    let mut sub = connect(broker.addr, Protocol::V5).await?;
+    let mut publisher = connect(broker.addr, Protocol::V311).await?;
+    let third = connect(broker.addr, Protocol::V5).await?;
+    let (mut c, a) = connect_as(broker.addr, Protocol::V5, &client_id("fourth")).await?;
+    assert_eq!(a.reason.0, 0x89, "4th v5 client: {a:?}");
+    c.expect_closed(STEP).await?;
+    // The codec decodes 3.1.1 return code 3 as 0x88.
+    let (mut c, a) = connect_as(broker.addr, Protocol::V311, &client_id("fourth")).await?;
+    assert_eq!(a.reason.0, 0x88, "4th 3.1.1 client, return code 3: {a:?}");
+    c.expect_closed(STEP).await?;
+
+    assert_eq!(suback_codes(&mut sub, &["mc/t"]).await?, vec![1]);
+    qos1_round_trip(&mut publisher, "mc/t", 1).await?;
+    match sub.expect_packet(STEP).await? {
+        Packet::Publish(p) => assert_eq!(p.topic.as_str(), "mc/t"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+
+    drop(third);
+    let deadline = Instant::now() + STEP;
+    loop {
+        let (_c, a) = connect_as(broker.addr, Protocol::V5, &client_id("later")).await?;
+        if a.reason.0 == 0 {
+            break;
+        }
+        assert_eq!(a.reason.0, 0x89);
+        assert!(
+            Instant::now() < deadline,
+            "a slot never became free after a client left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// `connect_timeout = 1` (3.1.4: "If the Server does not receive a CONNECT packet within a
+/// reasonable amount of time after the Network Connection is established, the Server SHOULD
+/// close the Network Connection"): a socket that never sends CONNECT is closed within ~2 s.
+#[tokio::test]
+async fn connect_timeout_closes_silent_socket() -> Result<()> {
+    let broker = Broker::with_config("[limits]\nconnect_timeout = 1\n");
+    let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
+    let t = Instant::now();
+    let seen = c.expect_closed(Duration::from_secs(4)).await?;
+    let took = t.elapsed();
+    assert!(seen.is_empty(), "nothing sent before CONNECT: {seen:?}");
+    assert!(
+        took >= Duration::from_millis(800) && took <= Duration::from_millis(2500),
+        "closed after {took:?}, expected ~1 s"
+    );
+    // A client that does send CONNECT in time is unaffected.
+    let mut c = connect(broker.addr, Protocol::V5).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.send(&Packet::PingReq).await?;
+    assert!(matches!(c.expect_packet(STEP).await?, Packet::PingResp));
+    Ok(())
+}
+
+/// `publish_rate = 500` with a 1 s burst (the server's own flow control; 4.9 leaves ingress
+/// limits to the implementation): a client blasting 1,500 QoS 0 PUBLISHes in one write is read
+/// at ~500/s after its 500-message burst, so the subscriber sees the last one no sooner than
+/// ~1.5 s after the blast (2 s ideal), none lost; meanwhile another client's QoS 1 round trips
+/// stay fast (each under 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rate_throttles_flooder_only() -> Result<()> {
+    let broker = Broker::with_config(
+        "[mqtt]\nmax_queued_messages = 10000\n[limits]\npublish_rate = 500\npublish_burst_seconds = 1\n",
+    );
+    const N: usize = 1500;
+    let mut sub = connect(broker.addr, Protocol::V5).await?;
+    assert_eq!(suback_codes(&mut sub, &["flood/#"]).await?, vec![1]);
+    let collector = tokio::spawn(async move {
+        let mut n = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n < N && Instant::now() < deadline {
+            match sub.recv(Duration::from_millis(200)).await? {
+                Recv::Packet(p) if matches!(*p, Packet::Publish(_)) => n += 1,
+                Recv::Closed => bail!("subscriber closed"),
+                _ => {}
+            }
+        }
+        anyhow::Ok((n, Instant::now()))
+    });
+    let mut probe = connect(broker.addr, Protocol::V5).await?;
+    let done = Arc::new(AtomicBool::new(false));
+    let probe_done = done.clone();
+    let prober = tokio::spawn(async move {
+        let mut rtts = Vec::new();
+        let mut pkid = 0u16;
+        while !probe_done.load(Ordering::Relaxed) && rtts.len() < 40 {
+            pkid += 1;
+            rtts.push(qos1_round_trip(&mut probe, "probe", pkid).await?);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(rtts)
+    });
+
+    let mut flooder = connect(broker.addr, Protocol::V5).await?;
+    let mut blast = BytesMut::new();
+    for i in 0..N {
+        let p = publish(
+            &format!("flood/{}", i % 10),
+            QoS::AtMostOnce,
+            0,
+            b"0123456789",
+        );
+        sluice_tests::codec::encode(&p, Protocol::V5, &mut blast).unwrap();
+    }
+    let start = Instant::now();
+    flooder.send_bytes(&blast).await?;
+    let (n, last) = collector.await??;
+    done.store(true, Ordering::Relaxed);
+    let rtts = prober.await??;
+    let took = last.duration_since(start);
+    assert_eq!(n, N, "every flooded message delivered");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "1,500 messages at 500/s (burst 500) passed in {took:?}: not throttled"
+    );
+    let worst = rtts.iter().max().copied().unwrap_or_default();
+    assert!(rtts.len() >= 5, "probe ran: {rtts:?}");
+    assert!(
+        worst < Duration::from_secs(1),
+        "well-behaved client's QoS 1 round trips during the flood: worst {worst:?} ({rtts:?})"
+    );
+    eprintln!(
+        "flood of {N} took {took:?}; probe RTTs worst {worst:?} over {}",
+        rtts.len()
+    );
+    Ok(())
+}
+
+/// `disconnect_over_rate = true`: a 5.0 client over `publish_rate` gets DISCONNECT 0x96 Message
+/// rate too high (3.14.2.1) and is closed; a 3.1.1 client (no such code) is only pushed back
+/// and stays connected.
+#[tokio::test]
+async fn disconnect_over_rate() -> Result<()> {
+    let broker = Broker::with_config(
+        "[limits]\npublish_rate = 10\npublish_burst_seconds = 1\ndisconnect_over_rate = true\n",
+    );
+    let blast = |protocol, n: usize| {
+        let mut b = BytesMut::new();
+        for _ in 0..n {
+            sluice_codec_encode(&publish("r/t", QoS::AtMostOnce, 0, b"x"), protocol, &mut b);
+        }
+        b
+    };
+    let mut c = connect(broker.addr, Protocol::V5).await?;
+    let _ = c.send_bytes(&blast(Protocol::V5, 100)).await;
+    expect_disconnect(&mut c, 0x96, "5.0 flooder").await?;
+
+    // 3.1.1: 15 messages against a budget of 10 means ~0.5 s of back-pressure, no disconnect.
+    let mut c = connect(broker.addr, Protocol::V311).await?;
+    c.send_bytes(&blast(Protocol::V311, 15)).await?;
+    c.send(&Packet::PingReq).await?;
+    match c.recv(STEP).await? {
+        Recv::Packet(p) => assert!(matches!(*p, Packet::PingResp), "{p:?}"),
+        other => panic!("3.1.1 flooder should be pushed back, not dropped: {other:?}"),
+    }
+    Ok(())
+}
+
+fn sluice_codec_encode(p: &Packet, protocol: Protocol, out: &mut BytesMut) {
+    sluice_tests::codec::encode(p, protocol, out).unwrap();
+}
