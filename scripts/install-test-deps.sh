@@ -19,9 +19,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# The Debian package enables and starts a system broker on :1883; the tests never use it.
+# The Debian package enables and starts a system broker on :1883; the tests never use it, so
+# stop that one service (and only it: other mosquitto processes, such as a benchmark's, stay).
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
-pkill -x mosquitto >/dev/null 2>&1 || true
+if [ -f /run/mosquitto/mosquitto.pid ]; then
+    $SUDO kill "$(cat /run/mosquitto/mosquitto.pid)" >/dev/null 2>&1 || true
+fi
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
