@@ -234,7 +234,6 @@ impl AuthConfig {
     }
 }
 
-
 /// A configuration that cannot be used: which key, which value, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
