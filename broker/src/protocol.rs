@@ -775,16 +775,28 @@ impl ClientState {
     /// original order with their original packet ids [MQTT-4.4.0-1].
     pub fn resend_inflight(&mut self, now: Instant) {
         let inflight = std::mem::take(&mut self.session.inflight);
-        for entry in &inflight {
-            match entry {
+        let mut kept = std::collections::VecDeque::with_capacity(inflight.len());
+        for entry in inflight {
+            match &entry {
                 Inflight::Publish { pkid, delivery } => {
-                    let p = self.publish_packet(delivery, *pkid, true, now);
-                    self.send(&Packet::Publish(p));
+                    let p = Packet::Publish(self.publish_packet(delivery, *pkid, true, now));
+                    // This connection may announce a smaller Maximum Packet Size than the one
+                    // the message was first sent on: too large, it is discarded as if
+                    // delivered [MQTT-3.1.2-25] rather than resent on every reconnect.
+                    if self.n.protocol.is_v5()
+                        && encoded_len(&p, self.n.protocol)
+                            .map_or(true, |len| len > self.n.client_max_packet)
+                    {
+                        self.oversize_dropped += 1;
+                        continue;
+                    }
+                    self.send(&p);
                 }
                 Inflight::Release { pkid } => self.send(&Packet::PubRel(PubAck::new(*pkid))),
             }
+            kept.push_back(entry);
         }
-        self.session.inflight = inflight;
+        self.session.inflight = kept;
     }
 
     /// Connects this connection to the queue of shared subscription `filter`.

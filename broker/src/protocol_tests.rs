@@ -230,6 +230,42 @@ fn outbound_qos2_flow_and_resend_with_dup() {
 }
 
 #[test]
+fn resend_on_resume_skips_publishes_over_the_new_maximum_packet_size() {
+    // Found by the protocol fuzz target: a session resumed by a connection announcing a smaller
+    // Maximum Packet Size got its unacknowledged PUBLISH resent anyway [MQTT-3.1.2-24]. It is
+    // discarded as if delivered [MQTT-3.1.2-25]; PUBRELs still go out.
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    let mut publ = Client::new(Protocol::V5, "pub");
+    sub.subscribe(&b, "t", QoS::ExactlyOnce);
+    publ.handle(&b, publish("t", QoS::ExactlyOnce, 1, b"small"))
+        .unwrap();
+    publ.handle(&b, publish("t", QoS::AtLeastOnce, 2, &[b'x'; 200]))
+        .unwrap();
+    let got = sub.take();
+    let p = publishes(&got);
+    assert_eq!(p.len(), 2);
+    let (id1, id2) = (p[0].pkid, p[1].pkid);
+    sub.handle(&b, Packet::PubRec(PubAck::new(id1))).unwrap();
+    assert_eq!(sub.take(), vec![Packet::PubRel(PubAck::new(id1))]);
+    // Resumed on a connection that accepts at most 64 bytes per packet.
+    sub.state.n.client_max_packet = 64;
+    sub.state.resend_inflight(Instant::now());
+    assert_eq!(sub.take(), vec![Packet::PubRel(PubAck::new(id1))]);
+    assert_eq!(sub.state.oversize_dropped, 1);
+    assert!(sub.state.session.inflight_position(id2).is_none());
+    // 3.1.1 has no Maximum Packet Size: everything is resent.
+    let mut old = Client::new(Protocol::V311, "old");
+    old.subscribe(&b, "u", QoS::AtLeastOnce);
+    publ.handle(&b, publish("u", QoS::AtLeastOnce, 3, &[b'y'; 200]))
+        .unwrap();
+    assert_eq!(publishes(&old.take()).len(), 1);
+    old.state.n.client_max_packet = 64;
+    old.state.resend_inflight(Instant::now());
+    assert_eq!(publishes(&old.take()).len(), 1);
+}
+
+#[test]
 fn receive_maximum_exceeded_disconnects_0x93() {
     // [MQTT-3.3.4-9]: more QoS 2 PUBLISHes awaiting PUBREL than our Receive Maximum (4).
     let b = broker();
