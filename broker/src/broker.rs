@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sluice_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::acl::Acl;
 use crate::config::Config;
@@ -180,8 +180,10 @@ impl Broker {
         client_id: &ClientId,
         clean_start: bool,
         connection: u64,
-        control: mpsc::Sender<Control>,
+        control: oneshot::Sender<Control>,
     ) -> Opened {
+        // Handed to the Owner once; a retry of the loop happens before that.
+        let mut control = Some(control);
         loop {
             let handle = {
                 let mut sessions = lock(&self.sessions);
@@ -212,7 +214,7 @@ impl Broker {
                 own.expires_at = None;
                 own.owner = Some(Owner {
                     connection,
-                    control: control.clone(),
+                    control: control.take(),
                 });
                 own.parked.take()
             };
@@ -247,10 +249,14 @@ impl Broker {
 
     /// Asks the current owner of `handle`, if any, to hand the session over, and waits.
     async fn take_over(&self, handle: &Arc<SessionHandle>) {
-        let control = handle.ownership().owner.as_ref().map(|o| o.control.clone());
+        let control = handle
+            .ownership()
+            .owner
+            .as_mut()
+            .and_then(|o| o.control.take());
         let Some(control) = control else { return };
         let (tx, rx) = oneshot::channel();
-        if control.send(Control::TakeOver(tx)).await.is_ok()
+        if control.send(Control::TakeOver(tx)).is_ok()
             && tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await.is_err()
         {
             tracing::warn!(client_id = %handle.client_id, "old connection did not hand over its session in time; taking it anyway");
@@ -328,7 +334,7 @@ impl Broker {
                     will_now = Some(will);
                 } else {
                     let publish_at = now + Duration::from_secs(u64::from(will.delay_interval));
-                    session.pending_will = Some(PendingWill { will, publish_at });
+                    session.pending_will = Some(Box::new(PendingWill { will, publish_at }));
                 }
             }
             if session.expiry_interval == 0 {
@@ -511,9 +517,11 @@ impl Broker {
             }
             // The client was cut off by the restart: its will fires after its delay, unless it
             // comes back first [MQTT-3.1.3-9].
-            session.pending_will = s.will.clone().map(|will| PendingWill {
-                publish_at: now + Duration::from_secs(u64::from(will.delay_interval)),
-                will,
+            session.pending_will = s.will.clone().map(|will| {
+                Box::new(PendingWill {
+                    publish_at: now + Duration::from_secs(u64::from(will.delay_interval)),
+                    will,
+                })
             });
             let (generation, deadline) = {
                 let mut own = handle.ownership();

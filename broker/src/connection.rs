@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +19,12 @@ use sluice_codec::{
     ReasonCode, Str,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::auth::AuthStep;
 use crate::broker::Broker;
-use crate::connect::{negotiate, redirect_code, refusal, Credentials};
+use crate::broker::Opened;
+use crate::connect::{negotiate, redirect_code, refusal, Accepted, Credentials};
 use crate::persist::{Record, BACKLOG_HIGH_WATER};
 use crate::protocol::{ClientState, Close};
 use crate::ratelimit::RateLimiter;
@@ -31,7 +33,7 @@ use crate::session::Control;
 /// Stop reading and draining once this much is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
 /// Initial read buffer; it grows for large packets and is shrunk back afterwards.
-const READ_BUF: usize = 1024;
+const READ_BUF: usize = 256;
 /// How often a connection paused by the store's backlog looks again.
 const STORE_BUSY_POLL: Duration = Duration::from_millis(5);
 /// How long the final flush (DISCONNECT, acks) may take before the socket is dropped.
@@ -63,7 +65,7 @@ impl ConnInfo {
 /// Serves one client connection until it ends.
 pub async fn serve<S>(
     stream: S,
-    info: ConnInfo,
+    mut info: ConnInfo,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) where
@@ -75,156 +77,26 @@ pub async fn serve<S>(
     let mut rbuf = BytesMut::with_capacity(READ_BUF);
     let mut decoder = Decoder::new(broker.config.mqtt.max_packet_size as usize);
 
-    // CONNECT must arrive within `limits.connect_timeout` of the accept.
-    let connect_timeout = Duration::from_secs(broker.config.limits.connect_timeout);
-    let mut connect = match tokio::time::timeout(
-        connect_timeout,
-        read_connect(&mut rd, &mut rbuf, &mut decoder),
-    )
+    let Some(Established {
+        mut state,
+        mut control_rx,
+        connection,
+        protocol,
+        keep_alive,
+        now,
+    }) = Box::pin(establish(
+        peer,
+        info.tls_identity.take(),
+        &broker,
+        &mut rd,
+        &mut wr,
+        &mut rbuf,
+        &mut decoder,
+    ))
     .await
-    {
-        Ok(Ok(Some(c))) => c,
-        Ok(Ok(None)) => {
-            tracing::debug!(%peer, "connection closed before CONNECT");
-            return done(&broker);
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, error = %e, "refused connection: bad CONNECT");
-            if let DecodeError::UnsupportedProtocol { .. } = e {
-                // Answered in the 3.1.1 form, the only one such a client can be expected to read
-                // [MQTT-3.1.2-2]: return code 0x01.
-                let ack = ConnAck {
-                    session_present: false,
-                    reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                    properties: Default::default(),
-                };
-                write_final(&mut wr, &Packet::ConnAck(ack), Protocol::V311).await;
-            } else if decoder.protocol() == Some(Protocol::V5) {
-                let ack = ConnAck {
-                    session_present: false,
-                    reason: e.reason_code(),
-                    properties: Default::default(),
-                };
-                write_final(&mut wr, &Packet::ConnAck(ack), Protocol::V5).await;
-            }
-            return done(&broker);
-        }
-        Err(_) => {
-            tracing::info!(%peer, "no CONNECT within {}s (limits.connect_timeout); closing", connect_timeout.as_secs());
-            return done(&broker);
-        }
+    else {
+        return done(&broker);
     };
-
-    // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
-    let mut enhanced: Option<(Str, Option<Bytes>, String)> = None;
-    let credentials = match info.tls_identity {
-        // The certificate was verified at the handshake: its identity is the username, and
-        // neither the CONNECT credentials nor an AUTH exchange are looked at.
-        Some(identity) => match Str::try_from(identity) {
-            Ok(name) => {
-                connect.username = Some(name);
-                connect.password = None;
-                Credentials::Verified
-            }
-            Err(_) => Credentials::Failed,
-        },
-        None => match enhanced_auth(
-            &connect,
-            &broker,
-            &mut rd,
-            &mut wr,
-            &mut rbuf,
-            &mut decoder,
-            peer,
-        )
-        .await
-        {
-            EnhancedOutcome::NotUsed => check_credentials(&connect, &broker).await,
-            EnhancedOutcome::Authenticated {
-                method,
-                data,
-                username,
-            } => {
-                enhanced = Some((method, data, username));
-                Credentials::Enhanced
-            }
-            EnhancedOutcome::Closed => return done(&broker),
-        },
-    };
-    let accepted = match negotiate(&connect, &broker, credentials) {
-        Ok(a) => a,
-        Err(r) => {
-            if credentials == Credentials::Failed {
-                // Slow down guessing from this address before answering.
-                let delay = broker.failed_logins.failed(peer.ip(), Instant::now());
-                tokio::time::sleep(delay).await;
-            }
-            tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {}", r.why);
-            write_final(
-                &mut wr,
-                &Packet::ConnAck(refusal(&r, &connect)),
-                connect.protocol,
-            )
-            .await;
-            return done(&broker);
-        }
-    };
-    let protocol = connect.protocol;
-    let mut accepted = accepted;
-    let mut auth_method = None;
-    if let Some((method, data, username)) = enhanced {
-        accepted.negotiated.username = Some(username.into());
-        accepted.properties.authentication_method = Some(method.clone());
-        accepted.properties.authentication_data = data;
-        auth_method = Some(method);
-    }
-    let n = accepted.negotiated;
-    let connection = broker.connection_id();
-    let (control_tx, mut control_rx) = mpsc::channel(1);
-    let opened = broker
-        .open_session(&n.client_id, accepted.clean_start, connection, control_tx)
-        .await;
-    let mut session = opened.session;
-    session.expiry_interval = accepted.session_expiry;
-    // Persistent sessions are logged from here on (persist.rs).
-    let persistent = broker.store.is_enabled() && accepted.session_expiry > 0;
-    opened
-        .handle
-        .persistent
-        .store(persistent, Ordering::Relaxed);
-    if broker.store.is_enabled() {
-        if !opened.session_present || !persistent {
-            broker.store.append(Record::SessionGone {
-                client: n.client_id.clone(),
-            });
-        }
-        if persistent {
-            broker.store.append(Record::Session {
-                client: n.client_id.clone(),
-                expiry: accepted.session_expiry,
-                username: n.username.clone(),
-                will: connect.will.clone().map(Box::new),
-            });
-        }
-    }
-    let keep_alive = n.keep_alive;
-    tracing::info!(
-        %peer, client_id = %n.client_id, protocol = protocol.level(), clean_start = accepted.clean_start,
-        keep_alive, session_present = opened.session_present, "client connected"
-    );
-    let Connect { will, .. } = *connect;
-    let mut state = ClientState::new(n, opened.handle.clone(), session, will);
-    state.set_store(broker.store.clone());
-    state.auth_method = auth_method;
-    state.attach_groups(&broker);
-    let ack = ConnAck {
-        session_present: opened.session_present,
-        reason: ReasonCode::SUCCESS,
-        properties: accepted.properties,
-    };
-    state.send(&Packet::ConnAck(ack));
-    let now = Instant::now();
-    state.resend_inflight(now);
     let mut pending = state.drain_outbox(now, HIGH_WATER);
 
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -232,11 +104,14 @@ pub async fn serve<S>(
     tokio::pin!(sleep);
     let mut shutdown = shutdown;
     let mut takeover_reply = None;
-    let mut limiter = RateLimiter::new(&broker.config.limits, now);
+    // The control oneshot can fire once; after that (or once its sender is gone) it is not polled.
+    let mut control_open = true;
+    // Boxed and only when configured: most connections never need it.
+    let mut limiter =
+        Some(Box::new(RateLimiter::new(&broker.config.limits, now))).filter(|l| l.is_active());
     // While over a rate limit, reading stops until this instant (TCP pushes back).
-    let mut paused_until: Option<tokio::time::Instant> = None;
-    let pause = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(pause);
+    // Also used while the store's writer is behind. Allocated only when needed.
+    let mut pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
     // TLS and WebSocket streams hold written bytes until flushed.
     let mut unflushed = false;
     // Packets waiting for the store, each batch behind the ticket that releases it, in order.
@@ -256,7 +131,10 @@ pub async fn serve<S>(
         state.holding = !waiting.is_empty();
         // The store's writer is behind: stop reading until it catches up (back-pressure).
         let store_busy = broker.store.backlog() > BACKLOG_HIGH_WATER;
-        let want_read = state.write_buf.len() < HIGH_WATER && paused_until.is_none() && !store_busy;
+        if store_busy && pause.is_none() {
+            pause = Some(Box::pin(tokio::time::sleep(STORE_BUSY_POLL)));
+        }
+        let want_read = state.write_buf.len() < HIGH_WATER && pause.is_none();
         let handle = state.handle.clone();
         tokio::select! {
             biased;
@@ -268,11 +146,13 @@ pub async fn serve<S>(
                 };
                 break Close { send: Some(code), publish_will: false, reason: "server shutting down".into() };
             }
-            Some(ctl) = control_rx.recv() => match ctl {
-                Control::TakeOver(reply) => {
+            ctl = &mut control_rx, if control_open => match ctl {
+                Ok(Control::TakeOver(reply)) => {
                     takeover_reply = Some(reply);
                     break Close::error(ReasonCode::SESSION_TAKEN_OVER, "session taken over by a new connection [MQTT-3.1.4-3]");
                 }
+                // The sender is gone (ownership moved on): nothing more can come.
+                Err(_) => control_open = false,
             },
             r = write_or_flush(&mut wr, &state.write_buf), if !state.write_buf.is_empty() || unflushed => match r {
                 Ok(None) => unflushed = false,
@@ -289,12 +169,12 @@ pub async fn serve<S>(
                 Ok(0) | Err(_) => break io_closed(),
                 Ok(_) => {
                     let now = Instant::now();
-                    match decode_all(&mut decoder, &mut rbuf, &mut state, now, &broker, &mut limiter) {
+                    match decode_all(&mut decoder, &mut rbuf, &mut state, now, &broker, limiter.as_deref_mut()) {
                         Ok(()) => {}
                         Err(close) => break close,
                     }
                     let mut silence_allowance = Duration::ZERO;
-                    if limiter.is_active() {
+                    if let Some(limiter) = limiter.as_deref_mut() {
                         if let Some(wait) = limiter.pause(now) {
                             if broker.config.limits.disconnect_over_rate && protocol.is_v5() {
                                 break Close::error(ReasonCode::MESSAGE_RATE_TOO_HIGH, "PUBLISH rate over limits.publish_rate / publish_bytes_rate");
@@ -302,8 +182,10 @@ pub async fn serve<S>(
                             broker.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(%peer, client_id = %state.n.client_id, pause_ms = wait.as_millis() as u64, "over the publish rate limit: reading paused");
                             let until = tokio::time::Instant::from(now + wait);
-                            paused_until = Some(until);
-                            pause.as_mut().reset(until);
+                            match pause.as_mut() {
+                                Some(p) => p.as_mut().reset(until),
+                                None => pause = Some(Box::pin(tokio::time::sleep_until(until))),
+                            }
                             // Our own pause must not count as the client's silence.
                             silence_allowance = wait;
                         }
@@ -321,8 +203,12 @@ pub async fn serve<S>(
             _ = handle.notify.notified() => {
                 pending = true;
             }
-            _ = &mut pause, if paused_until.is_some() => {
-                paused_until = None;
+            _ = async {
+                if let Some(p) = pause.as_mut() {
+                    p.await
+                }
+            }, if pause.is_some() => {
+                pause = None;
             }
             r = async {
                 match waiting.front_mut() {
@@ -336,7 +222,6 @@ pub async fn serve<S>(
                 }
                 state.write_buf.extend_from_slice(&bytes);
             }
-            _ = tokio::time::sleep(STORE_BUSY_POLL), if store_busy => {}
             _ = &mut sleep, if keepalive.is_some() => {
                 break Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"));
             }
@@ -398,7 +283,7 @@ pub async fn serve<S>(
     }
 
     let will = if close.publish_will {
-        state.will.take()
+        state.will.take().map(|w| *w)
     } else {
         None
     };
@@ -421,25 +306,218 @@ pub async fn serve<S>(
             });
         }
     }
-    match takeover_reply {
-        Some(reply) => {
-            // The new connection holds connect_lock and waits for us.
-            broker.park_session(&handle, session, connection, will, true);
-            let _ = reply.send(());
-        }
-        // Ownership changes go through connect_lock; a new connection may hold it while asking
-        // us to hand over, so keep answering takeovers while waiting for it.
-        None => tokio::select! {
-            _guard = handle.connect_lock.lock() => {
-                broker.park_session(&handle, session, connection, will, false);
-            }
-            Some(Control::TakeOver(reply)) = control_rx.recv() => {
-                broker.park_session(&handle, session, connection, will, true);
+    let b = &broker;
+    // Boxed: this last await would otherwise size every connection's task for its whole life.
+    Box::pin(async move {
+        match takeover_reply {
+            Some(reply) => {
+                // The new connection holds connect_lock and waits for us.
+                b.park_session(&handle, session, connection, will, true);
                 let _ = reply.send(());
             }
-        },
-    }
+            // Ownership changes go through connect_lock; a new connection may hold it while
+            // asking us to hand over, so keep answering takeovers while waiting for it.
+            None => tokio::select! {
+                _guard = handle.connect_lock.lock() => {
+                    b.park_session(&handle, session, connection, will, false);
+                }
+                Ok(Control::TakeOver(reply)) = &mut control_rx, if control_open => {
+                    b.park_session(&handle, session, connection, will, true);
+                    let _ = reply.send(());
+                }
+            },
+        }
+    })
+    .await;
     done(&broker)
+}
+
+/// A connection past CONNECT/CONNACK: what the main loop needs.
+struct Established {
+    state: ClientState,
+    control_rx: oneshot::Receiver<Control>,
+    connection: u64,
+    protocol: Protocol,
+    keep_alive: u16,
+    now: Instant,
+}
+
+/// Reads CONNECT, authenticates, negotiates, opens the session and queues CONNACK (and the
+/// resent inflight messages). None: the connection was refused or closed (already answered).
+/// Awaited boxed: its locals are needed once, not for the connection's whole life.
+async fn establish<R, W>(
+    peer: SocketAddr,
+    tls_identity: Option<String>,
+    broker: &Arc<Broker>,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Option<Established>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // CONNECT must arrive within `limits.connect_timeout` of the accept.
+    let connect_timeout = Duration::from_secs(broker.config.limits.connect_timeout);
+    let mut connect = match tokio::time::timeout(
+        connect_timeout,
+        // Boxed, like the other one-off steps before the main loop: the task's future is sized
+        // by its largest await, and these would otherwise be paid for by every idle
+        // connection for its whole life.
+        Box::pin(read_connect(rd, rbuf, decoder)),
+    )
+    .await
+    {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => {
+            tracing::debug!(%peer, "connection closed before CONNECT");
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "refused connection: bad CONNECT");
+            if let DecodeError::UnsupportedProtocol { .. } = e {
+                // Answered in the 3.1.1 form, the only one such a client can be expected to read
+                // [MQTT-3.1.2-2]: return code 0x01.
+                let ack = ConnAck {
+                    session_present: false,
+                    reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    properties: Default::default(),
+                };
+                Box::pin(write_final(wr, &Packet::ConnAck(ack), Protocol::V311)).await;
+            } else if decoder.protocol() == Some(Protocol::V5) {
+                let ack = ConnAck {
+                    session_present: false,
+                    reason: e.reason_code(),
+                    properties: Default::default(),
+                };
+                Box::pin(write_final(wr, &Packet::ConnAck(ack), Protocol::V5)).await;
+            }
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "no CONNECT within {}s (limits.connect_timeout); closing", connect_timeout.as_secs());
+            return None;
+        }
+    };
+
+    // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
+    let mut enhanced: Option<(Str, Option<Bytes>, String)> = None;
+    let credentials = match tls_identity {
+        // The certificate was verified at the handshake: its identity is the username, and
+        // neither the CONNECT credentials nor an AUTH exchange are looked at.
+        Some(identity) => match Str::try_from(identity) {
+            Ok(name) => {
+                connect.username = Some(name);
+                connect.password = None;
+                Credentials::Verified
+            }
+            Err(_) => Credentials::Failed,
+        },
+        None => match Box::pin(enhanced_auth(
+            &connect, &broker, rd, wr, rbuf, decoder, peer,
+        ))
+        .await
+        {
+            EnhancedOutcome::NotUsed => Box::pin(check_credentials(&connect, &broker)).await,
+            EnhancedOutcome::Authenticated {
+                method,
+                data,
+                username,
+            } => {
+                enhanced = Some((method, data, username));
+                Credentials::Enhanced
+            }
+            EnhancedOutcome::Closed => return None,
+        },
+    };
+    let accepted = match negotiate(&connect, &broker, credentials) {
+        Ok(a) => a,
+        Err(r) => {
+            if credentials == Credentials::Failed {
+                // Slow down guessing from this address before answering.
+                let delay = broker.failed_logins.failed(peer.ip(), Instant::now());
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {}", r.why);
+            Box::pin(write_final(
+                wr,
+                &Packet::ConnAck(refusal(&r, &connect)),
+                connect.protocol,
+            ))
+            .await;
+            return None;
+        }
+    };
+    let protocol = connect.protocol;
+    let mut accepted = accepted;
+    let mut auth_method = None;
+    if let Some((method, data, username)) = enhanced {
+        accepted.negotiated.username = Some(username.into());
+        accepted.properties.authentication_method = Some(method.clone());
+        accepted.properties.authentication_data = data;
+        auth_method = Some(method);
+    }
+    // Taken apart at once: a struct kept whole across the main loop's awaits would cost every
+    // connection its full size for its whole life.
+    let Accepted {
+        negotiated: n,
+        clean_start,
+        session_expiry,
+        properties: connack_properties,
+    } = accepted;
+    let connection = broker.connection_id();
+    let (control_tx, control_rx) = oneshot::channel();
+    let Opened {
+        handle,
+        mut session,
+        session_present,
+    } = Box::pin(broker.open_session(&n.client_id, clean_start, connection, control_tx)).await;
+    session.expiry_interval = session_expiry;
+    // Persistent sessions are logged from here on (persist.rs).
+    let persistent = broker.store.is_enabled() && session_expiry > 0;
+    handle.persistent.store(persistent, Ordering::Relaxed);
+    if broker.store.is_enabled() {
+        if !session_present || !persistent {
+            broker.store.append(Record::SessionGone {
+                client: n.client_id.clone(),
+            });
+        }
+        if persistent {
+            broker.store.append(Record::Session {
+                client: n.client_id.clone(),
+                expiry: session_expiry,
+                username: n.username.clone(),
+                will: connect.will.clone().map(Box::new),
+            });
+        }
+    }
+    let keep_alive = n.keep_alive;
+    tracing::info!(
+        %peer, client_id = %n.client_id, protocol = protocol.level(), clean_start,
+        keep_alive, session_present, "client connected"
+    );
+    let Connect { will, .. } = *connect;
+    let mut state = ClientState::new(n, handle, session, will);
+    state.set_store(broker.store.clone());
+    state.auth_method = auth_method;
+    state.attach_groups(&broker);
+    let ack = ConnAck {
+        session_present,
+        reason: ReasonCode::SUCCESS,
+        properties: connack_properties,
+    };
+    state.send(&Packet::ConnAck(ack));
+    let now = Instant::now();
+    state.resend_inflight(now);
+    Some(Established {
+        state,
+        control_rx,
+        connection,
+        protocol,
+        keep_alive,
+        now,
+    })
 }
 
 /// How the AUTH exchange before CONNACK went.
@@ -620,13 +698,13 @@ fn decode_all(
     state: &mut ClientState,
     now: Instant,
     broker: &Broker,
-    limiter: &mut RateLimiter,
+    mut limiter: Option<&mut RateLimiter>,
 ) -> Result<(), Close> {
     loop {
         let before = rbuf.len();
         match decoder.decode(rbuf) {
             Ok(Some(packet)) => {
-                if limiter.is_active() && matches!(packet, Packet::Publish(_)) {
+                if let (Some(limiter), Packet::Publish(_)) = (limiter.as_deref_mut(), &packet) {
                     // The decoder consumes exactly one whole frame.
                     limiter.charge(now, before - rbuf.len());
                 }
@@ -681,4 +759,30 @@ async fn write_final<W: AsyncWrite + Unpin>(wr: &mut W, packet: &Packet, protoco
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&buf)).await;
     }
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection's task holds this future for its whole life: keep it small (it was
+    /// 4 KB before the one-off steps were boxed and the session's large rare parts boxed).
+    #[test]
+    fn connection_task_stays_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = l.local_addr().unwrap();
+            let c = tokio::net::TcpStream::connect(a).await.unwrap();
+            let b = std::sync::Arc::new(crate::broker::Broker::new(
+                crate::config::Config::default(),
+                None,
+            ));
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            let f = super::serve(c, super::ConnInfo::plain(a), b, rx);
+            let size = std::mem::size_of_val(&f);
+            assert!(size <= 2560, "serve() future grew to {size} bytes");
+        });
+    }
 }

@@ -115,7 +115,8 @@ pub struct ClientState {
     /// A re-authentication in progress.
     reauth: Option<Reauth>,
     /// The will, until a normal DISCONNECT deletes it [MQTT-3.1.2-10].
-    pub will: Option<LastWill>,
+    /// Boxed: most clients have none, and a `LastWill` is large.
+    pub will: Option<Box<LastWill>>,
     /// Topic aliases the client set (5.0, 3.3.2.3.4): index alias-1. Sized on first use.
     inbound_aliases: Vec<Option<TopicName>>,
     /// Encoded packets waiting for the socket.
@@ -152,7 +153,7 @@ impl ClientState {
             holding: false,
             auth_method: None,
             reauth: None,
-            will,
+            will: will.map(Box::new),
             inbound_aliases: Vec::new(),
             outbound_aliases: aliases,
             write_buf: BytesMut::with_capacity(256),

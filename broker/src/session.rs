@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use sluice_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 use crate::message::{ClientId, Message};
 
@@ -212,7 +212,8 @@ pub struct Session {
     /// never expires (3.1.1 Clean Session = 0).
     pub expiry_interval: u32,
     /// A will waiting for its delay while the client is away.
-    pub pending_will: Option<PendingWill>,
+    /// Boxed: rare, and a `LastWill` is large (every session would pay for it).
+    pub pending_will: Option<Box<PendingWill>>,
 }
 
 impl Session {
@@ -254,8 +255,9 @@ pub enum Control {
 pub struct Owner {
     /// Unique per connection, so a late-finishing old connection cannot clobber a new owner.
     pub connection: u64,
-    /// Where to send [`Control`] messages.
-    pub control: mpsc::Sender<Control>,
+    /// Where to send the one [`Control`] message a connection can get (a oneshot: far
+    /// smaller per connection than a channel). Taken when used.
+    pub control: Option<oneshot::Sender<Control>>,
 }
 
 /// Who holds the session now; guarded by one lock so ownership changes are atomic.

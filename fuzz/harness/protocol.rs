@@ -33,7 +33,7 @@ use sluice_codec::{
     RetainHandling, Str, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
     TopicFilter, TopicName, Unsubscribe,
 };
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 const CLIENTS: usize = 3;
 
@@ -108,7 +108,7 @@ struct Live {
     connection: u64,
     limiter: RateLimiter,
     /// Kept so the session's owner looks alive; takeovers are done by the harness itself.
-    _control: mpsc::Receiver<Control>,
+    _control: oneshot::Receiver<Control>,
 }
 
 /// One simulated TCP connection.
@@ -479,7 +479,7 @@ impl World {
             }
         }
         let connection = self.broker.connection_id();
-        let (control_tx, control_rx) = mpsc::channel(1);
+        let (control_tx, control_rx) = oneshot::channel();
         let opened = self.rt.block_on(self.broker.open_session(
             &id,
             accepted.clean_start,
@@ -536,7 +536,7 @@ impl World {
         }
         self.reached.delivered += check_state(state);
         let will = if close.publish_will {
-            state.will.take()
+            state.will.take().map(|w| *w)
         } else {
             None
         };
