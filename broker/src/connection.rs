@@ -414,24 +414,22 @@ where
             }
             Err(_) => Credentials::Failed,
         },
-        None => match Box::pin(enhanced_auth(
-            &connect, &broker, rd, wr, rbuf, decoder, peer,
-        ))
-        .await
-        {
-            EnhancedOutcome::NotUsed => Box::pin(check_credentials(&connect, &broker)).await,
-            EnhancedOutcome::Authenticated {
-                method,
-                data,
-                username,
-            } => {
-                enhanced = Some((method, data, username));
-                Credentials::Enhanced
+        None => {
+            match Box::pin(enhanced_auth(&connect, broker, rd, wr, rbuf, decoder, peer)).await {
+                EnhancedOutcome::NotUsed => Box::pin(check_credentials(&connect, broker)).await,
+                EnhancedOutcome::Authenticated {
+                    method,
+                    data,
+                    username,
+                } => {
+                    enhanced = Some((method, data, username));
+                    Credentials::Enhanced
+                }
+                EnhancedOutcome::Closed => return None,
             }
-            EnhancedOutcome::Closed => return None,
-        },
+        }
     };
-    let accepted = match negotiate(&connect, &broker, credentials) {
+    let accepted = match negotiate(&connect, broker, credentials) {
         Ok(a) => a,
         Err(r) => {
             if credentials == Credentials::Failed {
@@ -501,7 +499,7 @@ where
     let mut state = ClientState::new(n, handle, session, will);
     state.set_store(broker.store.clone());
     state.auth_method = auth_method;
-    state.attach_groups(&broker);
+    state.attach_groups(broker);
     let ack = ConnAck {
         session_present,
         reason: ReasonCode::SUCCESS,
