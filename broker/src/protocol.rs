@@ -528,6 +528,13 @@ impl ClientState {
         if self.n.protocol.is_v5() && reason.is_error() {
             ack.reason = reason;
             ack.properties = self.reason_string(text);
+            // The Reason String is dropped when the ack would not fit the client's Maximum
+            // Packet Size [MQTT-3.4.2-2], [MQTT-3.5.2-2].
+            let fits = encoded_len(&kind(ack.clone()), self.n.protocol)
+                .is_ok_and(|len| len <= self.n.client_max_packet);
+            if !fits {
+                ack.properties = AckProperties::default();
+            }
         }
         // The ack promises the message is safe: it waits for the store.
         self.send_held(&kind(ack));

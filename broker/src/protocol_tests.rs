@@ -938,3 +938,25 @@ fn overflow_waits_in_the_group_queue_for_the_first_free_window() {
     assert_eq!(total_fast, 8, "the fast member took the whole overflow");
     assert!(publishes(&slow.take()).is_empty());
 }
+
+#[test]
+fn reason_strings_are_dropped_when_the_ack_would_not_fit() {
+    // [MQTT-3.4.2-2]: a PUBACK with a Reason String larger than the client's Maximum Packet
+    // Size is sent without it.
+    let b = broker_with(|m| m.validate_utf8_payloads = true);
+    let mut n = negotiated(Protocol::V5, "small");
+    n.client_max_packet = 8;
+    let mut c = Client::with(n);
+    let mut p = publish("t", QoS::AtLeastOnce, 1, b"\xff");
+    if let Packet::Publish(p) = &mut p {
+        p.properties.payload_format_indicator = Some(1);
+    }
+    c.handle(&b, p).unwrap();
+    match &c.take()[..] {
+        [Packet::PubAck(a)] => {
+            assert_eq!(a.reason, ReasonCode::PAYLOAD_FORMAT_INVALID);
+            assert!(a.properties.reason_string.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+}
