@@ -26,7 +26,8 @@ use crate::passwords::PasswordFile;
 use crate::persist::{Image, InflightImage, QueuedImage, Record, Store};
 use crate::retain::RetainedStore;
 use crate::session::{
-    Control, Delivery, Inflight, Owner, PendingWill, Session, SessionHandle, SubscriptionRecord,
+    Control, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget, Session, SessionHandle,
+    SubscriptionRecord,
 };
 use crate::shared::SharedGroups;
 use crate::subscriptions::SubscriptionTree;
@@ -80,6 +81,8 @@ pub struct Broker {
     pub failed_logins: crate::connect::FailedLogins,
     /// The persistent store (disabled in `memory` mode).
     pub store: Store,
+    /// `limits.max_queued_bytes_total`: all session and group queues together.
+    pub queue_budget: Arc<QueueBudget>,
     /// Source of unique connection numbers.
     next_connection: AtomicU64,
     /// Selection state of shared subscription groups.
@@ -104,6 +107,9 @@ impl Broker {
 
     /// A broker with an ACL and a password file (both already loaded by the caller).
     pub fn with_auth(config: Config, acl: Option<Acl>, passwords: Option<PasswordFile>) -> Broker {
+        let queue_budget = QueueBudget::new(
+            usize::try_from(config.limits.max_queued_bytes_total).unwrap_or(usize::MAX),
+        );
         Broker {
             config,
             sessions: Mutex::new(HashMap::new()),
@@ -112,6 +118,7 @@ impl Broker {
             acl: RwLock::new(acl.map(Arc::new)),
             passwords: RwLock::new(passwords.map(Arc::new)),
             failed_logins: Default::default(),
+            queue_budget,
             store: Store::disabled(),
             next_connection: AtomicU64::new(1),
             shared_groups: SharedGroups::default(),
@@ -191,10 +198,10 @@ impl Broker {
                     .entry(client_id.clone())
                     .or_insert_with(|| {
                         let m = &self.config.mqtt;
-                        Arc::new(SessionHandle::new(
+                        Arc::new(SessionHandle::with_outbox(
                             client_id.clone(),
-                            m.max_queued_messages,
-                            m.max_queued_bytes,
+                            Outbox::new(m.max_queued_messages, m.max_queued_bytes)
+                                .with_budget(self.queue_budget.clone()),
                         ))
                     })
                     .clone()
@@ -459,10 +466,10 @@ impl Broker {
         let count = image.sessions.len();
         for (client, s) in &image.sessions {
             let m = &self.config.mqtt;
-            let handle = Arc::new(SessionHandle::new(
+            let handle = Arc::new(SessionHandle::with_outbox(
                 client.clone(),
-                m.max_queued_messages,
-                m.max_queued_bytes,
+                Outbox::new(m.max_queued_messages, m.max_queued_bytes)
+                    .with_budget(self.queue_budget.clone()),
             ));
             handle.persistent.store(true, Ordering::Relaxed);
             let mut session = Session {

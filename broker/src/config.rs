@@ -106,6 +106,14 @@ pub struct LimitsConfig {
     /// Instead of pushing back, disconnect a 5.0 client over the rate with DISCONNECT 0x96
     /// Message Rate Too High (3.1.1 clients are always pushed back).
     pub disconnect_over_rate: bool,
+    /// New connections per second per listener (0: unlimited); over it: CONNACK 0x9F
+    /// Connection Rate Exceeded (3.1.1: 3).
+    pub max_connection_rate: u32,
+    /// New connections per second from one source address (0: unlimited), same answer.
+    pub max_connection_rate_per_address: u32,
+    /// Most bytes queued for all sessions together (topic + payload + bookkeeping per queued
+    /// message); past it new deliveries are dropped and counted like a full session queue.
+    pub max_queued_bytes_total: u64,
 }
 
 impl Default for LimitsConfig {
@@ -121,6 +129,9 @@ impl Default for LimitsConfig {
             publish_bytes_rate: 0,
             publish_burst_seconds: 1,
             disconnect_over_rate: false,
+            max_connection_rate: 0,
+            max_connection_rate_per_address: 0,
+            max_queued_bytes_total: 1024 * 1024 * 1024,
         }
     }
 }
@@ -149,6 +160,10 @@ pub struct ListenerConfig {
     /// MQTT over WebSockets on this listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocketConfig>,
+    /// Most connections open on this listener at once (besides `limits.max_connections` for
+    /// all of them); over it: CONNACK 0x89 Server Busy (3.1.1: 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 impl ListenerConfig {
@@ -158,6 +173,7 @@ impl ListenerConfig {
             bind: bind.into(),
             tls: None,
             websocket: None,
+            max_connections: None,
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct ConnInfo {
     /// The stream buffers writes (TLS, WebSockets) and must be flushed once the write buffer
     /// is handed over; plain TCP writes straight to the socket.
     pub flush: bool,
+    /// Set when admission control refused the connection: its CONNECT is answered with this
+    /// reason and it is closed (admission.rs).
+    pub refuse: Option<crate::admission::Refusal>,
 }
 
 impl ConnInfo {
@@ -58,6 +61,7 @@ impl ConnInfo {
             peer,
             tls_identity: None,
             flush: false,
+            refuse: None,
         }
     }
 }
@@ -87,6 +91,7 @@ pub async fn serve<S>(
     }) = Box::pin(establish(
         peer,
         info.tls_identity.take(),
+        info.refuse.take(),
         &broker,
         &mut rd,
         &mut wr,
@@ -348,6 +353,7 @@ struct Established {
 async fn establish<R, W>(
     peer: SocketAddr,
     tls_identity: Option<String>,
+    refuse: Option<crate::admission::Refusal>,
     broker: &Arc<Broker>,
     rd: &mut R,
     wr: &mut W,
@@ -401,6 +407,21 @@ where
         }
     };
 
+    if let Some((reason, why)) = refuse {
+        let r = crate::connect::Refused {
+            reason,
+            why,
+            server_reference: None,
+        };
+        tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {why}");
+        Box::pin(write_final(
+            wr,
+            &Packet::ConnAck(refusal(&r, &connect)),
+            connect.protocol,
+        ))
+        .await;
+        return None;
+    }
     // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
     let mut enhanced: Option<(Str, Option<Bytes>, String)> = None;
     let credentials = match tls_identity {

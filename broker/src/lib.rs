@@ -35,6 +35,7 @@
 //! 6. Acknowledgements release inflight slots, which lets the next queued messages go.
 
 pub mod acl;
+pub mod admission;
 mod alias;
 pub mod auth;
 pub mod broker;

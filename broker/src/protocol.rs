@@ -690,6 +690,7 @@ impl ClientState {
                     &filter,
                     m.max_queued_messages,
                     m.max_queued_bytes,
+                    &broker.queue_budget,
                 );
                 self.group_queues.push((filter.clone(), q));
             }
@@ -813,9 +814,12 @@ impl ClientState {
             return;
         }
         let m = &broker.config.mqtt;
-        let q = broker
-            .shared_groups
-            .queue_for(filter, m.max_queued_messages, m.max_queued_bytes);
+        let q = broker.shared_groups.queue_for(
+            filter,
+            m.max_queued_messages,
+            m.max_queued_bytes,
+            &broker.queue_budget,
+        );
         self.group_queues.push((filter.clone(), q));
     }
 

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::acl::Acl;
+use crate::admission::{AddressRates, ListenerGate, Refusal, Slot};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnInfo;
@@ -170,10 +171,28 @@ impl Server {
     /// Accepts clients until `shutdown` completes, then tells every connection to close (5.0
     /// clients get DISCONNECT 0x8B), waits for them to finish, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        // Changed password and ACL files are reloaded (the watcher notes their state now,
+        // before any client is accepted).
+        let auth_watcher = tokio::spawn(watch_auth_files(
+            self.broker.clone(),
+            auth_stamps(&self.broker),
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a clone; when all are dropped, `recv` returns None.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        for (listener, transport) in self.listeners {
+        let per_address = Arc::new(AddressRates::new(
+            self.broker.config.limits.max_connection_rate_per_address,
+        ));
+        for (i, (listener, transport)) in self.listeners.into_iter().enumerate() {
+            let gate = Arc::new(ListenerGate::new(
+                self.broker
+                    .config
+                    .listeners
+                    .get(i)
+                    .and_then(|l| l.max_connections),
+                self.broker.config.limits.max_connection_rate,
+                per_address.clone(),
+            ));
             if let Ok(addr) = listener.local_addr() {
                 let path = transport.websocket.as_deref().unwrap_or("");
                 tracing::info!("listening on {}://{addr}{path}", transport.scheme());
@@ -181,7 +200,7 @@ impl Server {
             let broker = self.broker.clone();
             let stop = stop_rx.clone();
             let alive = alive_tx.clone();
-            tokio::spawn(accept_loop(listener, transport, broker, stop, alive));
+            tokio::spawn(accept_loop(listener, transport, gate, broker, stop, alive));
         }
         drop(alive_tx);
         // Certificates changed on disk are picked up by new handshakes.
@@ -190,6 +209,7 @@ impl Server {
         if let Some(w) = watcher {
             w.abort();
         }
+        auth_watcher.abort();
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         if tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv())
@@ -209,6 +229,7 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     transport: Arc<Transport>,
+    gate: Arc<ListenerGate>,
     broker: Arc<Broker>,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
@@ -233,7 +254,8 @@ async fn accept_loop(
                     drop(stream);
                     continue;
                 }
-                spawn_connection(stream, peer, &transport, &broker, &stop, &alive)
+                let admission = gate.admit(peer.ip(), std::time::Instant::now());
+                spawn_connection(stream, peer, &transport, &broker, &stop, &alive, admission)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -250,6 +272,7 @@ fn spawn_connection(
     broker: &Arc<Broker>,
     stop: &watch::Receiver<bool>,
     alive: &mpsc::Sender<()>,
+    (slot, refuse): (Slot, Option<Refusal>),
 ) {
     // Small packets (acks, QoS 0 messages) must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
@@ -258,14 +281,16 @@ fn spawn_connection(
     let alive = alive.clone();
     if transport.is_plain() {
         tokio::spawn(async move {
-            crate::connection::serve(stream, ConnInfo::plain(peer), broker, stop).await;
-            drop(alive);
+            let mut info = ConnInfo::plain(peer);
+            info.refuse = refuse;
+            crate::connection::serve(stream, info, broker, stop).await;
+            drop((alive, slot));
         });
     } else {
         let transport = transport.clone();
         tokio::spawn(async move {
-            handshake_and_serve(stream, peer, &transport, broker, stop).await;
-            drop(alive);
+            handshake_and_serve(stream, peer, &transport, broker, stop, refuse).await;
+            drop((alive, slot));
         });
     }
 }
@@ -278,6 +303,7 @@ async fn handshake_and_serve(
     transport: &Transport,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
+    refuse: Option<Refusal>,
 ) {
     let limit = Duration::from_secs(broker.config.limits.connect_timeout);
     let deadline = tokio::time::Instant::now() + limit;
@@ -293,6 +319,7 @@ async fn handshake_and_serve(
                     peer,
                     tls_identity: None,
                     flush: true,
+                    refuse,
                 };
                 drop(handshaking);
                 crate::connection::serve(ws, info, broker, stop).await;
@@ -355,6 +382,7 @@ async fn handshake_and_serve(
         peer,
         tls_identity,
         flush: true,
+        refuse,
     };
     match &transport.websocket {
         None => {
@@ -400,5 +428,56 @@ impl Handshaking {
 impl Drop for Handshaking {
     fn drop(&mut self) {
         self.0.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How often the password and ACL files are checked for changes.
+const AUTH_FILE_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads `auth.password_file` and `auth.acl_file` when their modification time or size
+/// changes (as SIGHUP does). A file with an error is logged and the previous one stays.
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: Option<&std::path::Path>) -> Stamp {
+    let m = std::fs::metadata(path?).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The password and ACL files' state now (the watcher's starting point).
+fn auth_stamps(broker: &Broker) -> (Stamp, Stamp) {
+    let auth = &broker.config.auth;
+    (
+        stamp(auth.password_file.as_deref()),
+        stamp(auth.acl_file.as_deref()),
+    )
+}
+
+async fn watch_auth_files(broker: Arc<Broker>, (mut passwords, mut acl): (Stamp, Stamp)) {
+    let auth = &broker.config.auth;
+    if auth.password_file.is_none() && auth.acl_file.is_none() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(AUTH_FILE_POLL).await;
+        let now = stamp(auth.password_file.as_deref());
+        if now != passwords && now.is_some() {
+            passwords = now;
+            match broker.reload_passwords() {
+                Ok(_) => tracing::info!("auth.password_file changed: reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "auth.password_file changed but not reloaded; the previous one stays in force")
+                }
+            }
+        }
+        let now = stamp(auth.acl_file.as_deref());
+        if now != acl && now.is_some() {
+            acl = now;
+            match broker.reload_acl() {
+                Ok(_) => tracing::info!("auth.acl_file changed: reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "auth.acl_file changed but not reloaded; the previous rules stay in force")
+                }
+            }
+        }
     }
 }

@@ -42,6 +42,44 @@ pub enum Dropped {
     QueueFull,
 }
 
+/// The broker-wide bound on queued bytes (`limits.max_queued_bytes_total`), shared by every
+/// session queue and group queue.
+#[derive(Debug)]
+pub struct QueueBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl QueueBudget {
+    pub fn new(max: usize) -> Arc<QueueBudget> {
+        Arc::new(QueueBudget {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes charged by all queues now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_charge(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + n <= self.max).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn charge(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 /// The per-session queue of deliveries not yet handed to the connection: messages for an
 /// offline session, and messages waiting for a free slot in the inflight window. Bounded in
 /// count and bytes; a full queue drops the new message and counts it, never blocks.
@@ -59,6 +97,16 @@ pub struct Outbox {
     max_bytes: usize,
     /// Deliveries refused since the session began, for logs and counters.
     dropped: u64,
+    /// The broker-wide budget this queue's bytes count against (None: only its own bounds).
+    budget: Option<Arc<QueueBudget>>,
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(self.bytes);
+        }
+    }
 }
 
 impl Outbox {
@@ -71,7 +119,14 @@ impl Outbox {
             max_messages,
             max_bytes,
             dropped: 0,
+            budget: None,
         }
+    }
+
+    /// Also bounded by the broker-wide `budget`.
+    pub fn with_budget(mut self, budget: Arc<QueueBudget>) -> Outbox {
+        self.budget = Some(budget);
+        self
     }
 
     /// Queues `d` unless a bound forbids it.
@@ -81,7 +136,10 @@ impl Outbox {
             return Err(Dropped::OfflineQos0);
         }
         let cost = d.msg.cost();
-        if self.queue.len() >= self.max_messages || self.bytes + cost > self.max_bytes {
+        if self.queue.len() >= self.max_messages
+            || self.bytes + cost > self.max_bytes
+            || self.budget.as_ref().is_some_and(|b| !b.try_charge(cost))
+        {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
@@ -92,7 +150,12 @@ impl Outbox {
 
     /// Puts `d` back at the front (a delivery taken but not sent, e.g. the window filled).
     pub fn push_front(&mut self, d: Delivery) {
-        self.bytes += d.msg.cost();
+        let cost = d.msg.cost();
+        if let Some(b) = &self.budget {
+            // Put back: it was charged before, so it may go over the budget briefly.
+            b.charge(cost);
+        }
+        self.bytes += cost;
         self.queue.push_front(d);
     }
 
@@ -100,6 +163,9 @@ impl Outbox {
     pub fn pop(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.bytes -= d.msg.cost();
+        if let Some(b) = &self.budget {
+            b.release(d.msg.cost());
+        }
         Some(d)
     }
 
@@ -140,6 +206,9 @@ impl Outbox {
         for d in self.queue.drain(..) {
             if pred(&d) {
                 self.bytes -= d.msg.cost();
+                if let Some(b) = &self.budget {
+                    b.release(d.msg.cost());
+                }
                 taken.push(d);
             } else {
                 kept.push_back(d);
@@ -157,6 +226,9 @@ impl Outbox {
     /// Drops everything queued (Clean Start discards the old session's messages).
     pub fn clear(&mut self) {
         self.queue.clear();
+        if let Some(b) = &self.budget {
+            b.release(self.bytes);
+        }
         self.bytes = 0;
     }
 }
@@ -303,9 +375,14 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// A handle with an empty outbox and no owner.
     pub fn new(client_id: ClientId, max_messages: usize, max_bytes: usize) -> SessionHandle {
+        SessionHandle::with_outbox(client_id, Outbox::new(max_messages, max_bytes))
+    }
+
+    /// A handle with the given (empty) outbox and no owner.
+    pub fn with_outbox(client_id: ClientId, outbox: Outbox) -> SessionHandle {
         SessionHandle {
             client_id,
-            outbox: Mutex::new(Outbox::new(max_messages, max_bytes)),
+            outbox: Mutex::new(outbox),
             notify: Notify::new(),
             ownership: Mutex::new(Ownership::default()),
             connect_lock: tokio::sync::Mutex::new(()),
@@ -409,6 +486,36 @@ mod tests {
         assert_eq!(o.bytes(), one * 2);
         o.pop();
         assert_eq!(o.bytes(), one);
+    }
+
+    #[test]
+    fn the_broker_wide_budget_bounds_all_queues_together() {
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let budget = QueueBudget::new(one * 3);
+        let mut a = Outbox::new(100, 1 << 20).with_budget(budget.clone());
+        let mut b = Outbox::new(100, 1 << 20).with_budget(budget.clone());
+        a.set_online(true);
+        b.set_online(true);
+        assert!(a.push(delivery(QoS::AtLeastOnce, b"x")).is_ok());
+        assert!(a.push(delivery(QoS::AtLeastOnce, b"y")).is_ok());
+        assert!(b.push(delivery(QoS::AtLeastOnce, b"z")).is_ok());
+        assert_eq!(
+            b.push(delivery(QoS::AtLeastOnce, b"w")),
+            Err(Dropped::QueueFull)
+        );
+        a.pop();
+        assert!(
+            b.push(delivery(QoS::AtLeastOnce, b"w")).is_ok(),
+            "room again"
+        );
+        drop(a);
+        assert_eq!(
+            budget.used(),
+            one * 2,
+            "a dropped queue gives its bytes back"
+        );
+        b.clear();
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use sluice_codec::TopicFilter;
 use crate::broker::{read, Broker};
 use crate::config::SharedStrategy;
 use crate::message::ClientId;
-use crate::session::{Delivery, Dropped, Outbox, SessionHandle};
+use crate::session::{Delivery, Dropped, Outbox, QueueBudget, SessionHandle};
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
 /// only a hint for fairness, so when the bound is reached the table is simply cleared: a client
@@ -73,8 +73,8 @@ pub struct GroupQueue {
 }
 
 impl GroupQueue {
-    fn new(max_messages: usize, max_bytes: usize) -> GroupQueue {
-        let mut outbox = Outbox::new(max_messages, max_bytes);
+    fn new(max_messages: usize, max_bytes: usize, budget: &Arc<QueueBudget>) -> GroupQueue {
+        let mut outbox = Outbox::new(max_messages, max_bytes).with_budget(budget.clone());
         // The group as a whole is "online" while it queues (QoS 0 is kept too).
         outbox.set_online(true);
         GroupQueue {
@@ -120,6 +120,7 @@ impl SharedGroups {
         group: &TopicFilter,
         max_messages: usize,
         max_bytes: usize,
+        budget: &Arc<QueueBudget>,
     ) -> Arc<GroupQueue> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(q) = queues.get(group) {
@@ -128,7 +129,7 @@ impl SharedGroups {
         if queues.len() >= 1024 && queues.len().is_power_of_two() {
             queues.retain(|_, q| Arc::strong_count(q) > 1 || !q.is_empty());
         }
-        let q = Arc::new(GroupQueue::new(max_messages, max_bytes));
+        let q = Arc::new(GroupQueue::new(max_messages, max_bytes, budget));
         queues.insert(group.clone(), q.clone());
         q
     }
@@ -228,9 +229,12 @@ impl Broker {
         members: &[Arc<SessionHandle>],
     ) {
         let m = &self.config.mqtt;
-        let queue = self
-            .shared_groups
-            .queue_for(key, m.max_queued_messages, m.max_queued_bytes);
+        let queue = self.shared_groups.queue_for(
+            key,
+            m.max_queued_messages,
+            m.max_queued_bytes,
+            &self.queue_budget,
+        );
         if queue.push(d).is_err() {
             let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
