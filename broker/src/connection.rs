@@ -89,9 +89,7 @@ pub async fn serve<S>(
         keep_alive,
         now,
     }) = Box::pin(establish(
-        peer,
-        info.tls_identity.take(),
-        info.refuse.take(),
+        &mut info,
         &broker,
         &mut rd,
         &mut wr,
@@ -351,9 +349,7 @@ struct Established {
 /// resent inflight messages). None: the connection was refused or closed (already answered).
 /// Awaited boxed: its locals are needed once, not for the connection's whole life.
 async fn establish<R, W>(
-    peer: SocketAddr,
-    tls_identity: Option<String>,
-    refuse: Option<crate::admission::Refusal>,
+    info: &mut ConnInfo,
     broker: &Arc<Broker>,
     rd: &mut R,
     wr: &mut W,
@@ -364,6 +360,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let peer = info.peer;
+    let tls_identity = info.tls_identity.take();
+    let refuse = info.refuse.take();
     // CONNECT must arrive within `limits.connect_timeout` of the accept.
     let connect_timeout = Duration::from_secs(broker.config.limits.connect_timeout);
     let mut connect = match tokio::time::timeout(
