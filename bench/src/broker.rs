@@ -233,7 +233,7 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
             let mut env = format!("SLUICE__PERSISTENCE__MODE={} ", mode.as_str());
             if let Some(q) = opts.max_queued {
                 cmd.env("SLUICE__MQTT__MAX_QUEUED_MESSAGES", q.to_string());
-                env = format!("SLUICE__MQTT__MAX_QUEUED_MESSAGES={q} ");
+                env += &format!("SLUICE__MQTT__MAX_QUEUED_MESSAGES={q} ");
             }
             if let Some(b) = opts.max_queued_bytes {
                 cmd.env("SLUICE__MQTT__MAX_QUEUED_BYTES", b.to_string());

@@ -24,9 +24,9 @@ fn esc(s: &str) -> String {
 
 /// Horizontal grouped bars, log10 x axis. `series`: the names of the bars of each group.
 pub fn bars_log(title: &str, unit: &str, series: &[&str], groups: &[Group]) -> String {
-    const LEFT: f64 = 250.0;
+    const LEFT: f64 = 360.0;
     const RIGHT: f64 = 110.0;
-    const WIDTH: f64 = 960.0;
+    const WIDTH: f64 = 1060.0;
     const BAR: f64 = 14.0;
     const GAP: f64 = 12.0;
     const TOP: f64 = 60.0;
