@@ -94,10 +94,12 @@ fn trie(c: &mut Criterion) {
     assert_eq!(tree.len(), 100_000);
     let mut g = c.benchmark_group("subscription trie, 100k filters");
     g.throughput(Throughput::Elements(1));
+    // Exact only; exact + `fleet/92/+/telemetry`; exact + `fleet/97/#`; `+/99/..` only; none.
     for topic in [
         "fleet/123/45/telemetry",
-        "fleet/7/7/telemetry",
-        "other/1/2/telemetry",
+        "fleet/92/45/telemetry",
+        "fleet/97/1/telemetry",
+        "other/99/14/telemetry",
         "fleet/99999/1/nothing",
     ] {
         let mut n = 0usize;
