@@ -21,4 +21,4 @@ target="${CARGO_TARGET_DIR:-target}"
 export SLUICE_BIN="$target/release/sluice"
 # `conns` opens thousands of sockets on each side.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-exec "$target/release/sluice-bench" suite --out bench/results "$@"
+exec "$target/release/sluice-bench" suite "$@"
