@@ -13,13 +13,36 @@ pub const SLUICE_MAX_INFLIGHT: u32 = 256;
 pub const SLUICE_MAX_QUEUED_MESSAGES: usize = 1000;
 pub const SLUICE_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
+/// Sluice's `persistence.mode` (broker/src/config.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SluiceMode {
+    /// The default: acknowledged after fsync (group commit).
+    Durable,
+    /// Acknowledged after write(2), fsynced every `sync_interval`.
+    Relaxed,
+    /// Nothing on disk.
+    Memory,
+}
+
+impl SluiceMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            SluiceMode::Durable => "durable",
+            SluiceMode::Relaxed => "relaxed",
+            SluiceMode::Memory => "memory",
+        }
+    }
+}
+
 /// How to start one broker.
 #[derive(Debug, Clone)]
 pub enum BrokerSpec {
-    /// target/release/sluice --bind 127.0.0.1:{port} --log warn
-    Sluice,
-    /// /usr/sbin/mosquitto -c <generated config>, optionally with `set_tcp_nodelay true`.
-    Mosquitto { nodelay: bool },
+    /// target/release/sluice --bind 127.0.0.1:{port} --data-dir <fresh dir> --log warn, with
+    /// `SLUICE__PERSISTENCE__MODE` set.
+    Sluice { mode: SluiceMode },
+    /// /usr/sbin/mosquitto -c <generated config>, optionally with `set_tcp_nodelay true`, and
+    /// optionally `persistence true` in a fresh directory (Mosquitto's defaults otherwise).
+    Mosquitto { nodelay: bool, persist: bool },
     /// A shell command with `{port}` replaced.
     Command(String),
 }
@@ -27,9 +50,27 @@ pub enum BrokerSpec {
 impl BrokerSpec {
     pub fn parse(s: &str) -> BrokerSpec {
         match s.trim() {
-            "sluice" => BrokerSpec::Sluice,
-            "mosquitto" => BrokerSpec::Mosquitto { nodelay: false },
-            "mosquitto-nodelay" => BrokerSpec::Mosquitto { nodelay: true },
+            "sluice" | "sluice-durable" => BrokerSpec::Sluice {
+                mode: SluiceMode::Durable,
+            },
+            "sluice-relaxed" => BrokerSpec::Sluice {
+                mode: SluiceMode::Relaxed,
+            },
+            "sluice-memory" => BrokerSpec::Sluice {
+                mode: SluiceMode::Memory,
+            },
+            "mosquitto" => BrokerSpec::Mosquitto {
+                nodelay: false,
+                persist: false,
+            },
+            "mosquitto-nodelay" => BrokerSpec::Mosquitto {
+                nodelay: true,
+                persist: false,
+            },
+            "mosquitto-persist" => BrokerSpec::Mosquitto {
+                nodelay: false,
+                persist: true,
+            },
             other => BrokerSpec::Command(other.to_string()),
         }
     }
@@ -37,9 +78,20 @@ impl BrokerSpec {
     /// A short name for tables.
     pub fn name(&self) -> String {
         match self {
-            BrokerSpec::Sluice => "sluice".into(),
-            BrokerSpec::Mosquitto { nodelay: false } => "mosquitto".into(),
-            BrokerSpec::Mosquitto { nodelay: true } => "mosquitto-nodelay".into(),
+            BrokerSpec::Sluice {
+                mode: SluiceMode::Durable,
+            } => "sluice".into(),
+            BrokerSpec::Sluice { mode } => format!("sluice-{}", mode.as_str()),
+            BrokerSpec::Mosquitto { nodelay, persist } => {
+                let mut n = String::from("mosquitto");
+                if *nodelay {
+                    n.push_str("-nodelay");
+                }
+                if *persist {
+                    n.push_str("-persist");
+                }
+                n
+            }
             BrokerSpec::Command(c) => c.split_whitespace().next().unwrap_or("cmd").into(),
         }
     }
@@ -117,10 +169,13 @@ fn mosquitto_bin() -> PathBuf {
     "mosquitto".into()
 }
 
-/// The Mosquitto configuration used by the `mosquitto` shorthand.
+/// The Mosquitto configuration used by the `mosquitto` shorthands. `persist`: the directory for
+/// `persistence true` (Mosquitto's defaults otherwise: the database is written at
+/// `autosave_interval` 1800 s and at shutdown, not per message).
 pub fn mosquitto_config(
     port: u16,
     nodelay: bool,
+    persist: Option<&Path>,
     max_queued: Option<usize>,
     max_queued_bytes: Option<usize>,
 ) -> String {
@@ -131,13 +186,19 @@ pub fn mosquitto_config(
          max_inflight_messages {SLUICE_MAX_INFLIGHT}\n\
          max_queued_messages {}\n\
          max_queued_bytes {}\n\
-         persistence false\n\
          log_dest stderr\n\
          log_type error\n\
          log_type warning\n",
         max_queued.unwrap_or(SLUICE_MAX_QUEUED_MESSAGES),
         max_queued_bytes.unwrap_or(SLUICE_MAX_QUEUED_BYTES)
     );
+    match persist {
+        Some(dir) => {
+            c.push_str("persistence true\n");
+            c.push_str(&format!("persistence_location {}/\n", dir.display()));
+        }
+        None => c.push_str("persistence false\n"),
+    }
     if nodelay {
         c.push_str("set_tcp_nodelay true\n");
     }
@@ -153,27 +214,54 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
     let mut cmd;
     let command;
     match spec {
-        BrokerSpec::Sluice => {
+        BrokerSpec::Sluice { mode } => {
             let bin = sluice_bin()?;
+            // A fresh data directory per run: nothing carries over from an earlier run.
+            let data = opts.dir.join(format!("{tag}-data"));
+            let _ = std::fs::remove_dir_all(&data);
+            std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
             cmd = Command::new(&bin);
             cmd.args(["--bind", &format!("127.0.0.1:{port}"), "--log", "warn"]);
+            cmd.arg("--data-dir").arg(&data);
             cmd.env_remove("RUST_LOG");
-            let mut env = String::new();
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("SLUICE__") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.env("SLUICE__PERSISTENCE__MODE", mode.as_str());
+            let mut env = format!("SLUICE__PERSISTENCE__MODE={} ", mode.as_str());
             if let Some(q) = opts.max_queued {
                 cmd.env("SLUICE__MQTT__MAX_QUEUED_MESSAGES", q.to_string());
-                env = format!("SLUICE__MQTT__MAX_QUEUED_MESSAGES={q} ");
+                env += &format!("SLUICE__MQTT__MAX_QUEUED_MESSAGES={q} ");
             }
             if let Some(b) = opts.max_queued_bytes {
                 cmd.env("SLUICE__MQTT__MAX_QUEUED_BYTES", b.to_string());
                 env += &format!("SLUICE__MQTT__MAX_QUEUED_BYTES={b} ");
             }
-            command = format!("{env}{} --bind 127.0.0.1:{port} --log warn", bin.display());
+            command = format!(
+                "{env}{} --bind 127.0.0.1:{port} --data-dir {} --log warn",
+                bin.display(),
+                data.display()
+            );
         }
-        BrokerSpec::Mosquitto { nodelay } => {
+        BrokerSpec::Mosquitto { nodelay, persist } => {
             let conf = opts.dir.join(format!("{tag}-mosquitto.conf"));
+            let data = opts.dir.join(format!("{tag}-data"));
+            if *persist {
+                let _ = std::fs::remove_dir_all(&data);
+                std::fs::create_dir_all(&data)
+                    .with_context(|| format!("create {}", data.display()))?;
+            }
             std::fs::write(
                 &conf,
-                mosquitto_config(port, *nodelay, opts.max_queued, opts.max_queued_bytes),
+                mosquitto_config(
+                    port,
+                    *nodelay,
+                    persist.then_some(data.as_path()),
+                    opts.max_queued,
+                    opts.max_queued_bytes,
+                ),
             )?;
             let bin = mosquitto_bin();
             cmd = Command::new(&bin);

@@ -164,6 +164,36 @@ impl Conn {
         }
     }
 
+    /// Writes what it can of the pending output now, without waiting.
+    pub fn try_write_now(&mut self) -> Result<()> {
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => break,
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e).context("write"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a SUBSCRIBE (packet id 1) for one filter without waiting for the SUBACK.
+    pub fn queue_subscribe(&mut self, filter: &str, qos: QoS) -> Result<()> {
+        let sub = Subscribe {
+            pkid: 1,
+            filters: vec![Subscription {
+                filter: TopicFilter::try_from(filter).map_err(|e| anyhow!("filter: {e:?}"))?,
+                options: SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            }],
+            rejected: Vec::new(),
+            properties: SubscribeProperties::default(),
+        };
+        self.queue(&Packet::Subscribe(sub))
+    }
+
     /// Subscribes to one filter and waits for a successful SUBACK.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS, deadline: Instant) -> Result<()> {
         let sub = Subscribe {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::ValueEnum;
-use sluice_codec::{Packet, Protocol, PubAck, Publish, PublishProperties, QoS, TopicName};
+use sluice_codec::{
+    Packet, Protocol, PubAck, Publish, PublishProperties, QoS, ReasonCode, TopicName,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -31,6 +33,10 @@ pub enum Scenario {
     Conns,
     /// A persistent session subscribes, goes away, N messages are published, it comes back.
     Backlog,
+    /// P publishers -> a `$share` group of consumers of unequal speed (`--consumer-delays`).
+    Shared,
+    /// N retained topics, then one subscriber on a wildcard over all of them.
+    Retained,
 }
 
 impl Scenario {
@@ -41,6 +47,8 @@ impl Scenario {
             Scenario::P2p => "p2p",
             Scenario::Conns => "conns",
             Scenario::Backlog => "backlog",
+            Scenario::Shared => "shared",
+            Scenario::Retained => "retained",
         }
     }
 }
@@ -68,6 +76,11 @@ pub struct Params {
     pub timeout: Duration,
     /// A subscriber gives up waiting for missing messages after this long without any.
     pub idle: Duration,
+    /// `shared`: one consumer per entry, each spending this long per message before acking.
+    pub consumer_delays: Vec<Duration>,
+    /// fanin/fanout/p2p/shared: subscribers use persistent sessions (clean session 0; 5.0:
+    /// Session Expiry 3600), so a durable broker logs what it queues for them.
+    pub persistent: bool,
 }
 
 impl Params {
@@ -86,6 +99,8 @@ impl Params {
             "duration_s": self.duration.map(|d| d.as_secs_f64()),
             "rate": self.rate,
             "inflight": self.inflight,
+            "consumer_delays_ms": self.consumer_delays.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+            "persistent": self.persistent,
         })
     }
 
@@ -103,7 +118,22 @@ impl Params {
             Scenario::Fanout => s += &format!(" subscribers={}", self.subscribers),
             Scenario::P2p => s += &format!(" pairs={}", self.pairs),
             Scenario::Conns => s += &format!(" connections={}", self.connections),
-            Scenario::Backlog => {}
+            Scenario::Shared => {
+                let d: Vec<String> = self
+                    .consumer_delays
+                    .iter()
+                    .map(|d| format!("{}", d.as_secs_f64() * 1e3))
+                    .collect();
+                s += &format!(
+                    " publishers={} consumer-delays-ms={}",
+                    self.publishers,
+                    d.join(",")
+                );
+            }
+            Scenario::Backlog | Scenario::Retained => {}
+        }
+        if self.persistent {
+            s += " persistent-subscribers";
         }
         if self.scenario != Scenario::Conns {
             if let Some(m) = self.messages {
@@ -182,6 +212,15 @@ impl Meters {
         let busiest = cpu.busiest_thread.unwrap_or(0.0);
         if let Some(b) = cpu.broker {
             out.set("broker_cpu_pct", b);
+            let delivered = out
+                .figures
+                .iter()
+                .find(|f| f.0 == "delivered")
+                .map_or(0.0, |f| f.1);
+            let secs = window.1.saturating_duration_since(window.0).as_secs_f64();
+            if delivered > 0.0 && secs > 0.0 {
+                out.set("broker_cpu_us_per_msg", b / 100.0 * secs * 1e6 / delivered);
+            }
         }
         if let Some(peak) = peak {
             out.set("broker_peak_rss_mib", peak as f64 / 1024.0);
@@ -237,6 +276,8 @@ pub async fn run(target: Target, p: &Params) -> Result<Outcome> {
         Scenario::Fanin | Scenario::Fanout | Scenario::P2p => flow(target, p).await,
         Scenario::Conns => conns(target, p).await,
         Scenario::Backlog => backlog(target, p).await,
+        Scenario::Shared => shared(target, p).await,
+        Scenario::Retained => retained(target, p).await,
     }
 }
 
@@ -262,6 +303,8 @@ struct PubPlan {
     topic: String,
     limit: Option<u64>,
     rate: Option<f64>,
+    /// `retained`: message i goes to `{topic}/{i / 100}/{i % 100}` with the retain flag.
+    retained: bool,
 }
 
 /// Connects `n` clients, at most `parallel` at a time, with options from `opts(i)`.
@@ -272,6 +315,7 @@ async fn connect_many(
     keep_alive: u16,
     parallel: usize,
     deadline: Instant,
+    persistent: bool,
 ) -> Result<Vec<Conn>> {
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
     let mut set = JoinSet::new();
@@ -281,8 +325,8 @@ async fn connect_many(
             let _permit = sem.acquire_owned().await?;
             let opts = ConnectOpts {
                 client_id: id,
-                clean: true,
-                session_expiry: None,
+                clean: !persistent,
+                session_expiry: persistent.then_some(3600),
                 keep_alive,
             };
             let (conn, _) = Conn::connect(addr, protocol, &opts, deadline).await?;
@@ -312,7 +356,8 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
     let meters = Meters::start(target.pid);
 
     // Subscribers first, each with its SUBACK, so nothing published is missed.
-    let sub_ids = subs.iter().map(|s| s.client_id.clone()).collect();
+    let subs_ids: Vec<String> = subs.iter().map(|s| s.client_id.clone()).collect();
+    let sub_ids = subs_ids.clone();
     let mut sub_conns = connect_many(
         target.addr,
         p.protocol,
@@ -320,6 +365,7 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
         p.keep_alive(),
         64,
         deadline,
+        p.persistent,
     )
     .await?;
     for (conn, plan) in sub_conns.iter_mut().zip(&subs) {
@@ -333,6 +379,7 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
         p.keep_alive(),
         64,
         deadline,
+        false,
     )
     .await?;
 
@@ -408,6 +455,9 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
     let close = Instant::now() + Duration::from_secs(5);
     for c in pub_conns.into_iter().chain(sub_conns) {
         let _ = c.disconnect(close).await;
+    }
+    if p.persistent {
+        remove_sessions(target, p, subs_ids, close).await;
     }
 
     let mut out = Outcome::default();
@@ -536,6 +586,7 @@ fn plan(p: &Params, run: &str) -> (Vec<SubPlan>, Vec<PubPlan>) {
                 },
                 limit,
                 rate: p.rate.map(|r| r / n_pubs as f64),
+                retained: false,
             }
         })
         .collect();
@@ -630,6 +681,13 @@ async fn publisher(
                 };
                 if let Packet::Publish(p) = &mut packet {
                     p.pkid = pkid;
+                    if plan.retained {
+                        p.retain = true;
+                        p.topic = TopicName::try_from(
+                            format!("{}/{}/{}", plan.topic, seq / 100, seq % 100).as_str(),
+                        )
+                        .map_err(|e| anyhow!("topic: {e:?}"))?;
+                    }
                 }
                 conn.queue(&packet)?;
                 let ts = match plan.rate {
@@ -792,7 +850,16 @@ async fn conns(target: Target, p: &Params) -> Result<Outcome> {
     let meters = Meters::start(target.pid);
     let ids = (0..c).map(|i| format!("sb-{run}-c{i}")).collect();
     let t = Instant::now();
-    let conns = connect_many(target.addr, p.protocol, ids, p.keep_alive(), 32, deadline).await?;
+    let conns = connect_many(
+        target.addr,
+        p.protocol,
+        ids,
+        p.keep_alive(),
+        32,
+        deadline,
+        false,
+    )
+    .await?;
     let connect_s = t.elapsed().as_secs_f64();
     sleep(Duration::from_secs(1)).await;
     let after = target.pid.and_then(procfs::memory_kib).map(|m| m.0);
@@ -848,6 +915,7 @@ async fn backlog(target: Target, p: &Params) -> Result<Outcome> {
         topic,
         limit: Some(n),
         rate: p.rate,
+        retained: false,
     };
     let t0 = Instant::now();
     let pub_stats = publisher(
@@ -927,6 +995,476 @@ async fn backlog(target: Target, p: &Params) -> Result<Outcome> {
     if stream.out_of_order > 0 {
         out.notes
             .push(format!("OUT-OF-ORDER {} deliveries", stream.out_of_order));
+    }
+    Ok(out)
+}
+
+/// Removes the persistent sessions of a run (connect with a clean session, Session Expiry 0).
+async fn remove_sessions(target: Target, p: &Params, ids: Vec<String>, deadline: Instant) {
+    for client_id in ids {
+        let opts = ConnectOpts {
+            client_id,
+            clean: true,
+            session_expiry: Some(0),
+            keep_alive: p.keep_alive(),
+        };
+        if let Ok((c, _)) = Conn::connect(target.addr, p.protocol, &opts, deadline).await {
+            let _ = c.disconnect(deadline).await;
+        }
+    }
+}
+
+/// Keys of the per-consumer counts of `shared` (at most this many consumers).
+pub const CONSUMER_KEYS: [&str; 8] = [
+    "consumer_0",
+    "consumer_1",
+    "consumer_2",
+    "consumer_3",
+    "consumer_4",
+    "consumer_5",
+    "consumer_6",
+    "consumer_7",
+];
+
+/// What the consumers of a shared subscription share.
+#[derive(Debug)]
+struct Group {
+    /// PUBLISH packets received by all consumers (duplicates included).
+    received: AtomicU64,
+    /// Time of the last PUBLISH received by any consumer, ns since the track epoch.
+    last_recv_ns: AtomicU64,
+}
+
+/// `shared`: P publishers on `bench/shared/{run}/{i}` -> consumers in `$share/g{run}/...`, each
+/// spending its delay per message before acknowledging it.
+async fn shared(target: Target, p: &Params) -> Result<Outcome> {
+    let delays = if p.consumer_delays.is_empty() {
+        vec![Duration::ZERO]
+    } else {
+        p.consumer_delays.clone()
+    };
+    if delays.len() > CONSUMER_KEYS.len() {
+        bail!("at most {} consumers", CONSUMER_KEYS.len());
+    }
+    let run = nonce();
+    let n_pubs = p.publishers.max(1);
+    let deadline = Instant::now() + p.timeout + p.duration.unwrap_or_default();
+    let meters = Meters::start(target.pid);
+    let filter = format!("$share/g{run}/bench/shared/{run}/+");
+    let sub_ids: Vec<String> = (0..delays.len())
+        .map(|i| format!("sb-{run}-s{i}"))
+        .collect();
+    let mut sub_conns = connect_many(
+        target.addr,
+        p.protocol,
+        sub_ids.clone(),
+        p.keep_alive(),
+        64,
+        deadline,
+        p.persistent,
+    )
+    .await?;
+    for conn in sub_conns.iter_mut() {
+        conn.subscribe(&filter, p.qos, deadline).await?;
+    }
+    let pubs: Vec<PubPlan> = (0..n_pubs)
+        .map(|i| PubPlan {
+            id: i as u32,
+            client_id: format!("sb-{run}-p{i}"),
+            topic: format!("bench/shared/{run}/{i}"),
+            limit: p.messages.map(|m| {
+                let n = n_pubs as u64;
+                m / n + u64::from((i as u64) < m % n)
+            }),
+            rate: p.rate.map(|r| r / n_pubs as f64),
+            retained: false,
+        })
+        .collect();
+    let pub_conns = connect_many(
+        target.addr,
+        p.protocol,
+        pubs.iter().map(|p| p.client_id.clone()).collect(),
+        p.keep_alive(),
+        64,
+        deadline,
+        false,
+    )
+    .await?;
+    let shared = Arc::new(Shared {
+        sent: (0..n_pubs).map(|_| AtomicU64::new(0)).collect(),
+        pubs_done: AtomicBool::new(false),
+        publishers: n_pubs as u32,
+    });
+    let group = Arc::new(Group {
+        received: AtomicU64::new(0),
+        last_recv_ns: AtomicU64::new(track::now_ns()),
+    });
+    let mut sub_tasks = JoinSet::new();
+    for (i, (mut conn, delay)) in sub_conns.into_iter().zip(delays.clone()).enumerate() {
+        let (shared, group, idle) = (shared.clone(), group.clone(), p.idle);
+        sub_tasks.spawn(async move {
+            let r = consumer(&mut conn, &shared, &group, delay, idle, deadline).await;
+            (i, conn, r)
+        });
+    }
+    let t0 = Instant::now();
+    let t0_ns = track::now_ns();
+    let end = p.duration.map(|d| t0 + d);
+    let mut pub_tasks = JoinSet::new();
+    for (mut conn, plan) in pub_conns.into_iter().zip(pubs) {
+        let shared = shared.clone();
+        let (qos, payload, window) = (p.qos, p.payload, p.inflight);
+        pub_tasks.spawn(async move {
+            let r = publisher(
+                &mut conn, &plan, qos, payload, window, t0, end, deadline, &shared,
+            )
+            .await;
+            (conn, r)
+        });
+    }
+    let mut conns = Vec::new();
+    let mut errors = Vec::new();
+    let mut last_send_ns = t0_ns;
+    while let Some(r) = pub_tasks.join_next().await {
+        let (conn, r) = r.context("publisher task")?;
+        match r {
+            Ok(stats) => last_send_ns = last_send_ns.max(stats.last_send_ns),
+            Err(e) => errors.push(format!("publisher: {e:#}")),
+        }
+        conns.push(conn);
+    }
+    shared.pubs_done.store(true, Ordering::Release);
+    let publish_s = (last_send_ns.saturating_sub(t0_ns)) as f64 / 1e9;
+    let mut per_consumer = vec![0u64; delays.len()];
+    let mut union: std::collections::HashMap<u32, track::Stream> = Default::default();
+    let mut latency = track::new_histogram();
+    let mut last_recv: Option<u64> = None;
+    let mut timeouts = 0usize;
+    while let Some(r) = sub_tasks.join_next().await {
+        let (i, conn, r) = r.context("consumer task")?;
+        match r {
+            Ok((stats, timed_out)) => {
+                per_consumer[i] = stats.received;
+                timeouts += usize::from(timed_out);
+                let _ = latency.add(&stats.latency);
+                last_recv = last_recv.max(stats.last_recv_ns);
+                for (publisher, stream) in &stats.streams {
+                    union.entry(*publisher).or_default().absorb(stream);
+                }
+            }
+            Err(e) => errors.push(format!("consumer {i}: {e:#}")),
+        }
+        conns.push(conn);
+    }
+    let close = Instant::now() + Duration::from_secs(5);
+    for c in conns {
+        let _ = c.disconnect(close).await;
+    }
+    if p.persistent {
+        remove_sessions(target, p, sub_ids, close).await;
+    }
+
+    let mut out = Outcome::default();
+    let sent: u64 = shared.sent.iter().map(|s| s.load(Ordering::Acquire)).sum();
+    let unique: u64 = union.values().map(|s| s.unique).sum();
+    let dups: u64 = union.values().map(|s| s.duplicated).sum();
+    let ooo: u64 = union.values().map(|s| s.out_of_order).sum();
+    let lost = sent.saturating_sub(unique);
+    let window_s = last_recv
+        .map(|l| l.saturating_sub(t0_ns) as f64 / 1e9)
+        .unwrap_or(0.0);
+    if window_s > 0.0 {
+        out.set("delivered_msgs_s", unique as f64 / window_s);
+        out.set(
+            "delivered_mb_s",
+            unique as f64 * p.payload as f64 / window_s / 1e6,
+        );
+    }
+    if publish_s > 0.0 {
+        out.set("published_msgs_s", sent as f64 / publish_s);
+    }
+    out.set("sent", sent as f64);
+    out.set("expected", sent as f64);
+    out.set("delivered", unique as f64);
+    out.set("lost", lost as f64);
+    out.set("duplicated", dups as f64);
+    out.set("out_of_order", ooo as f64);
+    let mut stats = SubStats::new();
+    stats.latency = latency;
+    latency_figures(&mut out, &stats);
+    for (i, n) in per_consumer.iter().enumerate() {
+        out.set(CONSUMER_KEYS[i], *n as f64);
+    }
+    if let Some(l) = last_recv {
+        out.set("drain_tail_s", l.saturating_sub(last_send_ns) as f64 / 1e9);
+    }
+    out.set("elapsed_s", window_s);
+    let end = last_recv.map_or_else(Instant::now, instant_of);
+    meters.finish(&mut out, (t0, end));
+    if timeouts > 0 {
+        out.notes.push(format!(
+            "{timeouts} consumer(s) stopped at the run's time limit"
+        ));
+    }
+    if lost > 0 {
+        out.notes.push(format!(
+            "LOST {lost} of {sent} messages ({:.2}%)",
+            lost as f64 * 100.0 / sent.max(1) as f64
+        ));
+    }
+    if dups > 0 {
+        out.notes.push(format!(
+            "DUPLICATED {dups} deliveries (a message delivered twice, to one or several members)"
+        ));
+    }
+    if ooo > 0 {
+        out.notes.push(format!(
+            "OUT-OF-ORDER {ooo} deliveries (within one consumer)"
+        ));
+    }
+    out.notes.extend(errors.iter().cloned());
+    if !errors.is_empty() && unique == 0 {
+        bail!("{}", errors.join("; "));
+    }
+    Ok(out)
+}
+
+/// One member of a shared subscription: spends `delay` per message before acknowledging it.
+/// Stops when the group has received everything sent, or `idle` after the last message any
+/// member received (once the publishers finished), or at the deadline.
+async fn consumer(
+    conn: &mut Conn,
+    shared: &Shared,
+    group: &Group,
+    delay: Duration,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<(SubStats, bool)> {
+    let mut stats = SubStats::new();
+    loop {
+        while let Some(packet) = conn.next_packet()? {
+            match packet {
+                Packet::Publish(p) => {
+                    let now = track::now_ns();
+                    stats.record(&p.payload, now, shared.publishers);
+                    group.received.fetch_add(1, Ordering::AcqRel);
+                    group.last_recv_ns.fetch_max(now, Ordering::AcqRel);
+                    if !delay.is_zero() {
+                        sleep(delay).await;
+                    }
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => conn.queue(&Packet::PubAck(PubAck::new(p.pkid)))?,
+                        QoS::ExactlyOnce => conn.queue(&Packet::PubRec(PubAck::new(p.pkid)))?,
+                    }
+                    if !delay.is_zero() {
+                        conn.try_write_now()?;
+                    }
+                }
+                Packet::PubRel(a) => conn.queue(&Packet::PubComp(PubAck::new(a.pkid)))?,
+                Packet::PingResp => {}
+                Packet::Disconnect(d) => bail!("broker sent DISCONNECT {}", d.reason),
+                _ => stats.unexpected += 1,
+            }
+        }
+        let now = Instant::now();
+        if shared.pubs_done.load(Ordering::Acquire) {
+            let sent: u64 = shared.sent.iter().map(|s| s.load(Ordering::Acquire)).sum();
+            let last = group.last_recv_ns.load(Ordering::Acquire);
+            let quiet = Duration::from_nanos(track::now_ns().saturating_sub(last));
+            if group.received.load(Ordering::Acquire) >= sent || quiet >= idle {
+                conn.flush(deadline).await?;
+                return Ok((stats, false));
+            }
+        }
+        if now >= deadline {
+            return Ok((stats, true));
+        }
+        tokio::select! {
+            r = conn.pump() => {
+                if !r? {
+                    bail!("connection closed by the broker");
+                }
+            }
+            _ = sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// `retained`: one publisher stores N retained messages on `bench/ret/{run}/{i/100}/{i%100}`;
+/// then one subscriber subscribes to `bench/ret/{run}/#`: time until all N arrived.
+async fn retained(target: Target, p: &Params) -> Result<Outcome> {
+    let n = p.messages.unwrap_or(100_000);
+    let run = nonce();
+    let deadline = Instant::now() + p.timeout;
+    let base = format!("bench/ret/{run}");
+    let shared = Arc::new(Shared {
+        sent: vec![AtomicU64::new(0)],
+        pubs_done: AtomicBool::new(false),
+        publishers: 1,
+    });
+    let pub_opts = ConnectOpts {
+        client_id: format!("sb-{run}-p0"),
+        clean: true,
+        session_expiry: None,
+        keep_alive: p.keep_alive(),
+    };
+    let (mut publ, _) = Conn::connect(target.addr, p.protocol, &pub_opts, deadline).await?;
+    let plan = PubPlan {
+        id: 0,
+        client_id: pub_opts.client_id.clone(),
+        topic: base.clone(),
+        limit: Some(n),
+        rate: p.rate,
+        retained: true,
+    };
+    let t0 = Instant::now();
+    publisher(
+        &mut publ, &plan, p.qos, p.payload, p.inflight, t0, None, deadline, &shared,
+    )
+    .await?;
+    // A PINGREQ round trip: the broker has handled every PUBLISH before it (also at QoS 0).
+    publ.queue(&Packet::PingReq)?;
+    match publ.expect(deadline).await? {
+        Packet::PingResp => {}
+        other => bail!("expected PINGRESP, got {}", other.name()),
+    }
+    let store_s = t0.elapsed().as_secs_f64();
+    shared.pubs_done.store(true, Ordering::Release);
+    sleep(Duration::from_millis(200)).await;
+    let stored_rss = target.pid.and_then(procfs::memory_kib).map(|m| m.0);
+
+    let meters = Meters::start(target.pid);
+    let sub_opts = ConnectOpts {
+        client_id: format!("sb-{run}-s0"),
+        clean: true,
+        session_expiry: None,
+        keep_alive: p.keep_alive(),
+    };
+    let (mut sub, _) = Conn::connect(target.addr, p.protocol, &sub_opts, deadline).await?;
+    let t1 = Instant::now();
+    let t1_ns = track::now_ns();
+    sub.queue_subscribe(&format!("{base}/#"), p.qos)?;
+    let mut stats = SubStats::new();
+    let mut suback_ns = None;
+    let mut not_retained = 0u64;
+    let mut last_activity = Instant::now();
+    let mut timed_out = false;
+    loop {
+        let mut got = false;
+        while let Some(packet) = sub.next_packet()? {
+            match packet {
+                Packet::SubAck(ack) => {
+                    suback_ns = Some(track::now_ns());
+                    let code = ack.reasons.first().copied().unwrap_or(ReasonCode(0x80));
+                    if code.is_error() {
+                        bail!("SUBSCRIBE {base}/# refused: {code}");
+                    }
+                }
+                Packet::Publish(m) => {
+                    got = true;
+                    if !m.retain {
+                        not_retained += 1;
+                    }
+                    stats.record(&m.payload, track::now_ns(), 1);
+                    match m.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => sub.queue(&Packet::PubAck(PubAck::new(m.pkid)))?,
+                        QoS::ExactlyOnce => sub.queue(&Packet::PubRec(PubAck::new(m.pkid)))?,
+                    }
+                }
+                Packet::PubRel(a) => sub.queue(&Packet::PubComp(PubAck::new(a.pkid)))?,
+                Packet::PingResp => {}
+                Packet::Disconnect(d) => bail!("broker sent DISCONNECT {}", d.reason),
+                _ => stats.unexpected += 1,
+            }
+        }
+        let now = Instant::now();
+        if got {
+            last_activity = now;
+        }
+        if stats.unique() >= n || (suback_ns.is_some() && now - last_activity >= p.idle) {
+            break;
+        }
+        if now >= deadline {
+            timed_out = true;
+            break;
+        }
+        tokio::select! {
+            r = sub.pump() => {
+                if !r? {
+                    bail!("subscriber: connection closed by the broker");
+                }
+            }
+            _ = sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    let _ = sub.flush(deadline).await;
+    let _ = sub.disconnect(deadline).await;
+    // Clear the retained messages (empty payload, QoS 0), then a PINGREQ round trip.
+    for i in 0..n {
+        let topic = format!("{base}/{}/{}", i / 100, i % 100);
+        publ.queue(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: TopicName::try_from(topic.as_str()).map_err(|e| anyhow!("topic: {e:?}"))?,
+            pkid: 0,
+            payload: Bytes::new(),
+            properties: PublishProperties::default(),
+        }))?;
+        if publ.wbuf.len() > 64 * 1024 {
+            publ.flush(deadline).await?;
+        }
+    }
+    publ.queue(&Packet::PingReq)?;
+    let _ = publ.expect(deadline).await;
+    let _ = publ.disconnect(deadline).await;
+
+    let mut out = Outcome::default();
+    let unique = stats.unique();
+    let dups: u64 = stats.streams.values().map(|s| s.duplicated).sum();
+    let lost = n.saturating_sub(unique);
+    out.set("sent", n as f64);
+    out.set("published_msgs_s", n as f64 / store_s.max(1e-9));
+    out.set("delivered", unique as f64);
+    out.set("lost", lost as f64);
+    out.set("duplicated", dups as f64);
+    let retained_s = stats
+        .last_recv_ns
+        .map(|l| l.saturating_sub(t1_ns) as f64 / 1e9)
+        .unwrap_or_else(|| t1.elapsed().as_secs_f64());
+    out.set("retained_s", retained_s);
+    if let Some(s) = suback_ns {
+        out.set("suback_s", s.saturating_sub(t1_ns) as f64 / 1e9);
+    }
+    if retained_s > 0.0 {
+        out.set("delivered_msgs_s", unique as f64 / retained_s);
+        out.set(
+            "delivered_mb_s",
+            unique as f64 * p.payload as f64 / retained_s / 1e6,
+        );
+    }
+    if let Some(r) = stored_rss {
+        out.set("rss_retained_mib", r as f64 / 1024.0);
+    }
+    let end = stats.last_recv_ns.map_or_else(Instant::now, instant_of);
+    meters.finish(&mut out, (t1, end));
+    if timed_out {
+        out.notes
+            .push("the subscriber stopped at the run's time limit".into());
+    }
+    if lost > 0 {
+        out.notes
+            .push(format!("LOST {lost} of {n} retained messages"));
+    }
+    if dups > 0 {
+        out.notes.push(format!("DUPLICATED {dups} deliveries"));
+    }
+    if not_retained > 0 {
+        out.notes.push(format!(
+            "{not_retained} messages arrived without the RETAIN flag"
+        ));
     }
     Ok(out)
 }

@@ -14,6 +14,8 @@ mod conn;
 mod load;
 mod procfs;
 mod report;
+mod suite;
+mod svg;
 mod track;
 
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use crate::report::RunRecord;
 
 #[derive(Debug, Parser)]
 #[command(
+    name = "sluice-bench",
     version,
     about = "Load benchmark for MQTT brokers (Sluice's own generator)"
 )]
@@ -44,6 +47,9 @@ enum Cmd {
     Run(RunArgs),
     /// Start brokers A and B, run the scenario A B A B ..., compare.
     Compare(CompareArgs),
+    /// Run every comparison of the README's Performance table; write latest.jsonl, latest.md
+    /// and SVG charts (bench/run-all.sh builds, installs Mosquitto and calls this).
+    Suite(suite::SuiteArgs),
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +113,15 @@ struct LoadArgs {
     /// Idle connections (conns).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
-    /// Messages to publish in total (backlog default: 50000).
+    /// shared: one consumer per entry, each spending this many milliseconds per message before
+    /// acknowledging it (at most 8).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,5")]
+    consumer_delays: Vec<f64>,
+    /// fanin/fanout/p2p/shared: subscribers use persistent sessions (clean session 0; 5.0:
+    /// Session Expiry 3600), so a durable broker must log what it queues for them.
+    #[arg(long)]
+    persistent: bool,
+    /// Messages to publish in total (backlog default: 50000; retained: 100000 topics).
     #[arg(long, conflicts_with = "duration")]
     messages: Option<u64>,
     /// Seconds to publish for (default 10 when --messages is not given).
@@ -148,7 +162,9 @@ impl LoadArgs {
         }
         let duration = match (self.messages, self.duration) {
             (_, Some(d)) => Some(secs(d, "duration")?),
-            (None, None) if self.scenario != Scenario::Backlog => Some(Duration::from_secs(10)),
+            (None, None) if !matches!(self.scenario, Scenario::Backlog | Scenario::Retained) => {
+                Some(Duration::from_secs(10))
+            }
             _ => None,
         };
         Ok(Params {
@@ -170,6 +186,17 @@ impl LoadArgs {
             inflight: self.inflight,
             timeout: secs(self.timeout, "timeout")?,
             idle: secs(self.idle, "idle")?,
+            consumer_delays: self
+                .consumer_delays
+                .iter()
+                .map(|&ms| {
+                    if !(ms.is_finite() && (0.0..60_000.0).contains(&ms)) {
+                        bail!("--consumer-delays: milliseconds between 0 and 60000");
+                    }
+                    Ok(Duration::from_secs_f64(ms / 1e3))
+                })
+                .collect::<Result<_>>()?,
+            persistent: self.persistent,
         })
     }
 }
@@ -189,7 +216,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.cmd {
             Cmd::Run(args) => run(args).await,
-            Cmd::Compare(args) => compare(args).await,
+            Cmd::Compare(args) => compare(args).await.map(|_| ()),
+            Cmd::Suite(args) => suite::run(args).await,
         }
     });
     match result {
@@ -244,7 +272,7 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-async fn compare(args: CompareArgs) -> Result<()> {
+async fn compare(args: CompareArgs) -> Result<report::Comparison> {
     let params = args.load.params()?;
     let specs = [BrokerSpec::parse(&args.a), BrokerSpec::parse(&args.b)];
     let mut names = [
@@ -299,6 +327,7 @@ async fn compare(args: CompareArgs) -> Result<()> {
                         broker_notes.push(d);
                     }
                     broker_notes.extend(b.stop(Duration::from_secs(5)));
+                    let _ = std::fs::remove_dir_all(dir.join(format!("{tag}-data")));
                     if !broker_notes.is_empty() || r.is_err() {
                         keep_logs = true;
                         broker_notes.push(format!("broker log: {}", b.log.display()));
@@ -320,7 +349,7 @@ async fn compare(args: CompareArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    report::compare(
+    let summary = report::compare(
         &params,
         (&names[0], &names[1]),
         &records,
@@ -331,5 +360,5 @@ async fn compare(args: CompareArgs) -> Result<()> {
     if !keep_logs {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    Ok(())
+    Ok(summary)
 }

@@ -31,8 +31,21 @@ pub const FIGURES: &[(&str, &str, usize)] = &[
     ("bytes_per_conn", "broker bytes/connection", 0),
     ("rss_queued_mib", "broker RSS queued MiB", 1),
     ("drain_s", "drain time s", 3),
+    ("consumer_0", "consumer 0 received", 0),
+    ("consumer_1", "consumer 1 received", 0),
+    ("consumer_2", "consumer 2 received", 0),
+    ("consumer_3", "consumer 3 received", 0),
+    ("consumer_4", "consumer 4 received", 0),
+    ("consumer_5", "consumer 5 received", 0),
+    ("consumer_6", "consumer 6 received", 0),
+    ("consumer_7", "consumer 7 received", 0),
+    ("drain_tail_s", "drain tail s (last send → last receive)", 3),
+    ("rss_retained_mib", "broker RSS with retained MiB", 1),
+    ("suback_s", "SUBSCRIBE → SUBACK s", 3),
+    ("retained_s", "SUBSCRIBE → last retained s", 3),
     ("elapsed_s", "measured window s", 3),
     ("broker_cpu_pct", "broker CPU %", 0),
+    ("broker_cpu_us_per_msg", "broker CPU µs/delivered msg", 2),
     ("broker_peak_rss_mib", "broker peak RSS MiB", 1),
     ("broker_hwm_mib", "broker VmHWM MiB", 1),
     ("gen_cpu_pct", "generator CPU %", 0),
@@ -173,6 +186,29 @@ fn summary(recs: &[&RunRecord], key: &str) -> Option<(f64, f64, f64)> {
     Some((median, v[0], v[v.len() - 1]))
 }
 
+/// (median, min, max) of one figure over the rounds.
+pub type Stat = Option<(f64, f64, f64)>;
+
+/// The summary of one comparison, for the suite.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub names: (String, String),
+    /// Per figure key: (A, B) as (median, min, max), and the ratio of the medians.
+    pub figures: Vec<(&'static str, Stat, Stat)>,
+    /// The Markdown table (as `--markdown` writes it).
+    pub markdown: String,
+}
+
+impl Comparison {
+    /// (A, B) summaries of one figure.
+    pub fn get(&self, key: &str) -> (Stat, Stat) {
+        self.figures
+            .iter()
+            .find(|f| f.0 == key)
+            .map_or((None, None), |f| (f.1, f.2))
+    }
+}
+
 /// One row of the comparison.
 struct Row {
     label: &'static str,
@@ -181,6 +217,8 @@ struct Row {
     ratio: String,
     json: serde_json::Value,
     key: &'static str,
+    sa: Option<(f64, f64, f64)>,
+    sb: Option<(f64, f64, f64)>,
 }
 
 fn compare_rows(a: &[&RunRecord], b: &[&RunRecord]) -> Vec<Row> {
@@ -209,6 +247,8 @@ fn compare_rows(a: &[&RunRecord], b: &[&RunRecord]) -> Vec<Row> {
             ratio: ratio.map_or("-".into(), |r| format!("{r:.2}")),
             json: serde_json::json!({"a": j(sa), "b": j(sb), "ratio": ratio}),
             key,
+            sa,
+            sb,
         });
     }
     rows
@@ -223,7 +263,7 @@ pub fn compare(
     rounds: usize,
     json: Option<&Path>,
     markdown: Option<&Path>,
-) -> Result<()> {
+) -> Result<Comparison> {
     let a: Vec<&RunRecord> = records.iter().filter(|r| r.broker == names.0).collect();
     let b: Vec<&RunRecord> = records.iter().filter(|r| r.broker == names.1).collect();
     let rows = compare_rows(&a, &b);
@@ -276,28 +316,32 @@ pub fn compare(
         });
         append_line(path, &line)?;
     }
-    if let Some(path) = markdown {
-        let mut md = String::new();
-        let _ = writeln!(
-            md,
-            "**{}** — {rounds} round(s), median (min..max); machine: {}\n",
-            params.describe(),
-            machine()
-        );
-        let _ = writeln!(md, "| figure | {} | {} | A/B |", names.0, names.1);
-        let _ = writeln!(md, "|---|---:|---:|---:|");
-        for r in &rows {
-            let _ = writeln!(md, "| {} | {} | {} | {} |", r.label, r.a, r.b, r.ratio);
-        }
-        if !notes.is_empty() {
-            md.push('\n');
-            for n in &notes {
-                let _ = writeln!(md, "- {n}");
-            }
-        }
-        std::fs::write(path, md).with_context(|| format!("write {}", path.display()))?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "**{}** — {rounds} round(s), median (min..max); machine: {}\n",
+        params.describe(),
+        machine()
+    );
+    let _ = writeln!(md, "| figure | {} | {} | A/B |", names.0, names.1);
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for r in &rows {
+        let _ = writeln!(md, "| {} | {} | {} | {} |", r.label, r.a, r.b, r.ratio);
     }
-    Ok(())
+    if !notes.is_empty() {
+        md.push('\n');
+        for n in &notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    if let Some(path) = markdown {
+        std::fs::write(path, &md).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(Comparison {
+        names: (names.0.to_string(), names.1.to_string()),
+        figures: rows.iter().map(|r| (r.key, r.sa, r.sb)).collect(),
+        markdown: md,
+    })
 }
 
 /// Notes of every run, prefixed with broker and round.

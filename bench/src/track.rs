@@ -75,6 +75,27 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Adds what another subscriber saw of the same publisher (the members of a shared
+    /// subscription): a sequence number both saw counts as duplicated.
+    pub fn absorb(&mut self, other: &Stream) {
+        if self.bits.len() < other.bits.len() {
+            self.bits.resize(other.bits.len(), 0);
+        }
+        for (mine, theirs) in self.bits.iter_mut().zip(&other.bits) {
+            self.duplicated += u64::from((*mine & theirs).count_ones());
+            self.unique += u64::from((theirs & !*mine).count_ones());
+            *mine |= theirs;
+        }
+        self.duplicated += other.duplicated;
+        self.out_of_order += other.out_of_order;
+        self.max_seen = match (self.max_seen, other.max_seen) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 /// Everything one subscriber measured.
 #[derive(Debug)]
 pub struct SubStats {
