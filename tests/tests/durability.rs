@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_tests::codec::{
-    Connect, ConnectProperties, Packet, Protocol, PubAck, Publish, QoS, Str, Subscribe,
+    Connect, ConnectProperties, Packet, Protocol, PubAck, Publish, QoS, ReasonCode, Str, Subscribe,
     SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
 };
 use sluice_tests::{Broker, BrokerOpts, RawClient, Recv};
@@ -384,4 +384,138 @@ fn a_corrupt_log_stops_start_up_naming_the_file() {
         err.contains("wal-00000001.log") && err.contains("corrupt"),
         "{err}"
     );
+}
+
+/// A v5 CONNECT with Session Expiry and optionally a will with a delay.
+fn connect_v5(id: &str, expiry: u32, will: Option<(&str, u32)>) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V5,
+        clean_start: false,
+        keep_alive: 60,
+        client_id: Str::try_from(id).unwrap(),
+        will: will.map(|(topic, delay)| sluice_tests::codec::LastWill {
+            topic: TopicName::try_from(topic).unwrap(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            delay_interval: delay,
+            properties: Default::default(),
+        }),
+        username: None,
+        password: None,
+        properties: ConnectProperties {
+            session_expiry_interval: Some(expiry),
+            ..Default::default()
+        },
+    }))
+}
+
+async fn connack_v5(broker: &Broker, p: &Packet) -> (RawClient, bool) {
+    let mut c = RawClient::connect(broker.addr, Protocol::V5).await.unwrap();
+    c.send(p).await.unwrap();
+    match c.expect_packet(T).await.unwrap() {
+        Packet::ConnAck(a) => (c, a.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// A will with a delay survives a crash: after the restart the client is gone, so its will is
+/// published once the delay has passed [MQTT-3.1.3-9], to a persistent subscriber that was
+/// restored too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_will_survives_a_crash() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = broker_on(data.path());
+    let (mut watcher, _) = connect_persistent(&broker, "watcher").await;
+    subscribe(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
+    drop(watcher);
+    let (_device, _) = connack_v5(
+        &broker,
+        &connect_v5("device", 60, Some(("wills/device", 1))),
+    )
+    .await;
+    // Give the writer its (unticketed) records before the crash.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.kill();
+
+    let broker = broker_on(data.path());
+    let (mut watcher, present) = connect_persistent(&broker, "watcher").await;
+    assert!(present);
+    match watcher.expect_packet(Duration::from_secs(5)).await.unwrap() {
+        Packet::Publish(p) => {
+            assert_eq!(p.topic.as_str(), "wills/device");
+            assert_eq!(&p.payload[..], b"gone");
+        }
+        other => panic!("expected the will, got {other:?}"),
+    }
+}
+
+/// Session Expiry across a restart: a session with time left is resumed (session present),
+/// one whose expiry ran out is gone [MQTT-3.1.2-23]. Expiry counts again from the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_across_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = broker_on(data.path());
+    drop(connack_v5(&broker, &connect_v5("long", 600, None)).await);
+    drop(connack_v5(&broker, &connect_v5("short", 1, None)).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(broker.terminate(T).unwrap().success());
+
+    let broker = broker_on(data.path());
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (_l, long_present) = connack_v5(&broker, &connect_v5("long", 600, None)).await;
+    let (_s, short_present) = connack_v5(&broker, &connect_v5("short", 1, None)).await;
+    assert!(long_present, "600 s session resumed after the restart");
+    assert!(!short_present, "1 s session expired");
+}
+
+/// A full store (here `persistence.max_disk_bytes = 1 MiB`) refuses new QoS 1 messages that
+/// need storing with PUBACK 0x97 Quota Exceeded and a log line; the broker stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_with_quota_exceeded() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(BrokerOpts {
+        config: "[persistence]\nmax_disk_bytes = 1048576\n[mqtt]\nmax_queued_bytes = 67108864\n"
+            .into(),
+        env: vec![(
+            "SLUICE__PERSISTENCE__DIR".into(),
+            data.path().display().to_string(),
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    let (mut keeper, _) = connect_persistent(&broker, "keeper").await;
+    subscribe(&mut keeper, "big/#", QoS::AtLeastOnce).await;
+    drop(keeper);
+    let mut refused = false;
+    'outer: for attempt in 0..3 {
+        let (mut p, _) =
+            connack_v5(&broker, &connect_v5(&format!("filler{attempt}"), 0, None)).await;
+        for i in 1..=40u16 {
+            let payload = vec![b'x'; 64 * 1024];
+            if p.send(&publish("big/t", QoS::AtLeastOnce, i, payload, false))
+                .await
+                .is_err()
+            {
+                continue 'outer;
+            }
+            match p.recv(T).await.unwrap() {
+                Recv::Packet(pk) => match *pk {
+                    Packet::PubAck(a) if a.reason == ReasonCode::QUOTA_EXCEEDED => {
+                        refused = true;
+                        break 'outer;
+                    }
+                    Packet::PubAck(_) => {}
+                    // The message in flight when the limit was hit closes that connection.
+                    Packet::Disconnect(_) => continue 'outer,
+                    other => panic!("unexpected {other:?}"),
+                },
+                _ => continue 'outer,
+            }
+        }
+    }
+    assert!(refused, "PUBACK 0x97 once the store is full");
+    assert!(broker.log().iter().any(|l| l.contains("max_disk_bytes")));
+    // Still serving.
+    let (_c, _) = connack_v5(&broker, &connect_v5("after", 0, None)).await;
 }
