@@ -412,13 +412,7 @@ where
             why,
             server_reference: None,
         };
-        tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {why}");
-        Box::pin(write_final(
-            wr,
-            &Packet::ConnAck(refusal(&r, &connect)),
-            connect.protocol,
-        ))
-        .await;
+        Box::pin(refuse_connect(wr, peer, &connect, &r)).await;
         return None;
     }
     // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
@@ -457,13 +451,7 @@ where
                 let delay = broker.failed_logins.failed(peer.ip(), Instant::now());
                 tokio::time::sleep(delay).await;
             }
-            tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {}", r.why);
-            Box::pin(write_final(
-                wr,
-                &Packet::ConnAck(refusal(&r, &connect)),
-                connect.protocol,
-            ))
-            .await;
+            Box::pin(refuse_connect(wr, peer, &connect, &r)).await;
             return None;
         }
     };
@@ -536,6 +524,17 @@ where
         keep_alive,
         now,
     })
+}
+
+/// Logs a refused CONNECT and answers it with its CONNACK, then closes.
+async fn refuse_connect<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    peer: SocketAddr,
+    connect: &Connect,
+    r: &crate::connect::Refused,
+) {
+    tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {}", r.why);
+    write_final(wr, &Packet::ConnAck(refusal(r, connect)), connect.protocol).await;
 }
 
 /// How the AUTH exchange before CONNACK went.
