@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the README's Performance table: builds the release binaries, installs Mosquitto from
-# Debian's packages if it is missing, and runs `sluice-bench suite` (15 comparisons, 3 rounds
+# Debian's packages if it is missing, and runs `sluice-bench suite` (16 comparisons, 3 rounds
 # each, A B A B A B). Writes bench/results/latest.jsonl, latest.md, throughput.svg, cpu.svg and
 # latency.svg. Extra arguments go to the suite, e.g. `bench/run-all.sh --only fanin-q1 --rounds 1`.
 set -euo pipefail

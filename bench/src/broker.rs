@@ -107,6 +107,24 @@ pub struct StartOpts {
     /// `max_queued_bytes` for both shorthands (default: Sluice's 16 MiB). Sluice counts topic +
     /// payload + its per-message overhead, Mosquitto the payload only.
     pub max_queued_bytes: Option<usize>,
+    /// Listen with TLS (`tls-handshakes`), with the development certificates in `certs/`.
+    pub tls: bool,
+}
+
+/// The repository's `certs/` (the development CA and the server certificate for 127.0.0.1), as
+/// an absolute path: $SLUICE_CERTS, `certs` in the current directory, or next to `bench/`.
+pub fn certs_dir() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("SLUICE_CERTS") {
+        candidates.push(PathBuf::from(d));
+    }
+    candidates.push(PathBuf::from("certs"));
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs"));
+    let found = candidates
+        .iter()
+        .find(|d| d.join("server.pem").is_file())
+        .unwrap_or(&candidates[candidates.len() - 1]);
+    std::fs::canonicalize(found).unwrap_or_else(|_| found.clone())
 }
 
 /// A broker process we started. Stopped (by PID) on drop at the latest.
@@ -178,10 +196,20 @@ pub fn mosquitto_config(
     persist: Option<&Path>,
     max_queued: Option<usize>,
     max_queued_bytes: Option<usize>,
+    tls: Option<&Path>,
 ) -> String {
+    let tls = match tls {
+        Some(certs) => format!(
+            "certfile {}\nkeyfile {}\n",
+            certs.join("server.pem").display(),
+            certs.join("server.key").display()
+        ),
+        None => String::new(),
+    };
     let mut c = format!(
         "# written by sluice-bench: Sluice's defaults (broker/src/config.rs)\n\
          listener {port} 127.0.0.1\n\
+         {tls}\
          allow_anonymous true\n\
          max_inflight_messages {SLUICE_MAX_INFLIGHT}\n\
          max_queued_messages {}\n\
@@ -221,7 +249,27 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
             let _ = std::fs::remove_dir_all(&data);
             std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
             cmd = Command::new(&bin);
-            cmd.args(["--bind", &format!("127.0.0.1:{port}"), "--log", "warn"]);
+            let listen = if opts.tls {
+                // A TLS listener needs the configuration file (`--bind` is plain TCP only).
+                let conf = opts.dir.join(format!("{tag}-sluice.toml"));
+                let certs = certs_dir();
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "# written by sluice-bench\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\
+                         tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+                        certs.join("server.pem").display(),
+                        certs.join("server.key").display()
+                    ),
+                )
+                .with_context(|| format!("write {}", conf.display()))?;
+                cmd.arg("--config").arg(&conf);
+                format!("--config {}", conf.display())
+            } else {
+                cmd.args(["--bind", &format!("127.0.0.1:{port}")]);
+                format!("--bind 127.0.0.1:{port}")
+            };
+            cmd.args(["--log", "warn"]);
             cmd.arg("--data-dir").arg(&data);
             cmd.env_remove("RUST_LOG");
             for (k, _) in std::env::vars_os() {
@@ -240,7 +288,7 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
                 env += &format!("SLUICE__MQTT__MAX_QUEUED_BYTES={b} ");
             }
             command = format!(
-                "{env}{} --bind 127.0.0.1:{port} --data-dir {} --log warn",
+                "{env}{} {listen} --data-dir {} --log warn",
                 bin.display(),
                 data.display()
             );
@@ -261,6 +309,7 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
                     persist.then_some(data.as_path()),
                     opts.max_queued,
                     opts.max_queued_bytes,
+                    opts.tls.then(certs_dir).as_deref(),
                 ),
             )?;
             let bin = mosquitto_bin();

@@ -37,6 +37,9 @@ pub enum Scenario {
     Shared,
     /// N retained topics, then one subscriber on a wildcard over all of them.
     Retained,
+    /// C short-lived TLS connections (`--parallel` at a time): TCP connect, TLS handshake,
+    /// CONNECT, CONNACK, close.
+    TlsHandshakes,
 }
 
 impl Scenario {
@@ -49,6 +52,7 @@ impl Scenario {
             Scenario::Backlog => "backlog",
             Scenario::Shared => "shared",
             Scenario::Retained => "retained",
+            Scenario::TlsHandshakes => "tls-handshakes",
         }
     }
 }
@@ -81,6 +85,10 @@ pub struct Params {
     /// fanin/fanout/p2p/shared: subscribers use persistent sessions (clean session 0; 5.0:
     /// Session Expiry 3600), so a durable broker logs what it queues for them.
     pub persistent: bool,
+    /// tls-handshakes: connections in progress at once.
+    pub parallel: usize,
+    /// tls-handshakes: the PEM CA file the client trusts.
+    pub ca: std::path::PathBuf,
 }
 
 impl Params {
@@ -101,6 +109,7 @@ impl Params {
             "inflight": self.inflight,
             "consumer_delays_ms": self.consumer_delays.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
             "persistent": self.persistent,
+            "parallel": self.parallel,
         })
     }
 
@@ -118,6 +127,12 @@ impl Params {
             Scenario::Fanout => s += &format!(" subscribers={}", self.subscribers),
             Scenario::P2p => s += &format!(" pairs={}", self.pairs),
             Scenario::Conns => s += &format!(" connections={}", self.connections),
+            Scenario::TlsHandshakes => {
+                s += &format!(
+                    " connections={} parallel={}",
+                    self.connections, self.parallel
+                )
+            }
             Scenario::Shared => {
                 let d: Vec<String> = self
                     .consumer_delays
@@ -135,7 +150,7 @@ impl Params {
         if self.persistent {
             s += " persistent-subscribers";
         }
-        if self.scenario != Scenario::Conns {
+        if !matches!(self.scenario, Scenario::Conns | Scenario::TlsHandshakes) {
             if let Some(m) = self.messages {
                 s += &format!(" messages={m}");
             }
@@ -175,7 +190,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn set(&mut self, name: &'static str, value: f64) {
+    pub fn set(&mut self, name: &'static str, value: f64) {
         self.figures.push((name, value));
     }
 }
@@ -190,13 +205,13 @@ struct Shared {
 }
 
 /// CPU and memory accounting around a run.
-struct Meters {
+pub struct Meters {
     sampler: Sampler,
     pid: Option<u32>,
 }
 
 impl Meters {
-    fn start(pid: Option<u32>) -> Meters {
+    pub fn start(pid: Option<u32>) -> Meters {
         Meters {
             sampler: Sampler::start(pid),
             pid,
@@ -205,7 +220,7 @@ impl Meters {
 
     /// Stops sampling and adds the CPU figures over `window` (the measured part of the run),
     /// the broker's peak RSS over the whole run, and the generator-bound warnings.
-    fn finish(self, out: &mut Outcome, window: (Instant, Instant)) {
+    pub fn finish(self, out: &mut Outcome, window: (Instant, Instant)) {
         let (peak, samples) = self.sampler.finish();
         let cpu = Sampler::cpu(&samples, window.0.into_std(), window.1.into_std());
         let gen = cpu.generator.unwrap_or(0.0);
@@ -278,6 +293,7 @@ pub async fn run(target: Target, p: &Params) -> Result<Outcome> {
         Scenario::Backlog => backlog(target, p).await,
         Scenario::Shared => shared(target, p).await,
         Scenario::Retained => retained(target, p).await,
+        Scenario::TlsHandshakes => crate::tls::run(target, p).await,
     }
 }
 

@@ -16,6 +16,7 @@ mod procfs;
 mod report;
 mod suite;
 mod svg;
+mod tls;
 mod track;
 
 use std::net::SocketAddr;
@@ -121,6 +122,12 @@ struct LoadArgs {
     /// Session Expiry 3600), so a durable broker must log what it queues for them.
     #[arg(long)]
     persistent: bool,
+    /// tls-handshakes: connections in progress at once.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// tls-handshakes: the CA (PEM) the client trusts (default: the repository's certs/ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Messages to publish in total (backlog default: 50000; retained: 100000 topics).
     #[arg(long, conflicts_with = "duration")]
     messages: Option<u64>,
@@ -197,6 +204,11 @@ impl LoadArgs {
                 })
                 .collect::<Result<_>>()?,
             persistent: self.persistent,
+            parallel: self.parallel,
+            ca: self
+                .ca
+                .clone()
+                .unwrap_or_else(|| broker::certs_dir().join("ca.pem")),
         })
     }
 }
@@ -292,6 +304,7 @@ async fn compare(args: CompareArgs) -> Result<report::Comparison> {
         dir: dir.clone(),
         max_queued: args.max_queued,
         max_queued_bytes: args.max_queued_bytes,
+        tls: params.scenario == Scenario::TlsHandshakes,
     };
     let mut records = Vec::new();
     let mut keep_logs = false;

@@ -42,6 +42,7 @@ enum Kind {
     Backlog,
     Shared,
     Retained,
+    Handshakes,
 }
 
 struct Case {
@@ -144,6 +145,12 @@ const CASES: &[Case] = &[
         args: "--scenario retained --qos 1 --messages 100000 --max-queued 110000 --max-queued-bytes 1073741824 --a sluice-memory --b mosquitto",
     },
     Case {
+        id: "tls-handshakes",
+        title: "2,000 TLS handshakes (CONNECT/CONNACK, 8 at a time)",
+        kind: Kind::Handshakes,
+        args: "--scenario tls-handshakes --connections 2000 --a sluice-memory --b mosquitto",
+    },
+    Case {
         id: "self",
         title: "self-check: fan-in 8→1 QoS 1, sluice vs sluice",
         kind: Kind::Flow,
@@ -187,6 +194,13 @@ fn headline(kind: Kind) -> &'static [(&'static str, &'static str, usize)] {
             ("drain_tail_s", "drain tail s", 3),
             ("lost", "lost", 0),
             ("duplicated", "duplicated", 0),
+        ],
+        Kind::Handshakes => &[
+            ("handshakes_s", "TLS handshakes/s", 0),
+            ("broker_cpu_us_per_handshake", "broker CPU µs/handshake", 1),
+            ("hs_p50_us", "connect→CONNACK p50 µs", 0),
+            ("hs_p99_us", "connect→CONNACK p99 µs", 0),
+            ("failures", "failed connections", 0),
         ],
         Kind::Retained => &[
             ("retained_s", "SUBSCRIBE → all retained s", 3),
