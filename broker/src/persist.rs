@@ -965,7 +965,15 @@ struct Shared {
     failed: AtomicBool,
     /// Bytes on disk (log file), for `persistence.max_disk_bytes`.
     disk_bytes: AtomicU64,
+    /// Past this many bytes new QoS 1/2 messages that need storing are refused up front (0x97),
+    /// leaving headroom below `max_disk_bytes` for what is already in flight.
+    soft_limit: u64,
     mode: PersistenceMode,
+}
+
+/// The headroom kept below `persistence.max_disk_bytes`: a tenth, at most 64 MiB.
+fn soft_limit(max: u64) -> u64 {
+    max - (max / 10).min(64 * 1024 * 1024)
 }
 
 /// A handle to the store; cheap to clone. A disabled store (`memory` mode) does nothing.
@@ -1014,6 +1022,7 @@ impl Store {
             backlog: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             disk_bytes: AtomicU64::new(size),
+            soft_limit: soft_limit(cfg.max_disk_bytes),
             mode: cfg.mode,
         });
         let writer = Writer {
@@ -1026,6 +1035,7 @@ impl Store {
             shared: shared.clone(),
             sync_interval: Duration::from_millis(cfg.sync_interval),
             max_disk_bytes: cfg.max_disk_bytes,
+            full: false,
         };
         // The writer's image starts as a copy of what was recovered.
         let mut writer = writer;
@@ -1055,11 +1065,12 @@ impl Store {
         self.shared.is_some()
     }
 
-    /// Whether the store can take new messages (not failed, under `max_disk_bytes`).
+    /// Whether the store can take new messages (not failed, and the log below the soft limit
+    /// under `persistence.max_disk_bytes`; compaction can bring it back under).
     pub fn accepting(&self) -> bool {
-        self.shared
-            .as_ref()
-            .is_none_or(|s| !s.failed.load(Ordering::Relaxed))
+        self.shared.as_ref().is_none_or(|s| {
+            !s.failed.load(Ordering::Relaxed) && s.disk_bytes.load(Ordering::Relaxed) < s.soft_limit
+        })
     }
 
     /// Queues a record for the writer. Never blocks.
@@ -1136,6 +1147,8 @@ struct Writer {
     shared: Arc<Shared>,
     sync_interval: Duration,
     max_disk_bytes: u64,
+    /// Whether the log is past the soft limit (for the log lines when that changes).
+    full: bool,
 }
 
 impl Writer {
@@ -1214,6 +1227,24 @@ impl Writer {
             }
             if self.size > COMPACT_MIN_BYTES && self.size > 4 * self.compacted_size.max(1) {
                 self.compact();
+            }
+            // Near the disk limit: compact if that can free much, and say when new messages
+            // start (or stop) being refused.
+            let full = self.size >= self.shared.soft_limit;
+            if full && self.size > 2 * self.compacted_size.max(1) {
+                self.compact();
+            }
+            let full = self.size >= self.shared.soft_limit;
+            if full != self.full {
+                self.full = full;
+                if full {
+                    tracing::error!(size = self.size, max = self.max_disk_bytes, "persistence.max_disk_bytes nearly reached: new QoS 1/2 messages that need storing are refused (0x97)");
+                } else {
+                    tracing::info!(
+                        size = self.size,
+                        "persistence back under persistence.max_disk_bytes: accepting again"
+                    );
+                }
             }
             if !durable && dirty && last_sync.elapsed() >= self.sync_interval {
                 let ok = self.sync();

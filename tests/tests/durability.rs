@@ -515,7 +515,7 @@ async fn a_full_store_refuses_with_quota_exceeded() {
         }
     }
     assert!(refused, "PUBACK 0x97 once the store is full");
-    assert!(broker.log().iter().any(|l| l.contains("max_disk_bytes")));
+    broker.wait_log("max_disk_bytes", T).unwrap();
     // Still serving.
     let (_c, _) = connack_v5(&broker, &connect_v5("after", 0, None)).await;
 }
