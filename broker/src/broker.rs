@@ -363,6 +363,11 @@ impl Broker {
             // ends now, as any queued message of an ending session is).
             let left = self.redistribute(&handle.client_id, redistribute);
             if session.expiry_interval != 0 {
+                // They were logged as leaving this session: log them as queued here again.
+                for d in &left {
+                    let mut logged = false;
+                    self.log_enqueue(handle, d, &mut logged);
+                }
                 let mut outbox = handle.outbox();
                 for d in left.into_iter().rev() {
                     outbox.push_front(d);

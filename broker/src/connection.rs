@@ -128,6 +128,13 @@ pub async fn serve<S>(
             let bytes = state.held.split();
             match broker.store.ticket() {
                 Some(rx) => waiting.push_back((rx, bytes)),
+                None if broker.store.is_enabled() => {
+                    // The writer is gone: nothing held may be promised any more.
+                    break Close::error(
+                        ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                        "persistence stopped: acknowledgements withheld",
+                    );
+                }
                 None => state.write_buf.extend_from_slice(&bytes),
             }
         }

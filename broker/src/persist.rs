@@ -1215,6 +1215,8 @@ impl Writer {
                 last_sync = Instant::now();
             }
             self.fail_if(!ok);
+            // A batch after a failed one is not safe either: the log may end in a partial frame.
+            let ok = ok && !self.shared.failed.load(Ordering::Relaxed);
             for t in tickets {
                 let _ = t.send(ok);
             }
@@ -1263,8 +1265,13 @@ impl Writer {
 
     fn write(&mut self, data: &[u8]) -> bool {
         if self.size + data.len() as u64 > self.max_disk_bytes {
-            // Try to make room first.
+            // Try to make room first. The image already holds this batch, so a successful
+            // compaction has written it: appending it again would replay it twice.
+            let before = self.number;
             self.compact();
+            if self.number != before {
+                return true;
+            }
             if self.size + data.len() as u64 > self.max_disk_bytes {
                 tracing::error!(
                     size = self.size,

@@ -189,6 +189,17 @@ impl ClientState {
         }
     }
 
+    /// For a persistent session, holds `packet` until the store has the records logged before
+    /// it (PUBREL after `Released`, PUBCOMP after `Qos2InDone`, SUBACK after `Subscribe`): the
+    /// client must not act on state a crash could undo. Otherwise sends it at once.
+    fn send_if_persistent_held(&mut self, packet: &Packet) {
+        if self.persistent() {
+            self.send_held(packet);
+        } else {
+            self.send(packet);
+        }
+    }
+
     /// Encodes `packet` into the write buffer (or behind held packets, keeping the order).
     /// Encoding only fails for values we built ourselves; such a packet is logged and skipped
     /// rather than taking the connection down.
@@ -580,11 +591,11 @@ impl ClientState {
                 }
                 self.session.inflight[i] = Inflight::Release { pkid: ack.pkid };
                 self.log(|client| Record::Released { client, pkid });
-                self.send(&Packet::PubRel(PubAck::new(ack.pkid)));
+                self.send_if_persistent_held(&Packet::PubRel(PubAck::new(ack.pkid)));
             }
             Some(Inflight::Release { .. }) => {
                 // A duplicate PUBREC: answer with PUBREL again.
-                self.send(&Packet::PubRel(PubAck::new(ack.pkid)));
+                self.send_if_persistent_held(&Packet::PubRel(PubAck::new(ack.pkid)));
             }
             _ => {
                 let mut rel = PubAck::new(ack.pkid);
@@ -603,7 +614,7 @@ impl ClientState {
         } else if self.n.protocol.is_v5() {
             comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
         }
-        self.send(&Packet::PubComp(comp));
+        self.send_if_persistent_held(&Packet::PubComp(comp));
     }
 
     fn on_subscribe(&mut self, now: Instant, s: Subscribe, broker: &Broker) -> Result<(), Close> {
@@ -712,7 +723,7 @@ impl ClientState {
             }
         }
         // SUBACK first, then the retained messages through the queue [MQTT-3.8.4-1].
-        self.send(&Packet::SubAck(SubAck {
+        self.send_if_persistent_held(&Packet::SubAck(SubAck {
             pkid: s.pkid,
             reasons,
             properties: AckProperties::default(),
@@ -751,7 +762,7 @@ impl ClientState {
                 };
             }
         }
-        self.send(&Packet::UnsubAck(UnsubAck {
+        self.send_if_persistent_held(&Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
             reasons,
             properties: AckProperties::default(),

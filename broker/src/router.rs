@@ -125,8 +125,10 @@ impl Broker {
             }
         }
         let mut queued = 0;
-        // Whether the message itself is in the log already (retained, or an earlier target).
-        let mut message_logged = msg.retain && self.store.is_enabled();
+        // Whether the message itself is in the log already (by an earlier target).
+        // Written again here even when the retained store logged it: a later retained message on
+        // the same topic may already have released that copy in the log.
+        let mut message_logged = false;
         for t in targets {
             if !self.may_read(
                 t.username.as_deref(),
