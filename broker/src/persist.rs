@@ -958,7 +958,9 @@ enum Cmd {
 }
 
 struct Shared {
-    tx: std::sync::Mutex<mpsc::Sender<Cmd>>,
+    /// `std::sync::mpsc::Sender` is `Sync`: every connection task sends through it without a
+    /// lock of ours (it is a lock-free list inside).
+    tx: mpsc::Sender<Cmd>,
     /// Approximate bytes of records not yet written (back-pressure).
     backlog: AtomicUsize,
     /// Set when the disk is full or a write failed: QoS 1/2 that need storing are refused.
@@ -1018,7 +1020,7 @@ impl Store {
         }
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            tx: std::sync::Mutex::new(tx),
+            tx,
             backlog: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             disk_bytes: AtomicU64::new(size),
@@ -1081,8 +1083,7 @@ impl Store {
                 _ => 64,
             };
             s.backlog.fetch_add(size, Ordering::Relaxed);
-            let tx = s.tx.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = tx.send(Cmd::Rec(rec));
+            let _ = s.tx.send(Cmd::Rec(rec));
         }
     }
 
@@ -1091,8 +1092,7 @@ impl Store {
     pub fn ticket(&self) -> Option<oneshot::Receiver<bool>> {
         let s = self.shared.as_ref()?;
         let (tx, rx) = oneshot::channel();
-        let sender = s.tx.lock().unwrap_or_else(|p| p.into_inner());
-        if sender.send(Cmd::Ticket(tx)).is_err() {
+        if s.tx.send(Cmd::Ticket(tx)).is_err() {
             return None;
         }
         Some(rx)
@@ -1116,11 +1116,7 @@ impl Store {
     pub async fn shutdown(&self) {
         if let Some(s) = &self.shared {
             let (tx, rx) = oneshot::channel();
-            let sent =
-                s.tx.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send(Cmd::Shutdown(tx))
-                    .is_ok();
+            let sent = s.tx.send(Cmd::Shutdown(tx)).is_ok();
             if sent {
                 let _ = rx.await;
             }
