@@ -488,24 +488,34 @@ fn put_will(b: &mut BytesMut, w: &LastWill) {
     put_props(b, &w.properties);
 }
 
-/// Appends one framed record to `out`.
+/// Appends one framed record to `out`: the payload is encoded in place and the frame header
+/// (length, CRC) filled in afterwards, so a record costs no allocation of its own.
 pub fn encode_record(rec: &Record, out: &mut BytesMut) {
-    let mut b = BytesMut::with_capacity(64);
+    let start = out.len();
+    out.put_u64_le(0); // length and CRC, patched below
+    encode_payload(rec, out);
+    let len = (out.len() - start - 8) as u32;
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_payload(rec: &Record, b: &mut BytesMut) {
     match rec {
         Record::Message(m) => {
             b.put_u8(1);
             b.put_u64_le(m.id);
-            put_bytes(&mut b, m.topic.as_bytes());
-            put_bytes(&mut b, &m.payload);
+            put_bytes(b, m.topic.as_bytes());
+            put_bytes(b, &m.payload);
             b.put_u8(m.qos as u8);
             b.put_u8(u8::from(m.retain));
-            put_bytes(&mut b, m.origin.as_bytes());
+            put_bytes(b, m.origin.as_bytes());
             b.put_u64_le(deadline_to_unix(m.expires_at));
-            put_props(&mut b, &m.properties);
+            put_props(b, &m.properties);
         }
         Record::Retain { topic, id } => {
             b.put_u8(2);
-            put_bytes(&mut b, topic.as_bytes());
+            put_bytes(b, topic.as_bytes());
             b.put_u64_le(*id);
         }
         Record::Session {
@@ -515,20 +525,20 @@ pub fn encode_record(rec: &Record, out: &mut BytesMut) {
             will,
         } => {
             b.put_u8(3);
-            put_bytes(&mut b, client.as_bytes());
+            put_bytes(b, client.as_bytes());
             b.put_u32_le(*expiry);
-            put_opt_bytes(&mut b, username.as_deref().map(str::as_bytes));
+            put_opt_bytes(b, username.as_deref().map(str::as_bytes));
             match will {
                 Some(w) => {
                     b.put_u8(1);
-                    put_will(&mut b, w);
+                    put_will(b, w);
                 }
                 None => b.put_u8(0),
             }
         }
         Record::SessionGone { client } => {
             b.put_u8(4);
-            put_bytes(&mut b, client.as_bytes());
+            put_bytes(b, client.as_bytes());
         }
         Record::Subscribe {
             client,
@@ -537,15 +547,15 @@ pub fn encode_record(rec: &Record, out: &mut BytesMut) {
             identifier,
         } => {
             b.put_u8(5);
-            put_bytes(&mut b, client.as_bytes());
-            put_bytes(&mut b, filter.as_bytes());
+            put_bytes(b, client.as_bytes());
+            put_bytes(b, filter.as_bytes());
             b.put_u8(options_byte(options));
             b.put_u32_le(identifier.unwrap_or(0));
         }
         Record::Unsubscribe { client, filter } => {
             b.put_u8(6);
-            put_bytes(&mut b, client.as_bytes());
-            put_bytes(&mut b, filter.as_bytes());
+            put_bytes(b, client.as_bytes());
+            put_bytes(b, filter.as_bytes());
         }
         Record::Enqueue {
             client,
@@ -556,7 +566,7 @@ pub fn encode_record(rec: &Record, out: &mut BytesMut) {
             shared,
         } => {
             b.put_u8(7);
-            put_bytes(&mut b, client.as_bytes());
+            put_bytes(b, client.as_bytes());
             b.put_u64_le(*id);
             b.put_u8(*qos as u8);
             b.put_u8(u8::from(*retain));
@@ -564,27 +574,24 @@ pub fn encode_record(rec: &Record, out: &mut BytesMut) {
             for s in subscription_ids {
                 b.put_u32_le(*s);
             }
-            put_opt_bytes(&mut b, shared.as_deref().map(str::as_bytes));
+            put_opt_bytes(b, shared.as_deref().map(str::as_bytes));
         }
         Record::Sent { client, id, pkid } => {
             b.put_u8(8);
-            put_bytes(&mut b, client.as_bytes());
+            put_bytes(b, client.as_bytes());
             b.put_u64_le(*id);
             b.put_u16_le(*pkid);
         }
         Record::Skip { client, id } => {
             b.put_u8(9);
-            put_bytes(&mut b, client.as_bytes());
+            put_bytes(b, client.as_bytes());
             b.put_u64_le(*id);
         }
-        Record::Acked { client, pkid } => client_pkid(&mut b, 10, client, *pkid),
-        Record::Released { client, pkid } => client_pkid(&mut b, 11, client, *pkid),
-        Record::Qos2In { client, pkid } => client_pkid(&mut b, 12, client, *pkid),
-        Record::Qos2InDone { client, pkid } => client_pkid(&mut b, 13, client, *pkid),
+        Record::Acked { client, pkid } => client_pkid(b, 10, client, *pkid),
+        Record::Released { client, pkid } => client_pkid(b, 11, client, *pkid),
+        Record::Qos2In { client, pkid } => client_pkid(b, 12, client, *pkid),
+        Record::Qos2InDone { client, pkid } => client_pkid(b, 13, client, *pkid),
     }
-    out.put_u32_le(b.len() as u32);
-    out.put_u32_le(crc32fast::hash(&b));
-    out.put_slice(&b);
 }
 
 fn client_pkid(b: &mut BytesMut, tag: u8, client: &str, pkid: u16) {
@@ -785,22 +792,15 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
             client: f.client()?,
             id: f.u64()?,
         },
-        10 => Record::Acked {
-            client: f.client()?,
-            pkid: f.u16()?,
-        },
-        11 => Record::Released {
-            client: f.client()?,
-            pkid: f.u16()?,
-        },
-        12 => Record::Qos2In {
-            client: f.client()?,
-            pkid: f.u16()?,
-        },
-        13 => Record::Qos2InDone {
-            client: f.client()?,
-            pkid: f.u16()?,
-        },
+        t @ 10..=13 => {
+            let (client, pkid) = (f.client()?, f.u16()?);
+            match t {
+                10 => Record::Acked { client, pkid },
+                11 => Record::Released { client, pkid },
+                12 => Record::Qos2In { client, pkid },
+                _ => Record::Qos2InDone { client, pkid },
+            }
+        }
         t => return Err(format!("unknown record type {t}")),
     };
     Ok(rec)
