@@ -26,8 +26,8 @@ use crate::passwords::PasswordFile;
 use crate::persist::{Image, InflightImage, QueuedImage, Record, Store};
 use crate::retain::RetainedStore;
 use crate::session::{
-    Control, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget, Session, SessionHandle,
-    SubscriptionRecord,
+    ColdDelivery, Control, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget, Session,
+    SessionHandle, SubscriptionRecord,
 };
 use crate::shared::SharedGroups;
 use crate::subscriptions::SubscriptionTree;
@@ -197,11 +197,9 @@ impl Broker {
                 sessions
                     .entry(client_id.clone())
                     .or_insert_with(|| {
-                        let m = &self.config.mqtt;
                         Arc::new(SessionHandle::with_outbox(
                             client_id.clone(),
-                            Outbox::new(m.max_queued_messages, m.max_queued_bytes)
-                                .with_budget(self.queue_budget.clone()),
+                            self.new_outbox(),
                         ))
                     })
                     .clone()
@@ -446,22 +444,47 @@ impl Broker {
         });
     }
 
+    /// An empty session queue with the configured bounds.
+    fn new_outbox(&self) -> Outbox {
+        let m = &self.config.mqtt;
+        let outbox = Outbox::new(m.max_queued_messages, m.max_queued_bytes)
+            .with_budget(self.queue_budget.clone());
+        if self.store.is_enabled() {
+            outbox.with_window(self.config.persistence.queue_memory_bytes)
+        } else {
+            outbox
+        }
+    }
+
     /// Rebuilds the state the store recovered at start-up: retained messages, and every
-    /// persistent session parked with its subscriptions, queue, inflight messages (resent with
-    /// DUP when the client returns), inbound QoS 2 ids and will. Expiry and will-delay timers
-    /// start again from `now`. Returns the number of sessions restored.
-    pub fn restore(self: &Arc<Self>, image: Image, now: Instant) -> usize {
+    /// persistent session parked with its subscriptions, queue (left on disk, read back as it
+    /// drains), inflight messages (resent with DUP when the client returns), inbound QoS 2 ids
+    /// and will. Expiry and will-delay timers start again from `now`. Returns the number of
+    /// sessions restored.
+    pub fn restore(self: &Arc<Self>, now: Instant) -> usize {
+        let store = self.store.clone();
+        store
+            .with_image(|image, load| self.restore_image(image, load, now))
+            .unwrap_or(0)
+    }
+
+    fn restore_image(
+        self: &Arc<Self>,
+        image: &Image,
+        load: &dyn Fn(u64) -> Option<Arc<Message>>,
+        now: Instant,
+    ) -> usize {
         {
             let mut retained = write(&self.retained);
             for (topic, id) in &image.retained {
-                if let Some((m, _)) = image.messages.get(id) {
-                    retained.insert(topic.as_str(), m.clone());
+                if let Some(m) = load(*id) {
+                    retained.insert(topic.as_str(), m);
                 }
             }
         }
         let delivery = |q: &QueuedImage| {
-            image.messages.get(&q.id).map(|(m, _)| Delivery {
-                msg: m.clone(),
+            load(q.id).map(|m| Delivery {
+                msg: m,
                 qos: q.qos,
                 retain: q.retain,
                 subscription_ids: q.subscription_ids.clone(),
@@ -470,11 +493,9 @@ impl Broker {
         };
         let count = image.sessions.len();
         for (client, s) in &image.sessions {
-            let m = &self.config.mqtt;
             let handle = Arc::new(SessionHandle::with_outbox(
                 client.clone(),
-                Outbox::new(m.max_queued_messages, m.max_queued_bytes)
-                    .with_budget(self.queue_budget.clone()),
+                self.new_outbox(),
             ));
             handle.persistent.store(true, Ordering::Relaxed);
             let mut session = Session {
@@ -522,9 +543,25 @@ impl Broker {
             {
                 let mut outbox = handle.outbox();
                 for q in &s.queue {
-                    if let Some(d) = delivery(q) {
-                        let _ = outbox.push(d);
+                    let Some(slot) = image.messages.get(&q.id) else {
+                        continue;
+                    };
+                    if q.shared.is_some() {
+                        // Shared deliveries may move to another member: kept in memory.
+                        if let Some(d) = delivery(q) {
+                            outbox.push_restored(d);
+                        }
+                        continue;
                     }
+                    outbox.push_cold(ColdDelivery {
+                        id: q.id,
+                        // The stored record's size stands in for the message's cost until it is
+                        // read back.
+                        cost: slot.len as usize,
+                        qos: q.qos,
+                        retain: q.retain,
+                        subscription_ids: q.subscription_ids.clone(),
+                    });
                 }
             }
             // The client was cut off by the restart: its will fires after its delay, unless it

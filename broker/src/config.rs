@@ -61,6 +61,12 @@ pub struct PersistenceConfig {
     /// Most bytes the store may use on disk; past it, QoS 1/2 PUBLISHes that need storing are
     /// refused (5.0: 0x97 Quota Exceeded) and logged.
     pub max_disk_bytes: u64,
+    /// Bytes of each persistent session's queued QoS 1/2 messages kept in memory; the rest of
+    /// the queue stays in the log only and is read back as the queue drains.
+    pub queue_memory_bytes: usize,
+    /// The log is rewritten as its live data once it is larger than this and 4x the live data
+    /// (and sooner near `max_disk_bytes`).
+    pub compact_min_bytes: u64,
 }
 
 impl Default for PersistenceConfig {
@@ -70,6 +76,8 @@ impl Default for PersistenceConfig {
             dir: PathBuf::from("./data"),
             sync_interval: 1000,
             max_disk_bytes: 8 * 1024 * 1024 * 1024,
+            queue_memory_bytes: 256 * 1024,
+            compact_min_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -318,8 +326,8 @@ impl Default for MqttConfig {
             max_packet_size: 1024 * 1024,
             receive_maximum: 256,
             max_inflight: 256,
-            max_queued_messages: 1000,
-            max_queued_bytes: 16 * 1024 * 1024,
+            max_queued_messages: 100_000,
+            max_queued_bytes: 64 * 1024 * 1024,
             topic_alias_maximum: 64,
             max_outbound_topic_aliases: 32,
             maximum_qos: 2,
@@ -613,6 +621,20 @@ impl Config {
                 "persistence.max_disk_bytes",
                 p.max_disk_bytes,
                 "must be at least 1 MiB",
+            ));
+        }
+        if p.compact_min_bytes < 64 * 1024 {
+            return Err(invalid(
+                "persistence.compact_min_bytes",
+                p.compact_min_bytes,
+                "must be at least 65536",
+            ));
+        }
+        if p.queue_memory_bytes < 1024 {
+            return Err(invalid(
+                "persistence.queue_memory_bytes",
+                p.queue_memory_bytes,
+                "must be at least 1024",
             ));
         }
         if p.mode != PersistenceMode::Memory && p.dir.as_os_str().is_empty() {

@@ -25,6 +25,7 @@ use crate::auth::AuthStep;
 use crate::broker::Broker;
 use crate::broker::Opened;
 use crate::connect::{negotiate, redirect_code, refusal, Accepted, Credentials};
+use crate::message::Message;
 use crate::persist::{Record, BACKLOG_HIGH_WATER};
 use crate::protocol::{ClientState, Close};
 use crate::ratelimit::RateLimiter;
@@ -65,6 +66,10 @@ impl ConnInfo {
         }
     }
 }
+
+/// Messages being read back from the store: the ids asked for and what came back.
+type Loading =
+    Pin<Box<dyn std::future::Future<Output = (Vec<u64>, Vec<Option<Arc<Message>>>)> + Send>>;
 
 /// Serves one client connection until it ends.
 pub async fn serve<S>(
@@ -119,10 +124,21 @@ pub async fn serve<S>(
     let mut unflushed = false;
     // Packets waiting for the store, each batch behind the ticket that releases it, in order.
     let mut waiting: VecDeque<(oneshot::Receiver<bool>, BytesMut)> = VecDeque::new();
+    // Queued messages being read back from the store (the queue's front was on disk only).
+    let mut loading: Option<Loading> = None;
 
     let close: Close = loop {
         if pending && state.write_buf.len() < HIGH_WATER / 2 {
             pending = state.drain_outbox(Instant::now(), HIGH_WATER);
+        }
+        if loading.is_none() && pending {
+            if let Some(ids) = state.cold_to_load() {
+                let store = broker.store.clone();
+                loading = Some(Box::pin(async move {
+                    let messages = store.load(ids.clone()).await;
+                    (ids, messages)
+                }));
+            }
         }
         if !state.held.is_empty() {
             let bytes = state.held.split();
@@ -211,6 +227,16 @@ pub async fn serve<S>(
                 }
             },
             _ = handle.notify.notified() => {
+                pending = true;
+            }
+            (ids, messages) = async {
+                match loading.as_mut() {
+                    Some(l) => l.await,
+                    None => std::future::pending().await,
+                }
+            }, if loading.is_some() => {
+                loading = None;
+                state.warm(&ids, messages);
                 pending = true;
             }
             _ = async {

@@ -41,7 +41,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -58,8 +58,6 @@ use crate::message::{ClientId, Message};
 pub const BACKLOG_HIGH_WATER: usize = 64 * 1024 * 1024;
 /// Most commands the writer takes into one batch (one write, one fsync).
 const MAX_BATCH: usize = 16 * 1024;
-/// Compact when the log is larger than this and more than 4x the last compacted size.
-const COMPACT_MIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One change to the persistent state.
 #[derive(Debug, Clone)]
@@ -149,11 +147,23 @@ pub struct SessionImage {
     pub qos2_in: HashSet<u16>,
 }
 
+/// Where a message's record sits in the live log file, and how many queue, inflight and
+/// retained references hold it. The payload itself stays on disk: the image is metadata only,
+/// so a large backlog costs disk, not memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsgSlot {
+    /// Offset of the record's frame in the live log file.
+    pub at: u64,
+    /// Length of the frame (header included).
+    pub len: u32,
+    pub refs: u32,
+}
+
 /// Everything persistent, as the log describes it.
 #[derive(Debug, Default)]
 pub struct Image {
-    /// Messages by id, with how many queue/inflight/retained references hold them.
-    pub messages: HashMap<u64, (Arc<Message>, u32)>,
+    /// Messages by id: where they are in the log, and their references.
+    pub messages: HashMap<u64, MsgSlot>,
     /// Retained message ids by topic.
     pub retained: HashMap<Str, u64>,
     pub sessions: HashMap<ClientId, SessionImage>,
@@ -164,26 +174,43 @@ pub struct Image {
 impl Image {
     fn retain_msg(&mut self, id: u64) {
         if let Some(m) = self.messages.get_mut(&id) {
-            m.1 += 1;
+            m.refs += 1;
         }
     }
 
     fn release_msg(&mut self, id: u64) {
         if let Some(m) = self.messages.get_mut(&id) {
-            m.1 = m.1.saturating_sub(1);
-            if m.1 == 0 {
+            m.refs = m.refs.saturating_sub(1);
+            if m.refs == 0 {
                 self.messages.remove(&id);
             }
         }
     }
 
-    /// Applies one record.
-    pub fn apply(&mut self, rec: &Record) {
+    /// Applies one record whose frame is at `at` (offset, frame length) in the live log.
+    pub fn apply(&mut self, rec: &Record, at: (u64, u32)) {
+        if let Record::Message(m) = rec {
+            self.message_at(m.id, at);
+        } else {
+            self.apply_meta(rec);
+        }
+    }
+
+    /// Notes that message `id`'s record is at `at` (a second record of the same message, as
+    /// the router may write, keeps the first location).
+    fn message_at(&mut self, id: u64, at: (u64, u32)) {
+        self.max_id = self.max_id.max(id);
+        self.messages.entry(id).or_insert(MsgSlot {
+            at: at.0,
+            len: at.1,
+            refs: 0,
+        });
+    }
+
+    /// Applies one record other than a message's.
+    fn apply_meta(&mut self, rec: &Record) {
         match rec {
-            Record::Message(m) => {
-                self.max_id = self.max_id.max(m.id);
-                self.messages.entry(m.id).or_insert((m.clone(), 0));
-            }
+            Record::Message(_) => {}
             Record::Retain { topic, id } => {
                 let old = if *id == 0 {
                     self.retained.remove(topic)
@@ -319,29 +346,25 @@ impl Image {
         }
     }
 
-    /// The records that rebuild this image from nothing (compaction).
-    fn to_records(&self) -> Vec<Record> {
-        let mut out = Vec::new();
-        let mut ids: Vec<&u64> = self.messages.keys().collect();
-        ids.sort_unstable();
-        for id in ids {
-            out.push(Record::Message(self.messages[id].0.clone()));
-        }
+    /// The records that rebuild this image from nothing, less the messages themselves (which
+    /// compaction copies frame by frame), one at a time: a large image is never materialised
+    /// twice.
+    fn each_meta_record(&self, mut out: impl FnMut(Record)) {
         for (topic, id) in &self.retained {
-            out.push(Record::Retain {
+            out(Record::Retain {
                 topic: topic.clone(),
                 id: *id,
             });
         }
         for (client, s) in &self.sessions {
-            out.push(Record::Session {
+            out(Record::Session {
                 client: client.clone(),
                 expiry: s.expiry,
                 username: s.username.clone(),
                 will: s.will.clone().map(Box::new),
             });
             for (filter, (options, identifier)) in &s.subscriptions {
-                out.push(Record::Subscribe {
+                out(Record::Subscribe {
                     client: client.clone(),
                     filter: filter.clone(),
                     options: *options,
@@ -359,30 +382,29 @@ impl Image {
             for i in &s.inflight {
                 match i {
                     InflightImage::Publish { pkid, queued } => {
-                        out.push(enqueue(queued));
-                        out.push(Record::Sent {
+                        out(enqueue(queued));
+                        out(Record::Sent {
                             client: client.clone(),
                             id: queued.id,
                             pkid: *pkid,
                         });
                     }
-                    InflightImage::Release { pkid } => out.push(Record::Released {
+                    InflightImage::Release { pkid } => out(Record::Released {
                         client: client.clone(),
                         pkid: *pkid,
                     }),
                 }
             }
             for q in &s.queue {
-                out.push(enqueue(q));
+                out(enqueue(q));
             }
             for pkid in &s.qos2_in {
-                out.push(Record::Qos2In {
+                out(Record::Qos2In {
                     client: client.clone(),
                     pkid: *pkid,
                 });
             }
         }
-        out
     }
 }
 
@@ -503,7 +525,7 @@ pub fn encode_record(rec: &Record, out: &mut BytesMut) {
 fn encode_payload(rec: &Record, b: &mut BytesMut) {
     match rec {
         Record::Message(m) => {
-            b.put_u8(1);
+            b.put_u8(TAG_MESSAGE);
             b.put_u64_le(m.id);
             put_bytes(b, m.topic.as_bytes());
             put_bytes(b, &m.payload);
@@ -838,8 +860,9 @@ pub struct Recovery {
     pub truncated: Option<(u64, u64)>,
 }
 
-/// Reads the live log of `dir` into an image. A torn tail is cut off (reported in `Recovery`);
-/// any other damage is an error naming the file.
+/// Reads the live log of `dir` into an image, streaming (memory stays bounded whatever the
+/// log's size; message payloads are not even decoded, only located). A torn tail is cut off
+/// (reported in `Recovery`); any other damage is an error naming the file.
 fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), StoreError> {
     let current = dir.join("CURRENT");
     let mut image = Image::default();
@@ -873,44 +896,62 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
         Err(e) => return Err(err(&current, format!("cannot read: {e}"))),
     };
     let path = dir.join(log_name(number));
-    let mut file = File::open(&path).map_err(|e| err(&path, format!("cannot open: {e}")))?;
-    let mut data = Vec::new();
-    file.read_to_end(&mut data)
-        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
-    let data = Bytes::from(data);
-    let mut pos = 0usize;
-    while pos < data.len() {
-        let rest = &data[pos..];
-        let torn = |pos: usize| Some((pos as u64, (data.len() - pos) as u64));
-        if rest.len() < 8 {
-            recovery.truncated = torn(pos);
+    let file = File::open(&path).map_err(|e| err(&path, format!("cannot open: {e}")))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| err(&path, format!("cannot stat: {e}")))?
+        .len();
+    let mut rd = std::io::BufReader::with_capacity(1 << 20, file);
+    let read_err = |e: std::io::Error| err(&path, format!("cannot read: {e}"));
+    let mut pos = 0u64;
+    let mut header = [0u8; 8];
+    let mut payload = Vec::new();
+    while pos < file_len {
+        let torn = Some((pos, file_len - pos));
+        if file_len - pos < 8 {
+            recovery.truncated = torn;
             break;
         }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if rest.len() < 8 + len {
-            recovery.truncated = torn(pos);
+        rd.read_exact(&mut header).map_err(read_err)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if file_len - pos - 8 < u64::from(len) {
+            recovery.truncated = torn;
             break;
         }
-        let payload = data.slice(pos + 8..pos + 8 + len);
+        payload.resize(len as usize, 0);
+        rd.read_exact(&mut payload).map_err(read_err)?;
         if crc32fast::hash(&payload) != crc {
             // Only a torn write at the very end is expected after a crash; a bad record with
             // good ones after it is corruption.
-            if has_valid_frame_after(&data, pos + 8 + len) {
+            let mut rest = Vec::new();
+            (&mut rd)
+                .take(LOOKAHEAD as u64 + MAX_FRAME_GUESS)
+                .read_to_end(&mut rest)
+                .map_err(read_err)?;
+            if has_valid_frame_after(&rest, 0) {
                 return Err(err(
                     &path,
                     format!("checksum mismatch in the record at byte {pos}, with valid records after it: the file is corrupt"),
                 ));
             }
-            recovery.truncated = torn(pos);
+            recovery.truncated = torn;
             break;
         }
-        let rec = decode_record(payload, now)
-            .map_err(|e| err(&path, format!("record at byte {pos}: {e}")))?;
-        image.apply(&rec);
+        if payload.len() >= 9 && payload[0] == TAG_MESSAGE {
+            // Located, not decoded: it is read back when a session needs it.
+            let id = u64::from_le_bytes(payload[1..9].try_into().unwrap_or_default());
+            image.message_at(id, (pos, len + 8));
+        } else {
+            // Copied: the record must not keep the read buffer alive.
+            let rec = decode_record(Bytes::copy_from_slice(&payload), now)
+                .map_err(|e| err(&path, format!("record at byte {pos}: {e}")))?;
+            image.apply_meta(&rec);
+        }
         recovery.records += 1;
-        pos += 8 + len;
+        pos += 8 + u64::from(len);
     }
+    drop(rd);
     if let Some((at, _)) = recovery.truncated {
         let f = OpenOptions::new()
             .write(true)
@@ -923,13 +964,48 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
     recovery.sessions = image.sessions.len();
     recovery.messages = image.messages.len();
     recovery.retained = image.retained.len();
-    Ok((image, number, recovery, pos as u64))
+    Ok((image, number, recovery, pos))
+}
+
+/// How far past a bad record recovery looks for a good one (corruption vs torn tail).
+const LOOKAHEAD: usize = 1024 * 1024;
+/// Extra bytes read so a frame starting inside the look-ahead window can be checked whole.
+const MAX_FRAME_GUESS: u64 = 4 * 1024 * 1024;
+/// The tag byte of a message record.
+const TAG_MESSAGE: u8 = 1;
+
+/// Reads the frame of `slot` from `file` and decodes its message.
+fn read_message(file: &File, slot: &MsgSlot, now: Instant) -> Result<Arc<Message>, String> {
+    use std::os::unix::fs::FileExt;
+    let mut frame = vec![0u8; slot.len as usize];
+    file.read_exact_at(&mut frame, slot.at)
+        .map_err(|e| format!("cannot read {} bytes at {}: {e}", slot.len, slot.at))?;
+    check_frame(&frame)?;
+    let mut frame = Bytes::from(frame);
+    frame.advance(8);
+    match decode_record(frame, now)? {
+        Record::Message(m) => Ok(m),
+        _ => Err(format!("the record at {} is not a message", slot.at)),
+    }
+}
+
+/// Checks a whole frame's length and checksum.
+fn check_frame(frame: &[u8]) -> Result<(), String> {
+    if frame.len() < 8 {
+        return Err("short frame".into());
+    }
+    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    if len + 8 != frame.len() || crc32fast::hash(&frame[8..]) != crc {
+        return Err("bad frame (length or checksum)".into());
+    }
+    Ok(())
 }
 
 /// Whether a well-formed frame with a good checksum starts anywhere after `from` (scanning a
 /// bounded window): tells corruption in the middle from a torn tail.
 fn has_valid_frame_after(data: &[u8], from: usize) -> bool {
-    let end = data.len().min(from + 1024 * 1024);
+    let end = data.len().min(from + LOOKAHEAD);
     let mut p = from;
     while p + 8 <= end {
         let len = u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]) as usize;
@@ -953,8 +1029,19 @@ enum Cmd {
     Rec(Record),
     /// Answer once everything before it is written (relaxed) or fsynced (durable).
     Ticket(oneshot::Sender<bool>),
+    /// Compact now (tests, and an operator's wish after a large backlog drained).
+    Compact(oneshot::Sender<()>),
     /// Flush, fsync and stop.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// The image and the file to read message records from; the writer changes both, readers
+/// look up where a message is and read it without holding the lock.
+struct State {
+    image: Image,
+    /// A read-only handle on the live log (after compaction: on the new one; readers holding
+    /// the old one can still finish, the file is gone only once they drop it).
+    reader: Arc<File>,
 }
 
 struct Shared {
@@ -971,6 +1058,13 @@ struct Shared {
     /// leaving headroom below `max_disk_bytes` for what is already in flight.
     soft_limit: u64,
     mode: PersistenceMode,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The headroom kept below `persistence.max_disk_bytes`: a tenth, at most 64 MiB.
@@ -999,10 +1093,10 @@ impl Store {
     }
 
     /// Opens (creating if needed) the store in `cfg.dir`, replays it, and starts the writer.
-    /// Returns the store, the recovered image and what recovery did.
-    pub fn open(cfg: &PersistenceConfig) -> Result<(Store, Image, Recovery), StoreError> {
+    /// Returns the store and what recovery did; [`Store::with_image`] shows what was recovered.
+    pub fn open(cfg: &PersistenceConfig) -> Result<(Store, Recovery), StoreError> {
         if cfg.mode == PersistenceMode::Memory {
-            return Ok((Store::disabled(), Image::default(), Recovery::default()));
+            return Ok((Store::disabled(), Recovery::default()));
         }
         let dir = cfg.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| err(&dir, format!("cannot create: {e}")))?;
@@ -1015,6 +1109,8 @@ impl Store {
             .append(true)
             .open(&path)
             .map_err(|e| err(&path, format!("cannot open for writing: {e}")))?;
+        let reader =
+            File::open(&path).map_err(|e| err(&path, format!("cannot open for reading: {e}")))?;
         if !dir.join("CURRENT").exists() {
             write_current(&dir, number).map_err(|e| err(&dir.join("CURRENT"), e.to_string()))?;
         }
@@ -1026,6 +1122,10 @@ impl Store {
             disk_bytes: AtomicU64::new(size),
             soft_limit: soft_limit(cfg.max_disk_bytes),
             mode: cfg.mode,
+            state: Mutex::new(State {
+                image,
+                reader: Arc::new(reader),
+            }),
         });
         let writer = Writer {
             dir,
@@ -1033,17 +1133,12 @@ impl Store {
             file,
             size,
             compacted_size: size,
-            image: Image::default(),
             shared: shared.clone(),
             sync_interval: Duration::from_millis(cfg.sync_interval),
             max_disk_bytes: cfg.max_disk_bytes,
+            compact_min_bytes: cfg.compact_min_bytes,
             full: false,
         };
-        // The writer's image starts as a copy of what was recovered.
-        let mut writer = writer;
-        for rec in image.to_records() {
-            writer.image.apply(&rec);
-        }
         std::thread::Builder::new()
             .name("sluice-store".into())
             .spawn(move || writer.run(rx))
@@ -1052,9 +1147,83 @@ impl Store {
             Store {
                 shared: Some(shared),
             },
-            image,
             recovery,
         ))
+    }
+
+    /// Calls `f` with the persistent state and a function that reads a message back from the
+    /// log (start-up uses it to rebuild sessions). None for a disabled store.
+    pub fn with_image<R>(
+        &self,
+        f: impl FnOnce(&Image, &dyn Fn(u64) -> Option<Arc<Message>>) -> R,
+    ) -> Option<R> {
+        let s = self.shared.as_ref()?;
+        let state = s.state();
+        let now = Instant::now();
+        let load = |id: u64| {
+            let slot = state.image.messages.get(&id)?;
+            match read_message(&state.reader, slot, now) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "cannot read a stored message back");
+                    None
+                }
+            }
+        };
+        Some(f(&state.image, &load))
+    }
+
+    /// Reads messages back from the log (blocking file reads: call from a blocking thread).
+    /// None for a message the log does not have (yet: its record may still be on its way to
+    /// the writer; see [`Store::load`]).
+    pub fn load_blocking(&self, ids: &[u64]) -> Vec<Option<Arc<Message>>> {
+        let Some(s) = &self.shared else {
+            return vec![None; ids.len()];
+        };
+        let (reader, slots): (Arc<File>, Vec<Option<MsgSlot>>) = {
+            let state = s.state();
+            let slots = ids
+                .iter()
+                .map(|id| state.image.messages.get(id).copied())
+                .collect();
+            (state.reader.clone(), slots)
+        };
+        let now = Instant::now();
+        slots
+            .into_iter()
+            .map(|slot| read_message(&reader, &slot?, now).ok())
+            .collect()
+    }
+
+    /// Reads messages back from the log on the blocking pool. A message whose record has not
+    /// reached the file yet is read again once the writer has written everything appended so
+    /// far; None only for a message the log cannot give back.
+    pub async fn load(&self, ids: Vec<u64>) -> Vec<Option<Arc<Message>>> {
+        let store = self.clone();
+        let (ids, mut out) = match tokio::task::spawn_blocking(move || {
+            let r = store.load_blocking(&ids);
+            (ids, r)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => return Vec::new(),
+        };
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        if missing.is_empty() {
+            return out;
+        }
+        if let Some(t) = self.ticket() {
+            let _ = t.await;
+        }
+        let store = self.clone();
+        let again: Vec<u64> = missing.iter().map(|&i| ids[i]).collect();
+        if let Ok(found) = tokio::task::spawn_blocking(move || store.load_blocking(&again)).await {
+            for (i, m) in missing.into_iter().zip(found) {
+                out[i] = m;
+            }
+        }
+        out
     }
 
     /// Whether anything is persisted.
@@ -1105,11 +1274,28 @@ impl Store {
             .map_or(0, |s| s.backlog.load(Ordering::Relaxed))
     }
 
+    /// Bytes of the live log file.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.disk_bytes.load(Ordering::Relaxed))
+    }
+
     /// The mode in force.
     pub fn mode(&self) -> PersistenceMode {
         self.shared
             .as_ref()
             .map_or(PersistenceMode::Memory, |s| s.mode)
+    }
+
+    /// Writes everything appended so far, then rewrites the log as its live data.
+    pub async fn compact(&self) {
+        if let Some(s) = &self.shared {
+            let (tx, rx) = oneshot::channel();
+            if s.tx.send(Cmd::Compact(tx)).is_ok() {
+                let _ = rx.await;
+            }
+        }
     }
 
     /// Writes and fsyncs everything, then stops the writer (graceful shutdown).
@@ -1139,10 +1325,11 @@ struct Writer {
     file: File,
     size: u64,
     compacted_size: u64,
-    image: Image,
     shared: Arc<Shared>,
     sync_interval: Duration,
     max_disk_bytes: u64,
+    /// `persistence.compact_min_bytes`.
+    compact_min_bytes: u64,
     /// Whether the log is past the soft limit (for the log lines when that changes).
     full: bool,
 }
@@ -1174,28 +1361,42 @@ impl Writer {
             };
             let mut tickets = Vec::new();
             let mut shutdown = None;
+            let mut compact = None;
             let mut backlog = 0usize;
             let mut cmd = Some(first);
             let mut n = 0;
-            while let Some(c) = cmd.take() {
-                match c {
-                    Cmd::Rec(rec) => {
-                        backlog += match &rec {
-                            Record::Message(m) => m.cost(),
-                            _ => 64,
-                        };
-                        encode_record(&rec, &mut buf);
-                        self.image.apply(&rec);
+            {
+                // Records are applied to the image as they are encoded; a reader that finds a
+                // message before its bytes reach the file gets a short read and tries again
+                // after a ticket (Store::load).
+                let shared = self.shared.clone();
+                let mut state = shared.state();
+                while let Some(c) = cmd.take() {
+                    match c {
+                        Cmd::Rec(rec) => {
+                            backlog += match &rec {
+                                Record::Message(m) => m.cost(),
+                                _ => 64,
+                            };
+                            let at = self.size + buf.len() as u64;
+                            encode_record(&rec, &mut buf);
+                            let len = (self.size + buf.len() as u64 - at) as u32;
+                            state.image.apply(&rec, (at, len));
+                        }
+                        Cmd::Ticket(t) => tickets.push(t),
+                        Cmd::Compact(t) => {
+                            compact = Some(t);
+                            break;
+                        }
+                        Cmd::Shutdown(t) => {
+                            shutdown = Some(t);
+                            break;
+                        }
                     }
-                    Cmd::Ticket(t) => tickets.push(t),
-                    Cmd::Shutdown(t) => {
-                        shutdown = Some(t);
-                        break;
+                    n += 1;
+                    if n < MAX_BATCH {
+                        cmd = rx.try_recv().ok();
                     }
-                }
-                n += 1;
-                if n < MAX_BATCH {
-                    cmd = rx.try_recv().ok();
                 }
             }
             let mut ok = true;
@@ -1223,14 +1424,20 @@ impl Writer {
                 let _ = t.send(());
                 return;
             }
-            if self.size > COMPACT_MIN_BYTES && self.size > 4 * self.compacted_size.max(1) {
-                self.compact();
+            if let Some(t) = compact {
+                if ok {
+                    self.compact(&[]);
+                }
+                let _ = t.send(());
+            }
+            if self.size > self.compact_min_bytes && self.size > 4 * self.compacted_size.max(1) {
+                self.compact(&[]);
             }
             // Near the disk limit: compact if that can free much, and say when new messages
             // start (or stop) being refused.
             let full = self.size >= self.shared.soft_limit;
             if full && self.size > 2 * self.compacted_size.max(1) {
-                self.compact();
+                self.compact(&[]);
             }
             let full = self.size >= self.shared.soft_limit;
             if full != self.full {
@@ -1264,7 +1471,7 @@ impl Writer {
             // Try to make room first. The image already holds this batch, so a successful
             // compaction has written it: appending it again would replay it twice.
             let before = self.number;
-            self.compact();
+            self.compact(data);
             if self.number != before {
                 return true;
             }
@@ -1300,39 +1507,109 @@ impl Writer {
         }
     }
 
-    /// Rewrites the live state as a new log file and switches to it.
-    fn compact(&mut self) {
+    /// Rewrites the live state as a new log file and switches to it. Message records are
+    /// copied frame by frame from the old file (or from `pending`, the batch not yet written,
+    /// which starts at the old file's end); everything is streamed, so memory stays bounded.
+    fn compact(&mut self, pending: &[u8]) {
+        use std::os::unix::fs::FileExt;
         let started = Instant::now();
         let next = self.number + 1;
         let path = self.dir.join(log_name(next));
-        let mut buf = BytesMut::new();
-        for rec in self.image.to_records() {
-            encode_record(&rec, &mut buf);
-        }
-        let result = (|| -> std::io::Result<File> {
-            let mut f = OpenOptions::new()
+        let shared = self.shared.clone();
+        let mut state = shared.state();
+        let old_size = self.size;
+        let mut ids: Vec<u64> = state.image.messages.keys().copied().collect();
+        ids.sort_unstable();
+        let mut moved: Vec<(u64, u64)> = Vec::with_capacity(ids.len());
+        let mut lost = Vec::new();
+        let result = (|| -> std::io::Result<(File, File, u64)> {
+            let f = OpenOptions::new()
                 .create(true)
                 .truncate(true)
                 .write(true)
                 .open(&path)?;
-            f.write_all(&buf)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+            let mut written = 0u64;
+            let mut frame = Vec::new();
+            for id in &ids {
+                let slot = state.image.messages[id];
+                frame.resize(slot.len as usize, 0);
+                let read = if slot.at >= old_size {
+                    let from = (slot.at - old_size) as usize;
+                    match pending.get(from..from + slot.len as usize) {
+                        Some(b) => {
+                            frame.copy_from_slice(b);
+                            Ok(())
+                        }
+                        None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    }
+                } else {
+                    state.reader.read_exact_at(&mut frame, slot.at)
+                };
+                if read.is_err() || check_frame(&frame).is_err() {
+                    // Only after a failed write can a located record be unreadable.
+                    lost.push(*id);
+                    continue;
+                }
+                out.write_all(&frame)?;
+                moved.push((*id, written));
+                written += u64::from(slot.len);
+            }
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            let mut failed = None;
+            state.image.each_meta_record(|rec| {
+                if failed.is_some() {
+                    return;
+                }
+                encode_record(&rec, &mut buf);
+                if buf.len() >= 64 * 1024 {
+                    if let Err(e) = out.write_all(&buf) {
+                        failed = Some(e);
+                    }
+                    written += buf.len() as u64;
+                    buf.clear();
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            out.write_all(&buf)?;
+            written += buf.len() as u64;
+            let f = out.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             write_current(&self.dir, next)?;
-            OpenOptions::new().append(true).open(&path)
+            let append = OpenOptions::new().append(true).open(&path)?;
+            let reader = File::open(&path)?;
+            Ok((append, reader, written))
         })();
         match result {
-            Ok(file) => {
+            Ok((file, reader, written)) => {
                 let old = self.dir.join(log_name(self.number));
                 let _ = std::fs::remove_file(&old);
+                for (id, at) in moved {
+                    if let Some(slot) = state.image.messages.get_mut(&id) {
+                        slot.at = at;
+                    }
+                }
+                for id in &lost {
+                    state.image.messages.remove(id);
+                }
+                if !lost.is_empty() {
+                    tracing::error!(
+                        count = lost.len(),
+                        "compaction: stored messages unreadable after a failed write were left out"
+                    );
+                }
+                state.reader = Arc::new(reader);
                 tracing::info!(
                     from_bytes = self.size,
-                    to_bytes = buf.len(),
+                    to_bytes = written,
                     ms = started.elapsed().as_millis() as u64,
                     "log compacted"
                 );
                 self.file = file;
                 self.number = next;
-                self.size = buf.len() as u64;
+                self.size = written;
                 self.compacted_size = self.size;
                 self.shared.disk_bytes.store(self.size, Ordering::Relaxed);
             }

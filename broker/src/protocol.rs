@@ -730,7 +730,7 @@ impl ClientState {
         }));
         let mut outbox = self.handle.outbox();
         for d in retained {
-            let _ = outbox.push(d);
+            let _ = outbox.push(d, false);
         }
         Ok(())
     }
@@ -856,6 +856,30 @@ impl ClientState {
             d.subscription_ids = rec.identifier.into_iter().collect();
         }
         d
+    }
+
+    /// The ids of the messages to read back from the store next: the queue's front is on disk
+    /// only and the inflight window has room for it. None otherwise.
+    pub fn cold_to_load(&self) -> Option<Vec<u64>> {
+        if self.n.send_window <= self.session.inflight_len() {
+            return None;
+        }
+        let outbox = self.handle.outbox();
+        outbox.front_is_cold().then(|| outbox.cold_ids())
+    }
+
+    /// Puts messages read back from the store (`cold_to_load`) into the queue, ready to send.
+    /// A message the store could not give back is dropped from the queue, logged and counted.
+    pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
+        let loaded: std::collections::HashMap<u64, Option<Arc<Message>>> =
+            ids.iter().copied().zip(messages).collect();
+        let lost = self.handle.outbox().warm(&loaded);
+        if !lost.is_empty() {
+            tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
+            for id in lost {
+                self.log(|client| Record::Skip { client, id });
+            }
+        }
     }
 
     /// Moves deliveries from the outbox into the write buffer while the inflight window and the

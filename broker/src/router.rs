@@ -147,7 +147,7 @@ impl Broker {
             // Logged before the push, so the subscriber's own records (sent, acked) always
             // come after it in the log.
             let logged = self.log_enqueue(&t.handle, &d, &mut message_logged);
-            match t.handle.deliver(d) {
+            match t.handle.deliver(d, logged) {
                 Ok(()) => queued += 1,
                 Err(_) => {
                     if logged {

@@ -123,10 +123,9 @@ impl Server {
         }
         // Recover the persistent state before accepting anyone.
         let started = std::time::Instant::now();
-        let (store, image, recovery) =
-            Store::open(&config.persistence).map_err(StartError::Store)?;
+        let (store, recovery) = Store::open(&config.persistence).map_err(StartError::Store)?;
         let broker = Arc::new(Broker::with_auth(config, acl, passwords).with_store(store));
-        let restored = broker.restore(image, std::time::Instant::now());
+        let restored = broker.restore(std::time::Instant::now());
         if broker.store.is_enabled() {
             let dir = broker.config.persistence.dir.display().to_string();
             if let Some((at, bytes)) = recovery.truncated {

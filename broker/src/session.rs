@@ -80,15 +80,50 @@ impl QueueBudget {
     }
 }
 
+/// A queued delivery whose message is only on disk (in the store's log): what a [`Delivery`]
+/// holds besides the message, and the message's id to read it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColdDelivery {
+    pub id: u64,
+    /// The message's cost as counted against `mqtt.max_queued_bytes` when it was queued.
+    pub cost: usize,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+/// Memory charged to the broker-wide budget for a delivery kept on disk (its bookkeeping).
+pub const COLD_ENTRY_COST: usize = 64;
+
+#[derive(Debug)]
+enum Entry {
+    /// In memory, ready to send.
+    Hot(Delivery),
+    /// On disk only; read back (see [`Outbox::cold_ids`], [`Outbox::warm`]) before sending.
+    Cold(ColdDelivery),
+}
+
 /// The per-session queue of deliveries not yet handed to the connection: messages for an
 /// offline session, and messages waiting for a free slot in the inflight window. Bounded in
 /// count and bytes; a full queue drops the new message and counts it, never blocks.
+///
+/// Only the first `window` bytes are kept in memory. Past them, deliveries the store has
+/// logged (QoS 1/2 of persistent sessions, not shared) are kept as [`ColdDelivery`]s: the
+/// message is dropped from memory and read back from the log when the window has room again,
+/// so a long offline queue costs disk, not memory. Order is kept: once one delivery is cold,
+/// every later one that can be is cold too.
 #[derive(Debug)]
 pub struct Outbox {
     /// Deliveries in arrival order [MQTT-4.6.0-6].
-    queue: VecDeque<Delivery>,
+    queue: VecDeque<Entry>,
     /// Sum of `Message::cost` over `queue`, checked against `max_bytes`.
     bytes: usize,
+    /// Sum of `Message::cost` over the in-memory entries.
+    hot_bytes: usize,
+    /// Number of cold entries.
+    cold: usize,
+    /// Bytes of messages kept in memory before logged deliveries stay on disk only.
+    window: usize,
     /// Whether a connection currently owns the session (QoS 0 is not queued for offline ones).
     online: bool,
     /// `mqtt.max_queued_messages`.
@@ -97,24 +132,27 @@ pub struct Outbox {
     max_bytes: usize,
     /// Deliveries refused since the session began, for logs and counters.
     dropped: u64,
-    /// The broker-wide budget this queue's bytes count against (None: only its own bounds).
+    /// The broker-wide budget this queue's memory counts against (None: only its own bounds).
     budget: Option<Arc<QueueBudget>>,
 }
 
 impl Drop for Outbox {
     fn drop(&mut self) {
         if let Some(b) = &self.budget {
-            b.release(self.bytes);
+            b.release(self.charged());
         }
     }
 }
 
 impl Outbox {
-    /// An empty outbox with the given bounds.
+    /// An empty outbox with the given bounds, all in memory.
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
             queue: VecDeque::new(),
             bytes: 0,
+            hot_bytes: 0,
+            cold: 0,
+            window: usize::MAX,
             online: false,
             max_messages,
             max_bytes,
@@ -129,23 +167,83 @@ impl Outbox {
         self
     }
 
-    /// Queues `d` unless a bound forbids it.
-    pub fn push(&mut self, d: Delivery) -> Result<(), Dropped> {
+    /// Keeps at most `window` bytes of logged deliveries in memory (the rest stays on disk).
+    pub fn with_window(mut self, window: usize) -> Outbox {
+        self.window = window;
+        self
+    }
+
+    /// What this queue charges the broker-wide budget.
+    fn charged(&self) -> usize {
+        self.hot_bytes + self.cold * COLD_ENTRY_COST
+    }
+
+    fn try_charge(&self, n: usize) -> bool {
+        self.budget.as_ref().is_none_or(|b| b.try_charge(n))
+    }
+
+    fn release(&self, n: usize) {
+        if let Some(b) = &self.budget {
+            b.release(n);
+        }
+    }
+
+    /// Queues `d` unless a bound forbids it. `logged`: the store has the delivery (it may then
+    /// be kept on disk only).
+    pub fn push(&mut self, d: Delivery, logged: bool) -> Result<(), Dropped> {
         if !self.online && d.qos == QoS::AtMostOnce {
             self.dropped += 1;
             return Err(Dropped::OfflineQos0);
         }
         let cost = d.msg.cost();
-        if self.queue.len() >= self.max_messages
-            || self.bytes + cost > self.max_bytes
-            || self.budget.as_ref().is_some_and(|b| !b.try_charge(cost))
-        {
+        if self.queue.len() >= self.max_messages || self.bytes + cost > self.max_bytes {
+            self.dropped += 1;
+            return Err(Dropped::QueueFull);
+        }
+        let spillable = logged && d.shared.is_none() && d.qos != QoS::AtMostOnce;
+        let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > self.window);
+        if !cold && self.try_charge(cost) {
+            self.bytes += cost;
+            self.hot_bytes += cost;
+            self.queue.push_back(Entry::Hot(d));
+            return Ok(());
+        }
+        // On disk only: past the window, or memory is short while the disk has it.
+        if !spillable || !self.try_charge(COLD_ENTRY_COST) {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
         self.bytes += cost;
-        self.queue.push_back(d);
+        self.cold += 1;
+        self.queue.push_back(Entry::Cold(ColdDelivery {
+            id: d.msg.id,
+            cost,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids,
+        }));
         Ok(())
+    }
+
+    /// Queues a delivery the store recovered at start-up, on disk only.
+    pub fn push_cold(&mut self, c: ColdDelivery) {
+        if let Some(b) = &self.budget {
+            b.charge(COLD_ENTRY_COST);
+        }
+        self.bytes += c.cost;
+        self.cold += 1;
+        self.queue.push_back(Entry::Cold(c));
+    }
+
+    /// Queues a delivery the store recovered at start-up, in memory.
+    pub fn push_restored(&mut self, d: Delivery) {
+        let cost = d.msg.cost();
+        if let Some(b) = &self.budget {
+            b.charge(cost);
+        }
+        self.bytes += cost;
+        self.hot_bytes += cost;
+        self.queue.push_back(Entry::Hot(d));
     }
 
     /// Puts `d` back at the front (a delivery taken but not sent, e.g. the window filled).
@@ -156,22 +254,101 @@ impl Outbox {
             b.charge(cost);
         }
         self.bytes += cost;
-        self.queue.push_front(d);
+        self.hot_bytes += cost;
+        self.queue.push_front(Entry::Hot(d));
     }
 
-    /// Takes the oldest delivery.
+    /// Takes the oldest delivery if it is in memory (None also when the oldest is on disk:
+    /// see [`Outbox::front_is_cold`]).
     pub fn pop(&mut self) -> Option<Delivery> {
-        let d = self.queue.pop_front()?;
-        self.bytes -= d.msg.cost();
-        if let Some(b) = &self.budget {
-            b.release(d.msg.cost());
+        if !matches!(self.queue.front(), Some(Entry::Hot(_))) {
+            return None;
         }
+        let Some(Entry::Hot(d)) = self.queue.pop_front() else {
+            return None;
+        };
+        let cost = d.msg.cost();
+        self.bytes -= cost;
+        self.hot_bytes -= cost;
+        self.release(cost);
         Some(d)
     }
 
-    /// The oldest delivery, without taking it.
+    /// The oldest delivery if it is in memory, without taking it.
     pub fn front(&self) -> Option<&Delivery> {
-        self.queue.front()
+        match self.queue.front() {
+            Some(Entry::Hot(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Whether the oldest delivery is on disk only (it must be read back before it is sent).
+    pub fn front_is_cold(&self) -> bool {
+        matches!(self.queue.front(), Some(Entry::Cold(_)))
+    }
+
+    /// The message ids of the cold deliveries at the front, up to a window's worth of bytes
+    /// (at least one): what to read back next.
+    pub fn cold_ids(&self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let mut bytes = 0usize;
+        for e in &self.queue {
+            let Entry::Cold(c) = e else { break };
+            if !ids.is_empty() && bytes + c.cost > self.window {
+                break;
+            }
+            bytes += c.cost;
+            ids.push(c.id);
+        }
+        ids
+    }
+
+    /// Brings the cold deliveries at the front back into memory with the messages read back
+    /// (`loaded`: id → message, None if the log could not give it). Stops at the first cold
+    /// delivery whose id is not in `loaded`. Returns the ids of deliveries dropped because their
+    /// message could not be read.
+    pub fn warm(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+        let mut lost = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let (id, old_cost, qos, retain, subscription_ids) = match &mut self.queue[i] {
+                Entry::Cold(c) if loaded.contains_key(&c.id) => (
+                    c.id,
+                    c.cost,
+                    c.qos,
+                    c.retain,
+                    std::mem::take(&mut c.subscription_ids),
+                ),
+                _ => break,
+            };
+            self.cold -= 1;
+            self.release(COLD_ENTRY_COST);
+            match loaded.get(&id).cloned().flatten() {
+                Some(msg) => {
+                    let cost = msg.cost();
+                    self.bytes = self.bytes - old_cost + cost;
+                    self.hot_bytes += cost;
+                    if let Some(b) = &self.budget {
+                        // Bounded by the window: charged even over the budget.
+                        b.charge(cost);
+                    }
+                    self.queue[i] = Entry::Hot(Delivery {
+                        msg,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        shared: None,
+                    });
+                    i += 1;
+                }
+                None => {
+                    self.bytes -= old_cost;
+                    lost.push(id);
+                    self.queue.remove(i);
+                }
+            }
+        }
+        lost
     }
 
     /// Number of queued deliveries.
@@ -184,9 +361,19 @@ impl Outbox {
         self.queue.is_empty()
     }
 
-    /// Bytes charged for queued deliveries.
+    /// Bytes charged for queued deliveries (in memory and on disk).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes of queued messages held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.hot_bytes
+    }
+
+    /// Number of queued deliveries kept on disk only.
+    pub fn cold_len(&self) -> usize {
+        self.cold
     }
 
     /// Deliveries refused so far.
@@ -199,19 +386,23 @@ impl Outbox {
         self.online = online;
     }
 
-    /// Takes out every queued delivery for which `pred` holds, keeping the others in order.
+    /// Takes out every in-memory delivery for which `pred` holds, keeping the others in order.
+    /// (Cold deliveries are never shared ones, the only kind taken out.)
     pub fn take_where(&mut self, mut pred: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
-        for d in self.queue.drain(..) {
-            if pred(&d) {
-                self.bytes -= d.msg.cost();
-                if let Some(b) = &self.budget {
-                    b.release(d.msg.cost());
+        for e in self.queue.drain(..) {
+            match e {
+                Entry::Hot(d) if pred(&d) => {
+                    let cost = d.msg.cost();
+                    self.bytes -= cost;
+                    self.hot_bytes -= cost;
+                    if let Some(b) = &self.budget {
+                        b.release(cost);
+                    }
+                    taken.push(d);
                 }
-                taken.push(d);
-            } else {
-                kept.push_back(d);
+                other => kept.push_back(other),
             }
         }
         self.queue = kept;
@@ -225,11 +416,11 @@ impl Outbox {
 
     /// Drops everything queued (Clean Start discards the old session's messages).
     pub fn clear(&mut self) {
+        self.release(self.charged());
         self.queue.clear();
-        if let Some(b) = &self.budget {
-            b.release(self.bytes);
-        }
         self.bytes = 0;
+        self.hot_bytes = 0;
+        self.cold = 0;
     }
 }
 
@@ -416,9 +607,10 @@ impl SessionHandle {
         self.ownership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a delivery and wakes the owner; never blocks on the subscriber.
-    pub fn deliver(&self, d: Delivery) -> Result<(), Dropped> {
-        let r = self.outbox().push(d);
+    /// Queues a delivery and wakes the owner; never blocks on the subscriber. `logged`: the
+    /// store has it (it may stay on disk only while the session's queue is long).
+    pub fn deliver(&self, d: Delivery, logged: bool) -> Result<(), Dropped> {
+        let r = self.outbox().push(d, logged);
         match r {
             Ok(()) => self.notify.notify_one(),
             Err(Dropped::QueueFull) => {
@@ -467,20 +659,20 @@ mod tests {
     fn outbox_bounds_by_count_and_bytes() {
         let mut o = Outbox::new(2, 1 << 20);
         o.set_online(true);
-        assert!(o.push(delivery(QoS::AtLeastOnce, b"a")).is_ok());
-        assert!(o.push(delivery(QoS::AtMostOnce, b"b")).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"a"), false).is_ok());
+        assert!(o.push(delivery(QoS::AtMostOnce, b"b"), false).is_ok());
         assert_eq!(
-            o.push(delivery(QoS::AtLeastOnce, b"c")),
+            o.push(delivery(QoS::AtLeastOnce, b"c"), false),
             Err(Dropped::QueueFull)
         );
         assert_eq!(o.dropped(), 1);
         let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
         let mut o = Outbox::new(100, one * 2);
         o.set_online(true);
-        assert!(o.push(delivery(QoS::AtLeastOnce, b"x")).is_ok());
-        assert!(o.push(delivery(QoS::AtLeastOnce, b"y")).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"x"), false).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"y"), false).is_ok());
         assert_eq!(
-            o.push(delivery(QoS::AtLeastOnce, b"z")),
+            o.push(delivery(QoS::AtLeastOnce, b"z"), false),
             Err(Dropped::QueueFull)
         );
         assert_eq!(o.bytes(), one * 2);
@@ -496,16 +688,16 @@ mod tests {
         let mut b = Outbox::new(100, 1 << 20).with_budget(budget.clone());
         a.set_online(true);
         b.set_online(true);
-        assert!(a.push(delivery(QoS::AtLeastOnce, b"x")).is_ok());
-        assert!(a.push(delivery(QoS::AtLeastOnce, b"y")).is_ok());
-        assert!(b.push(delivery(QoS::AtLeastOnce, b"z")).is_ok());
+        assert!(a.push(delivery(QoS::AtLeastOnce, b"x"), false).is_ok());
+        assert!(a.push(delivery(QoS::AtLeastOnce, b"y"), false).is_ok());
+        assert!(b.push(delivery(QoS::AtLeastOnce, b"z"), false).is_ok());
         assert_eq!(
-            b.push(delivery(QoS::AtLeastOnce, b"w")),
+            b.push(delivery(QoS::AtLeastOnce, b"w"), false),
             Err(Dropped::QueueFull)
         );
         a.pop();
         assert!(
-            b.push(delivery(QoS::AtLeastOnce, b"w")).is_ok(),
+            b.push(delivery(QoS::AtLeastOnce, b"w"), false).is_ok(),
             "room again"
         );
         drop(a);
@@ -519,13 +711,77 @@ mod tests {
     }
 
     #[test]
+    fn logged_deliveries_past_the_window_stay_on_disk_until_read_back() {
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let budget = QueueBudget::new(1 << 20);
+        let mut o = Outbox::new(100, 1 << 20)
+            .with_budget(budget.clone())
+            .with_window(one * 2);
+        o.set_online(true);
+        let ds: Vec<Delivery> = (0..5).map(|_| delivery(QoS::AtLeastOnce, b"x")).collect();
+        for d in &ds[..4] {
+            o.push(d.clone(), true).unwrap();
+        }
+        // Not logged (e.g. not a persistent session): always in memory, even past the window.
+        o.push(delivery(QoS::AtMostOnce, b"q"), true).unwrap();
+        o.push(ds[4].clone(), true).unwrap();
+        assert_eq!((o.len(), o.cold_len()), (6, 3));
+        assert_eq!(o.memory_bytes(), one * 3);
+        assert_eq!(o.bytes(), one * 6);
+        assert_eq!(budget.used(), one * 3 + 3 * COLD_ENTRY_COST);
+        assert_eq!(o.pop().unwrap().msg.id, ds[0].msg.id);
+        assert_eq!(o.pop().unwrap().msg.id, ds[1].msg.id);
+        assert!(
+            o.pop().is_none() && o.front_is_cold(),
+            "the next one is on disk"
+        );
+        // Read back a window's worth (two), in order.
+        let ids = o.cold_ids();
+        assert_eq!(ids, vec![ds[2].msg.id, ds[3].msg.id]);
+        let loaded: HashMap<u64, Option<Arc<Message>>> = vec![
+            (ds[2].msg.id, Some(ds[2].msg.clone())),
+            (ds[3].msg.id, None), // the store could not give it back
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(o.warm(&loaded), vec![ds[3].msg.id]);
+        assert_eq!(o.pop().unwrap().msg.id, ds[2].msg.id);
+        assert_eq!(o.pop().unwrap().qos, QoS::AtMostOnce);
+        assert!(o.front_is_cold());
+        assert_eq!(o.cold_ids(), vec![ds[4].msg.id]);
+        let loaded = std::iter::once((ds[4].msg.id, Some(ds[4].msg.clone()))).collect();
+        assert!(o.warm(&loaded).is_empty());
+        assert_eq!(o.pop().unwrap(), ds[4]);
+        assert!(o.is_empty());
+        assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_short_budget_keeps_logged_deliveries_on_disk_instead_of_dropping_them() {
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let budget = QueueBudget::new(one + COLD_ENTRY_COST);
+        let mut o = Outbox::new(100, 1 << 20).with_budget(budget.clone());
+        o.set_online(true);
+        o.push(delivery(QoS::AtLeastOnce, b"x"), true).unwrap();
+        o.push(delivery(QoS::AtLeastOnce, b"y"), true).unwrap();
+        assert_eq!(o.cold_len(), 1);
+        assert_eq!(
+            o.push(delivery(QoS::AtLeastOnce, b"z"), false),
+            Err(Dropped::QueueFull),
+            "not logged and no memory left"
+        );
+        o.clear();
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
     fn offline_outbox_refuses_qos0_but_queues_qos1() {
         let mut o = Outbox::new(10, 1 << 20);
         assert_eq!(
-            o.push(delivery(QoS::AtMostOnce, b"a")),
+            o.push(delivery(QoS::AtMostOnce, b"a"), false),
             Err(Dropped::OfflineQos0)
         );
-        assert!(o.push(delivery(QoS::AtLeastOnce, b"a")).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"a"), false).is_ok());
         assert_eq!(o.len(), 1);
     }
 

@@ -84,7 +84,7 @@ impl GroupQueue {
 
     /// Queues a delivery for whichever member frees a slot first.
     pub fn push(&self, d: Delivery) -> Result<(), Dropped> {
-        self.lock().push(d)
+        self.lock().push(d, false)
     }
 
     /// Takes the oldest waiting delivery.
@@ -287,7 +287,7 @@ impl Broker {
                 Some(Pick::Member(i)) => {
                     let mut logged = false;
                     self.log_enqueue(&handles[i], &d, &mut logged);
-                    if handles[i].deliver(d).is_err() {
+                    if handles[i].deliver(d, false).is_err() {
                         self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }

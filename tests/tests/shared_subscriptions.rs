@@ -390,9 +390,14 @@ async fn killed_member_unacked_messages_go_to_the_others() -> Result<()> {
         all && missing.is_empty(),
         "[MQTT-4.8.2] messages lost after a member died: first missing {missing:?}, per member {lens:?}"
     );
+    // The dead member's last PUBACKs may never reach the broker: its socket is dropped with
+    // PUBLISHes unread, so the kernel answers with a reset and the broker's kernel discards
+    // what it had not yet handed over. Only acks well before the end are certainly seen.
+    let certain = seen[1].acked.len().saturating_sub(64);
+    let surely_acked: HashSet<u32> = seen[1].acked[..certain].iter().copied().collect();
     let bad_dups: Vec<u32> = c
         .iter()
-        .filter(|&(s, &n)| n > 1 && killed_acked.contains(s))
+        .filter(|&(s, &n)| n > 1 && surely_acked.contains(s))
         .map(|(s, _)| *s)
         .take(20)
         .collect();
