@@ -56,6 +56,8 @@ use crate::message::{ClientId, Message};
 
 /// Connections stop reading while this many bytes of records wait for the writer.
 pub const BACKLOG_HIGH_WATER: usize = 64 * 1024 * 1024;
+/// After a failed write, how often the writer tries to rewrite the log and carry on.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// Most commands the writer takes into one batch (one write, one fsync).
 const MAX_BATCH: usize = 16 * 1024;
 
@@ -858,6 +860,8 @@ pub struct Recovery {
     pub retained: usize,
     /// Bytes cut off a torn tail, and where.
     pub truncated: Option<(u64, u64)>,
+    /// Leftover log files deleted (a crash during compaction or the first start-up).
+    pub removed: Vec<String>,
 }
 
 /// Reads the live log of `dir` into an image, streaming (memory stays bounded whatever the
@@ -880,10 +884,12 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
                 )
             })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A data directory with logs but no CURRENT is damaged, not empty.
+            // A data directory with logs but no CURRENT is damaged, not empty (an empty log is
+            // what a crash during the very first start-up leaves: nothing was in it yet).
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for e in entries.flatten() {
-                    if e.file_name().to_string_lossy().starts_with("wal-") {
+                    let empty = e.metadata().is_ok_and(|m| m.len() == 0);
+                    if e.file_name().to_string_lossy().starts_with("wal-") && !empty {
                         return Err(err(
                             &current,
                             "missing, but log files exist: refusing to start empty",
@@ -964,7 +970,32 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
     recovery.sessions = image.sessions.len();
     recovery.messages = image.messages.len();
     recovery.retained = image.retained.len();
+    recovery.removed = remove_stale_logs(dir, number);
     Ok((image, number, recovery, pos))
+}
+
+/// Deletes log files other than the live one: an old log whose deletion a crash interrupted
+/// right after a compaction, or a new one a crash left half-written before `CURRENT` named it.
+/// Returns their names.
+fn remove_stale_logs(dir: &Path, live: u64) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = name
+            .strip_prefix("wal-")
+            .and_then(|r| r.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n != live)
+            || name == "CURRENT.tmp";
+        if stale && std::fs::remove_file(e.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    removed
 }
 
 /// How far past a bad record recovery looks for a good one (corruption vs torn tail).
@@ -1112,6 +1143,10 @@ impl Store {
         let reader =
             File::open(&path).map_err(|e| err(&path, format!("cannot open for reading: {e}")))?;
         if !dir.join("CURRENT").exists() {
+            // The (empty) log exists on disk before CURRENT names it.
+            file.sync_all()
+                .and_then(|()| sync_dir(&dir))
+                .map_err(|e| err(&path, format!("cannot sync: {e}")))?;
             write_current(&dir, number).map_err(|e| err(&dir.join("CURRENT"), e.to_string()))?;
         }
         let (tx, rx) = mpsc::channel();
@@ -1340,24 +1375,38 @@ impl Writer {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut last_sync = Instant::now();
         let mut dirty = false;
+        let mut last_retry = Instant::now();
         loop {
-            let first = if durable || !dirty {
-                match rx.recv() {
+            let failed = self.shared.failed.load(Ordering::Relaxed);
+            if failed && last_retry.elapsed() >= RETRY_AFTER_FAILURE {
+                last_retry = Instant::now();
+                self.recover_from_failure();
+            }
+            let wait = if failed {
+                Some(RETRY_AFTER_FAILURE.saturating_sub(last_retry.elapsed()))
+            } else if durable || !dirty {
+                None
+            } else {
+                Some(self.sync_interval.saturating_sub(last_sync.elapsed()))
+            };
+            let first = match wait {
+                None => match rx.recv() {
                     Ok(c) => c,
                     Err(_) => return,
-                }
-            } else {
-                match rx.recv_timeout(self.sync_interval.saturating_sub(last_sync.elapsed())) {
+                },
+                Some(wait) => match rx.recv_timeout(wait) {
                     Ok(c) => c,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let ok = self.sync();
-                        self.fail_if(!ok);
-                        last_sync = Instant::now();
-                        dirty = false;
+                        if dirty && !durable {
+                            let ok = self.sync();
+                            self.fail_if(!ok);
+                            last_sync = Instant::now();
+                            dirty = false;
+                        }
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
+                },
             };
             let mut tickets = Vec::new();
             let mut shutdown = None;
@@ -1401,7 +1450,9 @@ impl Writer {
             }
             let mut ok = true;
             if !buf.is_empty() {
-                ok = self.write(&buf);
+                // While failed the log is not appended to (it may be missing records): the
+                // image keeps them, and recover_from_failure rewrites the log from it.
+                ok = !self.shared.failed.load(Ordering::Relaxed) && self.write(&buf);
                 buf.clear();
                 dirty = true;
             }
@@ -1462,18 +1513,36 @@ impl Writer {
 
     fn fail_if(&self, failed: bool) {
         if failed && !self.shared.failed.swap(true, Ordering::Relaxed) {
-            tracing::error!(dir = %self.dir.display(), "persistence failed: QoS 1/2 messages that need storing are refused until restart");
+            tracing::error!(dir = %self.dir.display(), "persistence failed: QoS 1/2 messages that need storing are refused (retried every 5 s)");
+        }
+    }
+
+    /// After a failed write or fsync the log may miss records the image has (or end in a
+    /// partial frame), so appending to it again would not do: rewrite the log from the image
+    /// instead. Messages whose records never reached the disk are left out (nobody was told
+    /// they were stored). Success clears the failure.
+    fn recover_from_failure(&mut self) {
+        let before = self.number;
+        self.compact(&[]);
+        if self.number != before {
+            self.shared.failed.store(false, Ordering::Relaxed);
+            tracing::info!(dir = %self.dir.display(), size = self.size, "persistence recovered: the log was rewritten from memory; accepting QoS 1/2 again");
         }
     }
 
     fn write(&mut self, data: &[u8]) -> bool {
         if self.size + data.len() as u64 > self.max_disk_bytes {
-            // Try to make room first. The image already holds this batch, so a successful
-            // compaction has written it: appending it again would replay it twice.
+            // Try to make room first, if the log has grown since the last compaction (once the
+            // live data itself fills the disk, compacting every batch would only burn I/O).
+            // The image already holds this batch, so a successful compaction has written it:
+            // appending it again would replay it twice.
             let before = self.number;
-            self.compact(data);
+            if self.size > self.compacted_size + self.compacted_size / 4 {
+                self.compact(data);
+            }
             if self.number != before {
-                return true;
+                // Written by the compaction; over the limit all the same, it fails like a write.
+                return self.size <= self.max_disk_bytes;
             }
             if self.size + data.len() as u64 > self.max_disk_bytes {
                 tracing::error!(
@@ -1492,6 +1561,8 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, file = %self.dir.join(log_name(self.number)).display(), "cannot write the log");
+                // No partial frame may stay in the middle of the log.
+                let _ = self.file.set_len(self.size);
                 false
             }
         }

@@ -301,3 +301,83 @@ fn memory_mode_is_disabled() {
     assert!(!store.is_enabled() && store.ticket().is_none() && rec.records == 0);
     assert!(store.with_image(|_, _| ()).is_none());
 }
+
+#[tokio::test]
+async fn leftover_logs_are_removed_and_an_empty_first_log_is_a_fresh_start() {
+    let dir = tempdir();
+    // A crash during the very first start-up: an empty log, no CURRENT yet.
+    std::fs::write(dir.join(log_name(1)), b"").unwrap();
+    let (store, rec) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(rec.records, 0);
+    let m1 = msg("a/b", b"one", QoS::AtLeastOnce);
+    let m2 = msg("a/c", b"two", QoS::ExactlyOnce);
+    for r in sample(&m1, &m2) {
+        store.append(r);
+    }
+    store.shutdown().await;
+    // A crash in the middle of a compaction leaves the next log half-written (and CURRENT.tmp).
+    std::fs::write(dir.join(log_name(2)), b"half a log").unwrap();
+    std::fs::write(dir.join("CURRENT.tmp"), b"wal-00000002.log").unwrap();
+    let (store, rec) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(rec.records, 9, "the live log is read whole");
+    assert_eq!(rec.removed, vec!["CURRENT.tmp".to_string(), log_name(2)]);
+    assert!(!dir.join(log_name(2)).exists());
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A write that cannot be made (here: past `max_disk_bytes`) fails the store: tickets say
+/// "not safe". The writer then rewrites the log from memory and carries on, leaving out the
+/// message whose record never reached the disk.
+#[tokio::test]
+async fn a_failed_write_is_recovered_by_rewriting_the_log() {
+    let dir = tempdir();
+    let mut c = cfg(&dir, PersistenceMode::Durable);
+    c.max_disk_bytes = 1024 * 1024;
+    let (store, _) = Store::open(&c).unwrap();
+    let m1 = msg("a/b", b"one", QoS::AtLeastOnce);
+    let m2 = msg("a/c", b"two", QoS::ExactlyOnce);
+    for r in sample(&m1, &m2) {
+        store.append(r);
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    // Compacted: the next write cannot make room by compacting again.
+    store.compact().await;
+    let big = Arc::new(Message::new(
+        TopicName::try_from("big").unwrap(),
+        Bytes::from(vec![b'x'; 1100 * 1024]),
+        QoS::AtLeastOnce,
+        false,
+        PublishProperties::default(),
+        "pub".into(),
+        Instant::now(),
+    ));
+    store.append(Record::Message(big.clone()));
+    assert!(
+        !store.ticket().unwrap().await.unwrap(),
+        "over max_disk_bytes: not safe"
+    );
+    assert!(!store.accepting());
+    // Within the retry period (5 s) the log is rewritten and the store accepts again.
+    let mut recovered = false;
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if store.accepting() {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the store recovers by itself");
+    assert!(store.ticket().unwrap().await.unwrap());
+    assert!(store.load(vec![big.id]).await[0].is_none());
+    assert_eq!(
+        store.load(vec![m1.id]).await[0].as_ref().unwrap().payload,
+        "one"
+    );
+    store.shutdown().await;
+    let (store, rec) = Store::open(&c).unwrap();
+    assert_eq!(session_c(&store).1.len(), 1, "the session's state survived");
+    assert!(rec.removed.is_empty());
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

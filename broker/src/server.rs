@@ -128,6 +128,9 @@ impl Server {
         let restored = broker.restore(std::time::Instant::now());
         if broker.store.is_enabled() {
             let dir = broker.config.persistence.dir.display().to_string();
+            if !recovery.removed.is_empty() {
+                tracing::warn!(%dir, files = ?recovery.removed, "leftover log files from an interrupted compaction or first start removed");
+            }
             if let Some((at, bytes)) = recovery.truncated {
                 tracing::warn!(%dir, offset = at, bytes, records = recovery.records, "torn write at the end of the log (crash): cut off, everything before it recovered");
             }
