@@ -307,13 +307,15 @@ impl Broker {
             let mut moving = outbox.take_where(|d| d.shared.is_some());
             drop(outbox);
             let logging = self.store.is_enabled() && handle.persistent.load(Ordering::Relaxed);
-            if logging {
-                for d in moving.iter().filter(|d| d.qos != QoS::AtMostOnce) {
+            for d in &mut moving {
+                if d.seq != 0 {
                     self.store.append(Record::Skip {
                         client: handle.client_id.clone(),
-                        id: d.msg.id,
+                        seq: d.seq,
                     });
                 }
+                // Its number belongs to this session's log, not to the member that takes it.
+                d.seq = 0;
             }
             let mut kept = VecDeque::with_capacity(session.inflight.len());
             for entry in session.inflight.drain(..) {
@@ -327,6 +329,8 @@ impl Broker {
                                 pkid,
                             });
                         }
+                        let mut delivery = delivery;
+                        delivery.seq = 0;
                         moving.push(delivery)
                     }
                     other => kept.push_back(other),
@@ -362,7 +366,8 @@ impl Broker {
             let left = self.redistribute(&handle.client_id, redistribute);
             if session.expiry_interval != 0 {
                 // They were logged as leaving this session: log them as queued here again.
-                for d in &left {
+                let mut left = left;
+                for d in &mut left {
                     let mut logged = false;
                     self.log_enqueue(handle, d, &mut logged);
                 }
@@ -489,6 +494,7 @@ impl Broker {
                 retain: q.retain,
                 subscription_ids: q.subscription_ids.clone(),
                 shared: q.shared.clone(),
+                seq: q.seq,
             })
         };
         let count = image.sessions.len();
@@ -498,6 +504,7 @@ impl Broker {
                 self.new_outbox(),
             ));
             handle.persistent.store(true, Ordering::Relaxed);
+            handle.next_seq.store(s.next_seq.max(1), Ordering::Relaxed);
             let mut session = Session {
                 expiry_interval: s.expiry,
                 awaiting_pubrel: s.qos2_in.clone(),
@@ -554,6 +561,7 @@ impl Broker {
                         continue;
                     }
                     outbox.push_cold(ColdDelivery {
+                        seq: q.seq,
                         id: q.id,
                         // The stored record's size stands in for the message's cost until it is
                         // read back.

@@ -90,24 +90,27 @@ pub enum Record {
         client: ClientId,
         filter: TopicFilter,
     },
-    /// Message `id` queued for `client`.
+    /// Message `id` queued for `client` as its delivery number `seq` (per session, rising:
+    /// one message can be queued twice for one session, e.g. through a plain and a shared
+    /// subscription, and the records after this one must name the right delivery).
     Enqueue {
         client: ClientId,
+        seq: u64,
         id: u64,
         qos: QoS,
         retain: bool,
         subscription_ids: Vec<u32>,
         shared: Option<TopicFilter>,
     },
-    /// The oldest queued delivery of message `id` was sent with packet id `pkid`.
+    /// Queued delivery `seq` was sent with packet id `pkid`.
     Sent {
         client: ClientId,
-        id: u64,
+        seq: u64,
         pkid: u16,
     },
-    /// The oldest queued delivery of message `id` was dropped unsent (expired, too large, moved
-    /// to another shared-subscription member, queue full).
-    Skip { client: ClientId, id: u64 },
+    /// Queued delivery `seq` was dropped unsent (expired, too large, moved to another
+    /// shared-subscription member, queue full).
+    Skip { client: ClientId, seq: u64 },
     /// PUBACK / PUBCOMP: the inflight entry `pkid` is done.
     Acked { client: ClientId, pkid: u16 },
     /// PUBREC: inflight `pkid` now awaits PUBCOMP (its message is no longer needed).
@@ -123,6 +126,8 @@ pub enum Record {
 /// A queued delivery as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedImage {
+    /// The session's delivery number (see [`Record::Enqueue`]).
+    pub seq: u64,
     pub id: u64,
     pub qos: QoS,
     pub retain: bool,
@@ -147,6 +152,8 @@ pub struct SessionImage {
     pub queue: VecDeque<QueuedImage>,
     pub inflight: Vec<InflightImage>,
     pub qos2_in: HashSet<u16>,
+    /// Above every delivery number used so far.
+    pub next_seq: u64,
 }
 
 /// Where a message's record sits in the live log file, and how many queue, inflight and
@@ -265,6 +272,7 @@ impl Image {
             }
             Record::Enqueue {
                 client,
+                seq,
                 id,
                 qos,
                 retain,
@@ -277,7 +285,9 @@ impl Image {
                 let Some(s) = self.sessions.get_mut(client) else {
                     return;
                 };
+                s.next_seq = s.next_seq.max(seq + 1);
                 s.queue.push_back(QueuedImage {
+                    seq: *seq,
                     id: *id,
                     qos: *qos,
                     retain: *retain,
@@ -286,11 +296,11 @@ impl Image {
                 });
                 self.retain_msg(*id);
             }
-            Record::Sent { client, id, pkid } => {
+            Record::Sent { client, seq, pkid } => {
                 let Some(s) = self.sessions.get_mut(client) else {
                     return;
                 };
-                if let Some(pos) = s.queue.iter().position(|q| q.id == *id) {
+                if let Some(pos) = s.queue.iter().position(|q| q.seq == *seq) {
                     if let Some(queued) = s.queue.remove(pos) {
                         s.inflight.push(InflightImage::Publish {
                             pkid: *pkid,
@@ -299,13 +309,13 @@ impl Image {
                     }
                 }
             }
-            Record::Skip { client, id } => {
+            Record::Skip { client, seq } => {
                 let removed = self.sessions.get_mut(client).and_then(|s| {
-                    let pos = s.queue.iter().position(|q| q.id == *id)?;
+                    let pos = s.queue.iter().position(|q| q.seq == *seq)?;
                     s.queue.remove(pos)
                 });
-                if removed.is_some() {
-                    self.release_msg(*id);
+                if let Some(q) = removed {
+                    self.release_msg(q.id);
                 }
             }
             Record::Acked { client, pkid } => {
@@ -375,6 +385,7 @@ impl Image {
             }
             let enqueue = |q: &QueuedImage| Record::Enqueue {
                 client: client.clone(),
+                seq: q.seq,
                 id: q.id,
                 qos: q.qos,
                 retain: q.retain,
@@ -387,7 +398,7 @@ impl Image {
                         out(enqueue(queued));
                         out(Record::Sent {
                             client: client.clone(),
-                            id: queued.id,
+                            seq: queued.seq,
                             pkid: *pkid,
                         });
                     }
@@ -583,6 +594,7 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
         }
         Record::Enqueue {
             client,
+            seq,
             id,
             qos,
             retain,
@@ -591,6 +603,7 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
         } => {
             b.put_u8(7);
             put_bytes(b, client.as_bytes());
+            b.put_u64_le(*seq);
             b.put_u64_le(*id);
             b.put_u8(*qos as u8);
             b.put_u8(u8::from(*retain));
@@ -600,16 +613,16 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             }
             put_opt_bytes(b, shared.as_deref().map(str::as_bytes));
         }
-        Record::Sent { client, id, pkid } => {
+        Record::Sent { client, seq, pkid } => {
             b.put_u8(8);
             put_bytes(b, client.as_bytes());
-            b.put_u64_le(*id);
+            b.put_u64_le(*seq);
             b.put_u16_le(*pkid);
         }
-        Record::Skip { client, id } => {
+        Record::Skip { client, seq } => {
             b.put_u8(9);
             put_bytes(b, client.as_bytes());
-            b.put_u64_le(*id);
+            b.put_u64_le(*seq);
         }
         Record::Acked { client, pkid } => client_pkid(b, 10, client, *pkid),
         Record::Released { client, pkid } => client_pkid(b, 11, client, *pkid),
@@ -783,6 +796,7 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
         },
         7 => {
             let client = f.client()?;
+            let seq = f.u64()?;
             let id = f.u64()?;
             let qos = f.qos()?;
             let retain = f.u8()? != 0;
@@ -800,6 +814,7 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
             };
             Record::Enqueue {
                 client,
+                seq,
                 id,
                 qos,
                 retain,
@@ -809,12 +824,12 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
         }
         8 => Record::Sent {
             client: f.client()?,
-            id: f.u64()?,
+            seq: f.u64()?,
             pkid: f.u16()?,
         },
         9 => Record::Skip {
             client: f.client()?,
-            id: f.u64()?,
+            seq: f.u64()?,
         },
         t @ 10..=13 => {
             let (client, pkid) = (f.client()?, f.u16()?);

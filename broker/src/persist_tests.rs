@@ -70,6 +70,7 @@ fn sample(m1: &Arc<Message>, m2: &Arc<Message>) -> Vec<Record> {
         Record::Message(m1.clone()),
         Record::Enqueue {
             client: c.clone(),
+            seq: 1,
             id: m1.id,
             qos: QoS::AtLeastOnce,
             retain: false,
@@ -79,6 +80,7 @@ fn sample(m1: &Arc<Message>, m2: &Arc<Message>) -> Vec<Record> {
         Record::Message(m2.clone()),
         Record::Enqueue {
             client: c.clone(),
+            seq: 2,
             id: m2.id,
             qos: QoS::ExactlyOnce,
             retain: false,
@@ -87,7 +89,7 @@ fn sample(m1: &Arc<Message>, m2: &Arc<Message>) -> Vec<Record> {
         },
         Record::Sent {
             client: c.clone(),
-            id: m1.id,
+            seq: 1,
             pkid: 5,
         },
         Record::Qos2In {
@@ -225,6 +227,7 @@ async fn store_recovers_what_was_written_and_compaction_preserves_it() {
     store.append(Record::Message(m3.clone()));
     store.append(Record::Enqueue {
         client: client("c"),
+        seq: 3,
         id: m3.id,
         qos: QoS::AtLeastOnce,
         retain: false,
@@ -380,4 +383,61 @@ async fn a_failed_write_is_recovered_by_rewriting_the_log() {
     assert!(rec.removed.is_empty());
     store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One message queued twice for one session (a plain and a shared subscription): the records
+/// after the two Enqueues name the delivery, not the message, so the right one moves.
+#[test]
+fn records_name_deliveries_not_messages() {
+    let m = msg("a/b", b"one", QoS::AtLeastOnce);
+    let c = client("c");
+    let mut img = Image::default();
+    let enqueue = |seq, shared: Option<&str>| Record::Enqueue {
+        client: client("c"),
+        seq,
+        id: m.id,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![],
+        shared: shared.map(|f| TopicFilter::try_from(f).unwrap()),
+    };
+    for r in [
+        Record::Session {
+            client: c.clone(),
+            expiry: 60,
+            username: None,
+            will: None,
+        },
+        Record::Message(m.clone()),
+        enqueue(1, Some("$share/g/a/#")),
+        enqueue(2, None),
+        Record::Sent {
+            client: c.clone(),
+            seq: 2,
+            pkid: 7,
+        },
+        Record::Skip {
+            client: c.clone(),
+            seq: 1,
+        },
+    ] {
+        img.apply(&r, (0, 0));
+    }
+    let s = &img.sessions[&c];
+    assert!(s.queue.is_empty());
+    assert_eq!(s.next_seq, 3);
+    match &s.inflight[..] {
+        [InflightImage::Publish { pkid: 7, queued }] => {
+            assert_eq!(
+                (queued.seq, queued.shared.clone()),
+                (2, None),
+                "the plain one was sent"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        img.messages[&m.id].refs, 1,
+        "the skipped copy released its reference"
+    );
 }

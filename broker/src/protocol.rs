@@ -730,7 +730,7 @@ impl ClientState {
         }));
         let mut outbox = self.handle.outbox();
         for d in retained {
-            let _ = outbox.push(d, false);
+            let _ = outbox.push(d);
         }
         Ok(())
     }
@@ -876,8 +876,8 @@ impl ClientState {
         let lost = self.handle.outbox().warm(&loaded);
         if !lost.is_empty() {
             tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
-            for id in lost {
-                self.log(|client| Record::Skip { client, id });
+            for seq in lost {
+                self.log(|client| Record::Skip { client, seq });
             }
         }
     }
@@ -935,11 +935,11 @@ impl ClientState {
         more
     }
 
-    /// Logs that a queued QoS 1/2 delivery was dropped unsent.
+    /// Logs that a queued delivery the store has was dropped unsent.
     fn log_skip(&self, d: &Delivery) {
-        if d.qos != QoS::AtMostOnce {
-            let id = d.msg.id;
-            self.log(|client| Record::Skip { client, id });
+        if d.seq != 0 {
+            let seq = d.seq;
+            self.log(|client| Record::Skip { client, seq });
         }
     }
 
@@ -982,10 +982,10 @@ impl ClientState {
                 }
             }
         }
-        if d.qos != QoS::AtMostOnce && self.persistent() {
+        if d.seq != 0 && self.persistent() {
             self.store.append(Record::Sent {
                 client: self.n.client_id.clone(),
-                id: d.msg.id,
+                seq: d.seq,
                 pkid,
             });
         }

@@ -116,6 +116,7 @@ impl Broker {
                         retain: msg.retain,
                         subscription_ids: Vec::new(),
                         shared: Some(key.clone()),
+                        seq: 0,
                     };
                     let handles: Vec<Arc<SessionHandle>> =
                         members.iter().map(|m| m.handle.clone()).collect();
@@ -137,23 +138,25 @@ impl Broker {
             ) {
                 continue;
             }
-            let d = Delivery {
+            let mut d = Delivery {
                 msg: msg.clone(),
                 qos: t.qos,
                 retain: t.retain,
                 subscription_ids: t.subscription_ids,
                 shared: t.shared,
+                seq: 0,
             };
             // Logged before the push, so the subscriber's own records (sent, acked) always
             // come after it in the log.
-            let logged = self.log_enqueue(&t.handle, &d, &mut message_logged);
-            match t.handle.deliver(d, logged) {
+            self.log_enqueue(&t.handle, &mut d, &mut message_logged);
+            let seq = d.seq;
+            match t.handle.deliver(d) {
                 Ok(()) => queued += 1,
                 Err(_) => {
-                    if logged {
+                    if seq != 0 {
                         self.store.append(Record::Skip {
                             client: t.handle.client_id.clone(),
-                            id: msg.id,
+                            seq,
                         });
                     }
                     self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
@@ -164,32 +167,34 @@ impl Broker {
     }
 
     /// Records that `d` is queued for a persistent session (QoS 1/2 only; QoS 0 is never kept
-    /// for offline sessions). Writes the message itself first, once. Returns whether it logged.
+    /// for offline sessions) and gives it its delivery number (`d.seq`). Writes the message
+    /// itself first, once.
     pub(crate) fn log_enqueue(
         &self,
         handle: &SessionHandle,
-        d: &Delivery,
+        d: &mut Delivery,
         message_logged: &mut bool,
-    ) -> bool {
+    ) {
         if !self.store.is_enabled()
             || d.qos == QoS::AtMostOnce
             || !handle.persistent.load(Ordering::Relaxed)
         {
-            return false;
+            return;
         }
         if !*message_logged {
             self.store.append(Record::Message(d.msg.clone()));
             *message_logged = true;
         }
+        d.seq = handle.next_seq.fetch_add(1, Ordering::Relaxed);
         self.store.append(Record::Enqueue {
             client: handle.client_id.clone(),
+            seq: d.seq,
             id: d.msg.id,
             qos: d.qos,
             retain: d.retain,
             subscription_ids: d.subscription_ids.clone(),
             shared: d.shared.clone(),
         });
-        true
     }
 
     /// Stores, replaces or deletes (empty payload) the retained message of its topic
@@ -249,6 +254,7 @@ impl Broker {
                 retain: true,
                 subscription_ids: record.identifier.into_iter().collect(),
                 shared: None,
+                seq: 0,
             });
         });
         out

@@ -31,6 +31,8 @@ pub struct Delivery {
     /// For a delivery through a shared subscription, its full `$share/{group}/{filter}`: the
     /// message may move to another member of that group if this session goes away (4.8.2).
     pub shared: Option<TopicFilter>,
+    /// The session's number for this delivery in the store's log (0: not logged).
+    pub seq: u64,
 }
 
 /// Why a delivery was not queued.
@@ -84,6 +86,8 @@ impl QueueBudget {
 /// holds besides the message, and the message's id to read it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColdDelivery {
+    /// The session's number for this delivery in the log.
+    pub seq: u64,
     pub id: u64,
     /// The message's cost as counted against `mqtt.max_queued_bytes` when it was queued.
     pub cost: usize,
@@ -188,9 +192,9 @@ impl Outbox {
         }
     }
 
-    /// Queues `d` unless a bound forbids it. `logged`: the store has the delivery (it may then
-    /// be kept on disk only).
-    pub fn push(&mut self, d: Delivery, logged: bool) -> Result<(), Dropped> {
+    /// Queues `d` unless a bound forbids it. A delivery the store has logged (`seq` set) may be
+    /// kept on disk only.
+    pub fn push(&mut self, d: Delivery) -> Result<(), Dropped> {
         if !self.online && d.qos == QoS::AtMostOnce {
             self.dropped += 1;
             return Err(Dropped::OfflineQos0);
@@ -200,7 +204,7 @@ impl Outbox {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
-        let spillable = logged && d.shared.is_none() && d.qos != QoS::AtMostOnce;
+        let spillable = d.seq != 0 && d.shared.is_none() && d.qos != QoS::AtMostOnce;
         let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > self.window);
         if !cold && self.try_charge(cost) {
             self.bytes += cost;
@@ -216,6 +220,7 @@ impl Outbox {
         self.bytes += cost;
         self.cold += 1;
         self.queue.push_back(Entry::Cold(ColdDelivery {
+            seq: d.seq,
             id: d.msg.id,
             cost,
             qos: d.qos,
@@ -305,14 +310,15 @@ impl Outbox {
 
     /// Brings the cold deliveries at the front back into memory with the messages read back
     /// (`loaded`: id → message, None if the log could not give it). Stops at the first cold
-    /// delivery whose id is not in `loaded`. Returns the ids of deliveries dropped because their
-    /// message could not be read.
+    /// delivery whose id is not in `loaded`. Returns the delivery numbers (`seq`) of deliveries
+    /// dropped because their message could not be read.
     pub fn warm(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
         let mut lost = Vec::new();
         let mut i = 0;
         while i < self.queue.len() {
-            let (id, old_cost, qos, retain, subscription_ids) = match &mut self.queue[i] {
+            let (seq, id, old_cost, qos, retain, subscription_ids) = match &mut self.queue[i] {
                 Entry::Cold(c) if loaded.contains_key(&c.id) => (
+                    c.seq,
                     c.id,
                     c.cost,
                     c.qos,
@@ -338,12 +344,13 @@ impl Outbox {
                         retain,
                         subscription_ids,
                         shared: None,
+                        seq,
                     });
                     i += 1;
                 }
                 None => {
                     self.bytes -= old_cost;
-                    lost.push(id);
+                    lost.push(seq);
                     self.queue.remove(i);
                 }
             }
@@ -561,6 +568,8 @@ pub struct SessionHandle {
     /// Whether the session outlives its connection (Session Expiry > 0): its QoS 1/2 queue is
     /// then written to the store.
     pub persistent: AtomicBool,
+    /// The next delivery number for the store's log (see `Record::Enqueue`).
+    pub next_seq: AtomicU64,
 }
 
 impl SessionHandle {
@@ -581,6 +590,7 @@ impl SessionHandle {
             inflight: AtomicUsize::new(0),
             window: AtomicUsize::new(0),
             persistent: AtomicBool::new(false),
+            next_seq: AtomicU64::new(1),
         }
     }
 
@@ -607,10 +617,9 @@ impl SessionHandle {
         self.ownership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a delivery and wakes the owner; never blocks on the subscriber. `logged`: the
-    /// store has it (it may stay on disk only while the session's queue is long).
-    pub fn deliver(&self, d: Delivery, logged: bool) -> Result<(), Dropped> {
-        let r = self.outbox().push(d, logged);
+    /// Queues a delivery and wakes the owner; never blocks on the subscriber.
+    pub fn deliver(&self, d: Delivery) -> Result<(), Dropped> {
+        let r = self.outbox().push(d);
         match r {
             Ok(()) => self.notify.notify_one(),
             Err(Dropped::QueueFull) => {
@@ -652,27 +661,34 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             shared: None,
+            seq: 0,
         }
+    }
+
+    /// `d` as the router hands it over once the store has logged it.
+    fn logged(mut d: Delivery) -> Delivery {
+        d.seq = d.msg.id;
+        d
     }
 
     #[test]
     fn outbox_bounds_by_count_and_bytes() {
         let mut o = Outbox::new(2, 1 << 20);
         o.set_online(true);
-        assert!(o.push(delivery(QoS::AtLeastOnce, b"a"), false).is_ok());
-        assert!(o.push(delivery(QoS::AtMostOnce, b"b"), false).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"a")).is_ok());
+        assert!(o.push(delivery(QoS::AtMostOnce, b"b")).is_ok());
         assert_eq!(
-            o.push(delivery(QoS::AtLeastOnce, b"c"), false),
+            o.push(delivery(QoS::AtLeastOnce, b"c")),
             Err(Dropped::QueueFull)
         );
         assert_eq!(o.dropped(), 1);
         let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
         let mut o = Outbox::new(100, one * 2);
         o.set_online(true);
-        assert!(o.push(delivery(QoS::AtLeastOnce, b"x"), false).is_ok());
-        assert!(o.push(delivery(QoS::AtLeastOnce, b"y"), false).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"x")).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"y")).is_ok());
         assert_eq!(
-            o.push(delivery(QoS::AtLeastOnce, b"z"), false),
+            o.push(delivery(QoS::AtLeastOnce, b"z")),
             Err(Dropped::QueueFull)
         );
         assert_eq!(o.bytes(), one * 2);
@@ -688,16 +704,16 @@ mod tests {
         let mut b = Outbox::new(100, 1 << 20).with_budget(budget.clone());
         a.set_online(true);
         b.set_online(true);
-        assert!(a.push(delivery(QoS::AtLeastOnce, b"x"), false).is_ok());
-        assert!(a.push(delivery(QoS::AtLeastOnce, b"y"), false).is_ok());
-        assert!(b.push(delivery(QoS::AtLeastOnce, b"z"), false).is_ok());
+        assert!(a.push(delivery(QoS::AtLeastOnce, b"x")).is_ok());
+        assert!(a.push(delivery(QoS::AtLeastOnce, b"y")).is_ok());
+        assert!(b.push(delivery(QoS::AtLeastOnce, b"z")).is_ok());
         assert_eq!(
-            b.push(delivery(QoS::AtLeastOnce, b"w"), false),
+            b.push(delivery(QoS::AtLeastOnce, b"w")),
             Err(Dropped::QueueFull)
         );
         a.pop();
         assert!(
-            b.push(delivery(QoS::AtLeastOnce, b"w"), false).is_ok(),
+            b.push(delivery(QoS::AtLeastOnce, b"w")).is_ok(),
             "room again"
         );
         drop(a);
@@ -720,11 +736,11 @@ mod tests {
         o.set_online(true);
         let ds: Vec<Delivery> = (0..5).map(|_| delivery(QoS::AtLeastOnce, b"x")).collect();
         for d in &ds[..4] {
-            o.push(d.clone(), true).unwrap();
+            o.push(logged(d.clone())).unwrap();
         }
         // Not logged (e.g. not a persistent session): always in memory, even past the window.
-        o.push(delivery(QoS::AtMostOnce, b"q"), true).unwrap();
-        o.push(ds[4].clone(), true).unwrap();
+        o.push(logged(delivery(QoS::AtMostOnce, b"q"))).unwrap();
+        o.push(logged(ds[4].clone())).unwrap();
         assert_eq!((o.len(), o.cold_len()), (6, 3));
         assert_eq!(o.memory_bytes(), one * 3);
         assert_eq!(o.bytes(), one * 6);
@@ -751,7 +767,7 @@ mod tests {
         assert_eq!(o.cold_ids(), vec![ds[4].msg.id]);
         let loaded = std::iter::once((ds[4].msg.id, Some(ds[4].msg.clone()))).collect();
         assert!(o.warm(&loaded).is_empty());
-        assert_eq!(o.pop().unwrap(), ds[4]);
+        assert_eq!(o.pop().unwrap(), logged(ds[4].clone()));
         assert!(o.is_empty());
         assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
     }
@@ -762,11 +778,11 @@ mod tests {
         let budget = QueueBudget::new(one + COLD_ENTRY_COST);
         let mut o = Outbox::new(100, 1 << 20).with_budget(budget.clone());
         o.set_online(true);
-        o.push(delivery(QoS::AtLeastOnce, b"x"), true).unwrap();
-        o.push(delivery(QoS::AtLeastOnce, b"y"), true).unwrap();
+        o.push(logged(delivery(QoS::AtLeastOnce, b"x"))).unwrap();
+        o.push(logged(delivery(QoS::AtLeastOnce, b"y"))).unwrap();
         assert_eq!(o.cold_len(), 1);
         assert_eq!(
-            o.push(delivery(QoS::AtLeastOnce, b"z"), false),
+            o.push(delivery(QoS::AtLeastOnce, b"z")),
             Err(Dropped::QueueFull),
             "not logged and no memory left"
         );
@@ -778,10 +794,10 @@ mod tests {
     fn offline_outbox_refuses_qos0_but_queues_qos1() {
         let mut o = Outbox::new(10, 1 << 20);
         assert_eq!(
-            o.push(delivery(QoS::AtMostOnce, b"a"), false),
+            o.push(delivery(QoS::AtMostOnce, b"a")),
             Err(Dropped::OfflineQos0)
         );
-        assert!(o.push(delivery(QoS::AtLeastOnce, b"a"), false).is_ok());
+        assert!(o.push(delivery(QoS::AtLeastOnce, b"a")).is_ok());
         assert_eq!(o.len(), 1);
     }
 

@@ -18,6 +18,7 @@
 //! with that member: the spec requires the server to complete their delivery to the same client
 //! and never send them to another [MQTT-4.8.2-4], [MQTT-4.8.2-5].
 
+use crate::persist::Record;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
@@ -84,7 +85,7 @@ impl GroupQueue {
 
     /// Queues a delivery for whichever member frees a slot first.
     pub fn push(&self, d: Delivery) -> Result<(), Dropped> {
-        self.lock().push(d, false)
+        self.lock().push(d)
     }
 
     /// Takes the oldest waiting delivery.
@@ -285,9 +286,17 @@ impl Broker {
             ) {
                 // A fresh delivery for the new member: its own packet id, DUP 0.
                 Some(Pick::Member(i)) => {
+                    let mut d = d;
                     let mut logged = false;
-                    self.log_enqueue(&handles[i], &d, &mut logged);
-                    if handles[i].deliver(d, false).is_err() {
+                    self.log_enqueue(&handles[i], &mut d, &mut logged);
+                    let seq = d.seq;
+                    if handles[i].deliver(d).is_err() {
+                        if seq != 0 {
+                            self.store.append(Record::Skip {
+                                client: handles[i].client_id.clone(),
+                                seq,
+                            });
+                        }
                         self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
