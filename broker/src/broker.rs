@@ -497,6 +497,27 @@ impl Broker {
                 seq: q.seq,
             })
         };
+        // Shared subscriptions' group queues (messages every member was too busy to take).
+        for (group, g) in &image.groups {
+            let m = &self.config.mqtt;
+            let queue = self.shared_groups.queue_for(
+                group,
+                m.max_queued_messages,
+                m.max_queued_bytes,
+                &self.queue_budget,
+            );
+            queue.next_seq.store(g.next_seq.max(1), Ordering::Relaxed);
+            for q in &g.queue {
+                let seq = q.seq;
+                let pushed = delivery(q).is_some_and(|d| queue.push(d).is_ok());
+                if !pushed {
+                    self.store.append(Record::GroupTaken {
+                        group: group.clone(),
+                        seq,
+                    });
+                }
+            }
+        }
         let count = image.sessions.len();
         for (client, s) in &image.sessions {
             let handle = Arc::new(SessionHandle::with_outbox(

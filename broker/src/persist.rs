@@ -119,6 +119,18 @@ pub enum Record {
     Qos2In { client: ClientId, pkid: u16 },
     /// Inbound QoS 2 `pkid` released by PUBREL.
     Qos2InDone { client: ClientId, pkid: u16 },
+    /// Message `id` waits in the queue of shared subscription `group` (every online member's
+    /// window was full) as the group's delivery `seq`.
+    GroupEnqueue {
+        group: TopicFilter,
+        seq: u64,
+        id: u64,
+        qos: QoS,
+        retain: bool,
+    },
+    /// The group's delivery `seq` left its queue (a member took it: logged as queued for that
+    /// member first, if it is persistent; or it was dropped).
+    GroupTaken { group: TopicFilter, seq: u64 },
 }
 
 // ---- the persistent state image ------------------------------------------------------------
@@ -168,9 +180,19 @@ pub struct MsgSlot {
     pub refs: u32,
 }
 
+/// A shared subscription's group queue as stored.
+#[derive(Debug, Clone, Default)]
+pub struct GroupImage {
+    pub queue: VecDeque<QueuedImage>,
+    /// Above every delivery number used so far.
+    pub next_seq: u64,
+}
+
 /// Everything persistent, as the log describes it.
 #[derive(Debug, Default)]
 pub struct Image {
+    /// Group queues of shared subscriptions, by `$share/{group}/{filter}`.
+    pub groups: HashMap<TopicFilter, GroupImage>,
     /// Messages by id: where they are in the log, and their references.
     pub messages: HashMap<u64, MsgSlot>,
     /// Retained message ids by topic.
@@ -355,6 +377,44 @@ impl Image {
                     s.qos2_in.remove(pkid);
                 }
             }
+            Record::GroupEnqueue {
+                group,
+                seq,
+                id,
+                qos,
+                retain,
+            } => {
+                if !self.messages.contains_key(id) {
+                    return;
+                }
+                let g = self.groups.entry(group.clone()).or_default();
+                g.next_seq = g.next_seq.max(seq + 1);
+                g.queue.push_back(QueuedImage {
+                    seq: *seq,
+                    id: *id,
+                    qos: *qos,
+                    retain: *retain,
+                    subscription_ids: Vec::new(),
+                    shared: Some(group.clone()),
+                });
+                self.retain_msg(*id);
+            }
+            Record::GroupTaken { group, seq } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return;
+                };
+                let removed = g
+                    .queue
+                    .iter()
+                    .position(|q| q.seq == *seq)
+                    .and_then(|pos| g.queue.remove(pos));
+                if g.queue.is_empty() {
+                    self.groups.remove(group);
+                }
+                if let Some(q) = removed {
+                    self.release_msg(q.id);
+                }
+            }
         }
     }
 
@@ -415,6 +475,17 @@ impl Image {
                 out(Record::Qos2In {
                     client: client.clone(),
                     pkid: *pkid,
+                });
+            }
+        }
+        for (group, g) in &self.groups {
+            for q in &g.queue {
+                out(Record::GroupEnqueue {
+                    group: group.clone(),
+                    seq: q.seq,
+                    id: q.id,
+                    qos: q.qos,
+                    retain: q.retain,
                 });
             }
         }
@@ -628,6 +699,25 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
         Record::Released { client, pkid } => client_pkid(b, 11, client, *pkid),
         Record::Qos2In { client, pkid } => client_pkid(b, 12, client, *pkid),
         Record::Qos2InDone { client, pkid } => client_pkid(b, 13, client, *pkid),
+        Record::GroupEnqueue {
+            group,
+            seq,
+            id,
+            qos,
+            retain,
+        } => {
+            b.put_u8(14);
+            put_bytes(b, group.as_bytes());
+            b.put_u64_le(*seq);
+            b.put_u64_le(*id);
+            b.put_u8(*qos as u8);
+            b.put_u8(u8::from(*retain));
+        }
+        Record::GroupTaken { group, seq } => {
+            b.put_u8(15);
+            put_bytes(b, group.as_bytes());
+            b.put_u64_le(*seq);
+        }
     }
 }
 
@@ -840,6 +930,17 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
                 _ => Record::Qos2InDone { client, pkid },
             }
         }
+        14 => Record::GroupEnqueue {
+            group: f.filter()?,
+            seq: f.u64()?,
+            id: f.u64()?,
+            qos: f.qos()?,
+            retain: f.u8()? != 0,
+        },
+        15 => Record::GroupTaken {
+            group: f.filter()?,
+            seq: f.u64()?,
+        },
         t => return Err(format!("unknown record type {t}")),
     };
     Ok(rec)

@@ -108,7 +108,22 @@ fn every_record_round_trips_through_the_frame_format() {
     let m1 = msg("a/b", b"one", QoS::AtLeastOnce);
     let m2 = msg("a/c", b"two", QoS::ExactlyOnce);
     let now = Instant::now();
-    for rec in sample(&m1, &m2) {
+    let group = TopicFilter::try_from("$share/g/a/#").unwrap();
+    let more = vec![
+        Record::GroupEnqueue {
+            group: group.clone(),
+            seq: 4,
+            id: m1.id,
+            qos: QoS::ExactlyOnce,
+            retain: true,
+        },
+        Record::GroupTaken { group, seq: 4 },
+        Record::Skip {
+            client: client("c"),
+            seq: 2,
+        },
+    ];
+    for rec in sample(&m1, &m2).into_iter().chain(more) {
         let mut buf = BytesMut::new();
         encode_record(&rec, &mut buf);
         let len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;

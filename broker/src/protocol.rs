@@ -6,6 +6,7 @@
 //! queued deliveries into the inflight window. The connection task (`connection.rs`) only moves
 //! bytes and time in and out; the unit tests below drive this without a socket.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -848,6 +849,36 @@ impl ClientState {
         }
     }
 
+    /// A delivery taken from a group queue: adapted to this member's subscription and, if the
+    /// store had it in the group's queue, logged as this session's own (persistent sessions)
+    /// before it is logged as gone from the group, so a crash finds it in one place or the
+    /// other.
+    fn take_group_delivery(&self, filter: &TopicFilter, d: Delivery) -> Delivery {
+        let mut d = self.adapt_group_delivery(filter, d);
+        if d.seq == 0 {
+            return d;
+        }
+        let group_seq = d.seq;
+        d.seq = 0;
+        if self.persistent() && d.qos != QoS::AtMostOnce {
+            d.seq = self.handle.next_seq.fetch_add(1, Ordering::Relaxed);
+            self.store.append(Record::Enqueue {
+                client: self.n.client_id.clone(),
+                seq: d.seq,
+                id: d.msg.id,
+                qos: d.qos,
+                retain: d.retain,
+                subscription_ids: d.subscription_ids.clone(),
+                shared: Some(filter.clone()),
+            });
+        }
+        self.store.append(Record::GroupTaken {
+            group: filter.clone(),
+            seq: group_seq,
+        });
+        d
+    }
+
     /// A group-queued delivery as this member's subscription would have made it.
     fn adapt_group_delivery(&self, filter: &TopicFilter, mut d: Delivery) -> Delivery {
         if let Some(rec) = self.session.subscriptions.get(filter) {
@@ -915,7 +946,7 @@ impl ClientState {
                     match q.pop() {
                         Some(d) => {
                             idle = 0;
-                            let d = self.adapt_group_delivery(filter, d);
+                            let d = self.take_group_delivery(filter, d);
                             if d.qos != QoS::AtMostOnce {
                                 window -= 1;
                             }

@@ -90,6 +90,10 @@ impl Broker {
                 true
             });
         }
+        // Whether the message itself is in the log already (by an earlier target).
+        // Written again here even when the retained store logged it: a later retained message on
+        // the same topic may already have released that copy in the log.
+        let mut message_logged = false;
         // Shared subscriptions: one member per group (4.8.2), chosen by the group's strategy.
         for (key, mut members) in groups {
             // A stable order, so hash strategies map a key to the same member.
@@ -120,16 +124,12 @@ impl Broker {
                     };
                     let handles: Vec<Arc<SessionHandle>> =
                         members.iter().map(|m| m.handle.clone()).collect();
-                    self.queue_shared(&key, d, &handles);
+                    self.queue_shared(&key, d, &handles, &mut message_logged);
                 }
                 None => {}
             }
         }
         let mut queued = 0;
-        // Whether the message itself is in the log already (by an earlier target).
-        // Written again here even when the retained store logged it: a later retained message on
-        // the same topic may already have released that copy in the log.
-        let mut message_logged = false;
         for t in targets {
             if !self.may_read(
                 t.username.as_deref(),

@@ -21,10 +21,10 @@
 use crate::persist::Record;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sluice_codec::TopicFilter;
+use sluice_codec::{QoS, TopicFilter};
 
 use crate::broker::{read, Broker};
 use crate::config::SharedStrategy;
@@ -71,6 +71,8 @@ pub enum Pick {
 pub struct GroupQueue {
     /// Deliveries in arrival order; members pull from the front. Short lock, never awaited.
     queue: Mutex<Outbox>,
+    /// The next delivery number for the store's log (`Record::GroupEnqueue`).
+    pub next_seq: AtomicU64,
 }
 
 impl GroupQueue {
@@ -80,6 +82,7 @@ impl GroupQueue {
         outbox.set_online(true);
         GroupQueue {
             queue: Mutex::new(outbox),
+            next_seq: AtomicU64::new(1),
         }
     }
 
@@ -222,12 +225,14 @@ fn stable_hash(s: &str) -> usize {
 
 impl Broker {
     /// Queues `d` in its group's queue and wakes the online members, so the first with a free
-    /// slot takes it.
+    /// slot takes it. Logged (the message once: `message_logged`) when a member's session is
+    /// persistent: the publisher was told the message is safe, and it waits here.
     pub(crate) fn queue_shared(
         &self,
         key: &TopicFilter,
-        d: Delivery,
+        mut d: Delivery,
         members: &[Arc<SessionHandle>],
+        message_logged: &mut bool,
     ) {
         let m = &self.config.mqtt;
         let queue = self.shared_groups.queue_for(
@@ -236,7 +241,31 @@ impl Broker {
             m.max_queued_bytes,
             &self.queue_budget,
         );
+        if self.store.is_enabled()
+            && d.qos != QoS::AtMostOnce
+            && members.iter().any(|h| h.persistent.load(Ordering::Relaxed))
+        {
+            if !*message_logged {
+                self.store.append(Record::Message(d.msg.clone()));
+                *message_logged = true;
+            }
+            d.seq = queue.next_seq.fetch_add(1, Ordering::Relaxed);
+            self.store.append(Record::GroupEnqueue {
+                group: key.clone(),
+                seq: d.seq,
+                id: d.msg.id,
+                qos: d.qos,
+                retain: d.retain,
+            });
+        }
+        let seq = d.seq;
         if queue.push(d).is_err() {
+            if seq != 0 {
+                self.store.append(Record::GroupTaken {
+                    group: key.clone(),
+                    seq,
+                });
+            }
             let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
                 tracing::warn!(group = %key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
@@ -300,7 +329,10 @@ impl Broker {
                         self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Some(Pick::Group) => self.queue_shared(&key, d, &handles),
+                Some(Pick::Group) => {
+                    let mut logged = false;
+                    self.queue_shared(&key, d, &handles, &mut logged)
+                }
                 None => left.push(d),
             }
         }

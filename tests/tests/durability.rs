@@ -610,3 +610,62 @@ async fn a_long_queue_is_kept_on_disk_and_drains_in_order_across_a_crash() {
         "every acknowledged message arrives, first deliveries in publish order [MQTT-4.6.0-6]"
     );
 }
+
+/// Messages waiting in a shared subscription's group queue (every member's window full) were
+/// acknowledged to the publisher, so they survive a crash too, and go to the members when they
+/// come back (4.8.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_queue_survives_a_crash() {
+    const N: u32 = 100;
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = broker_on(data.path());
+    let member = |id: &'static str| {
+        let mut p = connect_v5(id, 300, None);
+        if let Packet::Connect(c) = &mut p {
+            c.properties.receive_maximum = Some(5);
+        }
+        p
+    };
+    let mut members = Vec::new();
+    for id in ["worker-a", "worker-b"] {
+        let (mut c, _) = connack_v5(&broker, &member(id)).await;
+        subscribe(&mut c, "$share/g/jobs/#", QoS::AtLeastOnce).await;
+        members.push(c);
+    }
+    // The members read nothing: 5 messages fill each window, the rest wait in the group queue.
+    let (mut publ, _) = connect_persistent(&broker, "jobs-pub").await;
+    for seq in 0..N {
+        let pkid = seq as u16 + 1;
+        let p = publish(
+            "jobs/x",
+            QoS::AtLeastOnce,
+            pkid,
+            seq.to_be_bytes().to_vec(),
+            false,
+        );
+        publ.send(&p).await.unwrap();
+    }
+    for _ in 0..N {
+        assert!(matches!(
+            publ.expect_packet(T).await.unwrap(),
+            Packet::PubAck(_)
+        ));
+    }
+    broker.kill();
+    drop(members);
+
+    let broker = broker_on(data.path());
+    let mut got = std::collections::HashSet::new();
+    for id in ["worker-a", "worker-b"] {
+        let (mut c, present) = connack_v5(&broker, &member(id)).await;
+        assert!(present, "{id}: session restored");
+        for (seq, _, _) in drain(&mut c, Duration::from_millis(1500)).await {
+            got.insert(seq);
+        }
+    }
+    let missing: Vec<u32> = (0..N).filter(|s| !got.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged messages lost with the group queue: {missing:?}"
+    );
+}
