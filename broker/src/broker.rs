@@ -519,6 +519,7 @@ impl Broker {
             }
         }
         let count = image.sessions.len();
+        let wall_now = crate::persist::now_unix_ms();
         for (client, s) in &image.sessions {
             let handle = Arc::new(SessionHandle::with_outbox(
                 client.clone(),
@@ -593,19 +594,26 @@ impl Broker {
                     });
                 }
             }
-            // The client was cut off by the restart: its will fires after its delay, unless it
-            // comes back first [MQTT-3.1.3-9].
+            // Session expiry and will delay count from when the client went away (its
+            // disconnect, or this restart for a client cut off by the crash) [MQTT-3.1.2-23].
+            let away = if s.since > 0 {
+                Duration::from_millis(wall_now.saturating_sub(s.since))
+            } else {
+                Duration::ZERO
+            };
+            let after = |secs: u32| now + Duration::from_secs(u64::from(secs)).saturating_sub(away);
+            // A will still waiting for its delay fires then, unless the client comes back first
+            // [MQTT-3.1.3-9].
             session.pending_will = s.will.clone().map(|will| {
                 Box::new(PendingWill {
-                    publish_at: now + Duration::from_secs(u64::from(will.delay_interval)),
+                    publish_at: after(will.delay_interval),
                     will,
                 })
             });
             let (generation, deadline) = {
                 let mut own = handle.ownership();
                 own.generation += 1;
-                own.expires_at =
-                    (s.expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(s.expiry)));
+                own.expires_at = (s.expiry != u32::MAX).then(|| after(s.expiry));
                 let deadline = earliest(
                     own.expires_at,
                     session.pending_will.as_ref().map(|p| p.publish_at),

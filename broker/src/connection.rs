@@ -339,6 +339,7 @@ pub async fn serve<S>(
                 expiry: session.expiry_interval,
                 username: state.n.username.clone(),
                 will: will.clone().filter(|w| w.delay_interval > 0).map(Box::new),
+                since: crate::persist::now_unix_ms(),
             });
         }
     }
@@ -528,6 +529,7 @@ where
                 expiry: session_expiry,
                 username: n.username.clone(),
                 will: connect.will.clone().map(Box::new),
+                since: 0,
             });
         }
     }

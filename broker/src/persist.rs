@@ -77,6 +77,9 @@ pub enum Record {
         /// The will that fires if the client does not come back (with its delay). Boxed: it
         /// is large and rare, and every record pays for the largest variant.
         will: Option<Box<LastWill>>,
+        /// When the client went away (Unix ms), 0 while it is connected: session expiry and
+        /// will delay count from then, also across a restart.
+        since: u64,
     },
     /// The session ended: everything of it is gone.
     SessionGone { client: ClientId },
@@ -158,6 +161,8 @@ pub enum InflightImage {
 #[derive(Debug, Clone, Default)]
 pub struct SessionImage {
     pub expiry: u32,
+    /// When the client went away (Unix ms), 0 if it was connected.
+    pub since: u64,
     pub username: Option<Arc<str>>,
     pub will: Option<LastWill>,
     pub subscriptions: HashMap<TopicFilter, (SubscriptionOptions, Option<u32>)>,
@@ -258,8 +263,10 @@ impl Image {
                 expiry,
                 username,
                 will,
+                since,
             } => {
                 let s = self.sessions.entry(client.clone()).or_default();
+                s.since = *since;
                 s.expiry = *expiry;
                 s.username = username.clone();
                 s.will = will.as_deref().cloned();
@@ -434,6 +441,7 @@ impl Image {
                 expiry: s.expiry,
                 username: s.username.clone(),
                 will: s.will.clone().map(Box::new),
+                since: s.since,
             });
             for (filter, (options, identifier)) in &s.subscriptions {
                 out(Record::Subscribe {
@@ -499,6 +507,11 @@ fn inflight_pkid(i: &InflightImage) -> u16 {
 }
 
 // ---- encoding --------------------------------------------------------------------------------
+
+/// Now, in Unix milliseconds (for `Record::Session::since`).
+pub fn now_unix_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -629,6 +642,7 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             expiry,
             username,
             will,
+            since,
         } => {
             b.put_u8(3);
             put_bytes(b, client.as_bytes());
@@ -641,6 +655,7 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
                 }
                 None => b.put_u8(0),
             }
+            b.put_u64_le(*since);
         }
         Record::SessionGone { client } => {
             b.put_u8(4);
@@ -867,6 +882,7 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
                 0 => None,
                 _ => Some(Box::new(f.will()?)),
             },
+            since: f.u64()?,
         },
         4 => Record::SessionGone {
             client: f.client()?,
@@ -1083,6 +1099,9 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
             .and_then(|()| f.sync_all())
             .map_err(|e| err(&path, format!("cannot cut the torn tail: {e}")))?;
     }
+    // A message nothing refers to at the end of the log is garbage (its queue entry never
+    // made it to disk, so it was never acknowledged); compaction would carry it forever.
+    image.messages.retain(|_, m| m.refs > 0);
     recovery.sessions = image.sessions.len();
     recovery.messages = image.messages.len();
     recovery.retained = image.retained.len();

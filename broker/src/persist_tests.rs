@@ -55,6 +55,7 @@ fn sample(m1: &Arc<Message>, m2: &Arc<Message>) -> Vec<Record> {
             expiry: 300,
             username: Some("u".into()),
             will: None,
+            since: 1_700_000_000_000,
         },
         Record::Subscribe {
             client: c.clone(),
@@ -422,6 +423,7 @@ fn records_name_deliveries_not_messages() {
             expiry: 60,
             username: None,
             will: None,
+            since: 0,
         },
         Record::Message(m.clone()),
         enqueue(1, Some("$share/g/a/#")),
