@@ -492,8 +492,8 @@ impl Broker {
                 msg: m,
                 qos: q.qos,
                 retain: q.retain,
-                subscription_ids: q.subscription_ids.clone(),
-                shared: q.shared.clone(),
+                subscription_ids: q.subscription_ids.to_vec(),
+                shared: q.shared.as_deref().cloned(),
                 seq: q.seq,
             })
         };
@@ -590,7 +590,7 @@ impl Broker {
                         cost: slot.len as usize,
                         qos: q.qos,
                         retain: q.retain,
-                        subscription_ids: q.subscription_ids.clone(),
+                        subscription_ids: q.subscription_ids.to_vec(),
                     });
                 }
             }

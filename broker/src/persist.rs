@@ -146,8 +146,9 @@ pub struct QueuedImage {
     pub id: u64,
     pub qos: QoS,
     pub retain: bool,
-    pub subscription_ids: Vec<u32>,
-    pub shared: Option<TopicFilter>,
+    /// Boxed slices: a stored queue can be long, and every entry pays for these.
+    pub subscription_ids: Box<[u32]>,
+    pub shared: Option<Box<TopicFilter>>,
 }
 
 /// An inflight entry as stored.
@@ -320,8 +321,8 @@ impl Image {
                     id: *id,
                     qos: *qos,
                     retain: *retain,
-                    subscription_ids: subscription_ids.clone(),
-                    shared: shared.clone(),
+                    subscription_ids: subscription_ids.as_slice().into(),
+                    shared: shared.clone().map(Box::new),
                 });
                 self.retain_msg(*id);
             }
@@ -401,8 +402,8 @@ impl Image {
                     id: *id,
                     qos: *qos,
                     retain: *retain,
-                    subscription_ids: Vec::new(),
-                    shared: Some(group.clone()),
+                    subscription_ids: Box::default(),
+                    shared: Some(Box::new(group.clone())),
                 });
                 self.retain_msg(*id);
             }
@@ -457,8 +458,8 @@ impl Image {
                 id: q.id,
                 qos: q.qos,
                 retain: q.retain,
-                subscription_ids: q.subscription_ids.clone(),
-                shared: q.shared.clone(),
+                subscription_ids: q.subscription_ids.to_vec(),
+                shared: q.shared.as_deref().cloned(),
             };
             for i in &s.inflight {
                 match i {
