@@ -21,11 +21,19 @@
 //! group-commit throughput, with a format we can checksum and recover exactly.
 //!
 //! The writer keeps an [`Image`] of the persistent state, built by applying each record (the
-//! same code replays the log at start-up). Payloads in the image are the broker's own
-//! `Arc<Message>`s, so it costs metadata only. When the log grows well past the live data, the
-//! writer *compacts*: it writes the image as a fresh log file, fsyncs it, switches `CURRENT` to
-//! it (write + rename + directory fsync) and deletes the old file. Each message's payload is
-//! stored once per log file however many sessions queue it (`Enqueue` records name it by id).
+//! same code replays the log at start-up). The image is metadata only: for each message it
+//! keeps where its record sits in the log ([`MsgSlot`]) and how many queue entries, inflight
+//! entries and retained topics refer to it. That is what lets a session's queue live on disk:
+//! past `persistence.queue_memory_bytes` a session keeps only the message id of a queued
+//! delivery, and its connection reads the message back ([`Store::load`], positioned reads on a
+//! blocking thread, checksum verified) when the queue drains to it. When the log grows well past
+//! the live data, the writer *compacts*: it streams the live message records (copied frame by
+//! frame, not decoded) and the image's other records into a fresh log file, fsyncs it, switches
+//! `CURRENT` to it (write + rename + directory fsync) and deletes the old file; readers holding
+//! the old file can finish their reads. Each message's payload is stored once per log file
+//! however many sessions queue it (`Enqueue` records name it by id). Records after an `Enqueue`
+//! name the *delivery* by the session's number for it (`seq`), since one message can be queued
+//! twice for one session.
 //!
 //! # Format
 //! `CURRENT` holds the name of the live log file (`wal-NNNNNNNN.log`). A log file is a sequence
