@@ -1063,6 +1063,19 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if file_len - pos - 8 < u64::from(len) {
+            // Longer than the file: a torn tail, unless whole records follow (then the length
+            // itself is damaged).
+            let mut rest = Vec::new();
+            (&mut rd)
+                .take(LOOKAHEAD as u64 + MAX_FRAME_GUESS)
+                .read_to_end(&mut rest)
+                .map_err(read_err)?;
+            if has_valid_frame_after(&rest, 0) {
+                return Err(err(
+                    &path,
+                    format!("the record at byte {pos} claims {len} bytes, past the end of the file, with valid records after it: the file is corrupt"),
+                ));
+            }
             recovery.truncated = torn;
             break;
         }

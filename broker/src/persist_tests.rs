@@ -306,6 +306,15 @@ async fn a_torn_tail_is_cut_and_reported_but_corruption_in_the_middle_stops_star
     assert!(e.path.ends_with("wal-00000001.log"), "{e}");
     assert!(e.reason.contains("corrupt"), "{e}");
 
+    // A damaged length in the first record (claiming more than the file), valid records after
+    // it: corruption too, not a torn tail to cut off.
+    let mut bad = full.clone();
+    bad[3] = 0x7F;
+    std::fs::write(&log, &bad).unwrap();
+    let e = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap_err();
+    assert!(e.reason.contains("corrupt"), "{e}");
+    assert_eq!(std::fs::read(&log).unwrap(), bad, "nothing cut off");
+
     // Log files without CURRENT: refused rather than opened empty.
     std::fs::write(&log, &full).unwrap();
     std::fs::remove_file(dir.join("CURRENT")).unwrap();
