@@ -516,7 +516,9 @@ where
     session.expiry_interval = session_expiry;
     // Persistent sessions are logged from here on (persist.rs).
     let persistent = broker.store.is_enabled() && session_expiry > 0;
-    handle.persistent.store(persistent, Ordering::Relaxed);
+    if !persistent {
+        handle.persistent.store(false, Ordering::Relaxed);
+    }
     if broker.store.is_enabled() {
         if !session_present || !persistent {
             broker.store.append(Record::SessionGone {
@@ -531,6 +533,8 @@ where
                 will: connect.will.clone().map(Box::new),
                 since: 0,
             });
+            // Only now: a queue entry logged before the session record would be ignored.
+            handle.persistent.store(true, Ordering::Relaxed);
         }
     }
     let keep_alive = n.keep_alive;
