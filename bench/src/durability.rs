@@ -114,6 +114,11 @@ pub struct DurabilityArgs {
     /// overhead, Mosquitto the payload).
     #[arg(long, default_value_t = 1 << 30)]
     max_queued_bytes: usize,
+    /// backlog: seconds the returning subscriber waits without any message before it stops
+    /// (long: a broker that pauses while reading its backlog back is still measured to the end;
+    /// `lost` then means really not delivered).
+    #[arg(long, default_value_t = 30.0)]
+    idle: f64,
     /// Rounds (each broker and stop mode once per round, fresh processes and directories).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
@@ -144,8 +149,9 @@ pub async fn run(args: DurabilityArgs) -> Result<()> {
     if args.sessions == 0 || args.publishers == 0 || args.inflight == 0 {
         bail!("--sessions, --publishers and --inflight must be at least 1");
     }
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        bail!("--timeout must be a positive number of seconds");
+    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.idle.is_finite() && args.idle > 0.0)
+    {
+        bail!("--timeout and --idle must be positive numbers of seconds");
     }
     let _ = track::epoch();
     let dir = std::env::temp_dir().join(format!(
@@ -256,7 +262,7 @@ async fn backlog_one(
         rate: None,
         inflight: args.inflight,
         timeout: Duration::from_secs_f64(args.timeout),
-        idle: Duration::from_secs(2),
+        idle: Duration::from_secs_f64(args.idle),
         consumer_delays: Vec::new(),
         persistent: true,
         parallel: 1,
@@ -840,9 +846,11 @@ fn markdown(
         let _ = writeln!(
             s,
             "`max_queued_messages` {} and `max_queued_bytes` {} for both brokers. RSS while queued: \
-             VmRSS right after the last PUBACK; peak: sampled every 50 ms over the run.\n",
+             VmRSS right after the last PUBACK; peak: sampled every 50 ms over the run. Drain: \
+             reconnect → last message; the subscriber stops after {} s without a message.\n",
             queue_limit(args.backlog_messages),
-            args.max_queued_bytes
+            args.max_queued_bytes,
+            args.idle
         );
         let _ = writeln!(
             s,
@@ -963,7 +971,7 @@ fn markdown(
         s,
         "Command: `sluice-bench durability --parts {} --backlog-brokers {} --backlog-messages {} \
          --startup-brokers {} --stops {} --sessions {} --messages {} --publishers {} --payload {} \
-         --inflight {} --protocol {} --rounds {}`",
+         --inflight {} --protocol {} --idle {} --rounds {}`",
         args.parts
             .iter()
             .map(|p| match p {
@@ -986,6 +994,7 @@ fn markdown(
         args.payload,
         args.inflight,
         args.protocol,
+        args.idle,
         args.rounds
     );
     s
