@@ -109,6 +109,11 @@ pub struct StartOpts {
     pub max_queued_bytes: Option<usize>,
     /// Listen with TLS (`tls-handshakes`), with the development certificates in `certs/`.
     pub tls: bool,
+    /// Use this data directory as it is (a restart on an earlier run's store) instead of a
+    /// fresh, empty `{tag}-data` in `dir`.
+    pub data: Option<PathBuf>,
+    /// Sluice's `--log` filter (default `warn`).
+    pub sluice_log: Option<String>,
 }
 
 /// The repository's `certs/` (the development CA and the server certificate for 127.0.0.1), as
@@ -135,6 +140,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub log: PathBuf,
     pub command: String,
+    /// The data directory (Sluice, and Mosquitto with persistence).
+    pub data: Option<PathBuf>,
 }
 
 /// A free loopback port (bound and released; a small race with other processes is accepted).
@@ -235,19 +242,36 @@ pub fn mosquitto_config(
 
 /// Starts a broker on a free port and waits (bounded) until it accepts connections.
 pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> {
+    let mut running = spawn(spec, opts, tag)?;
+    running.wait_port(Duration::from_secs(15))?;
+    Ok(running)
+}
+
+/// Starts a broker on a free port without waiting for it.
+pub fn spawn(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> {
     let port = free_port()?;
     let log = opts.dir.join(format!("{tag}.log"));
     let log_file =
         std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
     let mut cmd;
     let command;
+    let mut data_dir = None;
     match spec {
         BrokerSpec::Sluice { mode } => {
             let bin = sluice_bin()?;
-            // A fresh data directory per run: nothing carries over from an earlier run.
-            let data = opts.dir.join(format!("{tag}-data"));
-            let _ = std::fs::remove_dir_all(&data);
-            std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
+            // A fresh data directory per run: nothing carries over from an earlier run (unless
+            // `opts.data` names one to restart on).
+            let data = match &opts.data {
+                Some(d) => d.clone(),
+                None => {
+                    let data = opts.dir.join(format!("{tag}-data"));
+                    let _ = std::fs::remove_dir_all(&data);
+                    std::fs::create_dir_all(&data)
+                        .with_context(|| format!("create {}", data.display()))?;
+                    data
+                }
+            };
+            data_dir = Some(data.clone());
             cmd = Command::new(&bin);
             let listen = if opts.tls {
                 // A TLS listener needs the configuration file (`--bind` is plain TCP only).
@@ -269,7 +293,8 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
                 cmd.args(["--bind", &format!("127.0.0.1:{port}")]);
                 format!("--bind 127.0.0.1:{port}")
             };
-            cmd.args(["--log", "warn"]);
+            let log_filter = opts.sluice_log.as_deref().unwrap_or("warn");
+            cmd.args(["--log", log_filter]);
             cmd.arg("--data-dir").arg(&data);
             cmd.env_remove("RUST_LOG");
             for (k, _) in std::env::vars_os() {
@@ -288,18 +313,29 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
                 env += &format!("SLUICE__MQTT__MAX_QUEUED_BYTES={b} ");
             }
             command = format!(
-                "{env}{} {listen} --data-dir {} --log warn",
+                "{env}{} {listen} --data-dir {} --log {log_filter}",
                 bin.display(),
                 data.display()
             );
         }
         BrokerSpec::Mosquitto { nodelay, persist } => {
             let conf = opts.dir.join(format!("{tag}-mosquitto.conf"));
-            let data = opts.dir.join(format!("{tag}-data"));
+            let data = match &opts.data {
+                Some(d) => d.clone(),
+                None => opts.dir.join(format!("{tag}-data")),
+            };
             if *persist {
-                let _ = std::fs::remove_dir_all(&data);
-                std::fs::create_dir_all(&data)
-                    .with_context(|| format!("create {}", data.display()))?;
+                if opts.data.is_none() {
+                    let _ = std::fs::remove_dir_all(&data);
+                    std::fs::create_dir_all(&data)
+                        .with_context(|| format!("create {}", data.display()))?;
+                    // Started as root, Mosquitto drops to the `mosquitto` user and could not
+                    // write its database into a directory only root may write to.
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777))
+                        .with_context(|| format!("chmod {}", data.display()))?;
+                }
+                data_dir = Some(data.clone());
             }
             std::fs::write(
                 &conf,
@@ -331,19 +367,51 @@ pub fn start(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
     let child = cmd.spawn().with_context(|| format!("start `{command}`"))?;
     let pid = child.id();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let mut running = Running {
+    Ok(Running {
         child: Some(child),
         pid,
         addr,
         log,
         command,
-    };
-    running.wait_port(Duration::from_secs(15))?;
-    Ok(running)
+        data: data_dir,
+    })
 }
 
 impl Running {
-    fn wait_port(&mut self, limit: Duration) -> Result<()> {
+    /// Sends `signal` (`TERM`, `KILL`) and waits up to `limit` for the process to exit (then
+    /// SIGKILL). Returns the time from the signal to the exit, and the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        limit: Duration,
+    ) -> Result<(Duration, std::process::ExitStatus)> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("broker already stopped"))?;
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("broker had already exited: {status}");
+        }
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((t.elapsed(), status));
+            }
+            if t.elapsed() >= limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("broker did not exit within {limit:?} of SIG{signal}: killed");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn wait_port(&mut self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.exited() {
@@ -445,7 +513,7 @@ impl Running {
 }
 
 /// The value after `key` up to the next space (tracing's `key=value` format).
-fn field(line: &str, key: &str) -> Option<String> {
+pub fn field(line: &str, key: &str) -> Option<String> {
     let rest = &line[line.find(key)? + key.len()..];
     Some(
         rest.split_whitespace()

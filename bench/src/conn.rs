@@ -226,10 +226,23 @@ impl Conn {
     }
 
     /// Sends DISCONNECT (normal) and waits, bounded, until it is written; then drops the socket.
+    /// The broker closing the connection once the DISCONNECT is written is the expected end, not
+    /// an error (`pump` may see that close in the same call that wrote the packet: tokio keeps
+    /// read readiness until a read would block).
     pub async fn disconnect(mut self, deadline: Instant) -> Result<()> {
         self.queue(&Packet::Disconnect(Disconnect::new(
             ReasonCode::NORMAL_DISCONNECTION,
         )))?;
-        self.flush(deadline).await
+        while !self.wbuf.is_empty() {
+            match timeout_at(deadline, self.pump()).await {
+                Err(_) => bail!("flush timed out"),
+                Ok(r) => {
+                    if !r? && !self.wbuf.is_empty() {
+                        bail!("connection closed by the broker before DISCONNECT was written");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -197,11 +197,11 @@ impl Outcome {
 
 /// Shared between publishers and subscribers of one run.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     /// Messages sent by each publisher (final once `pubs_done`).
-    sent: Vec<AtomicU64>,
-    pubs_done: AtomicBool,
-    publishers: u32,
+    pub(crate) sent: Vec<AtomicU64>,
+    pub(crate) pubs_done: AtomicBool,
+    pub(crate) publishers: u32,
 }
 
 /// CPU and memory accounting around a run.
@@ -313,14 +313,18 @@ struct SubPlan {
 
 /// One publisher.
 #[derive(Clone)]
-struct PubPlan {
-    id: u32,
-    client_id: String,
-    topic: String,
-    limit: Option<u64>,
-    rate: Option<f64>,
+pub(crate) struct PubPlan {
+    pub(crate) id: u32,
+    pub(crate) client_id: String,
+    pub(crate) topic: String,
+    pub(crate) limit: Option<u64>,
+    pub(crate) rate: Option<f64>,
     /// `retained`: message i goes to `{topic}/{i / 100}/{i % 100}` with the retain flag.
-    retained: bool,
+    pub(crate) retained: bool,
+    /// `Some((publishers, topics))`: message i of publisher `id` goes to
+    /// `{topic}/{(i * publishers + id) % topics}`, so P publishers together spread their
+    /// messages evenly over the topics (`durability`'s start-up store).
+    pub(crate) spread: Option<(u32, u64)>,
 }
 
 /// Connects `n` clients, at most `parallel` at a time, with options from `opts(i)`.
@@ -603,6 +607,7 @@ fn plan(p: &Params, run: &str) -> (Vec<SubPlan>, Vec<PubPlan>) {
                 limit,
                 rate: p.rate.map(|r| r / n_pubs as f64),
                 retained: false,
+                spread: None,
             }
         })
         .collect();
@@ -626,15 +631,15 @@ fn plan(p: &Params, run: &str) -> (Vec<SubPlan>, Vec<PubPlan>) {
 
 /// What a publisher reports.
 #[derive(Debug, Default)]
-struct PubStats {
-    last_send_ns: u64,
-    ack_errors: u64,
+pub(crate) struct PubStats {
+    pub(crate) last_send_ns: u64,
+    pub(crate) ack_errors: u64,
 }
 
 /// Publishes until its limit or the end time, keeping at most `window` QoS 1/2 messages
 /// unacknowledged, then waits for the outstanding acks.
 #[allow(clippy::too_many_arguments)]
-async fn publisher(
+pub(crate) async fn publisher(
     conn: &mut Conn,
     plan: &PubPlan,
     qos: QoS,
@@ -697,6 +702,11 @@ async fn publisher(
                 };
                 if let Packet::Publish(p) = &mut packet {
                     p.pkid = pkid;
+                    if let Some((n, topics)) = plan.spread {
+                        let t = (seq * u64::from(n) + u64::from(plan.id)) % topics.max(1);
+                        p.topic = TopicName::try_from(format!("{}/{t}", plan.topic).as_str())
+                            .map_err(|e| anyhow!("topic: {e:?}"))?;
+                    }
                     if plan.retained {
                         p.retain = true;
                         p.topic = TopicName::try_from(
@@ -932,6 +942,7 @@ async fn backlog(target: Target, p: &Params) -> Result<Outcome> {
         limit: Some(n),
         rate: p.rate,
         retained: false,
+        spread: None,
     };
     let t0 = Instant::now();
     let pub_stats = publisher(
@@ -1094,6 +1105,7 @@ async fn shared(target: Target, p: &Params) -> Result<Outcome> {
             }),
             rate: p.rate.map(|r| r / n_pubs as f64),
             retained: false,
+            spread: None,
         })
         .collect();
     let pub_conns = connect_many(
@@ -1333,6 +1345,7 @@ async fn retained(target: Target, p: &Params) -> Result<Outcome> {
         limit: Some(n),
         rate: p.rate,
         retained: true,
+        spread: None,
     };
     let t0 = Instant::now();
     publisher(

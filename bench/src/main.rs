@@ -11,6 +11,7 @@
 
 mod broker;
 mod conn;
+mod durability;
 mod load;
 mod procfs;
 mod report;
@@ -51,6 +52,12 @@ enum Cmd {
     /// Run every comparison of the README's Performance table; write latest.jsonl, latest.md
     /// and SVG charts (bench/run-all.sh builds, installs Mosquitto and calls this).
     Suite(suite::SuiteArgs),
+    /// Persistent-store figures, each broker started by this process: RSS with a large backlog
+    /// (default 1 M QoS 1 messages for one offline session; sluice, sluice-memory, mosquitto),
+    /// and restart time with a large store (default 10 k persistent sessions, 1 M queued
+    /// messages; SIGTERM and SIGKILL; sluice, mosquitto-persist): spawn → first CONNACK, RSS,
+    /// disk size, one session's drain (bench/durability.sh runs it).
+    Durability(durability::DurabilityArgs),
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +237,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Run(args) => run(args).await,
             Cmd::Compare(args) => compare(args).await.map(|_| ()),
             Cmd::Suite(args) => suite::run(args).await,
+            Cmd::Durability(args) => durability::run(args).await,
         }
     });
     match result {
@@ -305,6 +313,8 @@ async fn compare(args: CompareArgs) -> Result<report::Comparison> {
         max_queued: args.max_queued,
         max_queued_bytes: args.max_queued_bytes,
         tls: params.scenario == Scenario::TlsHandshakes,
+        data: None,
+        sluice_log: None,
     };
     let mut records = Vec::new();
     let mut keep_logs = false;

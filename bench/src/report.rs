@@ -101,7 +101,7 @@ impl RunRecord {
         out.figures.iter().find(|f| f.0 == key).map(|f| f.1)
     }
 
-    fn notes(&self) -> Vec<String> {
+    pub fn notes(&self) -> Vec<String> {
         let mut n = match &self.result {
             Ok(o) => o.notes.clone(),
             Err(e) => vec![format!("RUN FAILED: {e}")],
