@@ -214,6 +214,10 @@ pub struct Image {
     pub sessions: HashMap<ClientId, SessionImage>,
     /// Highest message id seen (new ids continue above it).
     pub max_id: u64,
+    /// Bytes of the message records the image refers to.
+    pub message_bytes: u64,
+    /// Stored queue, inflight and group queue entries.
+    pub entries: u64,
 }
 
 impl Image {
@@ -227,6 +231,7 @@ impl Image {
         if let Some(m) = self.messages.get_mut(&id) {
             m.refs = m.refs.saturating_sub(1);
             if m.refs == 0 {
+                self.message_bytes -= u64::from(m.len);
                 self.messages.remove(&id);
             }
         }
@@ -245,11 +250,22 @@ impl Image {
     /// the router may write, keeps the first location).
     fn message_at(&mut self, id: u64, at: (u64, u32)) {
         self.max_id = self.max_id.max(id);
-        self.messages.entry(id).or_insert(MsgSlot {
-            at: at.0,
-            len: at.1,
-            refs: 0,
-        });
+        if let std::collections::hash_map::Entry::Vacant(e) = self.messages.entry(id) {
+            e.insert(MsgSlot {
+                at: at.0,
+                len: at.1,
+                refs: 0,
+            });
+            self.message_bytes += u64::from(at.1);
+        }
+    }
+
+    /// Forgets message `id` whatever refers to it (recovery of garbage, compaction of
+    /// unreadable records).
+    fn drop_message(&mut self, id: u64) {
+        if let Some(m) = self.messages.remove(&id) {
+            self.message_bytes -= u64::from(m.len);
+        }
     }
 
     /// Applies one record other than a message's.
@@ -282,6 +298,7 @@ impl Image {
             }
             Record::SessionGone { client } => {
                 if let Some(s) = self.sessions.remove(client) {
+                    self.entries -= (s.queue.len() + s.inflight.len()) as u64;
                     for q in s.queue {
                         self.release_msg(q.id);
                     }
@@ -324,6 +341,7 @@ impl Image {
                     return;
                 };
                 s.next_seq = s.next_seq.max(seq + 1);
+                self.entries += 1;
                 s.queue.push_back(QueuedImage {
                     seq: *seq,
                     id: *id,
@@ -353,6 +371,7 @@ impl Image {
                     s.queue.remove(pos)
                 });
                 if let Some(q) = removed {
+                    self.entries -= 1;
                     self.release_msg(q.id);
                 }
             }
@@ -361,6 +380,9 @@ impl Image {
                     let pos = s.inflight.iter().position(|i| inflight_pkid(i) == *pkid)?;
                     Some(s.inflight.remove(pos))
                 });
+                if removed.is_some() {
+                    self.entries -= 1;
+                }
                 if let Some(InflightImage::Publish { queued, .. }) = removed {
                     self.release_msg(queued.id);
                 }
@@ -377,7 +399,10 @@ impl Image {
                         }
                         *entry = InflightImage::Release { pkid: *pkid };
                     }
-                    None => s.inflight.push(InflightImage::Release { pkid: *pkid }),
+                    None => {
+                        self.entries += 1;
+                        s.inflight.push(InflightImage::Release { pkid: *pkid })
+                    }
                 }
                 if let Some(id) = freed {
                     self.release_msg(id);
@@ -405,6 +430,7 @@ impl Image {
                 }
                 let g = self.groups.entry(group.clone()).or_default();
                 g.next_seq = g.next_seq.max(seq + 1);
+                self.entries += 1;
                 g.queue.push_back(QueuedImage {
                     seq: *seq,
                     id: *id,
@@ -428,72 +454,20 @@ impl Image {
                     self.groups.remove(group);
                 }
                 if let Some(q) = removed {
+                    self.entries -= 1;
                     self.release_msg(q.id);
                 }
             }
         }
     }
 
-    /// The records that rebuild this image from nothing, less the messages themselves (which
-    /// compaction copies frame by frame), one at a time: a large image is never materialised
-    /// twice.
-    fn each_meta_record(&self, mut out: impl FnMut(Record)) {
+    /// The records of the retained topics and the group queues (compaction).
+    fn shared_records(&self, mut out: impl FnMut(Record)) {
         for (topic, id) in &self.retained {
             out(Record::Retain {
                 topic: topic.clone(),
                 id: *id,
             });
-        }
-        for (client, s) in &self.sessions {
-            out(Record::Session {
-                client: client.clone(),
-                expiry: s.expiry,
-                username: s.username.clone(),
-                will: s.will.clone().map(Box::new),
-                since: s.since,
-            });
-            for (filter, (options, identifier)) in &s.subscriptions {
-                out(Record::Subscribe {
-                    client: client.clone(),
-                    filter: filter.clone(),
-                    options: *options,
-                    identifier: *identifier,
-                });
-            }
-            let enqueue = |q: &QueuedImage| Record::Enqueue {
-                client: client.clone(),
-                seq: q.seq,
-                id: q.id,
-                qos: q.qos,
-                retain: q.retain,
-                subscription_ids: q.subscription_ids.to_vec(),
-                shared: q.shared.as_deref().cloned(),
-            };
-            for i in &s.inflight {
-                match i {
-                    InflightImage::Publish { pkid, queued } => {
-                        out(enqueue(queued));
-                        out(Record::Sent {
-                            client: client.clone(),
-                            seq: queued.seq,
-                            pkid: *pkid,
-                        });
-                    }
-                    InflightImage::Release { pkid } => out(Record::Released {
-                        client: client.clone(),
-                        pkid: *pkid,
-                    }),
-                }
-            }
-            for q in &s.queue {
-                out(enqueue(q));
-            }
-            for pkid in &s.qos2_in {
-                out(Record::Qos2In {
-                    client: client.clone(),
-                    pkid: *pkid,
-                });
-            }
         }
         for (group, g) in &self.groups {
             for q in &g.queue {
@@ -506,6 +480,69 @@ impl Image {
                 });
             }
         }
+    }
+
+    /// The records that rebuild session `client` (compaction), less the messages themselves
+    /// (which compaction copies frame by frame).
+    fn session_records(&self, client: &ClientId, mut out: impl FnMut(Record)) {
+        let Some(s) = self.sessions.get(client) else {
+            return;
+        };
+        out(Record::Session {
+            client: client.clone(),
+            expiry: s.expiry,
+            username: s.username.clone(),
+            will: s.will.clone().map(Box::new),
+            since: s.since,
+        });
+        for (filter, (options, identifier)) in &s.subscriptions {
+            out(Record::Subscribe {
+                client: client.clone(),
+                filter: filter.clone(),
+                options: *options,
+                identifier: *identifier,
+            });
+        }
+        let enqueue = |q: &QueuedImage| Record::Enqueue {
+            client: client.clone(),
+            seq: q.seq,
+            id: q.id,
+            qos: q.qos,
+            retain: q.retain,
+            subscription_ids: q.subscription_ids.to_vec(),
+            shared: q.shared.as_deref().cloned(),
+        };
+        for i in &s.inflight {
+            match i {
+                InflightImage::Publish { pkid, queued } => {
+                    out(enqueue(queued));
+                    out(Record::Sent {
+                        client: client.clone(),
+                        seq: queued.seq,
+                        pkid: *pkid,
+                    });
+                }
+                InflightImage::Release { pkid } => out(Record::Released {
+                    client: client.clone(),
+                    pkid: *pkid,
+                }),
+            }
+        }
+        for q in &s.queue {
+            out(enqueue(q));
+        }
+        for pkid in &s.qos2_in {
+            out(Record::Qos2In {
+                client: client.clone(),
+                pkid: *pkid,
+            });
+        }
+    }
+
+    /// About how many bytes a compacted log of this image takes: the message records plus a
+    /// typical size per stored entry and session.
+    pub fn live_bytes(&self) -> u64 {
+        self.message_bytes + 64 * self.entries + 256 * self.sessions.len() as u64
     }
 }
 
@@ -1123,7 +1160,15 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
     }
     // A message nothing refers to at the end of the log is garbage (its queue entry never
     // made it to disk, so it was never acknowledged); compaction would carry it forever.
-    image.messages.retain(|_, m| m.refs > 0);
+    let garbage: Vec<u64> = image
+        .messages
+        .iter()
+        .filter(|(_, m)| m.refs == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in garbage {
+        image.drop_message(id);
+    }
     recovery.sessions = image.sessions.len();
     recovery.messages = image.messages.len();
     recovery.retained = image.retained.len();
@@ -1638,13 +1683,16 @@ impl Writer {
                 }
                 let _ = t.send(());
             }
-            if self.size > self.compact_min_bytes && self.size > 4 * self.compacted_size.max(1) {
-                self.compact(&[]);
-            }
-            // Near the disk limit: compact if that can free much, and say when new messages
-            // start (or stop) being refused.
+            // Compact once the log is 4x its live data (and past compact_min_bytes), or near
+            // the disk limit once that would free half of it; never again before the log has
+            // grown a quarter since the last attempt.
+            let live = self.shared.state().image.live_bytes().max(1);
+            let grown = self.size > self.compacted_size + self.compacted_size / 4;
             let full = self.size >= self.shared.soft_limit;
-            if full && self.size > 2 * self.compacted_size.max(1) {
+            if grown
+                && ((self.size > self.compact_min_bytes && self.size > 4 * live)
+                    || (full && self.size > 2 * live))
+            {
                 self.compact(&[]);
             }
             let full = self.size >= self.shared.soft_limit;
@@ -1694,7 +1742,8 @@ impl Writer {
             // The image already holds this batch, so a successful compaction has written it:
             // appending it again would replay it twice.
             let before = self.number;
-            if self.size > self.compacted_size + self.compacted_size / 4 {
+            let live = self.shared.state().image.live_bytes();
+            if self.size > self.compacted_size + self.compacted_size / 4 && live < self.size {
                 self.compact(data);
             }
             if self.number != before {
@@ -1738,17 +1787,30 @@ impl Writer {
     /// Rewrites the live state as a new log file and switches to it. Message records are
     /// copied frame by frame from the old file (or from `pending`, the batch not yet written,
     /// which starts at the old file's end); everything is streamed, so memory stays bounded.
+    /// Only this thread changes the image, so what it reads stays valid between locks: the
+    /// lock is taken in short pieces, and connections reading queued messages back are not
+    /// held up for the whole compaction.
     fn compact(&mut self, pending: &[u8]) {
         use std::os::unix::fs::FileExt;
         let started = Instant::now();
         let next = self.number + 1;
         let path = self.dir.join(log_name(next));
         let shared = self.shared.clone();
-        let mut state = shared.state();
         let old_size = self.size;
-        let mut ids: Vec<u64> = state.image.messages.keys().copied().collect();
-        ids.sort_unstable();
-        let mut moved: Vec<(u64, u64)> = Vec::with_capacity(ids.len());
+        let (mut slots, reader, clients) = {
+            let state = shared.state();
+            let slots: Vec<(u64, MsgSlot)> = state
+                .image
+                .messages
+                .iter()
+                .map(|(id, slot)| (*id, *slot))
+                .collect();
+            let clients: Vec<ClientId> = state.image.sessions.keys().cloned().collect();
+            (slots, state.reader.clone(), clients)
+        };
+        // In file order: the old log is read sequentially.
+        slots.sort_unstable_by_key(|(_, slot)| slot.at);
+        let mut moved: Vec<(u64, u64)> = Vec::with_capacity(slots.len());
         let mut lost = Vec::new();
         let result = (|| -> std::io::Result<(File, File, u64)> {
             let f = OpenOptions::new()
@@ -1759,8 +1821,7 @@ impl Writer {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
             let mut written = 0u64;
             let mut frame = Vec::new();
-            for id in &ids {
-                let slot = state.image.messages[id];
+            for (id, slot) in &slots {
                 frame.resize(slot.len as usize, 0);
                 let read = if slot.at >= old_size {
                     let from = (slot.at - old_size) as usize;
@@ -1772,7 +1833,7 @@ impl Writer {
                         None => Err(std::io::ErrorKind::UnexpectedEof.into()),
                     }
                 } else {
-                    state.reader.read_exact_at(&mut frame, slot.at)
+                    reader.read_exact_at(&mut frame, slot.at)
                 };
                 if read.is_err() || check_frame(&frame).is_err() {
                     // Only after a failed write can a located record be unreadable.
@@ -1784,25 +1845,25 @@ impl Writer {
                 written += u64::from(slot.len);
             }
             let mut buf = BytesMut::with_capacity(64 * 1024);
-            let mut failed = None;
-            state.image.each_meta_record(|rec| {
-                if failed.is_some() {
-                    return;
-                }
-                encode_record(&rec, &mut buf);
-                if buf.len() >= 64 * 1024 {
-                    if let Err(e) = out.write_all(&buf) {
-                        failed = Some(e);
-                    }
-                    written += buf.len() as u64;
-                    buf.clear();
-                }
-            });
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            shared
+                .state()
+                .image
+                .shared_records(|rec| encode_record(&rec, &mut buf));
             out.write_all(&buf)?;
             written += buf.len() as u64;
+            for chunk in clients.chunks(256) {
+                buf.clear();
+                {
+                    let state = shared.state();
+                    for client in chunk {
+                        state
+                            .image
+                            .session_records(client, |rec| encode_record(&rec, &mut buf));
+                    }
+                }
+                out.write_all(&buf)?;
+                written += buf.len() as u64;
+            }
             let f = out.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             write_current(&self.dir, next)?;
@@ -1814,13 +1875,17 @@ impl Writer {
             Ok((file, reader, written)) => {
                 let old = self.dir.join(log_name(self.number));
                 let _ = std::fs::remove_file(&old);
-                for (id, at) in moved {
-                    if let Some(slot) = state.image.messages.get_mut(&id) {
-                        slot.at = at;
+                {
+                    let mut state = shared.state();
+                    for (id, at) in moved {
+                        if let Some(slot) = state.image.messages.get_mut(&id) {
+                            slot.at = at;
+                        }
                     }
-                }
-                for id in &lost {
-                    state.image.messages.remove(id);
+                    for id in &lost {
+                        state.image.drop_message(*id);
+                    }
+                    state.reader = Arc::new(reader);
                 }
                 if !lost.is_empty() {
                     tracing::error!(
@@ -1828,7 +1893,6 @@ impl Writer {
                         "compaction: stored messages unreadable after a failed write were left out"
                     );
                 }
-                state.reader = Arc::new(reader);
                 tracing::info!(
                     from_bytes = self.size,
                     to_bytes = written,

@@ -152,8 +152,9 @@ fn image_tracks_queues_inflight_and_message_references() {
     let m2 = msg("a/c", b"two", QoS::ExactlyOnce);
     let mut img = Image::default();
     for r in sample(&m1, &m2) {
-        img.apply(&r, (0, 0));
+        img.apply(&r, (0, 100));
     }
+    assert_eq!((img.entries, img.message_bytes), (2, 200));
     let s = &img.sessions[&client("c")];
     assert_eq!(s.queue.len(), 1);
     assert_eq!(s.inflight.len(), 1);
@@ -182,6 +183,11 @@ fn image_tracks_queues_inflight_and_message_references() {
         (0, 0),
     );
     assert!(img.messages.is_empty() && img.sessions.is_empty());
+    assert_eq!(
+        (img.entries, img.message_bytes),
+        (0, 0),
+        "live-size bookkeeping back to zero"
+    );
 }
 
 /// The queue and inflight state of session "c", as the store's image has it.

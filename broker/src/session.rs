@@ -205,7 +205,9 @@ impl Outbox {
             return Err(Dropped::QueueFull);
         }
         let spillable = d.seq != 0 && d.shared.is_none() && d.qos != QoS::AtMostOnce;
-        let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > self.window);
+        // An offline session needs nothing in memory until its client is back.
+        let window = if self.online { self.window } else { 0 };
+        let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > window);
         if !cold && self.try_charge(cost) {
             self.bytes += cost;
             self.hot_bytes += cost;
@@ -388,9 +390,44 @@ impl Outbox {
         self.dropped
     }
 
-    /// Marks the session online or offline.
+    /// Marks the session online or offline. Going offline with a window (the store is on),
+    /// the logged deliveries still in memory are dropped to disk: an offline session's queue
+    /// costs no message memory.
     pub fn set_online(&mut self, online: bool) {
         self.online = online;
+        if !online && self.window != usize::MAX {
+            self.chill();
+        }
+    }
+
+    /// Keeps every logged (and not shared) delivery on disk only.
+    fn chill(&mut self) {
+        let mut freed = 0;
+        let mut chilled = 0;
+        for e in self.queue.iter_mut() {
+            let Entry::Hot(d) = e else { continue };
+            if d.seq == 0 || d.shared.is_some() || d.qos == QoS::AtMostOnce {
+                continue;
+            }
+            let cost = d.msg.cost();
+            let cold = ColdDelivery {
+                seq: d.seq,
+                id: d.msg.id,
+                cost,
+                qos: d.qos,
+                retain: d.retain,
+                subscription_ids: std::mem::take(&mut d.subscription_ids),
+            };
+            *e = Entry::Cold(cold);
+            freed += cost;
+            chilled += 1;
+        }
+        self.hot_bytes -= freed;
+        self.cold += chilled;
+        if let Some(b) = &self.budget {
+            b.release(freed);
+            b.charge(chilled * COLD_ENTRY_COST);
+        }
     }
 
     /// Takes out every in-memory delivery for which `pred` holds, keeping the others in order.
@@ -770,6 +807,35 @@ mod tests {
         assert_eq!(o.pop().unwrap(), logged(ds[4].clone()));
         assert!(o.is_empty());
         assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_offline_session_keeps_its_logged_queue_on_disk_only() {
+        let budget = QueueBudget::new(1 << 20);
+        let mut o = Outbox::new(100, 1 << 20)
+            .with_budget(budget.clone())
+            .with_window(1 << 20);
+        o.set_online(true);
+        let a = logged(delivery(QoS::AtLeastOnce, b"a"));
+        o.push(a.clone()).unwrap();
+        o.push(delivery(QoS::AtLeastOnce, b"not logged")).unwrap();
+        assert_eq!(o.cold_len(), 0, "online, inside the window");
+        o.set_online(false);
+        assert_eq!(
+            o.cold_len(),
+            1,
+            "going offline drops the logged one to disk"
+        );
+        o.push(logged(delivery(QoS::AtLeastOnce, b"b"))).unwrap();
+        assert_eq!(o.cold_len(), 2, "offline: straight to disk");
+        let not_logged = delivery(QoS::AtLeastOnce, b"not logged").msg.cost();
+        assert_eq!(o.memory_bytes(), not_logged);
+        assert_eq!(budget.used(), not_logged + 2 * COLD_ENTRY_COST);
+        o.set_online(true);
+        assert!(o.front_is_cold());
+        assert_eq!(o.cold_ids()[0], a.msg.id, "order kept");
+        o.clear();
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -526,8 +526,8 @@ async fn a_full_store_refuses_with_quota_exceeded() {
 }
 
 /// Peak smoothing with the backlog on disk: a persistent subscriber stops reading while a burst
-/// arrives; past `persistence.queue_memory_bytes` its queue stays in the log only (compacted
-/// on the way, `persistence.compact_min_bytes`), is read back as the subscriber drains it, and
+/// arrives; past `persistence.queue_memory_bytes` its queue stays in the log only, is read
+/// back as the subscriber drains it (across a compaction, `persistence.compact_min_bytes`), and
 /// survives a SIGKILL in the middle of the drain: every message arrives, first deliveries in
 /// order (QoS 1: a message in flight at the crash may come again, with DUP).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,21 +569,30 @@ async fn a_long_queue_is_kept_on_disk_and_drains_in_order_across_a_crash() {
             other => panic!("expected PUBACK, got {other:?}"),
         }
     }
+    // Drain most of it: the log (3 MB) is then more than 4x its live data and past
+    // compact_min_bytes, so it is compacted while the rest of the queue is on disk only.
+    let mut got: Vec<(u32, bool)> = Vec::new();
+    let take = |got: &mut Vec<(u32, bool)>, p: sluice_tests::codec::Publish| {
+        got.push((
+            u32::from_be_bytes(p.payload[..4].try_into().unwrap()),
+            p.dup,
+        ));
+        p.pkid
+    };
+    while got.len() < (N * 4 / 5) as usize {
+        if let Packet::Publish(p) = sub.expect_packet(T).await.unwrap() {
+            let pkid = take(&mut got, p);
+            sub.send(&Packet::PubAck(PubAck::new(pkid))).await.unwrap();
+        }
+    }
     broker
         .wait_log("log compacted", T)
-        .expect("the 3 MB burst passes compact_min_bytes");
-
-    // Drain about half, then crash.
-    let mut got: Vec<(u32, bool)> = Vec::new();
-    while got.len() < (N / 2) as usize {
+        .expect("the drained log is compacted");
+    // A little more after the compaction (read back from the new log file), then crash.
+    while got.len() < (N * 9 / 10) as usize {
         if let Packet::Publish(p) = sub.expect_packet(T).await.unwrap() {
-            got.push((
-                u32::from_be_bytes(p.payload[..4].try_into().unwrap()),
-                p.dup,
-            ));
-            sub.send(&Packet::PubAck(PubAck::new(p.pkid)))
-                .await
-                .unwrap();
+            let pkid = take(&mut got, p);
+            sub.send(&Packet::PubAck(PubAck::new(pkid))).await.unwrap();
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
