@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// Sluice's defaults that the Mosquitto configuration mirrors (broker/src/config.rs).
+/// Limits both brokers get in comparisons, so they queue alike: Sluice's inflight default, and
+/// per-session queue bounds close to Mosquitto's defaults (Sluice's own defaults are 100,000
+/// messages / 64 MiB, sized for queues on disk).
 pub const SLUICE_MAX_INFLIGHT: u32 = 256;
 pub const SLUICE_MAX_QUEUED_MESSAGES: usize = 1000;
 pub const SLUICE_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
@@ -102,9 +104,9 @@ impl BrokerSpec {
 pub struct StartOpts {
     /// Scratch directory for configs and logs.
     pub dir: PathBuf,
-    /// `max_queued_messages` for both shorthands (default: Sluice's 1000).
+    /// `max_queued_messages` for both shorthands (default: 1000 for both).
     pub max_queued: Option<usize>,
-    /// `max_queued_bytes` for both shorthands (default: Sluice's 16 MiB). Sluice counts topic +
+    /// `max_queued_bytes` for both shorthands (default: 16 MiB for both). Sluice counts topic +
     /// payload + its per-message overhead, Mosquitto the payload only.
     pub max_queued_bytes: Option<usize>,
     /// Listen with TLS (`tls-handshakes`), with the development certificates in `certs/`.

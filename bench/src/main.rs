@@ -86,10 +86,10 @@ struct CompareArgs {
     /// Rounds; each round runs A then B, each on a fresh broker process.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// max_queued_messages for the `sluice`/`mosquitto` shorthands (default: Sluice's 1000).
+    /// max_queued_messages for the `sluice`/`mosquitto` shorthands (default: 1000 for both).
     #[arg(long)]
     max_queued: Option<usize>,
-    /// max_queued_bytes for the `sluice`/`mosquitto` shorthands (default: Sluice's 16 MiB).
+    /// max_queued_bytes for the `sluice`/`mosquitto` shorthands (default: 16 MiB for both).
     #[arg(long)]
     max_queued_bytes: Option<usize>,
     #[command(flatten)]
