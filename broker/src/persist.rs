@@ -1222,6 +1222,65 @@ fn read_message(file: &File, slot: &MsgSlot, now: Instant) -> Result<Arc<Message
     }
 }
 
+/// Reads many messages back with few reads: the slots are taken in file order and records close
+/// to each other (a session's queue was mostly written in a row) are read with one positioned
+/// read of the span that covers them.
+fn read_messages(
+    file: &File,
+    slots: &[Option<MsgSlot>],
+    now: Instant,
+) -> Vec<Option<Arc<Message>>> {
+    use std::os::unix::fs::FileExt;
+    /// Largest span read at once, and largest hole inside one.
+    const SPAN: u64 = 1024 * 1024;
+    const GAP: u64 = 64 * 1024;
+    let mut out = vec![None; slots.len()];
+    let mut order: Vec<(usize, MsgSlot)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, (*s)?)))
+        .collect();
+    order.sort_unstable_by_key(|(_, s)| s.at);
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < order.len() {
+        let start = order[i].1.at;
+        let mut end = start + u64::from(order[i].1.len);
+        let mut j = i + 1;
+        while j < order.len() {
+            let s = order[j].1;
+            let s_end = (s.at + u64::from(s.len)).max(end);
+            if s.at > end + GAP || s_end - start > SPAN {
+                break;
+            }
+            end = s_end;
+            j += 1;
+        }
+        buf.resize((end - start) as usize, 0);
+        let span_ok = file.read_exact_at(&mut buf, start).is_ok();
+        for &(k, slot) in &order[i..j] {
+            out[k] = if span_ok {
+                let from = (slot.at - start) as usize;
+                decode_message(&buf[from..from + slot.len as usize], slot.at, now).ok()
+            } else {
+                // Part of the span is missing (not written yet?): each on its own.
+                read_message(file, &slot, now).ok()
+            };
+        }
+        i = j;
+    }
+    out
+}
+
+/// Decodes the message in a whole frame (checksum verified), copying it out of `frame`.
+fn decode_message(frame: &[u8], at: u64, now: Instant) -> Result<Arc<Message>, String> {
+    check_frame(frame)?;
+    match decode_record(Bytes::copy_from_slice(&frame[8..]), now)? {
+        Record::Message(m) => Ok(m),
+        _ => Err(format!("the record at {at} is not a message")),
+    }
+}
+
 /// Checks a whole frame's length and checksum.
 fn check_frame(frame: &[u8]) -> Result<(), String> {
     if frame.len() < 8 {
@@ -1425,11 +1484,7 @@ impl Store {
                 .collect();
             (state.reader.clone(), slots)
         };
-        let now = Instant::now();
-        slots
-            .into_iter()
-            .map(|slot| read_message(&reader, &slot?, now).ok())
-            .collect()
+        read_messages(&reader, &slots, Instant::now())
     }
 
     /// Reads messages back from the log on the blocking pool. A message whose record has not

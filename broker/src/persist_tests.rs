@@ -473,3 +473,56 @@ fn records_name_deliveries_not_messages() {
         "the skipped copy released its reference"
     );
 }
+
+/// Reading back many messages at once (spans of the log, in any order asked) gives each its own
+/// message; ids the log does not have come back as None.
+#[tokio::test]
+async fn many_messages_read_back_in_spans() {
+    let dir = tempdir();
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    store.append(Record::Session {
+        client: client("c"),
+        expiry: 60,
+        username: None,
+        will: None,
+        since: 0,
+    });
+    let mut msgs = Vec::new();
+    for i in 0..200u32 {
+        let payload = vec![i as u8; (i as usize % 7) * 300 + 1];
+        let m = Arc::new(Message::new(
+            TopicName::try_from(format!("t/{i}").as_str()).unwrap(),
+            Bytes::from(payload),
+            QoS::AtLeastOnce,
+            false,
+            PublishProperties::default(),
+            "pub".into(),
+            Instant::now(),
+        ));
+        store.append(Record::Message(m.clone()));
+        store.append(Record::Enqueue {
+            client: client("c"),
+            seq: u64::from(i) + 1,
+            id: m.id,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+        });
+        msgs.push(m);
+    }
+    let mut ids: Vec<u64> = msgs.iter().rev().map(|m| m.id).collect();
+    ids.insert(7, 999_999_999);
+    let got = store.load(ids.clone()).await;
+    for (id, m) in ids.iter().zip(&got) {
+        match msgs.iter().find(|m| m.id == *id) {
+            Some(want) => {
+                let m = m.as_ref().expect("read back");
+                assert_eq!((&m.topic, &m.payload), (&want.topic, &want.payload));
+            }
+            None => assert!(m.is_none()),
+        }
+    }
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
