@@ -1729,6 +1729,11 @@ impl Writer {
                 if dirty {
                     self.sync();
                 }
+                // A log well past its live data is rewritten now: the next start reads less.
+                let live = self.shared.state().image.live_bytes();
+                if ok && self.size > 1024 * 1024 && self.size > 2 * live {
+                    self.compact(&[]);
+                }
                 let _ = t.send(());
                 return;
             }

@@ -526,3 +526,59 @@ async fn many_messages_read_back_in_spans() {
     store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Graceful shutdown leaves a log that is mostly live data: one far past it is compacted first.
+#[tokio::test]
+async fn shutdown_compacts_a_log_that_is_mostly_garbage() {
+    let dir = tempdir();
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    store.append(Record::Session {
+        client: client("c"),
+        expiry: 60,
+        username: None,
+        will: None,
+        since: 0,
+    });
+    for i in 0..1500u64 {
+        let m = Arc::new(Message::new(
+            TopicName::try_from("t").unwrap(),
+            Bytes::from(vec![b'x'; 1000]),
+            QoS::AtLeastOnce,
+            false,
+            PublishProperties::default(),
+            "pub".into(),
+            Instant::now(),
+        ));
+        store.append(Record::Message(m.clone()));
+        store.append(Record::Enqueue {
+            client: client("c"),
+            seq: i + 1,
+            id: m.id,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+        });
+        if i < 1400 {
+            store.append(Record::Skip {
+                client: client("c"),
+                seq: i + 1,
+            });
+        }
+    }
+    store.shutdown().await;
+    assert!(dir.join(log_name(2)).exists(), "compacted at shutdown");
+    let size = std::fs::metadata(dir.join(log_name(2))).unwrap().len();
+    assert!(size < 200 * 1024, "about 100 live messages: {size} bytes");
+    let (store, rec) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(rec.messages, 100);
+    assert_eq!(session_c_queue_len(&store), 100);
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn session_c_queue_len(store: &Store) -> usize {
+    store
+        .with_image(|img, _| img.sessions[&client("c")].queue.len())
+        .unwrap()
+}
