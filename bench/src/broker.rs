@@ -491,6 +491,32 @@ impl Running {
 
     /// What the broker's log says about dropped messages (Sluice logs the first queue overflow
     /// of a session and every 1000th): a lower bound on the drops, per the log.
+    /// Runs the load `params` against this broker; notes what went wrong on the broker's side
+    /// (it exited, it logged drops) in `notes`.
+    pub async fn run_load(
+        &mut self,
+        params: &crate::load::Params,
+        notes: &mut Vec<String>,
+    ) -> std::result::Result<crate::load::Outcome, String> {
+        let target = crate::load::Target {
+            addr: self.addr,
+            pid: Some(self.pid),
+        };
+        let r = crate::load::run(target, params)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        if let Some(status) = self.exited() {
+            notes.push(format!(
+                "BROKER EXITED DURING THE RUN ({status}); log tail:\n{}",
+                self.log_tail(20)
+            ));
+        }
+        if let Some(d) = self.log_drops() {
+            notes.push(d);
+        }
+        r
+    }
+
     pub fn log_drops(&self) -> Option<String> {
         let text = std::fs::read_to_string(&self.log).ok()?;
         let mut lines = 0usize;

@@ -24,7 +24,7 @@ use tokio::time::{sleep, timeout_at, Instant};
 
 use crate::broker::{self, BrokerSpec, StartOpts};
 use crate::conn::{Conn, ConnectOpts};
-use crate::load::{self, Outcome, Params, PubPlan, Scenario, Target};
+use crate::load::{self, Outcome, Params, PubPlan, Scenario};
 use crate::procfs;
 use crate::report::{self, num, RunRecord};
 use crate::track::{self, SubStats};
@@ -286,22 +286,7 @@ async fn backlog_one(
                 b.command,
                 b.pid
             );
-            let target = Target {
-                addr: b.addr,
-                pid: Some(b.pid),
-            };
-            let r = load::run(target, &params)
-                .await
-                .map_err(|e| format!("{e:#}"));
-            if let Some(status) = b.exited() {
-                broker_notes.push(format!(
-                    "BROKER EXITED DURING THE RUN ({status}); log tail:\n{}",
-                    b.log_tail(20)
-                ));
-            }
-            if let Some(d) = b.log_drops() {
-                broker_notes.push(d);
-            }
+            let r = b.run_load(&params, &mut broker_notes).await;
             broker_notes.extend(b.stop(Duration::from_secs(60)));
             if let Some(d) = &b.data {
                 let _ = std::fs::remove_dir_all(d);

@@ -333,22 +333,7 @@ async fn compare(args: CompareArgs) -> Result<report::Comparison> {
                         b.pid,
                         b.addr
                     );
-                    let target = Target {
-                        addr: b.addr,
-                        pid: Some(b.pid),
-                    };
-                    let r = load::run(target, &params)
-                        .await
-                        .map_err(|e| format!("{e:#}"));
-                    if let Some(status) = b.exited() {
-                        broker_notes.push(format!(
-                            "BROKER EXITED DURING THE RUN ({status}); log tail:\n{}",
-                            b.log_tail(20)
-                        ));
-                    }
-                    if let Some(d) = b.log_drops() {
-                        broker_notes.push(d);
-                    }
+                    let r = b.run_load(&params, &mut broker_notes).await;
                     broker_notes.extend(b.stop(Duration::from_secs(5)));
                     let _ = std::fs::remove_dir_all(dir.join(format!("{tag}-data")));
                     if !broker_notes.is_empty() || r.is_err() {

@@ -733,12 +733,7 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             subscription_ids,
             shared,
         } => {
-            b.put_u8(7);
-            put_bytes(b, client.as_bytes());
-            b.put_u64_le(*seq);
-            b.put_u64_le(*id);
-            b.put_u8(*qos as u8);
-            b.put_u8(u8::from(*retain));
+            put_entry(b, 7, client.as_bytes(), *seq, *id, *qos, *retain);
             b.put_u32_le(subscription_ids.len() as u32);
             for s in subscription_ids {
                 b.put_u32_le(*s);
@@ -767,12 +762,7 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             qos,
             retain,
         } => {
-            b.put_u8(14);
-            put_bytes(b, group.as_bytes());
-            b.put_u64_le(*seq);
-            b.put_u64_le(*id);
-            b.put_u8(*qos as u8);
-            b.put_u8(u8::from(*retain));
+            put_entry(b, 14, group.as_bytes(), *seq, *id, *qos, *retain);
         }
         Record::GroupTaken { group, seq } => {
             b.put_u8(15);
@@ -780,6 +770,16 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             b.put_u64_le(*seq);
         }
     }
+}
+
+/// The fields a session's and a group's queue entries share.
+fn put_entry(b: &mut BytesMut, tag: u8, owner: &[u8], seq: u64, id: u64, qos: QoS, retain: bool) {
+    b.put_u8(tag);
+    put_bytes(b, owner);
+    b.put_u64_le(seq);
+    b.put_u64_le(id);
+    b.put_u8(qos as u8);
+    b.put_u8(u8::from(retain));
 }
 
 fn client_pkid(b: &mut BytesMut, tag: u8, client: &str, pkid: u16) {
@@ -1102,17 +1102,9 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
         if file_len - pos - 8 < u64::from(len) {
             // Longer than the file: a torn tail, unless whole records follow (then the length
             // itself is damaged).
-            let mut rest = Vec::new();
-            (&mut rd)
-                .take(LOOKAHEAD as u64 + MAX_FRAME_GUESS)
-                .read_to_end(&mut rest)
-                .map_err(read_err)?;
-            if has_valid_frame_after(&rest, 0) {
-                return Err(err(
-                    &path,
-                    format!("the record at byte {pos} claims {len} bytes, past the end of the file, with valid records after it: the file is corrupt"),
-                ));
-            }
+            corrupt_unless_torn(&mut rd, &path, || {
+                format!("the record at byte {pos} claims {len} bytes, past the end of the file")
+            })?;
             recovery.truncated = torn;
             break;
         }
@@ -1121,17 +1113,9 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
         if crc32fast::hash(&payload) != crc {
             // Only a torn write at the very end is expected after a crash; a bad record with
             // good ones after it is corruption.
-            let mut rest = Vec::new();
-            (&mut rd)
-                .take(LOOKAHEAD as u64 + MAX_FRAME_GUESS)
-                .read_to_end(&mut rest)
-                .map_err(read_err)?;
-            if has_valid_frame_after(&rest, 0) {
-                return Err(err(
-                    &path,
-                    format!("checksum mismatch in the record at byte {pos}, with valid records after it: the file is corrupt"),
-                ));
-            }
+            corrupt_unless_torn(&mut rd, &path, || {
+                format!("checksum mismatch in the record at byte {pos}")
+            })?;
             recovery.truncated = torn;
             break;
         }
@@ -1174,6 +1158,29 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
     recovery.retained = image.retained.len();
     recovery.removed = remove_stale_logs(dir, number);
     Ok((image, number, recovery, pos))
+}
+
+/// After a bad record: an error naming the file if whole records follow it (corruption),
+/// Ok if nothing valid does (the torn tail of a crash).
+fn corrupt_unless_torn(
+    rd: &mut impl Read,
+    path: &Path,
+    what: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    let mut rest = Vec::new();
+    rd.take(LOOKAHEAD as u64 + MAX_FRAME_GUESS)
+        .read_to_end(&mut rest)
+        .map_err(|e| err(path, format!("cannot read: {e}")))?;
+    if has_valid_frame_after(&rest, 0) {
+        return Err(err(
+            path,
+            format!(
+                "{}, with valid records after it: the file is corrupt",
+                what()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Deletes log files other than the live one: an old log whose deletion a crash interrupted

@@ -474,12 +474,9 @@ fn records_name_deliveries_not_messages() {
     );
 }
 
-/// Reading back many messages at once (spans of the log, in any order asked) gives each its own
-/// message; ids the log does not have come back as None.
-#[tokio::test]
-async fn many_messages_read_back_in_spans() {
-    let dir = tempdir();
-    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+/// A store in `dir` with session "c".
+fn store_with_session(dir: &Path) -> Store {
+    let (store, _) = Store::open(&cfg(dir, PersistenceMode::Durable)).unwrap();
     store.append(Record::Session {
         client: client("c"),
         expiry: 60,
@@ -487,29 +484,48 @@ async fn many_messages_read_back_in_spans() {
         will: None,
         since: 0,
     });
+    store
+}
+
+/// Logs a QoS 1 message on `topic` queued for session "c" as delivery `seq`.
+fn queue_for_c(store: &Store, seq: u64, topic: &str, payload: Vec<u8>) -> Arc<Message> {
+    let m = Arc::new(Message::new(
+        TopicName::try_from(topic).unwrap(),
+        Bytes::from(payload),
+        QoS::AtLeastOnce,
+        false,
+        PublishProperties::default(),
+        "pub".into(),
+        Instant::now(),
+    ));
+    store.append(Record::Message(m.clone()));
+    store.append(Record::Enqueue {
+        client: client("c"),
+        seq,
+        id: m.id,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![],
+        shared: None,
+    });
+    m
+}
+
+/// Reading back many messages at once (spans of the log, in any order asked) gives each its own
+/// message; ids the log does not have come back as None.
+#[tokio::test]
+async fn many_messages_read_back_in_spans() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
     let mut msgs = Vec::new();
     for i in 0..200u32 {
         let payload = vec![i as u8; (i as usize % 7) * 300 + 1];
-        let m = Arc::new(Message::new(
-            TopicName::try_from(format!("t/{i}").as_str()).unwrap(),
-            Bytes::from(payload),
-            QoS::AtLeastOnce,
-            false,
-            PublishProperties::default(),
-            "pub".into(),
-            Instant::now(),
+        msgs.push(queue_for_c(
+            &store,
+            u64::from(i) + 1,
+            &format!("t/{i}"),
+            payload,
         ));
-        store.append(Record::Message(m.clone()));
-        store.append(Record::Enqueue {
-            client: client("c"),
-            seq: u64::from(i) + 1,
-            id: m.id,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: vec![],
-            shared: None,
-        });
-        msgs.push(m);
     }
     let mut ids: Vec<u64> = msgs.iter().rev().map(|m| m.id).collect();
     ids.insert(7, 999_999_999);
@@ -531,34 +547,9 @@ async fn many_messages_read_back_in_spans() {
 #[tokio::test]
 async fn shutdown_compacts_a_log_that_is_mostly_garbage() {
     let dir = tempdir();
-    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
-    store.append(Record::Session {
-        client: client("c"),
-        expiry: 60,
-        username: None,
-        will: None,
-        since: 0,
-    });
+    let store = store_with_session(&dir);
     for i in 0..1500u64 {
-        let m = Arc::new(Message::new(
-            TopicName::try_from("t").unwrap(),
-            Bytes::from(vec![b'x'; 1000]),
-            QoS::AtLeastOnce,
-            false,
-            PublishProperties::default(),
-            "pub".into(),
-            Instant::now(),
-        ));
-        store.append(Record::Message(m.clone()));
-        store.append(Record::Enqueue {
-            client: client("c"),
-            seq: i + 1,
-            id: m.id,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: vec![],
-            shared: None,
-        });
+        queue_for_c(&store, i + 1, "t", vec![b'x'; 1000]);
         if i < 1400 {
             store.append(Record::Skip {
                 client: client("c"),
