@@ -55,6 +55,8 @@ pub struct Stats {
     pub messages_received: AtomicU64,
     pub messages_delivered: AtomicU64,
     pub messages_dropped: AtomicU64,
+    /// QoS 1/2 PUBLISHes refused because a subscriber's queue was full (`queue_full_policy`).
+    pub messages_rejected: AtomicU64,
     /// Times a connection's reading was paused by `limits.publish_rate` / `publish_bytes_rate`.
     pub rate_limited: AtomicU64,
     /// Connections refused by `limits.max_connections`.
@@ -304,34 +306,33 @@ impl Broker {
             outbox.set_online(false);
             // Shared-subscription messages not yet sent move to other members, and so do
             // unacknowledged QoS 1 ones; sent QoS 2 ones stay ([MQTT-4.8.2-4], shared.rs).
-            let mut moving = outbox.take_where(|d| d.shared.is_some());
-            drop(outbox);
+            // Each with the record that lets this session's log forget it, written only once
+            // the member taking it has it in the log (a crash in between keeps it twice,
+            // never nowhere).
             let logging = self.store.is_enabled() && handle.persistent.load(Ordering::Relaxed);
-            for d in &mut moving {
-                if d.seq != 0 {
-                    self.store.append(Record::Skip {
+            let mut moving: Vec<(Delivery, Option<Record>)> = outbox
+                .take_where(|d| d.shared.is_some())
+                .into_iter()
+                .map(|d| {
+                    let release = (d.seq != 0).then(|| Record::Skip {
                         client: handle.client_id.clone(),
                         seq: d.seq,
                     });
-                }
-                // Its number belongs to this session's log, not to the member that takes it.
-                d.seq = 0;
-            }
+                    (d, release)
+                })
+                .collect();
+            drop(outbox);
             let mut kept = VecDeque::with_capacity(session.inflight.len());
             for entry in session.inflight.drain(..) {
                 match entry {
                     Inflight::Publish { delivery, pkid }
                         if delivery.shared.is_some() && delivery.qos == QoS::AtLeastOnce =>
                     {
-                        if logging {
-                            self.store.append(Record::Acked {
-                                client: handle.client_id.clone(),
-                                pkid,
-                            });
-                        }
-                        let mut delivery = delivery;
-                        delivery.seq = 0;
-                        moving.push(delivery)
+                        let release = logging.then(|| Record::Acked {
+                            client: handle.client_id.clone(),
+                            pkid,
+                        });
+                        moving.push((delivery, release))
                     }
                     other => kept.push_back(other),
                 }
@@ -365,12 +366,21 @@ impl Broker {
             // ends now, as any queued message of an ending session is).
             let left = self.redistribute(&handle.client_id, redistribute);
             if session.expiry_interval != 0 {
-                // They were logged as leaving this session: log them as queued here again.
-                let mut left = left;
-                for d in &mut left {
-                    let mut logged = false;
-                    self.log_enqueue(handle, d, &mut logged);
-                }
+                // Queued ones stay as they are (same number in the log); unacknowledged ones go
+                // back to the queue: logged as queued before they are logged as no longer in
+                // flight.
+                let left: Vec<Delivery> = left
+                    .into_iter()
+                    .map(|(mut d, release)| {
+                        if let Some(rec @ Record::Acked { .. }) = release {
+                            d.seq = 0;
+                            let mut logged = false;
+                            self.log_enqueue(handle, &mut d, &mut logged);
+                            self.store.append(rec);
+                        }
+                        d
+                    })
+                    .collect();
                 let mut outbox = handle.outbox();
                 for d in left.into_iter().rev() {
                     outbox.push_front(d);

@@ -298,6 +298,22 @@ pub struct MqttConfig {
     /// Per-group strategy overriding the broker-wide one, by group name:
     /// `[mqtt.shared_group_strategies]` `workers = "least_inflight"`.
     pub shared_group_strategies: BTreeMap<String, SharedStrategy>,
+    /// What happens to a QoS 1/2 PUBLISH when a subscriber's queue is full: `drop` (that
+    /// subscriber misses it; counted and logged) or `reject` (nobody gets it and the publisher
+    /// is told: v5 PUBACK/PUBREC 0x97, 3.1.1 disconnected).
+    pub queue_full_policy: QueueFullPolicy,
+}
+
+/// `mqtt.queue_full_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// The subscriber whose queue is full misses the message (counted, logged); the others
+    /// get it and the publisher's flow completes.
+    #[default]
+    Drop,
+    /// The PUBLISH is refused for everybody: back-pressure on the publisher.
+    Reject,
 }
 
 /// Member selection in a shared subscription group.
@@ -339,6 +355,7 @@ impl Default for MqttConfig {
             server_reference: None,
             server_moved: false,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
+            queue_full_policy: QueueFullPolicy::Drop,
             shared_group_strategies: BTreeMap::new(),
         }
     }

@@ -520,6 +520,19 @@ where
         handle.persistent.store(false, Ordering::Relaxed);
     }
     if broker.store.is_enabled() {
+        if session_present && !persistent {
+            // The session goes on, but no longer in the log: what its queue holds on disk only
+            // comes back into memory before the log forgets it.
+            let ids = handle.outbox().all_cold_ids();
+            if !ids.is_empty() {
+                let messages = broker.store.load(ids.clone()).await;
+                let loaded = ids.into_iter().zip(messages).collect();
+                let lost = handle.outbox().warm_all(&loaded);
+                if !lost.is_empty() {
+                    tracing::error!(client_id = %n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
+                }
+            }
+        }
         if !session_present || !persistent {
             broker.store.append(Record::SessionGone {
                 client: n.client_id.clone(),

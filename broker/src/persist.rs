@@ -1326,6 +1326,9 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 enum Cmd {
     Rec(Record),
+    /// Records that must reach the log together (one batch, one write): the effects of one
+    /// PUBLISH, a hand-over from a group queue to a member.
+    Recs(Vec<Record>),
     /// Answer once everything before it is written (relaxed) or fsynced (durable).
     Ticket(oneshot::Sender<bool>),
     /// Compact now (tests, and an operator's wish after a large backlog drained).
@@ -1546,13 +1549,48 @@ impl Store {
     /// Queues a record for the writer. Never blocks.
     pub fn append(&self, rec: Record) {
         if let Some(s) = &self.shared {
-            let size = match &rec {
-                Record::Message(m) => m.cost(),
-                _ => 64,
-            };
-            s.backlog.fetch_add(size, Ordering::Relaxed);
-            let _ = s.tx.send(Cmd::Rec(rec));
+            s.backlog.fetch_add(record_cost(&rec), Ordering::Relaxed);
+            let grouped = GROUP.with(|g| {
+                let mut g = g.borrow_mut();
+                match g.as_mut() {
+                    Some(v) => {
+                        v.push(rec);
+                        None
+                    }
+                    None => Some(rec),
+                }
+            });
+            if let Some(rec) = grouped {
+                let _ = s.tx.send(Cmd::Rec(rec));
+            }
         }
+    }
+
+    /// Sends the records held by this thread's open group, if any, to the writer now (as one
+    /// batch); the group stays open. For a step that makes records visible to other tasks
+    /// (queueing a delivery), whose records must come after these.
+    pub fn flush_group(&self) {
+        let Some(s) = &self.shared else { return };
+        let recs = GROUP.with(|g| g.borrow_mut().as_mut().map(std::mem::take));
+        if let Some(recs) = recs.filter(|r| !r.is_empty()) {
+            let _ = s.tx.send(Cmd::Recs(recs));
+        }
+    }
+
+    /// Until the guard is dropped, records this thread appends reach the log together, in one
+    /// write: a crash keeps all of them or none (a QoS 2 PUBLISH is then either received, with
+    /// every queue entry, or not at all). Nothing inside may await.
+    pub fn group(&self) -> Group<'_> {
+        let outer = self.shared.is_some()
+            && GROUP.with(|g| {
+                let mut g = g.borrow_mut();
+                let outer = g.is_none();
+                if outer {
+                    *g = Some(Vec::new());
+                }
+                outer
+            });
+        Group { store: self, outer }
     }
 
     /// A ticket answered once every record appended so far is safe (per the mode): `true`,
@@ -1606,6 +1644,39 @@ impl Store {
                 let _ = rx.await;
             }
         }
+    }
+}
+
+thread_local! {
+    /// Records held by an open [`Group`] on this thread.
+    static GROUP: std::cell::RefCell<Option<Vec<Record>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// See [`Store::group`].
+#[derive(Debug)]
+pub struct Group<'a> {
+    store: &'a Store,
+    /// Whether this guard opened the group (inner guards do nothing).
+    outer: bool,
+}
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        if !self.outer {
+            return;
+        }
+        let recs = GROUP.with(|g| g.borrow_mut().take()).unwrap_or_default();
+        if let (Some(s), false) = (&self.store.shared, recs.is_empty()) {
+            let _ = s.tx.send(Cmd::Recs(recs));
+        }
+    }
+}
+
+/// What a record counts against the writer's backlog.
+fn record_cost(rec: &Record) -> usize {
+    match rec {
+        Record::Message(m) => m.cost(),
+        _ => 64,
     }
 }
 
@@ -1685,17 +1756,16 @@ impl Writer {
                 let shared = self.shared.clone();
                 let mut state = shared.state();
                 while let Some(c) = cmd.take() {
+                    let mut put = |rec: &Record| {
+                        backlog += record_cost(rec);
+                        let at = self.size + buf.len() as u64;
+                        encode_record(rec, &mut buf);
+                        let len = (self.size + buf.len() as u64 - at) as u32;
+                        state.image.apply(rec, (at, len));
+                    };
                     match c {
-                        Cmd::Rec(rec) => {
-                            backlog += match &rec {
-                                Record::Message(m) => m.cost(),
-                                _ => 64,
-                            };
-                            let at = self.size + buf.len() as u64;
-                            encode_record(&rec, &mut buf);
-                            let len = (self.size + buf.len() as u64 - at) as u32;
-                            state.image.apply(&rec, (at, len));
-                        }
+                        Cmd::Rec(rec) => put(&rec),
+                        Cmd::Recs(recs) => recs.iter().for_each(put),
                         Cmd::Ticket(t) => tickets.push(t),
                         Cmd::Compact(t) => {
                             compact = Some(t);
@@ -1933,9 +2003,19 @@ impl Writer {
             }
             let f = out.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
-            write_current(&self.dir, next)?;
+            // Everything that can fail before the switch happens before it.
             let append = OpenOptions::new().append(true).open(&path)?;
             let reader = File::open(&path)?;
+            if let Err(e) = write_current(&self.dir, next) {
+                // If the rename happened (the directory's fsync failed), CURRENT names the new
+                // log now: it is complete and fsynced, so carry on with it. Otherwise the old
+                // log stays.
+                let current = std::fs::read_to_string(self.dir.join("CURRENT")).unwrap_or_default();
+                if current.trim() != log_name(next) {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "compaction: CURRENT switched but not synced");
+            }
             Ok((append, reader, written))
         })();
         match result {

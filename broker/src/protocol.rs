@@ -89,6 +89,9 @@ pub struct Negotiated {
     pub outbound_alias_maximum: u16,
 }
 
+/// The Reason String of a PUBACK/PUBREC 0x97 for `mqtt.queue_full_policy = "reject"`.
+const QUEUE_FULL: &str = "a subscriber's queue is full";
+
 /// The state of one connection after a successful CONNECT.
 #[derive(Debug)]
 pub struct ClientState {
@@ -477,23 +480,30 @@ impl ClientState {
         match p.qos {
             QoS::AtMostOnce => {
                 if allowed {
-                    self.route(now, p, broker);
+                    let _ = self.route(now, p, broker);
                 }
             }
             QoS::AtLeastOnce => {
                 let pkid = p.pkid;
-                let reason = if allowed {
-                    self.route(now, p, broker);
-                    ReasonCode::SUCCESS
+                let (reason, text) = if !allowed {
+                    (
+                        ReasonCode::NOT_AUTHORIZED,
+                        "not authorized to publish on this topic",
+                    )
                 } else {
-                    ReasonCode::NOT_AUTHORIZED
+                    let store = self.store.clone();
+                    let _g = store.group();
+                    match self.route(now, p, broker) {
+                        Ok(()) => (ReasonCode::SUCCESS, ""),
+                        Err(close) => {
+                            if !self.n.protocol.is_v5() {
+                                return Err(close);
+                            }
+                            (ReasonCode::QUOTA_EXCEEDED, QUEUE_FULL)
+                        }
+                    }
                 };
-                self.send_ack(
-                    Packet::PubAck,
-                    pkid,
-                    reason,
-                    "not authorized to publish on this topic",
-                );
+                self.send_ack(Packet::PubAck, pkid, reason, text);
             }
             QoS::ExactlyOnce => {
                 let pkid = p.pkid;
@@ -518,9 +528,21 @@ impl ClientState {
                         "more unacknowledged QoS 2 PUBLISHes than Receive Maximum [MQTT-3.3.4-9]",
                     ));
                 }
-                self.session.awaiting_pubrel.insert(pkid);
+                // "Received" and the message's queue entries reach the log together (the
+                // router sends the group before it queues anything), or neither does.
+                let store = self.store.clone();
+                let _g = store.group();
                 self.log(|client| Record::Qos2In { client, pkid });
-                self.route(now, p, broker);
+                if let Err(close) = self.route(now, p, broker) {
+                    self.log(|client| Record::Qos2InDone { client, pkid });
+                    if !self.n.protocol.is_v5() {
+                        return Err(close);
+                    }
+                    // A PUBREC with an error ends the flow [MQTT-4.3.3-4 note].
+                    self.send_ack(Packet::PubRec, pkid, ReasonCode::QUOTA_EXCEEDED, QUEUE_FULL);
+                    return Ok(());
+                }
+                self.session.awaiting_pubrel.insert(pkid);
                 self.send_held(&Packet::PubRec(PubAck::new(pkid)));
             }
         }
@@ -552,7 +574,9 @@ impl ClientState {
         self.send_held(&kind(ack));
     }
 
-    fn route(&mut self, now: Instant, p: Publish, broker: &Broker) {
+    /// Routes a client's PUBLISH; Err (to close a 3.1.1 connection with) when
+    /// `mqtt.queue_full_policy = "reject"` refused it.
+    fn route(&mut self, now: Instant, p: Publish, broker: &Broker) -> Result<(), Close> {
         let msg = Message::new(
             p.topic,
             p.payload,
@@ -562,7 +586,13 @@ impl ClientState {
             self.n.client_id.clone(),
             now,
         );
-        broker.publish(Arc::new(msg));
+        match broker.publish_from_client(Arc::new(msg)) {
+            Ok(_) => Ok(()),
+            Err(subscriber) => Err(Close::error(
+                ReasonCode::QUOTA_EXCEEDED,
+                format!("PUBLISH refused: the queue of subscriber {subscriber} is full (mqtt.queue_full_policy = reject)"),
+            )),
+        }
     }
 
     fn on_puback(&mut self, pkid: u16) {
@@ -858,6 +888,7 @@ impl ClientState {
         if d.seq == 0 {
             return d;
         }
+        let _g = self.store.group();
         let group_seq = d.seq;
         d.seq = 0;
         if self.persistent() && d.qos != QoS::AtMostOnce {

@@ -838,6 +838,7 @@ fn shared_messages_of_a_departed_member_move_to_another_member() {
     let queued = a.state.handle.outbox().take_where(|d| d.shared.is_some());
     assert_eq!(queued.len(), 2);
     a.state.handle.outbox().set_online(false);
+    let queued = queued.into_iter().map(|d| (d, None)).collect();
     let left = b.redistribute(&a.state.n.client_id, queued);
     assert!(left.is_empty());
     assert_eq!(publishes(&c.take()).len(), 4, "c got its 2 and a's 2");

@@ -11,7 +11,8 @@ use sluice_codec::{QoS, RetainHandling, TopicFilter};
 
 use crate::acl::Access;
 use crate::broker::{read, write, Broker, SubEntry};
-use crate::message::Message;
+use crate::config::QueueFullPolicy;
+use crate::message::{ClientId, Message};
 use crate::persist::Record;
 use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
 use crate::shared::{Candidate, Pick};
@@ -51,11 +52,22 @@ impl Target {
 
 impl Broker {
     /// Routes `msg` to every matching subscription; returns how many sessions it was queued for.
+    /// A subscriber whose queue is full misses it (counted and logged).
     pub fn publish(&self, msg: Arc<Message>) -> usize {
+        self.route(msg, false).unwrap_or(0)
+    }
+
+    /// Routes a client's PUBLISH under `mqtt.queue_full_policy`: with `reject`, a QoS 1/2
+    /// message that a subscriber's full queue cannot take goes to nobody, and the client id of
+    /// that subscriber comes back as the error.
+    pub fn publish_from_client(&self, msg: Arc<Message>) -> Result<usize, ClientId> {
+        let reject = self.config.mqtt.queue_full_policy == QueueFullPolicy::Reject
+            && msg.qos != QoS::AtMostOnce;
+        self.route(msg, reject)
+    }
+
+    fn route(&self, msg: Arc<Message>, reject_when_full: bool) -> Result<usize, ClientId> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        if msg.retain {
-            self.store_retained(&msg);
-        }
         let mut targets: Vec<Target> = Vec::new();
         // (shared subscription, members): rare, so a small Vec.
         let mut groups: Vec<(TopicFilter, Vec<Target>)> = Vec::new();
@@ -90,10 +102,34 @@ impl Broker {
                 true
             });
         }
+        if reject_when_full {
+            // Checked before anything is stored or queued, so a refusal leaves no trace. (Another
+            // publisher may fill a queue between this check and the push; that message is then
+            // dropped for that subscriber and counted, as with `drop`.)
+            let cost = msg.cost();
+            if let Some(t) = targets
+                .iter()
+                .find(|t| t.qos != QoS::AtMostOnce && !t.handle.outbox().has_room(cost))
+            {
+                let n = self.stats.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                if n % 1000 == 0 {
+                    tracing::warn!(subscriber = %t.handle.client_id, refused = n + 1, "session queue full (mqtt.max_queued_messages / max_queued_bytes): PUBLISH refused (mqtt.queue_full_policy = reject)");
+                }
+                return Err(t.handle.client_id.clone());
+            }
+        }
+        if msg.retain {
+            self.store_retained(&msg);
+        }
         // Whether the message itself is in the log already (by an earlier target).
         // Written again here even when the retained store logged it: a later retained message on
         // the same topic may already have released that copy in the log.
         let mut message_logged = false;
+        // Two phases: everything is logged first, then queued. Once a delivery is in a queue its
+        // subscriber may send it and log Sent/Acked at once; those records must come after
+        // every Enqueue of the message (an Acked that released the message before a later
+        // subscriber's Enqueue would make the log forget that subscriber's copy).
+        let mut to_groups = Vec::new();
         // Shared subscriptions: one member per group (4.8.2), chosen by the group's strategy.
         for (key, mut members) in groups {
             // A stable order, so hash strategies map a key to the same member.
@@ -114,7 +150,7 @@ impl Broker {
                 Some(Pick::Member(i)) => targets.push(members.swap_remove(i)),
                 Some(Pick::Group) => {
                     // Adapted to the member that pulls it (its QoS, identifier) on the way out.
-                    let d = Delivery {
+                    let mut d = Delivery {
                         msg: msg.clone(),
                         qos: msg.qos,
                         retain: msg.retain,
@@ -124,12 +160,13 @@ impl Broker {
                     };
                     let handles: Vec<Arc<SessionHandle>> =
                         members.iter().map(|m| m.handle.clone()).collect();
-                    self.queue_shared(&key, d, &handles, &mut message_logged);
+                    let queue = self.log_shared(&key, &mut d, &handles, &mut message_logged);
+                    to_groups.push((key, queue, d, handles));
                 }
                 None => {}
             }
         }
-        let mut queued = 0;
+        let mut to_sessions = Vec::with_capacity(targets.len());
         for t in targets {
             if !self.may_read(
                 t.username.as_deref(),
@@ -146,16 +183,23 @@ impl Broker {
                 shared: t.shared,
                 seq: 0,
             };
-            // Logged before the push, so the subscriber's own records (sent, acked) always
-            // come after it in the log.
             self.log_enqueue(&t.handle, &mut d, &mut message_logged);
+            to_sessions.push((t.handle, d));
+        }
+        // Records grouped by the caller (Store::group) go to the writer now, before any push.
+        self.store.flush_group();
+        for (key, queue, d, handles) in to_groups {
+            self.push_shared(&key, &queue, d, &handles);
+        }
+        let mut queued = 0;
+        for (handle, d) in to_sessions {
             let seq = d.seq;
-            match t.handle.deliver(d) {
+            match handle.deliver(d) {
                 Ok(()) => queued += 1,
                 Err(_) => {
                     if seq != 0 {
                         self.store.append(Record::Skip {
-                            client: t.handle.client_id.clone(),
+                            client: handle.client_id.clone(),
                             seq,
                         });
                     }
@@ -163,7 +207,7 @@ impl Broker {
                 }
             }
         }
-        queued
+        Ok(queued)
     }
 
     /// Records that `d` is queued for a persistent session (QoS 1/2 only; QoS 0 is never kept

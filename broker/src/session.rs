@@ -265,6 +265,11 @@ impl Outbox {
         self.queue.push_front(Entry::Hot(d));
     }
 
+    /// Whether a message of `cost` bytes fits the queue's count and byte bounds now.
+    pub fn has_room(&self, cost: usize) -> bool {
+        self.queue.len() < self.max_messages && self.bytes + cost <= self.max_bytes
+    }
+
     /// Takes the oldest delivery if it is in memory (None also when the oldest is on disk:
     /// see [`Outbox::front_is_cold`]).
     pub fn pop(&mut self) -> Option<Delivery> {
@@ -315,6 +320,28 @@ impl Outbox {
     /// delivery whose id is not in `loaded`. Returns the delivery numbers (`seq`) of deliveries
     /// dropped because their message could not be read.
     pub fn warm(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+        self.warm_where(loaded, false)
+    }
+
+    /// The ids of every delivery kept on disk only.
+    pub fn all_cold_ids(&self) -> Vec<u64> {
+        self.queue
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Cold(c) => Some(c.id),
+                Entry::Hot(_) => None,
+            })
+            .collect()
+    }
+
+    /// Like [`Outbox::warm`], for every cold delivery whose id is in `loaded`, wherever it is
+    /// in the queue (a session that stops being persistent takes its whole queue back into
+    /// memory before the log forgets it).
+    pub fn warm_all(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+        self.warm_where(loaded, true)
+    }
+
+    fn warm_where(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>, all: bool) -> Vec<u64> {
         let mut lost = Vec::new();
         let mut i = 0;
         while i < self.queue.len() {
@@ -327,6 +354,10 @@ impl Outbox {
                     c.retain,
                     std::mem::take(&mut c.subscription_ids),
                 ),
+                _ if all => {
+                    i += 1;
+                    continue;
+                }
                 _ => break,
             };
             self.cold -= 1;

@@ -224,16 +224,18 @@ fn stable_hash(s: &str) -> usize {
 }
 
 impl Broker {
-    /// Queues `d` in its group's queue and wakes the online members, so the first with a free
-    /// slot takes it. Logged (the message once: `message_logged`) when a member's session is
-    /// persistent: the publisher was told the message is safe, and it waits here.
-    pub(crate) fn queue_shared(
+    /// Queueing `d` in its group's queue, so the first member with a free slot takes it, is two
+    /// steps. This one: the group's queue, with `d` logged for it (the message once:
+    /// `message_logged`; numbered) when a member is persistent: the publisher was told the
+    /// message is safe, and it waits here. The log must have it before any member can take it
+    /// ([`Broker::push_shared`]), or the member's records could come first.
+    pub(crate) fn log_shared(
         &self,
         key: &TopicFilter,
-        mut d: Delivery,
+        d: &mut Delivery,
         members: &[Arc<SessionHandle>],
         message_logged: &mut bool,
-    ) {
+    ) -> Arc<GroupQueue> {
         let m = &self.config.mqtt;
         let queue = self.shared_groups.queue_for(
             key,
@@ -258,6 +260,17 @@ impl Broker {
                 retain: d.retain,
             });
         }
+        queue
+    }
+
+    /// The second step (see [`Broker::log_shared`]): queues `d` and wakes the members.
+    pub(crate) fn push_shared(
+        &self,
+        key: &TopicFilter,
+        queue: &GroupQueue,
+        d: Delivery,
+        members: &[Arc<SessionHandle>],
+    ) {
         let seq = d.seq;
         if queue.push(d).is_err() {
             if seq != 0 {
@@ -287,12 +300,18 @@ impl Broker {
     }
 
     /// Hands deliveries of a departed group member to other members of the same shared
-    /// subscription. Returns the ones no other member could take (none subscribed).
-    pub fn redistribute(&self, from: &ClientId, deliveries: Vec<Delivery>) -> Vec<Delivery> {
+    /// subscription. Each comes with the record that removes it from the departed member's log
+    /// (`release`), appended once the new member's queue entry is in the log. Returns the ones
+    /// no other member could take (none subscribed), release not written.
+    pub fn redistribute(
+        &self,
+        from: &ClientId,
+        deliveries: Vec<(Delivery, Option<Record>)>,
+    ) -> Vec<(Delivery, Option<Record>)> {
         let mut left = Vec::new();
-        for d in deliveries {
+        for (mut d, release) in deliveries {
             let Some(key) = d.shared.clone() else {
-                left.push(d);
+                left.push((d, release));
                 continue;
             };
             let mut handles: Vec<Arc<SessionHandle>> = Vec::new();
@@ -306,18 +325,27 @@ impl Broker {
                 handles.iter().map(|h| Candidate { handle: h }).collect();
             let group = key.shared().map_or("", |(g, _)| g);
             let strategy = self.shared_strategy(group);
-            match self.shared_groups.pick(
+            let pick = self.shared_groups.pick(
                 &key,
                 strategy,
                 &members,
                 &d.msg.origin,
                 d.msg.topic.as_str(),
-            ) {
+            );
+            if pick.is_none() {
+                left.push((d, release));
+                continue;
+            }
+            // Its number belonged to the departed member's log.
+            d.seq = 0;
+            let mut logged = false;
+            match pick {
                 // A fresh delivery for the new member: its own packet id, DUP 0.
                 Some(Pick::Member(i)) => {
-                    let mut d = d;
-                    let mut logged = false;
                     self.log_enqueue(&handles[i], &mut d, &mut logged);
+                    if let Some(rec) = release {
+                        self.store.append(rec);
+                    }
                     let seq = d.seq;
                     if handles[i].deliver(d).is_err() {
                         if seq != 0 {
@@ -330,10 +358,13 @@ impl Broker {
                     }
                 }
                 Some(Pick::Group) => {
-                    let mut logged = false;
-                    self.queue_shared(&key, d, &handles, &mut logged)
+                    let queue = self.log_shared(&key, &mut d, &handles, &mut logged);
+                    if let Some(rec) = release {
+                        self.store.append(rec);
+                    }
+                    self.push_shared(&key, &queue, d, &handles);
                 }
-                None => left.push(d),
+                None => {}
             }
         }
         left

@@ -683,3 +683,118 @@ async fn a_shared_group_queue_survives_a_crash() {
         "acknowledged messages lost with the group queue: {missing:?}"
     );
 }
+
+/// A session resumed without Session Expiry (v5: 0) goes on without the log: the queue it had
+/// on disk comes back into memory first, nothing is lost [MQTT-3.1.2-4].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_with_expiry_zero_keeps_the_queued_messages() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = broker_on(data.path());
+    let (mut sub, _) = connack_v5(&broker, &connect_v5("resume-zero", 600, None)).await;
+    subscribe(&mut sub, "rz/#", QoS::AtLeastOnce).await;
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut publ, _) = connect_persistent(&broker, "rz-pub").await;
+    for seq in 0..5u32 {
+        let p = publish(
+            "rz/t",
+            QoS::AtLeastOnce,
+            seq as u16 + 1,
+            seq.to_be_bytes().to_vec(),
+            false,
+        );
+        publ.send(&p).await.unwrap();
+        assert!(matches!(
+            publ.expect_packet(T).await.unwrap(),
+            Packet::PubAck(_)
+        ));
+    }
+    let (mut sub, present) = connack_v5(&broker, &connect_v5("resume-zero", 0, None)).await;
+    assert!(present);
+    let got: Vec<u32> = drain(&mut sub, Duration::from_millis(800))
+        .await
+        .into_iter()
+        .map(|(seq, _, _)| seq)
+        .collect();
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+}
+
+/// `mqtt.queue_full_policy = "reject"`: once a subscriber's queue is full, a QoS 1/2 PUBLISH is
+/// refused for everybody and the publisher is told (v5 PUBACK/PUBREC 0x97; 3.1.1 disconnected)
+/// instead of the subscriber silently missing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_can_push_back_on_the_publisher() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(BrokerOpts {
+        config: "[mqtt]\nmax_queued_messages = 3\nqueue_full_policy = \"reject\"\n".into(),
+        env: vec![(
+            "SLUICE__PERSISTENCE__DIR".into(),
+            data.path().display().to_string(),
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    let (mut sub, _) = connect_persistent(&broker, "slow").await;
+    subscribe(&mut sub, "full/#", QoS::AtLeastOnce).await;
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut publ, _) = connack_v5(&broker, &connect_v5("full-pub", 0, None)).await;
+    let mut reasons = Vec::new();
+    for seq in 0..5u32 {
+        let p = publish(
+            "full/t",
+            QoS::AtLeastOnce,
+            seq as u16 + 1,
+            seq.to_be_bytes().to_vec(),
+            false,
+        );
+        publ.send(&p).await.unwrap();
+        match publ.expect_packet(T).await.unwrap() {
+            Packet::PubAck(a) => reasons.push(a.reason),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        reasons,
+        vec![
+            ReasonCode::SUCCESS,
+            ReasonCode::SUCCESS,
+            ReasonCode::SUCCESS,
+            ReasonCode::QUOTA_EXCEEDED,
+            ReasonCode::QUOTA_EXCEEDED
+        ]
+    );
+    publ.send(&publish(
+        "full/t",
+        QoS::ExactlyOnce,
+        9,
+        9u32.to_be_bytes().to_vec(),
+        false,
+    ))
+    .await
+    .unwrap();
+    match publ.expect_packet(T).await.unwrap() {
+        Packet::PubRec(a) => assert_eq!(a.reason, ReasonCode::QUOTA_EXCEEDED),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    // A 3.1.1 publisher cannot be told in an ack: its connection is closed.
+    let (mut old, _) = connect_persistent(&broker, "full-pub-311").await;
+    old.send(&publish(
+        "full/t",
+        QoS::AtLeastOnce,
+        1,
+        7u32.to_be_bytes().to_vec(),
+        false,
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(old.recv(T).await.unwrap(), Recv::Closed));
+    broker.wait_log("queue_full_policy = reject", T).unwrap();
+    let (mut sub, _) = connect_persistent(&broker, "slow").await;
+    let got: Vec<u32> = drain(&mut sub, Duration::from_millis(800))
+        .await
+        .into_iter()
+        .map(|(seq, _, _)| seq)
+        .collect();
+    assert_eq!(got, vec![0, 1, 2], "exactly what was accepted");
+}
