@@ -1580,7 +1580,7 @@ impl Store {
     /// Until the guard is dropped, records this thread appends reach the log together, in one
     /// write: a crash keeps all of them or none (a QoS 2 PUBLISH is then either received, with
     /// every queue entry, or not at all). Nothing inside may await.
-    pub fn group(&self) -> Group<'_> {
+    pub fn group(&self) -> Group {
         let outer = self.shared.is_some()
             && GROUP.with(|g| {
                 let mut g = g.borrow_mut();
@@ -1590,7 +1590,9 @@ impl Store {
                 }
                 outer
             });
-        Group { store: self, outer }
+        Group {
+            shared: self.shared.clone().filter(|_| outer),
+        }
     }
 
     /// A ticket answered once every record appended so far is safe (per the mode): `true`,
@@ -1653,20 +1655,25 @@ thread_local! {
 }
 
 /// See [`Store::group`].
-#[derive(Debug)]
-pub struct Group<'a> {
-    store: &'a Store,
-    /// Whether this guard opened the group (inner guards do nothing).
-    outer: bool,
+pub struct Group {
+    /// The store, if this guard opened the group (inner guards and a disabled store do
+    /// nothing).
+    shared: Option<Arc<Shared>>,
 }
 
-impl Drop for Group<'_> {
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("outer", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Group {
     fn drop(&mut self) {
-        if !self.outer {
-            return;
-        }
+        let Some(s) = &self.shared else { return };
         let recs = GROUP.with(|g| g.borrow_mut().take()).unwrap_or_default();
-        if let (Some(s), false) = (&self.store.shared, recs.is_empty()) {
+        if !recs.is_empty() {
             let _ = s.tx.send(Cmd::Recs(recs));
         }
     }

@@ -491,8 +491,7 @@ impl ClientState {
                         "not authorized to publish on this topic",
                     )
                 } else {
-                    let store = self.store.clone();
-                    let _g = store.group();
+                    let _g = self.store.group();
                     match self.route(now, p, broker) {
                         Ok(()) => (ReasonCode::SUCCESS, ""),
                         Err(close) => {
@@ -530,8 +529,7 @@ impl ClientState {
                 }
                 // "Received" and the message's queue entries reach the log together (the
                 // router sends the group before it queues anything), or neither does.
-                let store = self.store.clone();
-                let _g = store.group();
+                let _g = self.store.group();
                 self.log(|client| Record::Qos2In { client, pkid });
                 if let Err(close) = self.route(now, p, broker) {
                     self.log(|client| Record::Qos2InDone { client, pkid });

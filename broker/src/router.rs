@@ -166,7 +166,8 @@ impl Broker {
                 None => {}
             }
         }
-        let mut to_sessions = Vec::with_capacity(targets.len());
+        let mut to_sessions = Vec::new();
+        let mut queued = 0;
         for t in targets {
             if !self.may_read(
                 t.username.as_deref(),
@@ -183,31 +184,40 @@ impl Broker {
                 shared: t.shared,
                 seq: 0,
             };
-            self.log_enqueue(&t.handle, &mut d, &mut message_logged);
-            to_sessions.push((t.handle, d));
+            if self.store.is_enabled() {
+                self.log_enqueue(&t.handle, &mut d, &mut message_logged);
+                to_sessions.push((t.handle, d));
+            } else {
+                // Nothing is logged: no order to keep, no list to build.
+                queued += usize::from(self.deliver_to(&t.handle, d));
+            }
         }
         // Records grouped by the caller (Store::group) go to the writer now, before any push.
         self.store.flush_group();
         for (key, queue, d, handles) in to_groups {
             self.push_shared(&key, &queue, d, &handles);
         }
-        let mut queued = 0;
         for (handle, d) in to_sessions {
-            let seq = d.seq;
-            match handle.deliver(d) {
-                Ok(()) => queued += 1,
-                Err(_) => {
-                    if seq != 0 {
-                        self.store.append(Record::Skip {
-                            client: handle.client_id.clone(),
-                            seq,
-                        });
-                    }
-                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            queued += usize::from(self.deliver_to(&handle, d));
         }
         Ok(queued)
+    }
+
+    /// Queues `d` for `handle`; a refused delivery is counted (and logged as skipped if the
+    /// store had it). Returns whether it was queued.
+    pub(crate) fn deliver_to(&self, handle: &SessionHandle, d: Delivery) -> bool {
+        let seq = d.seq;
+        if handle.deliver(d).is_ok() {
+            return true;
+        }
+        if seq != 0 {
+            self.store.append(Record::Skip {
+                client: handle.client_id.clone(),
+                seq,
+            });
+        }
+        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     /// Records that `d` is queued for a persistent session (QoS 1/2 only; QoS 0 is never kept

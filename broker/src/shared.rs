@@ -346,16 +346,7 @@ impl Broker {
                     if let Some(rec) = release {
                         self.store.append(rec);
                     }
-                    let seq = d.seq;
-                    if handles[i].deliver(d).is_err() {
-                        if seq != 0 {
-                            self.store.append(Record::Skip {
-                                client: handles[i].client_id.clone(),
-                                seq,
-                            });
-                        }
-                        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.deliver_to(&handles[i], d);
                 }
                 Some(Pick::Group) => {
                     let queue = self.log_shared(&key, &mut d, &handles, &mut logged);
