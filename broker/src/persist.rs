@@ -268,6 +268,21 @@ impl Image {
         }
     }
 
+    /// `Record::Enqueue`: `q` queued for `client` (ignored if either is unknown).
+    fn enqueue(&mut self, client: &str, q: QueuedImage) {
+        if !self.messages.contains_key(&q.id) {
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        s.next_seq = s.next_seq.max(q.seq + 1);
+        self.entries += 1;
+        let id = q.id;
+        s.queue.push_back(q);
+        self.retain_msg(id);
+    }
+
     /// Applies one record other than a message's.
     fn apply_meta(&mut self, rec: &Record) {
         match rec {
@@ -333,25 +348,17 @@ impl Image {
                 retain,
                 subscription_ids,
                 shared,
-            } => {
-                if !self.messages.contains_key(id) {
-                    return;
-                }
-                let Some(s) = self.sessions.get_mut(client) else {
-                    return;
-                };
-                s.next_seq = s.next_seq.max(seq + 1);
-                self.entries += 1;
-                s.queue.push_back(QueuedImage {
+            } => self.enqueue(
+                client,
+                QueuedImage {
                     seq: *seq,
                     id: *id,
                     qos: *qos,
                     retain: *retain,
                     subscription_ids: subscription_ids.as_slice().into(),
                     shared: shared.clone().map(Box::new),
-                });
-                self.retain_msg(*id);
-            }
+                },
+            ),
             Record::Sent { client, seq, pkid } => {
                 let Some(s) = self.sessions.get_mut(client) else {
                     return;
@@ -733,7 +740,7 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             subscription_ids,
             shared,
         } => {
-            put_entry(b, 7, client.as_bytes(), *seq, *id, *qos, *retain);
+            put_entry(b, TAG_ENQUEUE, client.as_bytes(), *seq, *id, *qos, *retain);
             b.put_u32_le(subscription_ids.len() as u32);
             for s in subscription_ids {
                 b.put_u32_le(*s);
@@ -1119,7 +1126,12 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
             recovery.truncated = torn;
             break;
         }
-        if payload.len() >= 9 && payload[0] == TAG_MESSAGE {
+        if payload.first() == Some(&TAG_ENQUEUE) {
+            // The most common record of a long queue: applied without building a Record.
+            let (client, q) = parse_enqueue(&payload[1..])
+                .map_err(|e| err(&path, format!("record at byte {pos}: {e}")))?;
+            image.enqueue(client, q);
+        } else if payload.len() >= 9 && payload[0] == TAG_MESSAGE {
             // Located, not decoded: it is read back when a session needs it.
             let id = u64::from_le_bytes(payload[1..9].try_into().unwrap_or_default());
             image.message_at(id, (pos, len + 8));
@@ -1213,6 +1225,57 @@ const LOOKAHEAD: usize = 1024 * 1024;
 const MAX_FRAME_GUESS: u64 = 4 * 1024 * 1024;
 /// The tag byte of a message record.
 const TAG_MESSAGE: u8 = 1;
+/// The tag byte of a queue entry record.
+const TAG_ENQUEUE: u8 = 7;
+
+/// An `Enqueue` record's fields (after the tag), read in place: the client id borrowed, no
+/// allocation unless the entry has subscription identifiers or a shared filter.
+fn parse_enqueue(mut p: &[u8]) -> Result<(&str, QueuedImage), String> {
+    fn take<'a>(p: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if p.len() < n {
+            return Err("record shorter than its fields".into());
+        }
+        let (head, rest) = p.split_at(n);
+        *p = rest;
+        Ok(head)
+    }
+    fn u32_of(b: &[u8]) -> u32 {
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn u64_of(b: &[u8]) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        u64::from_le_bytes(a)
+    }
+    let n = u32_of(take(&mut p, 4)?) as usize;
+    let client = std::str::from_utf8(take(&mut p, n)?).map_err(|_| "string is not UTF-8")?;
+    let seq = u64_of(take(&mut p, 8)?);
+    let id = u64_of(take(&mut p, 8)?);
+    let qos = QoS::from_u8(take(&mut p, 1)?[0]).ok_or("bad QoS")?;
+    let retain = take(&mut p, 1)?[0] != 0;
+    let n = u32_of(take(&mut p, 4)?) as usize;
+    let ids = take(&mut p, n.checked_mul(4).ok_or("bad count")?)?;
+    let subscription_ids: Box<[u32]> = ids.chunks_exact(4).map(u32_of).collect();
+    let shared = match take(&mut p, 1)?[0] {
+        0 => None,
+        _ => {
+            let n = u32_of(take(&mut p, 4)?) as usize;
+            let f = std::str::from_utf8(take(&mut p, n)?).map_err(|_| "bad UTF-8")?;
+            Some(Box::new(
+                TopicFilter::try_from(f).map_err(|e| format!("bad filter: {e:?}"))?,
+            ))
+        }
+    };
+    let q = QueuedImage {
+        seq,
+        id,
+        qos,
+        retain,
+        subscription_ids,
+        shared,
+    };
+    Ok((client, q))
+}
 
 /// Reads the frame of `slot` from `file` and decodes its message.
 fn read_message(file: &File, slot: &MsgSlot, now: Instant) -> Result<Arc<Message>, String> {

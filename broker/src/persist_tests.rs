@@ -573,3 +573,33 @@ fn session_c_queue_len(store: &Store) -> usize {
         .with_image(|img, _| img.sessions[&client("c")].queue.len())
         .unwrap()
 }
+
+/// Recovery's in-place reading of queue entries agrees with the general decoder.
+#[test]
+fn the_fast_enqueue_reader_agrees_with_the_decoder() {
+    for (ids, shared) in [(vec![], None), (vec![7, 70_000], Some("$share/g/a/+"))] {
+        let rec = Record::Enqueue {
+            client: client("cl€"),
+            seq: 42,
+            id: 7_000_000_001,
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            subscription_ids: ids.clone(),
+            shared: shared.map(|f| TopicFilter::try_from(f).unwrap()),
+        };
+        let mut buf = BytesMut::new();
+        encode_record(&rec, &mut buf);
+        let (c, q) = parse_enqueue(&buf[9..]).unwrap();
+        assert_eq!(c, "cl€");
+        assert_eq!(
+            (q.seq, q.id, q.qos, q.retain),
+            (42, 7_000_000_001, QoS::ExactlyOnce, true)
+        );
+        assert_eq!(&q.subscription_ids[..], &ids[..]);
+        assert_eq!(q.shared.as_deref().map(|f| f.as_str()), shared);
+        assert!(
+            parse_enqueue(&buf[9..buf.len() - 1]).is_err(),
+            "short record"
+        );
+    }
+}
