@@ -791,6 +791,30 @@ mod tests {
     }
 
     #[test]
+    fn persistence_and_overflow_keys_are_validated() {
+        let c = load_toml(
+            "[mqtt]\nqueue_full_policy = \"reject\"\n[persistence]\nqueue_memory_bytes = 4096\ncompact_min_bytes = 1048576\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.queue_full_policy, QueueFullPolicy::Reject);
+        assert_eq!(c.persistence.queue_memory_bytes, 4096);
+        let e = load_toml("[mqtt]\nqueue_full_policy = \"block\"\n", &[]).unwrap_err();
+        assert!(e.key.contains("queue_full_policy"), "{e}");
+        let e = load_toml("[persistence]\nqueue_memory_bytes = 10\n", &[]).unwrap_err();
+        assert_eq!(e.key, "persistence.queue_memory_bytes");
+        let e = load_toml("[persistence]\ncompact_min_bytes = 1\n", &[]).unwrap_err();
+        assert_eq!(e.key, "persistence.compact_min_bytes");
+        let c = load_toml("", &[("SLUICE__PERSISTENCE__QUEUE_MEMORY_BYTES", "65536")]).unwrap();
+        assert_eq!(c.persistence.queue_memory_bytes, 65536);
+        assert_eq!(
+            (c.mqtt.max_queued_messages, c.mqtt.max_queued_bytes),
+            (100_000, 64 * 1024 * 1024),
+            "defaults sized for queues on disk"
+        );
+    }
+
+    #[test]
     fn limits_are_validated() {
         let e = load_toml("[limits]\nconnect_timeout = 0\n", &[]).unwrap_err();
         assert_eq!(e.key, "limits.connect_timeout");
