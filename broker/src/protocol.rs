@@ -918,14 +918,15 @@ impl ClientState {
         d
     }
 
-    /// The ids of the messages to read back from the store next: the queue's front is on disk
-    /// only and the inflight window has room for it. None otherwise.
+    /// The ids of the messages to read back from the store next: the queue's next messages are
+    /// on disk only (or soon will be at its front) and the inflight window has room. None
+    /// otherwise.
     pub fn cold_to_load(&self) -> Option<Vec<u64>> {
         if self.n.send_window <= self.session.inflight_len() {
             return None;
         }
         let outbox = self.handle.outbox();
-        outbox.front_is_cold().then(|| outbox.cold_ids())
+        outbox.wants_load().then(|| outbox.cold_ids())
     }
 
     /// Puts messages read back from the store (`cold_to_load`) into the queue, ready to send.

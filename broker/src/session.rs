@@ -299,14 +299,15 @@ impl Outbox {
         matches!(self.queue.front(), Some(Entry::Cold(_)))
     }
 
-    /// The message ids of the cold deliveries at the front, up to a window's worth of bytes
-    /// (at least one): what to read back next.
+    /// The message ids of the first cold deliveries (after what is in memory at the front), up
+    /// to the window's free bytes (at least one): what to read back next.
     pub fn cold_ids(&self) -> Vec<u64> {
         let mut ids = Vec::new();
+        let room = self.window.saturating_sub(self.hot_bytes);
         let mut bytes = 0usize;
-        for e in &self.queue {
+        for e in self.queue.iter().skip_while(|e| matches!(e, Entry::Hot(_))) {
             let Entry::Cold(c) = e else { break };
-            if !ids.is_empty() && bytes + c.cost > self.window {
+            if !ids.is_empty() && bytes + c.cost > room {
                 break;
             }
             bytes += c.cost;
@@ -315,9 +316,16 @@ impl Outbox {
         ids
     }
 
-    /// Brings the cold deliveries at the front back into memory with the messages read back
-    /// (`loaded`: id → message, None if the log could not give it). Stops at the first cold
-    /// delivery whose id is not in `loaded`. Returns the delivery numbers (`seq`) of deliveries
+    /// Whether the next cold deliveries should be read back now: the front is on disk, or
+    /// what is in memory is down to half the window (read ahead, so a draining subscriber
+    /// does not wait for the disk at every window).
+    pub fn wants_load(&self) -> bool {
+        self.cold > 0 && (self.front_is_cold() || self.hot_bytes <= self.window / 2)
+    }
+
+    /// Brings the first cold deliveries (after what is in memory at the front) back into memory
+    /// with the messages read back (`loaded`: id → message, None if the log could not give
+    /// it). Stops at the first delivery after them that is not a cold one in `loaded`. Returns the delivery numbers (`seq`) of deliveries
     /// dropped because their message could not be read.
     pub fn warm(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
         self.warm_where(loaded, false)
@@ -344,6 +352,7 @@ impl Outbox {
     fn warm_where(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>, all: bool) -> Vec<u64> {
         let mut lost = Vec::new();
         let mut i = 0;
+        let mut started = false;
         while i < self.queue.len() {
             let (seq, id, old_cost, qos, retain, subscription_ids) = match &mut self.queue[i] {
                 Entry::Cold(c) if loaded.contains_key(&c.id) => (
@@ -354,12 +363,18 @@ impl Outbox {
                     c.retain,
                     std::mem::take(&mut c.subscription_ids),
                 ),
+                // In-memory entries before the cold run (read ahead), or anywhere (`all`).
+                Entry::Hot(_) if all || !started => {
+                    i += 1;
+                    continue;
+                }
                 _ if all => {
                     i += 1;
                     continue;
                 }
                 _ => break,
             };
+            started = true;
             self.cold -= 1;
             self.release(COLD_ENTRY_COST);
             match loaded.get(&id).cloned().flatten() {
@@ -816,20 +831,20 @@ mod tests {
         assert_eq!(o.pop().unwrap().msg.id, ds[0].msg.id);
         assert_eq!(o.pop().unwrap().msg.id, ds[1].msg.id);
         assert!(
-            o.pop().is_none() && o.front_is_cold(),
+            o.pop().is_none() && o.front_is_cold() && o.wants_load(),
             "the next one is on disk"
         );
-        // Read back a window's worth (two), in order.
-        let ids = o.cold_ids();
-        assert_eq!(ids, vec![ds[2].msg.id, ds[3].msg.id]);
-        let loaded: HashMap<u64, Option<Arc<Message>>> = vec![
-            (ds[2].msg.id, Some(ds[2].msg.clone())),
-            (ds[3].msg.id, None), // the store could not give it back
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(o.warm(&loaded), vec![ds[3].msg.id]);
+        // Read back what fits the window's free bytes (the in-memory QoS 0 message behind the
+        // cold ones takes half of it), in order.
+        assert_eq!(o.cold_ids(), vec![ds[2].msg.id]);
+        let loaded: HashMap<u64, Option<Arc<Message>>> =
+            std::iter::once((ds[2].msg.id, Some(ds[2].msg.clone()))).collect();
+        assert!(o.warm(&loaded).is_empty());
         assert_eq!(o.pop().unwrap().msg.id, ds[2].msg.id);
+        assert_eq!(o.cold_ids(), vec![ds[3].msg.id]);
+        // The store could not give it back: dropped, its number reported for the log.
+        let loaded = std::iter::once((ds[3].msg.id, None)).collect();
+        assert_eq!(o.warm(&loaded), vec![ds[3].msg.id]);
         assert_eq!(o.pop().unwrap().qos, QoS::AtMostOnce);
         assert!(o.front_is_cold());
         assert_eq!(o.cold_ids(), vec![ds[4].msg.id]);
@@ -838,6 +853,38 @@ mod tests {
         assert_eq!(o.pop().unwrap(), logged(ds[4].clone()));
         assert!(o.is_empty());
         assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_next_cold_deliveries_are_read_ahead_at_half_a_window() {
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let mut o = Outbox::new(100, 1 << 20).with_window(one * 4);
+        o.set_online(true);
+        let ds: Vec<Delivery> = (0..6)
+            .map(|_| logged(delivery(QoS::AtLeastOnce, b"x")))
+            .collect();
+        for d in &ds {
+            o.push(d.clone()).unwrap();
+        }
+        assert_eq!(o.cold_len(), 2);
+        assert!(!o.wants_load(), "a full window in memory");
+        o.pop().unwrap();
+        o.pop().unwrap();
+        assert!(
+            o.wants_load() && !o.front_is_cold(),
+            "half a window left: read ahead"
+        );
+        let ids = o.cold_ids();
+        assert_eq!(ids, vec![ds[4].msg.id, ds[5].msg.id]);
+        let loaded = vec![
+            (ds[4].msg.id, Some(ds[4].msg.clone())),
+            (ds[5].msg.id, Some(ds[5].msg.clone())),
+        ]
+        .into_iter()
+        .collect();
+        assert!(o.warm(&loaded).is_empty());
+        let order: Vec<u64> = std::iter::from_fn(|| o.pop()).map(|d| d.msg.id).collect();
+        assert_eq!(order, ds[2..].iter().map(|d| d.msg.id).collect::<Vec<_>>());
     }
 
     #[test]
