@@ -509,13 +509,7 @@ impl Broker {
         };
         // Shared subscriptions' group queues (messages every member was too busy to take).
         for (group, g) in &image.groups {
-            let m = &self.config.mqtt;
-            let queue = self.shared_groups.queue_for(
-                group,
-                m.max_queued_messages,
-                m.max_queued_bytes,
-                &self.queue_budget,
-            );
+            let queue = self.group_queue(group);
             queue.next_seq.store(g.next_seq.max(1), Ordering::Relaxed);
             for q in &g.queue {
                 let seq = q.seq;

@@ -523,7 +523,12 @@ where
         if session_present && !persistent {
             // The session goes on, but no longer in the log: what its queue holds on disk only
             // comes back into memory before the log forgets it.
-            let ids = handle.outbox().all_cold_ids();
+            let ids = {
+                // Nothing new goes to disk only from here: the log is about to forget it.
+                let mut outbox = handle.outbox();
+                outbox.set_spill(false);
+                outbox.all_cold_ids()
+            };
             if !ids.is_empty() {
                 let messages = broker.store.load(ids.clone()).await;
                 let loaded = ids.into_iter().zip(messages).collect();
@@ -547,6 +552,7 @@ where
                 since: 0,
             });
             // Only now: a queue entry logged before the session record would be ignored.
+            handle.outbox().set_spill(true);
             handle.persistent.store(true, Ordering::Relaxed);
         }
     }

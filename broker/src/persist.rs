@@ -1126,20 +1126,28 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
             recovery.truncated = torn;
             break;
         }
-        if payload.first() == Some(&TAG_ENQUEUE) {
-            // The most common record of a long queue: applied without building a Record.
-            let (client, q) = parse_enqueue(&payload[1..])
-                .map_err(|e| err(&path, format!("record at byte {pos}: {e}")))?;
-            image.enqueue(client, q);
+        if payload.first() == Some(&TAG_BATCH) {
+            // Records that must count together: one frame, one checksum.
+            let mut rest = &payload[1..];
+            while !rest.is_empty() {
+                if rest.len() < 4 {
+                    return Err(err(&path, format!("batch at byte {pos}: short")));
+                }
+                let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let sub = rest
+                    .get(4..4 + n)
+                    .ok_or_else(|| err(&path, format!("batch at byte {pos}: short record")))?;
+                apply_meta_payload(&mut image, sub, now)
+                    .map_err(|e| err(&path, format!("batch at byte {pos}: {e}")))?;
+                rest = &rest[4 + n..];
+            }
         } else if payload.len() >= 9 && payload[0] == TAG_MESSAGE {
             // Located, not decoded: it is read back when a session needs it.
             let id = u64::from_le_bytes(payload[1..9].try_into().unwrap_or_default());
             image.message_at(id, (pos, len + 8));
         } else {
-            // Copied: the record must not keep the read buffer alive.
-            let rec = decode_record(Bytes::copy_from_slice(&payload), now)
+            apply_meta_payload(&mut image, &payload, now)
                 .map_err(|e| err(&path, format!("record at byte {pos}: {e}")))?;
-            image.apply_meta(&rec);
         }
         recovery.records += 1;
         pos += 8 + u64::from(len);
@@ -1227,6 +1235,43 @@ const MAX_FRAME_GUESS: u64 = 4 * 1024 * 1024;
 const TAG_MESSAGE: u8 = 1;
 /// The tag byte of a queue entry record.
 const TAG_ENQUEUE: u8 = 7;
+/// The tag byte of a frame holding several records that count together (never messages).
+const TAG_BATCH: u8 = 16;
+
+/// Applies one record's payload other than a message's: queue entries read in place (the most
+/// common record of a long queue), the others decoded (copied: a record must not keep the read
+/// buffer alive).
+fn apply_meta_payload(image: &mut Image, payload: &[u8], now: Instant) -> Result<(), String> {
+    if payload.first() == Some(&TAG_ENQUEUE) {
+        let (client, q) = parse_enqueue(&payload[1..])?;
+        image.enqueue(client, q);
+    } else {
+        let rec = decode_record(Bytes::copy_from_slice(payload), now)?;
+        if matches!(rec, Record::Message(_)) {
+            return Err("a message inside a batch".into());
+        }
+        image.apply_meta(&rec);
+    }
+    Ok(())
+}
+
+/// Encodes `recs` (no messages) as one batch frame.
+fn encode_batch(recs: &[&Record], out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u64_le(0); // length and CRC, patched below
+    out.put_u8(TAG_BATCH);
+    for rec in recs {
+        let at = out.len();
+        out.put_u32_le(0);
+        encode_payload(rec, out);
+        let n = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    }
+    let len = (out.len() - start - 8) as u32;
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
 
 /// An `Enqueue` record's fields (after the tag), read in place: the client id borrowed, no
 /// allocation unless the entry has subscription identifiers or a shared filter.
@@ -1640,9 +1685,11 @@ impl Store {
         }
     }
 
-    /// Until the guard is dropped, records this thread appends reach the log together, in one
-    /// write: a crash keeps all of them or none (a QoS 2 PUBLISH is then either received, with
-    /// every queue entry, or not at all). Nothing inside may await.
+    /// Until the guard is dropped (or [`Store::flush_group`]), records this thread appends
+    /// reach the writer together and are written as one frame under one checksum (messages as
+    /// frames of their own before it): a crash, even one that tears the write, keeps all of
+    /// them or none. A QoS 2 PUBLISH is then either received with every queue entry or not at
+    /// all. The guard is not `Send`: it cannot be held across an await.
     pub fn group(&self) -> Group {
         let outer = self.shared.is_some()
             && GROUP.with(|g| {
@@ -1655,6 +1702,7 @@ impl Store {
             });
         Group {
             shared: self.shared.clone().filter(|_| outer),
+            _not_send: std::marker::PhantomData,
         }
     }
 
@@ -1722,6 +1770,8 @@ pub struct Group {
     /// The store, if this guard opened the group (inner guards and a disabled store do
     /// nothing).
     shared: Option<Arc<Shared>>,
+    /// The records wait in a thread-local: the guard must stay on its thread.
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for Group {
@@ -1835,7 +1885,23 @@ impl Writer {
                     };
                     match c {
                         Cmd::Rec(rec) => put(&rec),
-                        Cmd::Recs(recs) => recs.iter().for_each(put),
+                        Cmd::Recs(recs) => {
+                            // Messages as their own frames (so they can be located and read
+                            // back); everything else as one frame: a torn write keeps all of
+                            // it or none (a message without its entries is only garbage).
+                            let (msgs, rest): (Vec<&Record>, Vec<&Record>) =
+                                recs.iter().partition(|r| matches!(r, Record::Message(_)));
+                            msgs.into_iter().for_each(&mut put);
+                            if rest.len() == 1 {
+                                put(rest[0]);
+                            } else if !rest.is_empty() {
+                                encode_batch(&rest, &mut buf);
+                                for rec in rest {
+                                    backlog += record_cost(rec);
+                                    state.image.apply(rec, (0, 0));
+                                }
+                            }
+                        }
                         Cmd::Ticket(t) => tickets.push(t),
                         Cmd::Compact(t) => {
                             compact = Some(t);
@@ -2019,6 +2085,7 @@ impl Writer {
         slots.sort_unstable_by_key(|(_, slot)| slot.at);
         let mut moved: Vec<(u64, u64)> = Vec::with_capacity(slots.len());
         let mut lost = Vec::new();
+        let mut ambiguous = false;
         let result = (|| -> std::io::Result<(File, File, u64)> {
             let f = OpenOptions::new()
                 .create(true)
@@ -2078,13 +2145,18 @@ impl Writer {
             let reader = File::open(&path)?;
             if let Err(e) = write_current(&self.dir, next) {
                 // If the rename happened (the directory's fsync failed), CURRENT names the new
-                // log now: it is complete and fsynced, so carry on with it. Otherwise the old
-                // log stays.
-                let current = std::fs::read_to_string(self.dir.join("CURRENT")).unwrap_or_default();
-                if current.trim() != log_name(next) {
-                    return Err(e);
+                // log now: it is complete and fsynced, so carry on with it. If CURRENT names the
+                // old log, that one stays. If it cannot be read, nobody knows which: stop.
+                match std::fs::read_to_string(self.dir.join("CURRENT")) {
+                    Ok(c) if c.trim() == log_name(next) => {
+                        tracing::warn!(error = %e, "compaction: CURRENT switched but not synced");
+                    }
+                    Ok(_) => return Err(e),
+                    Err(_) => {
+                        ambiguous = true;
+                        return Err(e);
+                    }
                 }
-                tracing::warn!(error = %e, "compaction: CURRENT switched but not synced");
             }
             Ok((append, reader, written))
         })();
@@ -2121,6 +2193,12 @@ impl Writer {
                 self.size = written;
                 self.compacted_size = self.size;
                 self.shared.disk_bytes.store(self.size, Ordering::Relaxed);
+            }
+            Err(e) if ambiguous => {
+                // Both logs are kept; the failure path rewrites the log from memory later.
+                tracing::error!(error = %e, "compaction: cannot tell which log CURRENT names");
+                self.fail_if(true);
+                self.compacted_size = self.size;
             }
             Err(e) => {
                 tracing::error!(error = %e, file = %path.display(), "compaction failed; the old log stays in use");

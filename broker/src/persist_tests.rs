@@ -603,3 +603,165 @@ fn the_fast_enqueue_reader_agrees_with_the_decoder() {
         );
     }
 }
+
+/// The records of one group are one frame: a write torn in the middle of it keeps none of
+/// them (a QoS 2 "received" mark never survives without the queue entries it came with).
+#[tokio::test]
+async fn a_torn_group_keeps_none_of_its_records() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    assert!(store.ticket().unwrap().await.unwrap());
+    let before = std::fs::metadata(dir.join(log_name(1))).unwrap().len();
+    let m = {
+        let _g = store.group();
+        store.append(Record::Qos2In {
+            client: client("c"),
+            pkid: 9,
+        });
+        queue_for_c(&store, 1, "t", b"x".to_vec())
+    };
+    store.shutdown().await;
+    let log = dir.join(log_name(1));
+    let full = std::fs::metadata(&log).unwrap().len();
+    // The message frame, then the batch frame: cut inside the batch.
+    let f = OpenOptions::new().write(true).open(&log).unwrap();
+    f.set_len(full - 5).unwrap();
+    drop(f);
+    let (store, rec) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert!(rec.truncated.is_some() && before < full);
+    store
+        .with_image(|img, _| {
+            let s = &img.sessions[&client("c")];
+            assert!(!s.qos2_in.contains(&9), "no 'received' without its entries");
+            assert!(s.queue.is_empty());
+            assert!(
+                !img.messages.contains_key(&m.id),
+                "the lone message is garbage"
+            );
+        })
+        .unwrap();
+    store.shutdown().await;
+    // Whole, the same group is all there.
+    let dir2 = tempdir();
+    let store = store_with_session(&dir2);
+    {
+        let _g = store.group();
+        store.append(Record::Qos2In {
+            client: client("c"),
+            pkid: 9,
+        });
+        queue_for_c(&store, 1, "t", b"x".to_vec());
+    }
+    store.shutdown().await;
+    let (store, _) = Store::open(&cfg(&dir2, PersistenceMode::Durable)).unwrap();
+    store
+        .with_image(|img, _| {
+            let s = &img.sessions[&client("c")];
+            assert!(s.qos2_in.contains(&9) && s.queue.len() == 1);
+        })
+        .unwrap();
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&dir2).unwrap();
+}
+
+/// A retained update reaches the writer while the retained lock is held, even inside a
+/// publisher's record group: two publishers racing on the same topics (one inside a group, with
+/// many persistent subscribers so its group stays open a while) leave the log with the same
+/// retained message per topic as the broker's memory.
+#[test]
+fn retained_records_keep_the_retained_stores_order() {
+    use crate::broker::{write, Broker, SubEntry};
+    use crate::session::SessionHandle;
+    let dir = tempdir();
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    let broker =
+        Arc::new(Broker::new(crate::config::Config::default(), None).with_store(store.clone()));
+    let filter = TopicFilter::try_from("r/#").unwrap();
+    for i in 0..100 {
+        let id: ClientId = format!("s{i}").as_str().into();
+        let handle = Arc::new(SessionHandle::new(id.clone(), 1_000_000, 1 << 30));
+        handle
+            .persistent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        store.append(Record::Session {
+            client: id.clone(),
+            expiry: 600,
+            username: None,
+            will: None,
+            since: 0,
+        });
+        let entry = SubEntry {
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+            identifier: None,
+            handle,
+            username: None,
+            shared: None,
+        };
+        write(&broker.subscriptions).subscribe(&filter, id, entry);
+    }
+    const TOPICS: usize = 300;
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let (broker, store, barrier) = (broker.clone(), store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                for i in 0..TOPICS {
+                    let m = Arc::new(Message::new(
+                        TopicName::try_from(format!("r/{i}").as_str()).unwrap(),
+                        Bytes::from(vec![t as u8; 8]),
+                        if t == 0 {
+                            QoS::AtLeastOnce
+                        } else {
+                            QoS::AtMostOnce
+                        },
+                        true,
+                        PublishProperties::default(),
+                        "pub".into(),
+                        Instant::now(),
+                    ));
+                    barrier.wait();
+                    if t == 0 {
+                        let _g = store.group();
+                        broker.publish(m);
+                    } else {
+                        broker.publish(m);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut in_memory = HashMap::new();
+    crate::broker::read(&broker.retained).for_each_match(filter.match_filter(), |topic, m| {
+        in_memory.insert(topic.to_string(), m.id);
+    });
+    assert_eq!(in_memory.len(), TOPICS);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.shutdown());
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    let differ = store
+        .with_image(|img, _| {
+            in_memory
+                .iter()
+                .filter(|(topic, id)| {
+                    img.retained.get(&Str::try_from(topic.as_str()).unwrap()) != Some(*id)
+                })
+                .count()
+        })
+        .unwrap();
+    assert_eq!(
+        differ, 0,
+        "topics whose logged retained message is not the broker's"
+    );
+    rt.block_on(store.shutdown());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

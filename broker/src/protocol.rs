@@ -480,7 +480,7 @@ impl ClientState {
         match p.qos {
             QoS::AtMostOnce => {
                 if allowed {
-                    let _ = self.route(now, p, broker);
+                    let _ = self.route(now, p, None, broker);
                 }
             }
             QoS::AtLeastOnce => {
@@ -492,7 +492,7 @@ impl ClientState {
                     )
                 } else {
                     let _g = self.store.group();
-                    match self.route(now, p, broker) {
+                    match self.route(now, p, None, broker) {
                         Ok(()) => (ReasonCode::SUCCESS, ""),
                         Err(close) => {
                             if !self.n.protocol.is_v5() {
@@ -530,9 +530,11 @@ impl ClientState {
                 // "Received" and the message's queue entries reach the log together (the
                 // router sends the group before it queues anything), or neither does.
                 let _g = self.store.group();
-                self.log(|client| Record::Qos2In { client, pkid });
-                if let Err(close) = self.route(now, p, broker) {
-                    self.log(|client| Record::Qos2InDone { client, pkid });
+                let received = self.persistent().then(|| Record::Qos2In {
+                    client: self.n.client_id.clone(),
+                    pkid,
+                });
+                if let Err(close) = self.route(now, p, received, broker) {
                     if !self.n.protocol.is_v5() {
                         return Err(close);
                     }
@@ -574,7 +576,13 @@ impl ClientState {
 
     /// Routes a client's PUBLISH; Err (to close a 3.1.1 connection with) when
     /// `mqtt.queue_full_policy = "reject"` refused it.
-    fn route(&mut self, now: Instant, p: Publish, broker: &Broker) -> Result<(), Close> {
+    fn route(
+        &mut self,
+        now: Instant,
+        p: Publish,
+        received: Option<Record>,
+        broker: &Broker,
+    ) -> Result<(), Close> {
         let msg = Message::new(
             p.topic,
             p.payload,
@@ -584,7 +592,7 @@ impl ClientState {
             self.n.client_id.clone(),
             now,
         );
-        match broker.publish_from_client(Arc::new(msg)) {
+        match broker.publish_from_client(Arc::new(msg), received) {
             Ok(_) => Ok(()),
             Err(subscriber) => Err(Close::error(
                 ReasonCode::QUOTA_EXCEEDED,
@@ -725,13 +733,7 @@ impl ClientState {
             };
             retained.extend(broker.retained_for(&filter, &record, existed, &who, now));
             if filter.shared().is_some() && !self.group_queues.iter().any(|(f, _)| *f == filter) {
-                let m = &broker.config.mqtt;
-                let q = broker.shared_groups.queue_for(
-                    &filter,
-                    m.max_queued_messages,
-                    m.max_queued_bytes,
-                    &broker.queue_budget,
-                );
+                let q = broker.group_queue(&filter);
                 self.group_queues.push((filter.clone(), q));
             }
             let (f, o) = (filter.clone(), options);
@@ -853,13 +855,7 @@ impl ClientState {
         if self.group_queues.iter().any(|(f, _)| f == filter) {
             return;
         }
-        let m = &broker.config.mqtt;
-        let q = broker.shared_groups.queue_for(
-            filter,
-            m.max_queued_messages,
-            m.max_queued_bytes,
-            &broker.queue_budget,
-        );
+        let q = broker.group_queue(filter);
         self.group_queues.push((filter.clone(), q));
     }
 

@@ -54,19 +54,29 @@ impl Broker {
     /// Routes `msg` to every matching subscription; returns how many sessions it was queued for.
     /// A subscriber whose queue is full misses it (counted and logged).
     pub fn publish(&self, msg: Arc<Message>) -> usize {
-        self.route(msg, false).unwrap_or(0)
+        self.route(msg, false, None).unwrap_or(0)
     }
 
     /// Routes a client's PUBLISH under `mqtt.queue_full_policy`: with `reject`, a QoS 1/2
     /// message that a subscriber's full queue cannot take goes to nobody, and the client id of
-    /// that subscriber comes back as the error.
-    pub fn publish_from_client(&self, msg: Arc<Message>) -> Result<usize, ClientId> {
+    /// that subscriber comes back as the error. `received` (the publisher's QoS 2 "received"
+    /// record) is logged with the message's queue entries, unless it was refused.
+    pub fn publish_from_client(
+        &self,
+        msg: Arc<Message>,
+        received: Option<Record>,
+    ) -> Result<usize, ClientId> {
         let reject = self.config.mqtt.queue_full_policy == QueueFullPolicy::Reject
             && msg.qos != QoS::AtMostOnce;
-        self.route(msg, reject)
+        self.route(msg, reject, received)
     }
 
-    fn route(&self, msg: Arc<Message>, reject_when_full: bool) -> Result<usize, ClientId> {
+    fn route(
+        &self,
+        msg: Arc<Message>,
+        reject_when_full: bool,
+        received: Option<Record>,
+    ) -> Result<usize, ClientId> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let mut targets: Vec<Target> = Vec::new();
         // (shared subscription, members): rare, so a small Vec.
@@ -102,35 +112,17 @@ impl Broker {
                 true
             });
         }
-        if reject_when_full {
-            // Checked before anything is stored or queued, so a refusal leaves no trace. (Another
-            // publisher may fill a queue between this check and the push; that message is then
-            // dropped for that subscriber and counted, as with `drop`.)
-            let cost = msg.cost();
-            if let Some(t) = targets
-                .iter()
-                .find(|t| t.qos != QoS::AtMostOnce && !t.handle.outbox().has_room(cost))
-            {
-                let n = self.stats.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                if n % 1000 == 0 {
-                    tracing::warn!(subscriber = %t.handle.client_id, refused = n + 1, "session queue full (mqtt.max_queued_messages / max_queued_bytes): PUBLISH refused (mqtt.queue_full_policy = reject)");
-                }
-                return Err(t.handle.client_id.clone());
-            }
-        }
-        if msg.retain {
-            self.store_retained(&msg);
-        }
-        // Whether the message itself is in the log already (by an earlier target).
-        // Written again here even when the retained store logged it: a later retained message on
-        // the same topic may already have released that copy in the log.
-        let mut message_logged = false;
-        // Two phases: everything is logged first, then queued. Once a delivery is in a queue its
-        // subscriber may send it and log Sent/Acked at once; those records must come after
-        // every Enqueue of the message (an Acked that released the message before a later
-        // subscriber's Enqueue would make the log forget that subscriber's copy).
+        // ACL read check at delivery time.
+        targets.retain(|t| {
+            self.may_read(
+                t.username.as_deref(),
+                &t.handle.client_id,
+                msg.topic.as_str(),
+            )
+        });
+        // Shared subscriptions: one member per group (4.8.2), chosen by the group's strategy,
+        // or the group's own queue when every member's window is full.
         let mut to_groups = Vec::new();
-        // Shared subscriptions: one member per group (4.8.2), chosen by the group's strategy.
         for (key, mut members) in groups {
             // A stable order, so hash strategies map a key to the same member.
             members.sort_unstable_by(|a, b| a.handle.client_id.cmp(&b.handle.client_id));
@@ -147,35 +139,79 @@ impl Broker {
                 msg.topic.as_str(),
             );
             match pick {
-                Some(Pick::Member(i)) => targets.push(members.swap_remove(i)),
+                Some(Pick::Member(i)) => {
+                    let t = members.swap_remove(i);
+                    if self.may_read(
+                        t.username.as_deref(),
+                        &t.handle.client_id,
+                        msg.topic.as_str(),
+                    ) {
+                        targets.push(t);
+                    }
+                }
                 Some(Pick::Group) => {
-                    // Adapted to the member that pulls it (its QoS, identifier) on the way out.
-                    let mut d = Delivery {
-                        msg: msg.clone(),
-                        qos: msg.qos,
-                        retain: msg.retain,
-                        subscription_ids: Vec::new(),
-                        shared: Some(key.clone()),
-                        seq: 0,
-                    };
+                    let queue = self.group_queue(&key);
                     let handles: Vec<Arc<SessionHandle>> =
                         members.iter().map(|m| m.handle.clone()).collect();
-                    let queue = self.log_shared(&key, &mut d, &handles, &mut message_logged);
-                    to_groups.push((key, queue, d, handles));
+                    to_groups.push((key, queue, handles));
                 }
                 None => {}
             }
         }
+        if reject_when_full {
+            // Checked before anything is stored or queued, so a refusal leaves no trace. (Another
+            // publisher may fill a queue between this check and the push; that message is then
+            // dropped for that subscriber and counted, as with `drop`. The broker-wide
+            // `limits.max_queued_bytes_total` is not part of the check.)
+            let cost = msg.cost();
+            let full_session = targets
+                .iter()
+                .find(|t| t.qos != QoS::AtMostOnce && !t.handle.outbox().has_room(cost))
+                .map(|t| t.handle.client_id.clone());
+            let full_group = || {
+                to_groups
+                    .iter()
+                    .find(|(_, q, _)| !q.has_room(cost))
+                    .map(|(key, _, _)| ClientId::from(key.as_str()))
+            };
+            if let Some(full) = full_session.or_else(full_group) {
+                let n = self.stats.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                if n % 1000 == 0 {
+                    tracing::warn!(subscriber = %full, refused = n + 1, "queue full (mqtt.max_queued_messages / max_queued_bytes): PUBLISH refused (mqtt.queue_full_policy = reject)");
+                }
+                return Err(full);
+            }
+        }
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        // Two phases: everything is logged first, then queued. Once a delivery is in a queue its
+        // subscriber may send it and log Sent/Acked at once; those records must come after
+        // every Enqueue of the message (an Acked that released the message before a later
+        // subscriber's Enqueue would make the log forget that subscriber's copy).
+        // Whether the message itself is in the log already (by an earlier target). Written
+        // again even when the retained store logged it: a later retained message on the same
+        // topic may already have released that copy in the log.
+        let mut message_logged = false;
+        let to_groups: Vec<_> = to_groups
+            .into_iter()
+            .map(|(key, queue, handles)| {
+                // Adapted to the member that pulls it (its QoS, identifier) on the way out.
+                let mut d = Delivery {
+                    msg: msg.clone(),
+                    qos: msg.qos,
+                    retain: msg.retain,
+                    subscription_ids: Vec::new(),
+                    shared: Some(key.clone()),
+                    seq: 0,
+                };
+                self.log_shared(&key, &queue, &mut d, &handles, &mut message_logged);
+                (key, queue, d, handles)
+            })
+            .collect();
         let mut to_sessions = Vec::new();
         let mut queued = 0;
         for t in targets {
-            if !self.may_read(
-                t.username.as_deref(),
-                &t.handle.client_id,
-                msg.topic.as_str(),
-            ) {
-                continue;
-            }
             let mut d = Delivery {
                 msg: msg.clone(),
                 qos: t.qos,
@@ -191,6 +227,9 @@ impl Broker {
                 // Nothing is logged: no order to keep, no list to build.
                 queued += usize::from(self.deliver_to(&t.handle, d));
             }
+        }
+        if let Some(rec) = received {
+            self.store.append(rec);
         }
         // Records grouped by the caller (Store::group) go to the writer now, before any push.
         self.store.flush_group();
@@ -255,7 +294,8 @@ impl Broker {
     /// [MQTT-3.3.1-5], [MQTT-3.3.1-6], [MQTT-3.3.1-7].
     fn store_retained(&self, msg: &Arc<Message>) {
         let mut store = write(&self.retained);
-        // Logged under the retained lock, so the log's order matches the store's.
+        // Logged under the retained lock, so the log's order matches the store's (sent to the
+        // writer before the lock goes, even from inside a publisher's record group).
         if msg.payload.is_empty() {
             store.remove(msg.topic.as_str());
             if self.store.is_enabled() {
@@ -274,6 +314,7 @@ impl Broker {
                 });
             }
         }
+        self.store.flush_group();
     }
 
     /// The retained messages to send for a new subscription, per Retain Handling

@@ -128,6 +128,8 @@ pub struct Outbox {
     cold: usize,
     /// Bytes of messages kept in memory before logged deliveries stay on disk only.
     window: usize,
+    /// Whether deliveries may be kept on disk only at all (not while a session leaves the log).
+    spill: bool,
     /// Whether a connection currently owns the session (QoS 0 is not queued for offline ones).
     online: bool,
     /// `mqtt.max_queued_messages`.
@@ -157,6 +159,7 @@ impl Outbox {
             hot_bytes: 0,
             cold: 0,
             window: usize::MAX,
+            spill: true,
             online: false,
             max_messages,
             max_bytes,
@@ -204,7 +207,7 @@ impl Outbox {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
-        let spillable = d.seq != 0 && d.shared.is_none() && d.qos != QoS::AtMostOnce;
+        let spillable = self.spill && d.seq != 0 && d.shared.is_none() && d.qos != QoS::AtMostOnce;
         // An offline session needs nothing in memory until its client is back.
         let window = if self.online { self.window } else { 0 };
         let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > window);
@@ -329,6 +332,11 @@ impl Outbox {
     /// dropped because their message could not be read.
     pub fn warm(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
         self.warm_where(loaded, false)
+    }
+
+    /// Allows (or stops) keeping new deliveries on disk only.
+    pub fn set_spill(&mut self, spill: bool) {
+        self.spill = spill;
     }
 
     /// The ids of every delivery kept on disk only.

@@ -96,6 +96,11 @@ impl GroupQueue {
         self.lock().pop()
     }
 
+    /// Whether a message of `cost` bytes fits the queue's bounds now.
+    pub fn has_room(&self, cost: usize) -> bool {
+        self.lock().has_room(cost)
+    }
+
     /// Number of waiting deliveries.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -224,6 +229,17 @@ fn stable_hash(s: &str) -> usize {
 }
 
 impl Broker {
+    /// The queue of shared subscription `key` (created on first use).
+    pub(crate) fn group_queue(&self, key: &TopicFilter) -> Arc<GroupQueue> {
+        let m = &self.config.mqtt;
+        self.shared_groups.queue_for(
+            key,
+            m.max_queued_messages,
+            m.max_queued_bytes,
+            &self.queue_budget,
+        )
+    }
+
     /// Queueing `d` in its group's queue, so the first member with a free slot takes it, is two
     /// steps. This one: the group's queue, with `d` logged for it (the message once:
     /// `message_logged`; numbered) when a member is persistent: the publisher was told the
@@ -232,17 +248,11 @@ impl Broker {
     pub(crate) fn log_shared(
         &self,
         key: &TopicFilter,
+        queue: &GroupQueue,
         d: &mut Delivery,
         members: &[Arc<SessionHandle>],
         message_logged: &mut bool,
-    ) -> Arc<GroupQueue> {
-        let m = &self.config.mqtt;
-        let queue = self.shared_groups.queue_for(
-            key,
-            m.max_queued_messages,
-            m.max_queued_bytes,
-            &self.queue_budget,
-        );
+    ) {
         if self.store.is_enabled()
             && d.qos != QoS::AtMostOnce
             && members.iter().any(|h| h.persistent.load(Ordering::Relaxed))
@@ -260,7 +270,6 @@ impl Broker {
                 retain: d.retain,
             });
         }
-        queue
     }
 
     /// The second step (see [`Broker::log_shared`]): queues `d` and wakes the members.
@@ -349,7 +358,8 @@ impl Broker {
                     self.deliver_to(&handles[i], d);
                 }
                 Some(Pick::Group) => {
-                    let queue = self.log_shared(&key, &mut d, &handles, &mut logged);
+                    let queue = self.group_queue(&key);
+                    self.log_shared(&key, &queue, &mut d, &handles, &mut logged);
                     if let Some(rec) = release {
                         self.store.append(rec);
                     }
