@@ -1256,7 +1256,7 @@ fn apply_meta_payload(image: &mut Image, payload: &[u8], now: Instant) -> Result
 }
 
 /// Encodes `recs` (no messages) as one batch frame.
-fn encode_batch(recs: &[&Record], out: &mut BytesMut) {
+fn encode_batch<'a>(recs: impl Iterator<Item = &'a Record>, out: &mut BytesMut) {
     let start = out.len();
     out.put_u64_le(0); // length and CRC, patched below
     out.put_u8(TAG_BATCH);
@@ -1889,16 +1889,19 @@ impl Writer {
                             // Messages as their own frames (so they can be located and read
                             // back); everything else as one frame: a torn write keeps all of
                             // it or none (a message without its entries is only garbage).
-                            let (msgs, rest): (Vec<&Record>, Vec<&Record>) =
-                                recs.iter().partition(|r| matches!(r, Record::Message(_)));
-                            msgs.into_iter().for_each(&mut put);
-                            if rest.len() == 1 {
-                                put(rest[0]);
-                            } else if !rest.is_empty() {
-                                encode_batch(&rest, &mut buf);
-                                for rec in rest {
-                                    backlog += record_cost(rec);
-                                    state.image.apply(rec, (0, 0));
+                            let is_msg = |r: &&Record| matches!(r, Record::Message(_));
+                            recs.iter().filter(is_msg).for_each(&mut put);
+                            let mut rest = recs.iter().filter(|r| !is_msg(r));
+                            match (rest.next(), rest.next()) {
+                                (None, _) => {}
+                                (Some(one), None) => put(one),
+                                _ => {
+                                    let rest = || recs.iter().filter(|r| !is_msg(r));
+                                    encode_batch(rest(), &mut buf);
+                                    for rec in rest() {
+                                        backlog += record_cost(rec);
+                                        state.image.apply(rec, (0, 0));
+                                    }
                                 }
                             }
                         }
