@@ -576,6 +576,65 @@ impl RawClient {
     }
 }
 
+impl RawClient {
+    /// Reads until the server closes the connection; the last packet must be a DISCONNECT with
+    /// reason `code` (`what` names the case in the failure message).
+    pub async fn expect_disconnect(
+        &mut self,
+        timeout: Duration,
+        code: u8,
+        what: &str,
+    ) -> Result<()> {
+        let seen = self.expect_closed(timeout).await?;
+        match seen.last() {
+            Some(Packet::Disconnect(d)) if d.reason.0 == code => Ok(()),
+            Some(Packet::Disconnect(d)) => bail!(
+                "{what}: DISCONNECT 0x{:02X}, expected 0x{code:02X} (saw {seen:?})",
+                d.reason.0
+            ),
+            _ => bail!("{what}: expected DISCONNECT 0x{code:02X} before close, saw {seen:?}"),
+        }
+    }
+}
+
+/// Packet builders the black-box tests share.
+pub mod packets {
+    use bytes::Bytes;
+    use sluice_codec::{
+        Packet, Publish, PublishProperties, QoS, Subscribe, SubscribeProperties, Subscription,
+        SubscriptionOptions, TopicFilter, TopicName,
+    };
+
+    /// A PUBLISH (not retained, no properties); the packet id is dropped for QoS 0.
+    pub fn publish(topic: &str, qos: QoS, pkid: u16, payload: impl Into<Bytes>) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: TopicName::try_from(topic).unwrap(),
+            pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
+            payload: payload.into(),
+            properties: PublishProperties::default(),
+        }
+    }
+
+    /// A SUBSCRIBE to one filter with default options at `qos`.
+    pub fn subscribe(pkid: u16, filter: &str, qos: QoS) -> Packet {
+        Packet::Subscribe(Subscribe {
+            pkid,
+            filters: vec![Subscription {
+                filter: TopicFilter::try_from(filter).unwrap(),
+                options: SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            }],
+            rejected: vec![],
+            properties: SubscribeProperties::default(),
+        })
+    }
+}
+
 /// Raw bytes of a minimal CONNECT: clean session/start, keepalive 60, no will, no credentials.
 pub fn connect_bytes(protocol: Protocol, client_id: &str) -> Vec<u8> {
     let (name, level): (&[u8], u8) = match protocol {

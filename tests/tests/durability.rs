@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_tests::codec::{
-    Connect, ConnectProperties, Packet, Protocol, PubAck, Publish, QoS, ReasonCode, Str, Subscribe,
-    SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
+    Connect, ConnectProperties, Packet, Protocol, PubAck, QoS, ReasonCode, Str, TopicName,
 };
+use sluice_tests::packets;
 use sluice_tests::{Broker, BrokerOpts, RawClient, Recv};
 
 const T: Duration = Duration::from_secs(5);
@@ -52,19 +52,7 @@ async fn connect_persistent(broker: &Broker, id: &str) -> (RawClient, bool) {
 }
 
 async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
-    let s = Subscribe {
-        pkid: 1,
-        filters: vec![Subscription {
-            filter: TopicFilter::try_from(filter).unwrap(),
-            options: SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        }],
-        rejected: vec![],
-        properties: SubscribeProperties::default(),
-    };
-    c.send(&Packet::Subscribe(s)).await.unwrap();
+    c.send(&packets::subscribe(1, filter, qos)).await.unwrap();
     assert!(matches!(
         c.expect_packet(T).await.unwrap(),
         Packet::SubAck(_)
@@ -72,15 +60,9 @@ async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
 }
 
 fn publish(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>, retain: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: TopicName::try_from(topic).unwrap(),
-        pkid,
-        payload: Bytes::from(payload),
-        properties: Default::default(),
-    })
+    let mut p = packets::publish(topic, qos, pkid, payload);
+    p.retain = retain;
+    Packet::Publish(p)
 }
 
 /// Publishes `n` messages (odd sequence numbers at QoS 2, even at QoS 1), one at a time,

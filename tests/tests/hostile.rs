@@ -17,10 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_tests::codec::{
-    Packet, Protocol, PubAck, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
-    SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
-};
+use sluice_tests::codec::{Packet, Protocol, PubAck, QoS, ReasonCode};
+use sluice_tests::packets;
 use sluice_tests::{client_id, connect_bytes, Broker, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,30 +64,11 @@ fn alive(pid: u32) -> bool {
 }
 
 fn subscribe(filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        pkid: 1,
-        filters: vec![Subscription {
-            filter: TopicFilter::try_from(filter).unwrap(),
-            options: SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        }],
-        rejected: vec![],
-        properties: SubscribeProperties::default(),
-    })
+    packets::subscribe(1, filter, qos)
 }
 
 fn publish(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: TopicName::try_from(topic).unwrap(),
-        pkid,
-        payload: payload.into(),
-        properties: PublishProperties::default(),
-    })
+    Packet::Publish(packets::publish(topic, qos, pkid, payload))
 }
 
 /// A connected, CONNACKed raw client.

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use bytes::{Bytes, BytesMut};
 use sluice_tests::codec::{
-    ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties,
-    QoS, Str, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
+    ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, PublishProperties, QoS, Str,
+    Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
 };
+use sluice_tests::packets;
 use sluice_tests::{client_id, Broker, RawClient, Recv};
 
 const STEP: Duration = Duration::from_secs(5);
@@ -52,15 +53,7 @@ async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<RawClient> {
 }
 
 fn publish(topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.try_into().unwrap(),
-        pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
-        payload: Bytes::copy_from_slice(payload),
-        properties: PublishProperties::default(),
-    })
+    Packet::Publish(packets::publish(topic, qos, pkid, payload.to_vec()))
 }
 
 /// SUBSCRIBEs to `filters` at QoS 1 in one packet; returns the SUBACK's codes.
@@ -85,20 +78,6 @@ async fn suback_codes(c: &mut RawClient, filters: &[&str]) -> Result<Vec<u8>> {
         Packet::SubAck(a) => Ok(a.reasons.iter().map(|r| r.0).collect()),
         other => bail!("expected SUBACK, got {other:?}"),
     }
-}
-
-/// Reads until the server closes; the last packet must be DISCONNECT `code`.
-async fn expect_disconnect(c: &mut RawClient, code: u8, what: &str) -> Result<()> {
-    let seen = c.expect_closed(STEP).await?;
-    match seen.last() {
-        Some(Packet::Disconnect(d)) => assert_eq!(
-            d.reason.0, code,
-            "{what}: DISCONNECT 0x{:02X}, expected 0x{code:02X} ({seen:?})",
-            d.reason.0
-        ),
-        _ => panic!("{what}: expected DISCONNECT 0x{code:02X}, saw {seen:?}"),
-    }
-    Ok(())
 }
 
 /// A QoS 1 PUBLISH and its PUBACK; returns the round-trip time.
@@ -136,7 +115,7 @@ async fn max_topic_levels() -> Result<()> {
     }
     c.send(&publish("a/b/c/d/e", QoS::AtMostOnce, 0, b"5"))
         .await?;
-    expect_disconnect(&mut c, 0x90, "5-level PUBLISH").await?;
+    c.expect_disconnect(STEP, 0x90, "5-level PUBLISH").await?;
 
     let mut c = connect(broker.addr, Protocol::V311).await?;
     assert_eq!(
@@ -169,7 +148,8 @@ async fn max_topic_length() -> Result<()> {
         other => panic!("expected the 16-byte topic's message, got {other:?}"),
     }
     c.send(&publish(long, QoS::AtMostOnce, 0, b"17")).await?;
-    expect_disconnect(&mut c, 0x90, "17-byte topic name").await?;
+    c.expect_disconnect(STEP, 0x90, "17-byte topic name")
+        .await?;
 
     let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
     let Packet::Connect(mut connect) = connect_packet(Protocol::V5, &client_id("will")) else {
@@ -383,7 +363,7 @@ async fn disconnect_over_rate() -> Result<()> {
     };
     let mut c = connect(broker.addr, Protocol::V5).await?;
     let _ = c.send_bytes(&blast(Protocol::V5, 100)).await;
-    expect_disconnect(&mut c, 0x96, "5.0 flooder").await?;
+    c.expect_disconnect(STEP, 0x96, "5.0 flooder").await?;
 
     // 3.1.1: 15 messages against a budget of 10 means ~0.5 s of back-pressure, no disconnect.
     let mut c = connect(broker.addr, Protocol::V311).await?;

@@ -11,6 +11,7 @@ use sluice_tests::codec::{
     ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties,
     QoS, Str, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
 };
+use sluice_tests::packets;
 use sluice_tests::{client_id, Broker, RawClient, Recv};
 
 const STEP: Duration = Duration::from_secs(5);
@@ -54,15 +55,7 @@ async fn connect_ok(
 }
 
 fn publish(topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Publish {
-    Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.try_into().unwrap(),
-        pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
-        payload: Bytes::copy_from_slice(payload),
-        properties: PublishProperties::default(),
-    }
+    packets::publish(topic, qos, pkid, payload.to_vec())
 }
 
 fn subscribe(filter: &str, qos: QoS, id: Option<u32>) -> Packet {
@@ -90,21 +83,6 @@ async fn suback_code(c: &mut RawClient, filter: &str) -> Result<u8> {
         Packet::SubAck(a) if a.reasons.len() == 1 => Ok(a.reasons[0].0),
         other => bail!("expected SUBACK for {filter}, got {other:?}"),
     }
-}
-
-/// Reads until the server closes the connection; the last packet must be a DISCONNECT with
-/// `code`.
-async fn expect_disconnect(c: &mut RawClient, code: u8, what: &str) -> Result<()> {
-    let seen = c.expect_closed(STEP).await?;
-    match seen.last() {
-        Some(Packet::Disconnect(d)) => assert_eq!(
-            d.reason.0, code,
-            "{what}: DISCONNECT reason 0x{:02X}, expected 0x{code:02X} (saw {seen:?})",
-            d.reason.0
-        ),
-        _ => panic!("{what}: expected DISCONNECT 0x{code:02X} before close, saw {seen:?}"),
-    }
-    Ok(())
 }
 
 /// The next PUBLISH within `timeout`, skipping other packets; None on timeout.
@@ -178,13 +156,15 @@ async fn switched_off_capabilities_are_enforced() -> Result<()> {
     let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await?;
     c.send(&Packet::Publish(publish("q/2", QoS::ExactlyOnce, 1, b"x")))
         .await?;
-    expect_disconnect(&mut c, 0x9B, "QoS 2 over Maximum QoS 1").await?;
+    c.expect_disconnect(STEP, 0x9B, "QoS 2 over Maximum QoS 1")
+        .await?;
 
     let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await?;
     let mut p = publish("r/1", QoS::AtLeastOnce, 1, b"x");
     p.retain = true;
     c.send(&Packet::Publish(p)).await?;
-    expect_disconnect(&mut c, 0x9A, "retained PUBLISH with retain off").await?;
+    c.expect_disconnect(STEP, 0x9A, "retained PUBLISH with retain off")
+        .await?;
 
     let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await?;
     assert_eq!(suback_code(&mut c, "w/+").await?, 0xA2, "+ filter");
@@ -216,7 +196,8 @@ async fn switched_off_capabilities_are_enforced() -> Result<()> {
 
     let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await?;
     c.send(&subscribe("s/id", QoS::AtMostOnce, Some(5))).await?;
-    expect_disconnect(&mut c, 0xA1, "Subscription Identifier while unavailable").await?;
+    c.expect_disconnect(STEP, 0xA1, "Subscription Identifier while unavailable")
+        .await?;
     Ok(())
 }
 
@@ -309,7 +290,8 @@ async fn receive_maximum_exceeded_is_0x93() -> Result<()> {
     }
     c.send(&Packet::Publish(publish("rm/t", QoS::ExactlyOnce, 3, b"x")))
         .await?;
-    expect_disconnect(&mut c, 0x93, "third unacknowledged QoS 2 PUBLISH").await
+    c.expect_disconnect(STEP, 0x93, "third unacknowledged QoS 2 PUBLISH")
+        .await
 }
 
 /// 3.3.2.3.4 [MQTT-3.3.2-9]: a Topic Alias above the Topic Alias Maximum the server advertised
@@ -330,7 +312,8 @@ async fn inbound_topic_alias_over_maximum_is_0x94() -> Result<()> {
     let mut over = publish("ta/x", QoS::AtMostOnce, 0, b"x");
     over.properties.topic_alias = Some(3);
     c.send(&Packet::Publish(over)).await?;
-    expect_disconnect(&mut c, 0x94, "Topic Alias above the maximum").await
+    c.expect_disconnect(STEP, 0x94, "Topic Alias above the maximum")
+        .await
 }
 
 /// 3.3.2.3.4 [MQTT-3.3.2-8]: "A Topic Alias of 0 is not permitted"; receiving one is a Protocol
@@ -344,7 +327,7 @@ async fn inbound_topic_alias_zero_is_0x94() -> Result<()> {
     let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
     c.send_bytes(&[0x30, 8, 0, 1, b'a', 3, 0x23, 0, 0, b'x'])
         .await?;
-    expect_disconnect(&mut c, 0x94, "Topic Alias 0").await
+    c.expect_disconnect(STEP, 0x94, "Topic Alias 0").await
 }
 
 /// 3.3.2.3.4 and 3.1.2.11.5: towards a client whose CONNECT allows Topic Aliases, the server

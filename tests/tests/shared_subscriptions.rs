@@ -10,11 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use bytes::Bytes;
-use sluice_tests::codec::{
-    ConnectProperties, Packet, Protocol, PubAck, Publish, PublishProperties, QoS, Str, Subscribe,
-    SubscribeProperties, Subscription, SubscriptionOptions,
-};
+use sluice_tests::codec::{ConnectProperties, Packet, Protocol, PubAck, QoS, Str};
+use sluice_tests::packets;
 use sluice_tests::{client_id, Broker, RawClient, Recv};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -62,19 +59,7 @@ async fn connect_rm(
 
 /// Subscribes to one filter at `qos` and checks the SUBACK grants it.
 async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) -> Result<()> {
-    c.send(&Packet::Subscribe(Subscribe {
-        pkid: 1,
-        filters: vec![Subscription {
-            filter: filter.try_into().unwrap(),
-            options: SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        }],
-        rejected: vec![],
-        properties: SubscribeProperties::default(),
-    }))
-    .await?;
+    c.send(&packets::subscribe(1, filter, qos)).await?;
     match c.expect_packet(STEP).await? {
         Packet::SubAck(a) if a.reasons.len() == 1 && a.reasons[0].0 == qos as u8 => Ok(()),
         other => bail!("expected SUBACK granting {qos:?} for {filter}, got {other:?}"),
@@ -82,15 +67,7 @@ async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) -> Result<()> {
 }
 
 fn publish_packet(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.try_into().unwrap(),
-        pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
-        payload: Bytes::from(payload),
-        properties: PublishProperties::default(),
-    })
+    Packet::Publish(packets::publish(topic, qos, pkid, payload))
 }
 
 /// Publishes QoS 1 messages `seqs` to topics from `topic_of`, at most `window` unacknowledged

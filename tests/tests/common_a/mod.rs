@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_tests::codec::{
     ConnAck, Connect, ConnectProperties, Disconnect, LastWill, Packet, Protocol, PubAck, Publish,
-    PublishProperties, QoS, ReasonCode, Str, SubAck, Subscribe, SubscribeProperties, Subscription,
-    SubscriptionOptions, TopicFilter, TopicName,
+    PublishProperties, QoS, ReasonCode, Str, SubAck, TopicName,
 };
 use sluice_tests::rumqttc;
 use sluice_tests::{encode_remaining_length, Broker, RawClient, Recv};
@@ -114,18 +113,7 @@ pub async fn raw_ok(addr: SocketAddr, protocol: Protocol, id: &str, o: &Opts) ->
 }
 
 pub fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        pkid,
-        filters: vec![Subscription {
-            filter: TopicFilter::try_from(filter).unwrap(),
-            options: SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        }],
-        rejected: vec![],
-        properties: SubscribeProperties::default(),
-    })
+    sluice_tests::packets::subscribe(pkid, filter, qos)
 }
 
 /// Subscribes and waits for the SUBACK.
