@@ -196,19 +196,7 @@ impl Conn {
 
     /// Subscribes to one filter and waits for a successful SUBACK.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS, deadline: Instant) -> Result<()> {
-        let sub = Subscribe {
-            pkid: 1,
-            filters: vec![Subscription {
-                filter: TopicFilter::try_from(filter).map_err(|e| anyhow!("filter: {e:?}"))?,
-                options: SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            }],
-            rejected: Vec::new(),
-            properties: SubscribeProperties::default(),
-        };
-        self.queue(&Packet::Subscribe(sub))?;
+        self.queue_subscribe(filter, qos)?;
         match self.expect(deadline).await? {
             Packet::SubAck(ack) => {
                 let code = ack.reasons.first().copied().unwrap_or(ReasonCode(0x80));

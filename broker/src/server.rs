@@ -312,34 +312,21 @@ async fn handshake_and_serve(
     // A handshake in progress counts towards limits.max_connections like a connection waiting
     // for its CONNECT (the accept loop's hard cap looks at this count).
     let handshaking = Handshaking::new(&broker);
-    let max_packet = broker.config.mqtt.max_packet_size as usize;
     let Some(tls) = &transport.tls else {
         let path = transport.websocket.as_deref().unwrap_or("/");
-        match tokio::time::timeout_at(deadline, crate::ws::accept(stream, path, max_packet)).await {
-            Ok(Ok(ws)) => {
-                let info = ConnInfo {
-                    peer,
-                    tls_identity: None,
-                    flush: true,
-                    refuse,
-                };
-                drop(handshaking);
-                crate::connection::serve(ws, info, broker, stop).await;
-            }
-            Ok(Err(e)) => {
-                transport.ws_failures.failed("WebSocket upgrade", peer, &e);
-            }
-            Err(_) => {
-                transport.ws_failures.failed(
-                    "WebSocket upgrade",
-                    peer,
-                    &format_args!(
-                        "not done within {}s (limits.connect_timeout)",
-                        limit.as_secs()
-                    ),
-                );
-            }
-        }
+        let info = ConnInfo {
+            peer,
+            tls_identity: None,
+            flush: true,
+            refuse,
+        };
+        let upgrade = Upgrade {
+            transport,
+            deadline,
+            limit,
+            handshaking,
+        };
+        upgrade.serve(stream, path, info, broker, stop).await;
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
@@ -392,26 +379,60 @@ async fn handshake_and_serve(
             crate::connection::serve(stream, info, broker, stop).await
         }
         Some(path) => {
-            match tokio::time::timeout_at(deadline, crate::ws::accept(stream, path, max_packet))
-                .await
-            {
-                Ok(Ok(ws)) => {
-                    drop(handshaking);
-                    crate::connection::serve(ws, info, broker, stop).await
-                }
-                Ok(Err(e)) => {
-                    transport.ws_failures.failed("WebSocket upgrade", peer, &e);
-                }
-                Err(_) => {
-                    transport.ws_failures.failed(
-                        "WebSocket upgrade",
-                        peer,
-                        &format_args!(
-                            "not done within {}s (limits.connect_timeout)",
-                            limit.as_secs()
-                        ),
-                    );
-                }
+            let upgrade = Upgrade {
+                transport,
+                deadline,
+                limit,
+                handshaking,
+            };
+            upgrade.serve(stream, path, info, broker, stop).await;
+        }
+    }
+}
+
+/// A WebSocket upgrade still to do before MQTT, within `limits.connect_timeout`.
+struct Upgrade<'a> {
+    transport: &'a Transport,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+    handshaking: Handshaking,
+}
+
+impl Upgrade<'_> {
+    /// Upgrades `stream` (plain or TLS) on `path`, then serves MQTT over it; a failed or late
+    /// upgrade is logged at a bounded rate.
+    async fn serve<S>(
+        self,
+        stream: S,
+        path: &str,
+        info: ConnInfo,
+        broker: Arc<Broker>,
+        stop: watch::Receiver<bool>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        let peer = info.peer;
+        let max_packet = broker.config.mqtt.max_packet_size as usize;
+        let failures = &self.transport.ws_failures;
+        match tokio::time::timeout_at(self.deadline, crate::ws::accept(stream, path, max_packet))
+            .await
+        {
+            Ok(Ok(ws)) => {
+                drop(self.handshaking);
+                crate::connection::serve(ws, info, broker, stop).await
+            }
+            Ok(Err(e)) => {
+                failures.failed("WebSocket upgrade", peer, &e);
+            }
+            Err(_) => {
+                failures.failed(
+                    "WebSocket upgrade",
+                    peer,
+                    &format_args!(
+                        "not done within {}s (limits.connect_timeout)",
+                        self.limit.as_secs()
+                    ),
+                );
             }
         }
     }
