@@ -101,6 +101,20 @@ impl Conn {
             .map_err(|e| anyhow!("decode: {e}"))
     }
 
+    /// [`Conn::pump`] for at most 100 ms (a waiting reader's tick); an error once the broker
+    /// has closed the connection.
+    pub async fn pump_or_tick(&mut self) -> Result<()> {
+        tokio::select! {
+            r = self.pump() => {
+                if !r? {
+                    bail!("connection closed by the broker");
+                }
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+        Ok(())
+    }
+
     /// Waits until the socket can make progress (readable, or writable while output is pending)
     /// and does that I/O. Returns `false` when the peer closed the connection. Cancel-safe: the
     /// only await is on readiness.

@@ -850,14 +850,7 @@ async fn subscriber(
         if now >= deadline {
             return Ok((stats, true));
         }
-        tokio::select! {
-            r = conn.pump() => {
-                if !r? {
-                    bail!("connection closed by the broker");
-                }
-            }
-            _ = sleep(Duration::from_millis(100)) => {}
-        }
+        conn.pump_or_tick().await?;
     }
 }
 
@@ -1308,14 +1301,7 @@ async fn consumer(
         if now >= deadline {
             return Ok((stats, true));
         }
-        tokio::select! {
-            r = conn.pump() => {
-                if !r? {
-                    bail!("connection closed by the broker");
-                }
-            }
-            _ = sleep(Duration::from_millis(100)) => {}
-        }
+        conn.pump_or_tick().await?;
     }
 }
 
@@ -1419,14 +1405,7 @@ async fn retained(target: Target, p: &Params) -> Result<Outcome> {
             timed_out = true;
             break;
         }
-        tokio::select! {
-            r = sub.pump() => {
-                if !r? {
-                    bail!("subscriber: connection closed by the broker");
-                }
-            }
-            _ = sleep(Duration::from_millis(100)) => {}
-        }
+        sub.pump_or_tick().await?;
     }
     let _ = sub.flush(deadline).await;
     let _ = sub.disconnect(deadline).await;
