@@ -105,6 +105,9 @@ pub struct ClientState {
     group_queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
     /// Rotates which group queue is pulled from first.
     group_cursor: usize,
+    /// Whether the queue had messages to read back from the store at the last drain (so the
+    /// connection loop does not lock the queue to ask).
+    cold_waiting: bool,
     /// The persistent store (disabled in memory mode and in unit tests).
     store: Store,
     /// Packets that may go out only once the store has what they promise (acks of stored
@@ -152,6 +155,7 @@ impl ClientState {
             session,
             group_queues: Vec::new(),
             group_cursor: 0,
+            cold_waiting: false,
             store: Store::disabled(),
             held: BytesMut::new(),
             holding: false,
@@ -918,7 +922,7 @@ impl ClientState {
     /// on disk only (or soon will be at its front) and the inflight window has room. None
     /// otherwise.
     pub fn cold_to_load(&self) -> Option<Vec<u64>> {
-        if self.n.send_window <= self.session.inflight_len() {
+        if !self.cold_waiting || self.n.send_window <= self.session.inflight_len() {
             return None;
         }
         let outbox = self.handle.outbox();
@@ -983,6 +987,7 @@ impl ClientState {
                     }
                 }
             }
+            self.cold_waiting = outbox.wants_load();
             !outbox.is_empty()
         };
         for d in batch {
