@@ -22,10 +22,16 @@ pub enum AliasUse {
 }
 
 /// The aliases of one connection, towards the client.
+///
+/// Alias numbers are fixed slots: slot `i` is alias `i + 1`, and an alias keeps its number for as
+/// long as the client may hold it. The client's table is only ever changed by a PUBLISH that
+/// reached it, so the broker never renumbers: renumbering would make the client resolve later
+/// aliases to other topics.
 #[derive(Debug, Default)]
 pub struct OutboundAliases {
-    /// (topic, alias, last use). Alias numbers are 1..=entries.len() in assignment order.
-    entries: Vec<(TopicName, u16, u64)>,
+    /// Slot `i` holds alias `i + 1`: `(topic, last use)`, or `None` when the slot is free (never
+    /// used, or its assignment was withdrawn before the client saw it). Grows up to `max`.
+    slots: Vec<Option<(TopicName, u64)>>,
     /// The most aliases this connection may use (0: none).
     max: u16,
     /// Use counter for least-recently-used eviction.
@@ -36,7 +42,7 @@ impl OutboundAliases {
     /// Aliases up to `max` (the client's Topic Alias Maximum, already capped by config).
     pub fn new(max: u16) -> OutboundAliases {
         OutboundAliases {
-            entries: Vec::new(),
+            slots: Vec::new(),
             max,
             tick: 0,
         }
@@ -48,30 +54,57 @@ impl OutboundAliases {
             return AliasUse::None;
         }
         self.tick += 1;
-        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == *topic) {
-            e.2 = self.tick;
-            return AliasUse::Known(e.1);
+        let tick = self.tick;
+        let mut free = None;
+        let mut lru: Option<(usize, u64)> = None;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            match slot {
+                Some((t, used)) if t == topic => {
+                    *used = tick;
+                    return AliasUse::Known(alias_of(i));
+                }
+                Some((_, used)) => {
+                    if lru.is_none_or(|(_, u)| *used < u) {
+                        lru = Some((i, *used));
+                    }
+                }
+                None => {
+                    free.get_or_insert(i);
+                }
+            }
         }
-        if self.entries.len() < usize::from(self.max) {
-            let alias = self.entries.len() as u16 + 1;
-            self.entries.push((topic.clone(), alias, self.tick));
-            return AliasUse::Assign(alias);
-        }
-        let Some(lru) = self.entries.iter_mut().min_by_key(|e| e.2) else {
-            return AliasUse::None;
+        let i = match free {
+            Some(i) => i,
+            None if self.slots.len() < usize::from(self.max) => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+            None => match lru {
+                Some((i, _)) => i,
+                None => return AliasUse::None,
+            },
         };
-        *lru = (topic.clone(), lru.1, self.tick);
-        AliasUse::Assign(lru.1)
+        self.slots[i] = Some((topic.clone(), tick));
+        AliasUse::Assign(alias_of(i))
     }
 
-    /// Forgets an assignment whose PUBLISH was not sent after all.
+    /// Withdraws an assignment whose PUBLISH was not sent after all. Only that slot is freed:
+    /// every other alias keeps its number, because the client still holds them. The client may
+    /// still map the freed number to an older topic; that does no harm, since the next use of
+    /// the slot is an [`AliasUse::Assign`] carrying the full topic.
     pub fn forget(&mut self, alias: u16) {
-        self.entries.retain(|e| e.1 != alias);
-        // Keep alias numbers dense so `name` can hand out len()+1 again.
-        for (i, e) in self.entries.iter_mut().enumerate() {
-            e.1 = i as u16 + 1;
+        if let Some(slot) = usize::from(alias)
+            .checked_sub(1)
+            .and_then(|i| self.slots.get_mut(i))
+        {
+            *slot = None;
         }
     }
+}
+
+/// The alias number of slot `i` (slots are at most a `u16` Topic Alias Maximum).
+fn alias_of(i: usize) -> u16 {
+    u16::try_from(i + 1).unwrap_or(u16::MAX)
 }
 
 #[cfg(test)]
@@ -106,5 +139,20 @@ mod tests {
         assert_eq!(a.name(&t("a")), AliasUse::Assign(1));
         a.forget(1);
         assert_eq!(a.name(&t("b")), AliasUse::Assign(1));
+    }
+
+    #[test]
+    fn forget_after_an_eviction_keeps_every_other_number() {
+        // The client holds 1 -> a, 2 -> b. "c" evicts "a" from alias 1, but that PUBLISH is not
+        // sent: the client still maps 1 -> a and 2 -> b, so "b" must stay alias 2.
+        let mut a = OutboundAliases::new(2);
+        assert_eq!(a.name(&t("a")), AliasUse::Assign(1));
+        assert_eq!(a.name(&t("b")), AliasUse::Assign(2));
+        assert_eq!(a.name(&t("c")), AliasUse::Assign(1));
+        a.forget(1);
+        assert_eq!(a.name(&t("b")), AliasUse::Known(2));
+        // The freed slot is used before any eviction, with the full topic.
+        assert_eq!(a.name(&t("d")), AliasUse::Assign(1));
+        assert_eq!(a.name(&t("b")), AliasUse::Known(2));
     }
 }

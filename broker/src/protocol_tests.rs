@@ -961,3 +961,59 @@ fn reason_strings_are_dropped_when_the_ack_would_not_fit() {
         other => panic!("{other:?}"),
     }
 }
+
+proptest::proptest! {
+    /// Outbound Topic Aliases (3.3.2.3.4) through the broker's real choice: random topics and
+    /// payload sizes, some over the client's Maximum Packet Size (not sent [MQTT-3.1.2-25]), few
+    /// aliases so that least-recently-used ones are re-assigned. A model of the client's alias
+    /// table resolves every delivered PUBLISH, which must name the topic it was published to.
+    #[test]
+    fn delivered_publishes_resolve_to_their_topic_through_the_clients_alias_table(
+        steps in proptest::collection::vec((0usize..6, 0usize..48), 1..80),
+        max_aliases in 1u16..4,
+    ) {
+        const TOPICS: [&str; 6] = ["a", "b/c", "d/e/f", "long/topic/name", "x", "y/z"];
+        let b = broker();
+        let mut n = negotiated(Protocol::V5, "sub");
+        n.outbound_alias_maximum = max_aliases;
+        n.client_max_packet = 48;
+        let mut sub = Client::with(n);
+        let mut publ = Client::new(Protocol::V5, "pub");
+        sub.subscribe(&b, "#", QoS::AtMostOnce);
+        // The client's side of 3.3.2.3.4: alias -> topic, changed only by what it receives.
+        let mut table: std::collections::HashMap<u16, String> = Default::default();
+        let mut delivered = 0;
+        for (i, &(topic, size)) in steps.iter().enumerate() {
+            let mut payload = (i as u16).to_be_bytes().to_vec();
+            payload.resize(2 + size, b'.');
+            publ.handle(&b, Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: TopicName::try_from(TOPICS[topic]).unwrap(),
+                pkid: 0,
+                payload: Bytes::from(payload),
+                properties: PublishProperties::default(),
+            }))
+            .unwrap();
+            for p in publishes(&sub.take()) {
+                let resolved = match p.properties.topic_alias {
+                    Some(a) if p.topic.as_str().is_empty() => table
+                        .get(&a)
+                        .cloned()
+                        .unwrap_or_else(|| panic!("alias {a} used before the client was told it")),
+                    Some(a) => {
+                        proptest::prop_assert!(a >= 1 && a <= max_aliases, "alias {} over the maximum [MQTT-3.3.2-10]", a);
+                        table.insert(a, p.topic.as_str().to_owned());
+                        p.topic.as_str().to_owned()
+                    }
+                    None => p.topic.as_str().to_owned(),
+                };
+                let index = usize::from(u16::from_be_bytes([p.payload[0], p.payload[1]]));
+                proptest::prop_assert_eq!(resolved, TOPICS[steps[index].0], "message {}", index);
+                delivered += 1;
+            }
+        }
+        proptest::prop_assert!(delivered <= steps.len());
+    }
+}
