@@ -267,15 +267,16 @@ pub fn negotiate(
         if cfg.topic_alias_maximum > 0 {
             properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
         }
-        // Capabilities: absent means available, so only the switched-off ones are sent.
         if cfg.maximum_qos < 2 {
             properties.maximum_qos = QoS::from_u8(cfg.maximum_qos);
         }
-        let off = |available: bool| (!available).then_some(false);
-        properties.retain_available = off(cfg.retain_available);
-        properties.wildcard_subscription_available = off(cfg.wildcard_subscription_available);
-        properties.subscription_identifiers_available = off(cfg.subscription_identifiers_available);
-        properties.shared_subscription_available = off(cfg.shared_subscription_available);
+        // Capabilities: absence would mean "available" (3.2.2.3), but some clients and test
+        // suites read the property and do not apply that default, so each is stated (3 bytes).
+        properties.retain_available = Some(cfg.retain_available);
+        properties.wildcard_subscription_available = Some(cfg.wildcard_subscription_available);
+        properties.subscription_identifiers_available =
+            Some(cfg.subscription_identifiers_available);
+        properties.shared_subscription_available = Some(cfg.shared_subscription_available);
     }
 
     let negotiated = Negotiated {
@@ -567,10 +568,10 @@ mod tests {
         .unwrap();
         assert_eq!(a.properties.maximum_qos, Some(QoS::AtLeastOnce));
         assert_eq!(a.properties.retain_available, Some(false));
-        assert_eq!(
-            a.properties.wildcard_subscription_available, None,
-            "available by default"
-        );
+        // Stated explicitly, also when available (some clients ignore the absent default).
+        assert_eq!(a.properties.wildcard_subscription_available, Some(true));
+        assert_eq!(a.properties.shared_subscription_available, Some(true));
+        assert_eq!(a.properties.subscription_identifiers_available, Some(true));
         let mut c = connect(Protocol::V5, "c", true);
         c.will = Some(sluice_codec::LastWill {
             topic: sluice_codec::TopicName::try_from("w").unwrap(),

@@ -1017,3 +1017,27 @@ proptest::proptest! {
         proptest::prop_assert!(delivered <= steps.len());
     }
 }
+
+#[test]
+fn an_identifier_shared_by_overlapping_subscriptions_is_sent_once() {
+    // [MQTT-3.3.4-3]: the PUBLISH carries the identifiers of the matching subscriptions; the
+    // same identifier on several of them is one identifier, not one per subscription.
+    let b = broker();
+    let mut sub = Client::new(Protocol::V5, "sub");
+    let mut publ = Client::new(Protocol::V5, "pub");
+    let o = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    sub.subscribe_with(&b, "a/#", o, Some(7));
+    sub.subscribe_with(&b, "a/+", o, Some(7));
+    sub.subscribe_with(&b, "+/b", o, Some(9));
+    publ.handle(&b, publish("a/b", QoS::AtLeastOnce, 1, b"x"))
+        .unwrap();
+    let got = sub.take();
+    let p = publishes(&got);
+    assert_eq!(p.len(), 1);
+    let mut ids = p[0].properties.subscription_identifiers.clone();
+    ids.sort();
+    assert_eq!(ids, vec![7, 9]);
+}

@@ -108,7 +108,12 @@ impl Broker {
                 }
                 kept.qos = kept.qos.max(later.qos);
                 kept.retain |= later.retain;
-                kept.subscription_ids.append(&mut later.subscription_ids);
+                // An identifier shared by several of the client's subscriptions is sent once.
+                for id in later.subscription_ids.drain(..) {
+                    if !kept.subscription_ids.contains(&id) {
+                        kept.subscription_ids.push(id);
+                    }
+                }
                 true
             });
         }

@@ -112,18 +112,19 @@ shared_subscription_available = false
 "#;
 
 /// 3.2.2.3.4 - 3.2.2.3.13: with every capability on (the default), CONNACK carries no Maximum
-/// QoS (absent means 2; "a value other than 0 or 1" is a Protocol Error) and none of Retain /
-/// Wildcard / Subscription Identifier / Shared Subscription Available set to 0.
+/// QoS (absent means 2; "a value other than 0 or 1" is a Protocol Error) and states Retain /
+/// Wildcard / Subscription Identifier / Shared Subscription Available = 1 explicitly: some
+/// clients and test suites read the property and do not apply the default of its absence.
 #[tokio::test]
 async fn default_connack_advertises_no_restrictions() -> Result<()> {
     let broker = Broker::start();
     let (_c, a) = connect_ok(broker.addr, ConnectProperties::default()).await?;
     let p = &a.properties;
     assert_eq!(p.maximum_qos, None, "Maximum QoS absent: {p:?}");
-    assert_ne!(p.retain_available, Some(false), "{p:?}");
-    assert_ne!(p.wildcard_subscription_available, Some(false), "{p:?}");
-    assert_ne!(p.subscription_identifiers_available, Some(false), "{p:?}");
-    assert_ne!(p.shared_subscription_available, Some(false), "{p:?}");
+    assert_eq!(p.retain_available, Some(true), "{p:?}");
+    assert_eq!(p.wildcard_subscription_available, Some(true), "{p:?}");
+    assert_eq!(p.subscription_identifiers_available, Some(true), "{p:?}");
+    assert_eq!(p.shared_subscription_available, Some(true), "{p:?}");
     Ok(())
 }
 

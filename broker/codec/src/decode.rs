@@ -311,7 +311,9 @@ fn decode_publish(byte: u8, r: &mut Reader<'_>, p: Protocol) -> Result<Publish, 
     let retain = byte & 0x01 != 0;
     let qos = QoS::from_u8((byte >> 1) & 0x03).ok_or(malformed("QoS 3", "[MQTT-3.3.1-4]"))?;
     if dup && qos == QoS::AtMostOnce {
-        return Err(malformed("DUP set on a QoS 0 PUBLISH", "[MQTT-3.3.1-2]"));
+        // The flags are well formed; the combination breaks a rule: Protocol Error (0x82), as
+        // Mosquitto and EMQX answer it.
+        return Err(protocol("DUP set on a QoS 0 PUBLISH", "[MQTT-3.3.1-2]"));
     }
     let topic = r.topic_name()?;
     let pkid = if qos == QoS::AtMostOnce { 0 } else { r.pkid()? };

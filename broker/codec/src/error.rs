@@ -28,6 +28,13 @@ pub enum DecodeError {
         "packet of {size} bytes exceeds the maximum packet size of {max} bytes [MQTT-3.2.2-15]"
     )]
     PacketTooLarge { size: usize, max: usize },
+    /// A well-formed string that is not a valid Topic Name: a wildcard in a PUBLISH or Will
+    /// topic [MQTT-3.3.2-2]. Reported as 0x90 Topic Name invalid.
+    #[error("invalid topic name: {what} {clause}")]
+    TopicNameInvalid {
+        what: &'static str,
+        clause: &'static str,
+    },
     /// A PUBLISH with Topic Alias 0 [MQTT-3.3.2-8]: reported as 0x94 Topic Alias Invalid.
     #[error("topic alias 0 [MQTT-3.3.2-8]")]
     TopicAliasZero,
@@ -43,6 +50,7 @@ impl DecodeError {
             DecodeError::Malformed { .. } => ReasonCode::MALFORMED_PACKET,
             DecodeError::Protocol { .. } => ReasonCode::PROTOCOL_ERROR,
             DecodeError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            DecodeError::TopicNameInvalid { .. } => ReasonCode::TOPIC_NAME_INVALID,
             DecodeError::TopicAliasZero => ReasonCode::TOPIC_ALIAS_INVALID,
             DecodeError::UnsupportedProtocol { .. } => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
         }

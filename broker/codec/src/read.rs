@@ -26,7 +26,12 @@ pub(crate) fn str_error(e: StrError) -> DecodeError {
         StrError::InvalidUtf8 => ("string is not valid UTF-8", "[MQTT-1.5.4-1]"),
         StrError::ContainsNul => ("string contains U+0000", "[MQTT-1.5.4-2]"),
         StrError::TooLong => ("string longer than 65,535 bytes", "[MQTT-1.5.4]"),
-        StrError::WildcardInTopicName => ("topic name contains '+' or '#'", "[MQTT-3.3.2-2]"),
+        StrError::WildcardInTopicName => {
+            return DecodeError::TopicNameInvalid {
+                what: "topic name contains '+' or '#'",
+                clause: "[MQTT-3.3.2-2]",
+            }
+        }
         StrError::EmptyFilter => ("topic filter is empty", "[MQTT-4.7.3-1]"),
         StrError::InvalidMultiLevelWildcard => ("invalid '#' in topic filter", "[MQTT-4.7.1-1]"),
         StrError::InvalidSingleLevelWildcard => ("invalid '+' in topic filter", "[MQTT-4.7.1-2]"),

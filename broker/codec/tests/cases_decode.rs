@@ -286,17 +286,27 @@ fn multibyte_topic_decodes() {
     }
 }
 
-/// Row: `+` or `#` in a PUBLISH topic -> malformed [MQTT-3.3.2-2].
+/// Row: `+` or `#` in a PUBLISH topic -> Topic Name invalid [MQTT-3.3.2-2]: the string is well
+/// formed, the name is not (5.0 DISCONNECT 0x90; 3.1.1 closes).
 #[test]
-fn wildcard_in_publish_topic_is_malformed_mqtt_3_3_2_2() {
+fn wildcard_in_publish_topic_is_topic_name_invalid_mqtt_3_3_2_2() {
+    let invalid = |r: &Result<Option<Packet>, DecodeError>| match r {
+        Err(e @ DecodeError::TopicNameInvalid { clause, .. }) => {
+            assert_eq!(*clause, "[MQTT-3.3.2-2]");
+            assert_eq!(e.reason_code(), ReasonCode::TOPIC_NAME_INVALID);
+        }
+        other => panic!("expected TopicNameInvalid [MQTT-3.3.2-2], got {other:?}"),
+    };
     for p in LEVELS {
         for t in [&b"a/+"[..], b"#", b"a/b#", b"+"] {
-            malformed_at(p, &publish(p, 0, t, None, b"", b""), "[MQTT-3.3.2-2]");
+            let (r, left) = decode_at(p, &publish(p, 0, t, None, b"", b""));
+            invalid(&r);
+            assert_eq!(left, 0, "{p:?}: a rejected complete frame is consumed");
         }
-        // Will topic too.
+        // Will topic too (CONNACK 0x90 in 5.0).
         let payload = cat(&[&field(b"c"), &props(p, b""), &field(b"w/#"), &field(b"x")]);
         let (r, _) = decode_server(&connect(p, 0x06, b"", &payload));
-        assert_malformed(&r, "[MQTT-3.3.2-2]");
+        invalid(&r);
     }
 }
 
@@ -335,16 +345,17 @@ fn publish_qos_3_is_malformed_mqtt_3_3_1_4() {
     }
 }
 
-/// Row: QoS 0 with DUP -> malformed [MQTT-3.3.1-2].
+/// Row: QoS 0 with DUP -> protocol error [MQTT-3.3.1-2]: the flags parse, the combination is
+/// forbidden (5.0 DISCONNECT 0x82, as Mosquitto and EMQX send).
 #[test]
-fn publish_qos0_with_dup_is_malformed_mqtt_3_3_1_2() {
+fn publish_qos0_with_dup_is_a_protocol_error_mqtt_3_3_1_2() {
     for p in LEVELS {
-        malformed_at(
+        protocol_at(
             p,
             &publish(p, 0x08, b"a", None, b"", b"x"),
             "[MQTT-3.3.1-2]",
         );
-        malformed_at(
+        protocol_at(
             p,
             &publish(p, 0x09, b"a", None, b"", b"x"),
             "[MQTT-3.3.1-2]",
