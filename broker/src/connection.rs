@@ -39,6 +39,9 @@ const READ_BUF: usize = 256;
 const STORE_BUSY_POLL: Duration = Duration::from_millis(5);
 /// How long the final flush (DISCONNECT, acks) may take before the socket is dropped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the server closes a connection for a reason, how long it keeps reading (and
+/// discarding) so that a client still writing reads the DISCONNECT or CONNACK instead of a reset.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What the transport knows about a connection before MQTT starts.
 #[derive(Debug)]
@@ -103,7 +106,12 @@ pub async fn serve<S>(
     ))
     .await
     else {
-        return done(&broker);
+        // Refused (the CONNACK is written and the write side shut) or nothing came: either
+        // way the server ends it. Reading on for a moment lets a client that sent more after
+        // its CONNECT read the refusal rather than a reset.
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.shutdown()).await;
+        done(&broker);
+        return Box::pin(linger(&mut rd)).await;
     };
     let mut pending = state.drain_outbox(now, HIGH_WATER);
 
@@ -302,7 +310,19 @@ pub async fn serve<S>(
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&state.write_buf)).await;
     }
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.shutdown()).await;
-    drop((rd, wr));
+    drop(wr);
+    // The server ended it for a reason the client should learn (a protocol error, a limit, a
+    // keepalive timeout, a takeover): the write side is shut, and the read side stays open for
+    // a moment (after the session is handed on, below). Not at shutdown or a redirect: the
+    // process is going away or the client is being sent elsewhere.
+    let lingers = close.send.is_some_and(|c| {
+        !matches!(
+            c,
+            ReasonCode::SERVER_SHUTTING_DOWN
+                | ReasonCode::USE_ANOTHER_SERVER
+                | ReasonCode::SERVER_MOVED
+        )
+    });
 
     let level = if close.send.is_some_and(|c| {
         c.is_error() && c != ReasonCode::SESSION_TAKEN_OVER && c != ReasonCode::SERVER_SHUTTING_DOWN
@@ -366,7 +386,25 @@ pub async fn serve<S>(
         }
     })
     .await;
-    done(&broker)
+    done(&broker);
+    if lingers {
+        Box::pin(linger(&mut rd)).await;
+    }
+}
+
+/// Reads and discards what the peer still sends, until it closes or [`LINGER`] has passed. A
+/// peer that keeps writing after the server closed its side would otherwise get a reset when
+/// the socket is closed with unread data, and never read the DISCONNECT (or refusing CONNACK)
+/// already sent to it. Bounded in time and memory (one small buffer), and it holds nothing
+/// another client needs: the session is already handed on.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// A connection past CONNECT/CONNACK: what the main loop needs.
@@ -838,6 +876,38 @@ async fn write_final<W: AsyncWrite + Unpin>(wr: &mut W, packet: &Packet, protoco
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    /// A peer that neither closes nor stops writing holds a closing connection for at most
+    /// `LINGER` (virtual time: the clock is paused and advances only when everything waits).
+    #[tokio::test(start_paused = true)]
+    async fn linger_is_bounded_for_a_peer_that_never_closes() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut rd, _wr) = tokio::io::split(server);
+        let writer = tokio::spawn(async move {
+            // Keeps writing (and stays open) until the server side is gone.
+            while client.write_all(b"\xc0\x00").await.is_ok() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        let start = tokio::time::Instant::now();
+        super::linger(&mut rd).await;
+        assert_eq!(start.elapsed(), super::LINGER);
+        writer.abort();
+    }
+
+    /// A peer that closes ends the linger at once.
+    #[tokio::test(start_paused = true)]
+    async fn linger_ends_when_the_peer_closes() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut rd, _wr) = tokio::io::split(server);
+        client.write_all(b"\xc0\x00").await.unwrap();
+        drop(client);
+        let start = tokio::time::Instant::now();
+        super::linger(&mut rd).await;
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+    }
+
     /// Every connection's task holds this future for its whole life: keep it small (it was
     /// 4 KB before the one-off steps were boxed and the session's large rare parts boxed).
     #[test]

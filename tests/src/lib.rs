@@ -561,6 +561,12 @@ impl RawClient {
         }
     }
 
+    /// The socket, for a test that drives reads and writes itself, with what was read but not
+    /// yet decoded (at the decoder's protocol level).
+    pub fn into_parts(self) -> (TcpStream, BytesMut, Decoder) {
+        (self.stream, self.buf, self.decoder)
+    }
+
     /// Reads until the server closes the connection (bounded); returns the packets seen first.
     pub async fn expect_closed(&mut self, timeout: Duration) -> Result<Vec<Packet>> {
         let deadline = Instant::now() + timeout;

@@ -518,3 +518,64 @@ async fn outbound_topic_aliases_respect_client_maximum_and_resolve() -> Result<(
     }
     Ok(())
 }
+
+/// 4.13 and [MQTT-4.13.1-1]: a DISCONNECT with a reason code must reach the client, also when
+/// the client is still writing. After DISCONNECT 0x93 (Receive Maximum exceeded) the server
+/// shuts its write side and keeps reading, and discarding, for a moment instead of closing at
+/// once: closing with unread data answers the client's next write with a reset (EPIPE /
+/// ECONNRESET), and a client that is writing its PUBREL then never reads why it was cut off.
+/// Here the client reads the DISCONNECT and the orderly end of stream, then writes 8 MiB, more
+/// than the sockets can buffer: every write must succeed, which it can only if the server is
+/// still reading.
+#[tokio::test]
+async fn disconnect_reaches_a_client_that_keeps_writing() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let broker = Broker::with_config("[mqtt]\nreceive_maximum = 2\n");
+    let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    for pkid in 1..=2 {
+        c.send(&Packet::Publish(publish(
+            "rm/t",
+            QoS::ExactlyOnce,
+            pkid,
+            b"x",
+        )))
+        .await?;
+        match c.expect_packet(STEP).await? {
+            Packet::PubRec(r) => assert_eq!(r.pkid, pkid),
+            other => panic!("expected PUBREC {pkid}, got {other:?}"),
+        }
+    }
+    c.send(&Packet::Publish(publish("rm/t", QoS::ExactlyOnce, 3, b"x")))
+        .await?;
+    let (mut stream, mut buf, mut decoder) = c.into_parts();
+    let mut seen = Vec::new();
+    loop {
+        while let Some(p) = decoder.decode(&mut buf)? {
+            seen.push(p);
+        }
+        match tokio::time::timeout(STEP, stream.read_buf(&mut buf)).await {
+            Err(_) => bail!("connection still open after {STEP:?}; saw {seen:?}"),
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("reset instead of an orderly close ({e}); saw {seen:?}"),
+        }
+    }
+    assert!(
+        matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason.0 == 0x93),
+        "DISCONNECT 0x93 before the end of the stream; saw {seen:?}"
+    );
+    // PUBREL 1 and PINGREQ, over and over: the client has not understood yet and goes on.
+    let chunk: Vec<u8> = [0x62, 0x02, 0x00, 0x01, 0xC0, 0x00]
+        .iter()
+        .copied()
+        .cycle()
+        .take(6 * 10_923)
+        .collect();
+    for i in 0..128 {
+        if let Err(e) = stream.write_all(&chunk).await {
+            bail!("write {i} of 128 failed ({e}): the server stopped reading right after its DISCONNECT");
+        }
+    }
+    Ok(())
+}
