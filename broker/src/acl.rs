@@ -39,8 +39,8 @@
 //! filter, which may contain spaces (`topic read my topic`). `topic read` is thus the filter
 //! `read` with readwrite access, again as in Mosquitto.
 //!
-//! Every filter is validated as an MQTT topic filter (4.7.1) when the file is loaded. Unlike
-//! Mosquitto, which skips unknown lines, an unknown keyword is a load error: a typo in an ACL
+//! Every filter is validated as an MQTT topic filter (4.7.1) when the file is loaded. An unknown
+//! keyword is a load error, as in Mosquitto 2.0 (1.x skipped such lines): a typo in an ACL
 //! should not silently drop a rule.
 //!
 //! # Decision
