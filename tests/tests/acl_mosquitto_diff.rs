@@ -426,10 +426,15 @@ impl Mosquitto {
             };
             let deadline = Instant::now() + WAIT;
             loop {
-                if TcpStream::connect(m.addr).is_ok() {
-                    return m;
+                // Still running once the port answers: the answer is its, not another process's.
+                let exited = m.child.try_wait().unwrap().is_some();
+                if !exited && TcpStream::connect(m.addr).is_ok() {
+                    if m.child.try_wait().unwrap().is_none() {
+                        return m;
+                    }
+                    break;
                 }
-                if m.child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+                if exited || Instant::now() >= deadline {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
