@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real MQTT peers the integration tests talk to:
 #   - mosquitto_pub / mosquitto_sub (Debian package mosquitto-clients)
-#   - mosquitto (the broker, used only as the benchmark's baseline)
+#   - mosquitto (the broker and mosquitto_passwd: the ACL differential test and the benchmark's baseline)
 #   - Paho's Python client (paho-mqtt) in a project-local virtualenv (.venv)
 # Idempotent: skips what is already there. Needs root (or sudo) for apt-get.
 set -euo pipefail

@@ -39,8 +39,8 @@
 //! filter, which may contain spaces (`topic read my topic`). `topic read` is thus the filter
 //! `read` with readwrite access, again as in Mosquitto.
 //!
-//! Every filter is validated as an MQTT topic filter (4.7.1) when the file is loaded. Unlike
-//! Mosquitto, which skips unknown lines, an unknown keyword is a load error: a typo in an ACL
+//! Every filter is validated as an MQTT topic filter (4.7.1) when the file is loaded. An unknown
+//! keyword is a load error, as in Mosquitto 2.0 (1.x skipped such lines): a typo in an ACL
 //! should not silently drop a rule.
 //!
 //! # Decision
@@ -51,13 +51,20 @@
 //!   access matches; otherwise refused (default deny). Matching follows MQTT, including
 //!   [MQTT-4.7.2-1]: a rule starting with `+` or `#` does not match `$SYS/...`; to grant a `$`
 //!   topic the rule must name its first level.
-//! * [`Acl::check_subscribe`]: allowed if an applicable read or readwrite rule *covers* the
-//!   subscription filter (matches every topic the subscription can match, see `covers`) and
-//!   no applicable `deny` rule *intersects* it (matches some topic the subscription can match,
-//!   see `intersects`). So a permitted subscription never matches a topic that
-//!   [`Acl::check_topic`] would refuse for reading; the broker still checks each delivery.
+//! * [`Acl::check_subscribe`]: allowed if *some* topic the filter can match is readable
+//!   ([`Acl::check_topic`] with Read would allow it); refused only when none is. So a `#`
+//!   subscription next to `topic deny test/nosubscribe` is granted, and `test/nosubscribe` alone
+//!   is refused. Granting such a filter is safe because the broker checks every delivery
+//!   (live and retained) against [`Acl::check_topic`]: a message on a denied topic never reaches
+//!   the subscriber. The decision is exact, not a heuristic: see `Acl::readable_topic_exists`.
+//!   A shared subscription (`$share/{group}/{filter}`) is stricter, because a message waiting in
+//!   the group's queue goes to whichever member frees a slot first: it is allowed only if one
+//!   applicable read rule *covers* the filter (matches every topic it can match, see `covers`)
+//!   and no applicable `deny` rule *intersects* it (see `intersects`), so every member can read
+//!   every message of the group.
 
 use sluice_codec::topic_matches;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -311,13 +318,8 @@ impl Acl {
         access: Access,
     ) -> bool {
         let who = self.who(user, client_id);
-        let section = self.section(user);
-        let sets = [section, Some(&self.patterns)];
-        let sets = sets.iter().flatten();
-        if sets
-            .clone()
-            .any(|s| s.deny.iter().any(|r| r.matches(who, topic)))
-        {
+        let sets = self.rule_sets(user);
+        if denied(sets.clone(), who, topic) {
             return false;
         }
         sets.into_iter().any(|s| {
@@ -329,16 +331,78 @@ impl Acl {
         })
     }
 
-    /// May the client subscribe to `filter` (a topic filter that may contain + and #; for shared
-    /// subscriptions the broker passes the filter without the `$share/group/` prefix)?
+    /// May the client subscribe to `filter`, the filter as the client wrote it (a shared
+    /// subscription keeps its `$share/{group}/` prefix, which selects the stricter rule)?
     pub fn check_subscribe(&self, user: Option<&str>, client_id: &str, filter: &str) -> bool {
-        if validate_filter(filter).is_err() {
-            return false;
+        if let Some(rest) = filter.strip_prefix("$share/") {
+            // $share/{group}/{filter} (4.8.2); anything else after `$share/` is not a filter.
+            return match rest.split_once('/') {
+                Some((group, filter)) if !group.is_empty() && !group.contains(['+', '#']) => {
+                    validate_filter(filter).is_ok()
+                        && self.every_topic_readable(user, client_id, filter)
+                }
+                _ => false,
+            };
         }
+        validate_filter(filter).is_ok() && self.readable_topic_exists(user, client_id, filter)
+    }
+
+    /// Is some topic that `filter` (a valid topic filter) matches readable by this client?
+    ///
+    /// The readable topics of the filter are the union over the applicable read rules R of
+    /// (filter ∩ R) minus the topics that an applicable deny rule matches. `filter ∩ R` is itself
+    /// a filter P (see [`intersection`]), so the question is whether some topic of some P escapes
+    /// every deny rule. It is answered on a few witness topics of each P: every `+` of P becomes
+    /// `fresh`, a level equal to no level of any applicable deny rule, and a trailing `#` becomes
+    /// 0 to `max_levels + 1` more `fresh` levels (`max_levels`: the most levels of a deny rule;
+    /// at least one level in all). Why that is exact:
+    /// * At a `fresh` level a deny rule can only have `+` or `#`, which match any level there; at
+    ///   a literal level of P every topic of P has that literal. So a deny rule that matches the
+    ///   witness of length L matches every topic of P of length L (the `$` rule agrees: a `fresh`
+    ///   first level does not start with `$`, and P starts with a `$` literal only if its topics
+    ///   do). Hence if some topic of P of length L is readable, the witness of length L is.
+    /// * Lengths beyond `max_levels + 1` need no witness of their own: a deny rule without `#`
+    ///   matches no topic that long, and one with `#` looks only at levels that every such
+    ///   witness has alike, so they all fare as the one of length `max_levels + 1`.
+    ///
+    /// Each witness is checked as [`Acl::check_topic`] does (R matches it by construction, and
+    /// matching R is checked anyway), so deny-wins, templates and sections behave the same.
+    fn readable_topic_exists(&self, user: Option<&str>, client_id: &str, filter: &str) -> bool {
         let who = self.who(user, client_id);
-        let section = self.section(user);
-        let sets = [section, Some(&self.patterns)];
-        let sets = sets.iter().flatten();
+        let sets = self.rule_sets(user);
+        // The deny rules as this client sees them: their levels decide `fresh` and `max_levels`.
+        let mut lengths: Vec<usize> = Vec::new();
+        let mut max_levels = 0;
+        for rule in sets.clone().flat_map(|s| &s.deny) {
+            if let Some(deny) = rule.substitute(who) {
+                let levels = deny.split('/');
+                max_levels = max_levels.max(levels.clone().count());
+                lengths.extend(levels.filter(|l| !is_wildcard(l)).map(str::len));
+            }
+        }
+        let fresh = "x".repeat(fresh_length(lengths));
+        for rule in sets.clone().flat_map(|s| &s.read) {
+            let Some(read) = rule.substitute(who) else {
+                continue;
+            };
+            let Some(pattern) = intersection(filter, &read) else {
+                continue;
+            };
+            if witnesses(&pattern, &fresh, max_levels)
+                .any(|w| rule.matches(who, &w) && !denied(sets.clone(), who, &w))
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Is every topic that `filter` (a valid topic filter) matches readable by this client?
+    /// Sound, not complete: one read rule must cover the whole filter and no deny rule may meet
+    /// it (a filter covered only by several read rules together is refused).
+    fn every_topic_readable(&self, user: Option<&str>, client_id: &str, filter: &str) -> bool {
+        let who = self.who(user, client_id);
+        let sets = self.rule_sets(user);
         if sets
             .clone()
             .any(|s| s.deny.iter().any(|r| r.intersects(who, filter)))
@@ -347,6 +411,13 @@ impl Acl {
         }
         sets.into_iter()
             .any(|s| s.read.iter().any(|r| r.covers(who, filter)))
+    }
+
+    /// The rule sets that apply to this client: its section, if any, then the patterns.
+    fn rule_sets(&self, user: Option<&str>) -> impl Iterator<Item = &RuleSet> + Clone {
+        [self.section(user), Some(&self.patterns)]
+            .into_iter()
+            .flatten()
     }
 
     /// The `topic` rules for this client: the anonymous section or its user's, if any.
@@ -447,22 +518,25 @@ impl Rule {
         }
     }
 
+    /// The rule's filter for this client: as written, or with `%c`/`%u` substituted; `None` if
+    /// the rule does not apply to the client (a value it needs is absent or unfit).
+    fn substitute(&self, who: Who<'_>) -> Option<Cow<'_, str>> {
+        match &self.template {
+            None => Some(Cow::Borrowed(&self.filter)),
+            Some(t) => t.substitute(who).map(Cow::Owned),
+        }
+    }
+
     /// Does the rule, for this client, cover subscription filter `filter`?
     fn covers(&self, who: Who<'_>, filter: &str) -> bool {
-        match &self.template {
-            None => covers(&self.filter, filter),
-            Some(t) => t.substitute(who).is_some_and(|rule| covers(&rule, filter)),
-        }
+        self.substitute(who)
+            .is_some_and(|rule| covers(&rule, filter))
     }
 
     /// Does the rule, for this client, match some topic that `filter` matches?
     fn intersects(&self, who: Who<'_>, filter: &str) -> bool {
-        match &self.template {
-            None => intersects(&self.filter, filter),
-            Some(t) => t
-                .substitute(who)
-                .is_some_and(|rule| intersects(&rule, filter)),
-        }
+        self.substitute(who)
+            .is_some_and(|rule| intersects(&rule, filter))
     }
 }
 
@@ -665,6 +739,101 @@ fn intersects(a: &str, b: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+/// Does an applicable deny rule match `topic`?
+fn denied<'a>(mut sets: impl Iterator<Item = &'a RuleSet>, who: Who<'_>, topic: &str) -> bool {
+    sets.any(|s| s.deny.iter().any(|r| r.matches(who, topic)))
+}
+
+/// The topics both `a` and `b` (valid topic filters) match, as one filter; `None` if there are
+/// none.
+///
+/// Level by level: equal literals stay; a literal meets `+` as the literal; `+` meets `+` as
+/// `+`; a `#` on one side takes the rest of the other side, including none of it (`a/#` ∩ `a`
+/// = `a`, since `#` also matches the parent level; `#` ∩ `#` = `#`); anything else is empty, as
+/// are different lengths without a `#`. [MQTT-4.7.2-1]: a leading wildcard does not meet a first
+/// level starting with `$`, and when both sides start with a wildcard so does the result, whose
+/// topics then exclude `$` ones just as both sides' do.
+fn intersection(a: &str, b: &str) -> Option<String> {
+    let (a0, b0) = (first_level(a), first_level(b));
+    if (is_wildcard(a0) && b0.starts_with('$')) || (is_wildcard(b0) && a0.starts_with('$')) {
+        return None;
+    }
+    let mut a = a.split('/');
+    let mut b = b.split('/');
+    let mut out: Vec<&str> = Vec::new();
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) | (Some("#"), None) | (None, Some("#")) => break,
+            (Some("#"), Some(rest)) => {
+                out.push(rest);
+                out.extend(b);
+                break;
+            }
+            (Some(rest), Some("#")) => {
+                out.push(rest);
+                out.extend(a);
+                break;
+            }
+            (Some("+"), Some(level)) | (Some(level), Some("+")) => out.push(level),
+            (Some(x), Some(y)) if x == y => out.push(x),
+            _ => return None,
+        }
+    }
+    Some(out.join("/"))
+}
+
+/// The smallest length (at least 1) that is not in `lengths`: a level of that many `x` equals
+/// none of the levels those lengths were taken from.
+fn fresh_length(mut lengths: Vec<usize>) -> usize {
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut n = 1;
+    for l in lengths {
+        if l == n {
+            n += 1;
+        } else if l > n {
+            break;
+        }
+    }
+    n
+}
+
+/// The witness topics of filter `pattern` (see [`Acl::readable_topic_exists`]): each `+`
+/// replaced by `fresh`; a trailing `#` by 0 to `max_levels + 1` more `fresh` levels, as long as
+/// the topic has at least one level and up to the first length past `max_levels`.
+fn witnesses<'a>(
+    pattern: &'a str,
+    fresh: &'a str,
+    max_levels: usize,
+) -> impl Iterator<Item = String> + 'a {
+    let (fixed, hash) = match pattern.strip_suffix('#') {
+        // `#` is a whole level: the whole pattern, or after a `/`.
+        Some("") => ("", true),
+        Some(rest) if rest.ends_with('/') => (&rest[..rest.len() - 1], true),
+        _ => (pattern, false),
+    };
+    let fixed: Vec<&str> = if fixed.is_empty() && hash {
+        Vec::new()
+    } else {
+        fixed
+            .split('/')
+            .map(|l| if l == "+" { fresh } else { l })
+            .collect()
+    };
+    let k = fixed.len();
+    let lengths = if hash {
+        k.max(1)..=k.max(max_levels + 1)
+    } else {
+        // Exactly one witness: a pattern without `#` has at least one level.
+        k..=k
+    };
+    lengths.map(move |len| {
+        let mut levels = fixed.clone();
+        levels.resize(len, fresh);
+        levels.join("/")
+    })
 }
 
 #[cfg(test)]

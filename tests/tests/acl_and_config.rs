@@ -302,9 +302,6 @@ fn acl_refused_subscribe_gets_failure_suback() {
 
 /// A PUBLISH to a topic the client may not write is not delivered; 5.0 QoS 1 gets PUBACK 0x87,
 /// 3.1.1 a plain PUBACK [MQTT-3.3.5-2]; an allowed one is delivered, also across users.
-/// (The watcher does not subscribe to `alice/#`: Sluice refuses a subscription that a `deny`
-/// rule intersects, here `alice/secret/#` (documented in broker/src/acl.rs; stricter than
-/// checking the filter against each rule as if it were a topic, as Mosquitto does).)
 #[test]
 fn acl_write_denied_publish_is_not_delivered() {
     let broker = acl_broker();
