@@ -21,6 +21,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod clients;
+pub mod mosquitto_sub;
+
 pub use rumqttc;
 pub use sluice_codec as codec;
 use sluice_codec::{Decoder, Packet, Protocol};

@@ -6,11 +6,9 @@
 //! Every broker here runs with `[mqtt] max_packet_size = 1024`. Statement ids are the MQTT 5.0
 //! ones unless marked "3.1.1".
 
-mod common_a;
-
 use std::time::Duration;
 
-use common_a::*;
+use sluice_tests::clients::*;
 use sluice_tests::codec::{Packet, Protocol, ReasonCode};
 use sluice_tests::rumqttc;
 use sluice_tests::{client_id, encode_remaining_length, Broker, RawClient};

@@ -2,17 +2,15 @@
 //! retained messages, wildcards, `$` topics, overlapping subscriptions, QoS, and the 5.0
 //! properties the broker must forward untouched.
 //!
-//! Every subscriber is started through [`common::Sub`], which returns only once the broker has
+//! Every subscriber is started through [`sluice_tests::mosquitto_sub::Sub`], which returns only once the broker has
 //! processed its SUBSCRIBE and which ends with a private marker message, so "exactly these
 //! messages, in this order, and nothing else" can be asserted without sleeping.
 //! (`mosquitto_sub` 2.0.11 has `--retain-as-published` but no No Local or Retain Handling flags;
 //! those are covered by the Paho tests.)
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{publish, sorted, Sub};
+use sluice_tests::mosquitto_sub::{publish, sorted, Sub};
 use sluice_tests::Broker;
 
 const V311: &str = "mqttv311";

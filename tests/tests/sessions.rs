@@ -3,11 +3,9 @@
 //!
 //! Statement ids are the MQTT 5.0 ones unless marked "3.1.1".
 
-mod common_a;
-
 use std::time::{Duration, Instant};
 
-use common_a::*;
+use sluice_tests::clients::*;
 use sluice_tests::codec::{Packet, Protocol, PubAck, QoS, ReasonCode};
 use sluice_tests::{client_id, connect_bytes, Broker, RawClient};
 

@@ -1,18 +1,16 @@
-//! Helpers shared by `qos_flows.rs`, `sessions.rs` and `malformed.rs`: packet builders for
-//! [`RawClient`], a byte-exact socket ([`ByteConn`]) and rumqttc wrappers whose event loops run in
-//! a background task. Every wait is bounded.
-#![allow(dead_code)]
+//! Test clients: packet builders for [`RawClient`], a byte-exact socket ([`ByteConn`]) and
+//! rumqttc wrappers whose event loops run in a background task. Every wait is bounded.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use sluice_tests::codec::{
+use crate::codec::{
     ConnAck, Connect, ConnectProperties, Disconnect, LastWill, Packet, Protocol, PubAck, Publish,
     PublishProperties, QoS, ReasonCode, Str, SubAck, TopicName,
 };
-use sluice_tests::rumqttc;
-use sluice_tests::{encode_remaining_length, Broker, RawClient, Recv};
+use crate::rumqttc;
+use crate::{encode_remaining_length, Broker, RawClient, Recv};
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -113,7 +111,7 @@ pub async fn raw_ok(addr: SocketAddr, protocol: Protocol, id: &str, o: &Opts) ->
 }
 
 pub fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
-    sluice_tests::packets::subscribe(pkid, filter, qos)
+    crate::packets::subscribe(pkid, filter, qos)
 }
 
 /// Subscribes and waits for the SUBACK.
@@ -248,6 +246,7 @@ pub fn wait_log_all(broker: &Broker, from: usize, needles: &[&str], timeout: Dur
 }
 
 /// A plain socket for byte-exact exchanges (3.1.1 packets have one encoding only).
+#[derive(Debug)]
 pub struct ByteConn {
     pub stream: TcpStream,
 }
@@ -370,6 +369,7 @@ pub async fn bytes_connect(
 // ---------------------------------------------------------------- rumqttc
 
 /// A rumqttc v4 (3.1.1) client whose event loop runs in a task; incoming PUBLISHes go to `rx`.
+#[derive(Debug)]
 pub struct V4 {
     pub client: rumqttc::AsyncClient,
     pub rx: mpsc::UnboundedReceiver<rumqttc::Packet>,
@@ -456,6 +456,7 @@ impl Drop for V4 {
 pub use rumqttc::v5::mqttbytes::v5::Packet as P5;
 
 /// A rumqttc v5 client whose event loop runs in a task; incoming packets go to `rx`.
+#[derive(Debug)]
 pub struct V5 {
     pub client: rumqttc::v5::AsyncClient,
     pub rx: mpsc::UnboundedReceiver<P5>,

@@ -15,27 +15,26 @@
 //! through `-C` as soon as it has printed it. (Tests must not publish a QoS 1 message after a
 //! QoS 2 one to the same subscriber and expect that order: see [`Sub::end`].)
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{client_id, mosquitto_pub, Broker};
+use crate::{client_id, mosquitto_pub, Broker};
 
 /// Payload of the barrier message; lines containing it are dropped from the results.
 pub const SYNC: &str = "SYNC-BARRIER";
 /// Payload of the end marker.
 pub const END: &str = "END-MARKER";
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Lines {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
 }
 
 /// A running `mosquitto_sub` whose stdout lines are collected as they come. Killed on drop.
+#[derive(Debug)]
 pub struct Sub {
     child: Option<Child>,
     out: Arc<Lines>,
