@@ -134,6 +134,10 @@ pub async fn serve<S>(
     let mut waiting: VecDeque<(oneshot::Receiver<bool>, BytesMut)> = VecDeque::new();
     // Queued messages being read back from the store (the queue's front was on disk only).
     let mut loading: Option<Loading> = None;
+    // Bytes read with the CONNECT (or the AUTH exchange) that are not decoded yet: a client
+    // need not wait for CONNACK before sending more packets (3.1.4), and packets already read
+    // are handled now, not when the next bytes happen to arrive.
+    let mut undecoded = !rbuf.is_empty();
 
     let close: Close = loop {
         if pending && state.write_buf.len() < HIGH_WATER / 2 {
@@ -199,7 +203,7 @@ pub async fn serve<S>(
                     }
                 }
             },
-            r = rd.read_buf(&mut rbuf), if want_read => match r {
+            r = read_more(&mut rd, &mut rbuf, &mut undecoded), if want_read => match r {
                 Ok(0) | Err(_) => break io_closed(),
                 Ok(_) => {
                     let now = Instant::now();
@@ -850,6 +854,20 @@ async fn read_connect<R: AsyncRead + Unpin>(
             Ok(_) => {}
         }
     }
+}
+
+/// Reads more bytes into `rbuf` (Ok(0): the peer closed), or, when `undecoded` is set (bytes
+/// read before the main loop and not decoded yet), clears it and returns their number at once
+/// without reading. One await either way, so `select!` may drop it.
+async fn read_more<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    undecoded: &mut bool,
+) -> std::io::Result<usize> {
+    if std::mem::take(undecoded) && !rbuf.is_empty() {
+        return Ok(rbuf.len());
+    }
+    rd.read_buf(rbuf).await
 }
 
 /// Writes some of `buf` (Some(n)), or, with nothing to write, flushes (None). One await

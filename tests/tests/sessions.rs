@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use sluice_tests::clients::*;
-use sluice_tests::codec::{Packet, Protocol, PubAck, QoS, ReasonCode};
+use sluice_tests::codec::{encode, Packet, Protocol, PubAck, QoS, ReasonCode};
 use sluice_tests::{client_id, connect_bytes, Broker, RawClient};
 
 /// A CONNECT with the given protocol name and level; `v5_layout` adds an empty property block.
@@ -681,4 +682,142 @@ async fn will_sent_when_session_expires_before_delay_v5() {
         took >= Duration::from_millis(800),
         "published after {took:?}"
     );
+}
+
+// ------------------------------------------------------------------ clean start over a session
+
+/// How the first connection of a client id ends before the client comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// There was none: a fresh client id.
+    Fresh,
+    /// DISCONNECT, and the new CONNECT sent at once (the old task may still be finishing).
+    Disconnect,
+    /// The socket dropped without DISCONNECT, and the new CONNECT sent at once.
+    Drop,
+    /// Still connected: the new connection takes the session over [MQTT-3.1.4-3].
+    TakeOver,
+}
+
+/// One round of issue 17. A persistent session (Session Expiry 300) that had QoS 1 messages in
+/// flight, since acknowledged, is discarded by a reconnect with Clean Start 1 [MQTT-3.1.2-4]
+/// whose SUBSCRIBE is sent in the same write as the CONNECT: a client need not wait for
+/// CONNACK (3.1.4), and the server reads both at once. The client then sends nothing more, so
+/// the SUBSCRIBE must take effect from the bytes already read: SUBACK [MQTT-3.8.4-1], then a
+/// QoS 1 message published after the SUBACK is delivered. Then a second SUBSCRIBE followed by
+/// PINGREQ: the PINGRESP proves both were handled (one connection's packets are handled in
+/// order), so a message published after it is delivered too, whatever the old connection's
+/// task or the old session's timers still do.
+async fn clean_start_subscribe_round(broker: &Broker, end: End, round: usize) {
+    let what = format!("{end:?}, round {round}");
+    let id = client_id("cs-sub");
+    let (t1, t2) = (format!("cs/{round}/1"), format!("cs/{round}/2"));
+    let mut publ = raw_ok(
+        broker.addr,
+        Protocol::V5,
+        &client_id("cs-pub"),
+        &Opts::default(),
+    )
+    .await;
+    let mut old = None;
+    if end != End::Fresh {
+        let mut c = raw_ok(broker.addr, Protocol::V5, &id, &Opts::persistent(300)).await;
+        raw_subscribe(&mut c, 1, &t1, QoS::AtLeastOnce).await;
+        for i in 0..3u16 {
+            raw_publish(&mut publ, &t1, QoS::AtLeastOnce, i + 1, b"before").await;
+            assert_eq!(&recv_and_ack(&mut c).await.payload[..], b"before", "{what}");
+        }
+        match end {
+            End::Disconnect => {
+                c.send(&disconnect_packet(ReasonCode::NORMAL_DISCONNECTION, None))
+                    .await
+                    .unwrap();
+                old = Some(c);
+            }
+            End::Drop => drop(c),
+            _ => old = Some(c),
+        }
+    }
+    let clean = Opts {
+        clean: true,
+        expiry: Some(300),
+        ..Opts::default()
+    };
+    let mut bytes = BytesMut::new();
+    for p in [
+        connect_packet(Protocol::V5, &id, &clean),
+        subscribe_packet(1, &t1, QoS::AtLeastOnce),
+    ] {
+        encode(&p, Protocol::V5, &mut bytes).unwrap();
+    }
+    let mut new = RawClient::connect(broker.addr, Protocol::V5).await.unwrap();
+    new.send_bytes(&bytes).await.unwrap();
+    match new.expect_packet(T).await.unwrap() {
+        Packet::ConnAck(a) => assert_eq!(
+            (a.reason, a.session_present),
+            (ReasonCode::SUCCESS, false),
+            "{what}: Clean Start 1 [MQTT-3.2.2-2]"
+        ),
+        other => panic!("{what}: expected CONNACK, got {other:?}"),
+    }
+    match new.expect_packet(T).await.unwrap() {
+        Packet::SubAck(a) => assert_eq!((a.pkid, a.reasons[0].0), (1, 1), "{what}"),
+        other => panic!("{what}: expected SUBACK, got {other:?}"),
+    }
+    raw_publish(&mut publ, &t1, QoS::AtLeastOnce, 10, b"after suback").await;
+    let p = recv_and_ack(&mut new).await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        (t1.as_str(), &b"after suback"[..]),
+        "{what}"
+    );
+
+    new.send(&subscribe_packet(2, &t2, QoS::AtLeastOnce))
+        .await
+        .unwrap();
+    new.send(&Packet::PingReq).await.unwrap();
+    match new.expect_packet(T).await.unwrap() {
+        Packet::SubAck(a) => assert_eq!((a.pkid, a.reasons[0].0), (2, 1), "{what}"),
+        other => panic!("{what}: expected SUBACK, got {other:?}"),
+    }
+    assert_eq!(
+        new.expect_packet(T).await.unwrap(),
+        Packet::PingResp,
+        "{what}"
+    );
+    raw_publish(&mut publ, &t2, QoS::AtLeastOnce, 11, b"after pingresp").await;
+    let p = recv_and_ack(&mut new).await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        (t2.as_str(), &b"after pingresp"[..]),
+        "{what}"
+    );
+    if let Some(mut old) = old {
+        let seen = expect_closed(&mut old).await;
+        if end == End::TakeOver {
+            assert_eq!(disconnect_reasons(&seen), vec![0x8E], "{what}: {seen:?}");
+        }
+    }
+    // Ends the new session as well, so rounds do not pile up sessions.
+    new.send(&disconnect_packet(
+        ReasonCode::NORMAL_DISCONNECTION,
+        Some(0),
+    ))
+    .await
+    .unwrap();
+    expect_closed(&mut new).await;
+}
+
+/// Issue 17, see [`clean_start_subscribe_round`]: 10 rounds of each way the old connection can
+/// end (and of a fresh client id), with the default (durable) persistence and in memory mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_sent_with_clean_start_connect_takes_effect_at_once() {
+    for config in ["", "[persistence]\nmode = \"memory\"\n"] {
+        let broker = Broker::with_config(config);
+        for end in [End::Fresh, End::Disconnect, End::Drop, End::TakeOver] {
+            for round in 0..10 {
+                clean_start_subscribe_round(&broker, end, round).await;
+            }
+        }
+    }
 }
