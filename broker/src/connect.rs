@@ -1,13 +1,19 @@
 //! CONNECT -> CONNACK negotiation (3.1, 3.2), without sockets: client identifier rules,
 //! authentication, will checks, keepalive and the limits both sides announce.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
-use sluice_codec::{ConnAck, ConnAckProperties, Connect, Protocol, QoS, ReasonCode, Str};
+use bytes::Bytes;
+use sluice_codec::{ConnAck, ConnAckProperties, Connect, Packet, Protocol, QoS, ReasonCode, Str};
+use tokio::sync::oneshot;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Opened};
 use crate::message::ClientId;
-use crate::protocol::Negotiated;
+use crate::persist::Record;
+use crate::protocol::{ClientState, Negotiated};
+use crate::session::Control;
 
 /// The client's view of the maximum packet size when it announces none (the protocol's limit).
 const UNLIMITED_PACKET: usize = crate::MAX_PACKET_SIZE as usize;
@@ -96,6 +102,118 @@ pub enum Credentials {
     Enhanced,
     /// A password file is configured and the username/password do not match it.
     Failed,
+}
+
+/// A client admitted by [`admit`]: its state machine, with CONNACK (and any inflight messages
+/// of a resumed session) already queued to be written.
+#[derive(Debug)]
+pub struct Admitted {
+    pub state: ClientState,
+    /// This connection's number ([`Broker::connection_id`]), which owns the session now.
+    pub connection: u64,
+    /// Whether the session started clean, and whether an existing one was resumed (Session
+    /// Present), for the connection's log line.
+    pub clean_start: bool,
+    pub session_present: bool,
+}
+
+/// Admits a client whose CONNECT `negotiate` accepted: opens its session (taking it over from
+/// a connected client [MQTT-3.1.4-3], resuming or discarding it per Clean Start
+/// [MQTT-3.1.2-4]), writes what the store must know about it, builds its state machine and
+/// queues CONNACK. `enhanced` is (method, data for CONNACK, username) when an AUTH exchange
+/// authenticated the client (4.12). `control` is how the broker will later ask this connection
+/// to hand its session over. `now` is the time of the CONNACK (the resent messages' expiry
+/// counts from it); the function reads no clock.
+///
+/// The one way a client is admitted: the connection task, the protocol fuzz harness and the
+/// tests all call it, so none of them can drift from the others.
+pub async fn admit(
+    broker: &Arc<Broker>,
+    connect: Box<Connect>,
+    mut accepted: Accepted,
+    enhanced: Option<(Str, Option<Bytes>, String)>,
+    control: oneshot::Sender<Control>,
+    now: Instant,
+) -> Admitted {
+    let mut auth_method = None;
+    if let Some((method, data, username)) = enhanced {
+        accepted.negotiated.username = Some(username.into());
+        accepted.properties.authentication_method = Some(method.clone());
+        accepted.properties.authentication_data = data;
+        auth_method = Some(method);
+    }
+    let Accepted {
+        negotiated: n,
+        clean_start,
+        session_expiry,
+        properties: connack_properties,
+    } = accepted;
+    let connection = broker.connection_id();
+    let Opened {
+        handle,
+        mut session,
+        session_present,
+    } = Box::pin(broker.open_session(&n.client_id, clean_start, connection, control)).await;
+    session.expiry_interval = session_expiry;
+    // Persistent sessions are logged from here on (persist.rs).
+    let persistent = broker.store.is_enabled() && session_expiry > 0;
+    if !persistent {
+        handle.persistent.store(false, Ordering::Relaxed);
+    }
+    if broker.store.is_enabled() {
+        if session_present && !persistent {
+            // The session goes on, but no longer in the log: what its queue holds on disk only
+            // comes back into memory before the log forgets it.
+            let ids = {
+                // Nothing new goes to disk only from here: the log is about to forget it.
+                let mut outbox = handle.outbox();
+                outbox.set_spill(false);
+                outbox.all_cold_ids()
+            };
+            if !ids.is_empty() {
+                let messages = broker.store.load(ids.clone()).await;
+                let loaded = ids.into_iter().zip(messages).collect();
+                let lost = handle.outbox().warm_all(&loaded);
+                if !lost.is_empty() {
+                    tracing::error!(client_id = %n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
+                }
+            }
+        }
+        if !session_present || !persistent {
+            broker.store.append(Record::SessionGone {
+                client: n.client_id.clone(),
+            });
+        }
+        if persistent {
+            broker.store.append(Record::Session {
+                client: n.client_id.clone(),
+                expiry: session_expiry,
+                username: n.username.clone(),
+                will: connect.will.clone().map(Box::new),
+                since: 0,
+            });
+            // Only now: a queue entry logged before the session record would be ignored.
+            handle.outbox().set_spill(true);
+            handle.persistent.store(true, Ordering::Relaxed);
+        }
+    }
+    let Connect { will, .. } = *connect;
+    let mut state = ClientState::new(n, handle, session, will);
+    state.set_store(broker.store.clone());
+    state.auth_method = auth_method;
+    state.attach_groups(broker);
+    state.send(&Packet::ConnAck(ConnAck {
+        session_present,
+        reason: ReasonCode::SUCCESS,
+        properties: connack_properties,
+    }));
+    state.resend_inflight(now);
+    Admitted {
+        state,
+        connection,
+        clean_start,
+        session_present,
+    }
 }
 
 /// Decides whether to accept `c`, and on which terms.

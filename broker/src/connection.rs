@@ -23,8 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::auth::AuthStep;
 use crate::broker::Broker;
-use crate::broker::Opened;
-use crate::connect::{negotiate, redirect_code, refusal, Accepted, Credentials};
+use crate::connect::{admit, negotiate, redirect_code, refusal, Admitted, Credentials};
 use crate::message::Message;
 use crate::persist::{Record, BACKLOG_HIGH_WATER};
 use crate::protocol::{ClientState, Close};
@@ -532,90 +531,27 @@ where
         }
     };
     let protocol = connect.protocol;
-    let mut accepted = accepted;
-    let mut auth_method = None;
-    if let Some((method, data, username)) = enhanced {
-        accepted.negotiated.username = Some(username.into());
-        accepted.properties.authentication_method = Some(method.clone());
-        accepted.properties.authentication_data = data;
-        auth_method = Some(method);
-    }
-    // Taken apart at once: a struct kept whole across the main loop's awaits would cost every
-    // connection its full size for its whole life.
-    let Accepted {
-        negotiated: n,
-        clean_start,
-        session_expiry,
-        properties: connack_properties,
-    } = accepted;
-    let connection = broker.connection_id();
     let (control_tx, control_rx) = oneshot::channel();
-    let Opened {
-        handle,
-        mut session,
+    let Admitted {
+        state,
+        connection,
+        clean_start,
         session_present,
-    } = Box::pin(broker.open_session(&n.client_id, clean_start, connection, control_tx)).await;
-    session.expiry_interval = session_expiry;
-    // Persistent sessions are logged from here on (persist.rs).
-    let persistent = broker.store.is_enabled() && session_expiry > 0;
-    if !persistent {
-        handle.persistent.store(false, Ordering::Relaxed);
-    }
-    if broker.store.is_enabled() {
-        if session_present && !persistent {
-            // The session goes on, but no longer in the log: what its queue holds on disk only
-            // comes back into memory before the log forgets it.
-            let ids = {
-                // Nothing new goes to disk only from here: the log is about to forget it.
-                let mut outbox = handle.outbox();
-                outbox.set_spill(false);
-                outbox.all_cold_ids()
-            };
-            if !ids.is_empty() {
-                let messages = broker.store.load(ids.clone()).await;
-                let loaded = ids.into_iter().zip(messages).collect();
-                let lost = handle.outbox().warm_all(&loaded);
-                if !lost.is_empty() {
-                    tracing::error!(client_id = %n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
-                }
-            }
-        }
-        if !session_present || !persistent {
-            broker.store.append(Record::SessionGone {
-                client: n.client_id.clone(),
-            });
-        }
-        if persistent {
-            broker.store.append(Record::Session {
-                client: n.client_id.clone(),
-                expiry: session_expiry,
-                username: n.username.clone(),
-                will: connect.will.clone().map(Box::new),
-                since: 0,
-            });
-            // Only now: a queue entry logged before the session record would be ignored.
-            handle.outbox().set_spill(true);
-            handle.persistent.store(true, Ordering::Relaxed);
-        }
-    }
-    let keep_alive = n.keep_alive;
+    } = Box::pin(admit(
+        broker,
+        connect,
+        accepted,
+        enhanced,
+        control_tx,
+        Instant::now(),
+    ))
+    .await;
+    let keep_alive = state.n.keep_alive;
     tracing::info!(
-        %peer, client_id = %n.client_id, protocol = protocol.level(), clean_start,
+        %peer, client_id = %state.n.client_id, protocol = protocol.level(), clean_start,
         keep_alive, session_present, "client connected"
     );
-    let Connect { will, .. } = *connect;
-    let mut state = ClientState::new(n, handle, session, will);
-    state.set_store(broker.store.clone());
-    state.auth_method = auth_method;
-    state.attach_groups(broker);
-    let ack = ConnAck {
-        session_present,
-        reason: ReasonCode::SUCCESS,
-        properties: connack_properties,
-    };
-    state.send(&Packet::ConnAck(ack));
     let now = Instant::now();
-    state.resend_inflight(now);
     Some(Established {
         state,
         control_rx,

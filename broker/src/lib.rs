@@ -61,10 +61,11 @@ pub use broker::Broker;
 pub use config::{Config, ConfigError};
 pub use server::Server;
 
-/// CONNECT negotiation, for the protocol fuzz target and its corpus replay (`fuzz/harness`),
-/// which drive [`protocol::ClientState`] without sockets. Not a stable API.
+/// CONNECT negotiation and admission, for the protocol fuzz target and its corpus replay
+/// (`fuzz/harness`), which drive [`protocol::ClientState`] without sockets through the same
+/// steps as the connection task. Not a stable API.
 #[doc(hidden)]
-pub use connect::{negotiate, refusal, Accepted, Credentials, Refused};
+pub use connect::{admit, negotiate, refusal, Accepted, Admitted, Credentials, Refused};
 
 /// The largest packet MQTT can express: 268,435,455 bytes of remaining length plus 5 bytes of
 /// fixed header.

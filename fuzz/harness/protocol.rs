@@ -26,12 +26,12 @@ use sluice::config::{Config, SharedStrategy};
 use sluice::protocol::{ClientState, Close};
 use sluice::ratelimit::RateLimiter;
 use sluice::session::Control;
-use sluice::{negotiate, refusal, Broker, Credentials};
+use sluice::{admit, negotiate, refusal, Admitted, Broker, Credentials};
 use sluice_codec::{
-    encode, ConnAck, Connect, ConnectProperties, Decoder, Disconnect, DisconnectProperties,
-    LastWill, Packet, Protocol, PubAck, Publish, PublishProperties, QoS, ReasonCode,
-    RetainHandling, Str, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
-    TopicFilter, TopicName, Unsubscribe,
+    encode, Connect, ConnectProperties, Decoder, Disconnect, DisconnectProperties, LastWill,
+    Packet, Protocol, PubAck, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, Str,
+    Subscribe, SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
+    Unsubscribe,
 };
 use tokio::sync::oneshot;
 
@@ -478,24 +478,20 @@ impl World {
                 );
             }
         }
-        let connection = self.broker.connection_id();
         let (control_tx, control_rx) = oneshot::channel();
-        let opened = self.rt.block_on(self.broker.open_session(
-            &id,
-            accepted.clean_start,
-            connection,
-            control_tx,
-        ));
-        let mut session = opened.session;
-        session.expiry_interval = accepted.session_expiry;
         let protocol = connect.protocol;
-        let mut state = ClientState::new(accepted.negotiated, opened.handle, session, connect.will);
-        state.send(&Packet::ConnAck(ConnAck {
-            session_present: opened.session_present,
-            reason: ReasonCode::SUCCESS,
-            properties: accepted.properties,
-        }));
-        state.resend_inflight(now);
+        let Admitted {
+            mut state,
+            connection,
+            ..
+        } = self.rt.block_on(admit(
+            &self.broker,
+            Box::new(connect),
+            accepted,
+            None,
+            control_tx,
+            now,
+        ));
         state.drain_outbox(now, HIGH_WATER);
         assert_eq!(state.n.protocol, protocol);
         self.reached.connected += 1;
