@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use sluice_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
+use sluice_codec::{LastWill, QoS, SubscriptionOptions};
 use tokio::sync::oneshot;
 
 use crate::acl::Acl;
@@ -29,7 +29,7 @@ use crate::session::{
     ColdDelivery, Control, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget, Session,
     SessionHandle, SubscriptionRecord,
 };
-use crate::shared::SharedGroups;
+use crate::shared::{GroupQueue, SharedGroups};
 use crate::subscriptions::SubscriptionTree;
 
 /// How long a new connection waits for the old one to hand its session over.
@@ -44,8 +44,9 @@ pub struct SubEntry {
     pub handle: Arc<SessionHandle>,
     /// The subscriber's username when it subscribed, for read checks of the ACL on delivery.
     pub username: Option<Arc<str>>,
-    /// The full `$share/{group}/{filter}` for a shared subscription (its group's identity).
-    pub shared: Option<TopicFilter>,
+    /// For a shared subscription, its group: the full `$share/{group}/{filter}` (the group's
+    /// identity) and the group's queue, so routing finds it without a lookup.
+    pub shared: Option<Arc<GroupQueue>>,
 }
 
 /// Counters, readable at any time (relaxed atomics: they are statistics).
@@ -551,7 +552,7 @@ impl Broker {
                         identifier: *identifier,
                         handle: handle.clone(),
                         username: s.username.clone(),
-                        shared: filter.shared().is_some().then(|| filter.clone()),
+                        shared: filter.shared().is_some().then(|| self.group_queue(filter)),
                     };
                     tree.subscribe(filter, client.clone(), entry);
                 }

@@ -720,12 +720,16 @@ impl ClientState {
                 *reason = ReasonCode::NOT_AUTHORIZED;
                 continue;
             }
+            let entry_group = filter
+                .shared()
+                .is_some()
+                .then(|| broker.group_queue(&filter));
             let entry = SubEntry {
                 options,
                 identifier,
                 handle: self.handle.clone(),
                 username: self.n.username.clone(),
-                shared: filter.shared().is_some().then(|| filter.clone()),
+                shared: entry_group.clone(),
             };
             // Replaces an existing subscription with the same filter [MQTT-3.8.4-3].
             let existed = write(&broker.subscriptions)
@@ -736,9 +740,10 @@ impl ClientState {
                 identifier,
             };
             retained.extend(broker.retained_for(&filter, &record, existed, &who, now));
-            if filter.shared().is_some() && !self.group_queues.iter().any(|(f, _)| *f == filter) {
-                let q = broker.group_queue(&filter);
-                self.group_queues.push((filter.clone(), q));
+            if let Some(q) = &entry_group {
+                if !self.group_queues.iter().any(|(f, _)| *f == filter) {
+                    self.group_queues.push((filter.clone(), q.clone()));
+                }
             }
             let (f, o) = (filter.clone(), options);
             self.log(|client| Record::Subscribe {

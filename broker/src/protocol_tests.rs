@@ -941,6 +941,56 @@ fn overflow_waits_in_the_group_queue_for_the_first_free_window() {
 }
 
 #[test]
+fn a_new_shared_message_goes_behind_the_group_queue() {
+    // [MQTT-4.6.0-6] per member: with older messages waiting in the group queue, a new one must
+    // not be handed straight to a member that just freed a slot, or that member gets the topic's
+    // messages out of order.
+    let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
+    let one = |id: &str| {
+        Client::with(Negotiated {
+            send_window: 1,
+            ..negotiated(Protocol::V5, id)
+        })
+    };
+    let (mut a, mut c) = (one("a"), one("c"));
+    a.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    c.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    let payloads: [&'static [u8]; 4] = [b"1", b"2", b"3", b"4"];
+    for (i, p) in payloads[..3].iter().enumerate() {
+        publ.handle(&b, publish("t", QoS::AtLeastOnce, i as u16 + 1, p))
+            .unwrap();
+    }
+    let first: Vec<u16> = publishes(&a.take()).iter().map(|p| p.pkid).collect();
+    assert_eq!(first.len(), 1, "a's window of 1 is full");
+    assert_eq!(publishes(&c.take()).len(), 1, "c's window of 1 is full");
+    // "3" waits in the group queue. "a" acknowledges (its window frees) and, before it pulls,
+    // "4" is published.
+    a.handle(&b, Packet::PubAck(PubAck::new(first[0]))).unwrap();
+    publ.handle(&b, publish("t", QoS::AtLeastOnce, 4, payloads[3]))
+        .unwrap();
+    let mut got: Vec<Bytes> = Vec::new();
+    loop {
+        let ps: Vec<(u16, Bytes)> = publishes(&a.take())
+            .iter()
+            .map(|p| (p.pkid, p.payload.clone()))
+            .collect();
+        if ps.is_empty() {
+            break;
+        }
+        for (pkid, payload) in ps {
+            got.push(payload);
+            a.handle(&b, Packet::PubAck(PubAck::new(pkid))).unwrap();
+        }
+    }
+    assert_eq!(
+        got,
+        vec![Bytes::from_static(b"3"), Bytes::from_static(b"4")],
+        "the older message first"
+    );
+}
+
+#[test]
 fn reason_strings_are_dropped_when_the_ack_would_not_fit() {
     // [MQTT-3.4.2-2]: a PUBACK with a Reason String larger than the client's Maximum Packet
     // Size is sent without it.

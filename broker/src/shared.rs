@@ -2,6 +2,10 @@
 //! clients): each matching message goes to exactly one member of each group.
 //!
 //! Choosing the member happens in tiers, so a burst lands where there is room:
+//! 0. while the group's queue holds messages, a new one goes behind them: handing it straight
+//!    to a member with a free slot would overtake older messages of the same topic that member
+//!    is about to pull, and a member must get a topic's messages in publish order (4.6,
+//!    [MQTT-4.6.0-6]);
 //! 1. members that are online and have a free slot in their send window (window less
 //!    inflight less already queued): "members with no free inflight window are skipped";
 //! 2. if none has room but one is online, the message waits in the group's own bounded queue
@@ -69,6 +73,8 @@ pub enum Pick {
 /// queue drops and counts, never blocks the publisher.
 #[derive(Debug)]
 pub struct GroupQueue {
+    /// The full `$share/{group}/{filter}` this queue belongs to.
+    pub key: TopicFilter,
     /// Deliveries in arrival order; members pull from the front. Short lock, never awaited.
     queue: Mutex<Outbox>,
     /// The next delivery number for the store's log (`Record::GroupEnqueue`).
@@ -76,11 +82,17 @@ pub struct GroupQueue {
 }
 
 impl GroupQueue {
-    fn new(max_messages: usize, max_bytes: usize, budget: &Arc<QueueBudget>) -> GroupQueue {
+    fn new(
+        key: TopicFilter,
+        max_messages: usize,
+        max_bytes: usize,
+        budget: &Arc<QueueBudget>,
+    ) -> GroupQueue {
         let mut outbox = Outbox::new(max_messages, max_bytes).with_budget(budget.clone());
         // The group as a whole is "online" while it queues (QoS 0 is kept too).
         outbox.set_online(true);
         GroupQueue {
+            key,
             queue: Mutex::new(outbox),
             next_seq: AtomicU64::new(1),
         }
@@ -138,13 +150,18 @@ impl SharedGroups {
         if queues.len() >= 1024 && queues.len().is_power_of_two() {
             queues.retain(|_, q| Arc::strong_count(q) > 1 || !q.is_empty());
         }
-        let q = Arc::new(GroupQueue::new(max_messages, max_bytes, budget));
+        let q = Arc::new(GroupQueue::new(
+            group.clone(),
+            max_messages,
+            max_bytes,
+            budget,
+        ));
         queues.insert(group.clone(), q.clone());
         q
     }
 
     /// Decides where a message on `topic` from `publisher` goes; None only when `members` is
-    /// empty.
+    /// empty. `queued`: the group's queue holds messages (tier 0: the new one goes behind them).
     pub fn pick(
         &self,
         group: &TopicFilter,
@@ -152,9 +169,13 @@ impl SharedGroups {
         members: &[Candidate<'_>],
         publisher: &str,
         topic: &str,
+        queued: bool,
     ) -> Option<Pick> {
         if members.is_empty() {
             return None;
+        }
+        if queued {
+            return Some(Pick::Group);
         }
         // Headroom: window less inflight less queued; negative once a backlog builds up.
         let free: Vec<i64> = members.iter().map(|m| m.handle.headroom()).collect();
@@ -247,7 +268,6 @@ impl Broker {
     /// ([`Broker::push_shared`]), or the member's records could come first.
     pub(crate) fn log_shared(
         &self,
-        key: &TopicFilter,
         queue: &GroupQueue,
         d: &mut Delivery,
         members: &[Arc<SessionHandle>],
@@ -263,7 +283,7 @@ impl Broker {
             }
             d.seq = queue.next_seq.fetch_add(1, Ordering::Relaxed);
             self.store.append(Record::GroupEnqueue {
-                group: key.clone(),
+                group: queue.key.clone(),
                 seq: d.seq,
                 id: d.msg.id,
                 qos: d.qos,
@@ -275,7 +295,6 @@ impl Broker {
     /// The second step (see [`Broker::log_shared`]): queues `d` and wakes the members.
     pub(crate) fn push_shared(
         &self,
-        key: &TopicFilter,
         queue: &GroupQueue,
         d: Delivery,
         members: &[Arc<SessionHandle>],
@@ -284,13 +303,13 @@ impl Broker {
         if queue.push(d).is_err() {
             if seq != 0 {
                 self.store.append(Record::GroupTaken {
-                    group: key.clone(),
+                    group: queue.key.clone(),
                     seq,
                 });
             }
             let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
-                tracing::warn!(group = %key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
+                tracing::warn!(group = %queue.key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
             }
             return;
         }
@@ -325,7 +344,7 @@ impl Broker {
             };
             let mut handles: Vec<Arc<SessionHandle>> = Vec::new();
             read(&self.subscriptions).for_each_match(d.msg.topic.as_str(), |_, client, entry| {
-                if client != from && entry.shared.as_ref() == Some(&key) {
+                if client != from && entry.shared.as_ref().is_some_and(|g| g.key == key) {
                     handles.push(entry.handle.clone());
                 }
             });
@@ -334,12 +353,14 @@ impl Broker {
                 handles.iter().map(|h| Candidate { handle: h }).collect();
             let group = key.shared().map_or("", |(g, _)| g);
             let strategy = self.shared_strategy(group);
+            let queue = self.group_queue(&key);
             let pick = self.shared_groups.pick(
                 &key,
                 strategy,
                 &members,
                 &d.msg.origin,
                 d.msg.topic.as_str(),
+                !queue.is_empty(),
             );
             if pick.is_none() {
                 left.push((d, release));
@@ -358,12 +379,11 @@ impl Broker {
                     self.deliver_to(&handles[i], d);
                 }
                 Some(Pick::Group) => {
-                    let queue = self.group_queue(&key);
-                    self.log_shared(&key, &queue, &mut d, &handles, &mut logged);
+                    self.log_shared(&queue, &mut d, &handles, &mut logged);
                     if let Some(rec) = release {
                         self.store.append(rec);
                     }
-                    self.push_shared(&key, &queue, d, &handles);
+                    self.push_shared(&queue, d, &handles);
                 }
                 None => {}
             }
