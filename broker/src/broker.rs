@@ -508,18 +508,25 @@ impl Broker {
                 seq: q.seq,
             })
         };
-        // Shared subscriptions' group queues (messages every member was too busy to take).
+        // Shared subscriptions' group queues (messages every member was too busy to take), left
+        // on disk like session queues: read back as members drain them.
         for (group, g) in &image.groups {
             let queue = self.group_queue(group);
             queue.next_seq.store(g.next_seq.max(1), Ordering::Relaxed);
             for q in &g.queue {
-                let seq = q.seq;
-                let pushed = delivery(q).is_some_and(|d| queue.push(d).is_ok());
-                if !pushed {
-                    self.store.append(Record::GroupTaken {
+                match image.messages.get(&q.id) {
+                    Some(slot) => queue.push_cold(ColdDelivery {
+                        seq: q.seq,
+                        id: q.id,
+                        cost: slot.len as usize,
+                        qos: q.qos,
+                        retain: q.retain,
+                        subscription_ids: Vec::new(),
+                    }),
+                    None => self.store.append(Record::GroupTaken {
                         group: group.clone(),
-                        seq,
-                    });
+                        seq: q.seq,
+                    }),
                 }
             }
         }

@@ -25,7 +25,7 @@ use crate::message::{ClientId, Message};
 use crate::persist::{Record, Store};
 use crate::router::Requester;
 use crate::session::{Delivery, Inflight, Session, SessionHandle, SubscriptionRecord};
-use crate::shared::GroupQueue;
+use crate::shared::{GroupQueue, LoadClaim};
 
 /// Why and how a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +105,12 @@ pub struct ClientState {
     group_queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
     /// Rotates which group queue is pulled from first.
     group_cursor: usize,
-    /// Whether the queue had messages to read back from the store at the last drain (so the
-    /// connection loop does not lock the queue to ask).
+    /// Whether the queue (or a group queue) had messages to read back from the store at the
+    /// last drain (so the connection loop does not lock the queues to ask).
     cold_waiting: bool,
+    /// Set while the messages being read back are a group queue's (this member claimed the
+    /// job; dropping the claim gives it back).
+    group_load: Option<LoadClaim>,
     /// The persistent store (disabled in memory mode and in unit tests).
     store: Store,
     /// Packets that may go out only once the store has what they promise (acks of stored
@@ -156,6 +159,7 @@ impl ClientState {
             group_queues: Vec::new(),
             group_cursor: 0,
             cold_waiting: false,
+            group_load: None,
             store: Store::disabled(),
             held: BytesMut::new(),
             holding: false,
@@ -923,22 +927,48 @@ impl ClientState {
         d
     }
 
-    /// The ids of the messages to read back from the store next: the queue's next messages are
-    /// on disk only (or soon will be at its front) and the inflight window has room. None
+    /// The ids of the messages to read back from the store next: the session queue's next
+    /// messages are on disk only (or soon will be at its front), or else a group queue's are
+    /// and no other member is reading them back; and the inflight window has room. None
     /// otherwise.
-    pub fn cold_to_load(&self) -> Option<Vec<u64>> {
-        if !self.cold_waiting || self.n.send_window <= self.session.inflight_len() {
+    pub fn cold_to_load(&mut self) -> Option<Vec<u64>> {
+        if !self.cold_waiting
+            || self.group_load.is_some()
+            || self.n.send_window <= self.session.inflight_len()
+        {
             return None;
         }
-        let outbox = self.handle.outbox();
-        outbox.wants_load().then(|| outbox.cold_ids())
+        {
+            let outbox = self.handle.outbox();
+            if outbox.wants_load() {
+                return Some(outbox.cold_ids());
+            }
+        }
+        let (ids, claim) = self.group_queues.iter().find_map(|(_, q)| q.claim_load())?;
+        self.group_load = Some(claim);
+        Some(ids)
     }
 
-    /// Puts messages read back from the store (`cold_to_load`) into the queue, ready to send.
-    /// A message the store could not give back is dropped from the queue, logged and counted.
+    /// Puts messages read back from the store (`cold_to_load`) into the queue they were read
+    /// for, ready to send. A message the store could not give back is dropped from the queue,
+    /// logged and counted.
     pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
         let loaded: std::collections::HashMap<u64, Option<Arc<Message>>> =
             ids.iter().copied().zip(messages).collect();
+        if let Some(claim) = self.group_load.take() {
+            let group = &claim.queue.key;
+            let lost = claim.queue.warm(&loaded);
+            if !lost.is_empty() {
+                tracing::error!(%group, count = lost.len(), "messages of a shared subscription's queue could not be read back from the store: dropped");
+                for seq in lost {
+                    self.store.append(Record::GroupTaken {
+                        group: group.clone(),
+                        seq,
+                    });
+                }
+            }
+            return;
+        }
         let lost = self.handle.outbox().warm(&loaded);
         if !lost.is_empty() {
             tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
@@ -970,6 +1000,9 @@ impl ClientState {
                 budget = budget.saturating_sub(d.msg.cost());
                 batch.push(d);
             }
+            let mut cold_waiting = outbox.wants_load();
+            let mut more = !outbox.is_empty();
+            drop(outbox);
             // Then the shared subscriptions' group queues, while the window has room.
             if !self.group_queues.is_empty() {
                 let n = self.group_queues.len();
@@ -991,9 +1024,15 @@ impl ClientState {
                         None => idle += 1,
                     }
                 }
+                // A group queue whose next messages are on disk only: this member reads them
+                // back when its window has room (`cold_to_load`), unless another one is at it.
+                if window > 0 && self.group_queues.iter().any(|(_, q)| q.wants_load()) {
+                    cold_waiting = true;
+                    more = true;
+                }
             }
-            self.cold_waiting = outbox.wants_load();
-            !outbox.is_empty()
+            self.cold_waiting = cold_waiting;
+            more
         };
         for d in batch {
             self.send_delivery(d, now);

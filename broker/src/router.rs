@@ -206,7 +206,7 @@ impl Broker {
                     shared: Some(queue.key.clone()),
                     seq: 0,
                 };
-                self.log_shared(&queue, &mut d, &handles, &mut message_logged);
+                self.log_shared(&queue, &mut d, &mut message_logged);
                 (queue, d, handles)
             })
             .collect();

@@ -112,10 +112,11 @@ enum Entry {
 /// count and bytes; a full queue drops the new message and counts it, never blocks.
 ///
 /// Only the first `window` bytes are kept in memory. Past them, deliveries the store has
-/// logged (QoS 1/2 of persistent sessions, not shared) are kept as [`ColdDelivery`]s: the
-/// message is dropped from memory and read back from the log when the window has room again,
-/// so a long offline queue costs disk, not memory. Order is kept: once one delivery is cold,
-/// every later one that can be is cold too.
+/// logged (QoS 1/2 of persistent sessions, not shared; every QoS 1/2 delivery of a shared
+/// subscription's group queue) are kept as [`ColdDelivery`]s: the message is dropped from
+/// memory and read back from the log when the window has room again, so a long queue costs
+/// disk, not memory. Order is kept: once one delivery is cold, every later one that can be is
+/// cold too.
 #[derive(Debug)]
 pub struct Outbox {
     /// Deliveries in arrival order [MQTT-4.6.0-6].
@@ -132,6 +133,10 @@ pub struct Outbox {
     spill: bool,
     /// Whether a connection currently owns the session (QoS 0 is not queued for offline ones).
     online: bool,
+    /// Set for a shared subscription's group queue (its `$share/{group}/{filter}`): every
+    /// delivery is for that group, so shared ones may stay on disk too (a session's shared
+    /// deliveries stay in memory: they move to another member if the session goes away).
+    group: Option<TopicFilter>,
     /// `mqtt.max_queued_messages`.
     max_messages: usize,
     /// `mqtt.max_queued_bytes`.
@@ -161,6 +166,7 @@ impl Outbox {
             window: usize::MAX,
             spill: true,
             online: false,
+            group: None,
             max_messages,
             max_bytes,
             dropped: 0,
@@ -177,6 +183,12 @@ impl Outbox {
     /// Keeps at most `window` bytes of logged deliveries in memory (the rest stays on disk).
     pub fn with_window(mut self, window: usize) -> Outbox {
         self.window = window;
+        self
+    }
+
+    /// The queue of shared subscription `group` (deliveries read back from disk are for it).
+    pub fn for_group(mut self, group: TopicFilter) -> Outbox {
+        self.group = Some(group);
         self
     }
 
@@ -207,7 +219,10 @@ impl Outbox {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
-        let spillable = self.spill && d.seq != 0 && d.shared.is_none() && d.qos != QoS::AtMostOnce;
+        let spillable = self.spill
+            && d.seq != 0
+            && (d.shared.is_none() || self.group.is_some())
+            && d.qos != QoS::AtMostOnce;
         // An offline session needs nothing in memory until its client is back.
         let window = if self.online { self.window } else { 0 };
         let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > window);
@@ -399,7 +414,7 @@ impl Outbox {
                         qos,
                         retain,
                         subscription_ids,
-                        shared: None,
+                        shared: self.group.clone(),
                         seq,
                     });
                     i += 1;
@@ -460,7 +475,10 @@ impl Outbox {
         let mut chilled = 0;
         for e in self.queue.iter_mut() {
             let Entry::Hot(d) = e else { continue };
-            if d.seq == 0 || d.shared.is_some() || d.qos == QoS::AtMostOnce {
+            if d.seq == 0
+                || (d.shared.is_some() && self.group.is_none())
+                || d.qos == QoS::AtMostOnce
+            {
                 continue;
             }
             let cost = d.msg.cost();
@@ -485,7 +503,7 @@ impl Outbox {
     }
 
     /// Takes out every in-memory delivery for which `pred` holds, keeping the others in order.
-    /// (Cold deliveries are never shared ones, the only kind taken out.)
+    /// (A session's cold deliveries are never shared ones, the only kind taken out.)
     pub fn take_where(&mut self, mut pred: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());

@@ -25,15 +25,15 @@
 use crate::persist::Record;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sluice_codec::{QoS, TopicFilter};
 
 use crate::broker::{read, Broker};
 use crate::config::SharedStrategy;
-use crate::message::ClientId;
-use crate::session::{Delivery, Dropped, Outbox, QueueBudget, SessionHandle};
+use crate::message::{ClientId, Message};
+use crate::session::{ColdDelivery, Delivery, Dropped, Outbox, QueueBudget, SessionHandle};
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
 /// only a hint for fairness, so when the bound is reached the table is simply cleared: a client
@@ -68,9 +68,15 @@ pub enum Pick {
     Group,
 }
 
-/// Messages of one shared subscription waiting for any member's window (tier 2 above).
+/// Messages of one shared subscription waiting for any member's window (tiers 0 and 2 above).
 /// Bounded like a session queue (`mqtt.max_queued_messages` / `max_queued_bytes`); a full
 /// queue drops and counts, never blocks the publisher.
+///
+/// Disk-backed like a session queue: with a store, every QoS 1/2 delivery is logged
+/// (`Record::GroupEnqueue`) and only the first `persistence.queue_memory_bytes` of them are
+/// kept in memory; the rest are ids read back from the log by whichever member has room when
+/// the queue drains to them ([`GroupQueue::claim_load`]). A million waiting messages cost
+/// bookkeeping only.
 #[derive(Debug)]
 pub struct GroupQueue {
     /// The full `$share/{group}/{filter}` this queue belongs to.
@@ -79,6 +85,23 @@ pub struct GroupQueue {
     queue: Mutex<Outbox>,
     /// The next delivery number for the store's log (`Record::GroupEnqueue`).
     pub next_seq: AtomicU64,
+    /// Set while a member reads the next deliveries back from the store, so the other members
+    /// do not read the same ones.
+    loading: AtomicBool,
+}
+
+/// A member's claim on reading a group queue's next deliveries back from the store
+/// ([`GroupQueue::claim_load`]); given back when dropped, so a member that goes away while
+/// reading leaves the job to the others.
+#[derive(Debug)]
+pub struct LoadClaim {
+    pub queue: Arc<GroupQueue>,
+}
+
+impl Drop for LoadClaim {
+    fn drop(&mut self) {
+        self.queue.loading.store(false, Ordering::Release);
+    }
 }
 
 impl GroupQueue {
@@ -86,15 +109,20 @@ impl GroupQueue {
         key: TopicFilter,
         max_messages: usize,
         max_bytes: usize,
+        window: usize,
         budget: &Arc<QueueBudget>,
     ) -> GroupQueue {
-        let mut outbox = Outbox::new(max_messages, max_bytes).with_budget(budget.clone());
+        let mut outbox = Outbox::new(max_messages, max_bytes)
+            .with_budget(budget.clone())
+            .with_window(window)
+            .for_group(key.clone());
         // The group as a whole is "online" while it queues (QoS 0 is kept too).
         outbox.set_online(true);
         GroupQueue {
             key,
             queue: Mutex::new(outbox),
             next_seq: AtomicU64::new(1),
+            loading: AtomicBool::new(false),
         }
     }
 
@@ -103,9 +131,49 @@ impl GroupQueue {
         self.lock().push(d)
     }
 
-    /// Takes the oldest waiting delivery.
+    /// Queues a delivery the store recovered at start-up, on disk only.
+    pub fn push_cold(&self, c: ColdDelivery) {
+        self.lock().push_cold(c)
+    }
+
+    /// Takes the oldest waiting delivery if it is in memory (None also when it is on disk
+    /// only: see [`GroupQueue::claim_load`]).
     pub fn pop(&self) -> Option<Delivery> {
         self.lock().pop()
+    }
+
+    /// Whether the next deliveries should be read back from the store and nobody is at it.
+    pub fn wants_load(&self) -> bool {
+        !self.loading.load(Ordering::Acquire) && self.lock().wants_load()
+    }
+
+    /// The message ids to read back next, with the claim on doing it; None when nothing needs
+    /// reading back or another member is already at it.
+    pub fn claim_load(self: &Arc<Self>) -> Option<(Vec<u64>, LoadClaim)> {
+        let outbox = self.lock();
+        if !outbox.wants_load() || self.loading.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let claim = LoadClaim {
+            queue: self.clone(),
+        };
+        Some((outbox.cold_ids(), claim))
+    }
+
+    /// Puts messages read back from the store into the queue (see [`Outbox::warm`]); returns
+    /// the group delivery numbers of those the store could not give back (dropped).
+    pub fn warm(&self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+        self.lock().warm(loaded)
+    }
+
+    /// Deliveries kept on disk only.
+    pub fn cold_len(&self) -> usize {
+        self.lock().cold_len()
+    }
+
+    /// Bytes of waiting messages held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.lock().memory_bytes()
     }
 
     /// Whether a message of `cost` bytes fits the queue's bounds now.
@@ -141,6 +209,7 @@ impl SharedGroups {
         group: &TopicFilter,
         max_messages: usize,
         max_bytes: usize,
+        window: usize,
         budget: &Arc<QueueBudget>,
     ) -> Arc<GroupQueue> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -154,6 +223,7 @@ impl SharedGroups {
             group.clone(),
             max_messages,
             max_bytes,
+            window,
             budget,
         ));
         queues.insert(group.clone(), q.clone());
@@ -253,30 +323,35 @@ impl Broker {
     /// The queue of shared subscription `key` (created on first use).
     pub(crate) fn group_queue(&self, key: &TopicFilter) -> Arc<GroupQueue> {
         let m = &self.config.mqtt;
+        // Without a store nothing is logged, so nothing can wait on disk only.
+        let window = if self.store.is_enabled() {
+            self.config.persistence.queue_memory_bytes
+        } else {
+            usize::MAX
+        };
         self.shared_groups.queue_for(
             key,
             m.max_queued_messages,
             m.max_queued_bytes,
+            window,
             &self.queue_budget,
         )
     }
 
     /// Queueing `d` in its group's queue, so the first member with a free slot takes it, is two
-    /// steps. This one: the group's queue, with `d` logged for it (the message once:
-    /// `message_logged`; numbered) when a member is persistent: the publisher was told the
-    /// message is safe, and it waits here. The log must have it before any member can take it
-    /// ([`Broker::push_shared`]), or the member's records could come first.
+    /// steps. This one: the group's queue, with a QoS 1/2 `d` logged for it (the message once:
+    /// `message_logged`; numbered) whenever there is a store, whether or not the members are
+    /// persistent: the publisher was told the message is safe, it waits here for the group
+    /// (not for one session), and being in the log is what lets it wait on disk only. The log
+    /// must have it before any member can take it ([`Broker::push_shared`]), or the member's
+    /// records could come first.
     pub(crate) fn log_shared(
         &self,
         queue: &GroupQueue,
         d: &mut Delivery,
-        members: &[Arc<SessionHandle>],
         message_logged: &mut bool,
     ) {
-        if self.store.is_enabled()
-            && d.qos != QoS::AtMostOnce
-            && members.iter().any(|h| h.persistent.load(Ordering::Relaxed))
-        {
+        if self.store.is_enabled() && d.qos != QoS::AtMostOnce {
             if !*message_logged {
                 self.store.append(Record::Message(d.msg.clone()));
                 *message_logged = true;
@@ -379,7 +454,7 @@ impl Broker {
                     self.deliver_to(&handles[i], d);
                 }
                 Some(Pick::Group) => {
-                    self.log_shared(&queue, &mut d, &handles, &mut logged);
+                    self.log_shared(&queue, &mut d, &mut logged);
                     if let Some(rec) = release {
                         self.store.append(rec);
                     }
@@ -389,5 +464,101 @@ impl Broker {
             }
         }
         left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::COLD_ENTRY_COST;
+    use bytes::Bytes;
+    use sluice_codec::TopicName;
+    use std::time::Instant;
+
+    fn message(n: u8) -> Arc<Message> {
+        Arc::new(Message::new(
+            TopicName::try_from("jobs/x").unwrap(),
+            Bytes::from(vec![n; 100]),
+            QoS::AtLeastOnce,
+            false,
+            Default::default(),
+            "p".into(),
+            Instant::now(),
+        ))
+    }
+
+    /// A delivery as the router queues it for the group once the store has logged it.
+    fn logged(key: &TopicFilter, msg: &Arc<Message>, seq: u64) -> Delivery {
+        Delivery {
+            msg: msg.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            shared: Some(key.clone()),
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_group_queue_keeps_logged_messages_past_its_window_on_disk() {
+        let key = TopicFilter::try_from("$share/g/jobs/#").unwrap();
+        let budget = QueueBudget::new(1 << 30);
+        let msgs: Vec<Arc<Message>> = (0..10).map(message).collect();
+        let window = msgs[0].cost() * 2;
+        let q = Arc::new(GroupQueue::new(key.clone(), 100, 1 << 20, window, &budget));
+        for (i, m) in msgs.iter().enumerate() {
+            q.push(logged(&key, m, i as u64 + 1)).unwrap();
+        }
+        assert_eq!(
+            (q.len(), q.cold_len()),
+            (10, 8),
+            "two in memory, the rest on disk"
+        );
+        assert_eq!(q.memory_bytes(), window);
+        assert_eq!(budget.used(), window + 8 * COLD_ENTRY_COST);
+        assert_eq!(q.pop().unwrap().msg.id, msgs[0].id);
+        assert_eq!(q.pop().unwrap().msg.id, msgs[1].id);
+        assert!(q.pop().is_none(), "the front is on disk");
+        assert!(q.wants_load());
+        let (ids, claim) = q.claim_load().expect("a member claims the read-back");
+        assert_eq!(
+            ids,
+            vec![msgs[2].id, msgs[3].id],
+            "a window's worth, in order"
+        );
+        assert!(
+            q.claim_load().is_none() && !q.wants_load(),
+            "one member reads back at a time"
+        );
+        let loaded: HashMap<u64, Option<Arc<Message>>> = ids
+            .iter()
+            .zip(&msgs[2..4])
+            .map(|(id, m)| (*id, Some(m.clone())))
+            .collect();
+        assert!(q.warm(&loaded).is_empty());
+        drop(claim);
+        let d = q.pop().unwrap();
+        assert_eq!((d.msg.id, d.seq), (msgs[2].id, 3));
+        assert_eq!(d.shared.as_ref(), Some(&key), "read back for its group");
+        assert_eq!(q.pop().unwrap().msg.id, msgs[3].id);
+        // A member that goes away while reading back gives the job back.
+        let (ids, claim) = q.claim_load().unwrap();
+        drop(claim);
+        let (again, _claim) = q.claim_load().expect("claimable again");
+        assert_eq!(ids, again);
+    }
+
+    #[test]
+    fn without_a_store_a_group_queue_stays_in_memory() {
+        let key = TopicFilter::try_from("$share/g/jobs/#").unwrap();
+        let budget = QueueBudget::new(1 << 30);
+        let q = GroupQueue::new(key.clone(), 100, 1 << 20, usize::MAX, &budget);
+        for i in 0..10 {
+            let mut d = logged(&key, &message(i), 0);
+            d.seq = 0;
+            q.push(d).unwrap();
+        }
+        assert_eq!(q.cold_len(), 0);
+        assert!(!q.wants_load());
     }
 }

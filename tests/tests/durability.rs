@@ -780,3 +780,68 @@ async fn a_full_queue_can_push_back_on_the_publisher() {
         .collect();
     assert_eq!(got, vec![0, 1, 2], "exactly what was accepted");
 }
+
+/// Resident memory of process `pid` in KiB (VmRSS).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// A shared subscription's group queue is disk-backed like a session queue: past
+/// `persistence.queue_memory_bytes` its messages wait in the log only. The one member of
+/// `$share/big/...` (Receive Maximum 5, reading nothing) lets 48 MiB of QoS 1 messages pile up
+/// in the group queue: the broker's resident memory grows by far less than that (a queue held in
+/// memory grows it by all of it). Then the member drains the queue: every message, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_backlog_waits_on_disk_not_in_memory() {
+    const N: u32 = 1500;
+    const SIZE: usize = 32 * 1024;
+    let data = tempfile::tempdir().unwrap();
+    let broker = broker_on(data.path());
+    let mut member = connect_v5("big-worker", 0, None);
+    if let Packet::Connect(c) = &mut member {
+        c.clean_start = true;
+        c.properties.receive_maximum = Some(5);
+    }
+    let (mut worker, _) = connack_v5(&broker, &member).await;
+    subscribe(&mut worker, "$share/big/big/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = connack_v5(&broker, &connect_v5("big-pub", 0, None)).await;
+    let before = rss_kib(broker.pid());
+    for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+        for &seq in chunk {
+            let mut payload = seq.to_be_bytes().to_vec();
+            payload.resize(SIZE, b'.');
+            let pkid = seq as u16 + 1;
+            publ.send(&publish("big/t", QoS::AtLeastOnce, pkid, payload, false))
+                .await
+                .unwrap();
+        }
+        for _ in chunk {
+            match publ.expect_packet(T).await.unwrap() {
+                Packet::PubAck(a) => assert_eq!(a.reason.0, 0, "accepted"),
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    }
+    let grown_mib = rss_kib(broker.pid()).saturating_sub(before) / 1024;
+    let queued_mib = (N as usize * SIZE) >> 20;
+    eprintln!("group backlog: {queued_mib} MiB queued, broker RSS grew {grown_mib} MiB");
+    assert!(
+        grown_mib < queued_mib as u64 / 2,
+        "{queued_mib} MiB waiting in the group queue grew the broker by {grown_mib} MiB: it is held in memory"
+    );
+    let got: Vec<u32> = drain(&mut worker, Duration::from_millis(1500))
+        .await
+        .into_iter()
+        .map(|(seq, _, _)| seq)
+        .collect();
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "every message, read back from the log in order [MQTT-4.6.0-6]"
+    );
+}
