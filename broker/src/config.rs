@@ -302,6 +302,27 @@ pub struct MqttConfig {
     /// subscriber misses it; counted and logged) or `reject` (nobody gets it and the publisher
     /// is told: v5 PUBACK/PUBREC 0x97, 3.1.1 disconnected).
     pub queue_full_policy: QueueFullPolicy,
+    /// What happens to a shared subscription group's messages when its last member's session
+    /// ends (or the last member unsubscribes): the messages in the group's queue and those the
+    /// departed member had queued or unacknowledged. `keep` (default): they wait in the group's
+    /// queue (within its bounds, `max_queued_messages` / `max_queued_bytes`) for a new member,
+    /// at most `shared_group_orphan_expiry_seconds`; `drop`: dropped at once. Either way the
+    /// dropped ones are counted and logged.
+    pub shared_group_orphan_policy: OrphanPolicy,
+    /// With `shared_group_orphan_policy = "keep"`: how long a group without members keeps its
+    /// messages, from its last member's departure (or from a restart). Default: one day.
+    pub shared_group_orphan_expiry_seconds: u32,
+}
+
+/// `mqtt.shared_group_orphan_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrphanPolicy {
+    /// The group's messages wait for a new member, up to the expiry.
+    #[default]
+    Keep,
+    /// The group's messages are dropped when its last member is gone.
+    Drop,
 }
 
 /// `mqtt.queue_full_policy`.
@@ -357,6 +378,8 @@ impl Default for MqttConfig {
             shared_subscription_strategy: SharedStrategy::RoundRobin,
             queue_full_policy: QueueFullPolicy::Drop,
             shared_group_strategies: BTreeMap::new(),
+            shared_group_orphan_policy: OrphanPolicy::Keep,
+            shared_group_orphan_expiry_seconds: 86_400,
         }
     }
 }
@@ -562,6 +585,13 @@ impl Config {
                 "mqtt.maximum_qos",
                 m.maximum_qos,
                 "must be 0, 1 or 2",
+            ));
+        }
+        if m.shared_group_orphan_expiry_seconds == 0 {
+            return Err(invalid(
+                "mqtt.shared_group_orphan_expiry_seconds",
+                0,
+                "must be at least 1 (use shared_group_orphan_policy = \"drop\" to keep nothing)",
             ));
         }
         if let Some(r) = &m.server_reference {
@@ -828,6 +858,38 @@ mod tests {
         assert_eq!((c.limits.publish_rate, c.limits.max_connections), (50, 7));
         let e = load_toml("[mqtt]\nshared_subscription_strategy = \"fastest\"\n", &[]).unwrap_err();
         assert!(e.key.contains("shared_subscription_strategy"), "{e}");
+    }
+
+    #[test]
+    fn shared_group_orphan_keys_are_validated() {
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.mqtt.shared_group_orphan_policy,
+                c.mqtt.shared_group_orphan_expiry_seconds
+            ),
+            (OrphanPolicy::Keep, 86_400)
+        );
+        let c = load_toml(
+            "[mqtt]\nshared_group_orphan_policy = \"drop\"\nshared_group_orphan_expiry_seconds = 60\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.shared_group_orphan_policy, OrphanPolicy::Drop);
+        assert_eq!(c.mqtt.shared_group_orphan_expiry_seconds, 60);
+        let e = load_toml("[mqtt]\nshared_group_orphan_policy = \"forget\"\n", &[]).unwrap_err();
+        assert!(e.key.contains("shared_group_orphan_policy"), "{e}");
+        let e = load_toml("[mqtt]\nshared_group_orphan_expiry_seconds = 0\n", &[]).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("mqtt.shared_group_orphan_expiry_seconds", "0")
+        );
+        let c = load_toml(
+            "",
+            &[("SLUICE__MQTT__SHARED_GROUP_ORPHAN_EXPIRY_SECONDS", "5")],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.shared_group_orphan_expiry_seconds, 5);
     }
 
     #[test]

@@ -727,7 +727,7 @@ impl ClientState {
             let entry_group = filter
                 .shared()
                 .is_some()
-                .then(|| broker.group_queue(&filter));
+                .then(|| broker.join_group(&filter, &self.handle));
             let entry = SubEntry {
                 options,
                 identifier,
@@ -784,6 +784,8 @@ impl ClientState {
             vec![ReasonCode::TOPIC_FILTER_INVALID; u.filters.len() + u.rejected.len()];
         let rejected: Vec<usize> = u.rejected.iter().map(|(i, _)| *i).collect();
         let mut valid = u.filters.into_iter();
+        // Groups this session leaves (handled once the tree is unlocked).
+        let mut left_groups = Vec::new();
         {
             let mut tree = write(&broker.subscriptions);
             for (slot, r) in reasons.iter_mut().enumerate() {
@@ -791,7 +793,9 @@ impl ClientState {
                     continue;
                 }
                 let Some(filter) = valid.next() else { break };
-                let existed = tree.unsubscribe(&filter, &self.n.client_id).is_some();
+                let removed = tree.unsubscribe(&filter, &self.n.client_id);
+                let existed = removed.is_some();
+                left_groups.extend(removed.and_then(|e| e.shared));
                 if self.session.subscriptions.remove(&filter).is_some() && self.persistent() {
                     self.store.append(Record::Unsubscribe {
                         client: self.n.client_id.clone(),
@@ -805,6 +809,9 @@ impl ClientState {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
                 };
             }
+        }
+        for group in left_groups {
+            broker.leave_group(&group, &self.n.client_id);
         }
         self.send_if_persistent_held(&Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
@@ -958,6 +965,8 @@ impl ClientState {
         if let Some(claim) = self.group_load.take() {
             let group = &claim.queue.key;
             let lost = claim.queue.warm(&loaded);
+            // The other members may have room for what came back too.
+            claim.queue.notify_members();
             if !lost.is_empty() {
                 tracing::error!(%group, count = lost.len(), "messages of a shared subscription's queue could not be read back from the store: dropped");
                 for seq in lost {

@@ -530,6 +530,22 @@ impl Outbox {
         self.online
     }
 
+    /// Drops everything queued; returns how many deliveries there were and the log's numbers
+    /// of those the store has (to log them as gone).
+    pub fn clear_logged(&mut self) -> (usize, Vec<u64>) {
+        let seqs = self
+            .queue
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Hot(d) => (d.seq != 0).then_some(d.seq),
+                Entry::Cold(c) => Some(c.seq),
+            })
+            .collect();
+        let n = self.queue.len();
+        self.clear();
+        (n, seqs)
+    }
+
     /// Drops everything queued (Clean Start discards the old session's messages).
     pub fn clear(&mut self) {
         self.release(self.charged());

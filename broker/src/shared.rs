@@ -21,17 +21,30 @@
 //! send the Application Message to another Client", 4.8.2). QoS 2 messages already sent stay
 //! with that member: the spec requires the server to complete their delivery to the same client
 //! and never send them to another [MQTT-4.8.2-4], [MQTT-4.8.2-5].
+//!
+//! # A group's lifetime
+//! A group exists while it has members: sessions subscribed to its `$share/{group}/{filter}`
+//! (online or not). A member whose session goes on while its client is away keeps what was
+//! handed to it. When a member's session ends and no other member is left, what it held (queued
+//! or unacknowledged QoS 1) joins the group's queue, never dropped while the group exists. Once
+//! the last member is gone (session ended, or unsubscribed), `mqtt.shared_group_orphan_policy`
+//! decides for everything the group's queue then holds: `keep` (default) leaves it for a new
+//! member for `mqtt.shared_group_orphan_expiry_seconds` (counted again from a restart), within
+//! the queue's bounds; `drop` drops it at once. Dropped messages are counted
+//! (`Stats::orphaned_dropped`) and logged either way. Groups found without members at start-up
+//! (their members' sessions did not survive the restart) are treated the same.
 
 use crate::persist::Record;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sluice_codec::{QoS, TopicFilter};
 
 use crate::broker::{read, Broker};
-use crate::config::SharedStrategy;
+use crate::config::{OrphanPolicy, SharedStrategy};
 use crate::message::{ClientId, Message};
 use crate::session::{ColdDelivery, Delivery, Dropped, Outbox, QueueBudget, SessionHandle};
 
@@ -57,6 +70,9 @@ pub struct SharedGroups {
     /// Group queues, shared with the members' connection tasks (which pull from them). An
     /// entry nobody else holds and that is empty is pruned when the table grows.
     queues: Mutex<HashMap<TopicFilter, Arc<GroupQueue>>>,
+    /// Groups without members whose messages are kept until a deadline: the periodic sweep
+    /// ([`Broker::expire_orphaned_groups`]) does nothing while this is 0.
+    orphans: AtomicUsize,
 }
 
 /// Where a shared-subscription message should go.
@@ -88,6 +104,27 @@ pub struct GroupQueue {
     /// Set while a member reads the next deliveries back from the store, so the other members
     /// do not read the same ones.
     loading: AtomicBool,
+    /// Who is in the group, and since when it has nobody. Locked briefly, on membership
+    /// changes only; taken before `queue` when both are needed.
+    membership: Mutex<Membership>,
+}
+
+/// The members of a group (see the module docs on a group's lifetime).
+#[derive(Debug, Default)]
+struct Membership {
+    /// Sessions subscribed to the group, to wake when there is something to take.
+    members: HashMap<ClientId, Arc<SessionHandle>>,
+    /// Set while nobody is in the group and its messages are kept: when they are dropped.
+    orphaned_until: Option<Instant>,
+}
+
+/// Why a group's waiting messages are dropped all at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Orphaned {
+    /// `shared_group_orphan_policy = "drop"`, when the last member left.
+    Dropped,
+    /// `shared_group_orphan_expiry_seconds` passed with nobody in the group.
+    Expired,
 }
 
 /// A member's claim on reading a group queue's next deliveries back from the store
@@ -123,7 +160,24 @@ impl GroupQueue {
             queue: Mutex::new(outbox),
             next_seq: AtomicU64::new(1),
             loading: AtomicBool::new(false),
+            membership: Mutex::new(Membership::default()),
         }
+    }
+
+    /// Wakes every member (there is something to take).
+    pub fn notify_members(&self) {
+        for h in self.membership().members.values() {
+            h.notify.notify_one();
+        }
+    }
+
+    /// Number of sessions in the group.
+    pub fn member_count(&self) -> usize {
+        self.membership().members.len()
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a delivery for whichever member frees a slot first.
@@ -217,6 +271,8 @@ impl SharedGroups {
             return q.clone();
         }
         if queues.len() >= 1024 && queues.len().is_power_of_two() {
+            // Members hold their group's queue (subscription entries), so a group pruned here
+            // has none, and nothing waiting.
             queues.retain(|_, q| Arc::strong_count(q) > 1 || !q.is_empty());
         }
         let q = Arc::new(GroupQueue::new(
@@ -390,6 +446,143 @@ impl Broker {
         }
         for h in members {
             h.notify.notify_one();
+        }
+    }
+
+    /// Adds `handle`'s session to the group of shared subscription `key` (on SUBSCRIBE, and for
+    /// restored sessions) and returns the group's queue. A group that had nobody has somebody
+    /// again: its kept messages are for this member, unless their time ran out (then they are
+    /// dropped first, as the sweep would have).
+    pub(crate) fn join_group(
+        &self,
+        key: &TopicFilter,
+        handle: &Arc<SessionHandle>,
+    ) -> Arc<GroupQueue> {
+        let queue = self.group_queue(key);
+        let mut m = queue.membership();
+        if let Some(until) = m.orphaned_until.take() {
+            self.shared_groups.orphans.fetch_sub(1, Ordering::Relaxed);
+            if until <= Instant::now() {
+                self.drop_group_messages(&queue, Orphaned::Expired);
+            } else {
+                tracing::info!(group = %key, client_id = %handle.client_id, waiting = queue.len(), "shared subscription group has a member again: it takes the messages kept for the group");
+            }
+        }
+        m.members.insert(handle.client_id.clone(), handle.clone());
+        drop(m);
+        queue
+    }
+
+    /// `client`'s session leaves the group of `queue` (its session ended, or it unsubscribed).
+    /// If nobody is left, `mqtt.shared_group_orphan_policy` decides for the group's messages.
+    pub(crate) fn leave_group(&self, queue: &Arc<GroupQueue>, client: &ClientId) {
+        let mut m = queue.membership();
+        if m.members.remove(client).is_some() && m.members.is_empty() {
+            self.orphan(queue, &mut m);
+        }
+    }
+
+    /// At start-up: a recovered group none of the restored sessions belongs to (its members did
+    /// not survive the restart) is without members from now on.
+    pub(crate) fn orphan_if_memberless(&self, queue: &Arc<GroupQueue>) {
+        let mut m = queue.membership();
+        if m.members.is_empty() && m.orphaned_until.is_none() {
+            self.orphan(queue, &mut m);
+        }
+    }
+
+    /// The group of `queue` has just lost its last member: keep its messages for a new one (up
+    /// to the expiry) or drop them, per `mqtt.shared_group_orphan_policy`.
+    fn orphan(&self, queue: &GroupQueue, m: &mut Membership) {
+        let cfg = &self.config.mqtt;
+        let waiting = queue.len();
+        if waiting == 0 {
+            tracing::debug!(group = %queue.key, "shared subscription group has no members left");
+            return;
+        }
+        match cfg.shared_group_orphan_policy {
+            OrphanPolicy::Drop => {
+                self.drop_group_messages(queue, Orphaned::Dropped);
+            }
+            OrphanPolicy::Keep => {
+                let expiry = cfg.shared_group_orphan_expiry_seconds;
+                m.orphaned_until = Some(Instant::now() + Duration::from_secs(u64::from(expiry)));
+                self.shared_groups.orphans.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(group = %queue.key, kept = waiting, expiry_s = expiry, "shared subscription group has no members left: its messages are kept for a new member (mqtt.shared_group_orphan_policy = keep)");
+            }
+        }
+    }
+
+    /// Drops everything the group's queue holds (logged as gone), counted and logged.
+    fn drop_group_messages(&self, queue: &GroupQueue, why: Orphaned) {
+        let (n, seqs) = queue.lock().clear_logged();
+        for seq in seqs {
+            self.store.append(Record::GroupTaken {
+                group: queue.key.clone(),
+                seq,
+            });
+        }
+        self.stats
+            .messages_dropped
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.stats
+            .orphaned_dropped
+            .fetch_add(n as u64, Ordering::Relaxed);
+        match why {
+            Orphaned::Dropped => {
+                tracing::warn!(group = %queue.key, dropped = n, "shared subscription group has no members left: its messages were dropped (mqtt.shared_group_orphan_policy = drop)");
+            }
+            Orphaned::Expired => {
+                tracing::warn!(group = %queue.key, dropped = n, "shared subscription group without members expired: its messages were dropped (mqtt.shared_group_orphan_expiry_seconds)");
+            }
+        }
+    }
+
+    /// Drops the messages of groups that have been without members for longer than
+    /// `mqtt.shared_group_orphan_expiry_seconds` (called every second by the server).
+    pub fn expire_orphaned_groups(&self, now: Instant) {
+        if self.shared_groups.orphans.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let queues: Vec<Arc<GroupQueue>> = self
+            .shared_groups
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for q in queues {
+            let mut m = q.membership();
+            if m.orphaned_until.is_some_and(|t| t <= now) {
+                m.orphaned_until = None;
+                self.shared_groups.orphans.fetch_sub(1, Ordering::Relaxed);
+                self.drop_group_messages(&q, Orphaned::Expired);
+            }
+        }
+    }
+
+    /// Deliveries of a member whose session ended that no other member could take (none is
+    /// left): they join their group's queue, logged for it before the member's log lets go of
+    /// them (`release`), so they are never dropped while the group exists; what happens to the
+    /// group's queue next is `mqtt.shared_group_orphan_policy`'s decision.
+    pub(crate) fn queue_for_groups(&self, left: Vec<(Delivery, Option<Record>)>) {
+        for (mut d, release) in left {
+            let Some(key) = d.shared.clone() else {
+                if let Some(rec) = release {
+                    self.store.append(rec);
+                }
+                continue;
+            };
+            let queue = self.group_queue(&key);
+            d.seq = 0;
+            let mut logged = false;
+            self.log_shared(&queue, &mut d, &mut logged);
+            if let Some(rec) = release {
+                self.store.append(rec);
+            }
+            self.push_shared(&queue, d, &[]);
+            queue.notify_members();
         }
     }
 

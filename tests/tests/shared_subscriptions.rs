@@ -631,3 +631,86 @@ async fn each_member_gets_a_topic_in_publish_order() -> Result<()> {
     assert_eq!(reorders(&seqs(&plain[0])), 0, "plain subscriber in order");
     Ok(())
 }
+
+/// The orphan tests' group and topic.
+const ORPHAN_FILTER: &str = "$share/orph/orph/t";
+
+/// The only member of `ORPHAN_FILTER` (Receive Maximum 1, Session Expiry 0) is sent message 0,
+/// which it does not acknowledge, while 1 and 2 wait in the group queue; then its connection
+/// (and with it its session) ends. Returns the publisher, once the broker logged `line` about
+/// the group having no members left.
+async fn orphan_the_group(broker: &Broker, line: &str) -> Result<RawClient> {
+    let mut a = connect_rm(broker.addr, Protocol::V5, "orphan-a", Some(1)).await?;
+    subscribe(&mut a, ORPHAN_FILTER, QoS::AtLeastOnce).await?;
+    let mut publisher = connect(broker.addr, Protocol::V5, "orphan-pub").await?;
+    publish_seqs(&mut publisher, Protocol::V5, 0..3, 3, |_| "orph/t".into()).await?;
+    match a.expect_packet(STEP).await? {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], &0u32.to_be_bytes()),
+        other => bail!("expected PUBLISH 0, got {other:?}"),
+    }
+    let from = broker.log_len();
+    drop(a);
+    broker.wait_log_from(from, line, STEP)?;
+    Ok(publisher)
+}
+
+/// A new member of `ORPHAN_FILTER`; message 3 is published; returns the sequence numbers the
+/// new member receives until 3 arrives (acknowledging each).
+async fn new_member_until_3(broker: &Broker, publisher: &mut RawClient) -> Result<Vec<u32>> {
+    let mut b = connect(broker.addr, Protocol::V5, "orphan-b").await?;
+    subscribe(&mut b, ORPHAN_FILTER, QoS::AtLeastOnce).await?;
+    publish_seqs(publisher, Protocol::V5, 3..4, 1, |_| "orph/t".into()).await?;
+    let mut got = Vec::new();
+    while !got.contains(&3) {
+        match b.expect_packet(STEP).await? {
+            Packet::Publish(p) => {
+                got.push(u32::from_be_bytes(p.payload[..4].try_into()?));
+                b.send(&Packet::PubAck(PubAck::new(p.pkid))).await?;
+            }
+            other => bail!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    Ok(got)
+}
+
+/// A group's lifetime (4.8.2 leaves open what becomes of a group's messages once its members
+/// are gone; README: `mqtt.shared_group_orphan_policy`). Default `keep`: when the last member's
+/// session ends, its unacknowledged message joins the two waiting in the group queue (it is
+/// never dropped while the group exists), and a member that subscribes later gets all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_without_members_keeps_its_messages_for_a_new_member() -> Result<()> {
+    let broker = Broker::start();
+    let mut publisher = orphan_the_group(&broker, "kept=3").await?;
+    let mut got = new_member_until_3(&broker, &mut publisher).await?;
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![0, 1, 2, 3],
+        "the departed member's unacknowledged message and the group queue go to the new member"
+    );
+    Ok(())
+}
+
+/// `mqtt.shared_group_orphan_policy = "drop"`: when the last member's session ends, the
+/// group's messages (the two waiting and the departed member's unacknowledged one) are dropped
+/// and counted in the log; a member that subscribes later gets only what is published after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_without_members_drops_its_messages_under_the_drop_policy() -> Result<()> {
+    let broker = Broker::with_config("[mqtt]\nshared_group_orphan_policy = \"drop\"\n");
+    let mut publisher = orphan_the_group(&broker, "dropped=3").await?;
+    assert_eq!(new_member_until_3(&broker, &mut publisher).await?, vec![3]);
+    Ok(())
+}
+
+/// `keep` is bounded in time: once `mqtt.shared_group_orphan_expiry_seconds` pass without a
+/// member, the kept messages are dropped (counted in the log), and a later member gets only new
+/// ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_messages_of_a_group_without_members_expire() -> Result<()> {
+    let broker = Broker::with_config("[mqtt]\nshared_group_orphan_expiry_seconds = 1\n");
+    let mut publisher = orphan_the_group(&broker, "kept=3").await?;
+    let line = broker.wait_log("without members expired", STEP)?;
+    assert!(line.contains("dropped=3"), "counted: {line}");
+    assert_eq!(new_member_until_3(&broker, &mut publisher).await?, vec![3]);
+    Ok(())
+}
