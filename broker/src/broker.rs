@@ -471,9 +471,12 @@ impl Broker {
 
     /// An empty session queue with the configured bounds.
     fn new_outbox(&self) -> Outbox {
-        let m = &self.config.mqtt;
-        let outbox = Outbox::new(m.max_queued_messages, m.max_queued_bytes)
-            .with_budget(self.queue_budget.clone());
+        let outbox = Outbox::new(
+            self.config.max_queued_messages(),
+            self.config.max_queued_bytes(),
+        )
+        .with_budget(self.queue_budget.clone())
+        .with_memory_limit(self.config.mqtt.max_queued_memory_bytes);
         if self.store.is_enabled() {
             outbox.with_window(self.config.persistence.queue_memory_bytes)
         } else {

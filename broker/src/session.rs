@@ -141,6 +141,9 @@ pub struct Outbox {
     max_messages: usize,
     /// `mqtt.max_queued_bytes`.
     max_bytes: usize,
+    /// `mqtt.max_queued_memory_bytes`: past it only deliveries that may stay on disk are
+    /// queued (on disk), the others are refused.
+    max_memory: usize,
     /// Deliveries refused since the session began, for logs and counters.
     dropped: u64,
     /// The broker-wide budget this queue's memory counts against (None: only its own bounds).
@@ -169,6 +172,7 @@ impl Outbox {
             group: None,
             max_messages,
             max_bytes,
+            max_memory: usize::MAX,
             dropped: 0,
             budget: None,
         }
@@ -183,6 +187,12 @@ impl Outbox {
     /// Keeps at most `window` bytes of logged deliveries in memory (the rest stays on disk).
     pub fn with_window(mut self, window: usize) -> Outbox {
         self.window = window;
+        self
+    }
+
+    /// Holds at most `bytes` of messages in memory (`mqtt.max_queued_memory_bytes`).
+    pub fn with_memory_limit(mut self, bytes: usize) -> Outbox {
+        self.max_memory = bytes;
         self
     }
 
@@ -226,13 +236,15 @@ impl Outbox {
         // An offline session needs nothing in memory until its client is back.
         let window = if self.online { self.window } else { 0 };
         let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > window);
-        if !cold && self.try_charge(cost) {
+        let fits_memory = self.hot_bytes + cost <= self.max_memory;
+        if !cold && fits_memory && self.try_charge(cost) {
             self.bytes += cost;
             self.hot_bytes += cost;
             self.queue.push_back(Entry::Hot(d));
             return Ok(());
         }
-        // On disk only: past the window, or memory is short while the disk has it.
+        // On disk only: past the window, or memory (this queue's or the broker's) is short
+        // while the disk has it.
         if !spillable || !self.try_charge(COLD_ENTRY_COST) {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
@@ -974,6 +986,27 @@ mod tests {
         );
         o.clear();
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_memory_limit_bounds_what_cannot_wait_on_disk() {
+        // Disk-sized queue bounds (mqtt.max_queued_bytes) must not mean as much memory:
+        // past mqtt.max_queued_memory_bytes a delivery the log has waits on disk, any other is
+        // refused.
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let mut o = Outbox::new(100, 1 << 30)
+            .with_window(1 << 20)
+            .with_memory_limit(one * 2);
+        o.set_online(true);
+        o.push(delivery(QoS::AtLeastOnce, b"a")).unwrap();
+        o.push(delivery(QoS::AtMostOnce, b"b")).unwrap();
+        assert_eq!(
+            o.push(delivery(QoS::AtLeastOnce, b"c")),
+            Err(Dropped::QueueFull),
+            "not logged, memory full"
+        );
+        o.push(logged(delivery(QoS::AtLeastOnce, b"d"))).unwrap();
+        assert_eq!((o.len(), o.cold_len(), o.memory_bytes()), (3, 1, one * 2));
     }
 
     #[test]

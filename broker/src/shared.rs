@@ -127,6 +127,17 @@ enum Orphaned {
     Expired,
 }
 
+/// The bounds of a group queue: those of a session queue (`mqtt.max_queued_messages`,
+/// `max_queued_bytes`, `max_queued_memory_bytes`) and the part of its logged messages kept in
+/// memory (`persistence.queue_memory_bytes` with a store, else everything).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBounds {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub max_memory: usize,
+    pub window: usize,
+}
+
 /// A member's claim on reading a group queue's next deliveries back from the store
 /// ([`GroupQueue::claim_load`]); given back when dropped, so a member that goes away while
 /// reading leaves the job to the others.
@@ -142,16 +153,11 @@ impl Drop for LoadClaim {
 }
 
 impl GroupQueue {
-    fn new(
-        key: TopicFilter,
-        max_messages: usize,
-        max_bytes: usize,
-        window: usize,
-        budget: &Arc<QueueBudget>,
-    ) -> GroupQueue {
-        let mut outbox = Outbox::new(max_messages, max_bytes)
+    fn new(key: TopicFilter, bounds: QueueBounds, budget: &Arc<QueueBudget>) -> GroupQueue {
+        let mut outbox = Outbox::new(bounds.max_messages, bounds.max_bytes)
             .with_budget(budget.clone())
-            .with_window(window)
+            .with_window(bounds.window)
+            .with_memory_limit(bounds.max_memory)
             .for_group(key.clone());
         // The group as a whole is "online" while it queues (QoS 0 is kept too).
         outbox.set_online(true);
@@ -261,9 +267,7 @@ impl SharedGroups {
     pub fn queue_for(
         &self,
         group: &TopicFilter,
-        max_messages: usize,
-        max_bytes: usize,
-        window: usize,
+        bounds: QueueBounds,
         budget: &Arc<QueueBudget>,
     ) -> Arc<GroupQueue> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -275,13 +279,7 @@ impl SharedGroups {
             // has none, and nothing waiting.
             queues.retain(|_, q| Arc::strong_count(q) > 1 || !q.is_empty());
         }
-        let q = Arc::new(GroupQueue::new(
-            group.clone(),
-            max_messages,
-            max_bytes,
-            window,
-            budget,
-        ));
+        let q = Arc::new(GroupQueue::new(group.clone(), bounds, budget));
         queues.insert(group.clone(), q.clone());
         q
     }
@@ -378,7 +376,6 @@ fn stable_hash(s: &str) -> usize {
 impl Broker {
     /// The queue of shared subscription `key` (created on first use).
     pub(crate) fn group_queue(&self, key: &TopicFilter) -> Arc<GroupQueue> {
-        let m = &self.config.mqtt;
         // Without a store nothing is logged, so nothing can wait on disk only.
         let window = if self.store.is_enabled() {
             self.config.persistence.queue_memory_bytes
@@ -387,9 +384,12 @@ impl Broker {
         };
         self.shared_groups.queue_for(
             key,
-            m.max_queued_messages,
-            m.max_queued_bytes,
-            window,
+            QueueBounds {
+                max_messages: self.config.max_queued_messages(),
+                max_bytes: self.config.max_queued_bytes(),
+                max_memory: self.config.mqtt.max_queued_memory_bytes,
+                window,
+            },
             &self.queue_budget,
         )
     }
@@ -680,6 +680,15 @@ mod tests {
         ))
     }
 
+    fn bounds(window: usize) -> QueueBounds {
+        QueueBounds {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            max_memory: 1 << 20,
+            window,
+        }
+    }
+
     /// A delivery as the router queues it for the group once the store has logged it.
     fn logged(key: &TopicFilter, msg: &Arc<Message>, seq: u64) -> Delivery {
         Delivery {
@@ -698,7 +707,7 @@ mod tests {
         let budget = QueueBudget::new(1 << 30);
         let msgs: Vec<Arc<Message>> = (0..10).map(message).collect();
         let window = msgs[0].cost() * 2;
-        let q = Arc::new(GroupQueue::new(key.clone(), 100, 1 << 20, window, &budget));
+        let q = Arc::new(GroupQueue::new(key.clone(), bounds(window), &budget));
         for (i, m) in msgs.iter().enumerate() {
             q.push(logged(&key, m, i as u64 + 1)).unwrap();
         }
@@ -745,7 +754,7 @@ mod tests {
     fn without_a_store_a_group_queue_stays_in_memory() {
         let key = TopicFilter::try_from("$share/g/jobs/#").unwrap();
         let budget = QueueBudget::new(1 << 30);
-        let q = GroupQueue::new(key.clone(), 100, 1 << 20, usize::MAX, &budget);
+        let q = GroupQueue::new(key.clone(), bounds(usize::MAX), &budget);
         for i in 0..10 {
             let mut d = logged(&key, &message(i), 0);
             d.seq = 0;
