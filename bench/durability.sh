@@ -3,7 +3,9 @@
 # QoS 1 messages (100 B) queued for one offline persistent session (sluice durable, sluice
 # memory, mosquitto), and restart with 10,000 persistent sessions and 1,000,000 queued messages
 # (sluice durable, mosquitto with persistence; stopped by SIGTERM and by SIGKILL): spawn → first
-# CONNACK, RSS after start-up, data directory size, one session's drain. Builds the release
+# CONNACK, RSS after start-up, data directory size, one session's drain; and, side by side, RSS
+# with 1,000,000 QoS 1 messages waiting for a connected subscriber that reads nothing, in its
+# session queue and in its shared group's queue (`--parts queues`). Builds the release
 # binaries first; Mosquitto must be installed (bench/run-all.sh installs it). Extra arguments go to
 # `sluice-bench durability`, e.g. `bench/durability.sh --parts startup --stops term`.
 set -euo pipefail

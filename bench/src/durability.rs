@@ -1,5 +1,5 @@
-//! `sluice-bench durability`: two measurements of the persistent store, each broker started by
-//! this process (fresh data directory per run), in one command:
+//! `sluice-bench durability`: three measurements of the persistent store, each broker started
+//! by this process (fresh data directory per run), in one command:
 //!
 //! * `backlog`: the `backlog` scenario with a large backlog (default 1,000,000 QoS 1 messages of
 //!   100 bytes for one offline persistent session), per broker: RSS while everything is queued,
@@ -9,6 +9,10 @@
 //!   queued per session); the broker is stopped (SIGTERM: graceful, or SIGKILL: a crash) and
 //!   restarted on the same data directory. Measured: spawn → first CONNACK (and spawn → the port
 //!   accepting TCP), RSS after start-up, the data directory's size, and one session's drain.
+//! * `queues`: side by side, a large backlog (default 1,000,000 QoS 1 messages of 100 bytes)
+//!   waiting for one connected subscriber that reads nothing, once in its session queue (a
+//!   plain subscription) and once in its shared group's queue (`$share/...`, the only member):
+//!   the broker's RSS before and after, then the drain.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +40,26 @@ pub enum Part {
     Backlog,
     /// Restart time with many sessions and queued messages in the store.
     Startup,
+    /// RSS with a large backlog in a session queue and in a shared group's queue.
+    Queues,
+}
+
+/// Which queue the `queues` measurement fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueKind {
+    /// A plain subscription: the subscriber's session queue.
+    Session,
+    /// `$share/{group}/...` with one member: the group's queue.
+    Group,
+}
+
+impl QueueKind {
+    fn name(self) -> &'static str {
+        match self {
+            QueueKind::Session => "session queue",
+            QueueKind::Group => "shared group queue",
+        }
+    }
 }
 
 /// How the populated broker is stopped before the restart.
@@ -64,8 +88,8 @@ impl Stop {
 
 #[derive(Debug, Args)]
 pub struct DurabilityArgs {
-    /// Measurements to run (comma-separated): backlog, startup.
-    #[arg(long, value_delimiter = ',', default_value = "backlog,startup")]
+    /// Measurements to run (comma-separated): backlog, startup, queues.
+    #[arg(long, value_delimiter = ',', default_value = "backlog,startup,queues")]
     parts: Vec<Part>,
     /// Brokers of the backlog measurement (shorthands as in `compare`, or commands).
     #[arg(
@@ -85,6 +109,12 @@ pub struct DurabilityArgs {
         default_value = "sluice,mosquitto-persist"
     )]
     startup_brokers: Vec<String>,
+    /// Brokers of the queues measurement.
+    #[arg(long, value_delimiter = ',', default_value = "sluice")]
+    queue_brokers: Vec<String>,
+    /// queues: QoS 1 messages waiting for the connected subscriber that reads nothing.
+    #[arg(long, default_value_t = 1_000_000)]
+    queue_messages: u64,
     /// startup: how the populated broker is stopped before the restart (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "term,kill")]
     stops: Vec<Stop>,
@@ -131,6 +161,15 @@ pub struct DurabilityArgs {
     /// Write a Markdown report to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+}
+
+/// One `queues` run.
+struct QueueRun {
+    broker: String,
+    kind: QueueKind,
+    round: usize,
+    result: Result<Outcome, String>,
+    notes: Vec<String>,
 }
 
 /// One start-up run.
@@ -220,8 +259,58 @@ pub async fn run(args: DurabilityArgs) -> Result<()> {
         }
     }
 
+    let mut queue_runs = Vec::new();
+    if args.parts.contains(&Part::Queues) {
+        for round in 0..args.rounds.max(1) {
+            for b in &args.queue_brokers {
+                let spec = BrokerSpec::parse(b);
+                for kind in [QueueKind::Session, QueueKind::Group] {
+                    let tag = format!(
+                        "queues-{}-{}-r{}",
+                        file_name(&spec),
+                        if kind == QueueKind::Group {
+                            "group"
+                        } else {
+                            "session"
+                        },
+                        round + 1
+                    );
+                    eprintln!(
+                        "sluice-bench: queues {} {} round {}",
+                        spec.name(),
+                        kind.name(),
+                        round + 1
+                    );
+                    let mut notes = Vec::new();
+                    let result = queue_one(&args, &spec, kind, &dir, &tag, &mut notes)
+                        .await
+                        .map_err(|e| format!("{e:#}"));
+                    let run = QueueRun {
+                        broker: spec.name(),
+                        kind,
+                        round,
+                        result,
+                        notes,
+                    };
+                    print_queue_run(&run);
+                    if let Some(path) = &args.json {
+                        json_queue_run(path, &args, &run)?;
+                    }
+                    keep |= run.result.is_err();
+                    queue_runs.push(run);
+                }
+            }
+        }
+    }
+
     if let Some(path) = &args.markdown {
-        let md = markdown(&args, &backlog_runs, &startup_runs, started.elapsed());
+        let md = markdown(
+            &args,
+            &backlog_runs,
+            &startup_runs,
+            &queue_runs,
+            started.elapsed(),
+        );
         std::fs::write(path, md).with_context(|| format!("write {}", path.display()))?;
     }
     if keep {
@@ -233,7 +322,8 @@ pub async fn run(args: DurabilityArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let failed = backlog_runs.iter().any(|r| r.1.result.is_err())
-        || startup_runs.iter().any(|r| r.result.is_err());
+        || startup_runs.iter().any(|r| r.result.is_err())
+        || queue_runs.iter().any(|r| r.result.is_err());
     if failed {
         bail!("some runs failed (see above)");
     }
@@ -652,6 +742,161 @@ async fn drain_one(
     };
     let t0 = track::now_ns();
     let (mut c, ack) = Conn::connect(addr, protocol, &opts, deadline).await?;
+    let stats = receive_all(&mut c, publishers, expected, deadline).await?;
+    let _ = c.disconnect(deadline).await;
+    let drain_s = stats
+        .last_recv_ns
+        .map_or(0.0, |l| l.saturating_sub(t0) as f64 / 1e9);
+    let dup = stats.streams.values().map(|s| s.duplicated).sum();
+    Ok((stats.unique(), drain_s, ack.session_present, dup))
+}
+
+/// One `queues` run: a fresh broker; one persistent subscriber connects, subscribes at QoS 1
+/// (plainly, or as the only member of a shared group) and reads nothing while the messages are
+/// published, so all but its inflight window wait in its session queue or its group's queue;
+/// RSS before and after; then it reads and acknowledges everything.
+async fn queue_one(
+    args: &DurabilityArgs,
+    spec: &BrokerSpec,
+    kind: QueueKind,
+    dir: &Path,
+    tag: &str,
+    notes: &mut Vec<String>,
+) -> Result<Outcome> {
+    let n = args.queue_messages;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let proto = protocol(args.protocol);
+    let opts = StartOpts {
+        dir: dir.to_path_buf(),
+        max_queued: Some(queue_limit(n)),
+        max_queued_bytes: Some(args.max_queued_bytes),
+        tls: false,
+        data: None,
+        sluice_log: None,
+    };
+    let mut b = broker::start(spec, &opts, tag)?;
+    eprintln!("sluice-bench:   `{}` pid {}", b.command, b.pid);
+    let run = format!("{:x}", track::now_ns());
+    let topic = format!("bench/q/{run}");
+    let filter = match kind {
+        QueueKind::Session => topic.clone(),
+        QueueKind::Group => format!("$share/g{run}/{topic}"),
+    };
+    let member_opts = ConnectOpts {
+        client_id: format!("sb-{run}-member"),
+        clean: false,
+        session_expiry: Some(3600),
+        // It reads nothing for as long as the publishing takes.
+        keep_alive: 0,
+    };
+    let (mut member, _) = Conn::connect(b.addr, proto, &member_opts, deadline).await?;
+    member
+        .subscribe(&filter, QoS::AtLeastOnce, deadline)
+        .await?;
+    sleep(Duration::from_millis(500)).await;
+    let mut out = Outcome::default();
+    out.set("sent", n as f64);
+    let before = procfs::memory_kib(b.pid).map(|m| m.0);
+    if let Some(kib) = before {
+        out.set("rss_before_mib", kib as f64 / 1024.0);
+    }
+
+    let shared = Arc::new(load::Shared {
+        sent: vec![AtomicU64::new(0)],
+        pubs_done: AtomicBool::new(false),
+        publishers: 1,
+    });
+    let pub_opts = ConnectOpts {
+        client_id: format!("sb-{run}-p0"),
+        clean: true,
+        session_expiry: None,
+        keep_alive: 600,
+    };
+    let (mut publ, _) = Conn::connect(b.addr, proto, &pub_opts, deadline).await?;
+    let plan = PubPlan {
+        id: 0,
+        client_id: pub_opts.client_id.clone(),
+        topic,
+        limit: Some(n),
+        rate: None,
+        retained: false,
+        spread: None,
+    };
+    let t0 = Instant::now();
+    let pub_stats = load::publisher(
+        &mut publ,
+        &plan,
+        QoS::AtLeastOnce,
+        args.payload,
+        args.inflight,
+        t0,
+        None,
+        deadline,
+        &shared,
+    )
+    .await?;
+    out.set(
+        "published_msgs_s",
+        n as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+    );
+    shared.pubs_done.store(true, Ordering::Release);
+    let _ = publ.disconnect(deadline).await;
+    if pub_stats.ack_errors > 0 {
+        notes.push(format!(
+            "{} PUBACKs carried an error reason code",
+            pub_stats.ack_errors
+        ));
+    }
+    if let Some((rss, hwm)) = procfs::memory_kib(b.pid) {
+        out.set("rss_queued_mib", rss as f64 / 1024.0);
+        out.set("hwm_queued_mib", hwm as f64 / 1024.0);
+        if let Some(kib) = before {
+            out.set("rss_growth_mib", rss.saturating_sub(kib) as f64 / 1024.0);
+        }
+    }
+
+    let t1 = track::now_ns();
+    let stats = receive_all(&mut member, 1, n, deadline).await?;
+    let _ = member.disconnect(deadline).await;
+    let unique = stats.unique();
+    out.set("delivered", unique as f64);
+    out.set("lost", n.saturating_sub(unique) as f64);
+    if let Some(last) = stats.last_recv_ns {
+        out.set("drain_s", last.saturating_sub(t1) as f64 / 1e9);
+    }
+    let dup: u64 = stats.streams.values().map(|s| s.duplicated).sum();
+    let ooo: u64 = stats.streams.values().map(|s| s.out_of_order).sum();
+    if unique < n {
+        notes.push(format!("LOST {} of {n} messages", n - unique));
+    }
+    if dup > 0 {
+        notes.push(format!("{dup} duplicated deliveries"));
+    }
+    if ooo > 0 {
+        notes.push(format!("{ooo} deliveries out of order"));
+    }
+    if let Some(status) = b.exited() {
+        notes.push(format!(
+            "BROKER EXITED ({status}); log tail:\n{}",
+            b.log_tail(20)
+        ));
+    }
+    notes.extend(b.stop(Duration::from_secs(60)));
+    notes.extend(log_errors(&b.log));
+    if let Some(d) = &b.data {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(out)
+}
+
+/// Receives on `c` (acknowledging QoS 1) until `expected` unique messages arrived or 2 s
+/// passed without any.
+async fn receive_all(
+    c: &mut Conn,
+    publishers: u32,
+    expected: u64,
+    deadline: Instant,
+) -> Result<SubStats> {
     let mut stats = SubStats::new();
     let idle = Duration::from_secs(2);
     let mut last = Instant::now();
@@ -685,12 +930,66 @@ async fn drain_one(
             Err(_) => break,
         }
     }
-    let _ = c.disconnect(deadline).await;
-    let drain_s = stats
-        .last_recv_ns
-        .map_or(0.0, |l| l.saturating_sub(t0) as f64 / 1e9);
-    let dup = stats.streams.values().map(|s| s.duplicated).sum();
-    Ok((stats.unique(), drain_s, ack.session_present, dup))
+    Ok(stats)
+}
+
+fn print_queue_run(run: &QueueRun) {
+    println!(
+        "\n== queues {} {} round {} ==",
+        run.broker,
+        run.kind.name(),
+        run.round + 1
+    );
+    match &run.result {
+        Err(e) => println!("FAILED: {e}"),
+        Ok(out) => {
+            for (k, v) in &out.figures {
+                println!("  {k:<22} {}", num(*v, 3));
+            }
+        }
+    }
+    for n in &run.notes {
+        println!("  note: {n}");
+    }
+}
+
+fn json_queue_run(path: &Path, args: &DurabilityArgs, run: &QueueRun) -> Result<()> {
+    let mut figures = serde_json::Map::new();
+    if let Ok(out) = &run.result {
+        for (k, v) in &out.figures {
+            figures.insert((*k).into(), serde_json::json!(v));
+        }
+    }
+    let mut notes = run.notes.clone();
+    if let Err(e) = &run.result {
+        notes.push(format!("FAILED: {e}"));
+    }
+    let line = serde_json::json!({
+        "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "kind": "run",
+        "mode": "durability",
+        "broker": run.broker,
+        "round": run.round + 1,
+        "params": {
+            "scenario": "queues",
+            "queue": run.kind.name(),
+            "messages": args.queue_messages,
+            "payload": args.payload,
+            "qos": 1,
+            "protocol": args.protocol,
+            "inflight": args.inflight,
+        },
+        "figures": figures,
+        "ok": run.result.is_ok(),
+        "notes": notes,
+    });
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    use std::io::Write as _;
+    writeln!(f, "{line}").with_context(|| format!("write {}", path.display()))
 }
 
 /// Error lines of a broker's log (e.g. Mosquitto failing to save its database), at most 5.
@@ -806,6 +1105,7 @@ fn markdown(
     args: &DurabilityArgs,
     backlog: &[(Params, RunRecord)],
     startup: &[StartupRun],
+    queues: &[QueueRun],
     took: Duration,
 ) -> String {
     use std::fmt::Write as _;
@@ -952,16 +1252,73 @@ fn markdown(
         }
         s.push('\n');
     }
+    if !queues.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Queues: {} QoS 1 messages of {} B waiting for a connected subscriber that reads nothing\n",
+            num(args.queue_messages as f64, 0),
+            args.payload
+        );
+        let _ = writeln!(
+            s,
+            "Side by side, a fresh broker each: one persistent subscriber (3.1.1 clean session 0 / \
+             5.0 Session Expiry 3600) subscribes at QoS 1, plainly (its session queue) or as the \
+             only member of `$share/g/...` (the group's queue), and reads nothing while one \
+             publisher sends the messages ({} unacknowledged at a time); everything but its \
+             inflight window waits in that queue. RSS before: after the SUBSCRIBE; queued: right \
+             after the last PUBACK; growth: the difference. Then the subscriber reads and \
+             acknowledges everything: drain is from when it starts reading to the last message.\n",
+            args.inflight
+        );
+        let _ = writeln!(
+            s,
+            "| broker | queue | round | RSS before MiB | RSS queued MiB | growth MiB | published msgs/s | drain s | delivered | lost | notes |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for r in queues {
+            match &r.result {
+                Ok(out) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        r.broker,
+                        r.kind.name(),
+                        r.round + 1,
+                        cell(out, "rss_before_mib", 1),
+                        cell(out, "rss_queued_mib", 1),
+                        cell(out, "rss_growth_mib", 1),
+                        cell(out, "published_msgs_s", 0),
+                        cell(out, "drain_s", 3),
+                        cell(out, "delivered", 0),
+                        cell(out, "lost", 0),
+                        r.notes.join("; ").replace('\n', " ")
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | FAILED: {} | | | | | | | |",
+                        r.broker,
+                        r.kind.name(),
+                        r.round + 1,
+                        e.replace('\n', " ")
+                    );
+                }
+            }
+        }
+        s.push('\n');
+    }
     let _ = writeln!(
         s,
         "Command: `sluice-bench durability --parts {} --backlog-brokers {} --backlog-messages {} \
          --startup-brokers {} --stops {} --sessions {} --messages {} --publishers {} --payload {} \
-         --inflight {} --protocol {} --idle {} --rounds {}`",
+         --inflight {} --protocol {} --idle {} --rounds {} --queue-brokers {} --queue-messages {}`",
         args.parts
             .iter()
             .map(|p| match p {
                 Part::Backlog => "backlog",
                 Part::Startup => "startup",
+                Part::Queues => "queues",
             })
             .collect::<Vec<_>>()
             .join(","),
@@ -980,7 +1337,9 @@ fn markdown(
         args.inflight,
         args.protocol,
         args.idle,
-        args.rounds
+        args.rounds,
+        args.queue_brokers.join(","),
+        args.queue_messages
     );
     s
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use sluice_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
+use sluice_codec::{LastWill, QoS, SubscriptionOptions};
 use tokio::sync::oneshot;
 
 use crate::acl::Acl;
@@ -29,7 +29,7 @@ use crate::session::{
     ColdDelivery, Control, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget, Session,
     SessionHandle, SubscriptionRecord,
 };
-use crate::shared::SharedGroups;
+use crate::shared::{GroupQueue, SharedGroups};
 use crate::subscriptions::SubscriptionTree;
 
 /// How long a new connection waits for the old one to hand its session over.
@@ -44,8 +44,9 @@ pub struct SubEntry {
     pub handle: Arc<SessionHandle>,
     /// The subscriber's username when it subscribed, for read checks of the ACL on delivery.
     pub username: Option<Arc<str>>,
-    /// The full `$share/{group}/{filter}` for a shared subscription (its group's identity).
-    pub shared: Option<TopicFilter>,
+    /// For a shared subscription, its group: the full `$share/{group}/{filter}` (the group's
+    /// identity) and the group's queue, so routing finds it without a lookup.
+    pub shared: Option<Arc<GroupQueue>>,
 }
 
 /// Counters, readable at any time (relaxed atomics: they are statistics).
@@ -61,6 +62,10 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     /// Connections refused by `limits.max_connections`.
     pub connections_refused: AtomicU64,
+    /// Messages of shared subscription groups without members dropped
+    /// (`mqtt.shared_group_orphan_policy`, `shared_group_orphan_expiry_seconds`); also counted
+    /// in `messages_dropped`.
+    pub orphaned_dropped: AtomicU64,
 }
 
 /// The shared state of one broker. Connections hold an `Arc<Broker>`.
@@ -236,6 +241,7 @@ impl Broker {
                 Some(old) => {
                     // Clean Start, or a session that ended with its connection: the old session
                     // ends now, and with it any will still waiting for its delay.
+                    self.hand_on_shared(&handle);
                     self.discard_subscriptions(client_id, &old);
                     handle.outbox().clear();
                     if let Some(p) = old.pending_will {
@@ -362,8 +368,8 @@ impl Broker {
             }
         }
         if !redistribute.is_empty() {
-            // Whatever no other member can take stays with this session (lost with it if it
-            // ends now, as any queued message of an ending session is).
+            // Whatever no other member can take stays with this session if it goes on, or
+            // joins the group's queue if it ends now.
             let left = self.redistribute(&handle.client_id, redistribute);
             if session.expiry_interval != 0 {
                 // Queued ones stay as they are (same number in the log); unacknowledged ones go
@@ -385,6 +391,9 @@ impl Broker {
                 for d in left.into_iter().rev() {
                     outbox.push_front(d);
                 }
+            } else {
+                // The session ends and no other member is left: the group keeps them.
+                self.queue_for_groups(left);
             }
         }
         if session.expiry_interval == 0 {
@@ -442,6 +451,7 @@ impl Broker {
                 }
                 if let Some(session) = expired {
                     tracing::info!(client_id = %handle.client_id, "session expired");
+                    broker.hand_on_shared(&handle);
                     if broker.store.is_enabled() {
                         broker.store.append(Record::SessionGone {
                             client: handle.client_id.clone(),
@@ -461,9 +471,12 @@ impl Broker {
 
     /// An empty session queue with the configured bounds.
     fn new_outbox(&self) -> Outbox {
-        let m = &self.config.mqtt;
-        let outbox = Outbox::new(m.max_queued_messages, m.max_queued_bytes)
-            .with_budget(self.queue_budget.clone());
+        let outbox = Outbox::new(
+            self.config.max_queued_messages(),
+            self.config.max_queued_bytes(),
+        )
+        .with_budget(self.queue_budget.clone())
+        .with_memory_limit(self.config.mqtt.max_queued_memory_bytes);
         if self.store.is_enabled() {
             outbox.with_window(self.config.persistence.queue_memory_bytes)
         } else {
@@ -507,18 +520,25 @@ impl Broker {
                 seq: q.seq,
             })
         };
-        // Shared subscriptions' group queues (messages every member was too busy to take).
+        // Shared subscriptions' group queues (messages every member was too busy to take), left
+        // on disk like session queues: read back as members drain them.
         for (group, g) in &image.groups {
             let queue = self.group_queue(group);
             queue.next_seq.store(g.next_seq.max(1), Ordering::Relaxed);
             for q in &g.queue {
-                let seq = q.seq;
-                let pushed = delivery(q).is_some_and(|d| queue.push(d).is_ok());
-                if !pushed {
-                    self.store.append(Record::GroupTaken {
+                match image.messages.get(&q.id) {
+                    Some(slot) => queue.push_cold(ColdDelivery {
+                        seq: q.seq,
+                        id: q.id,
+                        cost: slot.len as usize,
+                        qos: q.qos,
+                        retain: q.retain,
+                        subscription_ids: Vec::new(),
+                    }),
+                    None => self.store.append(Record::GroupTaken {
                         group: group.clone(),
-                        seq,
-                    });
+                        seq: q.seq,
+                    }),
                 }
             }
         }
@@ -551,7 +571,10 @@ impl Broker {
                         identifier: *identifier,
                         handle: handle.clone(),
                         username: s.username.clone(),
-                        shared: filter.shared().is_some().then(|| filter.clone()),
+                        shared: filter
+                            .shared()
+                            .is_some()
+                            .then(|| self.join_group(filter, &handle)),
                     };
                     tree.subscribe(filter, client.clone(), entry);
                 }
@@ -630,17 +653,51 @@ impl Broker {
                 self.arm_timer(handle, generation, deadline);
             }
         }
+        // Groups whose members all ended with the restart (sessions with expiry 0).
+        for group in image.groups.keys() {
+            self.orphan_if_memberless(&self.group_queue(group));
+        }
         count
     }
 
-    /// Removes every subscription of `session` from the tree.
+    /// Removes every subscription of `session` from the tree, and the session from the shared
+    /// subscription groups it was in (the last member out leaves its group's messages to
+    /// `mqtt.shared_group_orphan_policy`).
     fn discard_subscriptions(&self, client_id: &ClientId, session: &Session) {
         if session.subscriptions.is_empty() {
             return;
         }
-        let mut tree = write(&self.subscriptions);
-        for filter in session.subscriptions.keys() {
-            tree.unsubscribe(filter, client_id);
+        let mut groups = Vec::new();
+        {
+            let mut tree = write(&self.subscriptions);
+            for filter in session.subscriptions.keys() {
+                groups.extend(tree.unsubscribe(filter, client_id).and_then(|e| e.shared));
+            }
+        }
+        for group in groups {
+            self.leave_group(&group, client_id);
+        }
+    }
+
+    /// A session is ending: the shared-subscription deliveries still in its queue go to other
+    /// members of their groups, or to the group's queue when no other member is left (each
+    /// logged there before this session's log lets go of it).
+    fn hand_on_shared(&self, handle: &SessionHandle) {
+        let moving: Vec<(Delivery, Option<Record>)> = handle
+            .outbox()
+            .take_where(|d| d.shared.is_some())
+            .into_iter()
+            .map(|d| {
+                let release = (d.seq != 0).then(|| Record::Skip {
+                    client: handle.client_id.clone(),
+                    seq: d.seq,
+                });
+                (d, release)
+            })
+            .collect();
+        if !moving.is_empty() {
+            let left = self.redistribute(&handle.client_id, moving);
+            self.queue_for_groups(left);
         }
     }
 

@@ -254,11 +254,25 @@ pub struct MqttConfig {
     /// Most QoS 1/2 messages in flight to one client at once, lowered further by the client's
     /// own Receive Maximum. Each inflight entry costs ~80 bytes plus a shared message.
     pub max_inflight: u16,
-    /// Most messages queued for one session (offline, or waiting for the inflight window).
-    pub max_queued_messages: usize,
-    /// Most payload+topic bytes queued for one session. Queued messages are shared between
-    /// sessions (one copy each), so this bounds what one session can pin.
-    pub max_queued_bytes: usize,
+    /// Most messages queued for one session (offline, or waiting for the inflight window), or
+    /// in one shared subscription group's queue, on disk and in memory together. Unset: sized
+    /// for where queues live ([`Config::max_queued_messages`]): 10,000,000 with a store
+    /// (`durable`, `relaxed`: queues wait on disk), 100,000 in `memory` mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_messages: Option<usize>,
+    /// Most topic+payload bytes (plus bookkeeping) queued for one session or group, on disk
+    /// and in memory together. Queued messages are shared between queues (one copy each), so
+    /// this bounds what one queue can pin. Unset: 4 GiB with a store, 64 MiB in `memory` mode
+    /// ([`Config::max_queued_bytes`]). With a store the log as a whole is bounded by
+    /// `persistence.max_disk_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<usize>,
+    /// Most bytes of one queue's messages held in memory. With a store, messages the log has
+    /// (QoS 1/2 of persistent sessions, of group queues) stay in memory only up to
+    /// `persistence.queue_memory_bytes` and wait on disk past it; this bounds the others (QoS 0,
+    /// sessions with Session Expiry 0, shared messages handed to a member), so the disk-sized
+    /// queue bounds never mean as much memory. Default 64 MiB.
+    pub max_queued_memory_bytes: usize,
     /// Most Topic Aliases a 5.0 client may set towards the broker (0: none).
     pub topic_alias_maximum: u16,
     /// Most Topic Aliases the broker uses towards one 5.0 client (further capped by the
@@ -302,7 +316,38 @@ pub struct MqttConfig {
     /// subscriber misses it; counted and logged) or `reject` (nobody gets it and the publisher
     /// is told: v5 PUBACK/PUBREC 0x97, 3.1.1 disconnected).
     pub queue_full_policy: QueueFullPolicy,
+    /// What happens to a shared subscription group's messages when its last member's session
+    /// ends (or the last member unsubscribes): the messages in the group's queue and those the
+    /// departed member had queued or unacknowledged. `keep` (default): they wait in the group's
+    /// queue (within its bounds, `max_queued_messages` / `max_queued_bytes`) for a new member,
+    /// at most `shared_group_orphan_expiry_seconds`; `drop`: dropped at once. Either way the
+    /// dropped ones are counted and logged.
+    pub shared_group_orphan_policy: OrphanPolicy,
+    /// With `shared_group_orphan_policy = "keep"`: how long a group without members keeps its
+    /// messages, from its last member's departure (or from a restart). Default: one day.
+    pub shared_group_orphan_expiry_seconds: u32,
 }
+
+/// `mqtt.shared_group_orphan_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrphanPolicy {
+    /// The group's messages wait for a new member, up to the expiry.
+    #[default]
+    Keep,
+    /// The group's messages are dropped when its last member is gone.
+    Drop,
+}
+
+/// `mqtt.max_queued_messages` by default in `memory` mode (queues in memory).
+pub const MEMORY_MAX_QUEUED_MESSAGES: usize = 100_000;
+/// `mqtt.max_queued_bytes` by default in `memory` mode, and `mqtt.max_queued_memory_bytes`.
+pub const MEMORY_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+/// `mqtt.max_queued_messages` by default with a store (queues on disk): a peak of orders far
+/// larger than any one memory could hold is absorbed, not dropped.
+pub const DISK_MAX_QUEUED_MESSAGES: usize = 10_000_000;
+/// `mqtt.max_queued_bytes` by default with a store (4 GiB).
+pub const DISK_MAX_QUEUED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// `mqtt.queue_full_policy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,8 +387,9 @@ impl Default for MqttConfig {
             max_packet_size: 1024 * 1024,
             receive_maximum: 256,
             max_inflight: 256,
-            max_queued_messages: 100_000,
-            max_queued_bytes: 64 * 1024 * 1024,
+            max_queued_messages: None,
+            max_queued_bytes: None,
+            max_queued_memory_bytes: MEMORY_MAX_QUEUED_BYTES,
             topic_alias_maximum: 64,
             max_outbound_topic_aliases: 32,
             maximum_qos: 2,
@@ -357,6 +403,8 @@ impl Default for MqttConfig {
             shared_subscription_strategy: SharedStrategy::RoundRobin,
             queue_full_policy: QueueFullPolicy::Drop,
             shared_group_strategies: BTreeMap::new(),
+            shared_group_orphan_policy: OrphanPolicy::Keep,
+            shared_group_orphan_expiry_seconds: 86_400,
         }
     }
 }
@@ -547,13 +595,20 @@ impl Config {
         if m.max_inflight == 0 {
             return Err(invalid("mqtt.max_inflight", 0, "must be 1 to 65535"));
         }
-        if m.max_queued_messages == 0 {
+        if m.max_queued_messages == Some(0) {
             return Err(invalid("mqtt.max_queued_messages", 0, "must be at least 1"));
         }
-        if m.max_queued_bytes < m.max_packet_size as usize {
+        if self.max_queued_bytes() < m.max_packet_size as usize {
             return Err(invalid(
                 "mqtt.max_queued_bytes",
-                m.max_queued_bytes,
+                self.max_queued_bytes(),
+                "must be at least mqtt.max_packet_size, or no large message could ever be queued",
+            ));
+        }
+        if m.max_queued_memory_bytes < m.max_packet_size as usize {
+            return Err(invalid(
+                "mqtt.max_queued_memory_bytes",
+                m.max_queued_memory_bytes,
                 "must be at least mqtt.max_packet_size, or no large message could ever be queued",
             ));
         }
@@ -562,6 +617,13 @@ impl Config {
                 "mqtt.maximum_qos",
                 m.maximum_qos,
                 "must be 0, 1 or 2",
+            ));
+        }
+        if m.shared_group_orphan_expiry_seconds == 0 {
+            return Err(invalid(
+                "mqtt.shared_group_orphan_expiry_seconds",
+                0,
+                "must be at least 1 (use shared_group_orphan_policy = \"drop\" to keep nothing)",
             ));
         }
         if let Some(r) = &m.server_reference {
@@ -678,10 +740,39 @@ impl Config {
         Ok(())
     }
 
+    /// Whether queues can wait on disk (a store is configured: `durable` or `relaxed`).
+    fn queues_on_disk(&self) -> bool {
+        self.persistence.mode != PersistenceMode::Memory
+    }
+
+    /// The effective `mqtt.max_queued_messages`: as set, else sized for where queues live.
+    pub fn max_queued_messages(&self) -> usize {
+        self.mqtt
+            .max_queued_messages
+            .unwrap_or(if self.queues_on_disk() {
+                DISK_MAX_QUEUED_MESSAGES
+            } else {
+                MEMORY_MAX_QUEUED_MESSAGES
+            })
+    }
+
+    /// The effective `mqtt.max_queued_bytes`: as set, else sized for where queues live.
+    pub fn max_queued_bytes(&self) -> usize {
+        self.mqtt
+            .max_queued_bytes
+            .unwrap_or(if self.queues_on_disk() {
+                usize::try_from(DISK_MAX_QUEUED_BYTES).unwrap_or(usize::MAX)
+            } else {
+                MEMORY_MAX_QUEUED_BYTES
+            })
+    }
+
     /// The effective configuration as TOML (for `--check-config`), defaults resolved.
     pub fn to_toml(&self) -> String {
         let mut effective = self.clone();
         effective.auth.allow_anonymous = Some(self.auth.allows_anonymous());
+        effective.mqtt.max_queued_messages = Some(self.max_queued_messages());
+        effective.mqtt.max_queued_bytes = Some(self.max_queued_bytes());
         toml::to_string_pretty(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -784,9 +875,11 @@ mod tests {
     fn effective_config_round_trips_through_toml() {
         let c = Config::default();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
-        // The printed configuration spells out the resolved allow_anonymous.
+        // The printed configuration spells out the resolved allow_anonymous and queue bounds.
         let mut expected = c.clone();
         expected.auth.allow_anonymous = Some(c.auth.allows_anonymous());
+        expected.mqtt.max_queued_messages = Some(DISK_MAX_QUEUED_MESSAGES);
+        expected.mqtt.max_queued_bytes = Some(4 << 30);
         assert_eq!(back, expected);
     }
 
@@ -808,9 +901,38 @@ mod tests {
         let c = load_toml("", &[("SLUICE__PERSISTENCE__QUEUE_MEMORY_BYTES", "65536")]).unwrap();
         assert_eq!(c.persistence.queue_memory_bytes, 65536);
         assert_eq!(
-            (c.mqtt.max_queued_messages, c.mqtt.max_queued_bytes),
-            (100_000, 64 * 1024 * 1024),
-            "defaults sized for queues on disk"
+            (c.max_queued_messages(), c.max_queued_bytes()),
+            (10_000_000, 4 << 30),
+            "durable (the default): queue bounds sized for queues on disk"
+        );
+        assert_eq!(
+            c.mqtt.max_queued_memory_bytes,
+            64 << 20,
+            "memory stays bounded"
+        );
+        let c = load_toml("[persistence]\nmode = \"relaxed\"\n", &[]).unwrap();
+        assert_eq!(c.max_queued_messages(), 10_000_000, "relaxed: on disk too");
+        let c = load_toml("[persistence]\nmode = \"memory\"\n", &[]).unwrap();
+        assert_eq!(
+            (c.max_queued_messages(), c.max_queued_bytes()),
+            (100_000, 64 << 20),
+            "memory mode: sized for memory"
+        );
+        let c = load_toml(
+            "[mqtt]\nmax_queued_messages = 5\nmax_queued_bytes = 2097152\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.max_queued_messages(), c.max_queued_bytes()),
+            (5, 2 << 20)
+        );
+        let e = load_toml("[mqtt]\nmax_queued_messages = 0\n", &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_queued_messages");
+        let e = load_toml("[mqtt]\nmax_queued_memory_bytes = 1024\n", &[]).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("mqtt.max_queued_memory_bytes", "1024")
         );
     }
 
@@ -828,6 +950,38 @@ mod tests {
         assert_eq!((c.limits.publish_rate, c.limits.max_connections), (50, 7));
         let e = load_toml("[mqtt]\nshared_subscription_strategy = \"fastest\"\n", &[]).unwrap_err();
         assert!(e.key.contains("shared_subscription_strategy"), "{e}");
+    }
+
+    #[test]
+    fn shared_group_orphan_keys_are_validated() {
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.mqtt.shared_group_orphan_policy,
+                c.mqtt.shared_group_orphan_expiry_seconds
+            ),
+            (OrphanPolicy::Keep, 86_400)
+        );
+        let c = load_toml(
+            "[mqtt]\nshared_group_orphan_policy = \"drop\"\nshared_group_orphan_expiry_seconds = 60\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.shared_group_orphan_policy, OrphanPolicy::Drop);
+        assert_eq!(c.mqtt.shared_group_orphan_expiry_seconds, 60);
+        let e = load_toml("[mqtt]\nshared_group_orphan_policy = \"forget\"\n", &[]).unwrap_err();
+        assert!(e.key.contains("shared_group_orphan_policy"), "{e}");
+        let e = load_toml("[mqtt]\nshared_group_orphan_expiry_seconds = 0\n", &[]).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("mqtt.shared_group_orphan_expiry_seconds", "0")
+        );
+        let c = load_toml(
+            "",
+            &[("SLUICE__MQTT__SHARED_GROUP_ORPHAN_EXPIRY_SECONDS", "5")],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.shared_group_orphan_expiry_seconds, 5);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! * [`broker`]: shared state (session registry, subscription tree, retained store, ACL) and
 //!   the session lifecycle (takeover, expiry, delayed wills). `router`: fan-out of one PUBLISH.
 //! * [`subscriptions`], [`retain`], [`acl`], [`passwords`]: matching and policy.
-//! * [`shared`]: shared subscriptions (member selection, group queues, hand-over).
+//! * [`shared`]: shared subscriptions (member selection, group queues, hand-over, a group's
+//!   lifetime).
 //! * [`persist`]: the write-ahead log, its writer thread (group commit) and start-up recovery.
 //! * [`ratelimit`]: per-connection ingress rate limits.
 //! * The wire codec is its own crate, `sluice-codec` (`broker/codec`).

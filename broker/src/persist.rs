@@ -444,7 +444,8 @@ impl Image {
                     qos: *qos,
                     retain: *retain,
                     subscription_ids: Box::default(),
-                    shared: Some(Box::new(group.clone())),
+                    // Filed under the group: no copy of its name per entry.
+                    shared: None,
                 });
                 self.retain_msg(*id);
             }

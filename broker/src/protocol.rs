@@ -25,7 +25,7 @@ use crate::message::{ClientId, Message};
 use crate::persist::{Record, Store};
 use crate::router::Requester;
 use crate::session::{Delivery, Inflight, Session, SessionHandle, SubscriptionRecord};
-use crate::shared::GroupQueue;
+use crate::shared::{GroupQueue, LoadClaim};
 
 /// Why and how a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +105,12 @@ pub struct ClientState {
     group_queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
     /// Rotates which group queue is pulled from first.
     group_cursor: usize,
-    /// Whether the queue had messages to read back from the store at the last drain (so the
-    /// connection loop does not lock the queue to ask).
+    /// Whether the queue (or a group queue) had messages to read back from the store at the
+    /// last drain (so the connection loop does not lock the queues to ask).
     cold_waiting: bool,
+    /// Set while the messages being read back are a group queue's (this member claimed the
+    /// job; dropping the claim gives it back).
+    group_load: Option<LoadClaim>,
     /// The persistent store (disabled in memory mode and in unit tests).
     store: Store,
     /// Packets that may go out only once the store has what they promise (acks of stored
@@ -156,6 +159,7 @@ impl ClientState {
             group_queues: Vec::new(),
             group_cursor: 0,
             cold_waiting: false,
+            group_load: None,
             store: Store::disabled(),
             held: BytesMut::new(),
             holding: false,
@@ -720,12 +724,16 @@ impl ClientState {
                 *reason = ReasonCode::NOT_AUTHORIZED;
                 continue;
             }
+            let entry_group = filter
+                .shared()
+                .is_some()
+                .then(|| broker.join_group(&filter, &self.handle));
             let entry = SubEntry {
                 options,
                 identifier,
                 handle: self.handle.clone(),
                 username: self.n.username.clone(),
-                shared: filter.shared().is_some().then(|| filter.clone()),
+                shared: entry_group.clone(),
             };
             // Replaces an existing subscription with the same filter [MQTT-3.8.4-3].
             let existed = write(&broker.subscriptions)
@@ -736,9 +744,10 @@ impl ClientState {
                 identifier,
             };
             retained.extend(broker.retained_for(&filter, &record, existed, &who, now));
-            if filter.shared().is_some() && !self.group_queues.iter().any(|(f, _)| *f == filter) {
-                let q = broker.group_queue(&filter);
-                self.group_queues.push((filter.clone(), q));
+            if let Some(q) = &entry_group {
+                if !self.group_queues.iter().any(|(f, _)| *f == filter) {
+                    self.group_queues.push((filter.clone(), q.clone()));
+                }
             }
             let (f, o) = (filter.clone(), options);
             self.log(|client| Record::Subscribe {
@@ -775,6 +784,8 @@ impl ClientState {
             vec![ReasonCode::TOPIC_FILTER_INVALID; u.filters.len() + u.rejected.len()];
         let rejected: Vec<usize> = u.rejected.iter().map(|(i, _)| *i).collect();
         let mut valid = u.filters.into_iter();
+        // Groups this session leaves (handled once the tree is unlocked).
+        let mut left_groups = Vec::new();
         {
             let mut tree = write(&broker.subscriptions);
             for (slot, r) in reasons.iter_mut().enumerate() {
@@ -782,7 +793,9 @@ impl ClientState {
                     continue;
                 }
                 let Some(filter) = valid.next() else { break };
-                let existed = tree.unsubscribe(&filter, &self.n.client_id).is_some();
+                let removed = tree.unsubscribe(&filter, &self.n.client_id);
+                let existed = removed.is_some();
+                left_groups.extend(removed.and_then(|e| e.shared));
                 if self.session.subscriptions.remove(&filter).is_some() && self.persistent() {
                     self.store.append(Record::Unsubscribe {
                         client: self.n.client_id.clone(),
@@ -796,6 +809,9 @@ impl ClientState {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
                 };
             }
+        }
+        for group in left_groups {
+            broker.leave_group(&group, &self.n.client_id);
         }
         self.send_if_persistent_held(&Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
@@ -918,22 +934,50 @@ impl ClientState {
         d
     }
 
-    /// The ids of the messages to read back from the store next: the queue's next messages are
-    /// on disk only (or soon will be at its front) and the inflight window has room. None
+    /// The ids of the messages to read back from the store next: the session queue's next
+    /// messages are on disk only (or soon will be at its front), or else a group queue's are
+    /// and no other member is reading them back; and the inflight window has room. None
     /// otherwise.
-    pub fn cold_to_load(&self) -> Option<Vec<u64>> {
-        if !self.cold_waiting || self.n.send_window <= self.session.inflight_len() {
+    pub fn cold_to_load(&mut self) -> Option<Vec<u64>> {
+        if !self.cold_waiting
+            || self.group_load.is_some()
+            || self.n.send_window <= self.session.inflight_len()
+        {
             return None;
         }
-        let outbox = self.handle.outbox();
-        outbox.wants_load().then(|| outbox.cold_ids())
+        {
+            let outbox = self.handle.outbox();
+            if outbox.wants_load() {
+                return Some(outbox.cold_ids());
+            }
+        }
+        let (ids, claim) = self.group_queues.iter().find_map(|(_, q)| q.claim_load())?;
+        self.group_load = Some(claim);
+        Some(ids)
     }
 
-    /// Puts messages read back from the store (`cold_to_load`) into the queue, ready to send.
-    /// A message the store could not give back is dropped from the queue, logged and counted.
+    /// Puts messages read back from the store (`cold_to_load`) into the queue they were read
+    /// for, ready to send. A message the store could not give back is dropped from the queue,
+    /// logged and counted.
     pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
         let loaded: std::collections::HashMap<u64, Option<Arc<Message>>> =
             ids.iter().copied().zip(messages).collect();
+        if let Some(claim) = self.group_load.take() {
+            let group = &claim.queue.key;
+            let lost = claim.queue.warm(&loaded);
+            // The other members may have room for what came back too.
+            claim.queue.notify_members();
+            if !lost.is_empty() {
+                tracing::error!(%group, count = lost.len(), "messages of a shared subscription's queue could not be read back from the store: dropped");
+                for seq in lost {
+                    self.store.append(Record::GroupTaken {
+                        group: group.clone(),
+                        seq,
+                    });
+                }
+            }
+            return;
+        }
         let lost = self.handle.outbox().warm(&loaded);
         if !lost.is_empty() {
             tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
@@ -965,6 +1009,9 @@ impl ClientState {
                 budget = budget.saturating_sub(d.msg.cost());
                 batch.push(d);
             }
+            let mut cold_waiting = outbox.wants_load();
+            let mut more = !outbox.is_empty();
+            drop(outbox);
             // Then the shared subscriptions' group queues, while the window has room.
             if !self.group_queues.is_empty() {
                 let n = self.group_queues.len();
@@ -986,9 +1033,15 @@ impl ClientState {
                         None => idle += 1,
                     }
                 }
+                // A group queue whose next messages are on disk only: this member reads them
+                // back when its window has room (`cold_to_load`), unless another one is at it.
+                if window > 0 && self.group_queues.iter().any(|(_, q)| q.wants_load()) {
+                    cold_waiting = true;
+                    more = true;
+                }
             }
-            self.cold_waiting = outbox.wants_load();
-            !outbox.is_empty()
+            self.cold_waiting = cold_waiting;
+            more
         };
         for d in batch {
             self.send_delivery(d, now);

@@ -845,6 +845,33 @@ fn shared_messages_of_a_departed_member_move_to_another_member() {
 }
 
 #[test]
+fn what_the_last_member_held_joins_the_group_queue() {
+    // shared.rs, a group's lifetime: a departing member's deliveries that no other member can
+    // take are never dropped while the group exists; they wait in its queue for a new member.
+    let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
+    let mut a = Client::new(Protocol::V5, "a");
+    a.subscribe(&b, "$share/g/t", QoS::AtLeastOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    for i in 1..=2u16 {
+        publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b"x"))
+            .unwrap();
+    }
+    let queued = a.state.handle.outbox().take_where(|d| d.shared.is_some());
+    let queued = queued.into_iter().map(|d| (d, None)).collect();
+    let left = b.redistribute(&a.state.n.client_id, queued);
+    assert_eq!(left.len(), 2, "no other member to take them");
+    b.queue_for_groups(left);
+    let queue = b.group_queue(&TopicFilter::try_from("$share/g/t").unwrap());
+    assert_eq!(queue.len(), 2);
+    let mut c = Client::new(Protocol::V5, "c");
+    assert_eq!(
+        publishes(&c.subscribe(&b, "$share/g/t", QoS::AtLeastOnce)).len(),
+        2,
+        "a new member takes them"
+    );
+}
+
+#[test]
 fn hash_strategies_pin_a_key_to_one_member() {
     let b = shared_broker(crate::config::SharedStrategy::HashTopic);
     let mut m: Vec<Client> = (0..3)
@@ -938,6 +965,126 @@ fn overflow_waits_in_the_group_queue_for_the_first_free_window() {
     }
     assert_eq!(total_fast, 8, "the fast member took the whole overflow");
     assert!(publishes(&slow.take()).is_empty());
+}
+
+#[test]
+fn a_new_shared_message_goes_behind_the_group_queue() {
+    // [MQTT-4.6.0-6] per member: with older messages waiting in the group queue, a new one must
+    // not be handed straight to a member that just freed a slot, or that member gets the topic's
+    // messages out of order.
+    let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
+    let one = |id: &str| {
+        Client::with(Negotiated {
+            send_window: 1,
+            ..negotiated(Protocol::V5, id)
+        })
+    };
+    let (mut a, mut c) = (one("a"), one("c"));
+    a.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    c.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    let payloads: [&'static [u8]; 4] = [b"1", b"2", b"3", b"4"];
+    for (i, p) in payloads[..3].iter().enumerate() {
+        publ.handle(&b, publish("t", QoS::AtLeastOnce, i as u16 + 1, p))
+            .unwrap();
+    }
+    let first: Vec<u16> = publishes(&a.take()).iter().map(|p| p.pkid).collect();
+    assert_eq!(first.len(), 1, "a's window of 1 is full");
+    assert_eq!(publishes(&c.take()).len(), 1, "c's window of 1 is full");
+    // "3" waits in the group queue. "a" acknowledges (its window frees) and, before it pulls,
+    // "4" is published.
+    a.handle(&b, Packet::PubAck(PubAck::new(first[0]))).unwrap();
+    publ.handle(&b, publish("t", QoS::AtLeastOnce, 4, payloads[3]))
+        .unwrap();
+    let mut got: Vec<Bytes> = Vec::new();
+    loop {
+        let ps: Vec<(u16, Bytes)> = publishes(&a.take())
+            .iter()
+            .map(|p| (p.pkid, p.payload.clone()))
+            .collect();
+        if ps.is_empty() {
+            break;
+        }
+        for (pkid, payload) in ps {
+            got.push(payload);
+            a.handle(&b, Packet::PubAck(PubAck::new(pkid))).unwrap();
+        }
+    }
+    assert_eq!(
+        got,
+        vec![Bytes::from_static(b"3"), Bytes::from_static(b"4")],
+        "the older message first"
+    );
+}
+
+#[test]
+fn the_last_member_out_leaves_the_group_queue_to_the_orphan_policy() {
+    // shared.rs, a group's lifetime: when the last member leaves (here: unsubscribes), what
+    // waits in the group queue is kept for a new member (until the expiry) or dropped; counted.
+    use crate::config::OrphanPolicy;
+    let group = TopicFilter::try_from("$share/g/t").unwrap();
+    for policy in [OrphanPolicy::Keep, OrphanPolicy::Drop] {
+        let b = broker_with(|m| m.shared_group_orphan_policy = policy);
+        let mut a = Client::with(Negotiated {
+            send_window: 1,
+            ..negotiated(Protocol::V5, "a")
+        });
+        a.subscribe(&b, "$share/g/t", QoS::AtLeastOnce);
+        let mut publ = Client::new(Protocol::V5, "pub");
+        for i in 1..=3u16 {
+            publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b"x"))
+                .unwrap();
+        }
+        assert_eq!(publishes(&a.take()).len(), 1, "a's window of 1");
+        let queue = b.group_queue(&group);
+        assert_eq!((queue.len(), queue.member_count()), (2, 1));
+        let u = Unsubscribe {
+            pkid: 2,
+            filters: vec![group.clone()],
+            rejected: vec![],
+            user_properties: vec![],
+        };
+        a.handle(&b, Packet::Unsubscribe(u)).unwrap();
+        assert_eq!(queue.member_count(), 0);
+        let dropped = || {
+            b.stats
+                .orphaned_dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        match policy {
+            OrphanPolicy::Drop => assert_eq!((queue.len(), dropped()), (0, 2), "{policy:?}"),
+            OrphanPolicy::Keep => {
+                assert_eq!((queue.len(), dropped()), (2, 0), "{policy:?}");
+                b.expire_orphaned_groups(Instant::now());
+                assert_eq!(queue.len(), 2, "kept until the expiry");
+                // A new member takes what was kept.
+                let mut c = Client::new(Protocol::V5, "c");
+                let got = c.subscribe(&b, "$share/g/t", QoS::AtLeastOnce);
+                assert_eq!(publishes(&got).len(), 2);
+                // Without members again, then past the expiry: dropped and counted.
+                let u = Unsubscribe {
+                    pkid: 3,
+                    filters: vec![group.clone()],
+                    rejected: vec![],
+                    user_properties: vec![],
+                };
+                c.handle(&b, Packet::Unsubscribe(u.clone())).unwrap();
+                let mut d = Client::with(Negotiated {
+                    send_window: 1,
+                    ..negotiated(Protocol::V5, "d")
+                });
+                d.subscribe(&b, "$share/g/t", QoS::AtLeastOnce);
+                for i in 4..=5u16 {
+                    publ.handle(&b, publish("t", QoS::AtLeastOnce, i, b"x"))
+                        .unwrap();
+                }
+                d.handle(&b, Packet::Unsubscribe(u)).unwrap();
+                assert_eq!(queue.len(), 1, "one in d's window, one waiting");
+                b.expire_orphaned_groups(Instant::now() + Duration::from_secs(86_401));
+                assert_eq!((queue.len(), dropped()), (0, 1));
+            }
+        }
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::config::QueueFullPolicy;
 use crate::message::{ClientId, Message};
 use crate::persist::Record;
 use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
-use crate::shared::{Candidate, Pick};
+use crate::shared::{Candidate, GroupQueue, Pick};
 
 /// The client asking for something, for ACL checks.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +45,7 @@ impl Target {
             retain: msg.retain && e.options.retain_as_published,
             subscription_ids: e.identifier.into_iter().collect(),
             username: e.username.clone(),
-            shared: e.shared.clone(),
+            shared: e.shared.as_ref().map(|g| g.key.clone()),
         }
     }
 }
@@ -79,8 +79,8 @@ impl Broker {
     ) -> Result<usize, ClientId> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let mut targets: Vec<Target> = Vec::new();
-        // (shared subscription, members): rare, so a small Vec.
-        let mut groups: Vec<(TopicFilter, Vec<Target>)> = Vec::new();
+        // (shared subscription's group, members): rare, so a small Vec.
+        let mut groups: Vec<(Arc<GroupQueue>, Vec<Target>)> = Vec::new();
         {
             let tree = read(&self.subscriptions);
             tree.for_each_match(msg.topic.as_str(), |group, client, entry| {
@@ -90,9 +90,9 @@ impl Broker {
                 }
                 let target = Target::from_entry(entry, &msg);
                 match (group, &entry.shared) {
-                    (Some(_), Some(key)) => match groups.iter_mut().find(|(k, _)| k == key) {
+                    (Some(_), Some(g)) => match groups.iter_mut().find(|(q, _)| q.key == g.key) {
                         Some((_, members)) => members.push(target),
-                        None => groups.push((key.clone(), vec![target])),
+                        None => groups.push((g.clone(), vec![target])),
                     },
                     _ => targets.push(target),
                 }
@@ -128,7 +128,8 @@ impl Broker {
         // Shared subscriptions: one member per group (4.8.2), chosen by the group's strategy,
         // or the group's own queue when every member's window is full.
         let mut to_groups = Vec::new();
-        for (key, mut members) in groups {
+        for (queue, mut members) in groups {
+            let key = &queue.key;
             // A stable order, so hash strategies map a key to the same member.
             members.sort_unstable_by(|a, b| a.handle.client_id.cmp(&b.handle.client_id));
             let candidates: Vec<Candidate<'_>> = members
@@ -137,11 +138,12 @@ impl Broker {
                 .collect();
             let strategy = self.shared_strategy(key.shared().map_or("", |(g, _)| g));
             let pick = self.shared_groups.pick(
-                &key,
+                key,
                 strategy,
                 &candidates,
                 &msg.origin,
                 msg.topic.as_str(),
+                !queue.is_empty(),
             );
             match pick {
                 Some(Pick::Member(i)) => {
@@ -155,10 +157,9 @@ impl Broker {
                     }
                 }
                 Some(Pick::Group) => {
-                    let queue = self.group_queue(&key);
                     let handles: Vec<Arc<SessionHandle>> =
                         members.iter().map(|m| m.handle.clone()).collect();
-                    to_groups.push((key, queue, handles));
+                    to_groups.push((queue, handles));
                 }
                 None => {}
             }
@@ -176,8 +177,8 @@ impl Broker {
             let full_group = || {
                 to_groups
                     .iter()
-                    .find(|(_, q, _)| !q.has_room(cost))
-                    .map(|(key, _, _)| ClientId::from(key.as_str()))
+                    .find(|(q, _)| !q.has_room(cost))
+                    .map(|(q, _)| ClientId::from(q.key.as_str()))
             };
             if let Some(full) = full_session.or_else(full_group) {
                 let n = self.stats.messages_rejected.fetch_add(1, Ordering::Relaxed);
@@ -200,18 +201,18 @@ impl Broker {
         let mut message_logged = false;
         let to_groups: Vec<_> = to_groups
             .into_iter()
-            .map(|(key, queue, handles)| {
+            .map(|(queue, handles)| {
                 // Adapted to the member that pulls it (its QoS, identifier) on the way out.
                 let mut d = Delivery {
                     msg: msg.clone(),
                     qos: msg.qos,
                     retain: msg.retain,
                     subscription_ids: Vec::new(),
-                    shared: Some(key.clone()),
+                    shared: Some(queue.key.clone()),
                     seq: 0,
                 };
-                self.log_shared(&key, &queue, &mut d, &handles, &mut message_logged);
-                (key, queue, d, handles)
+                self.log_shared(&queue, &mut d, &mut message_logged);
+                (queue, d, handles)
             })
             .collect();
         let mut to_sessions = Vec::new();
@@ -238,8 +239,8 @@ impl Broker {
         }
         // Records grouped by the caller (Store::group) go to the writer now, before any push.
         self.store.flush_group();
-        for (key, queue, d, handles) in to_groups {
-            self.push_shared(&key, &queue, d, &handles);
+        for (queue, d, handles) in to_groups {
+            self.push_shared(&queue, d, &handles);
         }
         for (handle, d) in to_sessions {
             queued += usize::from(self.deliver_to(&handle, d));

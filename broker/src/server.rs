@@ -179,6 +179,9 @@ impl Server {
             self.broker.clone(),
             auth_stamps(&self.broker),
         ));
+        // Shared subscription groups left without members lose their kept messages once
+        // `mqtt.shared_group_orphan_expiry_seconds` have passed.
+        let orphan_sweeper = tokio::spawn(expire_orphaned_groups(self.broker.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a clone; when all are dropped, `recv` returns None.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -212,6 +215,7 @@ impl Server {
             w.abort();
         }
         auth_watcher.abort();
+        orphan_sweeper.abort();
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         if tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv())
@@ -456,6 +460,8 @@ impl Drop for Handshaking {
 
 /// How often the password and ACL files are checked for changes.
 const AUTH_FILE_POLL: Duration = Duration::from_secs(2);
+/// How often groups without members are checked for `mqtt.shared_group_orphan_expiry_seconds`.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(1);
 
 /// Reloads `auth.password_file` and `auth.acl_file` when their modification time or size
 /// changes (as SIGHUP does). A file with an error is logged and the previous one stays.
@@ -473,6 +479,17 @@ fn auth_stamps(broker: &Broker) -> (Stamp, Stamp) {
         stamp(auth.password_file.as_deref()),
         stamp(auth.acl_file.as_deref()),
     )
+}
+
+/// Every second: drops the kept messages of shared subscription groups whose members have
+/// been gone for longer than `mqtt.shared_group_orphan_expiry_seconds`.
+async fn expire_orphaned_groups(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(ORPHAN_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        broker.expire_orphaned_groups(std::time::Instant::now());
+    }
 }
 
 async fn watch_auth_files(broker: Arc<Broker>, (mut passwords, mut acl): (Stamp, Stamp)) {

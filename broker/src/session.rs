@@ -112,10 +112,11 @@ enum Entry {
 /// count and bytes; a full queue drops the new message and counts it, never blocks.
 ///
 /// Only the first `window` bytes are kept in memory. Past them, deliveries the store has
-/// logged (QoS 1/2 of persistent sessions, not shared) are kept as [`ColdDelivery`]s: the
-/// message is dropped from memory and read back from the log when the window has room again,
-/// so a long offline queue costs disk, not memory. Order is kept: once one delivery is cold,
-/// every later one that can be is cold too.
+/// logged (QoS 1/2 of persistent sessions, not shared; every QoS 1/2 delivery of a shared
+/// subscription's group queue) are kept as [`ColdDelivery`]s: the message is dropped from
+/// memory and read back from the log when the window has room again, so a long queue costs
+/// disk, not memory. Order is kept: once one delivery is cold, every later one that can be is
+/// cold too.
 #[derive(Debug)]
 pub struct Outbox {
     /// Deliveries in arrival order [MQTT-4.6.0-6].
@@ -132,10 +133,17 @@ pub struct Outbox {
     spill: bool,
     /// Whether a connection currently owns the session (QoS 0 is not queued for offline ones).
     online: bool,
+    /// Set for a shared subscription's group queue (its `$share/{group}/{filter}`): every
+    /// delivery is for that group, so shared ones may stay on disk too (a session's shared
+    /// deliveries stay in memory: they move to another member if the session goes away).
+    group: Option<TopicFilter>,
     /// `mqtt.max_queued_messages`.
     max_messages: usize,
     /// `mqtt.max_queued_bytes`.
     max_bytes: usize,
+    /// `mqtt.max_queued_memory_bytes`: past it only deliveries that may stay on disk are
+    /// queued (on disk), the others are refused.
+    max_memory: usize,
     /// Deliveries refused since the session began, for logs and counters.
     dropped: u64,
     /// The broker-wide budget this queue's memory counts against (None: only its own bounds).
@@ -161,8 +169,10 @@ impl Outbox {
             window: usize::MAX,
             spill: true,
             online: false,
+            group: None,
             max_messages,
             max_bytes,
+            max_memory: usize::MAX,
             dropped: 0,
             budget: None,
         }
@@ -177,6 +187,18 @@ impl Outbox {
     /// Keeps at most `window` bytes of logged deliveries in memory (the rest stays on disk).
     pub fn with_window(mut self, window: usize) -> Outbox {
         self.window = window;
+        self
+    }
+
+    /// Holds at most `bytes` of messages in memory (`mqtt.max_queued_memory_bytes`).
+    pub fn with_memory_limit(mut self, bytes: usize) -> Outbox {
+        self.max_memory = bytes;
+        self
+    }
+
+    /// The queue of shared subscription `group` (deliveries read back from disk are for it).
+    pub fn for_group(mut self, group: TopicFilter) -> Outbox {
+        self.group = Some(group);
         self
     }
 
@@ -207,17 +229,22 @@ impl Outbox {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
-        let spillable = self.spill && d.seq != 0 && d.shared.is_none() && d.qos != QoS::AtMostOnce;
+        let spillable = self.spill
+            && d.seq != 0
+            && (d.shared.is_none() || self.group.is_some())
+            && d.qos != QoS::AtMostOnce;
         // An offline session needs nothing in memory until its client is back.
         let window = if self.online { self.window } else { 0 };
         let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > window);
-        if !cold && self.try_charge(cost) {
+        let fits_memory = self.hot_bytes + cost <= self.max_memory;
+        if !cold && fits_memory && self.try_charge(cost) {
             self.bytes += cost;
             self.hot_bytes += cost;
             self.queue.push_back(Entry::Hot(d));
             return Ok(());
         }
-        // On disk only: past the window, or memory is short while the disk has it.
+        // On disk only: past the window, or memory (this queue's or the broker's) is short
+        // while the disk has it.
         if !spillable || !self.try_charge(COLD_ENTRY_COST) {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
@@ -399,7 +426,7 @@ impl Outbox {
                         qos,
                         retain,
                         subscription_ids,
-                        shared: None,
+                        shared: self.group.clone(),
                         seq,
                     });
                     i += 1;
@@ -460,7 +487,10 @@ impl Outbox {
         let mut chilled = 0;
         for e in self.queue.iter_mut() {
             let Entry::Hot(d) = e else { continue };
-            if d.seq == 0 || d.shared.is_some() || d.qos == QoS::AtMostOnce {
+            if d.seq == 0
+                || (d.shared.is_some() && self.group.is_none())
+                || d.qos == QoS::AtMostOnce
+            {
                 continue;
             }
             let cost = d.msg.cost();
@@ -485,7 +515,7 @@ impl Outbox {
     }
 
     /// Takes out every in-memory delivery for which `pred` holds, keeping the others in order.
-    /// (Cold deliveries are never shared ones, the only kind taken out.)
+    /// (A session's cold deliveries are never shared ones, the only kind taken out.)
     pub fn take_where(&mut self, mut pred: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
@@ -510,6 +540,22 @@ impl Outbox {
     /// Whether a connection owns the session.
     pub fn is_online(&self) -> bool {
         self.online
+    }
+
+    /// Drops everything queued; returns how many deliveries there were and the log's numbers
+    /// of those the store has (to log them as gone).
+    pub fn clear_logged(&mut self) -> (usize, Vec<u64>) {
+        let seqs = self
+            .queue
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Hot(d) => (d.seq != 0).then_some(d.seq),
+                Entry::Cold(c) => Some(c.seq),
+            })
+            .collect();
+        let n = self.queue.len();
+        self.clear();
+        (n, seqs)
     }
 
     /// Drops everything queued (Clean Start discards the old session's messages).
@@ -940,6 +986,27 @@ mod tests {
         );
         o.clear();
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_memory_limit_bounds_what_cannot_wait_on_disk() {
+        // Disk-sized queue bounds (mqtt.max_queued_bytes) must not mean as much memory:
+        // past mqtt.max_queued_memory_bytes a delivery the log has waits on disk, any other is
+        // refused.
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let mut o = Outbox::new(100, 1 << 30)
+            .with_window(1 << 20)
+            .with_memory_limit(one * 2);
+        o.set_online(true);
+        o.push(delivery(QoS::AtLeastOnce, b"a")).unwrap();
+        o.push(delivery(QoS::AtMostOnce, b"b")).unwrap();
+        assert_eq!(
+            o.push(delivery(QoS::AtLeastOnce, b"c")),
+            Err(Dropped::QueueFull),
+            "not logged, memory full"
+        );
+        o.push(logged(delivery(QoS::AtLeastOnce, b"d"))).unwrap();
+        assert_eq!((o.len(), o.cold_len(), o.memory_bytes()), (3, 1, one * 2));
     }
 
     #[test]

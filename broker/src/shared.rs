@@ -2,6 +2,10 @@
 //! clients): each matching message goes to exactly one member of each group.
 //!
 //! Choosing the member happens in tiers, so a burst lands where there is room:
+//! 0. while the group's queue holds messages, a new one goes behind them: handing it straight
+//!    to a member with a free slot would overtake older messages of the same topic that member
+//!    is about to pull, and a member must get a topic's messages in publish order (4.6,
+//!    [MQTT-4.6.0-6]);
 //! 1. members that are online and have a free slot in their send window (window less
 //!    inflight less already queued): "members with no free inflight window are skipped";
 //! 2. if none has room but one is online, the message waits in the group's own bounded queue
@@ -17,19 +21,32 @@
 //! send the Application Message to another Client", 4.8.2). QoS 2 messages already sent stay
 //! with that member: the spec requires the server to complete their delivery to the same client
 //! and never send them to another [MQTT-4.8.2-4], [MQTT-4.8.2-5].
+//!
+//! # A group's lifetime
+//! A group exists while it has members: sessions subscribed to its `$share/{group}/{filter}`
+//! (online or not). A member whose session goes on while its client is away keeps what was
+//! handed to it. When a member's session ends and no other member is left, what it held (queued
+//! or unacknowledged QoS 1) joins the group's queue, never dropped while the group exists. Once
+//! the last member is gone (session ended, or unsubscribed), `mqtt.shared_group_orphan_policy`
+//! decides for everything the group's queue then holds: `keep` (default) leaves it for a new
+//! member for `mqtt.shared_group_orphan_expiry_seconds` (counted again from a restart), within
+//! the queue's bounds; `drop` drops it at once. Dropped messages are counted
+//! (`Stats::orphaned_dropped`) and logged either way. Groups found without members at start-up
+//! (their members' sessions did not survive the restart) are treated the same.
 
 use crate::persist::Record;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sluice_codec::{QoS, TopicFilter};
 
 use crate::broker::{read, Broker};
-use crate::config::SharedStrategy;
-use crate::message::ClientId;
-use crate::session::{Delivery, Dropped, Outbox, QueueBudget, SessionHandle};
+use crate::config::{OrphanPolicy, SharedStrategy};
+use crate::message::{ClientId, Message};
+use crate::session::{ColdDelivery, Delivery, Dropped, Outbox, QueueBudget, SessionHandle};
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
 /// only a hint for fairness, so when the bound is reached the table is simply cleared: a client
@@ -53,6 +70,9 @@ pub struct SharedGroups {
     /// Group queues, shared with the members' connection tasks (which pull from them). An
     /// entry nobody else holds and that is empty is pruned when the table grows.
     queues: Mutex<HashMap<TopicFilter, Arc<GroupQueue>>>,
+    /// Groups without members whose messages are kept until a deadline: the periodic sweep
+    /// ([`Broker::expire_orphaned_groups`]) does nothing while this is 0.
+    orphans: AtomicUsize,
 }
 
 /// Where a shared-subscription message should go.
@@ -64,26 +84,106 @@ pub enum Pick {
     Group,
 }
 
-/// Messages of one shared subscription waiting for any member's window (tier 2 above).
+/// Messages of one shared subscription waiting for any member's window (tiers 0 and 2 above).
 /// Bounded like a session queue (`mqtt.max_queued_messages` / `max_queued_bytes`); a full
 /// queue drops and counts, never blocks the publisher.
+///
+/// Disk-backed like a session queue: with a store, every QoS 1/2 delivery is logged
+/// (`Record::GroupEnqueue`) and only the first `persistence.queue_memory_bytes` of them are
+/// kept in memory; the rest are ids read back from the log by whichever member has room when
+/// the queue drains to them ([`GroupQueue::claim_load`]). A million waiting messages cost
+/// bookkeeping only.
 #[derive(Debug)]
 pub struct GroupQueue {
+    /// The full `$share/{group}/{filter}` this queue belongs to.
+    pub key: TopicFilter,
     /// Deliveries in arrival order; members pull from the front. Short lock, never awaited.
     queue: Mutex<Outbox>,
     /// The next delivery number for the store's log (`Record::GroupEnqueue`).
     pub next_seq: AtomicU64,
+    /// Set while a member reads the next deliveries back from the store, so the other members
+    /// do not read the same ones.
+    loading: AtomicBool,
+    /// Who is in the group, and since when it has nobody. Locked briefly, on membership
+    /// changes only; taken before `queue` when both are needed.
+    membership: Mutex<Membership>,
+}
+
+/// The members of a group (see the module docs on a group's lifetime).
+#[derive(Debug, Default)]
+struct Membership {
+    /// Sessions subscribed to the group, to wake when there is something to take.
+    members: HashMap<ClientId, Arc<SessionHandle>>,
+    /// Set while nobody is in the group and its messages are kept: when they are dropped.
+    orphaned_until: Option<Instant>,
+}
+
+/// Why a group's waiting messages are dropped all at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Orphaned {
+    /// `shared_group_orphan_policy = "drop"`, when the last member left.
+    Dropped,
+    /// `shared_group_orphan_expiry_seconds` passed with nobody in the group.
+    Expired,
+}
+
+/// The bounds of a group queue: those of a session queue (`mqtt.max_queued_messages`,
+/// `max_queued_bytes`, `max_queued_memory_bytes`) and the part of its logged messages kept in
+/// memory (`persistence.queue_memory_bytes` with a store, else everything).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBounds {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub max_memory: usize,
+    pub window: usize,
+}
+
+/// A member's claim on reading a group queue's next deliveries back from the store
+/// ([`GroupQueue::claim_load`]); given back when dropped, so a member that goes away while
+/// reading leaves the job to the others.
+#[derive(Debug)]
+pub struct LoadClaim {
+    pub queue: Arc<GroupQueue>,
+}
+
+impl Drop for LoadClaim {
+    fn drop(&mut self) {
+        self.queue.loading.store(false, Ordering::Release);
+    }
 }
 
 impl GroupQueue {
-    fn new(max_messages: usize, max_bytes: usize, budget: &Arc<QueueBudget>) -> GroupQueue {
-        let mut outbox = Outbox::new(max_messages, max_bytes).with_budget(budget.clone());
+    fn new(key: TopicFilter, bounds: QueueBounds, budget: &Arc<QueueBudget>) -> GroupQueue {
+        let mut outbox = Outbox::new(bounds.max_messages, bounds.max_bytes)
+            .with_budget(budget.clone())
+            .with_window(bounds.window)
+            .with_memory_limit(bounds.max_memory)
+            .for_group(key.clone());
         // The group as a whole is "online" while it queues (QoS 0 is kept too).
         outbox.set_online(true);
         GroupQueue {
+            key,
             queue: Mutex::new(outbox),
             next_seq: AtomicU64::new(1),
+            loading: AtomicBool::new(false),
+            membership: Mutex::new(Membership::default()),
         }
+    }
+
+    /// Wakes every member (there is something to take).
+    pub fn notify_members(&self) {
+        for h in self.membership().members.values() {
+            h.notify.notify_one();
+        }
+    }
+
+    /// Number of sessions in the group.
+    pub fn member_count(&self) -> usize {
+        self.membership().members.len()
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a delivery for whichever member frees a slot first.
@@ -91,9 +191,49 @@ impl GroupQueue {
         self.lock().push(d)
     }
 
-    /// Takes the oldest waiting delivery.
+    /// Queues a delivery the store recovered at start-up, on disk only.
+    pub fn push_cold(&self, c: ColdDelivery) {
+        self.lock().push_cold(c)
+    }
+
+    /// Takes the oldest waiting delivery if it is in memory (None also when it is on disk
+    /// only: see [`GroupQueue::claim_load`]).
     pub fn pop(&self) -> Option<Delivery> {
         self.lock().pop()
+    }
+
+    /// Whether the next deliveries should be read back from the store and nobody is at it.
+    pub fn wants_load(&self) -> bool {
+        !self.loading.load(Ordering::Acquire) && self.lock().wants_load()
+    }
+
+    /// The message ids to read back next, with the claim on doing it; None when nothing needs
+    /// reading back or another member is already at it.
+    pub fn claim_load(self: &Arc<Self>) -> Option<(Vec<u64>, LoadClaim)> {
+        let outbox = self.lock();
+        if !outbox.wants_load() || self.loading.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let claim = LoadClaim {
+            queue: self.clone(),
+        };
+        Some((outbox.cold_ids(), claim))
+    }
+
+    /// Puts messages read back from the store into the queue (see [`Outbox::warm`]); returns
+    /// the group delivery numbers of those the store could not give back (dropped).
+    pub fn warm(&self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+        self.lock().warm(loaded)
+    }
+
+    /// Deliveries kept on disk only.
+    pub fn cold_len(&self) -> usize {
+        self.lock().cold_len()
+    }
+
+    /// Bytes of waiting messages held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.lock().memory_bytes()
     }
 
     /// Whether a message of `cost` bytes fits the queue's bounds now.
@@ -127,8 +267,7 @@ impl SharedGroups {
     pub fn queue_for(
         &self,
         group: &TopicFilter,
-        max_messages: usize,
-        max_bytes: usize,
+        bounds: QueueBounds,
         budget: &Arc<QueueBudget>,
     ) -> Arc<GroupQueue> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,15 +275,17 @@ impl SharedGroups {
             return q.clone();
         }
         if queues.len() >= 1024 && queues.len().is_power_of_two() {
+            // Members hold their group's queue (subscription entries), so a group pruned here
+            // has none, and nothing waiting.
             queues.retain(|_, q| Arc::strong_count(q) > 1 || !q.is_empty());
         }
-        let q = Arc::new(GroupQueue::new(max_messages, max_bytes, budget));
+        let q = Arc::new(GroupQueue::new(group.clone(), bounds, budget));
         queues.insert(group.clone(), q.clone());
         q
     }
 
     /// Decides where a message on `topic` from `publisher` goes; None only when `members` is
-    /// empty.
+    /// empty. `queued`: the group's queue holds messages (tier 0: the new one goes behind them).
     pub fn pick(
         &self,
         group: &TopicFilter,
@@ -152,9 +293,13 @@ impl SharedGroups {
         members: &[Candidate<'_>],
         publisher: &str,
         topic: &str,
+        queued: bool,
     ) -> Option<Pick> {
         if members.is_empty() {
             return None;
+        }
+        if queued {
+            return Some(Pick::Group);
         }
         // Headroom: window less inflight less queued; negative once a backlog builds up.
         let free: Vec<i64> = members.iter().map(|m| m.handle.headroom()).collect();
@@ -231,39 +376,45 @@ fn stable_hash(s: &str) -> usize {
 impl Broker {
     /// The queue of shared subscription `key` (created on first use).
     pub(crate) fn group_queue(&self, key: &TopicFilter) -> Arc<GroupQueue> {
-        let m = &self.config.mqtt;
+        // Without a store nothing is logged, so nothing can wait on disk only.
+        let window = if self.store.is_enabled() {
+            self.config.persistence.queue_memory_bytes
+        } else {
+            usize::MAX
+        };
         self.shared_groups.queue_for(
             key,
-            m.max_queued_messages,
-            m.max_queued_bytes,
+            QueueBounds {
+                max_messages: self.config.max_queued_messages(),
+                max_bytes: self.config.max_queued_bytes(),
+                max_memory: self.config.mqtt.max_queued_memory_bytes,
+                window,
+            },
             &self.queue_budget,
         )
     }
 
     /// Queueing `d` in its group's queue, so the first member with a free slot takes it, is two
-    /// steps. This one: the group's queue, with `d` logged for it (the message once:
-    /// `message_logged`; numbered) when a member is persistent: the publisher was told the
-    /// message is safe, and it waits here. The log must have it before any member can take it
-    /// ([`Broker::push_shared`]), or the member's records could come first.
+    /// steps. This one: the group's queue, with a QoS 1/2 `d` logged for it (the message once:
+    /// `message_logged`; numbered) whenever there is a store, whether or not the members are
+    /// persistent: the publisher was told the message is safe, it waits here for the group
+    /// (not for one session), and being in the log is what lets it wait on disk only. The log
+    /// must have it before any member can take it ([`Broker::push_shared`]), or the member's
+    /// records could come first.
     pub(crate) fn log_shared(
         &self,
-        key: &TopicFilter,
         queue: &GroupQueue,
         d: &mut Delivery,
-        members: &[Arc<SessionHandle>],
         message_logged: &mut bool,
     ) {
-        if self.store.is_enabled()
-            && d.qos != QoS::AtMostOnce
-            && members.iter().any(|h| h.persistent.load(Ordering::Relaxed))
-        {
+        if self.store.is_enabled() && d.qos != QoS::AtMostOnce {
             if !*message_logged {
                 self.store.append(Record::Message(d.msg.clone()));
                 *message_logged = true;
             }
             d.seq = queue.next_seq.fetch_add(1, Ordering::Relaxed);
             self.store.append(Record::GroupEnqueue {
-                group: key.clone(),
+                group: queue.key.clone(),
                 seq: d.seq,
                 id: d.msg.id,
                 qos: d.qos,
@@ -275,7 +426,6 @@ impl Broker {
     /// The second step (see [`Broker::log_shared`]): queues `d` and wakes the members.
     pub(crate) fn push_shared(
         &self,
-        key: &TopicFilter,
         queue: &GroupQueue,
         d: Delivery,
         members: &[Arc<SessionHandle>],
@@ -284,18 +434,155 @@ impl Broker {
         if queue.push(d).is_err() {
             if seq != 0 {
                 self.store.append(Record::GroupTaken {
-                    group: key.clone(),
+                    group: queue.key.clone(),
                     seq,
                 });
             }
             let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
-                tracing::warn!(group = %key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
+                tracing::warn!(group = %queue.key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
             }
             return;
         }
         for h in members {
             h.notify.notify_one();
+        }
+    }
+
+    /// Adds `handle`'s session to the group of shared subscription `key` (on SUBSCRIBE, and for
+    /// restored sessions) and returns the group's queue. A group that had nobody has somebody
+    /// again: its kept messages are for this member, unless their time ran out (then they are
+    /// dropped first, as the sweep would have).
+    pub(crate) fn join_group(
+        &self,
+        key: &TopicFilter,
+        handle: &Arc<SessionHandle>,
+    ) -> Arc<GroupQueue> {
+        let queue = self.group_queue(key);
+        let mut m = queue.membership();
+        if let Some(until) = m.orphaned_until.take() {
+            self.shared_groups.orphans.fetch_sub(1, Ordering::Relaxed);
+            if until <= Instant::now() {
+                self.drop_group_messages(&queue, Orphaned::Expired);
+            } else {
+                tracing::info!(group = %key, client_id = %handle.client_id, waiting = queue.len(), "shared subscription group has a member again: it takes the messages kept for the group");
+            }
+        }
+        m.members.insert(handle.client_id.clone(), handle.clone());
+        drop(m);
+        queue
+    }
+
+    /// `client`'s session leaves the group of `queue` (its session ended, or it unsubscribed).
+    /// If nobody is left, `mqtt.shared_group_orphan_policy` decides for the group's messages.
+    pub(crate) fn leave_group(&self, queue: &Arc<GroupQueue>, client: &ClientId) {
+        let mut m = queue.membership();
+        if m.members.remove(client).is_some() && m.members.is_empty() {
+            self.orphan(queue, &mut m);
+        }
+    }
+
+    /// At start-up: a recovered group none of the restored sessions belongs to (its members did
+    /// not survive the restart) is without members from now on.
+    pub(crate) fn orphan_if_memberless(&self, queue: &Arc<GroupQueue>) {
+        let mut m = queue.membership();
+        if m.members.is_empty() && m.orphaned_until.is_none() {
+            self.orphan(queue, &mut m);
+        }
+    }
+
+    /// The group of `queue` has just lost its last member: keep its messages for a new one (up
+    /// to the expiry) or drop them, per `mqtt.shared_group_orphan_policy`.
+    fn orphan(&self, queue: &GroupQueue, m: &mut Membership) {
+        let cfg = &self.config.mqtt;
+        let waiting = queue.len();
+        if waiting == 0 {
+            tracing::debug!(group = %queue.key, "shared subscription group has no members left");
+            return;
+        }
+        match cfg.shared_group_orphan_policy {
+            OrphanPolicy::Drop => {
+                self.drop_group_messages(queue, Orphaned::Dropped);
+            }
+            OrphanPolicy::Keep => {
+                let expiry = cfg.shared_group_orphan_expiry_seconds;
+                m.orphaned_until = Some(Instant::now() + Duration::from_secs(u64::from(expiry)));
+                self.shared_groups.orphans.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(group = %queue.key, kept = waiting, expiry_s = expiry, "shared subscription group has no members left: its messages are kept for a new member (mqtt.shared_group_orphan_policy = keep)");
+            }
+        }
+    }
+
+    /// Drops everything the group's queue holds (logged as gone), counted and logged.
+    fn drop_group_messages(&self, queue: &GroupQueue, why: Orphaned) {
+        let (n, seqs) = queue.lock().clear_logged();
+        for seq in seqs {
+            self.store.append(Record::GroupTaken {
+                group: queue.key.clone(),
+                seq,
+            });
+        }
+        self.stats
+            .messages_dropped
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.stats
+            .orphaned_dropped
+            .fetch_add(n as u64, Ordering::Relaxed);
+        match why {
+            Orphaned::Dropped => {
+                tracing::warn!(group = %queue.key, dropped = n, "shared subscription group has no members left: its messages were dropped (mqtt.shared_group_orphan_policy = drop)");
+            }
+            Orphaned::Expired => {
+                tracing::warn!(group = %queue.key, dropped = n, "shared subscription group without members expired: its messages were dropped (mqtt.shared_group_orphan_expiry_seconds)");
+            }
+        }
+    }
+
+    /// Drops the messages of groups that have been without members for longer than
+    /// `mqtt.shared_group_orphan_expiry_seconds` (called every second by the server).
+    pub fn expire_orphaned_groups(&self, now: Instant) {
+        if self.shared_groups.orphans.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let queues: Vec<Arc<GroupQueue>> = self
+            .shared_groups
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for q in queues {
+            let mut m = q.membership();
+            if m.orphaned_until.is_some_and(|t| t <= now) {
+                m.orphaned_until = None;
+                self.shared_groups.orphans.fetch_sub(1, Ordering::Relaxed);
+                self.drop_group_messages(&q, Orphaned::Expired);
+            }
+        }
+    }
+
+    /// Deliveries of a member whose session ended that no other member could take (none is
+    /// left): they join their group's queue, logged for it before the member's log lets go of
+    /// them (`release`), so they are never dropped while the group exists; what happens to the
+    /// group's queue next is `mqtt.shared_group_orphan_policy`'s decision.
+    pub(crate) fn queue_for_groups(&self, left: Vec<(Delivery, Option<Record>)>) {
+        for (mut d, release) in left {
+            let Some(key) = d.shared.clone() else {
+                if let Some(rec) = release {
+                    self.store.append(rec);
+                }
+                continue;
+            };
+            let queue = self.group_queue(&key);
+            d.seq = 0;
+            let mut logged = false;
+            self.log_shared(&queue, &mut d, &mut logged);
+            if let Some(rec) = release {
+                self.store.append(rec);
+            }
+            self.push_shared(&queue, d, &[]);
+            queue.notify_members();
         }
     }
 
@@ -325,7 +612,7 @@ impl Broker {
             };
             let mut handles: Vec<Arc<SessionHandle>> = Vec::new();
             read(&self.subscriptions).for_each_match(d.msg.topic.as_str(), |_, client, entry| {
-                if client != from && entry.shared.as_ref() == Some(&key) {
+                if client != from && entry.shared.as_ref().is_some_and(|g| g.key == key) {
                     handles.push(entry.handle.clone());
                 }
             });
@@ -334,12 +621,14 @@ impl Broker {
                 handles.iter().map(|h| Candidate { handle: h }).collect();
             let group = key.shared().map_or("", |(g, _)| g);
             let strategy = self.shared_strategy(group);
+            let queue = self.group_queue(&key);
             let pick = self.shared_groups.pick(
                 &key,
                 strategy,
                 &members,
                 &d.msg.origin,
                 d.msg.topic.as_str(),
+                !queue.is_empty(),
             );
             if pick.is_none() {
                 left.push((d, release));
@@ -358,16 +647,120 @@ impl Broker {
                     self.deliver_to(&handles[i], d);
                 }
                 Some(Pick::Group) => {
-                    let queue = self.group_queue(&key);
-                    self.log_shared(&key, &queue, &mut d, &handles, &mut logged);
+                    self.log_shared(&queue, &mut d, &mut logged);
                     if let Some(rec) = release {
                         self.store.append(rec);
                     }
-                    self.push_shared(&key, &queue, d, &handles);
+                    self.push_shared(&queue, d, &handles);
                 }
                 None => {}
             }
         }
         left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::COLD_ENTRY_COST;
+    use bytes::Bytes;
+    use sluice_codec::TopicName;
+    use std::time::Instant;
+
+    fn message(n: u8) -> Arc<Message> {
+        Arc::new(Message::new(
+            TopicName::try_from("jobs/x").unwrap(),
+            Bytes::from(vec![n; 100]),
+            QoS::AtLeastOnce,
+            false,
+            Default::default(),
+            "p".into(),
+            Instant::now(),
+        ))
+    }
+
+    fn bounds(window: usize) -> QueueBounds {
+        QueueBounds {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            max_memory: 1 << 20,
+            window,
+        }
+    }
+
+    /// A delivery as the router queues it for the group once the store has logged it.
+    fn logged(key: &TopicFilter, msg: &Arc<Message>, seq: u64) -> Delivery {
+        Delivery {
+            msg: msg.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            shared: Some(key.clone()),
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_group_queue_keeps_logged_messages_past_its_window_on_disk() {
+        let key = TopicFilter::try_from("$share/g/jobs/#").unwrap();
+        let budget = QueueBudget::new(1 << 30);
+        let msgs: Vec<Arc<Message>> = (0..10).map(message).collect();
+        let window = msgs[0].cost() * 2;
+        let q = Arc::new(GroupQueue::new(key.clone(), bounds(window), &budget));
+        for (i, m) in msgs.iter().enumerate() {
+            q.push(logged(&key, m, i as u64 + 1)).unwrap();
+        }
+        assert_eq!(
+            (q.len(), q.cold_len()),
+            (10, 8),
+            "two in memory, the rest on disk"
+        );
+        assert_eq!(q.memory_bytes(), window);
+        assert_eq!(budget.used(), window + 8 * COLD_ENTRY_COST);
+        assert_eq!(q.pop().unwrap().msg.id, msgs[0].id);
+        assert_eq!(q.pop().unwrap().msg.id, msgs[1].id);
+        assert!(q.pop().is_none(), "the front is on disk");
+        assert!(q.wants_load());
+        let (ids, claim) = q.claim_load().expect("a member claims the read-back");
+        assert_eq!(
+            ids,
+            vec![msgs[2].id, msgs[3].id],
+            "a window's worth, in order"
+        );
+        assert!(
+            q.claim_load().is_none() && !q.wants_load(),
+            "one member reads back at a time"
+        );
+        let loaded: HashMap<u64, Option<Arc<Message>>> = ids
+            .iter()
+            .zip(&msgs[2..4])
+            .map(|(id, m)| (*id, Some(m.clone())))
+            .collect();
+        assert!(q.warm(&loaded).is_empty());
+        drop(claim);
+        let d = q.pop().unwrap();
+        assert_eq!((d.msg.id, d.seq), (msgs[2].id, 3));
+        assert_eq!(d.shared.as_ref(), Some(&key), "read back for its group");
+        assert_eq!(q.pop().unwrap().msg.id, msgs[3].id);
+        // A member that goes away while reading back gives the job back.
+        let (ids, claim) = q.claim_load().unwrap();
+        drop(claim);
+        let (again, _claim) = q.claim_load().expect("claimable again");
+        assert_eq!(ids, again);
+    }
+
+    #[test]
+    fn without_a_store_a_group_queue_stays_in_memory() {
+        let key = TopicFilter::try_from("$share/g/jobs/#").unwrap();
+        let budget = QueueBudget::new(1 << 30);
+        let q = GroupQueue::new(key.clone(), bounds(usize::MAX), &budget);
+        for i in 0..10 {
+            let mut d = logged(&key, &message(i), 0);
+            d.seq = 0;
+            q.push(d).unwrap();
+        }
+        assert_eq!(q.cold_len(), 0);
+        assert!(!q.wants_load());
     }
 }

@@ -158,8 +158,8 @@ fn config(variant: u8) -> Config {
         c.mqtt.max_packet_size = 512;
     }
     if variant & 2 != 0 {
-        c.mqtt.max_queued_messages = 4;
-        c.mqtt.max_queued_bytes = 2048;
+        c.mqtt.max_queued_messages = Some(4);
+        c.mqtt.max_queued_bytes = Some(2048);
         c.mqtt.max_inflight = 2;
         c.mqtt.receive_maximum = 2;
     }

@@ -67,6 +67,33 @@ fn check_config_valid_file_prints_effective_config() {
     assert_eq!(text(&again.stdout), stdout);
 }
 
+/// Queue bounds are sized for where queues live (README, Limits): with a store (`durable`, the
+/// default) a queue waits on disk, so a peak far above 100,000 messages is absorbed instead of
+/// dropped (10,000,000 messages / 4 GiB per queue, memory still bounded); in `memory` mode the
+/// bounds stay memory-sized.
+#[test]
+fn check_config_sizes_queue_bounds_for_where_queues_live() {
+    let out = check_config("", &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        "max_queued_messages = 10000000",
+        "max_queued_bytes = 4294967296",
+        "max_queued_memory_bytes = 67108864",
+    ] {
+        assert!(stdout.contains(line), "durable: {line:?} in:\n{stdout}");
+    }
+    let out = check_config("[persistence]\nmode = \"memory\"\n", &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        "max_queued_messages = 100000",
+        "max_queued_bytes = 67108864",
+    ] {
+        assert!(stdout.contains(line), "memory: {line:?} in:\n{stdout}");
+    }
+}
+
 /// `SLUICE__MQTT__MAX_KEEPALIVE=30` wins over the file and shows in the effective config.
 #[test]
 fn check_config_env_override_shows() {

@@ -780,3 +780,189 @@ async fn a_full_queue_can_push_back_on_the_publisher() {
         .collect();
     assert_eq!(got, vec![0, 1, 2], "exactly what was accepted");
 }
+
+/// Resident memory of process `pid` in KiB (VmRSS).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// A shared subscription's group queue is disk-backed like a session queue: past
+/// `persistence.queue_memory_bytes` its messages wait in the log only. The one member of
+/// `$share/big/...` (Receive Maximum 5, reading nothing) lets 48 MiB of QoS 1 messages pile up
+/// in the group queue: the broker's resident memory grows by far less than that (a queue held in
+/// memory grows it by all of it). Then the member drains the queue: every message, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_backlog_waits_on_disk_not_in_memory() {
+    const N: u32 = 1500;
+    const SIZE: usize = 32 * 1024;
+    let data = tempfile::tempdir().unwrap();
+    let broker = broker_on(data.path());
+    let mut member = connect_v5("big-worker", 0, None);
+    if let Packet::Connect(c) = &mut member {
+        c.clean_start = true;
+        c.properties.receive_maximum = Some(5);
+    }
+    let (mut worker, _) = connack_v5(&broker, &member).await;
+    subscribe(&mut worker, "$share/big/big/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = connack_v5(&broker, &connect_v5("big-pub", 0, None)).await;
+    let before = rss_kib(broker.pid());
+    for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+        for &seq in chunk {
+            let mut payload = seq.to_be_bytes().to_vec();
+            payload.resize(SIZE, b'.');
+            let pkid = seq as u16 + 1;
+            publ.send(&publish("big/t", QoS::AtLeastOnce, pkid, payload, false))
+                .await
+                .unwrap();
+        }
+        for _ in chunk {
+            match publ.expect_packet(T).await.unwrap() {
+                Packet::PubAck(a) => assert_eq!(a.reason.0, 0, "accepted"),
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    }
+    let grown_mib = rss_kib(broker.pid()).saturating_sub(before) / 1024;
+    let queued_mib = (N as usize * SIZE) >> 20;
+    eprintln!("group backlog: {queued_mib} MiB queued, broker RSS grew {grown_mib} MiB");
+    assert!(
+        grown_mib < queued_mib as u64 / 2,
+        "{queued_mib} MiB waiting in the group queue grew the broker by {grown_mib} MiB: it is held in memory"
+    );
+    let got: Vec<u32> = drain(&mut worker, Duration::from_millis(1500))
+        .await
+        .into_iter()
+        .map(|(seq, _, _)| seq)
+        .collect();
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "every message, read back from the log in order [MQTT-4.6.0-6]"
+    );
+}
+
+/// Publishes QoS 1 `seq` on `topic` from `publ` and waits for its PUBACK: in `durable` mode
+/// the PUBACK waits for the store to have everything logged before it, so once it is here the
+/// broker's earlier (unticketed) records are on disk too.
+async fn publish_acked(publ: &mut RawClient, topic: &str, seq: u32) {
+    let p = publish(
+        topic,
+        QoS::AtLeastOnce,
+        seq as u16 + 1,
+        seq.to_be_bytes().to_vec(),
+        false,
+    );
+    publ.send(&p).await.unwrap();
+    match publ.expect_packet(T).await.unwrap() {
+        Packet::PubAck(a) => assert_eq!(a.reason.0, 0),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+/// A v5 member of `filter` with Receive Maximum 1 and Session Expiry `expiry`.
+async fn one_slot_member(broker: &Broker, id: &str, expiry: u32, filter: &str) -> RawClient {
+    let mut p = connect_v5(id, expiry, None);
+    if let Packet::Connect(c) = &mut p {
+        c.clean_start = true;
+        c.properties.receive_maximum = Some(1);
+    }
+    let (mut c, _) = connack_v5(broker, &p).await;
+    subscribe(&mut c, filter, QoS::AtLeastOnce).await;
+    c
+}
+
+/// Sequence numbers a new member of `filter` receives until `last` arrives (publishing `last`
+/// after it subscribed), acknowledging each.
+async fn new_member_until(broker: &Broker, filter: &str, topic: &str, last: u32) -> Vec<u32> {
+    let mut b = one_slot_member(broker, "orphan-new", 0, filter).await;
+    let (mut publ, _) = connack_v5(broker, &connect_v5("orphan-pub2", 0, None)).await;
+    publish_acked(&mut publ, topic, last).await;
+    let mut got = Vec::new();
+    while !got.contains(&last) {
+        match b.expect_packet(T).await.unwrap() {
+            Packet::Publish(p) => {
+                got.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+                b.send(&Packet::PubAck(PubAck::new(p.pkid))).await.unwrap();
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    got
+}
+
+/// A group's kept messages survive a crash (`mqtt.shared_group_orphan_policy = "keep"`, the
+/// default): the only member (Session Expiry 0, so nothing of it is persistent) leaves with
+/// message 0 unacknowledged and 1, 2 waiting in the group queue; the broker is SIGKILLed; after
+/// the restart a new member gets all three. The acknowledged messages were the group's, not the
+/// departed session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_without_members_keeps_its_messages_across_a_crash() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = broker_on(data.path());
+    let mut a = one_slot_member(&broker, "orphan-a", 0, "$share/keep/keep/t").await;
+    let (mut publ, _) = connack_v5(&broker, &connect_v5("orphan-pub", 0, None)).await;
+    for seq in 0..3 {
+        publish_acked(&mut publ, "keep/t", seq).await;
+    }
+    assert!(matches!(
+        a.expect_packet(T).await.unwrap(),
+        Packet::Publish(_)
+    ));
+    let from = broker.log_len();
+    drop(a);
+    broker.wait_log_from(from, "kept=3", T).unwrap();
+    publish_acked(&mut publ, "unrelated/t", 99).await;
+    broker.kill();
+
+    let broker = broker_on(data.path());
+    let mut got = new_member_until(&broker, "$share/keep/keep/t", "keep/t", 3).await;
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1, 2, 3]);
+}
+
+/// `mqtt.shared_group_orphan_policy = "drop"` across a restart: the only member is persistent
+/// (Session Expiry 1 s) and leaves with message 0 unacknowledged and 1, 2 waiting in the group
+/// queue; when its session expires the group has no member left and all three are dropped
+/// (counted in the log, and in the log on disk); after a SIGKILL and a restart a new member gets
+/// only what is published after it subscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_group_stays_dropped_across_a_crash() {
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        Broker::start_with(BrokerOpts {
+            config: "[mqtt]\nshared_group_orphan_policy = \"drop\"\n".into(),
+            env: vec![(
+                "SLUICE__PERSISTENCE__DIR".into(),
+                data.path().display().to_string(),
+            )],
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let mut broker = start();
+    let mut a = one_slot_member(&broker, "orphan-a", 1, "$share/drop/drop/t").await;
+    let (mut publ, _) = connack_v5(&broker, &connect_v5("orphan-pub", 0, None)).await;
+    for seq in 0..3 {
+        publish_acked(&mut publ, "drop/t", seq).await;
+    }
+    assert!(matches!(
+        a.expect_packet(T).await.unwrap(),
+        Packet::Publish(_)
+    ));
+    let from = broker.log_len();
+    drop(a);
+    broker.wait_log_from(from, "dropped=3", T).unwrap();
+    publish_acked(&mut publ, "unrelated/t", 99).await;
+    broker.kill();
+
+    let broker = start();
+    assert_eq!(
+        new_member_until(&broker, "$share/drop/drop/t", "drop/t", 3).await,
+        vec![3]
+    );
+}

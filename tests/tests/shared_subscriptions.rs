@@ -573,3 +573,146 @@ async fn per_group_hash_topic_keeps_a_topic_on_one_member() -> Result<()> {
     );
     Ok(())
 }
+
+/// Message ordering per member (MQTT 5.0 4.6: the server delivers a topic's messages to a
+/// subscription in the order they were published, [MQTT-4.6.0-6]; with a shared subscription
+/// this holds per member). Three members with Receive Maximum 2 share 30,000 QoS 1 messages on
+/// one topic, so their windows are full most of the time and the group queue holds the
+/// overflow: a message must never be handed straight to a member while older ones still wait
+/// in the group queue. Each member's sequence numbers must rise strictly; the plain subscriber
+/// on the same topic is the control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_member_gets_a_topic_in_publish_order() -> Result<()> {
+    const M: u32 = 30_000;
+    let broker = Broker::start();
+    let tally = Tally::new(M as usize);
+    let mut handles = Vec::new();
+    for (i, delay_ms) in [0u64, 0, 1].into_iter().enumerate() {
+        let mut c = connect_rm(broker.addr, Protocol::V5, &format!("ord{i}"), Some(2)).await?;
+        subscribe(&mut c, "$share/ord/ord/t", QoS::AtLeastOnce).await?;
+        handles.push(tokio::spawn(member(
+            c,
+            Duration::from_millis(delay_ms),
+            tally.clone(),
+            None,
+        )));
+    }
+    let plain_tally = Tally::new(M as usize);
+    let mut plain = connect(broker.addr, Protocol::V5, "ord-plain").await?;
+    subscribe(&mut plain, "ord/t", QoS::AtLeastOnce).await?;
+    let plain = tokio::spawn(member(plain, Duration::ZERO, plain_tally.clone(), None));
+    let mut publisher = connect(broker.addr, Protocol::V5, "ord-pub").await?;
+    let start = Instant::now();
+    publish_seqs(&mut publisher, Protocol::V5, 0..M, 200, |_| "ord/t".into()).await?;
+    let published = start.elapsed();
+    let all = tally.wait_all(Duration::from_secs(30)).await;
+    eprintln!(
+        "ordering: published in {published:?}, delivered in {:?}",
+        start.elapsed()
+    );
+    let plain_all = plain_tally.wait_all(Duration::from_secs(30)).await;
+    let seen = finish(&tally, handles).await?;
+    let plain = finish(&plain_tally, vec![plain]).await?;
+    let lens: Vec<usize> = seen.iter().map(|s| s.received.len()).collect();
+    assert!(
+        all && plain_all,
+        "every message delivered: per member {lens:?}"
+    );
+    let reorders = |s: &[u32]| s.windows(2).filter(|w| w[1] <= w[0]).count();
+    let per: Vec<usize> = seen.iter().map(|s| reorders(&seqs(s))).collect();
+    let first = seen.iter().find_map(|s| {
+        seqs(s)
+            .windows(2)
+            .find(|w| w[1] <= w[0])
+            .map(|w| w.to_vec())
+    });
+    assert!(
+        per.iter().all(|&n| n == 0),
+        "[MQTT-4.6.0-6] messages out of publish order per member {per:?} (first: {first:?}); received per member {lens:?}"
+    );
+    assert_eq!(reorders(&seqs(&plain[0])), 0, "plain subscriber in order");
+    Ok(())
+}
+
+/// The orphan tests' group and topic.
+const ORPHAN_FILTER: &str = "$share/orph/orph/t";
+
+/// The only member of `ORPHAN_FILTER` (Receive Maximum 1, Session Expiry 0) is sent message 0,
+/// which it does not acknowledge, while 1 and 2 wait in the group queue; then its connection
+/// (and with it its session) ends. Returns the publisher, once the broker logged `line` about
+/// the group having no members left.
+async fn orphan_the_group(broker: &Broker, line: &str) -> Result<RawClient> {
+    let mut a = connect_rm(broker.addr, Protocol::V5, "orphan-a", Some(1)).await?;
+    subscribe(&mut a, ORPHAN_FILTER, QoS::AtLeastOnce).await?;
+    let mut publisher = connect(broker.addr, Protocol::V5, "orphan-pub").await?;
+    publish_seqs(&mut publisher, Protocol::V5, 0..3, 3, |_| "orph/t".into()).await?;
+    match a.expect_packet(STEP).await? {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], &0u32.to_be_bytes()),
+        other => bail!("expected PUBLISH 0, got {other:?}"),
+    }
+    let from = broker.log_len();
+    drop(a);
+    broker.wait_log_from(from, line, STEP)?;
+    Ok(publisher)
+}
+
+/// A new member of `ORPHAN_FILTER`; message 3 is published; returns the sequence numbers the
+/// new member receives until 3 arrives (acknowledging each).
+async fn new_member_until_3(broker: &Broker, publisher: &mut RawClient) -> Result<Vec<u32>> {
+    let mut b = connect(broker.addr, Protocol::V5, "orphan-b").await?;
+    subscribe(&mut b, ORPHAN_FILTER, QoS::AtLeastOnce).await?;
+    publish_seqs(publisher, Protocol::V5, 3..4, 1, |_| "orph/t".into()).await?;
+    let mut got = Vec::new();
+    while !got.contains(&3) {
+        match b.expect_packet(STEP).await? {
+            Packet::Publish(p) => {
+                got.push(u32::from_be_bytes(p.payload[..4].try_into()?));
+                b.send(&Packet::PubAck(PubAck::new(p.pkid))).await?;
+            }
+            other => bail!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    Ok(got)
+}
+
+/// A group's lifetime (4.8.2 leaves open what becomes of a group's messages once its members
+/// are gone; README: `mqtt.shared_group_orphan_policy`). Default `keep`: when the last member's
+/// session ends, its unacknowledged message joins the two waiting in the group queue (it is
+/// never dropped while the group exists), and a member that subscribes later gets all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_without_members_keeps_its_messages_for_a_new_member() -> Result<()> {
+    let broker = Broker::start();
+    let mut publisher = orphan_the_group(&broker, "kept=3").await?;
+    let mut got = new_member_until_3(&broker, &mut publisher).await?;
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![0, 1, 2, 3],
+        "the departed member's unacknowledged message and the group queue go to the new member"
+    );
+    Ok(())
+}
+
+/// `mqtt.shared_group_orphan_policy = "drop"`: when the last member's session ends, the
+/// group's messages (the two waiting and the departed member's unacknowledged one) are dropped
+/// and counted in the log; a member that subscribes later gets only what is published after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_without_members_drops_its_messages_under_the_drop_policy() -> Result<()> {
+    let broker = Broker::with_config("[mqtt]\nshared_group_orphan_policy = \"drop\"\n");
+    let mut publisher = orphan_the_group(&broker, "dropped=3").await?;
+    assert_eq!(new_member_until_3(&broker, &mut publisher).await?, vec![3]);
+    Ok(())
+}
+
+/// `keep` is bounded in time: once `mqtt.shared_group_orphan_expiry_seconds` pass without a
+/// member, the kept messages are dropped (counted in the log), and a later member gets only new
+/// ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_messages_of_a_group_without_members_expire() -> Result<()> {
+    let broker = Broker::with_config("[mqtt]\nshared_group_orphan_expiry_seconds = 1\n");
+    let mut publisher = orphan_the_group(&broker, "kept=3").await?;
+    let line = broker.wait_log("without members expired", STEP)?;
+    assert!(line.contains("dropped=3"), "counted: {line}");
+    assert_eq!(new_member_until_3(&broker, &mut publisher).await?, vec![3]);
+    Ok(())
+}
