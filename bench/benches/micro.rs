@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sluice::retain::RetainedStore;
-use sluice::subscriptions::SubscriptionTree;
+use sluice::routing::retain::RetainedStore;
+use sluice::routing::subscriptions::SubscriptionTree;
 use sluice_codec::{
     encode, Decoder, Packet, Protocol, Publish, PublishProperties, QoS, TopicFilter, TopicName,
 };

@@ -462,7 +462,7 @@ async fn startup_one(
         max_queued_bytes: Some(args.max_queued_bytes),
         tls: false,
         data: None,
-        sluice_log: Some("warn,sluice::server=info".into()),
+        sluice_log: Some("warn,sluice::listener=info".into()),
     };
     let mut out = Outcome::default();
     out.set("sessions", args.sessions as f64);

@@ -1,7 +1,7 @@
 //! The broker's shared state and the session lifecycle: open (with takeover), close (park or
 //! discard), expiry and delayed wills.
 //!
-//! There is no router thread: publishers route in their own task ([`crate::router`]). Locks:
+//! There is no router thread: publishers route in their own task ([`crate::routing`]). Locks:
 //! * `sessions` (registry): held only to look up or insert/remove a handle.
 //! * `subscriptions`: read-locked while matching, write-locked for one whole subscribe or
 //!   unsubscribe (never per node: mochi issue 185).
@@ -19,18 +19,18 @@ use std::time::{Duration, Instant};
 use sluice_codec::{LastWill, QoS, SubscriptionOptions};
 use tokio::sync::oneshot;
 
-use crate::acl::Acl;
+use crate::auth::acl::Acl;
+use crate::auth::passwords::PasswordFile;
 use crate::config::Config;
 use crate::message::{ClientId, Message};
-use crate::passwords::PasswordFile;
 use crate::persist::{Image, InflightImage, QueuedImage, Record, Store};
-use crate::retain::RetainedStore;
+use crate::routing::retain::RetainedStore;
+use crate::routing::shared_subscriptions::{GroupQueue, SharedGroups};
+use crate::routing::subscriptions::SubscriptionTree;
 use crate::session::{
     ColdDelivery, Control, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget, Session,
     SessionHandle, SubscriptionRecord,
 };
-use crate::shared::{GroupQueue, SharedGroups};
-use crate::subscriptions::SubscriptionTree;
 
 /// How long a new connection waits for the old one to hand its session over.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,7 +85,7 @@ pub struct Broker {
     /// `auth.password_file`, replaced whole on reload like the ACL.
     passwords: RwLock<Option<Arc<PasswordFile>>>,
     /// Recent failed logins per source address, to slow password guessing.
-    pub failed_logins: crate::connect::FailedLogins,
+    pub failed_logins: crate::protocol::connect::FailedLogins,
     /// The persistent store (disabled in `memory` mode).
     pub store: Store,
     /// `limits.max_queued_bytes_total`: all session and group queues together.
@@ -151,7 +151,7 @@ impl Broker {
 
     /// Re-reads `auth.acl_file` (SIGHUP). On error the old rules stay in force and the error is
     /// returned for the log; connections are never dropped by a reload.
-    pub fn reload_acl(&self) -> Result<bool, crate::acl::AclLoadError> {
+    pub fn reload_acl(&self) -> Result<bool, crate::auth::acl::AclLoadError> {
         let Some(path) = &self.config.auth.acl_file else {
             return Ok(false);
         };
@@ -162,7 +162,7 @@ impl Broker {
 
     /// Re-reads `auth.password_file` (SIGHUP), like [`Broker::reload_acl`]; established
     /// connections keep their session.
-    pub fn reload_passwords(&self) -> Result<bool, crate::passwords::PasswordFileError> {
+    pub fn reload_passwords(&self) -> Result<bool, crate::auth::passwords::PasswordFileError> {
         let Some(path) = &self.config.auth.password_file else {
             return Ok(false);
         };

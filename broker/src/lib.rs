@@ -35,38 +35,27 @@
 //!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once.
 //! 6. Acknowledgements release inflight slots, which lets the next queued messages go.
 
-pub mod acl;
-pub mod admission;
-mod alias;
 pub mod auth;
 pub mod broker;
 pub mod certgen;
 pub mod config;
-mod connect;
-mod connection;
+pub mod connection;
+pub mod listener;
 pub mod message;
-pub mod passwords;
 pub mod persist;
 pub mod protocol;
-pub mod ratelimit;
-pub mod retain;
-mod router;
-pub mod server;
+pub mod routing;
 pub mod session;
-pub mod shared;
-pub mod subscriptions;
-pub mod tls;
-mod ws;
 
 pub use broker::Broker;
 pub use config::{Config, ConfigError};
-pub use server::Server;
+pub use listener::Server;
 
 /// CONNECT negotiation and admission, for the protocol fuzz target and its corpus replay
 /// (`fuzz/harness`), which drive [`protocol::ClientState`] without sockets through the same
 /// steps as the connection task. Not a stable API.
 #[doc(hidden)]
-pub use connect::{admit, negotiate, refusal, Accepted, Admitted, Credentials, Refused};
+pub use protocol::connect::{admit, negotiate, refusal, Accepted, Admitted, Credentials, Refused};
 
 /// The largest packet MQTT can express: 268,435,455 bytes of remaining length plus 5 bytes of
 /// fixed header.

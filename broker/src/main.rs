@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     };
     if args.check_config {
         // The TLS files too: readable, PEM, key matching certificate.
-        if let Err(e) = sluice::tls::check(&config) {
+        if let Err(e) = sluice::listener::tls::check(&config) {
             eprintln!("sluice: invalid configuration: {e}");
             return ExitCode::from(2);
         }
@@ -174,10 +174,10 @@ fn passwd(file: &std::path::Path, user: &str, stdin: bool, scram: bool) -> ExitC
         return ExitCode::from(2);
     }
     let result = if scram {
-        let entry = sluice::passwords::scram_entry(password.as_bytes());
-        sluice::passwords::set_user_entry(file, user, &entry)
+        let entry = sluice::auth::passwords::scram_entry(password.as_bytes());
+        sluice::auth::passwords::set_user_entry(file, user, &entry)
     } else {
-        sluice::passwords::set_user(file, user, password.as_bytes())
+        sluice::auth::passwords::set_user(file, user, password.as_bytes())
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

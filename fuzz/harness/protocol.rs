@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice::config::{Config, SharedStrategy};
+use sluice::connection::ratelimit::RateLimiter;
 use sluice::protocol::{ClientState, Close};
-use sluice::ratelimit::RateLimiter;
 use sluice::session::Control;
 use sluice::{admit, negotiate, refusal, Admitted, Broker, Credentials};
 use sluice_codec::{

@@ -6,6 +6,8 @@
 //! while the write buffer is above its high-water mark, so a client that does not read cannot
 //! make the broker buffer without bound.
 
+pub mod ratelimit;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,13 +23,13 @@ use sluice_codec::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
-use crate::auth::AuthStep;
+use crate::auth::enhanced::AuthStep;
 use crate::broker::Broker;
-use crate::connect::{admit, negotiate, redirect_code, refusal, Admitted, Credentials};
+use crate::connection::ratelimit::RateLimiter;
 use crate::message::Message;
 use crate::persist::{Record, BACKLOG_HIGH_WATER};
+use crate::protocol::connect::{admit, negotiate, redirect_code, refusal, Admitted, Credentials};
 use crate::protocol::{ClientState, Close};
-use crate::ratelimit::RateLimiter;
 use crate::session::Control;
 
 /// Stop reading and draining once this much is waiting to be written.
@@ -54,7 +56,7 @@ pub struct ConnInfo {
     pub flush: bool,
     /// Set when admission control refused the connection: its CONNECT is answered with this
     /// reason and it is closed (admission.rs).
-    pub refuse: Option<crate::admission::Refusal>,
+    pub refuse: Option<crate::listener::admission::Refusal>,
 }
 
 impl ConnInfo {
@@ -482,7 +484,7 @@ where
     };
 
     if let Some((reason, why)) = refuse {
-        let r = crate::connect::Refused {
+        let r = crate::protocol::connect::Refused {
             reason,
             why,
             server_reference: None,
@@ -567,7 +569,7 @@ async fn refuse_connect<W: AsyncWrite + Unpin>(
     wr: &mut W,
     peer: SocketAddr,
     connect: &Connect,
-    r: &crate::connect::Refused,
+    r: &crate::protocol::connect::Refused,
 ) {
     tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {}", r.why);
     write_final(wr, &Packet::ConnAck(refusal(r, connect)), connect.protocol).await;
@@ -608,7 +610,8 @@ where
     if !connect.protocol.is_v5() {
         return EnhancedOutcome::NotUsed;
     }
-    let Some(authenticator) = crate::auth::authenticator(&method, broker.passwords()) else {
+    let Some(authenticator) = crate::auth::enhanced::authenticator(&method, broker.passwords())
+    else {
         return EnhancedOutcome::NotUsed;
     };
     let first = connect

@@ -21,7 +21,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::passwords::{PasswordFile, ScramKeys};
+use crate::auth::passwords::{PasswordFile, ScramKeys};
 
 /// The method name for SCRAM-SHA-256.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
@@ -221,7 +221,7 @@ mod tests {
     /// RFC 7677 section 3: user "user", password "pencil", this salt, 4096 iterations.
     fn file() -> PasswordFile {
         let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
-        let entry = crate::passwords::ScramKeys::derive(b"pencil", &salt, 4096).to_entry();
+        let entry = crate::auth::passwords::ScramKeys::derive(b"pencil", &salt, 4096).to_entry();
         PasswordFile::parse(&format!("user:{entry}\n"), "pw").unwrap()
     }
 

@@ -6,6 +6,9 @@
 //! queued deliveries into the inflight window. The connection task (`connection.rs`) only moves
 //! bytes and time in and out; the unit tests below drive this without a socket.
 
+mod alias;
+pub(crate) mod connect;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,14 +21,14 @@ use sluice_codec::{
     Unsubscribe,
 };
 
-use crate::alias::{AliasUse, OutboundAliases};
-use crate::auth::{AuthContinuation, AuthStep};
+use crate::auth::enhanced::{AuthContinuation, AuthStep};
 use crate::broker::{write, Broker, SubEntry};
 use crate::message::{ClientId, Message};
 use crate::persist::{Record, Store};
-use crate::router::Requester;
+use crate::protocol::alias::{AliasUse, OutboundAliases};
+use crate::routing::shared_subscriptions::{GroupQueue, LoadClaim};
+use crate::routing::Requester;
 use crate::session::{Delivery, Inflight, Session, SessionHandle, SubscriptionRecord};
-use crate::shared::{GroupQueue, LoadClaim};
 
 /// Why and how a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,7 +334,7 @@ impl ClientState {
         let data = a.properties.authentication_data.clone().unwrap_or_default();
         let step = match (a.reason, self.reauth.take()) {
             (ReasonCode::RE_AUTHENTICATE, None) => {
-                match crate::auth::authenticator(&method, broker.passwords()) {
+                match crate::auth::enhanced::authenticator(&method, broker.passwords()) {
                     Some(auth) => auth.start(&data),
                     None => AuthStep::Failure("authentication method no longer available"),
                 }
@@ -1143,5 +1146,4 @@ impl ClientState {
 }
 
 #[cfg(test)]
-#[path = "protocol_tests.rs"]
 mod tests;

@@ -1,5 +1,9 @@
 //! Listeners and the server's lifetime: bind, accept, shut down gracefully.
 
+pub mod admission;
+pub mod tls;
+mod ws;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,14 +13,14 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::acl::Acl;
-use crate::admission::{AddressRates, ListenerGate, Refusal, Slot};
+use crate::auth::acl::Acl;
+use crate::auth::passwords::PasswordFile;
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnInfo;
-use crate::passwords::PasswordFile;
+use crate::listener::admission::{AddressRates, ListenerGate, Refusal, Slot};
+use crate::listener::tls::{FailureLog, TlsListener, TlsReloader};
 use crate::persist::{Store, StoreError};
-use crate::tls::{FailureLog, TlsListener, TlsReloader};
 
 /// How long shutdown waits for connections to say goodbye before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -358,7 +362,7 @@ async fn handshake_and_serve(
             .1
             .peer_certificates()
             .and_then(|c| c.first());
-        match cert.and_then(crate::tls::identity) {
+        match cert.and_then(crate::listener::tls::identity) {
             Some(id) => Some(id),
             None => {
                 tls.failures.failed("TLS handshake", peer, &"client certificate has neither a Common Name nor a Subject Alternative Name to use as username (tls.use_identity_as_username)");
@@ -418,8 +422,11 @@ impl Upgrade<'_> {
         let peer = info.peer;
         let max_packet = broker.config.mqtt.max_packet_size as usize;
         let failures = &self.transport.ws_failures;
-        match tokio::time::timeout_at(self.deadline, crate::ws::accept(stream, path, max_packet))
-            .await
+        match tokio::time::timeout_at(
+            self.deadline,
+            crate::listener::ws::accept(stream, path, max_packet),
+        )
+        .await
         {
             Ok(Ok(ws)) => {
                 drop(self.handshaking);

@@ -2215,5 +2215,4 @@ impl Writer {
 }
 
 #[cfg(test)]
-#[path = "persist_tests.rs"]
 mod tests;

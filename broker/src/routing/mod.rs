@@ -3,19 +3,23 @@
 //! takes only short locks and never awaits: a full outbox is the subscriber's problem
 //! (dropped and counted), never the publisher's.
 
+pub mod retain;
+pub mod shared_subscriptions;
+pub mod subscriptions;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_codec::{QoS, RetainHandling, TopicFilter};
 
-use crate::acl::Access;
+use crate::auth::acl::Access;
 use crate::broker::{read, write, Broker, SubEntry};
 use crate::config::QueueFullPolicy;
 use crate::message::{ClientId, Message};
 use crate::persist::Record;
+use crate::routing::shared_subscriptions::{Candidate, GroupQueue, Pick};
 use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
-use crate::shared::{Candidate, GroupQueue, Pick};
 
 /// The client asking for something, for ACL checks.
 #[derive(Debug, Clone, Copy)]
