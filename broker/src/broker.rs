@@ -12,89 +12,52 @@
 //! None of these is held across an await, except `connect_lock`, which exists for that.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_codec::{LastWill, QoS, SubscriptionOptions};
+use sluice_codec::{LastWill, QoS};
 use tokio::sync::oneshot;
 
 use crate::auth::acl::Acl;
 use crate::auth::passwords::PasswordFile;
+use crate::auth::AccessControl;
 use crate::config::Config;
+use crate::locks::{lock, write};
 use crate::message::{ClientId, Message};
 use crate::persist::{Image, InflightImage, QueuedImage, Record, Store};
-use crate::routing::retain::RetainedStore;
-use crate::routing::shared_subscriptions::{GroupQueue, SharedGroups};
-use crate::routing::subscriptions::SubscriptionTree;
+use crate::routing::{Router, SubEntry};
 use crate::session::{
     ColdDelivery, Control, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget, Session,
     SessionHandle, SubscriptionRecord,
 };
+use crate::stats::Stats;
 
 /// How long a new connection waits for the old one to hand its session over.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A subscription as stored in the tree: what matching needs without touching the session.
-#[derive(Debug, Clone)]
-pub struct SubEntry {
-    pub options: SubscriptionOptions,
-    pub identifier: Option<u32>,
-    /// Where matching messages go.
-    pub handle: Arc<SessionHandle>,
-    /// The subscriber's username when it subscribed, for read checks of the ACL on delivery.
-    pub username: Option<Arc<str>>,
-    /// For a shared subscription, its group: the full `$share/{group}/{filter}` (the group's
-    /// identity) and the group's queue, so routing finds it without a lookup.
-    pub shared: Option<Arc<GroupQueue>>,
-}
-
-/// Counters, readable at any time (relaxed atomics: they are statistics).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicUsize,
-    pub messages_received: AtomicU64,
-    pub messages_delivered: AtomicU64,
-    pub messages_dropped: AtomicU64,
-    /// QoS 1/2 PUBLISHes refused because a subscriber's queue was full (`queue_full_policy`).
-    pub messages_rejected: AtomicU64,
-    /// Times a connection's reading was paused by `limits.publish_rate` / `publish_bytes_rate`.
-    pub rate_limited: AtomicU64,
-    /// Connections refused by `limits.max_connections`.
-    pub connections_refused: AtomicU64,
-    /// Messages of shared subscription groups without members dropped
-    /// (`mqtt.shared_group_orphan_policy`, `shared_group_orphan_expiry_seconds`); also counted
-    /// in `messages_dropped`.
-    pub orphaned_dropped: AtomicU64,
-}
-
-/// The shared state of one broker. Connections hold an `Arc<Broker>`.
+/// One broker: the parts, wired together. Connections hold an `Arc<Broker>`.
+///
+/// The broker itself keeps the session registry and the session lifecycle (open with
+/// takeover, park, expiry, delayed wills, restore after a restart); routing a message is the
+/// [`Router`]'s, access checks are [`AccessControl`]'s, durability is the [`Store`]'s.
 #[derive(Debug)]
 pub struct Broker {
-    /// Validated configuration.
-    pub config: Config,
+    /// Validated configuration, shared with the router.
+    pub config: Arc<Config>,
     /// Every existing session by client id: online ones and parked persistent ones.
     sessions: Mutex<HashMap<ClientId, Arc<SessionHandle>>>,
-    /// The subscription tree (4.7); values point straight at the subscriber's session handle.
-    pub subscriptions: RwLock<SubscriptionTree<ClientId, SubEntry>>,
-    /// Retained messages (3.3.1.3), one per topic.
-    pub retained: RwLock<RetainedStore<Arc<Message>>>,
-    /// `auth.acl_file`, if configured.
-    /// Replaced whole on reload (SIGHUP); readers clone the `Arc` under a short read lock.
-    acl: RwLock<Option<Arc<Acl>>>,
-    /// `auth.password_file`, replaced whole on reload like the ACL.
-    passwords: RwLock<Option<Arc<PasswordFile>>>,
-    /// Recent failed logins per source address, to slow password guessing.
-    pub failed_logins: crate::protocol::connect::FailedLogins,
+    /// Subscriptions, retained messages and shared-subscription groups: where a PUBLISH goes.
+    pub router: Router,
+    /// The ACL, the password file and failed-login delays.
+    pub access: Arc<AccessControl>,
     /// The persistent store (disabled in `memory` mode).
     pub store: Store,
     /// `limits.max_queued_bytes_total`: all session and group queues together.
     pub queue_budget: Arc<QueueBudget>,
     /// Source of unique connection numbers.
     next_connection: AtomicU64,
-    /// Selection state of shared subscription groups.
-    pub(crate) shared_groups: SharedGroups,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
 }
 
 /// What [`Broker::open_session`] hands the connection task.
@@ -114,39 +77,36 @@ impl Broker {
 
     /// A broker with an ACL and a password file (both already loaded by the caller).
     pub fn with_auth(config: Config, acl: Option<Acl>, passwords: Option<PasswordFile>) -> Broker {
+        let config = Arc::new(config);
         let queue_budget = QueueBudget::new(
             usize::try_from(config.limits.max_queued_bytes_total).unwrap_or(usize::MAX),
         );
+        let access = Arc::new(AccessControl::new(acl, passwords));
+        let stats = Arc::new(Stats::default());
+        let store = Store::disabled();
         Broker {
+            router: Router::new(
+                config.clone(),
+                access.clone(),
+                store.clone(),
+                queue_budget.clone(),
+                stats.clone(),
+            ),
             config,
             sessions: Mutex::new(HashMap::new()),
-            subscriptions: RwLock::new(SubscriptionTree::new()),
-            retained: RwLock::new(RetainedStore::new()),
-            acl: RwLock::new(acl.map(Arc::new)),
-            passwords: RwLock::new(passwords.map(Arc::new)),
-            failed_logins: Default::default(),
+            access,
             queue_budget,
-            store: Store::disabled(),
+            store,
             next_connection: AtomicU64::new(1),
-            shared_groups: SharedGroups::default(),
-            stats: Stats::default(),
+            stats,
         }
     }
 
     /// Uses `store` for persistent state (before the broker is shared).
     pub fn with_store(mut self, store: Store) -> Broker {
+        self.router.set_store(store.clone());
         self.store = store;
         self
-    }
-
-    /// The ACL in force (None: no `auth.acl_file`).
-    pub fn acl(&self) -> Option<Arc<Acl>> {
-        read(&self.acl).clone()
-    }
-
-    /// The password file in force (None: no `auth.password_file`).
-    pub fn passwords(&self) -> Option<Arc<PasswordFile>> {
-        read(&self.passwords).clone()
     }
 
     /// Re-reads `auth.acl_file` (SIGHUP). On error the old rules stay in force and the error is
@@ -155,8 +115,7 @@ impl Broker {
         let Some(path) = &self.config.auth.acl_file else {
             return Ok(false);
         };
-        let acl = Acl::load(path)?;
-        *write(&self.acl) = Some(Arc::new(acl));
+        self.access.reload_acl(path)?;
         Ok(true)
     }
 
@@ -166,8 +125,7 @@ impl Broker {
         let Some(path) = &self.config.auth.password_file else {
             return Ok(false);
         };
-        let file = PasswordFile::load(path)?;
-        *write(&self.passwords) = Some(Arc::new(file));
+        self.access.reload_passwords(path)?;
         Ok(true)
     }
 
@@ -370,7 +328,7 @@ impl Broker {
         if !redistribute.is_empty() {
             // Whatever no other member can take stays with this session if it goes on, or
             // joins the group's queue if it ends now.
-            let left = self.redistribute(&handle.client_id, redistribute);
+            let left = self.router.redistribute(&handle.client_id, redistribute);
             if session.expiry_interval != 0 {
                 // Queued ones stay as they are (same number in the log); unacknowledged ones go
                 // back to the queue: logged as queued before they are logged as no longer in
@@ -381,7 +339,7 @@ impl Broker {
                         if let Some(rec @ Record::Acked { .. }) = release {
                             d.seq = 0;
                             let mut logged = false;
-                            self.log_enqueue(handle, &mut d, &mut logged);
+                            self.router.log_enqueue(handle, &mut d, &mut logged);
                             self.store.append(rec);
                         }
                         d
@@ -393,7 +351,7 @@ impl Broker {
                 }
             } else {
                 // The session ends and no other member is left: the group keeps them.
-                self.queue_for_groups(left);
+                self.router.queue_for_groups(left);
             }
         }
         if session.expiry_interval == 0 {
@@ -503,7 +461,7 @@ impl Broker {
         now: Instant,
     ) -> usize {
         {
-            let mut retained = write(&self.retained);
+            let mut retained = write(&self.router.retained);
             for (topic, id) in &image.retained {
                 if let Some(m) = load(*id) {
                     retained.insert(topic.as_str(), m);
@@ -523,7 +481,7 @@ impl Broker {
         // Shared subscriptions' group queues (messages every member was too busy to take), left
         // on disk like session queues: read back as members drain them.
         for (group, g) in &image.groups {
-            let queue = self.group_queue(group);
+            let queue = self.router.group_queue(group);
             queue.next_seq.store(g.next_seq.max(1), Ordering::Relaxed);
             for q in &g.queue {
                 match image.messages.get(&q.id) {
@@ -557,7 +515,7 @@ impl Broker {
                 ..Session::default()
             };
             {
-                let mut tree = write(&self.subscriptions);
+                let mut tree = write(&self.router.subscriptions);
                 for (filter, (options, identifier)) in &s.subscriptions {
                     session.subscriptions.insert(
                         filter.clone(),
@@ -574,7 +532,7 @@ impl Broker {
                         shared: filter
                             .shared()
                             .is_some()
-                            .then(|| self.join_group(filter, &handle)),
+                            .then(|| self.router.join_group(filter, &handle)),
                     };
                     tree.subscribe(filter, client.clone(), entry);
                 }
@@ -655,7 +613,8 @@ impl Broker {
         }
         // Groups whose members all ended with the restart (sessions with expiry 0).
         for group in image.groups.keys() {
-            self.orphan_if_memberless(&self.group_queue(group));
+            self.router
+                .orphan_if_memberless(&self.router.group_queue(group));
         }
         count
     }
@@ -669,13 +628,13 @@ impl Broker {
         }
         let mut groups = Vec::new();
         {
-            let mut tree = write(&self.subscriptions);
+            let mut tree = write(&self.router.subscriptions);
             for filter in session.subscriptions.keys() {
                 groups.extend(tree.unsubscribe(filter, client_id).and_then(|e| e.shared));
             }
         }
         for group in groups {
-            self.leave_group(&group, client_id);
+            self.router.leave_group(&group, client_id);
         }
     }
 
@@ -696,8 +655,8 @@ impl Broker {
             })
             .collect();
         if !moving.is_empty() {
-            let left = self.redistribute(&handle.client_id, moving);
-            self.queue_for_groups(left);
+            let left = self.router.redistribute(&handle.client_id, moving);
+            self.router.queue_for_groups(left);
         }
     }
 
@@ -724,7 +683,7 @@ impl Broker {
             client_id.clone(),
             now,
         );
-        self.publish(Arc::new(msg));
+        self.router.publish(Arc::new(msg));
     }
 }
 
@@ -734,20 +693,4 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// Locks a mutex, recovering from poisoning: every critical section here leaves the data
-/// consistent at each step, so a panic elsewhere must not take the broker down with it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Read-locks an RwLock (see [`lock`] on poisoning).
-pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Write-locks an RwLock (see [`lock`] on poisoning).
-pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }

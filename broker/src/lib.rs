@@ -41,11 +41,13 @@ pub mod certgen;
 pub mod config;
 pub mod connection;
 pub mod listener;
+pub mod locks;
 pub mod message;
 pub mod persist;
 pub mod protocol;
 pub mod routing;
 pub mod session;
+pub mod stats;
 
 pub use broker::Broker;
 pub use config::{Config, ConfigError};

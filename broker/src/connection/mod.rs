@@ -44,6 +44,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// discarding) so that a client still writing reads the DISCONNECT or CONNACK instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// Why admission control refuses a new connection: the CONNACK reason and a log line.
+pub type Refusal = (ReasonCode, &'static str);
+
 /// What the transport knows about a connection before MQTT starts.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -56,7 +59,7 @@ pub struct ConnInfo {
     pub flush: bool,
     /// Set when admission control refused the connection: its CONNECT is answered with this
     /// reason and it is closed (admission.rs).
-    pub refuse: Option<crate::listener::admission::Refusal>,
+    pub refuse: Option<Refusal>,
 }
 
 impl ConnInfo {
@@ -525,7 +528,10 @@ where
         Err(r) => {
             if credentials == Credentials::Failed {
                 // Slow down guessing from this address before answering.
-                let delay = broker.failed_logins.failed(peer.ip(), Instant::now());
+                let delay = broker
+                    .access
+                    .failed_logins
+                    .failed(peer.ip(), Instant::now());
                 tokio::time::sleep(delay).await;
             }
             Box::pin(refuse_connect(wr, peer, &connect, &r)).await;
@@ -610,7 +616,8 @@ where
     if !connect.protocol.is_v5() {
         return EnhancedOutcome::NotUsed;
     }
-    let Some(authenticator) = crate::auth::enhanced::authenticator(&method, broker.passwords())
+    let Some(authenticator) =
+        crate::auth::enhanced::authenticator(&method, broker.access.passwords())
     else {
         return EnhancedOutcome::NotUsed;
     };
@@ -686,7 +693,10 @@ where
         },
         Ok(Err(why)) => {
             tracing::info!(%peer, client_id = %connect.client_id, method = %method, reason = why, "refused connection: enhanced authentication failed");
-            let delay = broker.failed_logins.failed(peer.ip(), Instant::now());
+            let delay = broker
+                .access
+                .failed_logins
+                .failed(peer.ip(), Instant::now());
             tokio::time::sleep(delay).await;
             write_final(wr, &refuse(why), Protocol::V5).await;
             EnhancedOutcome::Closed
@@ -721,7 +731,7 @@ async fn check_credentials(connect: &Connect, broker: &Broker) -> Credentials {
     let Some(user) = &connect.username else {
         return Credentials::Anonymous;
     };
-    let Some(file) = broker.passwords() else {
+    let Some(file) = broker.access.passwords() else {
         return Credentials::Unchecked;
     };
     let Some(password) = connect.password.clone() else {

@@ -7,6 +7,7 @@
 //! Exceeded (3.1.1: return code 3), so a well-behaved client learns why. The global hard cap in
 //! `server.rs` bounds how many of those refusals can be in progress.
 
+use crate::connection::Refusal;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -104,9 +105,6 @@ impl Drop for Slot {
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
-
-/// Why a new connection is refused (sent as its CONNACK).
-pub type Refusal = (ReasonCode, &'static str);
 
 impl ListenerGate {
     pub fn new(max: Option<usize>, rate: u32, per_address: Arc<AddressRates>) -> ListenerGate {

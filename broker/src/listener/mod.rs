@@ -18,7 +18,8 @@ use crate::auth::passwords::PasswordFile;
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnInfo;
-use crate::listener::admission::{AddressRates, ListenerGate, Refusal, Slot};
+use crate::connection::Refusal;
+use crate::listener::admission::{AddressRates, ListenerGate, Slot};
 use crate::listener::tls::{FailureLog, TlsListener, TlsReloader};
 use crate::persist::{Store, StoreError};
 
@@ -495,7 +496,9 @@ async fn expire_orphaned_groups(broker: Arc<Broker>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        broker.expire_orphaned_groups(std::time::Instant::now());
+        broker
+            .router
+            .expire_orphaned_groups(std::time::Instant::now());
     }
 }
 

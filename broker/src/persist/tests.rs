@@ -671,7 +671,9 @@ async fn a_torn_group_keeps_none_of_its_records() {
 /// retained message per topic as the broker's memory.
 #[test]
 fn retained_records_keep_the_retained_stores_order() {
-    use crate::broker::{write, Broker, SubEntry};
+    use crate::broker::Broker;
+    use crate::locks::write;
+    use crate::routing::SubEntry;
     use crate::session::SessionHandle;
     let dir = tempdir();
     let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
@@ -701,7 +703,7 @@ fn retained_records_keep_the_retained_stores_order() {
             username: None,
             shared: None,
         };
-        write(&broker.subscriptions).subscribe(&filter, id, entry);
+        write(&broker.router.subscriptions).subscribe(&filter, id, entry);
     }
     const TOPICS: usize = 300;
     let barrier = Arc::new(std::sync::Barrier::new(2));
@@ -726,9 +728,9 @@ fn retained_records_keep_the_retained_stores_order() {
                     barrier.wait();
                     if t == 0 {
                         let _g = store.group();
-                        broker.publish(m);
+                        broker.router.publish(m);
                     } else {
-                        broker.publish(m);
+                        broker.router.publish(m);
                     }
                 }
             })
@@ -738,9 +740,12 @@ fn retained_records_keep_the_retained_stores_order() {
         t.join().unwrap();
     }
     let mut in_memory = HashMap::new();
-    crate::broker::read(&broker.retained).for_each_match(filter.match_filter(), |topic, m| {
-        in_memory.insert(topic.to_string(), m.id);
-    });
+    crate::locks::read(&broker.router.retained).for_each_match(
+        filter.match_filter(),
+        |topic, m| {
+            in_memory.insert(topic.to_string(), m.id);
+        },
+    );
     assert_eq!(in_memory.len(), TOPICS);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

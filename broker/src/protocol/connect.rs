@@ -56,38 +56,6 @@ pub fn redirect_code(cfg: &crate::config::MqttConfig) -> ReasonCode {
     }
 }
 
-/// Failed logins per source address: each failure doubles the delay before that address's
-/// next refusal is answered (100 ms up to 5 s), forgotten a minute after the last failure.
-/// Bounded: past 10,000 addresses the table is cleared (an attacker with that many addresses
-/// is not slowed by per-address delays anyway).
-#[derive(Debug, Default)]
-pub struct FailedLogins {
-    /// address -> (recent failures, time of the last one). Short lock, never across an await.
-    recent:
-        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
-}
-
-impl FailedLogins {
-    const MAX_ADDRESSES: usize = 10_000;
-    const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
-    /// Records a failure from `ip` at `now`; returns how long to wait before answering.
-    pub fn failed(&self, ip: std::net::IpAddr, now: std::time::Instant) -> std::time::Duration {
-        let mut map = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= Self::MAX_ADDRESSES && !map.contains_key(&ip) {
-            map.clear();
-        }
-        let e = map.entry(ip).or_insert((0, now));
-        if now.saturating_duration_since(e.1) > Self::FORGET_AFTER {
-            e.0 = 0;
-        }
-        e.0 = e.0.saturating_add(1);
-        e.1 = now;
-        let ms = 100u64.saturating_mul(1 << (e.0 - 1).min(6));
-        std::time::Duration::from_millis(ms.min(5_000))
-    }
-}
-
 /// What checking the CONNECT's credentials gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credentials {
@@ -351,7 +319,10 @@ pub fn negotiate(
                 "will retain set but retained messages are not available [MQTT-3.2.2-13]",
             ));
         }
-        if !broker.may_publish(username.as_deref(), &client_id, &will.topic) {
+        if !broker
+            .access
+            .may_publish(username.as_deref(), &client_id, &will.topic)
+        {
             return Err(refuse(
                 ReasonCode::NOT_AUTHORIZED,
                 "will topic not allowed by the ACL",

@@ -22,12 +22,14 @@ use sluice_codec::{
 };
 
 use crate::auth::enhanced::{AuthContinuation, AuthStep};
-use crate::broker::{write, Broker, SubEntry};
+use crate::broker::Broker;
+use crate::locks::write;
 use crate::message::{ClientId, Message};
 use crate::persist::{Record, Store};
 use crate::protocol::alias::{AliasUse, OutboundAliases};
 use crate::routing::shared_subscriptions::{GroupQueue, LoadClaim};
 use crate::routing::Requester;
+use crate::routing::SubEntry;
 use crate::session::{Delivery, Inflight, Session, SessionHandle, SubscriptionRecord};
 
 /// Why and how a connection ends.
@@ -334,7 +336,7 @@ impl ClientState {
         let data = a.properties.authentication_data.clone().unwrap_or_default();
         let step = match (a.reason, self.reauth.take()) {
             (ReasonCode::RE_AUTHENTICATE, None) => {
-                match crate::auth::enhanced::authenticator(&method, broker.passwords()) {
+                match crate::auth::enhanced::authenticator(&method, broker.access.passwords()) {
                     Some(auth) => auth.start(&data),
                     None => AuthStep::Failure("authentication method no longer available"),
                 }
@@ -487,7 +489,9 @@ impl ClientState {
         // denial, as Mosquitto does. Other `$` topics are ordinary (wildcards just skip them).
         let reserved = p.topic.starts_with("$SYS") || p.topic.starts_with("$share/");
         let allowed = !reserved
-            && broker.may_publish(self.n.username.as_deref(), &self.n.client_id, &p.topic);
+            && broker
+                .access
+                .may_publish(self.n.username.as_deref(), &self.n.client_id, &p.topic);
         match p.qos {
             QoS::AtMostOnce => {
                 if allowed {
@@ -603,7 +607,7 @@ impl ClientState {
             self.n.client_id.clone(),
             now,
         );
-        match broker.publish_from_client(Arc::new(msg), received) {
+        match broker.router.publish_from_client(Arc::new(msg), received) {
             Ok(_) => Ok(()),
             Err(subscriber) => Err(Close::error(
                 ReasonCode::QUOTA_EXCEEDED,
@@ -723,14 +727,17 @@ impl ClientState {
                     "No Local on a shared subscription [MQTT-3.8.3-4]",
                 ));
             }
-            if !broker.may_subscribe(who.username, who.client_id, &filter) {
+            if !broker
+                .access
+                .may_subscribe(who.username, who.client_id, &filter)
+            {
                 *reason = ReasonCode::NOT_AUTHORIZED;
                 continue;
             }
             let entry_group = filter
                 .shared()
                 .is_some()
-                .then(|| broker.join_group(&filter, &self.handle));
+                .then(|| broker.router.join_group(&filter, &self.handle));
             let entry = SubEntry {
                 options,
                 identifier,
@@ -739,14 +746,18 @@ impl ClientState {
                 shared: entry_group.clone(),
             };
             // Replaces an existing subscription with the same filter [MQTT-3.8.4-3].
-            let existed = write(&broker.subscriptions)
+            let existed = write(&broker.router.subscriptions)
                 .subscribe(&filter, self.n.client_id.clone(), entry)
                 .is_some();
             let record = SubscriptionRecord {
                 options,
                 identifier,
             };
-            retained.extend(broker.retained_for(&filter, &record, existed, &who, now));
+            retained.extend(
+                broker
+                    .router
+                    .retained_for(&filter, &record, existed, &who, now),
+            );
             if let Some(q) = &entry_group {
                 if !self.group_queues.iter().any(|(f, _)| *f == filter) {
                     self.group_queues.push((filter.clone(), q.clone()));
@@ -790,7 +801,7 @@ impl ClientState {
         // Groups this session leaves (handled once the tree is unlocked).
         let mut left_groups = Vec::new();
         {
-            let mut tree = write(&broker.subscriptions);
+            let mut tree = write(&broker.router.subscriptions);
             for (slot, r) in reasons.iter_mut().enumerate() {
                 if rejected.contains(&slot) {
                     continue;
@@ -814,7 +825,7 @@ impl ClientState {
             }
         }
         for group in left_groups {
-            broker.leave_group(&group, &self.n.client_id);
+            broker.router.leave_group(&group, &self.n.client_id);
         }
         self.send_if_persistent_held(&Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
@@ -878,7 +889,7 @@ impl ClientState {
         if self.group_queues.iter().any(|(f, _)| f == filter) {
             return;
         }
-        let q = broker.group_queue(filter);
+        let q = broker.router.group_queue(filter);
         self.group_queues.push((filter.clone(), q));
     }
 

@@ -839,7 +839,7 @@ fn shared_messages_of_a_departed_member_move_to_another_member() {
     assert_eq!(queued.len(), 2);
     a.state.handle.outbox().set_online(false);
     let queued = queued.into_iter().map(|d| (d, None)).collect();
-    let left = b.redistribute(&a.state.n.client_id, queued);
+    let left = b.router.redistribute(&a.state.n.client_id, queued);
     assert!(left.is_empty());
     assert_eq!(publishes(&c.take()).len(), 4, "c got its 2 and a's 2");
 }
@@ -858,10 +858,12 @@ fn what_the_last_member_held_joins_the_group_queue() {
     }
     let queued = a.state.handle.outbox().take_where(|d| d.shared.is_some());
     let queued = queued.into_iter().map(|d| (d, None)).collect();
-    let left = b.redistribute(&a.state.n.client_id, queued);
+    let left = b.router.redistribute(&a.state.n.client_id, queued);
     assert_eq!(left.len(), 2, "no other member to take them");
-    b.queue_for_groups(left);
-    let queue = b.group_queue(&TopicFilter::try_from("$share/g/t").unwrap());
+    b.router.queue_for_groups(left);
+    let queue = b
+        .router
+        .group_queue(&TopicFilter::try_from("$share/g/t").unwrap());
     assert_eq!(queue.len(), 2);
     let mut c = Client::new(Protocol::V5, "c");
     assert_eq!(
@@ -1036,7 +1038,7 @@ fn the_last_member_out_leaves_the_group_queue_to_the_orphan_policy() {
                 .unwrap();
         }
         assert_eq!(publishes(&a.take()).len(), 1, "a's window of 1");
-        let queue = b.group_queue(&group);
+        let queue = b.router.group_queue(&group);
         assert_eq!((queue.len(), queue.member_count()), (2, 1));
         let u = Unsubscribe {
             pkid: 2,
@@ -1055,7 +1057,7 @@ fn the_last_member_out_leaves_the_group_queue_to_the_orphan_policy() {
             OrphanPolicy::Drop => assert_eq!((queue.len(), dropped()), (0, 2), "{policy:?}"),
             OrphanPolicy::Keep => {
                 assert_eq!((queue.len(), dropped()), (2, 0), "{policy:?}");
-                b.expire_orphaned_groups(Instant::now());
+                b.router.expire_orphaned_groups(Instant::now());
                 assert_eq!(queue.len(), 2, "kept until the expiry");
                 // A new member takes what was kept.
                 let mut c = Client::new(Protocol::V5, "c");
@@ -1080,7 +1082,8 @@ fn the_last_member_out_leaves_the_group_queue_to_the_orphan_policy() {
                 }
                 d.handle(&b, Packet::Unsubscribe(u)).unwrap();
                 assert_eq!(queue.len(), 1, "one in d's window, one waiting");
-                b.expire_orphaned_groups(Instant::now() + Duration::from_secs(86_401));
+                b.router
+                    .expire_orphaned_groups(Instant::now() + Duration::from_secs(86_401));
                 assert_eq!((queue.len(), dropped()), (0, 1));
             }
         }

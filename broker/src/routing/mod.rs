@@ -11,15 +11,36 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_codec::{QoS, RetainHandling, TopicFilter};
+use sluice_codec::{QoS, RetainHandling, SubscriptionOptions, TopicFilter};
 
-use crate::auth::acl::Access;
-use crate::broker::{read, write, Broker, SubEntry};
+use crate::auth::AccessControl;
+use crate::config::Config;
 use crate::config::QueueFullPolicy;
+use crate::locks::{read, write};
 use crate::message::{ClientId, Message};
 use crate::persist::Record;
-use crate::routing::shared_subscriptions::{Candidate, GroupQueue, Pick};
+use crate::persist::Store;
+use crate::routing::retain::RetainedStore;
+use crate::routing::shared_subscriptions::{Candidate, GroupQueue, Pick, SharedGroups};
+use crate::routing::subscriptions::SubscriptionTree;
+use crate::session::QueueBudget;
 use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
+use crate::stats::Stats;
+use std::sync::RwLock;
+
+/// A subscription as stored in the tree: what matching needs without touching the session.
+#[derive(Debug, Clone)]
+pub struct SubEntry {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+    /// Where matching messages go.
+    pub handle: Arc<SessionHandle>,
+    /// The subscriber's username when it subscribed, for read checks of the ACL on delivery.
+    pub username: Option<Arc<str>>,
+    /// For a shared subscription, its group: the full `$share/{group}/{filter}` (the group's
+    /// identity) and the group's queue, so routing finds it without a lookup.
+    pub shared: Option<Arc<GroupQueue>>,
+}
 
 /// The client asking for something, for ACL checks.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +75,55 @@ impl Target {
     }
 }
 
-impl Broker {
+/// Where a PUBLISH goes: the subscription tree, the retained store and the shared-subscription
+/// groups, with what routing needs to log and count (a function of the publisher's task, not a
+/// thread: see the module docs).
+#[derive(Debug)]
+pub struct Router {
+    config: Arc<Config>,
+    /// The subscription tree (4.7); values point straight at the subscriber's session handle.
+    /// Read-locked while matching, write-locked for one whole subscribe or unsubscribe (never
+    /// per node: mochi issue 185).
+    pub subscriptions: RwLock<SubscriptionTree<ClientId, SubEntry>>,
+    /// Retained messages (3.3.1.3), one per topic; locked like the tree.
+    pub retained: RwLock<RetainedStore<Arc<Message>>>,
+    /// Selection state and queues of shared subscription groups.
+    pub(crate) shared_groups: SharedGroups,
+    /// The read check of every delivery.
+    access: Arc<AccessControl>,
+    /// Where queue entries and retained messages are logged (disabled in `memory` mode).
+    store: Store,
+    /// `limits.max_queued_bytes_total`, shared with every session queue.
+    queue_budget: Arc<QueueBudget>,
+    stats: Arc<Stats>,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(
+        config: Arc<Config>,
+        access: Arc<AccessControl>,
+        store: Store,
+        queue_budget: Arc<QueueBudget>,
+        stats: Arc<Stats>,
+    ) -> Router {
+        Router {
+            config,
+            subscriptions: RwLock::new(SubscriptionTree::new()),
+            retained: RwLock::new(RetainedStore::new()),
+            shared_groups: SharedGroups::default(),
+            access,
+            store,
+            queue_budget,
+            stats,
+        }
+    }
+
+    /// Logs to `store` from now on (set once, before the broker is shared).
+    pub(crate) fn set_store(&mut self, store: Store) {
+        self.store = store;
+    }
+
     /// Routes `msg` to every matching subscription; returns how many sessions it was queued for.
     /// A subscriber whose queue is full misses it (counted and logged).
     pub fn publish(&self, msg: Arc<Message>) -> usize {
@@ -123,7 +192,7 @@ impl Broker {
         }
         // ACL read check at delivery time.
         targets.retain(|t| {
-            self.may_read(
+            self.access.may_read(
                 t.username.as_deref(),
                 &t.handle.client_id,
                 msg.topic.as_str(),
@@ -152,7 +221,7 @@ impl Broker {
             match pick {
                 Some(Pick::Member(i)) => {
                     let t = members.swap_remove(i);
-                    if self.may_read(
+                    if self.access.may_read(
                         t.username.as_deref(),
                         &t.handle.client_id,
                         msg.topic.as_str(),
@@ -350,7 +419,7 @@ impl Broker {
         let mut out = Vec::new();
         let store = read(&self.retained);
         store.for_each_match(filter.match_filter(), |topic, msg| {
-            if msg.is_expired(now) || !self.may_read(who.username, who.client_id, topic) {
+            if msg.is_expired(now) || !self.access.may_read(who.username, who.client_id, topic) {
                 return;
             }
             out.push(Delivery {
@@ -363,23 +432,5 @@ impl Broker {
             });
         });
         out
-    }
-
-    /// ACL read check (subscribe-time for retained, delivery-time for live messages).
-    fn may_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.acl()
-            .is_none_or(|acl| acl.check_topic(username, client_id, topic, Access::Read))
-    }
-
-    /// ACL write check for a PUBLISH (or a will).
-    pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.acl()
-            .is_none_or(|acl| acl.check_topic(username, client_id, topic, Access::Write))
-    }
-
-    /// ACL check for a SUBSCRIBE filter.
-    pub fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
-        self.acl()
-            .is_none_or(|acl| acl.check_subscribe(username, client_id, filter))
     }
 }

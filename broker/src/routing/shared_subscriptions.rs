@@ -43,9 +43,10 @@ use std::time::{Duration, Instant};
 
 use sluice_codec::{QoS, TopicFilter};
 
-use crate::broker::{read, Broker};
 use crate::config::{OrphanPolicy, SharedStrategy};
+use crate::locks::read;
 use crate::message::{ClientId, Message};
+use crate::routing::Router;
 use crate::session::{ColdDelivery, Delivery, Dropped, Outbox, QueueBudget, SessionHandle};
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
@@ -373,7 +374,7 @@ fn stable_hash(s: &str) -> usize {
     h.finish() as usize
 }
 
-impl Broker {
+impl Router {
     /// The queue of shared subscription `key` (created on first use).
     pub(crate) fn group_queue(&self, key: &TopicFilter) -> Arc<GroupQueue> {
         // Without a store nothing is logged, so nothing can wait on disk only.
