@@ -1,0 +1,200 @@
+//! Tests of the configuration: file, environment overrides, validation messages.
+use super::*;
+
+fn load_toml(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("sluice-config-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let r = Config::load_from(Some(&path), env);
+    std::fs::remove_dir_all(&dir).unwrap();
+    r
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    assert_eq!(load_toml("", &[]).unwrap(), Config::default());
+}
+
+#[test]
+fn file_values_and_env_override() {
+    let c = load_toml(
+        "[mqtt]\nmax_keepalive = 30\n[[listeners]]\nbind = \"127.0.0.1:0\"\n",
+        &[
+            ("SLUICE__MQTT__MAX_KEEPALIVE", "10"),
+            ("SLUICE__AUTH__ALLOW_ANONYMOUS", "false"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.max_keepalive, 10);
+    assert!(!c.auth.allows_anonymous());
+    assert_eq!(c.listeners[0].bind, "127.0.0.1:0");
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let e = load_toml("[mqtt]\nmax_keepalivee = 30\n", &[]).unwrap_err();
+    assert_eq!(e.key, "mqtt.max_keepalivee", "{e}");
+    assert_eq!(e.value, "30", "{e}");
+}
+
+#[test]
+fn wrong_type_names_key_and_value() {
+    let e = load_toml("[mqtt]\nmax_packet_size = \"big\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "mqtt.max_packet_size", "{e}");
+    assert!(e.to_string().contains("big"), "{e}");
+}
+
+#[test]
+fn out_of_range_value_names_key_value_reason() {
+    let e = load_toml("[mqtt]\nreceive_maximum = 0\n", &[]).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.value.as_str()),
+        ("mqtt.receive_maximum", "0")
+    );
+    let e = load_toml("[[listeners]]\nbind = \"nowhere\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "listeners[0].bind");
+}
+
+#[test]
+fn effective_config_round_trips_through_toml() {
+    let c = Config::default();
+    let back: Config = toml::from_str(&c.to_toml()).unwrap();
+    // The printed configuration spells out the resolved allow_anonymous and queue bounds.
+    let mut expected = c.clone();
+    expected.auth.allow_anonymous = Some(c.auth.allows_anonymous());
+    expected.mqtt.max_queued_messages = Some(DISK_MAX_QUEUED_MESSAGES);
+    expected.mqtt.max_queued_bytes = Some(4 << 30);
+    assert_eq!(back, expected);
+}
+
+#[test]
+fn persistence_and_overflow_keys_are_validated() {
+    let c = load_toml(
+        "[mqtt]\nqueue_full_policy = \"reject\"\n[persistence]\nqueue_memory_bytes = 4096\ncompact_min_bytes = 1048576\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.queue_full_policy, QueueFullPolicy::Reject);
+    assert_eq!(c.persistence.queue_memory_bytes, 4096);
+    let e = load_toml("[mqtt]\nqueue_full_policy = \"block\"\n", &[]).unwrap_err();
+    assert!(e.key.contains("queue_full_policy"), "{e}");
+    let e = load_toml("[persistence]\nqueue_memory_bytes = 10\n", &[]).unwrap_err();
+    assert_eq!(e.key, "persistence.queue_memory_bytes");
+    let e = load_toml("[persistence]\ncompact_min_bytes = 1\n", &[]).unwrap_err();
+    assert_eq!(e.key, "persistence.compact_min_bytes");
+    let c = load_toml("", &[("SLUICE__PERSISTENCE__QUEUE_MEMORY_BYTES", "65536")]).unwrap();
+    assert_eq!(c.persistence.queue_memory_bytes, 65536);
+    assert_eq!(
+        (c.max_queued_messages(), c.max_queued_bytes()),
+        (10_000_000, 4 << 30),
+        "durable (the default): queue bounds sized for queues on disk"
+    );
+    assert_eq!(
+        c.mqtt.max_queued_memory_bytes,
+        64 << 20,
+        "memory stays bounded"
+    );
+    let c = load_toml("[persistence]\nmode = \"relaxed\"\n", &[]).unwrap();
+    assert_eq!(c.max_queued_messages(), 10_000_000, "relaxed: on disk too");
+    let c = load_toml("[persistence]\nmode = \"memory\"\n", &[]).unwrap();
+    assert_eq!(
+        (c.max_queued_messages(), c.max_queued_bytes()),
+        (100_000, 64 << 20),
+        "memory mode: sized for memory"
+    );
+    let c = load_toml(
+        "[mqtt]\nmax_queued_messages = 5\nmax_queued_bytes = 2097152\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (c.max_queued_messages(), c.max_queued_bytes()),
+        (5, 2 << 20)
+    );
+    let e = load_toml("[mqtt]\nmax_queued_messages = 0\n", &[]).unwrap_err();
+    assert_eq!(e.key, "mqtt.max_queued_messages");
+    let e = load_toml("[mqtt]\nmax_queued_memory_bytes = 1024\n", &[]).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.value.as_str()),
+        ("mqtt.max_queued_memory_bytes", "1024")
+    );
+}
+
+#[test]
+fn limits_are_validated() {
+    let e = load_toml("[limits]\nconnect_timeout = 0\n", &[]).unwrap_err();
+    assert_eq!(e.key, "limits.connect_timeout");
+    let e = load_toml("[limits]\npublish_bytes_rate = 10\n", &[]).unwrap_err();
+    assert_eq!(e.key, "limits.publish_bytes_rate");
+    let c = load_toml(
+        "[limits]\npublish_rate = 50\n",
+        &[("SLUICE__LIMITS__MAX_CONNECTIONS", "7")],
+    )
+    .unwrap();
+    assert_eq!((c.limits.publish_rate, c.limits.max_connections), (50, 7));
+    let e = load_toml("[mqtt]\nshared_subscription_strategy = \"fastest\"\n", &[]).unwrap_err();
+    assert!(e.key.contains("shared_subscription_strategy"), "{e}");
+}
+
+#[test]
+fn shared_group_orphan_keys_are_validated() {
+    let c = Config::default();
+    assert_eq!(
+        (
+            c.mqtt.shared_group_orphan_policy,
+            c.mqtt.shared_group_orphan_expiry_seconds
+        ),
+        (OrphanPolicy::Keep, 86_400)
+    );
+    let c = load_toml(
+        "[mqtt]\nshared_group_orphan_policy = \"drop\"\nshared_group_orphan_expiry_seconds = 60\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.shared_group_orphan_policy, OrphanPolicy::Drop);
+    assert_eq!(c.mqtt.shared_group_orphan_expiry_seconds, 60);
+    let e = load_toml("[mqtt]\nshared_group_orphan_policy = \"forget\"\n", &[]).unwrap_err();
+    assert!(e.key.contains("shared_group_orphan_policy"), "{e}");
+    let e = load_toml("[mqtt]\nshared_group_orphan_expiry_seconds = 0\n", &[]).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.value.as_str()),
+        ("mqtt.shared_group_orphan_expiry_seconds", "0")
+    );
+    let c = load_toml(
+        "",
+        &[("SLUICE__MQTT__SHARED_GROUP_ORPHAN_EXPIRY_SECONDS", "5")],
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.shared_group_orphan_expiry_seconds, 5);
+}
+
+#[test]
+fn tls_and_websocket_tables_are_validated() {
+    let e = load_toml(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls = { cert = \"/nonexistent/s.pem\", key = \"k\" }\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "listeners[0].tls.cert", "{e}");
+    assert_eq!(e.value, "/nonexistent/s.pem");
+    let e = load_toml(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls = { cert = \"c\", key = \"k\", colour = 1 }\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("colour"), "{e}");
+    let e = load_toml(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\nwebsocket = { path = \"mqtt\" }\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "listeners[0].websocket.path", "{e}");
+    let c = load_toml(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\nwebsocket = {}\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].websocket.as_ref().unwrap().path, "/mqtt");
+}

@@ -1,0 +1,545 @@
+//! A session's queue of deliveries waiting to be sent ([`Outbox`]): bounded in messages and
+//! bytes, sharing a broker-wide budget, and kept on disk past a memory window when the store
+//! has the messages (only their ids stay in memory).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use sluice_codec::{QoS, TopicFilter};
+
+use super::Delivery;
+use crate::message::Message;
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// QoS 0 for an offline session: not queued, as Mosquitto does by default.
+    OfflineQos0,
+    /// `mqtt.max_queued_messages` or `mqtt.max_queued_bytes` reached.
+    QueueFull,
+}
+
+/// The broker-wide bound on queued bytes (`limits.max_queued_bytes_total`), shared by every
+/// session queue and group queue.
+#[derive(Debug)]
+pub struct QueueBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl QueueBudget {
+    pub fn new(max: usize) -> Arc<QueueBudget> {
+        Arc::new(QueueBudget {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes charged by all queues now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_charge(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + n <= self.max).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn charge(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// A queued delivery whose message is only on disk (in the store's log): what a [`Delivery`]
+/// holds besides the message, and the message's id to read it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColdDelivery {
+    /// The session's number for this delivery in the log.
+    pub seq: u64,
+    pub id: u64,
+    /// The message's cost as counted against `mqtt.max_queued_bytes` when it was queued.
+    pub cost: usize,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+/// Memory charged to the broker-wide budget for a delivery kept on disk (its bookkeeping).
+pub const COLD_ENTRY_COST: usize = 64;
+
+#[derive(Debug)]
+enum Entry {
+    /// In memory, ready to send.
+    Hot(Delivery),
+    /// On disk only; read back (see [`Outbox::cold_ids`], [`Outbox::warm`]) before sending.
+    Cold(ColdDelivery),
+}
+
+/// The per-session queue of deliveries not yet handed to the connection: messages for an
+/// offline session, and messages waiting for a free slot in the inflight window. Bounded in
+/// count and bytes; a full queue drops the new message and counts it, never blocks.
+///
+/// Only the first `window` bytes are kept in memory. Past them, deliveries the store has
+/// logged (QoS 1/2 of persistent sessions, not shared; every QoS 1/2 delivery of a shared
+/// subscription's group queue) are kept as [`ColdDelivery`]s: the message is dropped from
+/// memory and read back from the log when the window has room again, so a long queue costs
+/// disk, not memory. Order is kept: once one delivery is cold, every later one that can be is
+/// cold too.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Deliveries in arrival order [MQTT-4.6.0-6].
+    queue: VecDeque<Entry>,
+    /// Sum of `Message::cost` over `queue`, checked against `max_bytes`.
+    bytes: usize,
+    /// Sum of `Message::cost` over the in-memory entries.
+    hot_bytes: usize,
+    /// Number of cold entries.
+    cold: usize,
+    /// Bytes of messages kept in memory before logged deliveries stay on disk only.
+    window: usize,
+    /// Whether deliveries may be kept on disk only at all (not while a session leaves the log).
+    spill: bool,
+    /// Whether a connection currently owns the session (QoS 0 is not queued for offline ones).
+    online: bool,
+    /// Set for a shared subscription's group queue (its `$share/{group}/{filter}`): every
+    /// delivery is for that group, so shared ones may stay on disk too (a session's shared
+    /// deliveries stay in memory: they move to another member if the session goes away).
+    group: Option<TopicFilter>,
+    /// `mqtt.max_queued_messages`.
+    max_messages: usize,
+    /// `mqtt.max_queued_bytes`.
+    max_bytes: usize,
+    /// `mqtt.max_queued_memory_bytes`: past it only deliveries that may stay on disk are
+    /// queued (on disk), the others are refused.
+    max_memory: usize,
+    /// Deliveries refused since the session began, for logs and counters.
+    dropped: u64,
+    /// The broker-wide budget this queue's memory counts against (None: only its own bounds).
+    budget: Option<Arc<QueueBudget>>,
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(self.charged());
+        }
+    }
+}
+
+impl Outbox {
+    /// An empty outbox with the given bounds, all in memory.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            queue: VecDeque::new(),
+            bytes: 0,
+            hot_bytes: 0,
+            cold: 0,
+            window: usize::MAX,
+            spill: true,
+            online: false,
+            group: None,
+            max_messages,
+            max_bytes,
+            max_memory: usize::MAX,
+            dropped: 0,
+            budget: None,
+        }
+    }
+
+    /// Also bounded by the broker-wide `budget`.
+    pub fn with_budget(mut self, budget: Arc<QueueBudget>) -> Outbox {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Keeps at most `window` bytes of logged deliveries in memory (the rest stays on disk).
+    pub fn with_window(mut self, window: usize) -> Outbox {
+        self.window = window;
+        self
+    }
+
+    /// Holds at most `bytes` of messages in memory (`mqtt.max_queued_memory_bytes`).
+    pub fn with_memory_limit(mut self, bytes: usize) -> Outbox {
+        self.max_memory = bytes;
+        self
+    }
+
+    /// The queue of shared subscription `group` (deliveries read back from disk are for it).
+    pub fn for_group(mut self, group: TopicFilter) -> Outbox {
+        self.group = Some(group);
+        self
+    }
+
+    /// What this queue charges the broker-wide budget.
+    fn charged(&self) -> usize {
+        self.hot_bytes + self.cold * COLD_ENTRY_COST
+    }
+
+    fn try_charge(&self, n: usize) -> bool {
+        self.budget.as_ref().is_none_or(|b| b.try_charge(n))
+    }
+
+    fn release(&self, n: usize) {
+        if let Some(b) = &self.budget {
+            b.release(n);
+        }
+    }
+
+    /// Queues `d` unless a bound forbids it. A delivery the store has logged (`seq` set) may be
+    /// kept on disk only.
+    pub fn push(&mut self, d: Delivery) -> Result<(), Dropped> {
+        if !self.online && d.qos == QoS::AtMostOnce {
+            self.dropped += 1;
+            return Err(Dropped::OfflineQos0);
+        }
+        let cost = d.msg.cost();
+        if self.queue.len() >= self.max_messages || self.bytes + cost > self.max_bytes {
+            self.dropped += 1;
+            return Err(Dropped::QueueFull);
+        }
+        let spillable = self.spill
+            && d.seq != 0
+            && (d.shared.is_none() || self.group.is_some())
+            && d.qos != QoS::AtMostOnce;
+        // An offline session needs nothing in memory until its client is back.
+        let window = if self.online { self.window } else { 0 };
+        let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > window);
+        let fits_memory = self.hot_bytes + cost <= self.max_memory;
+        if !cold && fits_memory && self.try_charge(cost) {
+            self.bytes += cost;
+            self.hot_bytes += cost;
+            self.queue.push_back(Entry::Hot(d));
+            return Ok(());
+        }
+        // On disk only: past the window, or memory (this queue's or the broker's) is short
+        // while the disk has it.
+        if !spillable || !self.try_charge(COLD_ENTRY_COST) {
+            self.dropped += 1;
+            return Err(Dropped::QueueFull);
+        }
+        self.bytes += cost;
+        self.cold += 1;
+        self.queue.push_back(Entry::Cold(ColdDelivery {
+            seq: d.seq,
+            id: d.msg.id,
+            cost,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids,
+        }));
+        Ok(())
+    }
+
+    /// Queues a delivery the store recovered at start-up, on disk only.
+    pub fn push_cold(&mut self, c: ColdDelivery) {
+        if let Some(b) = &self.budget {
+            b.charge(COLD_ENTRY_COST);
+        }
+        self.bytes += c.cost;
+        self.cold += 1;
+        self.queue.push_back(Entry::Cold(c));
+    }
+
+    /// Queues a delivery the store recovered at start-up, in memory.
+    pub fn push_restored(&mut self, d: Delivery) {
+        let cost = d.msg.cost();
+        if let Some(b) = &self.budget {
+            b.charge(cost);
+        }
+        self.bytes += cost;
+        self.hot_bytes += cost;
+        self.queue.push_back(Entry::Hot(d));
+    }
+
+    /// Puts `d` back at the front (a delivery taken but not sent, e.g. the window filled).
+    pub fn push_front(&mut self, d: Delivery) {
+        let cost = d.msg.cost();
+        if let Some(b) = &self.budget {
+            // Put back: it was charged before, so it may go over the budget briefly.
+            b.charge(cost);
+        }
+        self.bytes += cost;
+        self.hot_bytes += cost;
+        self.queue.push_front(Entry::Hot(d));
+    }
+
+    /// Whether a message of `cost` bytes fits the queue's count and byte bounds now.
+    pub fn has_room(&self, cost: usize) -> bool {
+        self.queue.len() < self.max_messages && self.bytes + cost <= self.max_bytes
+    }
+
+    /// Takes the oldest delivery if it is in memory (None also when the oldest is on disk:
+    /// see [`Outbox::front_is_cold`]).
+    pub fn pop(&mut self) -> Option<Delivery> {
+        if !matches!(self.queue.front(), Some(Entry::Hot(_))) {
+            return None;
+        }
+        let Some(Entry::Hot(d)) = self.queue.pop_front() else {
+            return None;
+        };
+        let cost = d.msg.cost();
+        self.bytes -= cost;
+        self.hot_bytes -= cost;
+        self.release(cost);
+        Some(d)
+    }
+
+    /// The oldest delivery if it is in memory, without taking it.
+    pub fn front(&self) -> Option<&Delivery> {
+        match self.queue.front() {
+            Some(Entry::Hot(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Whether the oldest delivery is on disk only (it must be read back before it is sent).
+    pub fn front_is_cold(&self) -> bool {
+        matches!(self.queue.front(), Some(Entry::Cold(_)))
+    }
+
+    /// The message ids of the first cold deliveries (after what is in memory at the front), up
+    /// to the window's free bytes (at least one): what to read back next.
+    pub fn cold_ids(&self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let room = self.window.saturating_sub(self.hot_bytes);
+        let mut bytes = 0usize;
+        for e in self.queue.iter().skip_while(|e| matches!(e, Entry::Hot(_))) {
+            let Entry::Cold(c) = e else { break };
+            if !ids.is_empty() && bytes + c.cost > room {
+                break;
+            }
+            bytes += c.cost;
+            ids.push(c.id);
+        }
+        ids
+    }
+
+    /// Whether the next cold deliveries should be read back now: the front is on disk, or
+    /// what is in memory is down to half the window (read ahead, so a draining subscriber
+    /// does not wait for the disk at every window).
+    pub fn wants_load(&self) -> bool {
+        self.cold > 0 && (self.front_is_cold() || self.hot_bytes <= self.window / 2)
+    }
+
+    /// Brings the first cold deliveries (after what is in memory at the front) back into memory
+    /// with the messages read back (`loaded`: id → message, None if the log could not give
+    /// it). Stops at the first delivery after them that is not a cold one in `loaded`. Returns the delivery numbers (`seq`) of deliveries
+    /// dropped because their message could not be read.
+    pub fn warm(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+        self.warm_where(loaded, false)
+    }
+
+    /// Allows (or stops) keeping new deliveries on disk only.
+    pub fn set_spill(&mut self, spill: bool) {
+        self.spill = spill;
+    }
+
+    /// The ids of every delivery kept on disk only.
+    pub fn all_cold_ids(&self) -> Vec<u64> {
+        self.queue
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Cold(c) => Some(c.id),
+                Entry::Hot(_) => None,
+            })
+            .collect()
+    }
+
+    /// Like [`Outbox::warm`], for every cold delivery whose id is in `loaded`, wherever it is
+    /// in the queue (a session that stops being persistent takes its whole queue back into
+    /// memory before the log forgets it).
+    pub fn warm_all(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+        self.warm_where(loaded, true)
+    }
+
+    fn warm_where(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>, all: bool) -> Vec<u64> {
+        let mut lost = Vec::new();
+        let mut i = 0;
+        let mut started = false;
+        while i < self.queue.len() {
+            let (seq, id, old_cost, qos, retain, subscription_ids) = match &mut self.queue[i] {
+                Entry::Cold(c) if loaded.contains_key(&c.id) => (
+                    c.seq,
+                    c.id,
+                    c.cost,
+                    c.qos,
+                    c.retain,
+                    std::mem::take(&mut c.subscription_ids),
+                ),
+                // In-memory entries before the cold run (read ahead), or anywhere (`all`).
+                Entry::Hot(_) if all || !started => {
+                    i += 1;
+                    continue;
+                }
+                _ if all => {
+                    i += 1;
+                    continue;
+                }
+                _ => break,
+            };
+            started = true;
+            self.cold -= 1;
+            self.release(COLD_ENTRY_COST);
+            match loaded.get(&id).cloned().flatten() {
+                Some(msg) => {
+                    let cost = msg.cost();
+                    self.bytes = self.bytes - old_cost + cost;
+                    self.hot_bytes += cost;
+                    if let Some(b) = &self.budget {
+                        // Bounded by the window: charged even over the budget.
+                        b.charge(cost);
+                    }
+                    self.queue[i] = Entry::Hot(Delivery {
+                        msg,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        shared: self.group.clone(),
+                        seq,
+                    });
+                    i += 1;
+                }
+                None => {
+                    self.bytes -= old_cost;
+                    lost.push(seq);
+                    self.queue.remove(i);
+                }
+            }
+        }
+        lost
+    }
+
+    /// Number of queued deliveries.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Bytes charged for queued deliveries (in memory and on disk).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Bytes of queued messages held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.hot_bytes
+    }
+
+    /// Number of queued deliveries kept on disk only.
+    pub fn cold_len(&self) -> usize {
+        self.cold
+    }
+
+    /// Deliveries refused so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Marks the session online or offline. Going offline with a window (the store is on),
+    /// the logged deliveries still in memory are dropped to disk: an offline session's queue
+    /// costs no message memory.
+    pub fn set_online(&mut self, online: bool) {
+        self.online = online;
+        if !online && self.window != usize::MAX {
+            self.chill();
+        }
+    }
+
+    /// Keeps every logged (and not shared) delivery on disk only.
+    fn chill(&mut self) {
+        let mut freed = 0;
+        let mut chilled = 0;
+        for e in self.queue.iter_mut() {
+            let Entry::Hot(d) = e else { continue };
+            if d.seq == 0
+                || (d.shared.is_some() && self.group.is_none())
+                || d.qos == QoS::AtMostOnce
+            {
+                continue;
+            }
+            let cost = d.msg.cost();
+            let cold = ColdDelivery {
+                seq: d.seq,
+                id: d.msg.id,
+                cost,
+                qos: d.qos,
+                retain: d.retain,
+                subscription_ids: std::mem::take(&mut d.subscription_ids),
+            };
+            *e = Entry::Cold(cold);
+            freed += cost;
+            chilled += 1;
+        }
+        self.hot_bytes -= freed;
+        self.cold += chilled;
+        if let Some(b) = &self.budget {
+            b.release(freed);
+            b.charge(chilled * COLD_ENTRY_COST);
+        }
+    }
+
+    /// Takes out every in-memory delivery for which `pred` holds, keeping the others in order.
+    /// (A session's cold deliveries are never shared ones, the only kind taken out.)
+    pub fn take_where(&mut self, mut pred: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for e in self.queue.drain(..) {
+            match e {
+                Entry::Hot(d) if pred(&d) => {
+                    let cost = d.msg.cost();
+                    self.bytes -= cost;
+                    self.hot_bytes -= cost;
+                    if let Some(b) = &self.budget {
+                        b.release(cost);
+                    }
+                    taken.push(d);
+                }
+                other => kept.push_back(other),
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
+    /// Whether a connection owns the session.
+    pub fn is_online(&self) -> bool {
+        self.online
+    }
+
+    /// Drops everything queued; returns how many deliveries there were and the log's numbers
+    /// of those the store has (to log them as gone).
+    pub fn clear_logged(&mut self) -> (usize, Vec<u64>) {
+        let seqs = self
+            .queue
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Hot(d) => (d.seq != 0).then_some(d.seq),
+                Entry::Cold(c) => Some(c.seq),
+            })
+            .collect();
+        let n = self.queue.len();
+        self.clear();
+        (n, seqs)
+    }
+
+    /// Drops everything queued (Clean Start discards the old session's messages).
+    pub fn clear(&mut self) {
+        self.release(self.charged());
+        self.queue.clear();
+        self.bytes = 0;
+        self.hot_bytes = 0;
+        self.cold = 0;
+    }
+}
