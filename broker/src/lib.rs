@@ -48,6 +48,7 @@ pub mod protocol;
 pub mod routing;
 pub mod session;
 pub mod stats;
+pub mod topic;
 
 pub use broker::Broker;
 pub use config::{Config, ConfigError};

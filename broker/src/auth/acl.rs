@@ -63,6 +63,7 @@
 //!   and no applicable `deny` rule *intersects* it (see `intersects`), so every member can read
 //!   every message of the group.
 
+use crate::topic::{is_system, wildcard_may_reach};
 use sluice_codec::topic_matches;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -607,9 +608,7 @@ impl Template {
         let Some((client_id, username)) = self.values(who) else {
             return false;
         };
-        if topic.starts_with('$')
-            && matches!(self.levels.first(), Some(TLevel::Plus | TLevel::Hash))
-        {
+        if is_system(topic) && matches!(self.levels.first(), Some(TLevel::Plus | TLevel::Hash)) {
             return false;
         }
         let mut topic_levels = topic.split('/');
@@ -700,7 +699,7 @@ fn first_level(filter: &str) -> &str {
 /// literal; both must end together. [MQTT-4.7.2-1]: a rule
 /// starting with a wildcard does not cover a filter whose first level starts with `$`.
 fn covers(rule: &str, filter: &str) -> bool {
-    if is_wildcard(first_level(rule)) && first_level(filter).starts_with('$') {
+    if !wildcard_may_reach(first_level(rule), first_level(filter)) {
         return false;
     }
     let mut r = rule.split('/');
@@ -726,7 +725,7 @@ fn covers(rule: &str, filter: &str) -> bool {
 /// [MQTT-4.7.2-1]: a leading wildcard does not meet a first level starting with `$`.
 fn intersects(a: &str, b: &str) -> bool {
     let (a0, b0) = (first_level(a), first_level(b));
-    if (is_wildcard(a0) && b0.starts_with('$')) || (is_wildcard(b0) && a0.starts_with('$')) {
+    if !wildcard_may_reach(a0, b0) || !wildcard_may_reach(b0, a0) {
         return false;
     }
     let mut a = a.split('/');
@@ -757,7 +756,7 @@ fn denied<'a>(mut sets: impl Iterator<Item = &'a RuleSet>, who: Who<'_>, topic: 
 /// topics then exclude `$` ones just as both sides' do.
 fn intersection(a: &str, b: &str) -> Option<String> {
     let (a0, b0) = (first_level(a), first_level(b));
-    if (is_wildcard(a0) && b0.starts_with('$')) || (is_wildcard(b0) && a0.starts_with('$')) {
+    if !wildcard_may_reach(a0, b0) || !wildcard_may_reach(b0, a0) {
         return None;
     }
     let mut a = a.split('/');

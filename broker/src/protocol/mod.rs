@@ -487,7 +487,7 @@ impl ClientState {
         }
         // `$SYS` belongs to the broker and `$share/` is not a topic; both are refused like an ACL
         // denial, as Mosquitto does. Other `$` topics are ordinary (wildcards just skip them).
-        let reserved = p.topic.starts_with("$SYS") || p.topic.starts_with("$share/");
+        let reserved = crate::topic::is_reserved_for_clients(&p.topic);
         let allowed = !reserved
             && broker
                 .access

@@ -161,7 +161,7 @@ impl<M> RetainedStore<M> {
                 }
             };
             // A leading wildcard never matches a topic starting with '$' [MQTT-4.7.2-1].
-            let visible = |level: &str| !(is_root && level.starts_with('$'));
+            let visible = |level: &str| !(is_root && crate::topic::is_system(level));
             match frame.rest {
                 Rest::All => {
                     emit();

@@ -148,7 +148,7 @@ impl<K: Clone + Eq + Hash, V> SubscriptionTree<K, V> {
         let root = &self.root;
         // A filter starting with a wildcard never matches a topic starting with '$'
         // [MQTT-4.7.2-1]; only the root's '+' child and '#' set are such filters.
-        let system = topic.starts_with('$');
+        let system = crate::topic::is_system(topic);
         if !system {
             if let Some(subscribers) = &root.multi {
                 subscribers.for_each(&mut f);
