@@ -1,36 +1,58 @@
 //! Sluice: an MQTT 3.1 / 3.1.1 / 5.0 broker for fleets of lightweight devices.
 //!
 //! # Layout
+//! Layers, each a folder or file; an arrow points down only (a module never imports one above
+//! it: `tests/module_layers.rs` fails on any import cycle):
+//!
+//! ```text
+//! listener     TCP / TLS / WebSocket accept loops, admission control, graceful shutdown
+//!   -> connection   the per-client task: socket, buffers, timers, one select! loop
+//!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
+//!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
+//!                     in, packets and routing out)
+//!       -> broker       the session registry and lifecycle (open with takeover, park, expiry,
+//!                       delayed wills, restore after a restart); wires the parts below
+//!         -> routing      Router: subscription tree, retained store, shared-subscription
+//!                         groups, the fan-out of one PUBLISH
+//!         -> session      Session (owned by one task), SessionHandle and its Outbox (shared)
+//!           -> persist      the write-ahead log: writer thread, group commit, recovery
+//!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
+//!               -> config, message, topic, stats, locks, certgen   (leaves)
+//! ```
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
-//! * [`server`]: listeners, accept loops, graceful shutdown ([`Server`]); [`tls`] (rustls,
-//!   certificate reload) and `ws` (MQTT over WebSockets) wrap a listener's sockets before MQTT.
-//! * [`certgen`]: development certificates (`sluice gen-certs`).
-//! * `connection`: the per-client task, the only owner of a socket and, while connected, of
-//!   the client's [`session::Session`].
-//! * [`protocol`] and `connect`: the MQTT state machine, sans IO (packets and a time in, packets
-//!   and routing out), unit-tested without sockets.
-//! * [`broker`]: shared state (session registry, subscription tree, retained store, ACL) and
-//!   the session lifecycle (takeover, expiry, delayed wills). `router`: fan-out of one PUBLISH.
-//! * [`subscriptions`], [`retain`], [`acl`], [`passwords`]: matching and policy.
-//! * [`shared`]: shared subscriptions (member selection, group queues, hand-over, a group's
+//! * [`listener`]: listeners, accept loops, graceful shutdown ([`Server`]); TLS (rustls,
+//!   certificate reload) and MQTT over WebSockets wrap a listener's sockets before MQTT.
+//! * [`connection`]: the per-client task, the only owner of a socket and, while connected, of
+//!   the client's [`session::Session`]; per-connection ingress rate limits.
+//! * [`protocol`]: the MQTT state machine, unit-tested without sockets; `protocol::connect`
+//!   negotiates a CONNECT and admits the client (the one path the connection task and the fuzz
+//!   harness share).
+//! * [`broker`]: [`Broker`], the session registry and the session lifecycle.
+//! * [`routing`]: [`routing::Router`], where a PUBLISH goes; its subscription tree, retained
+//!   store and shared subscriptions (member selection, group queues, hand-over, a group's
 //!   lifetime).
+//! * [`session`]: session state and the byte-bounded, disk-backed outbox.
 //! * [`persist`]: the write-ahead log, its writer thread (group commit) and start-up recovery.
-//! * [`ratelimit`]: per-connection ingress rate limits.
+//! * [`auth`]: [`auth::AccessControl`] (ACL, password file, failed logins) and the AUTH exchange.
+//! * [`topic`]: what `$` topics mean to the broker ([MQTT-4.7.2-1], `$SYS`, `$share`).
+//! * [`certgen`]: development certificates (`sluice gen-certs`).
 //! * The wire codec is its own crate, `sluice-codec` (`broker/codec`).
 //!
 //! # Life of a PUBLISH
-//! 1. The publisher's connection task reads with `read_buf` (many packets per syscall); the
-//!    decoder checks the declared size against `mqtt.max_packet_size` before buffering a body
-//!    and copies topic and payload out once into a right-sized `Bytes`.
-//! 2. [`protocol::ClientState`] validates (alias, ACL, packet id, receive quota) and builds one
+//! 1. The publisher's connection task ([`connection`]) reads with `read_buf` (many packets per
+//!    syscall); the decoder checks the declared size against `mqtt.max_packet_size` before
+//!    buffering a body and copies topic and payload out once into a right-sized `Bytes`.
+//! 2. [`protocol::ClientState`] validates (alias, packet id, receive quota), asks
+//!    [`auth::AccessControl`] whether the client may publish there, and builds one
 //!    `Arc<Message>`: the only copy of the payload the broker makes.
-//! 3. Still in the publisher's task, `Broker::publish` updates the retained store, matches the
-//!    tree under a read lock, merges overlapping subscriptions per client, and pushes a small
-//!    [`session::Delivery`] onto each subscriber's byte-bounded outbox. It never awaits; a full
-//!    outbox drops the message for that subscriber and counts it. For persistent sessions the
-//!    message and its queue entry are handed to the store's writer first (no I/O here).
-//! 4. The publisher's PUBACK/PUBREC waits for the store's ticket: written and fsynced with
-//!    everyone else's records of that moment (group commit) in `durable` mode.
+//! 3. Still in the publisher's task, [`routing::Router`] updates the retained store, matches the
+//!    tree under a read lock, merges overlapping subscriptions per client, checks each
+//!    subscriber's read access, and pushes a small [`session::Delivery`] onto each subscriber's
+//!    byte-bounded outbox (or a shared group's queue). It never awaits; a full outbox is a
+//!    policy decision (`mqtt.queue_full_policy`), never a stall. For persistent sessions the
+//!    message and its queue entries are handed to the store's writer first (no I/O here).
+//! 4. The publisher's PUBACK/PUBREC waits for the store's ticket ([`persist`]): written and
+//!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
 //!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once.
 //! 6. Acknowledgements release inflight slots, which lets the next queued messages go.
