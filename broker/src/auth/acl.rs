@@ -93,6 +93,9 @@ pub struct Acl {
     /// True if some pattern uses `%c` or `%u`: only then does a check need to vet the client id
     /// and username for substitution.
     has_templates: bool,
+    /// True if some pattern uses `%c`: only then can two clients with the same username get
+    /// different answers, so a caller may share one answer per username otherwise.
+    uses_client_id: bool,
 }
 
 /// The rules of one scope, split by what they grant so a check scans only the relevant lists.
@@ -250,6 +253,7 @@ impl Acl {
             users: HashMap::new(),
             patterns: RuleSet::default(),
             has_templates: false,
+            uses_client_id: false,
         };
         // The section `topic` lines go to: None = anonymous.
         let mut user: Option<String> = None;
@@ -288,6 +292,8 @@ impl Acl {
                     } else {
                         let rule = Rule::pattern(filter);
                         acl.has_templates |= rule.template.is_some();
+                        acl.uses_client_id |=
+                            rule.template.as_ref().is_some_and(|t| t.needs_client_id);
                         acl.patterns.add(grant, rule);
                     }
                 }
@@ -330,6 +336,12 @@ impl Acl {
             };
             rules.iter().any(|r| r.matches(who, topic))
         })
+    }
+
+    /// Whether an answer can depend on the client id (some pattern uses `%c`); if not, clients
+    /// with the same username always get the same answer.
+    pub fn uses_client_id(&self) -> bool {
+        self.uses_client_id
     }
 
     /// May the client subscribe to `filter`, the filter as the client wrote it (a shared

@@ -1191,3 +1191,43 @@ fn an_identifier_shared_by_overlapping_subscriptions_is_sent_once() {
     ids.sort();
     assert_eq!(ids, vec![7, 9]);
 }
+
+#[test]
+fn the_read_check_is_shared_per_username_only_when_the_acl_ignores_client_ids() {
+    // Delivery-time ACL check (router: one ACL lookup per PUBLISH). With a `%c` pattern, two
+    // subscribers with the same username get different answers; without one they may share.
+    let acl = crate::auth::acl::Acl::parse(
+        "user u\ntopic read other/#\npattern read devices/%c/#\npattern write #\n",
+        "test",
+    )
+    .unwrap();
+    let b = Broker::new(Config::default(), Some(acl));
+    let named = |id: &str| {
+        let mut n = negotiated(Protocol::V5, id);
+        n.username = Some("u".into());
+        Client::with(n)
+    };
+    let (mut c1, mut c2, mut publ) = (named("c1"), named("c2"), named("p"));
+    for c in [&mut c1, &mut c2] {
+        assert_eq!(
+            suback_codes(&c.subscribe(&b, "devices/#", QoS::AtMostOnce)),
+            vec![0]
+        );
+        assert_eq!(
+            suback_codes(&c.subscribe(&b, "other/#", QoS::AtMostOnce)),
+            vec![0]
+        );
+    }
+    publ.handle(&b, publish("devices/c1/x", QoS::AtMostOnce, 0, b"1"))
+        .unwrap();
+    publ.handle(&b, publish("other/x", QoS::AtMostOnce, 0, b"2"))
+        .unwrap();
+    let topics = |c: &mut Client| -> Vec<String> {
+        publishes(&c.take())
+            .iter()
+            .map(|p| p.topic.as_str().to_owned())
+            .collect()
+    };
+    assert_eq!(topics(&mut c1), ["devices/c1/x", "other/x"]);
+    assert_eq!(topics(&mut c2), ["other/x"]);
+}

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use sluice_codec::{QoS, RetainHandling, SubscriptionOptions, TopicFilter};
 
+use crate::auth::acl::{Access, Acl};
 use crate::auth::AccessControl;
 use crate::config::Config;
 use crate::config::QueueFullPolicy;
@@ -72,6 +73,45 @@ impl Target {
             username: e.username.clone(),
             shared: e.shared.as_ref().map(|g| g.key.clone()),
         }
+    }
+}
+
+/// The ACL's read decision for one message's topic, for each subscriber of one PUBLISH. The
+/// ACL is looked up once; without one nothing is checked; with one, subscribers with the same
+/// username share one check unless a `%c` pattern makes the answer depend on the client id.
+struct ReadCheck<'a> {
+    acl: Option<Arc<Acl>>,
+    topic: &'a str,
+    /// Answers so far, by username (a few: past [`ReadCheck::MEMO`] names, each is checked).
+    per_user: Vec<(Option<Arc<str>>, bool)>,
+}
+
+impl<'a> ReadCheck<'a> {
+    const MEMO: usize = 16;
+
+    fn new(acl: Option<Arc<Acl>>, topic: &'a str) -> ReadCheck<'a> {
+        ReadCheck {
+            acl,
+            topic,
+            per_user: Vec::new(),
+        }
+    }
+
+    fn allows(&mut self, username: Option<&Arc<str>>, client_id: &str) -> bool {
+        let Some(acl) = &self.acl else {
+            return true;
+        };
+        let memo = !acl.uses_client_id();
+        if memo {
+            if let Some((_, ok)) = self.per_user.iter().find(|(u, _)| u.as_ref() == username) {
+                return *ok;
+            }
+        }
+        let ok = acl.check_topic(username.map(|u| &**u), client_id, self.topic, Access::Read);
+        if memo && self.per_user.len() < Self::MEMO {
+            self.per_user.push((username.cloned(), ok));
+        }
+        ok
     }
 }
 
@@ -190,14 +230,9 @@ impl Router {
                 true
             });
         }
-        // ACL read check at delivery time.
-        targets.retain(|t| {
-            self.access.may_read(
-                t.username.as_deref(),
-                &t.handle.client_id,
-                msg.topic.as_str(),
-            )
-        });
+        // ACL read check at delivery time: the ACL is looked up once for this PUBLISH.
+        let mut readable = ReadCheck::new(self.access.acl(), msg.topic.as_str());
+        targets.retain(|t| readable.allows(t.username.as_ref(), &t.handle.client_id));
         // Shared subscriptions: one member per group (4.8.2), chosen by the group's strategy,
         // or the group's own queue when every member's window is full.
         let mut to_groups = Vec::new();
@@ -221,11 +256,7 @@ impl Router {
             match pick {
                 Some(Pick::Member(i)) => {
                     let t = members.swap_remove(i);
-                    if self.access.may_read(
-                        t.username.as_deref(),
-                        &t.handle.client_id,
-                        msg.topic.as_str(),
-                    ) {
+                    if readable.allows(t.username.as_ref(), &t.handle.client_id) {
                         targets.push(t);
                     }
                 }

@@ -226,9 +226,18 @@ impl SessionHandle {
 
     /// Queues a delivery and wakes the owner; never blocks on the subscriber.
     pub fn deliver(&self, d: Delivery) -> Result<(), Dropped> {
-        let r = self.outbox().push(d);
+        let (r, was_empty) = {
+            let mut outbox = self.outbox();
+            let was_empty = outbox.is_empty();
+            (outbox.push(d), was_empty)
+        };
         match r {
-            Ok(()) => self.notify.notify_one(),
+            // Woken once per batch, not once per message: a task whose outbox already held
+            // messages has been woken for them and drains until it is empty (or comes back to
+            // it when its window or write buffer frees up), so only the first message of a
+            // burst needs to wake it.
+            Ok(()) if was_empty => self.notify.notify_one(),
+            Ok(()) => {}
             Err(Dropped::QueueFull) => {
                 let n = self.overflow_count.fetch_add(1, Ordering::Relaxed);
                 // Log the first overflow and then every 1000th, so a flood cannot flood the log.
