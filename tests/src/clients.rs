@@ -322,6 +322,23 @@ pub fn wait_session_expired(broker: &Broker, from: usize, client_id: &str, timeo
     wait_log_all(broker, from, &["session expired", client_id], timeout);
 }
 
+/// Connects a fresh 3.1.1 client to `addr` (a plain MQTT listener of `broker`), disconnects it
+/// and waits for its "client disconnected" line. The broker writes its log in order, so every
+/// line it wrote before this call is then in [`Broker::log`] too: returns how many lines come up
+/// to that one (a log barrier, instead of waiting a while for late lines).
+pub async fn log_barrier(broker: &Broker, addr: SocketAddr) -> usize {
+    let id = format!("{}-barrier", crate::client_id("log"));
+    let from = broker.log_len();
+    let mut c = raw_ok(addr, Protocol::V311, &id, &Opts::default()).await;
+    c.send(&disconnect_packet(ReasonCode::NORMAL_DISCONNECTION, None))
+        .await
+        .unwrap();
+    expect_closed(&mut c).await;
+    let line = wait_log_all(broker, from, &["client disconnected", &id], T * 2);
+    let log = broker.log();
+    from + log[from..].iter().position(|l| *l == line).unwrap() + 1
+}
+
 /// A plain socket for byte-exact exchanges (3.1.1 packets have one encoding only).
 #[derive(Debug)]
 pub struct ByteConn {
