@@ -255,7 +255,7 @@ pub fn wait_log_all(broker: &Broker, from: usize, needles: &[&str], timeout: Dur
 // line proves that its Session Expiry Interval has passed on the broker's clock.
 
 /// Payload of a sentinel message.
-pub const SENTINEL: &[u8] = b"sentinel";
+pub const SENTINEL: &str = "sentinel";
 
 /// Publishes [`SENTINEL`] on `t` at QoS 1 from a fresh 3.1.1 client; returns once it is
 /// acknowledged, by which time the broker has queued it for every matching subscriber.
@@ -267,7 +267,7 @@ pub async fn publish_sentinel(addr: SocketAddr, t: &str) {
         &Opts::default(),
     )
     .await;
-    raw_publish(&mut p, t, QoS::AtLeastOnce, 1, SENTINEL).await;
+    raw_publish(&mut p, t, QoS::AtLeastOnce, 1, SENTINEL.as_bytes()).await;
 }
 
 /// Receives and acknowledges PUBLISHes until a [`SENTINEL`] arrives (each within [`T`]);
@@ -276,7 +276,7 @@ pub async fn publishes_before_sentinel(c: &mut RawClient) -> Vec<Publish> {
     let mut before = Vec::new();
     loop {
         let p = recv_and_ack(c).await;
-        if p.payload[..] == *SENTINEL {
+        if p.payload == SENTINEL.as_bytes() {
             return before;
         }
         before.push(p);
