@@ -4,7 +4,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use sluice_tests::clients::{publishes_before_sentinel, SENTINEL};
+use sluice_tests::clients::{publishes_before_sentinel, wait_log_all, SENTINEL};
 use sluice_tests::codec::{
     Connect, ConnectProperties, Packet, Protocol, PubAck, Publish, PublishProperties, QoS,
     ReasonCode, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
@@ -429,6 +429,15 @@ fn connect_log_line_and_no_password() {
         assert!(
             line.contains(&format!("protocol={level}")),
             "protocol level: {line}"
+        );
+    }
+    // Everything logged about both connections, to their last line, is in.
+    for id in ["log-probe-5", "log-probe-4"] {
+        wait_log_all(
+            &broker,
+            0,
+            &["client disconnected", &format!("client_id={id}")],
+            WAIT,
         );
     }
     let log = broker.log().join("\n");
