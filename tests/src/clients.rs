@@ -218,7 +218,9 @@ pub fn disconnect_reasons(seen: &[Packet]) -> Vec<u8> {
         .collect()
 }
 
-/// Waits until the broker has logged that `client_id` disconnected (so its session is parked).
+/// Waits until the broker has logged that `client_id` disconnected. Its session (and will) is
+/// handed on just after that line; a new connection with the same client id is accepted only
+/// once that is done, while other clients' messages may still be routed to it as connected.
 pub fn wait_disconnected(broker: &Broker, from: usize, client_id: &str) {
     wait_log_all(broker, from, &["client disconnected", client_id], T * 2);
 }
