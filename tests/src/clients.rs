@@ -218,7 +218,9 @@ pub fn disconnect_reasons(seen: &[Packet]) -> Vec<u8> {
         .collect()
 }
 
-/// Waits until the broker has logged that `client_id` disconnected (so its session is parked).
+/// Waits until the broker has logged that `client_id` disconnected. Its session (and will) is
+/// handed on just after that line; a new connection with the same client id is accepted only
+/// once that is done, while other clients' messages may still be routed to it as connected.
 pub fn wait_disconnected(broker: &Broker, from: usize, client_id: &str) {
     wait_log_all(broker, from, &["client disconnected", client_id], T * 2);
 }
@@ -243,6 +245,100 @@ pub fn wait_log_all(broker: &Broker, from: usize, needles: &[&str], timeout: Dur
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+// ---------------------------------------------------------------- positive signals
+//
+// Instead of watching a connection for a while to show that something does NOT arrive, a test
+// publishes a sentinel after it on the same path and waits for the sentinel: the broker queues
+// deliveries to one client in the order it routes them, so anything routed to that client
+// earlier (or queued for it at CONNECT) comes first. Instead of sleeping through an interval
+// under test, a test lets the broker measure time: a reference session's "session expired" log
+// line proves that its Session Expiry Interval has passed on the broker's clock.
+
+/// Payload of a sentinel message.
+pub const SENTINEL: &str = "sentinel";
+
+/// Publishes [`SENTINEL`] on `t` at QoS 1 from a fresh 3.1.1 client; returns once it is
+/// acknowledged, by which time the broker has queued it for every matching subscriber.
+pub async fn publish_sentinel(addr: SocketAddr, t: &str) {
+    let mut p = raw_ok(
+        addr,
+        Protocol::V311,
+        &crate::client_id("sentinel"),
+        &Opts::default(),
+    )
+    .await;
+    raw_publish(&mut p, t, QoS::AtLeastOnce, 1, SENTINEL.as_bytes()).await;
+}
+
+/// Receives and acknowledges PUBLISHes until a [`SENTINEL`] arrives (each within [`T`]);
+/// returns the ones before it. Any other packet fails the test.
+pub async fn publishes_before_sentinel(c: &mut RawClient) -> Vec<Publish> {
+    let mut before = Vec::new();
+    loop {
+        let p = recv_and_ack(c).await;
+        if p.payload == SENTINEL.as_bytes() {
+            return before;
+        }
+        before.push(p);
+    }
+}
+
+/// Asserts that nothing reaches `c` before a [`SENTINEL`] published now on `t` (a topic `c` is
+/// subscribed to): the positive form of "nothing arrives" (`what` names the case).
+pub async fn expect_sentinel_next(addr: SocketAddr, c: &mut RawClient, t: &str, what: &str) {
+    publish_sentinel(addr, t).await;
+    let before = publishes_before_sentinel(c).await;
+    assert!(
+        before.is_empty(),
+        "{what}: expected nothing before the sentinel, got {before:?}"
+    );
+}
+
+/// Subscribes `c` (QoS 1, packet id `pkid`) to a topic of its own for [`expect_sentinel_next`],
+/// for a client with no subscription on the path under test; returns the topic.
+pub async fn sentinel_subscription(c: &mut RawClient, pkid: u16) -> String {
+    let t = format!("sentinel/{}", crate::client_id("s"));
+    raw_subscribe(c, pkid, &t, QoS::AtLeastOnce).await;
+    t
+}
+
+/// Parks a 5.0 session with Session Expiry Interval `secs` under a fresh client id (connect,
+/// DISCONNECT, logged as disconnected) and returns the id: once [`wait_session_expired`] sees
+/// it expire, at least `secs` seconds have passed on the broker's clock since this call.
+pub async fn reference_session(broker: &Broker, secs: u32) -> String {
+    let id = crate::client_id("clock");
+    let mut c = raw_ok(broker.addr, Protocol::V5, &id, &Opts::persistent(secs)).await;
+    let from = broker.log_len();
+    c.send(&disconnect_packet(ReasonCode::NORMAL_DISCONNECTION, None))
+        .await
+        .unwrap();
+    expect_closed(&mut c).await;
+    wait_disconnected(broker, from, &id);
+    id
+}
+
+/// Waits (bounded by `timeout`) for the broker's "session expired" line for `client_id`.
+pub fn wait_session_expired(broker: &Broker, from: usize, client_id: &str, timeout: Duration) {
+    wait_log_all(broker, from, &["session expired", client_id], timeout);
+}
+
+/// Connects a fresh 3.1.1 client to `addr` (a plain MQTT listener of `broker`), disconnects it
+/// and waits for its "client disconnected" line. The broker writes its log in order, so every
+/// line it wrote before this call is then in [`Broker::log`] too: returns how many lines come up
+/// to that one (a log barrier, instead of waiting a while for late lines).
+pub async fn log_barrier(broker: &Broker, addr: SocketAddr) -> usize {
+    let id = format!("{}-barrier", crate::client_id("log"));
+    let from = broker.log_len();
+    let mut c = raw_ok(addr, Protocol::V311, &id, &Opts::default()).await;
+    c.send(&disconnect_packet(ReasonCode::NORMAL_DISCONNECTION, None))
+        .await
+        .unwrap();
+    expect_closed(&mut c).await;
+    let line = wait_log_all(broker, from, &["client disconnected", &id], T * 2);
+    let log = broker.log();
+    from + log[from..].iter().position(|l| *l == line).unwrap() + 1
 }
 
 /// A plain socket for byte-exact exchanges (3.1.1 packets have one encoding only).

@@ -4,11 +4,12 @@
 use std::process::Output;
 use std::time::Duration;
 
+use sluice_tests::clients::{publishes_before_sentinel, wait_log_all, SENTINEL};
 use sluice_tests::codec::{
     Connect, ConnectProperties, Packet, Protocol, PubAck, Publish, PublishProperties, QoS,
     ReasonCode, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
 };
-use sluice_tests::{mosquitto_pub, run_sluice, Broker, BrokerOpts, RawClient, Recv};
+use sluice_tests::{mosquitto_pub, run_sluice, Broker, BrokerOpts, RawClient};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -267,21 +268,14 @@ async fn publish_qos1(c: &mut RawClient, pkid: u16, topic: &str, payload: &str) 
     }
 }
 
-/// The topics of the PUBLISHes `c` receives until nothing comes for 300 ms (acking QoS 1).
-async fn drain_topics(c: &mut RawClient) -> Vec<String> {
-    let mut topics = Vec::new();
-    while let Recv::Packet(p) = c.recv(Duration::from_millis(300)).await.unwrap() {
-        match *p {
-            Packet::Publish(p) => {
-                if p.qos != QoS::AtMostOnce {
-                    c.send(&Packet::PubAck(PubAck::new(p.pkid))).await.unwrap();
-                }
-                topics.push(p.topic.as_str().to_owned());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    topics
+/// The topics of the PUBLISHes `c` receives (acking them) before a [`SENTINEL`] payload, which
+/// the test publishes last on the same path: whatever was routed to `c` before it comes first.
+async fn topics_before_sentinel(c: &mut RawClient) -> Vec<String> {
+    publishes_before_sentinel(c)
+        .await
+        .iter()
+        .map(|p| p.topic.as_str().to_owned())
+        .collect()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -358,12 +352,18 @@ fn acl_write_denied_publish_is_not_delivered() {
                 [want_denied, want_denied, 0, 0],
                 "{protocol:?} PUBACK reason codes"
             );
+            publish_qos1(&mut alice, 5, "alice/ok", SENTINEL).await;
+            publish_qos1(&mut alice, 6, "inbox/bob", SENTINEL).await;
             assert_eq!(
-                drain_topics(&mut watcher).await,
+                topics_before_sentinel(&mut watcher).await,
                 ["alice/ok"],
                 "{protocol:?}"
             );
-            assert_eq!(drain_topics(&mut bob).await, ["inbox/bob"], "{protocol:?}");
+            assert_eq!(
+                topics_before_sentinel(&mut bob).await,
+                ["inbox/bob"],
+                "{protocol:?}"
+            );
         }
     });
 }
@@ -379,7 +379,11 @@ fn acl_pattern_client_id() {
         let own = publish_qos1(&mut dev, 1, "devices/dev1/temp", "21").await;
         let other = publish_qos1(&mut dev, 2, "devices/dev2/temp", "99").await;
         assert_eq!((own.reason.0, other.reason.0), (0x00, 0x87));
-        assert_eq!(drain_topics(&mut watcher).await, ["devices/dev1/temp"]);
+        publish_qos1(&mut dev, 3, "devices/dev1/temp", SENTINEL).await;
+        assert_eq!(
+            topics_before_sentinel(&mut watcher).await,
+            ["devices/dev1/temp"]
+        );
     });
 }
 
@@ -452,6 +456,15 @@ fn connect_log_line_and_no_password() {
         assert!(
             line.contains(&format!("protocol={level}")),
             "protocol level: {line}"
+        );
+    }
+    // Everything logged about both connections, to their last line, is in.
+    for id in ["log-probe-5", "log-probe-4"] {
+        wait_log_all(
+            &broker,
+            0,
+            &["client disconnected", &format!("client_id={id}")],
+            WAIT,
         );
     }
     let log = broker.log().join("\n");

@@ -13,7 +13,7 @@
 //! its PID (the harness's `Drop`).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,19 @@ fn usage(pid: u32) -> (u64, usize) {
         .expect("broker fds")
         .count();
     (rss, fds)
+}
+
+/// Samples [`usage`] every 100 ms until `ok(rss, fds)` holds or `limit` has passed; returns the
+/// last sample (the caller asserts on it).
+async fn settle(pid: u32, limit: Duration, ok: impl Fn(u64, usize) -> bool) -> (u64, usize) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (rss, fds) = usage(pid);
+        if ok(rss, fds) || Instant::now() >= deadline {
+            return (rss, fds);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The broker process exists and is not a zombie.
@@ -117,16 +130,21 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     let pid = broker.pid();
     let addr = broker.addr;
 
-    // Warm up (one connection, one message), then take the baseline.
+    // Warm up (one connection, one message), then take the baseline once the broker has seen
+    // the connection close and its socket is gone (as many descriptors as before it).
+    let fds_idle = usage(pid).1;
     {
         let mut c = connected(&broker, Protocol::V311, "warmup").await;
         c.send(&publish("warmup", QoS::AtMostOnce, 0, b"x".to_vec()))
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (rss_start, fds_start) = usage(pid);
-    eprintln!("start: VmRSS {rss_start} KiB, {fds_start} fds");
+    broker
+        .wait_log("client disconnected", Duration::from_secs(10))
+        .expect("the warm-up connection ends");
+    let (rss_start, fds_start) =
+        settle(pid, Duration::from_secs(10), |_, fds| fds <= fds_idle).await;
+    eprintln!("start: VmRSS {rss_start} KiB, {fds_start} fds ({fds_idle} before the warm-up)");
 
     // The well-behaved pair.
     let mut sub = connected(&broker, Protocol::V311, "good-sub").await;
@@ -152,7 +170,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
         slow.push(c);
     }
 
-    let pair_done = Arc::new(AtomicBool::new(false));
+    let (pair_done, pair_done_rx) = tokio::sync::watch::channel(false);
     let mut hostile: JoinSet<&'static str> = JoinSet::new();
 
     // Never CONNECT: each must be closed by the broker soon after connect_timeout.
@@ -259,7 +277,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     // Flooders: QoS 0 as fast as the socket takes it, until the pair is done (bounded).
     let flooded = Arc::new(AtomicU64::new(0));
     for f in 0..FLOODERS {
-        let done = pair_done.clone();
+        let mut done = pair_done_rx.clone();
         let flooded = flooded.clone();
         let mut c = connected(&broker, Protocol::V311, "flood").await;
         hostile.spawn(async move {
@@ -276,7 +294,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
                 batch.extend_from_slice(&out);
             }
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+            while !*done.borrow() && Instant::now() < deadline {
                 match tokio::time::timeout(Duration::from_millis(200), c.send_bytes(&batch)).await {
                     Ok(Ok(())) => {
                         flooded.fetch_add(64, Ordering::Relaxed);
@@ -287,10 +305,8 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
                     Err(_) => break,
                 }
             }
-            // Keep the connection open (and pushed back) until the pair is done.
-            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // Keep the connection open (and pushed back) until the pair is done (bounded).
+            let _ = tokio::time::timeout_at(deadline.into(), done.wait_for(|d| *d)).await;
             drop(c);
             "flood"
         });
@@ -345,7 +361,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     let (got, sub) = receiver.await.unwrap();
     eprintln!("{:?}: pair done", test_start.elapsed());
     let pair_time = pair_start.elapsed();
-    pair_done.store(true, Ordering::Relaxed);
+    pair_done.send_replace(true);
     eprintln!(
         "pair: {acked} acked, {} received in {pair_time:?}",
         got.len()
@@ -389,17 +405,13 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
         .expect("flooders were rate limited");
 
     // Everything hostile is closed: resources return near the start (bounded wait).
-    let mut settled = usage(pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
     // A flooder's socket may still hold PUBLISHes the broker reads at the rate limit before it
     // sees the close, so those few can linger a little longer; nothing else should.
     let fd_slack = FLOODERS + 2;
-    while Instant::now() < deadline && settled.1 > fds_start + fd_slack {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        settled = usage(pid);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss_end, fds_end) = usage(pid);
+    let (rss_end, fds_end) = settle(pid, Duration::from_secs(20), |rss, fds| {
+        fds <= fds_start + fd_slack && rss < rss_start + 64 * 1024
+    })
+    .await;
     eprintln!(
         "end: VmRSS {rss_end} KiB ({:+} KiB from start), {fds_end} fds (start {fds_start})",
         rss_end as i64 - rss_start as i64

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use bytes::{Bytes, BytesMut};
+use sluice_tests::clients::wait_log_all;
 use sluice_tests::codec::{
     ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, PublishProperties, QoS, Str,
     Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
@@ -216,7 +217,9 @@ async fn max_connections() -> Result<()> {
     let broker = Broker::with_config("[limits]\nmax_connections = 3\n");
     let mut sub = connect(broker.addr, Protocol::V5).await?;
     let mut publisher = connect(broker.addr, Protocol::V311).await?;
-    let third = connect(broker.addr, Protocol::V5).await?;
+    let third_id = client_id("third");
+    let (third, a) = connect_as(broker.addr, Protocol::V5, &third_id).await?;
+    assert_eq!(a.reason.0, 0, "CONNACK {a:?}");
     let (mut c, a) = connect_as(broker.addr, Protocol::V5, &client_id("fourth")).await?;
     assert_eq!(a.reason.0, 0x89, "4th v5 client: {a:?}");
     c.expect_closed(STEP).await?;
@@ -232,7 +235,10 @@ async fn max_connections() -> Result<()> {
         other => panic!("expected the message, got {other:?}"),
     }
 
+    let from = broker.log_len();
     drop(third);
+    wait_log_all(&broker, from, &["client disconnected", &third_id], STEP);
+    // Its slot is given back as its task ends, just after that line: retry briefly (bounded).
     let deadline = Instant::now() + STEP;
     loop {
         let (_c, a) = connect_as(broker.addr, Protocol::V5, &client_id("later")).await?;
@@ -264,9 +270,11 @@ async fn connect_timeout_closes_silent_socket() -> Result<()> {
         took >= Duration::from_millis(800) && took <= Duration::from_millis(2500),
         "closed after {took:?}, expected ~1 s"
     );
-    // A client that does send CONNECT in time is unaffected.
+    // A client that does send CONNECT in time is unaffected: still there once a silent socket
+    // opened after it has been closed for its connect timeout.
     let mut c = connect(broker.addr, Protocol::V5).await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut silent = RawClient::connect(broker.addr, Protocol::V5).await?;
+    silent.expect_closed(Duration::from_secs(10)).await?;
     c.send(&Packet::PingReq).await?;
     assert!(matches!(c.expect_packet(STEP).await?, Packet::PingResp));
     Ok(())

@@ -278,16 +278,8 @@ fn v5_message_expiry() {
         "expiry forwarded as 100 minus waiting: {left}"
     );
 
-    publish(
-        &broker,
-        V5,
-        &[
-            &["-q", "1", "-r", "-t", "exp/short", "-m", "s"],
-            &e[..],
-            &["1"],
-        ]
-        .concat(),
-    );
+    // exp/long before exp/short: once exp/short has expired, exp/long is over 1 s old.
+    let started = Instant::now();
     publish(
         &broker,
         V5,
@@ -301,10 +293,39 @@ fn v5_message_expiry() {
     publish(
         &broker,
         V5,
+        &[
+            &["-q", "1", "-r", "-t", "exp/short", "-m", "s"],
+            &e[..],
+            &["1"],
+        ]
+        .concat(),
+    );
+    publish(
+        &broker,
+        V5,
         &["-q", "1", "-r", "-t", "exp/never", "-m", "n"],
     );
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_millis(2200));
+    // The broker logs nothing when a retained message expires: new subscribers to exp/short
+    // are asked (bounded) until they no longer get it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let probe = Sub::start(
+            &broker,
+            V5,
+            &["-F", "%t|%p", "-q", "1", "-t", "exp/short"],
+            0,
+        );
+        let lines = probe.finish(&broker);
+        if lines.is_empty() {
+            break;
+        }
+        assert_eq!(lines, ["exp/short|s"], "retained until it expires");
+        assert!(
+            Instant::now() < deadline,
+            "exp/short still retained 15 s after its 1 s expiry interval"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let late = Sub::start(&broker, V5, &fmt, 2);
     let lines = sorted(late.finish(&broker));
     assert_eq!(lines.len(), 2, "exp/short expired after 1 s: {lines:?}");

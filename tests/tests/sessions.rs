@@ -257,9 +257,10 @@ async fn takeover_v311_closes_old_and_reflects_session() {
         (ack.reason, ack.session_present),
         (ReasonCode::SUCCESS, false)
     );
+    let sentinel = sentinel_subscription(&mut third, 1).await;
     expect_closed(&mut second).await;
     publish_all(&broker, "take/1", &[b"two".to_vec()]).await;
-    expect_silence(&mut third, QUIET).await;
+    expect_sentinel_next(broker.addr, &mut third, &sentinel, "discarded session").await;
 }
 
 // ------------------------------------------------------------------ session lifetime
@@ -283,9 +284,10 @@ async fn clean_start_discards_the_session() {
             (ReasonCode::SUCCESS, false),
             "{protocol:?}"
         );
-        expect_silence(&mut c, QUIET).await;
+        // A queued message would come before the SUBACK or, at the latest, the sentinel.
+        let sentinel = sentinel_subscription(&mut c, 1).await;
         publish_all(&broker, &t, &[b"after".to_vec()]).await;
-        expect_silence(&mut c, QUIET).await;
+        expect_sentinel_next(broker.addr, &mut c, &sentinel, &format!("{protocol:?}")).await;
     }
 }
 
@@ -305,13 +307,15 @@ async fn session_expiry_0_ends_with_connection_v5() {
     publish_all(&broker, "exp0", &[b"x".to_vec()]).await;
     let (mut c, ack) = raw_connect(broker.addr, Protocol::V5, &id, &no_expiry).await;
     assert!(!ack.session_present, "[MQTT-3.2.2-3]");
-    expect_silence(&mut c, QUIET).await;
+    let sentinel = sentinel_subscription(&mut c, 1).await;
+    expect_sentinel_next(broker.addr, &mut c, &sentinel, "no queued message").await;
 }
 
 /// 5.0 Session Expiry Interval 2 s: the session (and messages queued for it) survives a 1 s
 /// absence (Session Present 1 [MQTT-3.2.2-3]), and is gone once 2 s pass after the next
 /// disconnect (3.1.2.11.2): the broker logs "session expired" no earlier than ~2 s (bounded
-/// wait) and Clean Start 0 then gets Session Present 0.
+/// wait) and Clean Start 0 then gets Session Present 0. The 1 s is measured by the broker: a
+/// reference session with a 1 s interval, parked after this one, has expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_2s_v5() {
     let broker = Broker::start();
@@ -321,7 +325,9 @@ async fn session_expiry_2s_v5() {
     raw_subscribe(&mut c, 1, "exp2", QoS::AtLeastOnce).await;
     disconnect(&broker, c, &id).await;
     publish_all(&broker, "exp2", &[b"kept".to_vec()]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let from = broker.log_len();
+    let clock = reference_session(&broker, 1).await;
+    wait_session_expired(&broker, from, &clock, Duration::from_secs(6));
 
     let (mut c, ack) = raw_connect(broker.addr, Protocol::V5, &id, &o).await;
     assert!(ack.session_present, "still there after 1 s of 2");
@@ -349,7 +355,8 @@ async fn session_expiry_2s_v5() {
 }
 
 /// 5.0 DISCONNECT may change the Session Expiry Interval (3.14.2.2.2): 60 -> 0 ends the
-/// session at once; 1 -> 60 keeps it past the original second. Setting a non-zero value after
+/// session at once; 1 -> 60 keeps it past the original second (measured by the broker: a
+/// reference session with a 2 s interval, parked after it, has expired). Setting a non-zero value after
 /// CONNECT set 0 is a Protocol Error [MQTT-3.14.2-2]: DISCONNECT 0x82 from the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_overrides_session_expiry_v5() {
@@ -384,7 +391,9 @@ async fn disconnect_overrides_session_expiry_v5() {
     .unwrap();
     expect_closed(&mut c).await;
     wait_disconnected(&broker, from, &id);
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let from = broker.log_len();
+    let clock = reference_session(&broker, 2).await;
+    wait_session_expired(&broker, from, &clock, Duration::from_secs(8));
     let (_c, ack) = raw_connect(broker.addr, Protocol::V5, &id, &Opts::persistent(60)).await;
     assert!(
         ack.session_present,
@@ -438,7 +447,7 @@ async fn offline_messages_delivered_in_order() {
                 "{protocol:?}"
             );
         }
-        expect_silence(&mut c, QUIET).await;
+        expect_sentinel_next(broker.addr, &mut c, &t, &format!("{protocol:?}: 20 only")).await;
     }
 }
 
@@ -463,7 +472,7 @@ async fn offline_queue_limit() {
     for want in &payloads[..5] {
         assert_eq!(&recv_and_ack(&mut c).await.payload[..], &want[..]);
     }
-    expect_silence(&mut c, QUIET).await;
+    expect_sentinel_next(broker.addr, &mut c, "lim", "5 kept, 5 dropped").await;
 }
 
 // ------------------------------------------------------------------ keepalive
@@ -497,7 +506,8 @@ async fn silent_client_disconnected_after_keepalive() {
 }
 
 /// A client that sends PINGREQ within its keepalive stays connected and gets PINGRESP
-/// [MQTT-3.12.4-1].
+/// [MQTT-3.12.4-1]: it pings every 250 ms until a silent reference connection with the same
+/// Keep Alive (1 s), opened after it, has been closed for its keepalive timeout, and once more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinging_client_stays_connected() {
     let broker = Broker::start();
@@ -506,11 +516,29 @@ async fn pinging_client_stays_connected() {
         ..Opts::default()
     };
     let mut c = raw_ok(broker.addr, Protocol::V311, &client_id("ping"), &o).await;
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut reference = raw_ok(broker.addr, Protocol::V311, &client_id("silent"), &o).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pings = 0;
+    loop {
         c.send(&Packet::PingReq).await.unwrap();
-        assert_eq!(c.expect_packet(T).await.unwrap(), Packet::PingResp);
+        assert_eq!(
+            c.expect_packet(T).await.unwrap(),
+            Packet::PingResp,
+            "after {pings} pings"
+        );
+        pings += 1;
+        match reference.recv(Duration::from_millis(250)).await.unwrap() {
+            sluice_tests::Recv::Closed => break,
+            sluice_tests::Recv::Timeout => {}
+            sluice_tests::Recv::Packet(p) => panic!("silent reference got {p:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent reference was not closed for its keepalive"
+        );
     }
+    c.send(&Packet::PingReq).await.unwrap();
+    assert_eq!(c.expect_packet(T).await.unwrap(), Packet::PingResp);
 }
 
 // ------------------------------------------------------------------ wills
@@ -544,7 +572,7 @@ async fn will_published_on_abnormal_close() {
             (t.as_str(), &b"gone"[..], QoS::AtLeastOnce)
         );
     }
-    expect_silence(&mut sub, QUIET).await;
+    expect_sentinel_next(broker.addr, &mut sub, "will/sentinel", "one will each").await;
 }
 
 /// The will is published when the server closes the connection for a keepalive timeout
@@ -593,8 +621,11 @@ async fn no_will_on_normal_disconnect() {
         )
         .await;
         disconnect(&broker, c, &id).await;
+        // The client is logged as disconnected just before its session (and will) is handed
+        // on; a new connection with the same client id is accepted only after that.
+        raw_ok(broker.addr, protocol, &id, &Opts::default()).await;
     }
-    expect_silence(&mut sub, QUIET).await;
+    expect_sentinel_next(broker.addr, &mut sub, "will/sentinel", "no will").await;
 }
 
 /// 5.0 DISCONNECT with reason 0x04 Disconnect with Will Message: the will is published
@@ -618,7 +649,8 @@ async fn disconnect_0x04_publishes_will_v5() {
 }
 
 /// 5.0 Will Delay Interval 2 s, reconnect within the delay: the will is NOT sent
-/// [MQTT-3.1.3-9] (checked until 2.6 s after the drop).
+/// [MQTT-3.1.3-9]: checked once a reference client with the same delay, dropped after the
+/// reconnect, has had its will published, then with a sentinel behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_delay_cancelled_by_reconnect_v5() {
     let broker = Broker::start();
@@ -627,13 +659,34 @@ async fn will_delay_cancelled_by_reconnect_v5() {
     let o = with_will(Opts::persistent(60), "will/delay", 2);
     let c = raw_ok(broker.addr, Protocol::V5, &id, &o).await;
     let from = broker.log_len();
-    let dropped = Instant::now();
     drop(c);
     wait_disconnected(&broker, from, &id);
     let (_c, ack) = raw_connect(broker.addr, Protocol::V5, &id, &o).await;
     assert!(ack.session_present);
-    let left = Duration::from_millis(2600).saturating_sub(dropped.elapsed());
-    expect_silence(&mut sub, left).await;
+    let reference = raw_ok(
+        broker.addr,
+        Protocol::V5,
+        &client_id("wdr"),
+        &with_will(Opts::persistent(60), "will/reference", 2),
+    )
+    .await;
+    drop(reference);
+    let p = match sub.recv(Duration::from_secs(8)).await.unwrap() {
+        sluice_tests::Recv::Packet(p) => *p,
+        other => panic!("the reference will within 8 s, got {other:?}"),
+    };
+    let Packet::Publish(p) = p else {
+        panic!("expected a will, got {p:?}")
+    };
+    sub.send(&Packet::PubAck(PubAck::new(p.pkid)))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.topic.as_str(),
+        "will/reference",
+        "only the reference's will"
+    );
+    expect_sentinel_next(broker.addr, &mut sub, "will/sentinel", "no will/delay").await;
 }
 
 /// 5.0 Will Delay Interval 1 s with a long session: the will is published once the delay
