@@ -1469,6 +1469,32 @@ struct Shared {
     soft_limit: u64,
     mode: PersistenceMode,
     state: Mutex<State>,
+    /// What the writer has done so far ([`Store::stats`]).
+    counters: Counters,
+}
+
+/// The writer's counters (relaxed atomics: statistics, read at any time).
+#[derive(Debug, Default)]
+struct Counters {
+    fsyncs: AtomicU64,
+    writes: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// What the store has done since it was opened: [`Store::stats`], and the `store closed` log
+/// line at shutdown (README, Durability).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// fsync/fdatasync calls: the log's group commits, plus those of compaction (the new log,
+    /// `CURRENT` and the directory).
+    pub fsyncs: u64,
+    /// `write` calls appending to the log.
+    pub writes: u64,
+    /// Records appended to the log (a message, a queue entry, an acknowledgement...).
+    pub records: u64,
+    /// Bytes appended to the log (compaction's rewrites not included).
+    pub bytes: u64,
 }
 
 impl Shared {
@@ -1540,6 +1566,7 @@ impl Store {
                 image,
                 reader: Arc::new(reader),
             }),
+            counters: Counters::default(),
         });
         let writer = Writer {
             dir,
@@ -1731,6 +1758,19 @@ impl Store {
             .map_or(0, |s| s.disk_bytes.load(Ordering::Relaxed))
     }
 
+    /// What the store has done since it was opened (zero for a disabled store).
+    pub fn stats(&self) -> StoreStats {
+        self.shared.as_ref().map_or_else(StoreStats::default, |s| {
+            let c = &s.counters;
+            StoreStats {
+                fsyncs: c.fsyncs.load(Ordering::Relaxed),
+                writes: c.writes.load(Ordering::Relaxed),
+                records: c.records.load(Ordering::Relaxed),
+                bytes: c.bytes.load(Ordering::Relaxed),
+            }
+        })
+    }
+
     /// The mode in force.
     pub fn mode(&self) -> PersistenceMode {
         self.shared
@@ -1867,6 +1907,7 @@ impl Writer {
             let mut shutdown = None;
             let mut compact = None;
             let mut backlog = 0usize;
+            let mut records = 0u64;
             let mut cmd = Some(first);
             let mut n = 0;
             {
@@ -1877,6 +1918,7 @@ impl Writer {
                 let mut state = shared.state();
                 while let Some(c) = cmd.take() {
                     let mut put = |rec: &Record| {
+                        records += 1;
                         backlog += record_cost(rec);
                         let at = self.size + buf.len() as u64;
                         encode_record(rec, &mut buf);
@@ -1899,6 +1941,7 @@ impl Writer {
                                     let rest = || recs.iter().filter(|r| !is_msg(r));
                                     encode_batch(rest(), &mut buf);
                                     for rec in rest() {
+                                        records += 1;
                                         backlog += record_cost(rec);
                                         state.image.apply(rec, (0, 0));
                                     }
@@ -1930,6 +1973,10 @@ impl Writer {
                 dirty = true;
             }
             self.shared.backlog.fetch_sub(backlog, Ordering::Relaxed);
+            self.shared
+                .counters
+                .records
+                .fetch_add(records, Ordering::Relaxed);
             if ok && dirty && (durable || shutdown.is_some()) {
                 ok = self.sync();
                 dirty = false;
@@ -1950,6 +1997,17 @@ impl Writer {
                 if ok && self.size > 1024 * 1024 && self.size > 2 * live {
                     self.compact(&[]);
                 }
+                let stats = Store {
+                    shared: Some(self.shared.clone()),
+                }
+                .stats();
+                tracing::info!(
+                    fsyncs = stats.fsyncs,
+                    writes = stats.writes,
+                    records = stats.records,
+                    bytes = stats.bytes,
+                    "store closed"
+                );
                 let _ = t.send(());
                 return;
             }
@@ -2035,8 +2093,13 @@ impl Writer {
                 return false;
             }
         }
+        let counters = &self.shared.counters;
+        counters.writes.fetch_add(1, Ordering::Relaxed);
         match self.file.write_all(data) {
             Ok(()) => {
+                counters
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 self.size += data.len() as u64;
                 self.shared.disk_bytes.store(self.size, Ordering::Relaxed);
                 true
@@ -2051,6 +2114,7 @@ impl Writer {
     }
 
     fn sync(&mut self) -> bool {
+        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         match self.file.sync_data() {
             Ok(()) => true,
             Err(e) => {
@@ -2142,6 +2206,8 @@ impl Writer {
                 written += buf.len() as u64;
             }
             let f = out.into_inner().map_err(|e| e.into_error())?;
+            // The new log, then CURRENT and the directory (write_current).
+            shared.counters.fsyncs.fetch_add(3, Ordering::Relaxed);
             f.sync_all()?;
             // Everything that can fail before the switch happens before it.
             let append = OpenOptions::new().append(true).open(&path)?;

@@ -765,3 +765,30 @@ fn retained_records_keep_the_retained_stores_order() {
     rt.block_on(store.shutdown());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The store counts what it wrote: every record, the bytes of the log, its writes and fsyncs.
+#[tokio::test]
+async fn the_store_counts_its_records_writes_and_fsyncs() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    for i in 0..10u64 {
+        queue_for_c(&store, i + 1, "t", vec![b'x'; 10]);
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    let stats = store.stats();
+    assert_eq!(
+        stats.records,
+        1 + 2 * 10,
+        "the session, then a message and its entry each"
+    );
+    assert_eq!(
+        stats.bytes,
+        store.disk_bytes(),
+        "a fresh log holds what was appended"
+    );
+    assert!(stats.writes >= 1 && stats.writes <= stats.records);
+    assert!(stats.fsyncs >= 1, "durable: the ticket waited for an fsync");
+    store.shutdown().await;
+    assert_eq!(Store::disabled().stats(), StoreStats::default());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
