@@ -947,10 +947,19 @@ async fn backlog(target: Target, p: &Params) -> Result<Outcome> {
     let _ = publ.disconnect(deadline).await;
     let queued_rss = target.pid.and_then(procfs::memory_kib).map(|m| m.0);
 
+    let broker_cpu = || {
+        target
+            .pid
+            .and_then(|pid| procfs::cpu_seconds(&pid.to_string()))
+    };
+    let cpu_before_drain = broker_cpu();
     let t1 = Instant::now();
     let t1_ns = track::now_ns();
     let (mut sub, ack) = Conn::connect(target.addr, p.protocol, &sub_opts, deadline).await?;
     let (stats, timed_out) = subscriber(&mut sub, &shared, &[0], p.idle, deadline).await?;
+    // The broker's CPU time over the drain (reconnect → the subscriber's end: the last message
+    // plus its idle wait, when the broker has nothing left to do).
+    let drain_cpu = cpu_before_drain.zip(broker_cpu()).map(|(a, b)| b - a);
     let drain_s = stats
         .last_recv_ns
         .map(|l| l.saturating_sub(t1_ns) as f64 / 1e9)
@@ -977,6 +986,9 @@ async fn backlog(target: Target, p: &Params) -> Result<Outcome> {
     out.set("duplicated", stream.duplicated as f64);
     out.set("out_of_order", stream.out_of_order as f64);
     out.set("drain_s", drain_s);
+    if let Some(cpu) = drain_cpu {
+        out.set("drain_cpu_s", cpu);
+    }
     if drain_s > 0.0 {
         out.set("delivered_msgs_s", unique as f64 / drain_s);
         out.set(

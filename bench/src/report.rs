@@ -37,6 +37,7 @@ pub const FIGURES: &[(&str, &str, usize)] = &[
     ("bytes_per_conn", "broker bytes/connection", 0),
     ("rss_queued_mib", "broker RSS queued MiB", 1),
     ("drain_s", "drain time s", 3),
+    ("drain_cpu_s", "broker CPU s during the drain", 2),
     ("consumer_0", "consumer 0 received", 0),
     ("consumer_1", "consumer 1 received", 0),
     ("consumer_2", "consumer 2 received", 0),
