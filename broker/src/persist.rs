@@ -35,6 +35,35 @@
 //! name the *delivery* by the session's number for it (`seq`), since one message can be queued
 //! twice for one session.
 //!
+//! # What waits for the disk
+//! `durable` promises that nothing *acknowledged* is lost, not that every record is on disk at
+//! once. A connection about to send a packet whose promise rests on records it logged (an
+//! acknowledgement, a QoS 2 PUBLISH...) holds the packet back and asks for a ticket; the writer
+//! answers tickets with a group commit: one write and one fsync of everything taken in so far.
+//! Records that no packet waits for are not worth an fsync of their own: they wait, unwritten,
+//! for the next group commit, or at most `persistence.lazy_commit` ms (10). Appending one does
+//! not even wake the writer; a ticket does (the writer sleeps until the oldest held record is
+//! due). So a consumer's acknowledgements cost an fsync per `lazy_commit`, not one each. Per
+//! record kind:
+//!
+//! | record | logged when | held until it is safe | if a crash loses it |
+//! |---|---|---|---|
+//! | `Message`, `Enqueue`, `GroupEnqueue`, `Retain` of a QoS 1/2 PUBLISH | PUBLISH received | PUBACK / PUBREC | nothing: it was not acknowledged |
+//! | `Qos2In` | QoS 2 PUBLISH received | PUBREC | nothing: not acknowledged |
+//! | `Qos2InDone` | PUBREL received | PUBCOMP: else the id stays taken and a new PUBLISH reusing it is dropped as a resend | - |
+//! | `Released` | PUBREC received | PUBREL: else the PUBLISH is resent after the receiver let its id go, and delivered twice [MQTT-4.3.3] | - |
+//! | `Sent` of a QoS 2 delivery | before the PUBLISH | the PUBLISH: its packet id must be on disk before the receiver can see it, or a resend would come as a new message | - |
+//! | `Subscribe`, `Unsubscribe` | SUBSCRIBE / UNSUBSCRIBE | SUBACK / UNSUBACK | - |
+//! | `Sent` of a QoS 1 delivery | PUBLISH sent | nothing | the message is sent again after the restart, with DUP |
+//! | `Acked` | PUBACK / PUBCOMP received | nothing | the PUBLISH is resent with DUP, or the PUBREL again (both allowed) |
+//! | `Skip` | a delivery dropped unsent (expired, too large, moved, read error) | nothing | it is considered again after the restart |
+//! | `GroupTaken` with the member's `Enqueue` (one frame) | a group queue hands a message over | nothing | the message is back in the group queue |
+//! | `Session`, `SessionGone` | CONNECT, connection end | nothing (CONNACK is not held) | the session as logged before: its clock starts at the restart; a session discarded by a clean start comes back until the client's next clean start |
+//! | anything of a QoS 0 PUBLISH, a will | - | nothing | QoS 0 is at most once |
+//!
+//! A held packet also holds every packet after it on that connection (order is kept). In
+//! `relaxed` mode a ticket only waits for the write, and fsyncs come every `sync_interval`.
+//!
 //! # Format
 //! `CURRENT` holds the name of the live log file (`wal-NNNNNNNN.log`). A log file is a sequence
 //! of frames `[len: u32 LE][crc32 of payload: u32 LE][payload]`; the payload is a tag byte and the
@@ -66,8 +95,10 @@ use crate::message::{ClientId, Message};
 pub const BACKLOG_HIGH_WATER: usize = 64 * 1024 * 1024;
 /// After a failed write, how often the writer tries to rewrite the log and carry on.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
-/// Most commands the writer takes into one batch (one write, one fsync).
+/// Most commands the writer takes in at once (the image's lock is held meanwhile).
 const MAX_BATCH: usize = 16 * 1024;
+/// Records held back past this many bytes are written at once (not fsynced before they are due).
+const LAZY_MAX_BYTES: usize = 1024 * 1024;
 
 /// One change to the persistent state.
 #[derive(Debug, Clone)]
@@ -1471,6 +1502,8 @@ struct Shared {
     state: Mutex<State>,
     /// What the writer has done so far ([`Store::stats`]).
     counters: Counters,
+    /// The writer thread, to wake it when something waits for it (it sets this itself).
+    writer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// The writer's counters (relaxed atomics: statistics, read at any time).
@@ -1500,6 +1533,108 @@ pub struct StoreStats {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `cmd`, which somebody waits for: the writer must not sleep on it.
+    fn send_waking(&self, cmd: Cmd) -> bool {
+        let sent = self.tx.send(cmd).is_ok();
+        if let Some(w) = self.writer.get() {
+            w.unpark();
+        }
+        sent
+    }
+}
+
+/// When the writer writes and fsyncs what it has taken in (see "What waits for the disk").
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    durable: bool,
+    /// `persistence.lazy_commit`.
+    lazy: Duration,
+    /// `relaxed`: `persistence.sync_interval`.
+    sync_interval: Duration,
+}
+
+/// What the writer holds that is not safe yet.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    /// When the oldest record not written yet was taken in.
+    unwritten_since: Option<Instant>,
+    /// Bytes not written yet.
+    unwritten_bytes: usize,
+    /// When the oldest record written but not fsynced was taken in.
+    unsynced_since: Option<Instant>,
+}
+
+impl Held {
+    /// Everything taken in is written now.
+    fn written(&mut self) {
+        self.unsynced_since = earliest(self.unsynced_since, self.unwritten_since);
+        self.unwritten_since = None;
+        self.unwritten_bytes = 0;
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One decision of the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Step {
+    write: bool,
+    sync: bool,
+}
+
+impl Policy {
+    /// What to do now with what is `held`; `urgent` when a ticket (or compaction, shutdown)
+    /// waits. Durable: a ticket writes and fsyncs everything at once (group commit); records
+    /// nobody waits for are written and fsynced once the oldest is `lazy` old, or with the
+    /// next ticket. Relaxed: a ticket writes; records nobody waits for are written once `lazy`
+    /// old; an fsync follows `sync_interval` after a write. Past [`LAZY_MAX_BYTES`] held back,
+    /// they are written at once.
+    fn step(&self, held: &Held, urgent: bool, now: Instant) -> Step {
+        let due = |since: Option<Instant>, after: Duration| since.is_some_and(|t| now >= t + after);
+        let unwritten = held.unwritten_bytes > 0;
+        let big = held.unwritten_bytes >= LAZY_MAX_BYTES;
+        if self.durable {
+            let oldest = earliest(held.unwritten_since, held.unsynced_since);
+            let sync = oldest.is_some() && (urgent || due(oldest, self.lazy));
+            Step {
+                write: unwritten && (sync || big),
+                sync,
+            }
+        } else {
+            let write = unwritten && (urgent || big || due(held.unwritten_since, self.lazy));
+            let unsynced = if write {
+                earliest(held.unsynced_since, held.unwritten_since)
+            } else {
+                held.unsynced_since
+            };
+            Step {
+                write,
+                sync: due(unsynced, self.sync_interval),
+            }
+        }
+    }
+
+    /// Until when the writer may sleep without taking commands in (None: until one comes).
+    fn wake_at(&self, held: &Held) -> Option<Instant> {
+        let lazy = |t: Option<Instant>, d: Duration| t.map(|t| t + d);
+        if self.durable {
+            lazy(
+                earliest(held.unwritten_since, held.unsynced_since),
+                self.lazy,
+            )
+        } else {
+            earliest(
+                lazy(held.unwritten_since, self.lazy),
+                lazy(held.unsynced_since, self.sync_interval),
+            )
+        }
     }
 }
 
@@ -1567,6 +1702,7 @@ impl Store {
                 reader: Arc::new(reader),
             }),
             counters: Counters::default(),
+            writer: std::sync::OnceLock::new(),
         });
         let writer = Writer {
             dir,
@@ -1576,6 +1712,7 @@ impl Store {
             compacted_size: size,
             shared: shared.clone(),
             sync_interval: Duration::from_millis(cfg.sync_interval),
+            lazy_commit: Duration::from_millis(cfg.lazy_commit),
             max_disk_bytes: cfg.max_disk_bytes,
             compact_min_bytes: cfg.compact_min_bytes,
             full: false,
@@ -1738,7 +1875,7 @@ impl Store {
     pub fn ticket(&self) -> Option<oneshot::Receiver<bool>> {
         let s = self.shared.as_ref()?;
         let (tx, rx) = oneshot::channel();
-        if s.tx.send(Cmd::Ticket(tx)).is_err() {
+        if !s.send_waking(Cmd::Ticket(tx)) {
             return None;
         }
         Some(rx)
@@ -1782,7 +1919,7 @@ impl Store {
     pub async fn compact(&self) {
         if let Some(s) = &self.shared {
             let (tx, rx) = oneshot::channel();
-            if s.tx.send(Cmd::Compact(tx)).is_ok() {
+            if s.send_waking(Cmd::Compact(tx)) {
                 let _ = rx.await;
             }
         }
@@ -1792,8 +1929,7 @@ impl Store {
     pub async fn shutdown(&self) {
         if let Some(s) = &self.shared {
             let (tx, rx) = oneshot::channel();
-            let sent = s.tx.send(Cmd::Shutdown(tx)).is_ok();
-            if sent {
+            if s.send_waking(Cmd::Shutdown(tx)) {
                 let _ = rx.await;
             }
         }
@@ -1857,6 +1993,8 @@ struct Writer {
     compacted_size: u64,
     shared: Arc<Shared>,
     sync_interval: Duration,
+    /// `persistence.lazy_commit`.
+    lazy_commit: Duration,
     max_disk_bytes: u64,
     /// `persistence.compact_min_bytes`.
     compact_min_bytes: u64,
@@ -1866,51 +2004,66 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        // Tickets, compaction and shutdown wake a parked writer (Shared::wake).
+        let _ = self.shared.writer.set(std::thread::current());
         let durable = self.shared.mode == PersistenceMode::Durable;
+        let policy = Policy {
+            durable,
+            lazy: self.lazy_commit,
+            sync_interval: self.sync_interval,
+        };
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut last_sync = Instant::now();
-        let mut dirty = false;
+        let mut held = Held::default();
+        // Backlog bytes of the records in `buf` (Shared::backlog counts them until written).
+        let mut unwritten_cost = 0usize;
         let mut last_retry = Instant::now();
         loop {
             let failed = self.shared.failed.load(Ordering::Relaxed);
             if failed && last_retry.elapsed() >= RETRY_AFTER_FAILURE {
                 last_retry = Instant::now();
-                self.recover_from_failure();
+                if self.recover_from_failure(&buf) {
+                    // The rewritten log holds everything the image has, `buf` included.
+                    buf.clear();
+                    self.shared
+                        .backlog
+                        .fetch_sub(unwritten_cost, Ordering::Relaxed);
+                    unwritten_cost = 0;
+                    held = Held::default();
+                }
             }
-            let wait = if failed {
-                Some(RETRY_AFTER_FAILURE.saturating_sub(last_retry.elapsed()))
-            } else if durable || !dirty {
-                None
-            } else {
-                Some(self.sync_interval.saturating_sub(last_sync.elapsed()))
-            };
-            let first = match wait {
+            let mut wake = policy.wake_at(&held);
+            if failed {
+                let retry = last_retry + RETRY_AFTER_FAILURE;
+                wake = Some(wake.map_or(retry, |w| w.min(retry)));
+            }
+            // Idle, the writer waits for the first command. With records held back it sleeps
+            // until they are due: appends do not wake it (Store::append only queues), tickets,
+            // compaction and shutdown do (Shared::wake), and take everything queued meanwhile.
+            let first = match wake {
                 None => match rx.recv() {
-                    Ok(c) => c,
+                    Ok(c) => Some(c),
                     Err(_) => return,
                 },
-                Some(wait) => match rx.recv_timeout(wait) {
-                    Ok(c) => c,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if dirty && !durable {
-                            let ok = self.sync();
-                            self.fail_if(!ok);
-                            last_sync = Instant::now();
-                            dirty = false;
+                Some(at) => match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if at > now {
+                            std::thread::park_timeout(at - now);
                         }
-                        continue;
+                        rx.try_recv().ok()
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 },
             };
             let mut tickets = Vec::new();
             let mut shutdown = None;
             let mut compact = None;
-            let mut backlog = 0usize;
             let mut records = 0u64;
-            let mut cmd = Some(first);
+            let mut cmd = first;
             let mut n = 0;
-            {
+            let before = buf.len();
+            if cmd.is_some() {
                 // Records are applied to the image as they are encoded; a reader that finds a
                 // message before its bytes reach the file gets a short read and tries again
                 // after a ticket (Store::load).
@@ -1919,7 +2072,7 @@ impl Writer {
                 while let Some(c) = cmd.take() {
                     let mut put = |rec: &Record| {
                         records += 1;
-                        backlog += record_cost(rec);
+                        unwritten_cost += record_cost(rec);
                         let at = self.size + buf.len() as u64;
                         encode_record(rec, &mut buf);
                         let len = (self.size + buf.len() as u64 - at) as u32;
@@ -1942,7 +2095,7 @@ impl Writer {
                                     encode_batch(rest(), &mut buf);
                                     for rec in rest() {
                                         records += 1;
-                                        backlog += record_cost(rec);
+                                        unwritten_cost += record_cost(rec);
                                         state.image.apply(rec, (0, 0));
                                     }
                                 }
@@ -1964,23 +2117,38 @@ impl Writer {
                     }
                 }
             }
-            let mut ok = true;
-            if !buf.is_empty() {
-                // While failed the log is not appended to (it may be missing records): the
-                // image keeps them, and recover_from_failure rewrites the log from it.
-                ok = !self.shared.failed.load(Ordering::Relaxed) && self.write(&buf);
-                buf.clear();
-                dirty = true;
-            }
-            self.shared.backlog.fetch_sub(backlog, Ordering::Relaxed);
             self.shared
                 .counters
                 .records
                 .fetch_add(records, Ordering::Relaxed);
-            if ok && dirty && (durable || shutdown.is_some()) {
+            let now = Instant::now();
+            if buf.len() > before && held.unwritten_since.is_none() {
+                held.unwritten_since = Some(now);
+            }
+            held.unwritten_bytes = buf.len();
+            let urgent = !tickets.is_empty() || shutdown.is_some() || compact.is_some();
+            let step = policy.step(&held, urgent, now);
+            let mut ok = true;
+            let failed = self.shared.failed.load(Ordering::Relaxed);
+            if step.write {
+                // While failed the log is not appended to (it may be missing records): the
+                // image keeps them, and recover_from_failure rewrites the log from it.
+                ok = !failed && self.write(&buf);
+                buf.clear();
+                self.shared
+                    .backlog
+                    .fetch_sub(unwritten_cost, Ordering::Relaxed);
+                unwritten_cost = 0;
+                held.written();
+            }
+            if failed {
+                // Nothing to fsync in a log that is to be rewritten.
+                held.unsynced_since = None;
+            }
+            let sync = held.unsynced_since.is_some() && (step.sync || shutdown.is_some());
+            if ok && sync {
                 ok = self.sync();
-                dirty = false;
-                last_sync = Instant::now();
+                held.unsynced_since = None;
             }
             self.fail_if(!ok);
             // A batch after a failed one is not safe either: the log may end in a partial frame.
@@ -1989,9 +2157,6 @@ impl Writer {
                 let _ = t.send(ok);
             }
             if let Some(t) = shutdown {
-                if dirty {
-                    self.sync();
-                }
                 // A log well past its live data is rewritten now: the next start reads less.
                 let live = self.shared.state().image.live_bytes();
                 if ok && self.size > 1024 * 1024 && self.size > 2 * live {
@@ -2017,6 +2182,10 @@ impl Writer {
                 }
                 let _ = t.send(());
             }
+            if !buf.is_empty() {
+                // Compaction copies message records from the file: not with some still here.
+                continue;
+            }
             // Compact once the log is 4x its live data (and past compact_min_bytes), or near
             // the disk limit once that would free half of it; never again before the log has
             // grown a quarter since the last attempt.
@@ -2041,12 +2210,6 @@ impl Writer {
                     );
                 }
             }
-            if !durable && dirty && last_sync.elapsed() >= self.sync_interval {
-                let ok = self.sync();
-                self.fail_if(!ok);
-                last_sync = Instant::now();
-                dirty = false;
-            }
         }
     }
 
@@ -2060,13 +2223,16 @@ impl Writer {
     /// partial frame), so appending to it again would not do: rewrite the log from the image
     /// instead. Messages whose records never reached the disk are left out (nobody was told
     /// they were stored). Success clears the failure.
-    fn recover_from_failure(&mut self) {
+    /// `pending`: records taken in but not written yet (they start at the log's end). Returns
+    /// whether the log was rewritten (it then holds `pending` too).
+    fn recover_from_failure(&mut self, pending: &[u8]) -> bool {
         let before = self.number;
-        self.compact(&[]);
+        self.compact(pending);
         if self.number != before {
             self.shared.failed.store(false, Ordering::Relaxed);
             tracing::info!(dir = %self.dir.display(), size = self.size, "persistence recovered: the log was rewritten from memory; accepting QoS 1/2 again");
         }
+        self.number != before
     }
 
     fn write(&mut self, data: &[u8]) -> bool {

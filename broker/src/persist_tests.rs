@@ -792,3 +792,200 @@ async fn the_store_counts_its_records_writes_and_fsyncs() {
     assert_eq!(Store::disabled().stats(), StoreStats::default());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn policy(durable: bool) -> Policy {
+    Policy {
+        durable,
+        lazy: Duration::from_millis(10),
+        sync_interval: Duration::from_millis(1000),
+    }
+}
+
+/// Durable: records nobody waits for are neither written nor fsynced until the oldest is
+/// `lazy_commit` old; then both at once. Nothing held: nothing to do, no wake-up.
+#[test]
+fn durable_records_nobody_waits_for_wait_for_the_lazy_commit() {
+    let p = policy(true);
+    let t0 = Instant::now();
+    let idle = Held::default();
+    assert_eq!(p.wake_at(&idle), None, "idle: sleep until a command comes");
+    assert_eq!(
+        p.step(&idle, false, t0),
+        Step {
+            write: false,
+            sync: false
+        }
+    );
+    let held = Held {
+        unwritten_since: Some(t0),
+        unwritten_bytes: 100,
+        unsynced_since: None,
+    };
+    assert_eq!(p.wake_at(&held), Some(t0 + Duration::from_millis(10)));
+    for ms in [0, 1, 9] {
+        assert_eq!(
+            p.step(&held, false, t0 + Duration::from_millis(ms)),
+            Step {
+                write: false,
+                sync: false
+            },
+            "{ms} ms: an acknowledgement record costs no write and no fsync of its own"
+        );
+    }
+    assert_eq!(
+        p.step(&held, false, t0 + Duration::from_millis(10)),
+        Step {
+            write: true,
+            sync: true
+        },
+        "due: written and fsynced together"
+    );
+}
+
+/// Durable: a ticket is answered by a group commit at once, taking every held record along.
+#[test]
+fn a_ticket_commits_everything_held_at_once() {
+    let p = policy(true);
+    let t0 = Instant::now();
+    let held = Held {
+        unwritten_since: Some(t0),
+        unwritten_bytes: 100,
+        unsynced_since: None,
+    };
+    assert_eq!(
+        p.step(&held, true, t0),
+        Step {
+            write: true,
+            sync: true
+        }
+    );
+    // Written earlier (too many bytes to hold), not yet fsynced: the ticket fsyncs.
+    let written = Held {
+        unwritten_since: None,
+        unwritten_bytes: 0,
+        unsynced_since: Some(t0),
+    };
+    assert_eq!(
+        p.step(&written, true, t0),
+        Step {
+            write: false,
+            sync: true
+        }
+    );
+    // Nothing held: the ticket is answered without an fsync.
+    assert_eq!(
+        p.step(&Held::default(), true, t0),
+        Step {
+            write: false,
+            sync: false
+        }
+    );
+}
+
+/// Records held back past LAZY_MAX_BYTES are written at once, but fsynced only when due.
+#[test]
+fn many_held_bytes_are_written_but_not_fsynced_before_they_are_due() {
+    let p = policy(true);
+    let t0 = Instant::now();
+    let mut held = Held {
+        unwritten_since: Some(t0),
+        unwritten_bytes: LAZY_MAX_BYTES,
+        unsynced_since: None,
+    };
+    assert_eq!(
+        p.step(&held, false, t0),
+        Step {
+            write: true,
+            sync: false
+        }
+    );
+    held.written();
+    assert_eq!(
+        held,
+        Held {
+            unwritten_since: None,
+            unwritten_bytes: 0,
+            unsynced_since: Some(t0)
+        }
+    );
+    assert_eq!(
+        p.wake_at(&held),
+        Some(t0 + Duration::from_millis(10)),
+        "the fsync is still due on time"
+    );
+}
+
+/// Relaxed: a ticket only waits for the write; records nobody waits for are written when
+/// due; fsyncs follow `sync_interval` after the oldest write.
+#[test]
+fn relaxed_tickets_write_and_fsyncs_follow_the_sync_interval() {
+    let p = policy(false);
+    let t0 = Instant::now();
+    let held = Held {
+        unwritten_since: Some(t0),
+        unwritten_bytes: 100,
+        unsynced_since: None,
+    };
+    assert_eq!(
+        p.step(&held, true, t0),
+        Step {
+            write: true,
+            sync: false
+        }
+    );
+    assert_eq!(
+        p.step(&held, false, t0 + Duration::from_millis(10)),
+        Step {
+            write: true,
+            sync: false
+        }
+    );
+    let written = Held {
+        unwritten_since: None,
+        unwritten_bytes: 0,
+        unsynced_since: Some(t0),
+    };
+    assert_eq!(p.wake_at(&written), Some(t0 + Duration::from_millis(1000)));
+    assert_eq!(
+        p.step(&written, true, t0 + Duration::from_millis(999)),
+        Step {
+            write: false,
+            sync: false
+        }
+    );
+    assert_eq!(
+        p.step(&written, false, t0 + Duration::from_millis(1000)),
+        Step {
+            write: false,
+            sync: true
+        }
+    );
+}
+
+/// A record nobody waits for still reaches the disk by itself (the writer wakes when it is
+/// due), and a burst of them costs far fewer fsyncs than records.
+#[tokio::test]
+async fn records_nobody_waits_for_reach_the_disk_in_few_fsyncs() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    assert!(store.ticket().unwrap().await.unwrap());
+    let before = store.stats();
+    for seq in 1..=2000u64 {
+        store.append(Record::Skip {
+            client: client("c"),
+            seq,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.stats().records < before.records + 2000 || store.stats().fsyncs == before.fsyncs {
+        assert!(Instant::now() < deadline, "held records never committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let fsyncs = store.stats().fsyncs - before.fsyncs;
+    assert!(
+        fsyncs < 100,
+        "{fsyncs} fsyncs for 2000 records nobody waited for"
+    );
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
