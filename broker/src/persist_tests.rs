@@ -198,7 +198,7 @@ fn session_c(store: &Store) -> (u32, Vec<QueuedImage>, Vec<InflightImage>) {
             (
                 s.expiry,
                 s.queue.iter().cloned().collect(),
-                s.inflight.clone(),
+                s.inflight.iter().cloned().collect(),
             )
         })
         .unwrap()
@@ -458,7 +458,7 @@ fn records_name_deliveries_not_messages() {
     let s = &img.sessions[&c];
     assert!(s.queue.is_empty());
     assert_eq!(s.next_seq, 3);
-    match &s.inflight[..] {
+    match &s.inflight.iter().collect::<Vec<_>>()[..] {
         [InflightImage::Publish { pkid: 7, queued }] => {
             assert_eq!(
                 (queued.seq, queued.shared.clone()),
