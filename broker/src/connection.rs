@@ -775,6 +775,9 @@ fn decode_all(
     broker: &Broker,
     mut limiter: Option<&mut RateLimiter>,
 ) -> Result<(), Close> {
+    // The records of everything read at once (acknowledgements of a consumer, mostly) reach
+    // the writer together, in one frame: one message to it instead of one per record.
+    let _records = broker.store.group();
     loop {
         let before = rbuf.len();
         match decoder.decode(rbuf) {

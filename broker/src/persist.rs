@@ -899,13 +899,17 @@ impl Fields {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "string is not UTF-8".to_string())
     }
     fn client(&mut self) -> Result<ClientId, String> {
-        Ok(self.string()?.into())
+        let b = self.bytes()?;
+        Ok(std::str::from_utf8(&b)
+            .map_err(|_| "string is not UTF-8".to_string())?
+            .into())
     }
+    /// An MQTT string sharing the record's buffer (no copy).
     fn str(&mut self) -> Result<Str, String> {
-        Str::try_from(self.string()?).map_err(|e| format!("bad string: {e:?}"))
+        Str::from_bytes(self.bytes()?).map_err(|e| format!("bad string: {e:?}"))
     }
     fn topic(&mut self) -> Result<TopicName, String> {
-        TopicName::try_from(self.string()?.as_str()).map_err(|e| format!("bad topic: {e:?}"))
+        TopicName::new(self.str()?).map_err(|e| format!("bad topic: {e:?}"))
     }
     fn filter(&mut self) -> Result<TopicFilter, String> {
         TopicFilter::try_from(self.string()?.as_str()).map_err(|e| format!("bad filter: {e:?}"))

@@ -946,6 +946,8 @@ impl ClientState {
     /// Moves deliveries from the outbox into the write buffer while the inflight window and the
     /// write buffer's high-water mark allow. Returns true if anything is still queued.
     pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
+        // The records of the deliveries sent now reach the writer together, in one frame.
+        let _records = self.store.group();
         let mut batch = Vec::new();
         let more = {
             let mut outbox = self.handle.outbox();
