@@ -124,6 +124,8 @@ pub async fn serve<S>(
     let mut unflushed = false;
     // Packets waiting for the store, each batch behind the ticket that releases it, in order.
     let mut waiting: VecDeque<(oneshot::Receiver<bool>, BytesMut)> = VecDeque::new();
+    // The ticket of the sent-horizon logged ahead (protocol.rs): nothing waits behind it.
+    let mut horizon: Option<(oneshot::Receiver<bool>, u64)> = None;
     // Queued messages being read back from the store (the queue's front was on disk only).
     let mut loading: Option<Loading> = None;
 
@@ -138,6 +140,11 @@ pub async fn serve<S>(
                     let messages = store.load(ids.clone()).await;
                     (ids, messages)
                 }));
+            }
+        }
+        if horizon.is_none() {
+            if let Some(seq) = state.horizon_to_ticket() {
+                horizon = broker.store.ticket().map(|rx| (rx, seq));
             }
         }
         if !state.held.is_empty() {
@@ -258,6 +265,18 @@ pub async fn serve<S>(
                 }
                 state.write_buf.extend_from_slice(&bytes);
             }
+            r = async {
+                match horizon.as_mut() {
+                    Some((rx, _)) => rx.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            }, if horizon.is_some() => {
+                // A failed store closes the connection through the held packets' tickets.
+                if let Some((_, seq)) = horizon.take().filter(|_| r) {
+                    state.horizon_safe(seq);
+                }
+                pending = true;
+            }
             _ = &mut sleep, if keepalive.is_some() => {
                 break Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"));
             }
@@ -324,6 +343,7 @@ pub async fn serve<S>(
         None
     };
     let handle = state.handle.clone();
+    let reset_horizon = state.horizon_at_close();
     let session = std::mem::take(&mut state.session);
     if broker.store.is_enabled() && handle.persistent.load(Ordering::Relaxed) {
         // What survives this connection: nothing (expiry 0, possibly set by DISCONNECT), or the
@@ -334,6 +354,9 @@ pub async fn serve<S>(
                 client: handle.client_id.clone(),
             });
         } else {
+            if let Some(rec) = reset_horizon {
+                broker.store.append(rec);
+            }
             broker.store.append(Record::Session {
                 client: handle.client_id.clone(),
                 expiry: session.expiry_interval,
@@ -514,6 +537,12 @@ where
         session_present,
     } = Box::pin(broker.open_session(&n.client_id, clean_start, connection, control_tx)).await;
     session.expiry_interval = session_expiry;
+    // Before this connection logs anything: how far the session's deliveries may have gone.
+    let horizon = if session_present {
+        broker.store.sent_horizon(&n.client_id)
+    } else {
+        0
+    };
     // Persistent sessions are logged from here on (persist.rs).
     let persistent = broker.store.is_enabled() && session_expiry > 0;
     if !persistent {
@@ -564,6 +593,7 @@ where
     let Connect { will, .. } = *connect;
     let mut state = ClientState::new(n, handle, session, will);
     state.set_store(broker.store.clone());
+    state.set_recovered_horizon(horizon);
     state.auth_method = auth_method;
     state.attach_groups(broker);
     let ack = ConnAck {

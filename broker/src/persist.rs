@@ -54,6 +54,7 @@
 //! | `Released` | PUBREC received | PUBREL: else the PUBLISH is resent after the receiver let its id go, and delivered twice [MQTT-4.3.3] | - |
 //! | `Sent` of a QoS 2 delivery | before the PUBLISH | the PUBLISH: its packet id must be on disk before the receiver can see it, or a resend would come as a new message | - |
 //! | `Subscribe`, `Unsubscribe` | SUBSCRIBE / UNSUBSCRIBE | SUBACK / UNSUBACK | - |
+//! | `SentHorizon` | before a delivery numbered past the last one on disk | that PUBLISH (the connection looks ahead, so it rarely waits) | - |
 //! | `Sent` of a QoS 1 delivery | PUBLISH sent | nothing | the message is sent again after the restart, with DUP |
 //! | `Acked` | PUBACK / PUBCOMP received | nothing | the PUBLISH is resent with DUP, or the PUBREL again (both allowed) |
 //! | `Skip` | a delivery dropped unsent (expired, too large, moved, read error) | nothing | it is considered again after the restart |
@@ -63,6 +64,23 @@
 //!
 //! A held packet also holds every packet after it on that connection (order is kept). In
 //! `relaxed` mode a ticket only waits for the write, and fsyncs come every `sync_interval`.
+//!
+//! # Redeliveries after a crash carry DUP
+//! A PUBLISH the broker may have sent before must go out with DUP = 1 [MQTT-3.3.1-1]. A QoS 1
+//! `Sent` record does not hold its PUBLISH, so a crash can lose it while the client got the
+//! message: the delivery is then back in the queue, not in flight. So before a delivery goes
+//! out, the log must say that it *may* have: a connection logs a `SentHorizon` ("deliveries
+//! numbered up to H may have been sent") and sends a delivery numbered past the last horizon
+//! known to be on disk only behind a ticket. It logs the next horizon 8192 deliveries ahead
+//! ([`SENT_HORIZON_AHEAD`]) when half of that is left, with a ticket of its own that the
+//! connection does not wait behind, so a drain rarely stops for it: about one horizon record
+//! and one ticket per 4096 deliveries. After a restart, a queued delivery numbered up to the
+//! recovered horizon goes out with DUP; at most 8192 per session that was sending at the crash
+//! carry it without having gone out (DUP says "may be a redelivery", and they might have
+//! been). A connection that ends cleanly has logged every `Sent`, so it sets the horizon
+//! back to what it recovered. Deliveries taken from a group queue are numbered when taken,
+//! after everything queued for the session, so sending one moves the horizon past the whole
+//! queue: after a crash, that session's queue comes with DUP.
 //!
 //! # Format
 //! `CURRENT` holds the name of the live log file (`wal-NNNNNNNN.log`). A log file is a sequence
@@ -95,6 +113,8 @@ use crate::message::{ClientId, Message};
 pub const BACKLOG_HIGH_WATER: usize = 64 * 1024 * 1024;
 /// After a failed write, how often the writer tries to rewrite the log and carry on.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// How far ahead of the delivery being sent a connection logs its [`Record::SentHorizon`].
+pub const SENT_HORIZON_AHEAD: u64 = 8192;
 /// Most commands the writer takes in at once (the image's lock is held meanwhile).
 const MAX_BATCH: usize = 16 * 1024;
 /// Records held back past this many bytes are written at once (not fsynced before they are due).
@@ -173,6 +193,10 @@ pub enum Record {
     /// The group's delivery `seq` left its queue (a member took it: logged as queued for that
     /// member first, if it is persistent; or it was dropped).
     GroupTaken { group: TopicFilter, seq: u64 },
+    /// `client`'s deliveries numbered up to `seq` may have been sent (logged before they go,
+    /// so a crash that loses their `Sent` records still knows to resend them with DUP); lowered
+    /// again when a connection ends cleanly, having logged what it really sent.
+    SentHorizon { client: ClientId, seq: u64 },
 }
 
 // ---- the persistent state image ------------------------------------------------------------
@@ -240,6 +264,9 @@ pub struct SessionImage {
     pub qos2_in: HashSet<u16>,
     /// Above every delivery number used so far.
     pub next_seq: u64,
+    /// Queued deliveries numbered up to this may have been sent before (see
+    /// [`Record::SentHorizon`]): they go out with DUP.
+    pub sent_horizon: u64,
 }
 
 /// Where a message's record sits in the live log file, and how many queue, inflight and
@@ -508,6 +535,11 @@ impl Image {
                 });
                 self.retain_msg(*id);
             }
+            Record::SentHorizon { client, seq } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.sent_horizon = *seq;
+                }
+            }
             Record::GroupTaken { group, seq } => {
                 let Some(g) = self.groups.get_mut(group) else {
                     return;
@@ -602,6 +634,12 @@ impl Image {
             out(Record::Qos2In {
                 client: client.clone(),
                 pkid: *pkid,
+            });
+        }
+        if s.sent_horizon > 0 {
+            out(Record::SentHorizon {
+                client: client.clone(),
+                seq: s.sent_horizon,
             });
         }
     }
@@ -834,6 +872,11 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
         Record::GroupTaken { group, seq } => {
             b.put_u8(15);
             put_bytes(b, group.as_bytes());
+            b.put_u64_le(*seq);
+        }
+        Record::SentHorizon { client, seq } => {
+            b.put_u8(TAG_SENT_HORIZON);
+            put_bytes(b, client.as_bytes());
             b.put_u64_le(*seq);
         }
     }
@@ -1074,6 +1117,10 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
             group: f.filter()?,
             seq: f.u64()?,
         },
+        TAG_SENT_HORIZON => Record::SentHorizon {
+            client: f.client()?,
+            seq: f.u64()?,
+        },
         t => return Err(format!("unknown record type {t}")),
     };
     Ok(rec)
@@ -1301,6 +1348,8 @@ const TAG_MESSAGE: u8 = 1;
 const TAG_ENQUEUE: u8 = 7;
 /// The tag byte of a frame holding several records that count together (never messages).
 const TAG_BATCH: u8 = 16;
+/// The tag byte of a `SentHorizon` record.
+const TAG_SENT_HORIZON: u8 = 17;
 
 /// Applies one record's payload other than a message's: queue entries read in place (the most
 /// common record of a long queue), the others decoded (copied: a record must not keep the read
@@ -1912,6 +1961,18 @@ impl Store {
             return None;
         }
         Some(rx)
+    }
+
+    /// How far `client`'s deliveries may have gone before (see [`Record::SentHorizon`]): its
+    /// queued deliveries numbered up to this go out with DUP. 0 for an unknown session.
+    pub fn sent_horizon(&self, client: &str) -> u64 {
+        self.shared.as_ref().map_or(0, |s| {
+            s.state()
+                .image
+                .sessions
+                .get(client)
+                .map_or(0, |s| s.sent_horizon)
+        })
     }
 
     /// Bytes of records waiting for the writer.

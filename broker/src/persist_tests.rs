@@ -123,6 +123,10 @@ fn every_record_round_trips_through_the_frame_format() {
             client: client("c"),
             seq: 2,
         },
+        Record::SentHorizon {
+            client: client("c"),
+            seq: 8194,
+        },
     ];
     for rec in sample(&m1, &m2).into_iter().chain(more) {
         let mut buf = BytesMut::new();
@@ -986,6 +990,39 @@ async fn records_nobody_waits_for_reach_the_disk_in_few_fsyncs() {
         fsyncs < 100,
         "{fsyncs} fsyncs for 2000 records nobody waited for"
     );
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// How far a session's deliveries may have gone survives a crash and a compaction; the latest
+/// record counts (a connection that ends cleanly sets it back).
+#[tokio::test]
+async fn the_sent_horizon_survives_recovery_and_compaction() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    assert_eq!(store.sent_horizon("c"), 0);
+    for seq in [8193, 16385] {
+        store.append(Record::SentHorizon {
+            client: client("c"),
+            seq,
+        });
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    assert_eq!(store.sent_horizon("c"), 16385);
+    assert_eq!(store.sent_horizon("unknown"), 0);
+    drop(store); // as after kill -9
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(store.sent_horizon("c"), 16385, "recovered");
+    store.compact().await;
+    store.shutdown().await;
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(store.sent_horizon("c"), 16385, "kept by compaction");
+    store.append(Record::SentHorizon {
+        client: client("c"),
+        seq: 3,
+    });
+    assert!(store.ticket().unwrap().await.unwrap());
+    assert_eq!(store.sent_horizon("c"), 3, "set back by a clean end");
     store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
