@@ -320,6 +320,9 @@ impl Image {
             if m.refs == 0 {
                 self.message_bytes -= u64::from(m.len);
                 self.messages.remove(&id);
+                if shrinkable(self.messages.len(), self.messages.capacity()) {
+                    self.messages.shrink_to(self.messages.len() * 2);
+                }
             }
         }
     }
@@ -451,7 +454,7 @@ impl Image {
                     return;
                 };
                 if let Some(pos) = s.queue.iter().position(|q| q.seq == *seq) {
-                    if let Some(queued) = s.queue.remove(pos) {
+                    if let Some(queued) = take_entry(&mut s.queue, pos) {
                         s.inflight.push_back(InflightImage::Publish {
                             pkid: *pkid,
                             queued,
@@ -462,7 +465,7 @@ impl Image {
             Record::Skip { client, seq } => {
                 let removed = self.sessions.get_mut(client).and_then(|s| {
                     let pos = s.queue.iter().position(|q| q.seq == *seq)?;
-                    s.queue.remove(pos)
+                    take_entry(&mut s.queue, pos)
                 });
                 if let Some(q) = removed {
                     self.entries -= 1;
@@ -548,7 +551,7 @@ impl Image {
                     .queue
                     .iter()
                     .position(|q| q.seq == *seq)
-                    .and_then(|pos| g.queue.remove(pos));
+                    .and_then(|pos| take_entry(&mut g.queue, pos));
                 if g.queue.is_empty() {
                     self.groups.remove(group);
                 }
@@ -644,11 +647,41 @@ impl Image {
         }
     }
 
+    /// Releases the capacity the image does not use any more.
+    fn shrink_to_fit(&mut self) {
+        self.messages.shrink_to_fit();
+        self.retained.shrink_to_fit();
+        self.sessions.shrink_to_fit();
+        self.groups.shrink_to_fit();
+        for s in self.sessions.values_mut() {
+            s.queue.shrink_to_fit();
+            s.inflight.shrink_to_fit();
+        }
+        for g in self.groups.values_mut() {
+            g.queue.shrink_to_fit();
+        }
+    }
+
     /// About how many bytes a compacted log of this image takes: the message records plus a
     /// typical size per stored entry and session.
     pub fn live_bytes(&self) -> u64 {
         self.message_bytes + 64 * self.entries + 256 * self.sessions.len() as u64
     }
+}
+
+/// Whether a collection with this length and capacity holds much more memory than it uses: a
+/// drained backlog gives it back (halving at a time, so the copies cost O(1) per removal).
+fn shrinkable(len: usize, capacity: usize) -> bool {
+    capacity > 4096 && len < capacity / 4
+}
+
+/// Takes entry `pos` out of a stored queue, giving memory back once it is mostly empty.
+fn take_entry(q: &mut VecDeque<QueuedImage>, pos: usize) -> Option<QueuedImage> {
+    let taken = q.remove(pos);
+    if shrinkable(q.len(), q.capacity()) {
+        q.shrink_to(q.len() * 2);
+    }
+    taken
 }
 
 fn inflight_pkid(i: &InflightImage) -> u16 {
@@ -1284,6 +1317,9 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
     for id in garbage {
         image.drop_message(id);
     }
+    // Replaying a log that was not compacted at shutdown (a crash) grew the image to the
+    // largest state the log went through: give back what the live state does not use.
+    image.shrink_to_fit();
     recovery.sessions = image.sessions.len();
     recovery.messages = image.messages.len();
     recovery.retained = image.retained.len();

@@ -1026,3 +1026,61 @@ async fn the_sent_horizon_survives_recovery_and_compaction() {
     store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Replaying a log that went through a long queue (a crash: no compaction at shutdown) leaves
+/// the image sized for what is live, not for the longest queue the log went through; a drain
+/// gives the memory back as it goes, too.
+#[tokio::test]
+async fn the_image_gives_back_the_memory_of_a_drained_queue() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    const N: u64 = 20_000;
+    const LEFT: u64 = 1_000;
+    let mut ids = Vec::new();
+    for seq in 1..=N {
+        ids.push(queue_for_c(&store, seq, "t", vec![b'x'; 10]).id);
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    let sizes = |store: &Store| {
+        store
+            .with_image(|img, _| {
+                let s = &img.sessions[&client("c")];
+                (
+                    s.queue.len(),
+                    s.queue.capacity(),
+                    img.messages.len(),
+                    img.messages.capacity(),
+                )
+            })
+            .unwrap()
+    };
+    let (_, full_queue_cap, _, full_map_cap) = sizes(&store);
+    for seq in 1..=N - LEFT {
+        store.append(Record::Sent {
+            client: client("c"),
+            seq,
+            pkid: (seq % 60_000 + 1) as u16,
+        });
+        store.append(Record::Acked {
+            client: client("c"),
+            pkid: (seq % 60_000 + 1) as u16,
+        });
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    let (len, cap, mlen, mcap) = sizes(&store);
+    assert_eq!((len, mlen), (LEFT as usize, LEFT as usize));
+    assert!(
+        cap < full_queue_cap / 4 && mcap < full_map_cap / 4,
+        "drained: queue {len}/{cap} (was {full_queue_cap}), messages {mlen}/{mcap} (was {full_map_cap})"
+    );
+    drop(store); // as after kill -9: the next start replays the whole log
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    let (len, cap, mlen, mcap) = sizes(&store);
+    assert_eq!((len, mlen), (LEFT as usize, LEFT as usize));
+    assert!(
+        cap <= 2 * len && mcap <= 4 * mlen,
+        "recovered: queue {len}/{cap}, messages {mlen}/{mcap}"
+    );
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
