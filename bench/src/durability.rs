@@ -1132,28 +1132,31 @@ fn markdown(
             s,
             "`max_queued_messages` {} and `max_queued_bytes` {} for both brokers. RSS while queued: \
              VmRSS right after the last PUBACK; peak: sampled every 50 ms over the run. Drain: \
-             reconnect → last message; the subscriber stops after {} s without a message.\n",
+             reconnect → last message; the subscriber stops after {} s without a message. Broker CPU \
+             during the drain: its utime + stime from /proc/PID/stat between the reconnect and \
+             the subscriber's end.\n",
             queue_limit(args.backlog_messages),
             args.max_queued_bytes,
             args.idle
         );
         let _ = writeln!(
             s,
-            "| broker | round | RSS while queued MiB | peak RSS MiB | published msgs/s | drain s | delivered | lost | notes |"
+            "| broker | round | RSS while queued MiB | peak RSS MiB | published msgs/s | drain s | broker CPU s during the drain | delivered | lost | notes |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for (_, rec) in backlog {
             match &rec.result {
                 Ok(out) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         rec.broker,
                         rec.round + 1,
                         cell(out, "rss_queued_mib", 1),
                         cell(out, "broker_peak_rss_mib", 1),
                         cell(out, "published_msgs_s", 0),
                         cell(out, "drain_s", 3),
+                        cell(out, "drain_cpu_s", 2),
                         cell(out, "delivered", 0),
                         cell(out, "lost", 0),
                         rec.notes().join("; ").replace('\n', " ")
@@ -1162,7 +1165,7 @@ fn markdown(
                 Err(e) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | FAILED: {} | | | | | | |",
+                        "| {} | {} | FAILED: {} | | | | | | | |",
                         rec.broker,
                         rec.round + 1,
                         e.replace('\n', " ")

@@ -436,12 +436,14 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
     let mut errors = Vec::new();
     let mut last_send_ns = t0_ns;
     let mut pub_errors = 0u64;
+    let mut ack_latency = track::new_histogram();
     while let Some(r) = pub_tasks.join_next().await {
         let (conn, r) = r.context("publisher task")?;
         match r {
             Ok(stats) => {
                 last_send_ns = last_send_ns.max(stats.last_send_ns);
                 pub_errors += stats.ack_errors;
+                let _ = ack_latency.add(&stats.ack_latency);
             }
             Err(e) => errors.push(format!("publisher: {e:#}")),
         }
@@ -506,6 +508,7 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
     out.set("duplicated", dups as f64);
     out.set("out_of_order", ooo as f64);
     latency_figures(&mut out, &total);
+    ack_latency_figures(&mut out, &ack_latency);
     out.set("elapsed_s", window_s);
     let end = total.last_recv_ns.map_or_else(Instant::now, instant_of);
     meters.finish(&mut out, (t0, end));
@@ -564,6 +567,16 @@ fn latency_figures(out: &mut Outcome, stats: &SubStats) {
         out.set(name, h.value_at_quantile(q) as f64);
     }
     out.set("lat_max_us", h.max() as f64);
+}
+
+/// The publishers' PUBLISH → PUBACK (QoS 2: PUBREC) times.
+fn ack_latency_figures(out: &mut Outcome, h: &hdrhistogram::Histogram<u64>) {
+    if h.is_empty() {
+        return;
+    }
+    out.set("ack_p50_us", h.value_at_quantile(0.5) as f64);
+    out.set("ack_p99_us", h.value_at_quantile(0.99) as f64);
+    out.set("ack_max_us", h.max() as f64);
 }
 
 fn merge(total: &mut SubStats, s: SubStats) {
@@ -630,10 +643,12 @@ fn plan(p: &Params, run: &str) -> (Vec<SubPlan>, Vec<PubPlan>) {
 }
 
 /// What a publisher reports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PubStats {
     pub(crate) last_send_ns: u64,
     pub(crate) ack_errors: u64,
+    /// QoS 1/2: PUBLISH queued for the socket → its PUBACK (QoS 2: PUBREC) read, µs.
+    pub(crate) ack_latency: hdrhistogram::Histogram<u64>,
 }
 
 /// Publishes until its limit or the end time, keeping at most `window` QoS 1/2 messages
@@ -667,7 +682,13 @@ pub(crate) async fn publisher(
     let mut in_flight = 0usize;
     let mut next_pkid: u16 = 0;
     let mut seq = 0u64;
-    let mut stats = PubStats::default();
+    let mut stats = PubStats {
+        last_send_ns: 0,
+        ack_errors: 0,
+        ack_latency: track::new_histogram(),
+    };
+    // Per packet id: when its PUBLISH was queued for the socket (ns on the track clock).
+    let mut sent_at = vec![0u64; if qos == QoS::AtMostOnce { 0 } else { 65536 }];
     let limit = plan.limit.unwrap_or(u64::MAX);
     let slot = &shared.sent[plan.id as usize];
     loop {
@@ -727,6 +748,7 @@ pub(crate) async fn publisher(
                 stats.last_send_ns = ts;
                 if pkid != 0 {
                     state[usize::from(pkid)] = 1;
+                    sent_at[usize::from(pkid)] = track::now_ns();
                     in_flight += 1;
                 }
                 seq += 1;
@@ -757,6 +779,13 @@ pub(crate) async fn publisher(
             _ = sleep_until(wake) => {}
         }
         while let Some(packet) = conn.next_packet()? {
+            if let Packet::PubAck(a) | Packet::PubRec(a) = &packet {
+                if let Some(&at) = sent_at.get(usize::from(a.pkid)).filter(|&&at| at != 0) {
+                    let us = track::now_ns().saturating_sub(at) / 1000;
+                    let _ = stats.ack_latency.record(us.max(1));
+                    sent_at[usize::from(a.pkid)] = 0;
+                }
+            }
             match packet {
                 Packet::PubAck(a) | Packet::PubComp(a) => {
                     let want = if qos == QoS::ExactlyOnce { 2 } else { 1 };
@@ -947,10 +976,19 @@ async fn backlog(target: Target, p: &Params) -> Result<Outcome> {
     let _ = publ.disconnect(deadline).await;
     let queued_rss = target.pid.and_then(procfs::memory_kib).map(|m| m.0);
 
+    let broker_cpu = || {
+        target
+            .pid
+            .and_then(|pid| procfs::cpu_seconds(&pid.to_string()))
+    };
+    let cpu_before_drain = broker_cpu();
     let t1 = Instant::now();
     let t1_ns = track::now_ns();
     let (mut sub, ack) = Conn::connect(target.addr, p.protocol, &sub_opts, deadline).await?;
     let (stats, timed_out) = subscriber(&mut sub, &shared, &[0], p.idle, deadline).await?;
+    // The broker's CPU time over the drain (reconnect → the subscriber's end: the last message
+    // plus its idle wait, when the broker has nothing left to do).
+    let drain_cpu = cpu_before_drain.zip(broker_cpu()).map(|(a, b)| b - a);
     let drain_s = stats
         .last_recv_ns
         .map(|l| l.saturating_sub(t1_ns) as f64 / 1e9)
@@ -977,6 +1015,9 @@ async fn backlog(target: Target, p: &Params) -> Result<Outcome> {
     out.set("duplicated", stream.duplicated as f64);
     out.set("out_of_order", stream.out_of_order as f64);
     out.set("drain_s", drain_s);
+    if let Some(cpu) = drain_cpu {
+        out.set("drain_cpu_s", cpu);
+    }
     if drain_s > 0.0 {
         out.set("delivered_msgs_s", unique as f64 / drain_s);
         out.set(

@@ -556,6 +556,7 @@ impl Broker {
             }
             {
                 let mut outbox = handle.outbox();
+                outbox.reserve_exact(s.queue.len());
                 for q in &s.queue {
                     let Some(slot) = image.messages.get(&q.id) else {
                         continue;

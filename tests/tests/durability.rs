@@ -966,3 +966,225 @@ async fn a_dropped_group_stays_dropped_across_a_crash() {
         vec![3]
     );
 }
+
+/// A field `name=value` of a log line, as a number.
+fn log_field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+/// Draining a backlog logs two records per message (sent, acknowledged) that no acknowledgement
+/// waits for: losing one in a crash only means a redelivery with DUP. They ride along with the
+/// next group commit (at most `persistence.lazy_commit` later) instead of forcing an fsync each,
+/// so the drain costs far fewer fsyncs than messages; counted by the store itself (the `store
+/// closed` line at shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_backlog_costs_far_fewer_fsyncs_than_messages() {
+    const N: u32 = 300;
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        Broker::start_with(BrokerOpts {
+            // Well above the consumer's own fsync (below), whatever the disk's speed.
+            config: "[persistence]\nlazy_commit = 100\n".into(),
+            env: vec![(
+                "SLUICE__PERSISTENCE__DIR".into(),
+                data.path().display().to_string(),
+            )],
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let mut broker = start();
+    let (mut sub, _) = connect_persistent(&broker, "fsync-sub").await;
+    subscribe(&mut sub, "fsync/#", QoS::AtLeastOnce).await;
+    drop(sub);
+    let (mut publ, _) = connect_persistent(&broker, "fsync-pub").await;
+    for seq in 0..N {
+        let p = publish(
+            "fsync/t",
+            QoS::AtLeastOnce,
+            (seq % 60_000 + 1) as u16,
+            seq.to_be_bytes().to_vec(),
+            false,
+        );
+        publ.send(&p).await.unwrap();
+    }
+    for _ in 0..N {
+        assert!(matches!(
+            publ.expect_packet(T).await.unwrap(),
+            Packet::PubAck(_)
+        ));
+    }
+    drop(publ);
+    assert!(broker.terminate(T).unwrap().success());
+
+    // A fresh process: its counts are the drain's alone.
+    let mut broker = start();
+    let (mut sub, present) = connect_persistent(&broker, "fsync-sub").await;
+    assert!(present);
+    // The consumer keeps each message safe before acknowledging it (its own fsync), as a
+    // consumer of orders would: its acknowledgements come one by one, each after the broker's
+    // writer has gone idle, and each used to cost the broker an fsync.
+    let journal = data.path().join("consumer.journal");
+    let mut journal = std::fs::File::create(journal).unwrap();
+    let mut got = 0;
+    while got < N {
+        if let Packet::Publish(p) = sub.expect_packet(T).await.unwrap() {
+            got += 1;
+            std::io::Write::write_all(&mut journal, &p.payload).unwrap();
+            journal.sync_data().unwrap();
+            sub.send(&Packet::PubAck(PubAck::new(p.pkid)))
+                .await
+                .unwrap();
+        }
+    }
+    drop(sub);
+    assert!(broker.terminate(T).unwrap().success());
+    let line = broker.wait_log("store closed", T).unwrap();
+    eprintln!("draining {N} messages: {line}");
+    let (fsyncs, records) = (log_field(&line, "fsyncs"), log_field(&line, "records"));
+    assert!(
+        records >= u64::from(2 * N),
+        "every delivery and acknowledgement was logged: {line}"
+    );
+    assert!(
+        fsyncs < u64::from(N / 4),
+        "{fsyncs} fsyncs to drain {N} messages: acknowledgement records must ride along with group commits ({line})"
+    );
+}
+
+/// Every message the subscriber may have seen before a crash comes again with DUP set
+/// [MQTT-3.3.1-1], even when the crash came before the broker had logged that it sent it (with
+/// `lazy_commit = 1000` those records wait a whole second for the disk): the broker logs how far
+/// its deliveries may have gone before they go, and marks what comes again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_redelivery_after_a_crash_carries_dup() {
+    const N: u32 = 60;
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        Broker::start_with(BrokerOpts {
+            config: "[persistence]\nlazy_commit = 1000\n".into(),
+            env: vec![(
+                "SLUICE__PERSISTENCE__DIR".into(),
+                data.path().display().to_string(),
+            )],
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let mut broker = start();
+    let (mut sub, _) = connect_persistent(&broker, "dup-sub").await;
+    subscribe(&mut sub, "dup/#", QoS::AtLeastOnce).await;
+    drop(sub);
+    let (mut publ, _) = connect_persistent(&broker, "dup-pub").await;
+    for seq in 0..N {
+        let p = publish(
+            "dup/t",
+            QoS::AtLeastOnce,
+            seq as u16 + 1,
+            seq.to_be_bytes().to_vec(),
+            false,
+        );
+        publ.send(&p).await.unwrap();
+    }
+    for _ in 0..N {
+        assert!(matches!(
+            publ.expect_packet(T).await.unwrap(),
+            Packet::PubAck(_)
+        ));
+    }
+    // The subscriber comes back and reads everything; it acknowledges the first third only.
+    let (mut sub, present) = connect_persistent(&broker, "dup-sub").await;
+    assert!(present);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < N as usize {
+        if let Packet::Publish(p) = sub.expect_packet(T).await.unwrap() {
+            let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+            assert!(!p.dup, "a first delivery has DUP 0");
+            seen.insert(seq);
+            if seq < N / 3 {
+                sub.send(&Packet::PubAck(PubAck::new(p.pkid)))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    broker.kill();
+    drop(sub);
+
+    let broker = start();
+    let (mut sub, present) = connect_persistent(&broker, "dup-sub").await;
+    assert!(present, "the session survived the crash");
+    let again = drain(&mut sub, Duration::from_millis(1500)).await;
+    let missing: Vec<u32> = (N / 3..N)
+        .filter(|s| !again.iter().any(|(seq, _, _)| seq == s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "unacknowledged messages not delivered again: {missing:?}"
+    );
+    let without_dup: Vec<u32> = again
+        .iter()
+        .filter(|(seq, _, dup)| seen.contains(seq) && !dup)
+        .map(|(seq, _, _)| *seq)
+        .collect();
+    assert!(
+        without_dup.is_empty(),
+        "{} of {} repeated deliveries without DUP [MQTT-3.3.1-1]: {without_dup:?}",
+        without_dup.len(),
+        again.len()
+    );
+}
+
+/// Only what may have gone out before is marked: after a subscriber's clean disconnect and a
+/// graceful restart, what was queued meanwhile is a first delivery, DUP 0 [MQTT-3.3.1-1].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_deliveries_after_a_clean_restart_have_no_dup() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = broker_on(data.path());
+    let (mut sub, _) = connect_persistent(&broker, "clean-sub").await;
+    subscribe(&mut sub, "clean/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = connect_persistent(&broker, "clean-pub").await;
+    let publish_range = async |publ: &mut RawClient, range: std::ops::Range<u32>| {
+        for seq in range {
+            let p = publish(
+                "clean/t",
+                QoS::AtLeastOnce,
+                seq as u16 + 1,
+                seq.to_be_bytes().to_vec(),
+                false,
+            );
+            publ.send(&p).await.unwrap();
+            assert!(matches!(
+                publ.expect_packet(T).await.unwrap(),
+                Packet::PubAck(_)
+            ));
+        }
+    };
+    // Online: delivered and acknowledged.
+    publish_range(&mut publ, 0..5).await;
+    let got = drain(&mut sub, Duration::from_millis(500)).await;
+    assert_eq!(got.len(), 5);
+    sub.send(&Packet::Disconnect(sluice_tests::codec::Disconnect::new(
+        ReasonCode::NORMAL_DISCONNECTION,
+    )))
+    .await
+    .unwrap();
+    drop(sub);
+    // Offline: queued.
+    publish_range(&mut publ, 5..10).await;
+    drop(publ);
+    assert!(broker.terminate(T).unwrap().success());
+
+    let broker = broker_on(data.path());
+    let (mut sub, present) = connect_persistent(&broker, "clean-sub").await;
+    assert!(present);
+    let got = drain(&mut sub, Duration::from_millis(800)).await;
+    assert_eq!(
+        got.iter().map(|g| (g.0, g.2)).collect::<Vec<_>>(),
+        (5..10).map(|s| (s, false)).collect::<Vec<_>>(),
+        "the queued messages, once each, as first deliveries"
+    );
+}

@@ -58,6 +58,11 @@ pub struct PersistenceConfig {
     pub dir: PathBuf,
     /// `relaxed` mode: milliseconds between fsyncs.
     pub sync_interval: u64,
+    /// Milliseconds a record that no acknowledgement waits for (a delivery sent, a PUBACK
+    /// received...) may be held back before it is written (durable: and fsynced); a group
+    /// commit for a waiting acknowledgement takes it along sooner. Losing such a record in a
+    /// crash only means a redelivery (with DUP).
+    pub lazy_commit: u64,
     /// Most bytes the store may use on disk; past it, QoS 1/2 PUBLISHes that need storing are
     /// refused (5.0: 0x97 Quota Exceeded) and logged.
     pub max_disk_bytes: u64,
@@ -75,6 +80,7 @@ impl Default for PersistenceConfig {
             mode: PersistenceMode::Durable,
             dir: PathBuf::from("./data"),
             sync_interval: 1000,
+            lazy_commit: 10,
             max_disk_bytes: 8 * 1024 * 1024 * 1024,
             queue_memory_bytes: 256 * 1024,
             compact_min_bytes: 64 * 1024 * 1024,
@@ -693,6 +699,13 @@ impl Config {
                 "persistence.sync_interval",
                 p.sync_interval,
                 "must be 1 to 60000 milliseconds",
+            ));
+        }
+        if p.lazy_commit == 0 || p.lazy_commit > 1000 {
+            return Err(invalid(
+                "persistence.lazy_commit",
+                p.lazy_commit,
+                "must be 1 to 1000 milliseconds",
             ));
         }
         if p.max_disk_bytes < 1024 * 1024 {

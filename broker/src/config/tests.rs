@@ -84,6 +84,12 @@ fn persistence_and_overflow_keys_are_validated() {
     assert_eq!(e.key, "persistence.queue_memory_bytes");
     let e = load_toml("[persistence]\ncompact_min_bytes = 1\n", &[]).unwrap_err();
     assert_eq!(e.key, "persistence.compact_min_bytes");
+    let c = load_toml("[persistence]\nlazy_commit = 250\n", &[]).unwrap();
+    assert_eq!(c.persistence.lazy_commit, 250);
+    for bad in ["0", "1001"] {
+        let e = load_toml(&format!("[persistence]\nlazy_commit = {bad}\n"), &[]).unwrap_err();
+        assert_eq!(e.key, "persistence.lazy_commit");
+    }
     let c = load_toml("", &[("SLUICE__PERSISTENCE__QUEUE_MEMORY_BYTES", "65536")]).unwrap();
     assert_eq!(c.persistence.queue_memory_bytes, 65536);
     assert_eq!(

@@ -36,6 +36,10 @@ use crate::session::Control;
 const HIGH_WATER: usize = 64 * 1024;
 /// Initial read buffer; it grows for large packets and is shrunk back afterwards.
 const READ_BUF: usize = 256;
+/// The read buffer of a connection whose reads fill it (a busy publisher): more packets per
+/// read, so fewer turns of the loop and, in durable mode, fewer tickets. Back to `READ_BUF`
+/// once a read is small again.
+const READ_BUF_BUSY: usize = 4096;
 /// How often a connection paused by the store's backlog looks again.
 const STORE_BUSY_POLL: Duration = Duration::from_millis(5);
 /// How long the final flush (DISCONNECT, acks) may take before the socket is dropped.
@@ -136,6 +140,8 @@ pub async fn serve<S>(
     let mut unflushed = false;
     // Packets waiting for the store, each batch behind the ticket that releases it, in order.
     let mut waiting: VecDeque<(oneshot::Receiver<bool>, BytesMut)> = VecDeque::new();
+    // The ticket of the sent-horizon logged ahead (protocol.rs): nothing waits behind it.
+    let mut horizon: Option<(oneshot::Receiver<bool>, u64)> = None;
     // Queued messages being read back from the store (the queue's front was on disk only).
     let mut loading: Option<Loading> = None;
     // Bytes read with the CONNECT (or the AUTH exchange) that are not decoded yet: a client
@@ -154,6 +160,11 @@ pub async fn serve<S>(
                     let messages = store.load(ids.clone()).await;
                     (ids, messages)
                 }));
+            }
+        }
+        if horizon.is_none() {
+            if let Some(seq) = state.horizon_to_ticket() {
+                horizon = broker.store.ticket().map(|rx| (rx, seq));
             }
         }
         if !state.held.is_empty() {
@@ -177,6 +188,7 @@ pub async fn serve<S>(
             pause = Some(Box::pin(tokio::time::sleep(STORE_BUSY_POLL)));
         }
         let want_read = state.write_buf.len() < HIGH_WATER && pause.is_none();
+        let room = rbuf.capacity() - rbuf.len();
         let handle = state.handle.clone();
         tokio::select! {
             biased;
@@ -209,7 +221,7 @@ pub async fn serve<S>(
             },
             r = read_more(&mut rd, &mut rbuf, &mut undecoded), if want_read => match r {
                 Ok(0) | Err(_) => break io_closed(),
-                Ok(_) => {
+                Ok(n) => {
                     let now = Instant::now();
                     match decode_all(&mut decoder, &mut rbuf, &mut state, now, &broker, limiter.as_deref_mut()) {
                         Ok(()) => {}
@@ -237,6 +249,10 @@ pub async fn serve<S>(
                         sleep.as_mut().reset((now + k + silence_allowance).into());
                     }
                     if rbuf.is_empty() && rbuf.capacity() > HIGH_WATER {
+                        rbuf = BytesMut::with_capacity(READ_BUF);
+                    } else if n >= room && rbuf.capacity() < READ_BUF_BUSY {
+                        rbuf.reserve(READ_BUF_BUSY - rbuf.len());
+                    } else if rbuf.is_empty() && n < READ_BUF && rbuf.capacity() > READ_BUF {
                         rbuf = BytesMut::with_capacity(READ_BUF);
                     }
                     pending = true;
@@ -269,10 +285,41 @@ pub async fn serve<S>(
                 }
             }, if !waiting.is_empty() => {
                 let Some((_, bytes)) = waiting.pop_front() else { continue };
-                if !r {
+                // One group commit answers many tickets: what they all release goes out in one
+                // write, not one turn of this loop (and one write) each.
+                let mut ok = r;
+                if ok {
+                    state.write_buf.extend_from_slice(&bytes);
+                    while let Some((rx, _)) = waiting.front_mut() {
+                        match rx.try_recv() {
+                            Ok(true) => {
+                                if let Some((_, bytes)) = waiting.pop_front() {
+                                    state.write_buf.extend_from_slice(&bytes);
+                                }
+                            }
+                            Err(oneshot::error::TryRecvError::Empty) => break,
+                            Ok(false) | Err(oneshot::error::TryRecvError::Closed) => {
+                                ok = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if !ok {
                     break Close::error(ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR, "persistence failed: acknowledgements withheld");
                 }
-                state.write_buf.extend_from_slice(&bytes);
+            }
+            r = async {
+                match horizon.as_mut() {
+                    Some((rx, _)) => rx.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            }, if horizon.is_some() => {
+                // A failed store closes the connection through the held packets' tickets.
+                if let Some((_, seq)) = horizon.take().filter(|_| r) {
+                    state.horizon_safe(seq);
+                }
+                pending = true;
             }
             _ = &mut sleep, if keepalive.is_some() => {
                 break Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"));
@@ -352,6 +399,7 @@ pub async fn serve<S>(
         None
     };
     let handle = state.handle.clone();
+    let reset_horizon = state.horizon_at_close();
     let session = std::mem::take(&mut state.session);
     if broker.store.is_enabled() && handle.persistent.load(Ordering::Relaxed) {
         // What survives this connection: nothing (expiry 0, possibly set by DISCONNECT), or the
@@ -362,6 +410,9 @@ pub async fn serve<S>(
                 client: handle.client_id.clone(),
             });
         } else {
+            if let Some(rec) = reset_horizon {
+                broker.store.append(rec);
+            }
             broker.store.append(Record::Session {
                 client: handle.client_id.clone(),
                 expiry: session.expiry_interval,
@@ -766,6 +817,9 @@ fn decode_all(
     broker: &Broker,
     mut limiter: Option<&mut RateLimiter>,
 ) -> Result<(), Close> {
+    // The records of everything read at once (acknowledgements of a consumer, mostly) reach
+    // the writer together, in one frame: one message to it instead of one per record.
+    let _records = broker.store.group();
     loop {
         let before = rbuf.len();
         match decoder.decode(rbuf) {

@@ -35,6 +35,53 @@
 //! name the *delivery* by the session's number for it (`seq`), since one message can be queued
 //! twice for one session.
 //!
+//! # What waits for the disk
+//! `durable` promises that nothing *acknowledged* is lost, not that every record is on disk at
+//! once. A connection about to send a packet whose promise rests on records it logged (an
+//! acknowledgement, a QoS 2 PUBLISH...) holds the packet back and asks for a ticket; the writer
+//! answers tickets with a group commit: one write and one fsync of everything taken in so far.
+//! Records that no packet waits for are not worth an fsync of their own: they wait, unwritten,
+//! for the next group commit, or at most `persistence.lazy_commit` ms (10). Appending one does
+//! not even wake the writer; a ticket does (the writer sleeps until the oldest held record is
+//! due). So a consumer's acknowledgements cost an fsync per `lazy_commit`, not one each. Per
+//! record kind:
+//!
+//! | record | logged when | held until it is safe | if a crash loses it |
+//! |---|---|---|---|
+//! | `Message`, `Enqueue`, `GroupEnqueue`, `Retain` of a QoS 1/2 PUBLISH | PUBLISH received | PUBACK / PUBREC | nothing: it was not acknowledged |
+//! | `Qos2In` | QoS 2 PUBLISH received | PUBREC | nothing: not acknowledged |
+//! | `Qos2InDone` | PUBREL received | PUBCOMP: else the id stays taken and a new PUBLISH reusing it is dropped as a resend | - |
+//! | `Released` | PUBREC received | PUBREL: else the PUBLISH is resent after the receiver let its id go, and delivered twice [MQTT-4.3.3] | - |
+//! | `Sent` of a QoS 2 delivery | before the PUBLISH | the PUBLISH: its packet id must be on disk before the receiver can see it, or a resend would come as a new message | - |
+//! | `Subscribe`, `Unsubscribe` | SUBSCRIBE / UNSUBSCRIBE | SUBACK / UNSUBACK | - |
+//! | `SentHorizon` | before a delivery numbered past the last one on disk | that PUBLISH (the connection looks ahead, so it rarely waits) | - |
+//! | `Sent` of a QoS 1 delivery | PUBLISH sent | nothing | the message is sent again after the restart, with DUP |
+//! | `Acked` | PUBACK / PUBCOMP received | nothing | the PUBLISH is resent with DUP, or the PUBREL again (both allowed) |
+//! | `Skip` | a delivery dropped unsent (expired, too large, moved, read error) | nothing | it is considered again after the restart |
+//! | `GroupTaken` with the member's `Enqueue` (one frame) | a group queue hands a message over | nothing | the message is back in the group queue |
+//! | `Session`, `SessionGone` | CONNECT, connection end | nothing (CONNACK is not held) | the session as logged before: its clock starts at the restart; a session discarded by a clean start comes back until the client's next clean start |
+//! | anything of a QoS 0 PUBLISH, a will | - | nothing | QoS 0 is at most once |
+//!
+//! A held packet also holds every packet after it on that connection (order is kept). In
+//! `relaxed` mode a ticket only waits for the write, and fsyncs come every `sync_interval`.
+//!
+//! # Redeliveries after a crash carry DUP
+//! A PUBLISH the broker may have sent before must go out with DUP = 1 [MQTT-3.3.1-1]. A QoS 1
+//! `Sent` record does not hold its PUBLISH, so a crash can lose it while the client got the
+//! message: the delivery is then back in the queue, not in flight. So before a delivery goes
+//! out, the log must say that it *may* have: a connection logs a `SentHorizon` ("deliveries
+//! numbered up to H may have been sent") and sends a delivery numbered past the last horizon
+//! known to be on disk only behind a ticket. It logs the next horizon 8192 deliveries ahead
+//! ([`SENT_HORIZON_AHEAD`]) when half of that is left, with a ticket of its own that the
+//! connection does not wait behind, so a drain rarely stops for it: about one horizon record
+//! and one ticket per 4096 deliveries. After a restart, a queued delivery numbered up to the
+//! recovered horizon goes out with DUP; at most 8192 per session that was sending at the crash
+//! carry it without having gone out (DUP says "may be a redelivery", and they might have
+//! been). A connection that ends cleanly has logged every `Sent`, so it sets the horizon
+//! back to what it recovered. Deliveries taken from a group queue are numbered when taken,
+//! after everything queued for the session, so sending one moves the horizon past the whole
+//! queue: after a crash, that session's queue comes with DUP.
+//!
 //! # Format
 //! `CURRENT` holds the name of the live log file (`wal-NNNNNNNN.log`). A log file is a sequence
 //! of frames `[len: u32 LE][crc32 of payload: u32 LE][payload]`; the payload is a tag byte and the
@@ -66,8 +113,12 @@ use crate::message::{ClientId, Message};
 pub const BACKLOG_HIGH_WATER: usize = 64 * 1024 * 1024;
 /// After a failed write, how often the writer tries to rewrite the log and carry on.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
-/// Most commands the writer takes into one batch (one write, one fsync).
+/// How far ahead of the delivery being sent a connection logs its [`Record::SentHorizon`].
+pub const SENT_HORIZON_AHEAD: u64 = 8192;
+/// Most commands the writer takes in at once (the image's lock is held meanwhile).
 const MAX_BATCH: usize = 16 * 1024;
+/// Records held back past this many bytes are written at once (not fsynced before they are due).
+const LAZY_MAX_BYTES: usize = 1024 * 1024;
 
 /// One change to the persistent state.
 #[derive(Debug, Clone)]
@@ -142,9 +193,41 @@ pub enum Record {
     /// The group's delivery `seq` left its queue (a member took it: logged as queued for that
     /// member first, if it is persistent; or it was dropped).
     GroupTaken { group: TopicFilter, seq: u64 },
+    /// `client`'s deliveries numbered up to `seq` may have been sent (logged before they go,
+    /// so a crash that loses their `Sent` records still knows to resend them with DUP); lowered
+    /// again when a connection ends cleanly, having logged what it really sent.
+    SentHorizon { client: ClientId, seq: u64 },
 }
 
 // ---- the persistent state image ------------------------------------------------------------
+
+/// A map keyed by message id.
+pub type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Hashes message ids so that neighbouring ids land in neighbouring buckets: a queue refers to
+/// rising ids and drains them in order, so lookups walk the table instead of missing the cache
+/// every time (the map holds every stored message: a million entries for a large backlog). The
+/// top seven bits, which the table compares first, are mixed from the whole id. Ids are the
+/// broker's own (unique, rising), never a client's choice, so nothing can be forced to collide.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        const TOP: u64 = 0xFE00_0000_0000_0000;
+        self.0 = id ^ (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) & TOP);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// A queued delivery as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,10 +259,14 @@ pub struct SessionImage {
     pub will: Option<LastWill>,
     pub subscriptions: HashMap<TopicFilter, (SubscriptionOptions, Option<u32>)>,
     pub queue: VecDeque<QueuedImage>,
-    pub inflight: Vec<InflightImage>,
+    /// In sending order: acknowledgements mostly take the front.
+    pub inflight: VecDeque<InflightImage>,
     pub qos2_in: HashSet<u16>,
     /// Above every delivery number used so far.
     pub next_seq: u64,
+    /// Queued deliveries numbered up to this may have been sent before (see
+    /// [`Record::SentHorizon`]): they go out with DUP.
+    pub sent_horizon: u64,
 }
 
 /// Where a message's record sits in the live log file, and how many queue, inflight and
@@ -208,7 +295,7 @@ pub struct Image {
     /// Group queues of shared subscriptions, by `$share/{group}/{filter}`.
     pub groups: HashMap<TopicFilter, GroupImage>,
     /// Messages by id: where they are in the log, and their references.
-    pub messages: HashMap<u64, MsgSlot>,
+    pub messages: IdMap<MsgSlot>,
     /// Retained message ids by topic.
     pub retained: HashMap<Str, u64>,
     pub sessions: HashMap<ClientId, SessionImage>,
@@ -233,6 +320,9 @@ impl Image {
             if m.refs == 0 {
                 self.message_bytes -= u64::from(m.len);
                 self.messages.remove(&id);
+                if shrinkable(self.messages.len(), self.messages.capacity()) {
+                    self.messages.shrink_to(self.messages.len() * 2);
+                }
             }
         }
     }
@@ -364,8 +454,8 @@ impl Image {
                     return;
                 };
                 if let Some(pos) = s.queue.iter().position(|q| q.seq == *seq) {
-                    if let Some(queued) = s.queue.remove(pos) {
-                        s.inflight.push(InflightImage::Publish {
+                    if let Some(queued) = take_entry(&mut s.queue, pos) {
+                        s.inflight.push_back(InflightImage::Publish {
                             pkid: *pkid,
                             queued,
                         });
@@ -375,7 +465,7 @@ impl Image {
             Record::Skip { client, seq } => {
                 let removed = self.sessions.get_mut(client).and_then(|s| {
                     let pos = s.queue.iter().position(|q| q.seq == *seq)?;
-                    s.queue.remove(pos)
+                    take_entry(&mut s.queue, pos)
                 });
                 if let Some(q) = removed {
                     self.entries -= 1;
@@ -385,7 +475,7 @@ impl Image {
             Record::Acked { client, pkid } => {
                 let removed = self.sessions.get_mut(client).and_then(|s| {
                     let pos = s.inflight.iter().position(|i| inflight_pkid(i) == *pkid)?;
-                    Some(s.inflight.remove(pos))
+                    s.inflight.remove(pos)
                 });
                 if removed.is_some() {
                     self.entries -= 1;
@@ -408,7 +498,7 @@ impl Image {
                     }
                     None => {
                         self.entries += 1;
-                        s.inflight.push(InflightImage::Release { pkid: *pkid })
+                        s.inflight.push_back(InflightImage::Release { pkid: *pkid })
                     }
                 }
                 if let Some(id) = freed {
@@ -449,6 +539,11 @@ impl Image {
                 });
                 self.retain_msg(*id);
             }
+            Record::SentHorizon { client, seq } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.sent_horizon = *seq;
+                }
+            }
             Record::GroupTaken { group, seq } => {
                 let Some(g) = self.groups.get_mut(group) else {
                     return;
@@ -457,7 +552,7 @@ impl Image {
                     .queue
                     .iter()
                     .position(|q| q.seq == *seq)
-                    .and_then(|pos| g.queue.remove(pos));
+                    .and_then(|pos| take_entry(&mut g.queue, pos));
                 if g.queue.is_empty() {
                     self.groups.remove(group);
                 }
@@ -545,6 +640,27 @@ impl Image {
                 pkid: *pkid,
             });
         }
+        if s.sent_horizon > 0 {
+            out(Record::SentHorizon {
+                client: client.clone(),
+                seq: s.sent_horizon,
+            });
+        }
+    }
+
+    /// Releases the capacity the image does not use any more.
+    fn shrink_to_fit(&mut self) {
+        self.messages.shrink_to_fit();
+        self.retained.shrink_to_fit();
+        self.sessions.shrink_to_fit();
+        self.groups.shrink_to_fit();
+        for s in self.sessions.values_mut() {
+            s.queue.shrink_to_fit();
+            s.inflight.shrink_to_fit();
+        }
+        for g in self.groups.values_mut() {
+            g.queue.shrink_to_fit();
+        }
     }
 
     /// About how many bytes a compacted log of this image takes: the message records plus a
@@ -552,6 +668,21 @@ impl Image {
     pub fn live_bytes(&self) -> u64 {
         self.message_bytes + 64 * self.entries + 256 * self.sessions.len() as u64
     }
+}
+
+/// Whether a collection with this length and capacity holds much more memory than it uses: a
+/// drained backlog gives it back (halving at a time, so the copies cost O(1) per removal).
+fn shrinkable(len: usize, capacity: usize) -> bool {
+    capacity > 4096 && len < capacity / 4
+}
+
+/// Takes entry `pos` out of a stored queue, giving memory back once it is mostly empty.
+fn take_entry(q: &mut VecDeque<QueuedImage>, pos: usize) -> Option<QueuedImage> {
+    let taken = q.remove(pos);
+    if shrinkable(q.len(), q.capacity()) {
+        q.shrink_to(q.len() * 2);
+    }
+    taken
 }
 
 fn inflight_pkid(i: &InflightImage) -> u16 {
@@ -777,6 +908,11 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             put_bytes(b, group.as_bytes());
             b.put_u64_le(*seq);
         }
+        Record::SentHorizon { client, seq } => {
+            b.put_u8(TAG_SENT_HORIZON);
+            put_bytes(b, client.as_bytes());
+            b.put_u64_le(*seq);
+        }
     }
 }
 
@@ -840,13 +976,17 @@ impl Fields {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "string is not UTF-8".to_string())
     }
     fn client(&mut self) -> Result<ClientId, String> {
-        Ok(self.string()?.into())
+        let b = self.bytes()?;
+        Ok(std::str::from_utf8(&b)
+            .map_err(|_| "string is not UTF-8".to_string())?
+            .into())
     }
+    /// An MQTT string sharing the record's buffer (no copy).
     fn str(&mut self) -> Result<Str, String> {
-        Str::try_from(self.string()?).map_err(|e| format!("bad string: {e:?}"))
+        Str::from_bytes(self.bytes()?).map_err(|e| format!("bad string: {e:?}"))
     }
     fn topic(&mut self) -> Result<TopicName, String> {
-        TopicName::try_from(self.string()?.as_str()).map_err(|e| format!("bad topic: {e:?}"))
+        TopicName::new(self.str()?).map_err(|e| format!("bad topic: {e:?}"))
     }
     fn filter(&mut self) -> Result<TopicFilter, String> {
         TopicFilter::try_from(self.string()?.as_str()).map_err(|e| format!("bad filter: {e:?}"))
@@ -1009,6 +1149,10 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
         },
         15 => Record::GroupTaken {
             group: f.filter()?,
+            seq: f.u64()?,
+        },
+        TAG_SENT_HORIZON => Record::SentHorizon {
+            client: f.client()?,
             seq: f.u64()?,
         },
         t => return Err(format!("unknown record type {t}")),
@@ -1174,6 +1318,9 @@ fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery, u64), Stor
     for id in garbage {
         image.drop_message(id);
     }
+    // Replaying a log that was not compacted at shutdown (a crash) grew the image to the
+    // largest state the log went through: give back what the live state does not use.
+    image.shrink_to_fit();
     recovery.sessions = image.sessions.len();
     recovery.messages = image.messages.len();
     recovery.retained = image.retained.len();
@@ -1238,6 +1385,8 @@ const TAG_MESSAGE: u8 = 1;
 const TAG_ENQUEUE: u8 = 7;
 /// The tag byte of a frame holding several records that count together (never messages).
 const TAG_BATCH: u8 = 16;
+/// The tag byte of a `SentHorizon` record.
+const TAG_SENT_HORIZON: u8 = 17;
 
 /// Applies one record's payload other than a message's: queue entries read in place (the most
 /// common record of a long queue), the others decoded (copied: a record must not keep the read
@@ -1470,11 +1619,141 @@ struct Shared {
     soft_limit: u64,
     mode: PersistenceMode,
     state: Mutex<State>,
+    /// What the writer has done so far ([`Store::stats`]).
+    counters: Counters,
+    /// The writer thread, to wake it when something waits for it (it sets this itself).
+    writer: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// The writer's counters (relaxed atomics: statistics, read at any time).
+#[derive(Debug, Default)]
+struct Counters {
+    fsyncs: AtomicU64,
+    writes: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// What the store has done since it was opened: [`Store::stats`], and the `store closed` log
+/// line at shutdown (README, Durability).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// fsync/fdatasync calls: the log's group commits, plus those of compaction (the new log,
+    /// `CURRENT` and the directory).
+    pub fsyncs: u64,
+    /// `write` calls appending to the log.
+    pub writes: u64,
+    /// Records appended to the log (a message, a queue entry, an acknowledgement...).
+    pub records: u64,
+    /// Bytes appended to the log (compaction's rewrites not included).
+    pub bytes: u64,
 }
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `cmd`, which somebody waits for: the writer must not sleep on it.
+    fn send_waking(&self, cmd: Cmd) -> bool {
+        let sent = self.tx.send(cmd).is_ok();
+        if let Some(w) = self.writer.get() {
+            w.unpark();
+        }
+        sent
+    }
+}
+
+/// When the writer writes and fsyncs what it has taken in (see "What waits for the disk").
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    durable: bool,
+    /// `persistence.lazy_commit`.
+    lazy: Duration,
+    /// `relaxed`: `persistence.sync_interval`.
+    sync_interval: Duration,
+}
+
+/// What the writer holds that is not safe yet.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    /// When the oldest record not written yet was taken in.
+    unwritten_since: Option<Instant>,
+    /// Bytes not written yet.
+    unwritten_bytes: usize,
+    /// When the oldest record written but not fsynced was taken in.
+    unsynced_since: Option<Instant>,
+}
+
+impl Held {
+    /// Everything taken in is written now.
+    fn written(&mut self) {
+        self.unsynced_since = earliest(self.unsynced_since, self.unwritten_since);
+        self.unwritten_since = None;
+        self.unwritten_bytes = 0;
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One decision of the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Step {
+    write: bool,
+    sync: bool,
+}
+
+impl Policy {
+    /// What to do now with what is `held`; `urgent` when a ticket (or compaction, shutdown)
+    /// waits. Durable: a ticket writes and fsyncs everything at once (group commit); records
+    /// nobody waits for are written and fsynced once the oldest is `lazy` old, or with the
+    /// next ticket. Relaxed: a ticket writes; records nobody waits for are written once `lazy`
+    /// old; an fsync follows `sync_interval` after a write. Past [`LAZY_MAX_BYTES`] held back,
+    /// they are written at once.
+    fn step(&self, held: &Held, urgent: bool, now: Instant) -> Step {
+        let due = |since: Option<Instant>, after: Duration| since.is_some_and(|t| now >= t + after);
+        let unwritten = held.unwritten_bytes > 0;
+        let big = held.unwritten_bytes >= LAZY_MAX_BYTES;
+        if self.durable {
+            let oldest = earliest(held.unwritten_since, held.unsynced_since);
+            let sync = oldest.is_some() && (urgent || due(oldest, self.lazy));
+            Step {
+                write: unwritten && (sync || big),
+                sync,
+            }
+        } else {
+            let write = unwritten && (urgent || big || due(held.unwritten_since, self.lazy));
+            let unsynced = if write {
+                earliest(held.unsynced_since, held.unwritten_since)
+            } else {
+                held.unsynced_since
+            };
+            Step {
+                write,
+                sync: due(unsynced, self.sync_interval),
+            }
+        }
+    }
+
+    /// Until when the writer may sleep without taking commands in (None: until one comes).
+    fn wake_at(&self, held: &Held) -> Option<Instant> {
+        let lazy = |t: Option<Instant>, d: Duration| t.map(|t| t + d);
+        if self.durable {
+            lazy(
+                earliest(held.unwritten_since, held.unsynced_since),
+                self.lazy,
+            )
+        } else {
+            earliest(
+                lazy(held.unwritten_since, self.lazy),
+                lazy(held.unsynced_since, self.sync_interval),
+            )
+        }
     }
 }
 
@@ -1541,6 +1820,8 @@ impl Store {
                 image,
                 reader: Arc::new(reader),
             }),
+            counters: Counters::default(),
+            writer: std::sync::OnceLock::new(),
         });
         let writer = Writer {
             dir,
@@ -1550,6 +1831,7 @@ impl Store {
             compacted_size: size,
             shared: shared.clone(),
             sync_interval: Duration::from_millis(cfg.sync_interval),
+            lazy_commit: Duration::from_millis(cfg.lazy_commit),
             max_disk_bytes: cfg.max_disk_bytes,
             compact_min_bytes: cfg.compact_min_bytes,
             full: false,
@@ -1712,10 +1994,22 @@ impl Store {
     pub fn ticket(&self) -> Option<oneshot::Receiver<bool>> {
         let s = self.shared.as_ref()?;
         let (tx, rx) = oneshot::channel();
-        if s.tx.send(Cmd::Ticket(tx)).is_err() {
+        if !s.send_waking(Cmd::Ticket(tx)) {
             return None;
         }
         Some(rx)
+    }
+
+    /// How far `client`'s deliveries may have gone before (see [`Record::SentHorizon`]): its
+    /// queued deliveries numbered up to this go out with DUP. 0 for an unknown session.
+    pub fn sent_horizon(&self, client: &str) -> u64 {
+        self.shared.as_ref().map_or(0, |s| {
+            s.state()
+                .image
+                .sessions
+                .get(client)
+                .map_or(0, |s| s.sent_horizon)
+        })
     }
 
     /// Bytes of records waiting for the writer.
@@ -1732,6 +2026,19 @@ impl Store {
             .map_or(0, |s| s.disk_bytes.load(Ordering::Relaxed))
     }
 
+    /// What the store has done since it was opened (zero for a disabled store).
+    pub fn stats(&self) -> StoreStats {
+        self.shared.as_ref().map_or_else(StoreStats::default, |s| {
+            let c = &s.counters;
+            StoreStats {
+                fsyncs: c.fsyncs.load(Ordering::Relaxed),
+                writes: c.writes.load(Ordering::Relaxed),
+                records: c.records.load(Ordering::Relaxed),
+                bytes: c.bytes.load(Ordering::Relaxed),
+            }
+        })
+    }
+
     /// The mode in force.
     pub fn mode(&self) -> PersistenceMode {
         self.shared
@@ -1743,7 +2050,7 @@ impl Store {
     pub async fn compact(&self) {
         if let Some(s) = &self.shared {
             let (tx, rx) = oneshot::channel();
-            if s.tx.send(Cmd::Compact(tx)).is_ok() {
+            if s.send_waking(Cmd::Compact(tx)) {
                 let _ = rx.await;
             }
         }
@@ -1753,8 +2060,7 @@ impl Store {
     pub async fn shutdown(&self) {
         if let Some(s) = &self.shared {
             let (tx, rx) = oneshot::channel();
-            let sent = s.tx.send(Cmd::Shutdown(tx)).is_ok();
-            if sent {
+            if s.send_waking(Cmd::Shutdown(tx)) {
                 let _ = rx.await;
             }
         }
@@ -1818,6 +2124,8 @@ struct Writer {
     compacted_size: u64,
     shared: Arc<Shared>,
     sync_interval: Duration,
+    /// `persistence.lazy_commit`.
+    lazy_commit: Duration,
     max_disk_bytes: u64,
     /// `persistence.compact_min_bytes`.
     compact_min_bytes: u64,
@@ -1827,50 +2135,66 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        // Tickets, compaction and shutdown wake a parked writer (Shared::wake).
+        let _ = self.shared.writer.set(std::thread::current());
         let durable = self.shared.mode == PersistenceMode::Durable;
+        let policy = Policy {
+            durable,
+            lazy: self.lazy_commit,
+            sync_interval: self.sync_interval,
+        };
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut last_sync = Instant::now();
-        let mut dirty = false;
+        let mut held = Held::default();
+        // Backlog bytes of the records in `buf` (Shared::backlog counts them until written).
+        let mut unwritten_cost = 0usize;
         let mut last_retry = Instant::now();
         loop {
             let failed = self.shared.failed.load(Ordering::Relaxed);
             if failed && last_retry.elapsed() >= RETRY_AFTER_FAILURE {
                 last_retry = Instant::now();
-                self.recover_from_failure();
+                if self.recover_from_failure(&buf) {
+                    // The rewritten log holds everything the image has, `buf` included.
+                    buf.clear();
+                    self.shared
+                        .backlog
+                        .fetch_sub(unwritten_cost, Ordering::Relaxed);
+                    unwritten_cost = 0;
+                    held = Held::default();
+                }
             }
-            let wait = if failed {
-                Some(RETRY_AFTER_FAILURE.saturating_sub(last_retry.elapsed()))
-            } else if durable || !dirty {
-                None
-            } else {
-                Some(self.sync_interval.saturating_sub(last_sync.elapsed()))
-            };
-            let first = match wait {
+            let mut wake = policy.wake_at(&held);
+            if failed {
+                let retry = last_retry + RETRY_AFTER_FAILURE;
+                wake = Some(wake.map_or(retry, |w| w.min(retry)));
+            }
+            // Idle, the writer waits for the first command. With records held back it sleeps
+            // until they are due: appends do not wake it (Store::append only queues), tickets,
+            // compaction and shutdown do (Shared::wake), and take everything queued meanwhile.
+            let first = match wake {
                 None => match rx.recv() {
-                    Ok(c) => c,
+                    Ok(c) => Some(c),
                     Err(_) => return,
                 },
-                Some(wait) => match rx.recv_timeout(wait) {
-                    Ok(c) => c,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if dirty && !durable {
-                            let ok = self.sync();
-                            self.fail_if(!ok);
-                            last_sync = Instant::now();
-                            dirty = false;
+                Some(at) => match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if at > now {
+                            std::thread::park_timeout(at - now);
                         }
-                        continue;
+                        rx.try_recv().ok()
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 },
             };
             let mut tickets = Vec::new();
             let mut shutdown = None;
             let mut compact = None;
-            let mut backlog = 0usize;
-            let mut cmd = Some(first);
+            let mut records = 0u64;
+            let mut cmd = first;
             let mut n = 0;
-            {
+            let before = buf.len();
+            if cmd.is_some() {
                 // Records are applied to the image as they are encoded; a reader that finds a
                 // message before its bytes reach the file gets a short read and tries again
                 // after a ticket (Store::load).
@@ -1878,7 +2202,8 @@ impl Writer {
                 let mut state = shared.state();
                 while let Some(c) = cmd.take() {
                     let mut put = |rec: &Record| {
-                        backlog += record_cost(rec);
+                        records += 1;
+                        unwritten_cost += record_cost(rec);
                         let at = self.size + buf.len() as u64;
                         encode_record(rec, &mut buf);
                         let len = (self.size + buf.len() as u64 - at) as u32;
@@ -1900,7 +2225,8 @@ impl Writer {
                                     let rest = || recs.iter().filter(|r| !is_msg(r));
                                     encode_batch(rest(), &mut buf);
                                     for rec in rest() {
-                                        backlog += record_cost(rec);
+                                        records += 1;
+                                        unwritten_cost += record_cost(rec);
                                         state.image.apply(rec, (0, 0));
                                     }
                                 }
@@ -1922,19 +2248,38 @@ impl Writer {
                     }
                 }
             }
+            self.shared
+                .counters
+                .records
+                .fetch_add(records, Ordering::Relaxed);
+            let now = Instant::now();
+            if buf.len() > before && held.unwritten_since.is_none() {
+                held.unwritten_since = Some(now);
+            }
+            held.unwritten_bytes = buf.len();
+            let urgent = !tickets.is_empty() || shutdown.is_some() || compact.is_some();
+            let step = policy.step(&held, urgent, now);
             let mut ok = true;
-            if !buf.is_empty() {
+            let failed = self.shared.failed.load(Ordering::Relaxed);
+            if step.write {
                 // While failed the log is not appended to (it may be missing records): the
                 // image keeps them, and recover_from_failure rewrites the log from it.
-                ok = !self.shared.failed.load(Ordering::Relaxed) && self.write(&buf);
+                ok = !failed && self.write(&buf);
                 buf.clear();
-                dirty = true;
+                self.shared
+                    .backlog
+                    .fetch_sub(unwritten_cost, Ordering::Relaxed);
+                unwritten_cost = 0;
+                held.written();
             }
-            self.shared.backlog.fetch_sub(backlog, Ordering::Relaxed);
-            if ok && dirty && (durable || shutdown.is_some()) {
+            if failed {
+                // Nothing to fsync in a log that is to be rewritten.
+                held.unsynced_since = None;
+            }
+            let sync = held.unsynced_since.is_some() && (step.sync || shutdown.is_some());
+            if ok && sync {
                 ok = self.sync();
-                dirty = false;
-                last_sync = Instant::now();
+                held.unsynced_since = None;
             }
             self.fail_if(!ok);
             // A batch after a failed one is not safe either: the log may end in a partial frame.
@@ -1943,14 +2288,22 @@ impl Writer {
                 let _ = t.send(ok);
             }
             if let Some(t) = shutdown {
-                if dirty {
-                    self.sync();
-                }
                 // A log well past its live data is rewritten now: the next start reads less.
                 let live = self.shared.state().image.live_bytes();
                 if ok && self.size > 1024 * 1024 && self.size > 2 * live {
                     self.compact(&[]);
                 }
+                let stats = Store {
+                    shared: Some(self.shared.clone()),
+                }
+                .stats();
+                tracing::info!(
+                    fsyncs = stats.fsyncs,
+                    writes = stats.writes,
+                    records = stats.records,
+                    bytes = stats.bytes,
+                    "store closed"
+                );
                 let _ = t.send(());
                 return;
             }
@@ -1959,6 +2312,10 @@ impl Writer {
                     self.compact(&[]);
                 }
                 let _ = t.send(());
+            }
+            if !buf.is_empty() {
+                // Compaction copies message records from the file: not with some still here.
+                continue;
             }
             // Compact once the log is 4x its live data (and past compact_min_bytes), or near
             // the disk limit once that would free half of it; never again before the log has
@@ -1984,12 +2341,6 @@ impl Writer {
                     );
                 }
             }
-            if !durable && dirty && last_sync.elapsed() >= self.sync_interval {
-                let ok = self.sync();
-                self.fail_if(!ok);
-                last_sync = Instant::now();
-                dirty = false;
-            }
         }
     }
 
@@ -2003,13 +2354,16 @@ impl Writer {
     /// partial frame), so appending to it again would not do: rewrite the log from the image
     /// instead. Messages whose records never reached the disk are left out (nobody was told
     /// they were stored). Success clears the failure.
-    fn recover_from_failure(&mut self) {
+    /// `pending`: records taken in but not written yet (they start at the log's end). Returns
+    /// whether the log was rewritten (it then holds `pending` too).
+    fn recover_from_failure(&mut self, pending: &[u8]) -> bool {
         let before = self.number;
-        self.compact(&[]);
+        self.compact(pending);
         if self.number != before {
             self.shared.failed.store(false, Ordering::Relaxed);
             tracing::info!(dir = %self.dir.display(), size = self.size, "persistence recovered: the log was rewritten from memory; accepting QoS 1/2 again");
         }
+        self.number != before
     }
 
     fn write(&mut self, data: &[u8]) -> bool {
@@ -2036,8 +2390,13 @@ impl Writer {
                 return false;
             }
         }
+        let counters = &self.shared.counters;
+        counters.writes.fetch_add(1, Ordering::Relaxed);
         match self.file.write_all(data) {
             Ok(()) => {
+                counters
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 self.size += data.len() as u64;
                 self.shared.disk_bytes.store(self.size, Ordering::Relaxed);
                 true
@@ -2052,6 +2411,7 @@ impl Writer {
     }
 
     fn sync(&mut self) -> bool {
+        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         match self.file.sync_data() {
             Ok(()) => true,
             Err(e) => {
@@ -2098,29 +2458,49 @@ impl Writer {
                 .open(&path)?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
             let mut written = 0u64;
-            let mut frame = Vec::new();
+            // The old log is read a span at a time (the slots are in file order): one read
+            // covers many records instead of one read each.
+            const SPAN: u64 = 1024 * 1024;
+            let mut span: Vec<u8> = Vec::new();
+            let mut span_at = 0u64;
+            let mut one = Vec::new();
             for (id, slot) in &slots {
-                frame.resize(slot.len as usize, 0);
-                let read = if slot.at >= old_size {
+                let len = slot.len as usize;
+                let frame = if slot.at >= old_size {
                     let from = (slot.at - old_size) as usize;
-                    match pending.get(from..from + slot.len as usize) {
-                        Some(b) => {
-                            frame.copy_from_slice(b);
-                            Ok(())
-                        }
-                        None => Err(std::io::ErrorKind::UnexpectedEof.into()),
-                    }
+                    pending.get(from..from + len)
                 } else {
-                    reader.read_exact_at(&mut frame, slot.at)
+                    let end = slot.at + u64::from(slot.len);
+                    if slot.at < span_at || end > span_at + span.len() as u64 {
+                        span_at = slot.at;
+                        // At least the record (a large message is longer than a span).
+                        let want = (old_size - slot.at).min(SPAN).max(u64::from(slot.len));
+                        span.resize(want as usize, 0);
+                        if reader.read_exact_at(&mut span, span_at).is_err() {
+                            span.clear();
+                        }
+                    }
+                    if span.is_empty() {
+                        // The span could not be read whole: this record on its own.
+                        one.resize(len, 0);
+                        reader
+                            .read_exact_at(&mut one, slot.at)
+                            .ok()
+                            .map(|()| &one[..])
+                    } else {
+                        let from = (slot.at - span_at) as usize;
+                        span.get(from..from + len)
+                    }
                 };
-                if read.is_err() || check_frame(&frame).is_err() {
+                match frame.filter(|f| check_frame(f).is_ok()) {
+                    Some(frame) => {
+                        out.write_all(frame)?;
+                        moved.push((*id, written));
+                        written += u64::from(slot.len);
+                    }
                     // Only after a failed write can a located record be unreadable.
-                    lost.push(*id);
-                    continue;
+                    None => lost.push(*id),
                 }
-                out.write_all(&frame)?;
-                moved.push((*id, written));
-                written += u64::from(slot.len);
             }
             let mut buf = BytesMut::with_capacity(64 * 1024);
             shared
@@ -2143,6 +2523,8 @@ impl Writer {
                 written += buf.len() as u64;
             }
             let f = out.into_inner().map_err(|e| e.into_error())?;
+            // The new log, then CURRENT and the directory (write_current).
+            shared.counters.fsyncs.fetch_add(3, Ordering::Relaxed);
             f.sync_all()?;
             // Everything that can fail before the switch happens before it.
             let append = OpenOptions::new().append(true).open(&path)?;

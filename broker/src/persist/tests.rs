@@ -123,6 +123,10 @@ fn every_record_round_trips_through_the_frame_format() {
             client: client("c"),
             seq: 2,
         },
+        Record::SentHorizon {
+            client: client("c"),
+            seq: 8194,
+        },
     ];
     for rec in sample(&m1, &m2).into_iter().chain(more) {
         let mut buf = BytesMut::new();
@@ -198,7 +202,7 @@ fn session_c(store: &Store) -> (u32, Vec<QueuedImage>, Vec<InflightImage>) {
             (
                 s.expiry,
                 s.queue.iter().cloned().collect(),
-                s.inflight.clone(),
+                s.inflight.iter().cloned().collect(),
             )
         })
         .unwrap()
@@ -458,7 +462,7 @@ fn records_name_deliveries_not_messages() {
     let s = &img.sessions[&c];
     assert!(s.queue.is_empty());
     assert_eq!(s.next_seq, 3);
-    match &s.inflight[..] {
+    match &s.inflight.iter().collect::<Vec<_>>()[..] {
         [InflightImage::Publish { pkid: 7, queued }] => {
             assert_eq!(
                 (queued.seq, queued.shared.clone()),
@@ -768,5 +772,320 @@ fn retained_records_keep_the_retained_stores_order() {
         "topics whose logged retained message is not the broker's"
     );
     rt.block_on(store.shutdown());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The store counts what it wrote: every record, the bytes of the log, its writes and fsyncs.
+#[tokio::test]
+async fn the_store_counts_its_records_writes_and_fsyncs() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    for i in 0..10u64 {
+        queue_for_c(&store, i + 1, "t", vec![b'x'; 10]);
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    let stats = store.stats();
+    assert_eq!(
+        stats.records,
+        1 + 2 * 10,
+        "the session, then a message and its entry each"
+    );
+    assert_eq!(
+        stats.bytes,
+        store.disk_bytes(),
+        "a fresh log holds what was appended"
+    );
+    assert!(stats.writes >= 1 && stats.writes <= stats.records);
+    assert!(stats.fsyncs >= 1, "durable: the ticket waited for an fsync");
+    store.shutdown().await;
+    assert_eq!(Store::disabled().stats(), StoreStats::default());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn policy(durable: bool) -> Policy {
+    Policy {
+        durable,
+        lazy: Duration::from_millis(10),
+        sync_interval: Duration::from_millis(1000),
+    }
+}
+
+/// Durable: records nobody waits for are neither written nor fsynced until the oldest is
+/// `lazy_commit` old; then both at once. Nothing held: nothing to do, no wake-up.
+#[test]
+fn durable_records_nobody_waits_for_wait_for_the_lazy_commit() {
+    let p = policy(true);
+    let t0 = Instant::now();
+    let idle = Held::default();
+    assert_eq!(p.wake_at(&idle), None, "idle: sleep until a command comes");
+    assert_eq!(
+        p.step(&idle, false, t0),
+        Step {
+            write: false,
+            sync: false
+        }
+    );
+    let held = Held {
+        unwritten_since: Some(t0),
+        unwritten_bytes: 100,
+        unsynced_since: None,
+    };
+    assert_eq!(p.wake_at(&held), Some(t0 + Duration::from_millis(10)));
+    for ms in [0, 1, 9] {
+        assert_eq!(
+            p.step(&held, false, t0 + Duration::from_millis(ms)),
+            Step {
+                write: false,
+                sync: false
+            },
+            "{ms} ms: an acknowledgement record costs no write and no fsync of its own"
+        );
+    }
+    assert_eq!(
+        p.step(&held, false, t0 + Duration::from_millis(10)),
+        Step {
+            write: true,
+            sync: true
+        },
+        "due: written and fsynced together"
+    );
+}
+
+/// Durable: a ticket is answered by a group commit at once, taking every held record along.
+#[test]
+fn a_ticket_commits_everything_held_at_once() {
+    let p = policy(true);
+    let t0 = Instant::now();
+    let held = Held {
+        unwritten_since: Some(t0),
+        unwritten_bytes: 100,
+        unsynced_since: None,
+    };
+    assert_eq!(
+        p.step(&held, true, t0),
+        Step {
+            write: true,
+            sync: true
+        }
+    );
+    // Written earlier (too many bytes to hold), not yet fsynced: the ticket fsyncs.
+    let written = Held {
+        unwritten_since: None,
+        unwritten_bytes: 0,
+        unsynced_since: Some(t0),
+    };
+    assert_eq!(
+        p.step(&written, true, t0),
+        Step {
+            write: false,
+            sync: true
+        }
+    );
+    // Nothing held: the ticket is answered without an fsync.
+    assert_eq!(
+        p.step(&Held::default(), true, t0),
+        Step {
+            write: false,
+            sync: false
+        }
+    );
+}
+
+/// Records held back past LAZY_MAX_BYTES are written at once, but fsynced only when due.
+#[test]
+fn many_held_bytes_are_written_but_not_fsynced_before_they_are_due() {
+    let p = policy(true);
+    let t0 = Instant::now();
+    let mut held = Held {
+        unwritten_since: Some(t0),
+        unwritten_bytes: LAZY_MAX_BYTES,
+        unsynced_since: None,
+    };
+    assert_eq!(
+        p.step(&held, false, t0),
+        Step {
+            write: true,
+            sync: false
+        }
+    );
+    held.written();
+    assert_eq!(
+        held,
+        Held {
+            unwritten_since: None,
+            unwritten_bytes: 0,
+            unsynced_since: Some(t0)
+        }
+    );
+    assert_eq!(
+        p.wake_at(&held),
+        Some(t0 + Duration::from_millis(10)),
+        "the fsync is still due on time"
+    );
+}
+
+/// Relaxed: a ticket only waits for the write; records nobody waits for are written when
+/// due; fsyncs follow `sync_interval` after the oldest write.
+#[test]
+fn relaxed_tickets_write_and_fsyncs_follow_the_sync_interval() {
+    let p = policy(false);
+    let t0 = Instant::now();
+    let held = Held {
+        unwritten_since: Some(t0),
+        unwritten_bytes: 100,
+        unsynced_since: None,
+    };
+    assert_eq!(
+        p.step(&held, true, t0),
+        Step {
+            write: true,
+            sync: false
+        }
+    );
+    assert_eq!(
+        p.step(&held, false, t0 + Duration::from_millis(10)),
+        Step {
+            write: true,
+            sync: false
+        }
+    );
+    let written = Held {
+        unwritten_since: None,
+        unwritten_bytes: 0,
+        unsynced_since: Some(t0),
+    };
+    assert_eq!(p.wake_at(&written), Some(t0 + Duration::from_millis(1000)));
+    assert_eq!(
+        p.step(&written, true, t0 + Duration::from_millis(999)),
+        Step {
+            write: false,
+            sync: false
+        }
+    );
+    assert_eq!(
+        p.step(&written, false, t0 + Duration::from_millis(1000)),
+        Step {
+            write: false,
+            sync: true
+        }
+    );
+}
+
+/// A record nobody waits for still reaches the disk by itself (the writer wakes when it is
+/// due), and a burst of them costs far fewer fsyncs than records.
+#[tokio::test]
+async fn records_nobody_waits_for_reach_the_disk_in_few_fsyncs() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    assert!(store.ticket().unwrap().await.unwrap());
+    let before = store.stats();
+    for seq in 1..=2000u64 {
+        store.append(Record::Skip {
+            client: client("c"),
+            seq,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.stats().records < before.records + 2000 || store.stats().fsyncs == before.fsyncs {
+        assert!(Instant::now() < deadline, "held records never committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let fsyncs = store.stats().fsyncs - before.fsyncs;
+    assert!(
+        fsyncs < 100,
+        "{fsyncs} fsyncs for 2000 records nobody waited for"
+    );
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// How far a session's deliveries may have gone survives a crash and a compaction; the latest
+/// record counts (a connection that ends cleanly sets it back).
+#[tokio::test]
+async fn the_sent_horizon_survives_recovery_and_compaction() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    assert_eq!(store.sent_horizon("c"), 0);
+    for seq in [8193, 16385] {
+        store.append(Record::SentHorizon {
+            client: client("c"),
+            seq,
+        });
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    assert_eq!(store.sent_horizon("c"), 16385);
+    assert_eq!(store.sent_horizon("unknown"), 0);
+    drop(store); // as after kill -9
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(store.sent_horizon("c"), 16385, "recovered");
+    store.compact().await;
+    store.shutdown().await;
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    assert_eq!(store.sent_horizon("c"), 16385, "kept by compaction");
+    store.append(Record::SentHorizon {
+        client: client("c"),
+        seq: 3,
+    });
+    assert!(store.ticket().unwrap().await.unwrap());
+    assert_eq!(store.sent_horizon("c"), 3, "set back by a clean end");
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Replaying a log that went through a long queue (a crash: no compaction at shutdown) leaves
+/// the image sized for what is live, not for the longest queue the log went through; a drain
+/// gives the memory back as it goes, too.
+#[tokio::test]
+async fn the_image_gives_back_the_memory_of_a_drained_queue() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    const N: u64 = 20_000;
+    const LEFT: u64 = 1_000;
+    let mut ids = Vec::new();
+    for seq in 1..=N {
+        ids.push(queue_for_c(&store, seq, "t", vec![b'x'; 10]).id);
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    let sizes = |store: &Store| {
+        store
+            .with_image(|img, _| {
+                let s = &img.sessions[&client("c")];
+                (
+                    s.queue.len(),
+                    s.queue.capacity(),
+                    img.messages.len(),
+                    img.messages.capacity(),
+                )
+            })
+            .unwrap()
+    };
+    let (_, full_queue_cap, _, full_map_cap) = sizes(&store);
+    for seq in 1..=N - LEFT {
+        store.append(Record::Sent {
+            client: client("c"),
+            seq,
+            pkid: (seq % 60_000 + 1) as u16,
+        });
+        store.append(Record::Acked {
+            client: client("c"),
+            pkid: (seq % 60_000 + 1) as u16,
+        });
+    }
+    assert!(store.ticket().unwrap().await.unwrap());
+    let (len, cap, mlen, mcap) = sizes(&store);
+    assert_eq!((len, mlen), (LEFT as usize, LEFT as usize));
+    assert!(
+        cap < full_queue_cap / 4 && mcap < full_map_cap / 4,
+        "drained: queue {len}/{cap} (was {full_queue_cap}), messages {mlen}/{mcap} (was {full_map_cap})"
+    );
+    drop(store); // as after kill -9: the next start replays the whole log
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    let (len, cap, mlen, mcap) = sizes(&store);
+    assert_eq!((len, mlen), (LEFT as usize, LEFT as usize));
+    assert!(
+        cap <= 2 * len && mcap <= 4 * mlen,
+        "recovered: queue {len}/{cap}, messages {mlen}/{mcap}"
+    );
+    store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -123,6 +123,12 @@ pub async fn admit(
         session_present,
     } = Box::pin(broker.open_session(&n.client_id, clean_start, connection, control)).await;
     session.expiry_interval = session_expiry;
+    // Before this connection logs anything: how far the session's deliveries may have gone.
+    let horizon = if session_present {
+        broker.store.sent_horizon(&n.client_id)
+    } else {
+        0
+    };
     // Persistent sessions are logged from here on (persist.rs).
     let persistent = broker.store.is_enabled() && session_expiry > 0;
     if !persistent {
@@ -168,6 +174,7 @@ pub async fn admit(
     let Connect { will, .. } = *connect;
     let mut state = ClientState::new(n, handle, session, will);
     state.set_store(broker.store.clone());
+    state.set_recovered_horizon(horizon);
     state.auth_method = auth_method;
     state.attach_groups(broker);
     state.send(&Packet::ConnAck(ConnAck {

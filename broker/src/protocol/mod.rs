@@ -25,7 +25,7 @@ use crate::auth::enhanced::{AuthContinuation, AuthStep};
 use crate::broker::Broker;
 use crate::locks::write;
 use crate::message::{ClientId, Message};
-use crate::persist::{Record, Store};
+use crate::persist::{Record, Store, SENT_HORIZON_AHEAD};
 use crate::protocol::alias::{AliasUse, OutboundAliases};
 use crate::routing::shared_subscriptions::{GroupQueue, LoadClaim};
 use crate::routing::Requester;
@@ -140,6 +140,24 @@ pub struct ClientState {
     outbound_aliases: OutboundAliases,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
     pub oversize_dropped: u64,
+    /// How far this session's deliveries may have gone on the wire (persist.rs, "Redeliveries
+    /// after a crash carry DUP").
+    horizon: SentHorizon,
+}
+
+/// A session's `SentHorizon` as its connection keeps it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SentHorizon {
+    /// Recovered from the log: deliveries numbered up to this may have been sent before, by a
+    /// connection that did not live to log it. They go out with DUP.
+    recovered: u64,
+    /// The highest horizon this connection logged.
+    logged: u64,
+    /// The highest horizon known to be on disk (its ticket answered): a delivery numbered up to
+    /// this may go out at once.
+    safe: u64,
+    /// A horizon logged whose ticket the connection has yet to take.
+    unticketed: Option<u64>,
 }
 
 impl ClientState {
@@ -175,7 +193,56 @@ impl ClientState {
             outbound_aliases: aliases,
             write_buf: BytesMut::with_capacity(256),
             oversize_dropped: 0,
+            horizon: SentHorizon::default(),
         }
+    }
+
+    /// The session's horizon as the log had it when this connection took over
+    /// ([`Store::sent_horizon`]): its queued deliveries numbered up to it go out with DUP.
+    pub fn set_recovered_horizon(&mut self, seq: u64) {
+        self.horizon.recovered = seq;
+    }
+
+    /// A horizon logged since the last call, whose ticket the connection should take (and
+    /// report with [`ClientState::horizon_safe`] once answered).
+    pub fn horizon_to_ticket(&mut self) -> Option<u64> {
+        self.horizon.unticketed.take()
+    }
+
+    /// The horizon `seq` is on disk.
+    pub fn horizon_safe(&mut self, seq: u64) {
+        self.horizon.safe = self.horizon.safe.max(seq);
+    }
+
+    /// At a clean end of the connection every delivery it sent is logged as sent: the record
+    /// that sets the horizon back to what was recovered, if this connection moved it.
+    pub fn horizon_at_close(&self) -> Option<Record> {
+        (self.persistent() && self.horizon.logged > self.horizon.recovered).then(|| {
+            Record::SentHorizon {
+                client: self.n.client_id.clone(),
+                seq: self.horizon.recovered,
+            }
+        })
+    }
+
+    /// Before delivery `seq` goes out: logs a horizon ahead of it when the last one is half
+    /// used up. Returns whether the PUBLISH must wait for the disk (no horizon covering it is
+    /// known to be there yet).
+    fn horizon_before_send(&mut self, seq: u64) -> bool {
+        if seq == 0 || !self.persistent() {
+            return false;
+        }
+        let h = &mut self.horizon;
+        if seq + SENT_HORIZON_AHEAD / 2 > h.logged {
+            h.logged = (seq + SENT_HORIZON_AHEAD).max(h.recovered);
+            h.unticketed = Some(h.logged);
+            let rec = Record::SentHorizon {
+                client: self.n.client_id.clone(),
+                seq: h.logged,
+            };
+            self.store.append(rec);
+        }
+        seq > self.horizon.safe
     }
 
     /// Uses `store` for this connection's persistent records.
@@ -1004,6 +1071,8 @@ impl ClientState {
     /// Moves deliveries from the outbox into the write buffer while the inflight window and the
     /// write buffer's high-water mark allow. Returns true if anything is still queued.
     pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
+        // The records of the deliveries sent now reach the writer together, in one frame.
+        let _records = self.store.group();
         let mut batch = Vec::new();
         let more = {
             let mut outbox = self.handle.outbox();
@@ -1078,7 +1147,9 @@ impl ClientState {
             self.log_skip(&d);
             return;
         }
-        let mut p = self.publish_packet(&d, 0, false, now);
+        // Numbered up to the recovered horizon: it may have gone out before the crash.
+        let dup = d.qos != QoS::AtMostOnce && d.seq != 0 && d.seq <= self.horizon.recovered;
+        let mut p = self.publish_packet(&d, 0, dup, now);
         if d.qos != QoS::AtMostOnce {
             match self.session.next_pkid() {
                 Some(id) => p.pkid = id,
@@ -1111,6 +1182,9 @@ impl ClientState {
                 }
             }
         }
+        // Not on the wire before the log says it may have gone: a crash that loses the `Sent`
+        // record must still resend it with DUP [MQTT-3.3.1-1].
+        let hold = self.horizon_before_send(d.seq);
         if d.seq != 0 && self.persistent() {
             self.store.append(Record::Sent {
                 client: self.n.client_id.clone(),
@@ -1118,9 +1192,9 @@ impl ClientState {
                 pkid,
             });
         }
-        if d.qos == QoS::ExactlyOnce && self.persistent() {
-            // Not on the wire before the store knows it was sent with this packet id, or a
-            // crash could deliver it again as a new message [MQTT-4.3.3].
+        if hold || (d.qos == QoS::ExactlyOnce && self.persistent()) {
+            // QoS 2: not on the wire before the store knows it was sent with this packet id,
+            // or a crash could deliver it again as a new message [MQTT-4.3.3].
             self.send_held(&packet);
         } else {
             self.send(&packet);

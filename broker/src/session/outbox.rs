@@ -238,6 +238,12 @@ impl Outbox {
         Ok(())
     }
 
+    /// Room for `n` more deliveries at once (start-up knows how many it restores: growing a
+    /// long queue step by step would leave the steps' memory behind).
+    pub fn reserve_exact(&mut self, n: usize) {
+        self.queue.reserve_exact(n);
+    }
+
     /// Queues a delivery the store recovered at start-up, on disk only.
     pub fn push_cold(&mut self, c: ColdDelivery) {
         if let Some(b) = &self.budget {
