@@ -1188,3 +1188,68 @@ async fn first_deliveries_after_a_clean_restart_have_no_dup() {
         "the queued messages, once each, as first deliveries"
     );
 }
+
+/// A client that reconnects at once after a clean DISCONNECT gets its unacknowledged messages
+/// again with DUP and the ones never sent as first deliveries, DUP 0 [MQTT-3.3.1-1]: the new
+/// connection reads how far the session's deliveries went after the old one set it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_reconnect_marks_only_what_was_sent() {
+    let data = tempfile::tempdir().unwrap();
+    // Records nobody waits for wait up to a second for the writer: the old connection's last
+    // ones are still on their way when the client is back.
+    let broker = Broker::start_with(BrokerOpts {
+        config: "[persistence]\nlazy_commit = 1000\n".into(),
+        env: vec![(
+            "SLUICE__PERSISTENCE__DIR".into(),
+            data.path().display().to_string(),
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    let client = || {
+        let mut p = connect_v5("quick-sub", 600, None);
+        if let Packet::Connect(c) = &mut p {
+            c.properties.receive_maximum = Some(2);
+        }
+        p
+    };
+    let (mut sub, _) = connack_v5(&broker, &client()).await;
+    subscribe(&mut sub, "quick/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = connect_persistent(&broker, "quick-pub").await;
+    for seq in 0..10u32 {
+        let p = publish(
+            "quick/t",
+            QoS::AtLeastOnce,
+            seq as u16 + 1,
+            seq.to_be_bytes().to_vec(),
+            false,
+        );
+        publ.send(&p).await.unwrap();
+        assert!(matches!(
+            publ.expect_packet(T).await.unwrap(),
+            Packet::PubAck(_)
+        ));
+    }
+    // Two in flight (Receive Maximum 2), unacknowledged; eight still queued.
+    let mut first = Vec::new();
+    while first.len() < 2 {
+        if let Packet::Publish(p) = sub.expect_packet(T).await.unwrap() {
+            first.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+        }
+    }
+    sub.send(&Packet::Disconnect(sluice_tests::codec::Disconnect::new(
+        ReasonCode::NORMAL_DISCONNECTION,
+    )))
+    .await
+    .unwrap();
+    drop(sub);
+    let (mut sub, present) = connack_v5(&broker, &client()).await;
+    assert!(present);
+    let got = drain(&mut sub, Duration::from_millis(800)).await;
+    let expected: Vec<(u32, bool)> = (0..10).map(|s| (s, first.contains(&s))).collect();
+    assert_eq!(
+        got.iter().map(|g| (g.0, g.2)).collect::<Vec<_>>(),
+        expected,
+        "in order; DUP on the two sent before, not on the rest"
+    );
+}

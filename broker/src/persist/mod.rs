@@ -1589,6 +1589,8 @@ enum Cmd {
     Recs(Vec<Record>),
     /// Answer once everything before it is written (relaxed) or fsynced (durable).
     Ticket(oneshot::Sender<bool>),
+    /// Answer once everything before it is in the image (nothing written or fsynced for it).
+    Applied(oneshot::Sender<()>),
     /// Compact now (tests, and an operator's wish after a large backlog drained).
     Compact(oneshot::Sender<()>),
     /// Flush, fsync and stop.
@@ -2001,15 +2003,20 @@ impl Store {
     }
 
     /// How far `client`'s deliveries may have gone before (see [`Record::SentHorizon`]): its
-    /// queued deliveries numbered up to this go out with DUP. 0 for an unknown session.
-    pub fn sent_horizon(&self, client: &str) -> u64 {
-        self.shared.as_ref().map_or(0, |s| {
-            s.state()
-                .image
-                .sessions
-                .get(client)
-                .map_or(0, |s| s.sent_horizon)
-        })
+    /// queued deliveries numbered up to this go out with DUP. 0 for an unknown session. Counts
+    /// every record appended before the call (a connection that just ended may have set it
+    /// back), without waiting for the disk.
+    pub async fn sent_horizon(&self, client: &str) -> u64 {
+        let Some(s) = &self.shared else { return 0 };
+        let (tx, rx) = oneshot::channel();
+        if s.send_waking(Cmd::Applied(tx)) {
+            let _ = rx.await;
+        }
+        s.state()
+            .image
+            .sessions
+            .get(client)
+            .map_or(0, |s| s.sent_horizon)
     }
 
     /// Bytes of records waiting for the writer.
@@ -2233,6 +2240,9 @@ impl Writer {
                             }
                         }
                         Cmd::Ticket(t) => tickets.push(t),
+                        Cmd::Applied(t) => {
+                            let _ = t.send(());
+                        }
                         Cmd::Compact(t) => {
                             compact = Some(t);
                             break;

@@ -1005,7 +1005,7 @@ async fn records_nobody_waits_for_reach_the_disk_in_few_fsyncs() {
 async fn the_sent_horizon_survives_recovery_and_compaction() {
     let dir = tempdir();
     let store = store_with_session(&dir);
-    assert_eq!(store.sent_horizon("c"), 0);
+    assert_eq!(store.sent_horizon("c").await, 0);
     for seq in [8193, 16385] {
         store.append(Record::SentHorizon {
             client: client("c"),
@@ -1013,21 +1013,21 @@ async fn the_sent_horizon_survives_recovery_and_compaction() {
         });
     }
     assert!(store.ticket().unwrap().await.unwrap());
-    assert_eq!(store.sent_horizon("c"), 16385);
-    assert_eq!(store.sent_horizon("unknown"), 0);
+    assert_eq!(store.sent_horizon("c").await, 16385);
+    assert_eq!(store.sent_horizon("unknown").await, 0);
     drop(store); // as after kill -9
     let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
-    assert_eq!(store.sent_horizon("c"), 16385, "recovered");
+    assert_eq!(store.sent_horizon("c").await, 16385, "recovered");
     store.compact().await;
     store.shutdown().await;
     let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
-    assert_eq!(store.sent_horizon("c"), 16385, "kept by compaction");
+    assert_eq!(store.sent_horizon("c").await, 16385, "kept by compaction");
     store.append(Record::SentHorizon {
         client: client("c"),
         seq: 3,
     });
     assert!(store.ticket().unwrap().await.unwrap());
-    assert_eq!(store.sent_horizon("c"), 3, "set back by a clean end");
+    assert_eq!(store.sent_horizon("c").await, 3, "set back by a clean end");
     store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

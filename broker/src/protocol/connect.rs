@@ -125,7 +125,7 @@ pub async fn admit(
     session.expiry_interval = session_expiry;
     // Before this connection logs anything: how far the session's deliveries may have gone.
     let horizon = if session_present {
-        broker.store.sent_horizon(&n.client_id)
+        broker.store.sent_horizon(&n.client_id).await
     } else {
         0
     };
