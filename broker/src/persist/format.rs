@@ -159,16 +159,16 @@ fn options_byte(o: &SubscriptionOptions) -> u8 {
     o.qos as u8 | (u8::from(o.no_local) << 2) | (u8::from(o.retain_as_published) << 3) | (rh << 4)
 }
 
-fn options_from(b: u8) -> Result<SubscriptionOptions, String> {
+fn options_from(b: u8) -> Result<SubscriptionOptions, DecodeError> {
     Ok(SubscriptionOptions {
-        qos: QoS::from_u8(b & 3).ok_or("bad QoS")?,
+        qos: QoS::from_u8(b & 3).ok_or(DecodeError::BadQos)?,
         no_local: b & 4 != 0,
         retain_as_published: b & 8 != 0,
         retain_handling: match (b >> 4) & 3 {
             0 => RetainHandling::OnSubscribe,
             1 => RetainHandling::OnNewSubscription,
             2 => RetainHandling::Never,
-            _ => return Err("bad retain handling".into()),
+            _ => return Err(DecodeError::BadRetainHandling),
         },
     })
 }
@@ -335,83 +335,142 @@ fn client_pkid(b: &mut BytesMut, tag: u8, client: &str, pkid: u16) {
     b.put_u16_le(pkid);
 }
 
+/// Why a record's payload (or a frame) could not be decoded. Says what is wrong; where it is
+/// (file, offset) is added by [`ReadError`] and `StoreError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record shorter than its fields")]
+    Short,
+    #[error("string is not UTF-8")]
+    NotUtf8,
+    #[error("bad QoS")]
+    BadQos,
+    #[error("bad retain handling")]
+    BadRetainHandling,
+    #[error("bad count")]
+    BadCount,
+    /// A field that is UTF-8 but not a valid value of its kind (`reason`: the codec's error).
+    #[error("bad {field}: {reason}")]
+    BadField { field: &'static str, reason: String },
+    #[error("unknown record type {0}")]
+    UnknownTag(u8),
+    #[error("a message inside a batch")]
+    MessageInBatch,
+    /// A record inside a batch frame runs past the end of the batch.
+    #[error("a record runs past the end of the batch")]
+    ShortInBatch,
+    #[error("short frame")]
+    ShortFrame,
+    #[error("bad frame (length or checksum)")]
+    BadFrame,
+    #[error("not a message")]
+    NotAMessage,
+}
+
+impl DecodeError {
+    fn bad(field: &'static str, reason: impl std::fmt::Debug) -> DecodeError {
+        DecodeError::BadField {
+            field,
+            reason: format!("{reason:?}"),
+        }
+    }
+}
+
+/// Why a message could not be read back from the log.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {len} bytes at {at}: {source}")]
+    Io {
+        at: u64,
+        len: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the record at {at}: {source}")]
+    Bad {
+        at: u64,
+        #[source]
+        source: DecodeError,
+    },
+}
+
 /// Reads fields of one record payload.
 struct Fields {
     pub(super) b: Bytes,
 }
 
 impl Fields {
-    pub(super) fn need(&self, n: usize) -> Result<(), String> {
+    pub(super) fn need(&self, n: usize) -> Result<(), DecodeError> {
         if self.b.remaining() < n {
-            Err("record shorter than its fields".into())
+            Err(DecodeError::Short)
         } else {
             Ok(())
         }
     }
-    pub(super) fn u8(&mut self) -> Result<u8, String> {
+    pub(super) fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
         Ok(self.b.get_u8())
     }
-    pub(super) fn u16(&mut self) -> Result<u16, String> {
+    pub(super) fn u16(&mut self) -> Result<u16, DecodeError> {
         self.need(2)?;
         Ok(self.b.get_u16_le())
     }
-    pub(super) fn u32(&mut self) -> Result<u32, String> {
+    pub(super) fn u32(&mut self) -> Result<u32, DecodeError> {
         self.need(4)?;
         Ok(self.b.get_u32_le())
     }
-    pub(super) fn u64(&mut self) -> Result<u64, String> {
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
         self.need(8)?;
         Ok(self.b.get_u64_le())
     }
-    pub(super) fn bytes(&mut self) -> Result<Bytes, String> {
+    pub(super) fn bytes(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.u32()? as usize;
         self.need(n)?;
         Ok(self.b.split_to(n))
     }
-    fn opt_bytes(&mut self) -> Result<Option<Bytes>, String> {
+    fn opt_bytes(&mut self) -> Result<Option<Bytes>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
             _ => self.bytes().map(Some),
         }
     }
-    fn string(&mut self) -> Result<String, String> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "string is not UTF-8".to_string())
+    fn string(&mut self) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError::NotUtf8)
     }
-    pub(super) fn client(&mut self) -> Result<ClientId, String> {
+    pub(super) fn client(&mut self) -> Result<ClientId, DecodeError> {
         let b = self.bytes()?;
         Ok(std::str::from_utf8(&b)
-            .map_err(|_| "string is not UTF-8".to_string())?
+            .map_err(|_| DecodeError::NotUtf8)?
             .into())
     }
     /// An MQTT string sharing the record's buffer (no copy).
-    pub(super) fn str(&mut self) -> Result<Str, String> {
-        Str::from_bytes(self.bytes()?).map_err(|e| format!("bad string: {e:?}"))
+    pub(super) fn str(&mut self) -> Result<Str, DecodeError> {
+        Str::from_bytes(self.bytes()?).map_err(|e| DecodeError::bad("string", e))
     }
-    pub(super) fn topic(&mut self) -> Result<TopicName, String> {
-        TopicName::new(self.str()?).map_err(|e| format!("bad topic: {e:?}"))
+    pub(super) fn topic(&mut self) -> Result<TopicName, DecodeError> {
+        TopicName::new(self.str()?).map_err(|e| DecodeError::bad("topic", e))
     }
-    pub(super) fn filter(&mut self) -> Result<TopicFilter, String> {
-        TopicFilter::try_from(self.string()?.as_str()).map_err(|e| format!("bad filter: {e:?}"))
+    pub(super) fn filter(&mut self) -> Result<TopicFilter, DecodeError> {
+        TopicFilter::try_from(self.string()?.as_str()).map_err(|e| DecodeError::bad("filter", e))
     }
-    pub(super) fn qos(&mut self) -> Result<QoS, String> {
-        QoS::from_u8(self.u8()?).ok_or_else(|| "bad QoS".to_string())
+    pub(super) fn qos(&mut self) -> Result<QoS, DecodeError> {
+        QoS::from_u8(self.u8()?).ok_or(DecodeError::BadQos)
     }
-    pub(super) fn props(&mut self) -> Result<PublishProperties, String> {
+    pub(super) fn props(&mut self) -> Result<PublishProperties, DecodeError> {
         let pfi = self.u8()?;
         let expiry = self.u64()?;
         let response_topic = match self.opt_bytes()? {
             Some(b) => Some(
-                TopicName::try_from(std::str::from_utf8(&b).map_err(|_| "bad UTF-8")?)
-                    .map_err(|e| format!("bad response topic: {e:?}"))?,
+                TopicName::try_from(std::str::from_utf8(&b).map_err(|_| DecodeError::NotUtf8)?)
+                    .map_err(|e| DecodeError::bad("response topic", e))?,
             ),
             None => None,
         };
         let correlation_data = self.opt_bytes()?;
         let content_type = match self.opt_bytes()? {
             Some(b) => Some(
-                Str::try_from(String::from_utf8(b.to_vec()).map_err(|_| "bad UTF-8")?)
-                    .map_err(|e| format!("bad content type: {e:?}"))?,
+                Str::try_from(String::from_utf8(b.to_vec()).map_err(|_| DecodeError::NotUtf8)?)
+                    .map_err(|e| DecodeError::bad("content type", e))?,
             ),
             None => None,
         };
@@ -430,7 +489,7 @@ impl Fields {
             ..Default::default()
         })
     }
-    pub(super) fn will(&mut self) -> Result<LastWill, String> {
+    pub(super) fn will(&mut self) -> Result<LastWill, DecodeError> {
         Ok(LastWill {
             topic: self.topic()?,
             payload: self.bytes()?,
@@ -443,7 +502,7 @@ impl Fields {
 }
 
 /// Decodes one record payload (without the frame).
-pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
+pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, DecodeError> {
     let mut f = Fields { b: payload };
     let rec = match f.u8()? {
         1 => {
@@ -470,7 +529,7 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
             username: match f.opt_bytes()? {
                 Some(b) => Some(
                     String::from_utf8(b.to_vec())
-                        .map_err(|_| "bad UTF-8")?
+                        .map_err(|_| DecodeError::NotUtf8)?
                         .into(),
                 ),
                 None => None,
@@ -510,8 +569,10 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
             }
             let shared = match f.opt_bytes()? {
                 Some(b) => Some(
-                    TopicFilter::try_from(std::str::from_utf8(&b).map_err(|_| "bad UTF-8")?)
-                        .map_err(|e| format!("bad filter: {e:?}"))?,
+                    TopicFilter::try_from(
+                        std::str::from_utf8(&b).map_err(|_| DecodeError::NotUtf8)?,
+                    )
+                    .map_err(|e| DecodeError::bad("filter", e))?,
                 ),
                 None => None,
             };
@@ -558,7 +619,7 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, String> {
             client: f.client()?,
             seq: f.u64()?,
         },
-        t => return Err(format!("unknown record type {t}")),
+        t => return Err(DecodeError::UnknownTag(t)),
     };
     Ok(rec)
 }
@@ -579,14 +640,14 @@ pub(super) fn apply_meta_payload(
     image: &mut Image,
     payload: &[u8],
     now: Instant,
-) -> Result<(), String> {
+) -> Result<(), DecodeError> {
     if payload.first() == Some(&TAG_ENQUEUE) {
         let (client, q) = parse_enqueue(&payload[1..])?;
         image.enqueue(client, q);
     } else {
         let rec = decode_record(Bytes::copy_from_slice(payload), now)?;
         if matches!(rec, Record::Message(_)) {
-            return Err("a message inside a batch".into());
+            return Err(DecodeError::MessageInBatch);
         }
         image.apply_meta(&rec);
     }
@@ -613,10 +674,10 @@ pub(super) fn encode_batch<'a>(recs: impl Iterator<Item = &'a Record>, out: &mut
 
 /// An `Enqueue` record's fields (after the tag), read in place: the client id borrowed, no
 /// allocation unless the entry has subscription identifiers or a shared filter.
-pub(super) fn parse_enqueue(mut p: &[u8]) -> Result<(&str, QueuedImage), String> {
-    fn take<'a>(p: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+pub(super) fn parse_enqueue(mut p: &[u8]) -> Result<(&str, QueuedImage), DecodeError> {
+    fn take<'a>(p: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
         if p.len() < n {
-            return Err("record shorter than its fields".into());
+            return Err(DecodeError::Short);
         }
         let (head, rest) = p.split_at(n);
         *p = rest;
@@ -631,21 +692,21 @@ pub(super) fn parse_enqueue(mut p: &[u8]) -> Result<(&str, QueuedImage), String>
         u64::from_le_bytes(a)
     }
     let n = u32_of(take(&mut p, 4)?) as usize;
-    let client = std::str::from_utf8(take(&mut p, n)?).map_err(|_| "string is not UTF-8")?;
+    let client = std::str::from_utf8(take(&mut p, n)?).map_err(|_| DecodeError::NotUtf8)?;
     let seq = u64_of(take(&mut p, 8)?);
     let id = u64_of(take(&mut p, 8)?);
-    let qos = QoS::from_u8(take(&mut p, 1)?[0]).ok_or("bad QoS")?;
+    let qos = QoS::from_u8(take(&mut p, 1)?[0]).ok_or(DecodeError::BadQos)?;
     let retain = take(&mut p, 1)?[0] != 0;
     let n = u32_of(take(&mut p, 4)?) as usize;
-    let ids = take(&mut p, n.checked_mul(4).ok_or("bad count")?)?;
+    let ids = take(&mut p, n.checked_mul(4).ok_or(DecodeError::BadCount)?)?;
     let subscription_ids: Box<[u32]> = ids.chunks_exact(4).map(u32_of).collect();
     let shared = match take(&mut p, 1)?[0] {
         0 => None,
         _ => {
             let n = u32_of(take(&mut p, 4)?) as usize;
-            let f = std::str::from_utf8(take(&mut p, n)?).map_err(|_| "bad UTF-8")?;
+            let f = std::str::from_utf8(take(&mut p, n)?).map_err(|_| DecodeError::NotUtf8)?;
             Some(Box::new(
-                TopicFilter::try_from(f).map_err(|e| format!("bad filter: {e:?}"))?,
+                TopicFilter::try_from(f).map_err(|e| DecodeError::bad("filter", e))?,
             ))
         }
     };
@@ -665,18 +726,16 @@ pub(super) fn read_message(
     file: &File,
     slot: &MsgSlot,
     now: Instant,
-) -> Result<Arc<Message>, String> {
+) -> Result<Arc<Message>, ReadError> {
     use std::os::unix::fs::FileExt;
     let mut frame = vec![0u8; slot.len as usize];
     file.read_exact_at(&mut frame, slot.at)
-        .map_err(|e| format!("cannot read {} bytes at {}: {e}", slot.len, slot.at))?;
-    check_frame(&frame)?;
-    let mut frame = Bytes::from(frame);
-    frame.advance(8);
-    match decode_record(frame, now)? {
-        Record::Message(m) => Ok(m),
-        _ => Err(format!("the record at {} is not a message", slot.at)),
-    }
+        .map_err(|source| ReadError::Io {
+            at: slot.at,
+            len: slot.len,
+            source,
+        })?;
+    decode_message(&frame, slot.at, now)
 }
 
 /// Reads many messages back with few reads: the slots are taken in file order and records close
@@ -730,23 +789,24 @@ pub(super) fn read_messages(
 }
 
 /// Decodes the message in a whole frame (checksum verified), copying it out of `frame`.
-fn decode_message(frame: &[u8], at: u64, now: Instant) -> Result<Arc<Message>, String> {
-    check_frame(frame)?;
-    match decode_record(Bytes::copy_from_slice(&frame[8..]), now)? {
+fn decode_message(frame: &[u8], at: u64, now: Instant) -> Result<Arc<Message>, ReadError> {
+    let bad = |source| ReadError::Bad { at, source };
+    check_frame(frame).map_err(bad)?;
+    match decode_record(Bytes::copy_from_slice(&frame[8..]), now).map_err(bad)? {
         Record::Message(m) => Ok(m),
-        _ => Err(format!("the record at {at} is not a message")),
+        _ => Err(bad(DecodeError::NotAMessage)),
     }
 }
 
 /// Checks a whole frame's length and checksum.
-pub(super) fn check_frame(frame: &[u8]) -> Result<(), String> {
+pub(super) fn check_frame(frame: &[u8]) -> Result<(), DecodeError> {
     if frame.len() < 8 {
-        return Err("short frame".into());
+        return Err(DecodeError::ShortFrame);
     }
     let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
     if len + 8 != frame.len() || crc32fast::hash(&frame[8..]) != crc {
-        return Err("bad frame (length or checksum)".into());
+        return Err(DecodeError::BadFrame);
     }
     Ok(())
 }

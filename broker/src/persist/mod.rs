@@ -235,7 +235,7 @@ impl Store {
             return Ok((Store::disabled(), Recovery::default()));
         }
         let dir = cfg.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| err(&dir, format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir, "create"))?;
         let now = Instant::now();
         let (image, number, recovery, size) = recover(&dir, now)?;
         crate::message::ensure_ids_above(image.max_id);
@@ -244,15 +244,14 @@ impl Store {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| err(&path, format!("cannot open for writing: {e}")))?;
-        let reader =
-            File::open(&path).map_err(|e| err(&path, format!("cannot open for reading: {e}")))?;
+            .map_err(io_err(&path, "open for writing"))?;
+        let reader = File::open(&path).map_err(io_err(&path, "open for reading"))?;
         if !dir.join("CURRENT").exists() {
             // The (empty) log exists on disk before CURRENT names it.
             file.sync_all()
                 .and_then(|()| sync_dir(&dir))
-                .map_err(|e| err(&path, format!("cannot sync: {e}")))?;
-            write_current(&dir, number).map_err(|e| err(&dir.join("CURRENT"), e.to_string()))?;
+                .map_err(io_err(&path, "sync"))?;
+            write_current(&dir, number).map_err(io_err(&dir.join("CURRENT"), "write"))?;
         }
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -285,7 +284,7 @@ impl Store {
         std::thread::Builder::new()
             .name("sluice-store".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| err(&cfg.dir, format!("cannot start the writer thread: {e}")))?;
+            .map_err(io_err(&cfg.dir, "start the writer thread"))?;
         Ok((
             Store {
                 shared: Some(shared),

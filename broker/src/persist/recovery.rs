@@ -2,23 +2,74 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::*;
 
-/// Why the store could not be opened.
+/// Why the store could not be opened. Every variant names the file (or directory) at fault.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {reason}")]
-pub struct StoreError {
-    pub path: String,
-    pub reason: String,
+pub enum StoreError {
+    /// A file-system operation failed (`action` says which: "read", "open for writing"...).
+    #[error("{}: cannot {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `CURRENT` does not hold a log file's name.
+    #[error("{}: does not name a log file: {content:?}", path.display())]
+    BadCurrent { path: PathBuf, content: String },
+    /// `CURRENT` is missing while log files with records exist.
+    #[error("{}: missing, but log files exist: refusing to start empty", path.display())]
+    MissingCurrent { path: PathBuf },
+    /// A damaged record with whole records after it: not the torn tail of a crash.
+    #[error("{}: {damage}, with valid records after it: the file is corrupt", path.display())]
+    Corrupt { path: PathBuf, damage: Damage },
+    /// A record (or a batch of records) at `offset` with a good checksum that does not decode.
+    #[error("{}: {} at byte {offset}: {source}", path.display(), if *in_batch { "batch" } else { "record" })]
+    BadRecord {
+        path: PathBuf,
+        offset: u64,
+        in_batch: bool,
+        #[source]
+        source: DecodeError,
+    },
 }
 
-pub(super) fn err(path: &Path, reason: impl Into<String>) -> StoreError {
-    StoreError {
-        path: path.display().to_string(),
-        reason: reason.into(),
+impl StoreError {
+    /// The file or directory at fault.
+    pub fn path(&self) -> &Path {
+        match self {
+            StoreError::Io { path, .. }
+            | StoreError::BadCurrent { path, .. }
+            | StoreError::MissingCurrent { path }
+            | StoreError::Corrupt { path, .. }
+            | StoreError::BadRecord { path, .. } => path,
+        }
+    }
+}
+
+/// What is wrong with a damaged record (see [`StoreError::Corrupt`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    #[error("the record at byte {at} claims {len} bytes, past the end of the file")]
+    LengthPastEnd { at: u64, len: u32 },
+    #[error("checksum mismatch in the record at byte {at}")]
+    Checksum { at: u64 },
+}
+
+/// A [`StoreError::Io`] for `action` on `path`.
+pub(super) fn io_err(
+    path: &Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        path,
+        action,
+        source,
     }
 }
 
@@ -52,11 +103,9 @@ pub(super) fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery,
             .strip_prefix("wal-")
             .and_then(|r| r.strip_suffix(".log"))
             .and_then(|n| n.parse::<u64>().ok())
-            .ok_or_else(|| {
-                err(
-                    &current,
-                    format!("does not name a log file: {:?}", s.trim()),
-                )
+            .ok_or_else(|| StoreError::BadCurrent {
+                path: current.clone(),
+                content: s.trim().to_string(),
             })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // A data directory with logs but no CURRENT is damaged, not empty (an empty log is
@@ -65,25 +114,23 @@ pub(super) fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery,
                 for e in entries.flatten() {
                     let empty = e.metadata().is_ok_and(|m| m.len() == 0);
                     if e.file_name().to_string_lossy().starts_with("wal-") && !empty {
-                        return Err(err(
-                            &current,
-                            "missing, but log files exist: refusing to start empty",
-                        ));
+                        return Err(StoreError::MissingCurrent { path: current });
                     }
                 }
             }
             return Ok((image, 1, recovery, 0));
         }
-        Err(e) => return Err(err(&current, format!("cannot read: {e}"))),
+        Err(e) => return Err(io_err(&current, "read")(e)),
     };
     let path = dir.join(log_name(number));
-    let file = File::open(&path).map_err(|e| err(&path, format!("cannot open: {e}")))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| err(&path, format!("cannot stat: {e}")))?
-        .len();
+    let file = File::open(&path).map_err(io_err(&path, "open"))?;
+    let file_len = file.metadata().map_err(io_err(&path, "stat"))?.len();
     let mut rd = std::io::BufReader::with_capacity(1 << 20, file);
-    let read_err = |e: std::io::Error| err(&path, format!("cannot read: {e}"));
+    let read_err = |source| StoreError::Io {
+        path: path.clone(),
+        action: "read",
+        source,
+    };
     let mut pos = 0u64;
     let mut header = [0u8; 8];
     let mut payload = Vec::new();
@@ -99,9 +146,7 @@ pub(super) fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery,
         if file_len - pos - 8 < u64::from(len) {
             // Longer than the file: a torn tail, unless whole records follow (then the length
             // itself is damaged).
-            corrupt_unless_torn(&mut rd, &path, || {
-                format!("the record at byte {pos} claims {len} bytes, past the end of the file")
-            })?;
+            corrupt_unless_torn(&mut rd, &path, Damage::LengthPastEnd { at: pos, len })?;
             recovery.truncated = torn;
             break;
         }
@@ -110,25 +155,31 @@ pub(super) fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery,
         if crc32fast::hash(&payload) != crc {
             // Only a torn write at the very end is expected after a crash; a bad record with
             // good ones after it is corruption.
-            corrupt_unless_torn(&mut rd, &path, || {
-                format!("checksum mismatch in the record at byte {pos}")
-            })?;
+            corrupt_unless_torn(&mut rd, &path, Damage::Checksum { at: pos })?;
             recovery.truncated = torn;
             break;
         }
+        let bad_record = |in_batch: bool| {
+            let path = path.clone();
+            move |source| StoreError::BadRecord {
+                path,
+                offset: pos,
+                in_batch,
+                source,
+            }
+        };
         if payload.first() == Some(&TAG_BATCH) {
             // Records that must count together: one frame, one checksum.
             let mut rest = &payload[1..];
             while !rest.is_empty() {
                 if rest.len() < 4 {
-                    return Err(err(&path, format!("batch at byte {pos}: short")));
+                    return Err(bad_record(true)(DecodeError::ShortInBatch));
                 }
                 let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
                 let sub = rest
                     .get(4..4 + n)
-                    .ok_or_else(|| err(&path, format!("batch at byte {pos}: short record")))?;
-                apply_meta_payload(&mut image, sub, now)
-                    .map_err(|e| err(&path, format!("batch at byte {pos}: {e}")))?;
+                    .ok_or_else(|| bad_record(true)(DecodeError::ShortInBatch))?;
+                apply_meta_payload(&mut image, sub, now).map_err(bad_record(true))?;
                 rest = &rest[4 + n..];
             }
         } else if payload.len() >= 9 && payload[0] == TAG_MESSAGE {
@@ -136,8 +187,7 @@ pub(super) fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery,
             let id = u64::from_le_bytes(payload[1..9].try_into().unwrap_or_default());
             image.message_at(id, (pos, len + 8));
         } else {
-            apply_meta_payload(&mut image, &payload, now)
-                .map_err(|e| err(&path, format!("record at byte {pos}: {e}")))?;
+            apply_meta_payload(&mut image, &payload, now).map_err(bad_record(false))?;
         }
         recovery.records += 1;
         pos += 8 + u64::from(len);
@@ -147,10 +197,10 @@ pub(super) fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery,
         let f = OpenOptions::new()
             .write(true)
             .open(&path)
-            .map_err(|e| err(&path, format!("cannot open to cut the torn tail: {e}")))?;
+            .map_err(io_err(&path, "open to cut the torn tail"))?;
         f.set_len(at)
             .and_then(|()| f.sync_all())
-            .map_err(|e| err(&path, format!("cannot cut the torn tail: {e}")))?;
+            .map_err(io_err(&path, "cut the torn tail"))?;
     }
     // A message nothing refers to at the end of the log is garbage (its queue entry never
     // made it to disk, so it was never acknowledged); compaction would carry it forever.
@@ -175,23 +225,16 @@ pub(super) fn recover(dir: &Path, now: Instant) -> Result<(Image, u64, Recovery,
 
 /// After a bad record: an error naming the file if whole records follow it (corruption),
 /// Ok if nothing valid does (the torn tail of a crash).
-fn corrupt_unless_torn(
-    rd: &mut impl Read,
-    path: &Path,
-    what: impl FnOnce() -> String,
-) -> Result<(), StoreError> {
+fn corrupt_unless_torn(rd: &mut impl Read, path: &Path, damage: Damage) -> Result<(), StoreError> {
     let mut rest = Vec::new();
     rd.take(LOOKAHEAD as u64 + MAX_FRAME_GUESS)
         .read_to_end(&mut rest)
-        .map_err(|e| err(path, format!("cannot read: {e}")))?;
+        .map_err(io_err(path, "read"))?;
     if has_valid_frame_after(&rest, 0) {
-        return Err(err(
-            path,
-            format!(
-                "{}, with valid records after it: the file is corrupt",
-                what()
-            ),
-        ));
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            damage,
+        });
     }
     Ok(())
 }
