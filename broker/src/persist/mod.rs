@@ -386,7 +386,7 @@ impl Store {
     pub fn append(&self, rec: Record) {
         if let Some(s) = &self.shared {
             s.backlog.fetch_add(record_cost(&rec), Ordering::Relaxed);
-            let grouped = GROUP.with(|g| {
+            let batched = BATCH.with(|g| {
                 let mut g = g.borrow_mut();
                 match g.as_mut() {
                     Some(v) => {
@@ -396,31 +396,31 @@ impl Store {
                     None => Some(rec),
                 }
             });
-            if let Some(rec) = grouped {
+            if let Some(rec) = batched {
                 let _ = s.tx.send(Cmd::Rec(rec));
             }
         }
     }
 
-    /// Sends the records held by this thread's open group, if any, to the writer now (as one
-    /// batch); the group stays open. For a step that makes records visible to other tasks
+    /// Sends the records held by this thread's open batch, if any, to the writer now (in one
+    /// frame); the batch stays open. For a step that makes records visible to other tasks
     /// (queueing a delivery), whose records must come after these.
-    pub fn flush_group(&self) {
+    pub fn flush_batch(&self) {
         let Some(s) = &self.shared else { return };
-        let recs = GROUP.with(|g| g.borrow_mut().as_mut().map(std::mem::take));
+        let recs = BATCH.with(|g| g.borrow_mut().as_mut().map(std::mem::take));
         if let Some(recs) = recs.filter(|r| !r.is_empty()) {
             let _ = s.tx.send(Cmd::Recs(recs));
         }
     }
 
-    /// Until the guard is dropped (or [`Store::flush_group`]), records this thread appends
+    /// Until the guard is dropped (or [`Store::flush_batch`]), records this thread appends
     /// reach the writer together and are written as one frame under one checksum (messages as
     /// frames of their own before it): a crash, even one that tears the write, keeps all of
     /// them or none. A QoS 2 PUBLISH is then either received with every queue entry or not at
     /// all. The guard is not `Send`: it cannot be held across an await.
-    pub fn group(&self) -> Group {
+    pub fn batch(&self) -> Batch {
         let outer = self.shared.is_some()
-            && GROUP.with(|g| {
+            && BATCH.with(|g| {
                 let mut g = g.borrow_mut();
                 let outer = g.is_none();
                 if outer {
@@ -428,7 +428,7 @@ impl Store {
                 }
                 outer
             });
-        Group {
+        Batch {
             shared: self.shared.clone().filter(|_| outer),
             _not_send: std::marker::PhantomData,
         }
@@ -518,31 +518,31 @@ impl Store {
 }
 
 thread_local! {
-    /// Records held by an open [`Group`] on this thread.
-    static GROUP: std::cell::RefCell<Option<Vec<Record>>> = const { std::cell::RefCell::new(None) };
+    /// Records held by an open [`Batch`] on this thread.
+    static BATCH: std::cell::RefCell<Option<Vec<Record>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// See [`Store::group`].
-pub struct Group {
-    /// The store, if this guard opened the group (inner guards and a disabled store do
+/// See [`Store::batch`].
+pub struct Batch {
+    /// The store, if this guard opened the batch (inner guards and a disabled store do
     /// nothing).
     shared: Option<Arc<Shared>>,
     /// The records wait in a thread-local: the guard must stay on its thread.
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
-impl std::fmt::Debug for Group {
+impl std::fmt::Debug for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Group")
+        f.debug_struct("Batch")
             .field("outer", &self.shared.is_some())
             .finish()
     }
 }
 
-impl Drop for Group {
+impl Drop for Batch {
     fn drop(&mut self) {
         let Some(s) = &self.shared else { return };
-        let recs = GROUP.with(|g| g.borrow_mut().take()).unwrap_or_default();
+        let recs = BATCH.with(|g| g.borrow_mut().take()).unwrap_or_default();
         if !recs.is_empty() {
             let _ = s.tx.send(Cmd::Recs(recs));
         }

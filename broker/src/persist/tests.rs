@@ -665,16 +665,16 @@ fn the_fast_enqueue_reader_agrees_with_the_decoder() {
     }
 }
 
-/// The records of one group are one frame: a write torn in the middle of it keeps none of
+/// The records of one batch are one frame: a write torn in the middle of it keeps none of
 /// them (a QoS 2 "received" mark never survives without the queue entries it came with).
 #[tokio::test]
-async fn a_torn_group_keeps_none_of_its_records() {
+async fn a_torn_batch_keeps_none_of_its_records() {
     let dir = tempdir();
     let store = store_with_session(&dir);
     assert!(store.ticket().unwrap().await.unwrap());
     let before = std::fs::metadata(dir.join(log_name(1))).unwrap().len();
     let m = {
-        let _g = store.group();
+        let _g = store.batch();
         store.append(Record::Qos2In {
             client: client("c"),
             pkid: 9,
@@ -702,11 +702,11 @@ async fn a_torn_group_keeps_none_of_its_records() {
         })
         .unwrap();
     store.shutdown().await;
-    // Whole, the same group is all there.
+    // Whole, the same batch is all there.
     let dir2 = tempdir();
     let store = store_with_session(&dir2);
     {
-        let _g = store.group();
+        let _g = store.batch();
         store.append(Record::Qos2In {
             client: client("c"),
             pkid: 9,
@@ -727,8 +727,8 @@ async fn a_torn_group_keeps_none_of_its_records() {
 }
 
 /// A retained update reaches the writer while the retained lock is held, even inside a
-/// publisher's record group: two publishers racing on the same topics (one inside a group, with
-/// many persistent subscribers so its group stays open a while) leave the log with the same
+/// publisher's record batch: two publishers racing on the same topics (one inside a batch, with
+/// many persistent subscribers so its batch stays open a while) leave the log with the same
 /// retained message per topic as the broker's memory.
 #[test]
 fn retained_records_keep_the_retained_stores_order() {
@@ -788,7 +788,7 @@ fn retained_records_keep_the_retained_stores_order() {
                     ));
                     barrier.wait();
                     if t == 0 {
-                        let _g = store.group();
+                        let _g = store.batch();
                         broker.router.publish(m);
                     } else {
                         broker.router.publish(m);
