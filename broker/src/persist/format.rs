@@ -335,65 +335,6 @@ fn client_pkid(b: &mut BytesMut, tag: u8, client: &str, pkid: u16) {
     b.put_u16_le(pkid);
 }
 
-/// Why a record's payload (or a frame) could not be decoded. Says what is wrong; where it is
-/// (file, offset) is added by [`ReadError`] and `StoreError`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("record shorter than its fields")]
-    Short,
-    #[error("string is not UTF-8")]
-    NotUtf8,
-    #[error("bad QoS")]
-    BadQos,
-    #[error("bad retain handling")]
-    BadRetainHandling,
-    #[error("bad count")]
-    BadCount,
-    /// A field that is UTF-8 but not a valid value of its kind (`reason`: the codec's error).
-    #[error("bad {field}: {reason}")]
-    BadField { field: &'static str, reason: String },
-    #[error("unknown record type {0}")]
-    UnknownTag(u8),
-    #[error("a message inside a batch")]
-    MessageInBatch,
-    /// A record inside a batch frame runs past the end of the batch.
-    #[error("a record runs past the end of the batch")]
-    ShortInBatch,
-    #[error("short frame")]
-    ShortFrame,
-    #[error("bad frame (length or checksum)")]
-    BadFrame,
-    #[error("not a message")]
-    NotAMessage,
-}
-
-impl DecodeError {
-    fn bad(field: &'static str, reason: impl std::fmt::Debug) -> DecodeError {
-        DecodeError::BadField {
-            field,
-            reason: format!("{reason:?}"),
-        }
-    }
-}
-
-/// Why a message could not be read back from the log.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("cannot read {len} bytes at {at}: {source}")]
-    Io {
-        at: u64,
-        len: u32,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the record at {at}: {source}")]
-    Bad {
-        at: u64,
-        #[source]
-        source: DecodeError,
-    },
-}
-
 /// Reads fields of one record payload.
 struct Fields {
     pub(super) b: Bytes,

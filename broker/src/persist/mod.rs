@@ -91,6 +91,7 @@
 //! and the reason: a store is never silently opened empty.
 
 mod compaction;
+mod error;
 mod format;
 mod image;
 mod recovery;
@@ -107,6 +108,7 @@ use tokio::sync::oneshot;
 use crate::config::{PersistenceConfig, PersistenceMode};
 use crate::message::Message;
 
+pub use self::error::*;
 pub use self::format::*;
 pub use self::image::*;
 pub use self::recovery::*;

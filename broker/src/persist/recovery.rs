@@ -2,76 +2,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use super::*;
-
-/// Why the store could not be opened. Every variant names the file (or directory) at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A file-system operation failed (`action` says which: "read", "open for writing"...).
-    #[error("{}: cannot {action}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    /// `CURRENT` does not hold a log file's name.
-    #[error("{}: does not name a log file: {content:?}", path.display())]
-    BadCurrent { path: PathBuf, content: String },
-    /// `CURRENT` is missing while log files with records exist.
-    #[error("{}: missing, but log files exist: refusing to start empty", path.display())]
-    MissingCurrent { path: PathBuf },
-    /// A damaged record with whole records after it: not the torn tail of a crash.
-    #[error("{}: {damage}, with valid records after it: the file is corrupt", path.display())]
-    Corrupt { path: PathBuf, damage: Damage },
-    /// A record (or a batch of records) at `offset` with a good checksum that does not decode.
-    #[error("{}: {} at byte {offset}: {source}", path.display(), if *in_batch { "batch" } else { "record" })]
-    BadRecord {
-        path: PathBuf,
-        offset: u64,
-        in_batch: bool,
-        #[source]
-        source: DecodeError,
-    },
-}
-
-impl StoreError {
-    /// The file or directory at fault.
-    pub fn path(&self) -> &Path {
-        match self {
-            StoreError::Io { path, .. }
-            | StoreError::BadCurrent { path, .. }
-            | StoreError::MissingCurrent { path }
-            | StoreError::Corrupt { path, .. }
-            | StoreError::BadRecord { path, .. } => path,
-        }
-    }
-}
-
-/// What is wrong with a damaged record (see [`StoreError::Corrupt`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Damage {
-    #[error("the record at byte {at} claims {len} bytes, past the end of the file")]
-    LengthPastEnd { at: u64, len: u32 },
-    #[error("checksum mismatch in the record at byte {at}")]
-    Checksum { at: u64 },
-}
-
-/// A [`StoreError::Io`] for `action` on `path`.
-pub(super) fn io_err(
-    path: &Path,
-    action: &'static str,
-) -> impl FnOnce(std::io::Error) -> StoreError {
-    let path = path.to_path_buf();
-    move |source| StoreError::Io {
-        path,
-        action,
-        source,
-    }
-}
 
 pub(super) fn log_name(n: u64) -> String {
     format!("wal-{n:08}.log")
