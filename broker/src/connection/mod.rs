@@ -819,7 +819,7 @@ fn decode_all(
 ) -> Result<(), Close> {
     // The records of everything read at once (acknowledgements of a consumer, mostly) reach
     // the writer together, in one frame: one message to it instead of one per record.
-    let _records = broker.store.group();
+    let _records = broker.store.batch();
     loop {
         let before = rbuf.len();
         match decoder.decode(rbuf) {

@@ -280,6 +280,42 @@ async fn store_recovers_what_was_written_and_compaction_preserves_it() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A record whose checksum is good but whose contents do not decode (here an unknown record
+/// type) stops start-up with the file, the record's offset and what is wrong with it.
+#[tokio::test]
+async fn an_undecodable_record_stops_start_up_naming_file_offset_and_reason() {
+    let dir = tempdir();
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    store.append(Record::SessionGone {
+        client: client("c"),
+    });
+    store.shutdown().await;
+    let log = dir.join(log_name(1));
+    let mut data = std::fs::read(&log).unwrap();
+    let at = data.len() as u64;
+    let payload = [200u8, 1, 2, 3];
+    data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    data.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    data.extend_from_slice(&payload);
+    std::fs::write(&log, &data).unwrap();
+    let e = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            StoreError::BadRecord { offset, in_batch: false, source: DecodeError::UnknownTag(200), .. }
+                if *offset == at
+        ),
+        "{e}"
+    );
+    assert!(e.path().ends_with("wal-00000001.log"), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("record at byte {at}: unknown record type 200")),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn a_torn_tail_is_cut_and_reported_but_corruption_in_the_middle_stops_start_up() {
     let dir = tempdir();
@@ -313,8 +349,18 @@ async fn a_torn_tail_is_cut_and_reported_but_corruption_in_the_middle_stops_star
     bad[10] ^= 0xFF;
     std::fs::write(&log, &bad).unwrap();
     let e = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap_err();
-    assert!(e.path.ends_with("wal-00000001.log"), "{e}");
-    assert!(e.reason.contains("corrupt"), "{e}");
+    assert!(e.path().ends_with("wal-00000001.log"), "{e}");
+    assert!(
+        matches!(
+            e,
+            StoreError::Corrupt {
+                damage: Damage::Checksum { at: 0 },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("corrupt"), "{e}");
 
     // A damaged length in the first record (claiming more than the file), valid records after
     // it: corruption too, not a torn tail to cut off.
@@ -322,14 +368,25 @@ async fn a_torn_tail_is_cut_and_reported_but_corruption_in_the_middle_stops_star
     bad[3] = 0x7F;
     std::fs::write(&log, &bad).unwrap();
     let e = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap_err();
-    assert!(e.reason.contains("corrupt"), "{e}");
+    assert!(
+        matches!(
+            e,
+            StoreError::Corrupt {
+                damage: Damage::LengthPastEnd { at: 0, .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("corrupt"), "{e}");
     assert_eq!(std::fs::read(&log).unwrap(), bad, "nothing cut off");
 
     // Log files without CURRENT: refused rather than opened empty.
     std::fs::write(&log, &full).unwrap();
     std::fs::remove_file(dir.join("CURRENT")).unwrap();
     let e = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap_err();
-    assert!(e.reason.contains("refusing to start empty"), "{e}");
+    assert!(matches!(e, StoreError::MissingCurrent { .. }), "{e}");
+    assert!(e.to_string().contains("refusing to start empty"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -602,22 +659,22 @@ fn the_fast_enqueue_reader_agrees_with_the_decoder() {
         assert_eq!(&q.subscription_ids[..], &ids[..]);
         assert_eq!(q.shared.as_deref().map(|f| f.as_str()), shared);
         assert!(
-            parse_enqueue(&buf[9..buf.len() - 1]).is_err(),
+            parse_enqueue(&buf[9..buf.len() - 1]) == Err(DecodeError::Short),
             "short record"
         );
     }
 }
 
-/// The records of one group are one frame: a write torn in the middle of it keeps none of
+/// The records of one batch are one frame: a write torn in the middle of it keeps none of
 /// them (a QoS 2 "received" mark never survives without the queue entries it came with).
 #[tokio::test]
-async fn a_torn_group_keeps_none_of_its_records() {
+async fn a_torn_batch_keeps_none_of_its_records() {
     let dir = tempdir();
     let store = store_with_session(&dir);
     assert!(store.ticket().unwrap().await.unwrap());
     let before = std::fs::metadata(dir.join(log_name(1))).unwrap().len();
     let m = {
-        let _g = store.group();
+        let _g = store.batch();
         store.append(Record::Qos2In {
             client: client("c"),
             pkid: 9,
@@ -645,11 +702,11 @@ async fn a_torn_group_keeps_none_of_its_records() {
         })
         .unwrap();
     store.shutdown().await;
-    // Whole, the same group is all there.
+    // Whole, the same batch is all there.
     let dir2 = tempdir();
     let store = store_with_session(&dir2);
     {
-        let _g = store.group();
+        let _g = store.batch();
         store.append(Record::Qos2In {
             client: client("c"),
             pkid: 9,
@@ -670,8 +727,8 @@ async fn a_torn_group_keeps_none_of_its_records() {
 }
 
 /// A retained update reaches the writer while the retained lock is held, even inside a
-/// publisher's record group: two publishers racing on the same topics (one inside a group, with
-/// many persistent subscribers so its group stays open a while) leave the log with the same
+/// publisher's record batch: two publishers racing on the same topics (one inside a batch, with
+/// many persistent subscribers so its batch stays open a while) leave the log with the same
 /// retained message per topic as the broker's memory.
 #[test]
 fn retained_records_keep_the_retained_stores_order() {
@@ -731,7 +788,7 @@ fn retained_records_keep_the_retained_stores_order() {
                     ));
                     barrier.wait();
                     if t == 0 {
-                        let _g = store.group();
+                        let _g = store.batch();
                         broker.router.publish(m);
                     } else {
                         broker.router.publish(m);

@@ -573,7 +573,7 @@ impl ClientState {
                         "not authorized to publish on this topic",
                     )
                 } else {
-                    let _g = self.store.group();
+                    let _g = self.store.batch();
                     match self.route(now, p, None, broker) {
                         Ok(()) => (ReasonCode::SUCCESS, ""),
                         Err(close) => {
@@ -610,8 +610,8 @@ impl ClientState {
                     ));
                 }
                 // "Received" and the message's queue entries reach the log together (the
-                // router sends the group before it queues anything), or neither does.
-                let _g = self.store.group();
+                // router sends the batch before it queues anything), or neither does.
+                let _g = self.store.batch();
                 let received = self.persistent().then(|| Record::Qos2In {
                     client: self.n.client_id.clone(),
                     pkid,
@@ -983,7 +983,7 @@ impl ClientState {
         if d.seq == 0 {
             return d;
         }
-        let _g = self.store.group();
+        let _g = self.store.batch();
         let group_seq = d.seq;
         d.seq = 0;
         if self.persistent() && d.qos != QoS::AtMostOnce {
@@ -1072,7 +1072,7 @@ impl ClientState {
     /// write buffer's high-water mark allow. Returns true if anything is still queued.
     pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
         // The records of the deliveries sent now reach the writer together, in one frame.
-        let _records = self.store.group();
+        let _records = self.store.batch();
         let mut batch = Vec::new();
         let more = {
             let mut outbox = self.handle.outbox();

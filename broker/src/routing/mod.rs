@@ -341,8 +341,8 @@ impl Router {
         if let Some(rec) = received {
             self.store.append(rec);
         }
-        // Records grouped by the caller (Store::group) go to the writer now, before any push.
-        self.store.flush_group();
+        // Records batched by the caller (Store::batch) go to the writer now, before any push.
+        self.store.flush_batch();
         for (queue, d, handles) in to_groups {
             self.push_shared(&queue, d, &handles);
         }
@@ -405,7 +405,7 @@ impl Router {
     fn store_retained(&self, msg: &Arc<Message>) {
         let mut store = write(&self.retained);
         // Logged under the retained lock, so the log's order matches the store's (sent to the
-        // writer before the lock goes, even from inside a publisher's record group).
+        // writer before the lock goes, even from inside a publisher's record batch).
         if msg.payload.is_empty() {
             store.remove(msg.topic.as_str());
             if self.store.is_enabled() {
@@ -424,7 +424,7 @@ impl Router {
                 });
             }
         }
-        self.store.flush_group();
+        self.store.flush_batch();
     }
 
     /// The retained messages to send for a new subscription, per Retain Handling
