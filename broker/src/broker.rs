@@ -274,17 +274,7 @@ impl Broker {
             // the member taking it has it in the log (a crash in between keeps it twice,
             // never nowhere).
             let logging = self.store.is_enabled() && handle.persistent.load(Ordering::Relaxed);
-            let mut moving: Vec<(Delivery, Option<Record>)> = outbox
-                .take_where(|d| d.shared.is_some())
-                .into_iter()
-                .map(|d| {
-                    let release = (d.seq != 0).then(|| Record::Skip {
-                        client: handle.client_id.clone(),
-                        seq: d.seq,
-                    });
-                    (d, release)
-                })
-                .collect();
+            let mut moving = shared_leaving(&mut outbox, &handle.client_id);
             drop(outbox);
             let mut kept = VecDeque::with_capacity(session.inflight.len());
             for entry in session.inflight.drain(..) {
@@ -643,18 +633,7 @@ impl Broker {
     /// members of their groups, or to the group's queue when no other member is left (each
     /// logged there before this session's log lets go of it).
     fn hand_on_shared(&self, handle: &SessionHandle) {
-        let moving: Vec<(Delivery, Option<Record>)> = handle
-            .outbox()
-            .take_where(|d| d.shared.is_some())
-            .into_iter()
-            .map(|d| {
-                let release = (d.seq != 0).then(|| Record::Skip {
-                    client: handle.client_id.clone(),
-                    seq: d.seq,
-                });
-                (d, release)
-            })
-            .collect();
+        let moving = shared_leaving(&mut handle.outbox(), &handle.client_id);
         if !moving.is_empty() {
             let left = self.router.redistribute(&handle.client_id, moving);
             self.router.queue_for_groups(left);
@@ -686,6 +665,23 @@ impl Broker {
         );
         self.router.publish(Arc::new(msg));
     }
+}
+
+/// Takes the shared-subscription deliveries out of a leaving session's queue, each with the
+/// record that lets this session's log forget it (written once another member, or the group's
+/// queue, has it in the log).
+fn shared_leaving(outbox: &mut Outbox, client: &ClientId) -> Vec<(Delivery, Option<Record>)> {
+    outbox
+        .take_where(|d| d.shared.is_some())
+        .into_iter()
+        .map(|d| {
+            let release = (d.seq != 0).then(|| Record::Skip {
+                client: client.clone(),
+                seq: d.seq,
+            });
+            (d, release)
+        })
+        .collect()
 }
 
 /// The earlier of two optional instants.

@@ -268,14 +268,9 @@ async fn server_reference_redirects() -> Result<()> {
     Ok(())
 }
 
-/// 3.3.4 Flow Control and 3.2.2.3.3 Receive Maximum: the server advertises Receive Maximum 2; a client with
-/// three QoS 2 PUBLISHes unacknowledged (no PUBREL sent, so no PUBCOMP) exceeds it and gets
-/// DISCONNECT 0x93 Receive Maximum exceeded.
-#[tokio::test]
-async fn receive_maximum_exceeded_is_0x93() -> Result<()> {
-    let broker = Broker::with_config("[mqtt]\nreceive_maximum = 2\n");
-    let (mut c, a) = connect_ok(broker.addr, ConnectProperties::default()).await?;
-    assert_eq!(a.properties.receive_maximum, Some(2), "{a:?}");
+/// Two QoS 2 PUBLISHes left unreleased (no PUBREL, so no PUBCOMP): a server Receive Maximum of 2
+/// is then used up.
+async fn fill_receive_maximum_2(c: &mut RawClient) -> Result<()> {
     for pkid in 1..=2 {
         c.send(&Packet::Publish(publish(
             "rm/t",
@@ -289,6 +284,18 @@ async fn receive_maximum_exceeded_is_0x93() -> Result<()> {
             other => panic!("expected PUBREC {pkid}, got {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// 3.3.4 Flow Control and 3.2.2.3.3 Receive Maximum: the server advertises Receive Maximum 2; a client with
+/// three QoS 2 PUBLISHes unacknowledged (no PUBREL sent, so no PUBCOMP) exceeds it and gets
+/// DISCONNECT 0x93 Receive Maximum exceeded.
+#[tokio::test]
+async fn receive_maximum_exceeded_is_0x93() -> Result<()> {
+    let broker = Broker::with_config("[mqtt]\nreceive_maximum = 2\n");
+    let (mut c, a) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    assert_eq!(a.properties.receive_maximum, Some(2), "{a:?}");
+    fill_receive_maximum_2(&mut c).await?;
     c.send(&Packet::Publish(publish("rm/t", QoS::ExactlyOnce, 3, b"x")))
         .await?;
     c.expect_disconnect(STEP, 0x93, "third unacknowledged QoS 2 PUBLISH")
@@ -533,19 +540,7 @@ async fn disconnect_reaches_a_client_that_keeps_writing() -> Result<()> {
 
     let broker = Broker::with_config("[mqtt]\nreceive_maximum = 2\n");
     let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
-    for pkid in 1..=2 {
-        c.send(&Packet::Publish(publish(
-            "rm/t",
-            QoS::ExactlyOnce,
-            pkid,
-            b"x",
-        )))
-        .await?;
-        match c.expect_packet(STEP).await? {
-            Packet::PubRec(r) => assert_eq!(r.pkid, pkid),
-            other => panic!("expected PUBREC {pkid}, got {other:?}"),
-        }
-    }
+    fill_receive_maximum_2(&mut c).await?;
     c.send(&Packet::Publish(publish("rm/t", QoS::ExactlyOnce, 3, b"x")))
         .await?;
     let (mut stream, mut buf, mut decoder) = c.into_parts();
