@@ -97,6 +97,10 @@ pub struct Negotiated {
 /// The Reason String of a PUBACK/PUBREC 0x97 for `mqtt.queue_full_policy = "reject"`.
 const QUEUE_FULL: &str = "a subscriber's queue is full";
 
+/// Capacity the write buffer (or the held buffer) is given when the first packet after an
+/// idle spell is encoded into it; it grows as needed and is released once written.
+const FIRST_WRITE_BUF: usize = 256;
+
 /// The state of one connection after a successful CONNECT.
 #[derive(Debug)]
 pub struct ClientState {
@@ -191,7 +195,9 @@ impl ClientState {
             will: will.map(Box::new),
             inbound_aliases: Vec::new(),
             outbound_aliases: aliases,
-            write_buf: BytesMut::with_capacity(256),
+            // Allocated by the first packet and released by the connection once written:
+            // an idle connection holds no write buffer.
+            write_buf: BytesMut::new(),
             oversize_dropped: 0,
             horizon: SentHorizon::default(),
         }
@@ -293,6 +299,10 @@ impl ClientState {
         } else {
             &mut self.write_buf
         };
+        if buf.capacity() == 0 {
+            // Idle connections hold no buffer; a first packet gets room for a few more.
+            buf.reserve(FIRST_WRITE_BUF);
+        }
         if let Err(e) = encode(packet, self.n.protocol, buf) {
             tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
         }
