@@ -291,10 +291,15 @@ fn spawn_connection(
     let stop = stop.clone();
     let alive = alive.clone();
     if transport.is_plain() {
+        let mut info = ConnInfo::plain(peer);
+        info.refuse = refuse;
+        // Built outside the task and awaited in place: captured by the task and then moved
+        // into serve(), the stream and the rest would be stored twice for the connection's
+        // whole life.
+        let serving = crate::connection::serve(stream, info, broker, stop);
         tokio::spawn(async move {
-            let mut info = ConnInfo::plain(peer);
-            info.refuse = refuse;
-            crate::connection::serve(stream, info, broker, stop).await;
+            tokio::pin!(serving);
+            serving.await;
             drop((alive, slot));
         });
     } else {
