@@ -97,19 +97,38 @@ pub fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (rd, wr) = tokio::io::split(stream);
-    serve_split(rd, wr, Box::new(info), broker, shutdown)
+    serve_with(stream, info, broker, shutdown, ())
 }
 
-/// [`serve`] with the stream split.
-async fn serve_split<S>(
+/// [`serve`], holding `guard` until the connection has ended. A task that awaited [`serve`]
+/// and then dropped its own guard would hold the serve future twice (moved from the task's
+/// captures into the await).
+pub fn serve_with<S, G>(
+    stream: S,
+    info: ConnInfo,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    guard: G,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    G: Send,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    serve_split(rd, wr, Box::new(info), broker, shutdown, guard)
+}
+
+/// [`serve_with`] with the stream split.
+async fn serve_split<S, G>(
     mut rd: tokio::io::ReadHalf<S>,
     mut wr: tokio::io::WriteHalf<S>,
     mut info: Box<ConnInfo>,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
+    _guard: G,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
+    G: Send,
 {
     let peer = info.peer;
     broker.stats.connections.fetch_add(1, Ordering::Relaxed);

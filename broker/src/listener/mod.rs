@@ -293,15 +293,15 @@ fn spawn_connection(
     if transport.is_plain() {
         let mut info = ConnInfo::plain(peer);
         info.refuse = refuse;
-        // Built outside the task and awaited in place: captured by the task and then moved
-        // into serve(), the stream and the rest would be stored twice for the connection's
-        // whole life.
-        let serving = crate::connection::serve(stream, info, broker, stop);
-        tokio::spawn(async move {
-            tokio::pin!(serving);
-            serving.await;
-            drop((alive, slot));
-        });
+        // The serve future is the task: captured by a wrapping task and moved into an await,
+        // it (or its arguments) would be stored twice for the connection's whole life.
+        tokio::spawn(crate::connection::serve_with(
+            stream,
+            info,
+            broker,
+            stop,
+            (alive, slot),
+        ));
     } else {
         let transport = transport.clone();
         tokio::spawn(async move {
