@@ -4,7 +4,7 @@
 //! and decoded with `sluice_codec`.
 
 use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
@@ -14,7 +14,7 @@ use sluice_codec::{
     TopicFilter,
 };
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout_at, Instant};
 
 /// Largest packet the generator accepts from a broker.
@@ -51,10 +51,37 @@ impl Conn {
         opts: &ConnectOpts,
         deadline: Instant,
     ) -> Result<(Conn, ConnAck)> {
-        let stream = timeout_at(deadline, TcpStream::connect(addr))
+        Conn::connect_from(addr, None, protocol, opts, deadline).await
+    }
+
+    /// [`Conn::connect`] from source address `local` (port chosen by the kernel) when given:
+    /// many connections to one broker address spread over several source addresses so the
+    /// ephemeral port range of one does not run out.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        protocol: Protocol,
+        opts: &ConnectOpts,
+        deadline: Instant,
+    ) -> Result<(Conn, ConnAck)> {
+        let connecting = async {
+            match local {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let socket = if ip.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await
+                }
+            }
+        };
+        let stream = timeout_at(deadline, connecting)
             .await
             .map_err(|_| anyhow!("TCP connect to {addr} timed out"))?
-            .with_context(|| format!("TCP connect to {addr}"))?;
+            .with_context(|| format!("TCP connect to {addr} from {local:?}"))?;
         stream.set_nodelay(true)?;
         let mut conn = Conn {
             stream,
@@ -86,6 +113,17 @@ impl Conn {
             Packet::ConnAck(ack) if !ack.reason.is_error() => Ok((conn, ack)),
             Packet::ConnAck(ack) => bail!("CONNECT refused: {}", ack.reason),
             other => bail!("expected CONNACK, got {}", other.name()),
+        }
+    }
+
+    /// Frees the read and write buffers when nothing is buffered (an idle connection held
+    /// by the thousands keeps no 64 KiB buffers); `pump` grows them again when needed.
+    pub fn release_buffers(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
         }
     }
 

@@ -1,7 +1,7 @@
 //! The scenarios: publishers and subscribers as tasks on this process's tokio runtime, each one
 //! connection driven by readiness (see [`crate::conn`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -883,12 +883,29 @@ async fn subscriber(
     }
 }
 
-/// C idle connections: connect rate and broker memory per connection.
+/// Connections one source address may open to one broker address: the default ephemeral
+/// port range (32768–60999) has 28,232 ports; a margin stays for the rest of the machine.
+const CONNS_PER_SOURCE: usize = 25_000;
+
+/// The source address of idle connection `i` of `c`: the kernel's choice (127.0.0.1 towards a
+/// loopback broker) while one address has enough ephemeral ports, else 127.0.0.2, 127.0.0.3, …
+/// (all of 127.0.0.0/8 is loopback on Linux), `CONNS_PER_SOURCE` connections each.
+fn conns_source(target: SocketAddr, i: usize, c: usize) -> Option<IpAddr> {
+    if c <= CONNS_PER_SOURCE || !target.ip().is_loopback() || !target.is_ipv4() {
+        return None;
+    }
+    let n = (i / CONNS_PER_SOURCE) as u32 + 2;
+    Some(IpAddr::V4(std::net::Ipv4Addr::from(0x7f00_0000 + n)))
+}
+
+/// C idle connections: connect rate and broker memory per connection. Each connection
+/// subscribes, after its CONNACK, to a topic of its own (`bench/conns/{run}/{i}`, QoS 0), as
+/// an idle device waiting for commands would.
 async fn conns(target: Target, p: &Params) -> Result<Outcome> {
     let c = p.connections.max(1);
     if let Some(limit) = procfs::open_files_limit() {
         if (c as u64) + 64 > limit {
-            bail!("{c} connections need more open files than this process may have ({limit}); raise ulimit -n");
+            bail!("{c} connections need more open files than this process may have ({limit}); raise the hard limit (ulimit -Hn) or run as root");
         }
     }
     let run = nonce();
@@ -896,18 +913,32 @@ async fn conns(target: Target, p: &Params) -> Result<Outcome> {
     sleep(Duration::from_millis(500)).await;
     let before = target.pid.and_then(procfs::memory_kib).map(|m| m.0);
     let meters = Meters::start(target.pid);
-    let ids = (0..c).map(|i| format!("sb-{run}-c{i}")).collect();
     let t = Instant::now();
-    let conns = connect_many(
-        target.addr,
-        p.protocol,
-        ids,
-        p.keep_alive(),
-        32,
-        deadline,
-        false,
-    )
-    .await?;
+    let sem = Arc::new(Semaphore::new(32));
+    let mut set = JoinSet::new();
+    for i in 0..c {
+        let sem = sem.clone();
+        let opts = ConnectOpts {
+            client_id: format!("sb-{run}-c{i}"),
+            clean: true,
+            session_expiry: None,
+            keep_alive: p.keep_alive(),
+        };
+        let filter = format!("bench/conns/{run}/{i}");
+        let local = conns_source(target.addr, i, c);
+        let (addr, protocol) = (target.addr, p.protocol);
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            let (mut conn, _) = Conn::connect_from(addr, local, protocol, &opts, deadline).await?;
+            conn.subscribe(&filter, QoS::AtMostOnce, deadline).await?;
+            conn.release_buffers();
+            Ok::<_, anyhow::Error>(conn)
+        });
+    }
+    let mut conns = Vec::with_capacity(c);
+    while let Some(r) = set.join_next().await {
+        conns.push(r.context("connect task")??);
+    }
     let connect_s = t.elapsed().as_secs_f64();
     sleep(Duration::from_secs(1)).await;
     let after = target.pid.and_then(procfs::memory_kib).map(|m| m.0);

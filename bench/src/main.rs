@@ -222,6 +222,8 @@ impl LoadArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // `conns` holds one socket per connection, and the brokers `compare` spawns inherit this.
+    procfs::raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

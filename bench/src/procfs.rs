@@ -67,6 +67,46 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Hard limit on open files the bench asks for when it may raise it (as root): enough for
+/// 100,000 connections on each side plus the brokers' own files.
+const WANTED_OPEN_FILES: u64 = 262_144;
+
+/// Raises this process's RLIMIT_NOFILE soft limit to its hard limit, after raising the hard limit
+/// to [`WANTED_OPEN_FILES`] (capped by `fs.nr_open`) where that is permitted (root). Brokers
+/// spawned later inherit the limits. Returns the soft limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    if let Some(hard) = now.maximum {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(hard);
+        let want = WANTED_OPEN_FILES.min(nr_open);
+        if want > hard {
+            // Permitted only with CAP_SYS_RESOURCE; otherwise the hard limit stays.
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(want),
+                    maximum: Some(want),
+                },
+            );
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    if now.current != now.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: now.maximum,
+                maximum: now.maximum,
+            },
+        );
+    }
+    open_files_limit()
+}
+
 /// The soft limit on open files of this process.
 pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;

@@ -291,12 +291,17 @@ fn spawn_connection(
     let stop = stop.clone();
     let alive = alive.clone();
     if transport.is_plain() {
-        tokio::spawn(async move {
-            let mut info = ConnInfo::plain(peer);
-            info.refuse = refuse;
-            crate::connection::serve(stream, info, broker, stop).await;
-            drop((alive, slot));
-        });
+        let mut info = ConnInfo::plain(peer);
+        info.refuse = refuse;
+        // The serve future is the task: captured by a wrapping task and moved into an await,
+        // it (or its arguments) would be stored twice for the connection's whole life.
+        tokio::spawn(crate::connection::serve_with(
+            stream,
+            info,
+            broker,
+            stop,
+            (alive, slot),
+        ));
     } else {
         let transport = transport.clone();
         tokio::spawn(async move {

@@ -175,7 +175,7 @@ pub async fn admit(
     let mut state = ClientState::new(n, handle, session, will);
     state.set_store(broker.store.clone());
     state.set_recovered_horizon(horizon);
-    state.auth_method = auth_method;
+    state.set_auth_method(auth_method);
     state.attach_groups(broker);
     state.send(&Packet::ConnAck(ConnAck {
         session_present,

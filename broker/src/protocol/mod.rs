@@ -97,6 +97,24 @@ pub struct Negotiated {
 /// The Reason String of a PUBACK/PUBREC 0x97 for `mqtt.queue_full_policy = "reject"`.
 const QUEUE_FULL: &str = "a subscriber's queue is full";
 
+/// Capacity the write buffer (or the held buffer) is given when the first packet after an
+/// idle spell is encoded into it; it grows as needed and is released once written.
+const FIRST_WRITE_BUF: usize = 256;
+
+/// The parts of [`ClientState`] only some 5.0 connections use.
+#[derive(Debug)]
+struct V5State {
+    /// The Authentication Method of CONNECT when enhanced authentication was used: only then
+    /// may the client re-authenticate, with the same method [MQTT-4.12.1-1].
+    auth_method: Option<Str>,
+    /// A re-authentication in progress.
+    reauth: Option<Reauth>,
+    /// Topic aliases the client set (5.0, 3.3.2.3.4): index alias-1. Sized on first use.
+    inbound_aliases: Vec<Option<TopicName>>,
+    /// Topic aliases towards the client (5.0).
+    outbound_aliases: OutboundAliases,
+}
+
 /// The state of one connection after a successful CONNECT.
 #[derive(Debug)]
 pub struct ClientState {
@@ -124,20 +142,14 @@ pub struct ClientState {
     pub held: BytesMut,
     /// Set by the connection while earlier held packets still wait: new packets queue behind.
     pub holding: bool,
-    /// The Authentication Method of CONNECT when enhanced authentication was used: only then
-    /// may the client re-authenticate, with the same method [MQTT-4.12.1-1].
-    pub auth_method: Option<Str>,
-    /// A re-authentication in progress.
-    reauth: Option<Reauth>,
+    /// What only some 5.0 connections use (enhanced authentication, topic aliases): boxed and
+    /// allocated on first use, so other connections do not carry it.
+    v5: Option<Box<V5State>>,
     /// The will, until a normal DISCONNECT deletes it [MQTT-3.1.2-10].
     /// Boxed: most clients have none, and a `LastWill` is large.
     pub will: Option<Box<LastWill>>,
-    /// Topic aliases the client set (5.0, 3.3.2.3.4): index alias-1. Sized on first use.
-    inbound_aliases: Vec<Option<TopicName>>,
     /// Encoded packets waiting for the socket.
     pub write_buf: BytesMut,
-    /// Topic aliases towards the client (5.0).
-    outbound_aliases: OutboundAliases,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
     pub oversize_dropped: u64,
     /// How far this session's deliveries may have gone on the wire (persist.rs, "Redeliveries
@@ -168,7 +180,6 @@ impl ClientState {
         session: Session,
         will: Option<LastWill>,
     ) -> ClientState {
-        let aliases = OutboundAliases::new(n.outbound_alias_maximum);
         handle
             .window
             .store(n.send_window, std::sync::atomic::Ordering::Relaxed);
@@ -186,14 +197,33 @@ impl ClientState {
             store: Store::disabled(),
             held: BytesMut::new(),
             holding: false,
-            auth_method: None,
-            reauth: None,
+            v5: None,
             will: will.map(Box::new),
-            inbound_aliases: Vec::new(),
-            outbound_aliases: aliases,
-            write_buf: BytesMut::with_capacity(256),
+            // Allocated by the first packet and released by the connection once written:
+            // an idle connection holds no write buffer.
+            write_buf: BytesMut::new(),
             oversize_dropped: 0,
             horizon: SentHorizon::default(),
+        }
+    }
+
+    /// The 5.0 parts, allocated on first use.
+    fn v5_mut(&mut self) -> &mut V5State {
+        let max = self.n.outbound_alias_maximum;
+        self.v5.get_or_insert_with(|| {
+            Box::new(V5State {
+                auth_method: None,
+                reauth: None,
+                inbound_aliases: Vec::new(),
+                outbound_aliases: OutboundAliases::new(max),
+            })
+        })
+    }
+
+    /// The Authentication Method of CONNECT, when enhanced authentication was used.
+    pub fn set_auth_method(&mut self, method: Option<Str>) {
+        if method.is_some() || self.v5.is_some() {
+            self.v5_mut().auth_method = method;
         }
     }
 
@@ -293,6 +323,10 @@ impl ClientState {
         } else {
             &mut self.write_buf
         };
+        if buf.capacity() == 0 {
+            // Idle connections hold no buffer; a first packet gets room for a few more.
+            buf.reserve(FIRST_WRITE_BUF);
+        }
         if let Err(e) = encode(packet, self.n.protocol, buf) {
             tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
         }
@@ -388,7 +422,7 @@ impl ClientState {
     /// Re-authentication (4.12.1): AUTH 0x19 starts it, AUTH 0x18 continues it, AUTH 0x00
     /// from the server ends it; a failure closes the connection with 0x87.
     fn on_auth(&mut self, a: Auth, broker: &Broker) -> Result<(), Close> {
-        let Some(method) = self.auth_method.clone() else {
+        let Some(method) = self.v5.as_ref().and_then(|v| v.auth_method.clone()) else {
             return Err(Close::error(
                 ReasonCode::PROTOCOL_ERROR,
                 "AUTH without an Authentication Method in CONNECT [MQTT-4.12.0-1]",
@@ -401,7 +435,7 @@ impl ClientState {
             ));
         }
         let data = a.properties.authentication_data.clone().unwrap_or_default();
-        let step = match (a.reason, self.reauth.take()) {
+        let step = match (a.reason, self.v5_mut().reauth.take()) {
             (ReasonCode::RE_AUTHENTICATE, None) => {
                 match crate::auth::enhanced::authenticator(&method, broker.access.passwords()) {
                     Some(auth) => auth.start(&data),
@@ -418,7 +452,7 @@ impl ClientState {
         };
         let (reason, data) = match step {
             AuthStep::Continue { data, next } => {
-                self.reauth = Some(Reauth(next));
+                self.v5_mut().reauth = Some(Reauth(next));
                 (ReasonCode::CONTINUE_AUTHENTICATION, Some(data))
             }
             AuthStep::Success { data, username } => {
@@ -465,12 +499,13 @@ impl ClientState {
                 ));
             }
             let slot = usize::from(alias) - 1;
-            if self.inbound_aliases.len() <= slot {
-                self.inbound_aliases
-                    .resize(usize::from(self.n.topic_alias_maximum), None);
+            let max = usize::from(self.n.topic_alias_maximum);
+            let aliases = &mut self.v5_mut().inbound_aliases;
+            if aliases.len() <= slot {
+                aliases.resize(max, None);
             }
             if p.topic.is_empty() {
-                match &self.inbound_aliases[slot] {
+                match &aliases[slot] {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         return Err(Close::error(
@@ -480,7 +515,7 @@ impl ClientState {
                     }
                 }
             } else {
-                self.inbound_aliases[slot] = Some(p.topic.clone());
+                aliases[slot] = Some(p.topic.clone());
             }
         }
         if p.topic.is_empty() {
@@ -1156,7 +1191,11 @@ impl ClientState {
                 None => return,
             }
         }
-        let alias = self.outbound_aliases.name(&p.topic);
+        let alias = if self.n.outbound_alias_maximum == 0 {
+            AliasUse::None
+        } else {
+            self.v5_mut().outbound_aliases.name(&p.topic)
+        };
         match alias {
             AliasUse::Known(a) => {
                 p.properties.topic_alias = Some(a);
@@ -1174,7 +1213,9 @@ impl ClientState {
                     // Larger than the client accepts: not sent, as if delivered
                     // [MQTT-3.1.2-25]. An alias assigned for it was never told to the client.
                     if let AliasUse::Assign(a) = alias {
-                        self.outbound_aliases.forget(a);
+                        if let Some(v) = self.v5.as_mut() {
+                            v.outbound_aliases.forget(a);
+                        }
                     }
                     self.oversize_dropped += 1;
                     self.log_skip(&d);
