@@ -291,31 +291,104 @@ impl<K, V> Drop for Node<K, V> {
 #[derive(Debug)]
 struct Subscribers<K, V> {
     /// Non-shared subscriptions, at most one per client [MQTT-3.8.4-3].
-    plain: HashMap<K, V>,
+    plain: Plain<K, V>,
     /// Shared subscriptions by share name, then client: each group is a distinct subscription
-    /// of the same filter (4.8.2). Empty groups are removed.
-    shared: HashMap<Box<str>, HashMap<K, V>>,
+    /// of the same filter (4.8.2). Empty groups are removed. Boxed and allocated on first use:
+    /// most filters have no shared subscription, and every node carries a `Subscribers`.
+    shared: Option<Box<Groups<K, V>>>,
+}
+
+/// Shared subscriptions of one filter: share name -> client -> value.
+type Groups<K, V> = HashMap<Box<str>, HashMap<K, V>>;
+
+/// A filter's plain subscribers: a short vector while few (most filters have one subscriber,
+/// and a one-entry hash map costs four buckets and control bytes), a hash map past
+/// [`Plain::FEW`], so a filter with thousands of subscribers is still O(1) per client.
+#[derive(Debug)]
+enum Plain<K, V> {
+    Few(Vec<(K, V)>),
+    Many(HashMap<K, V>),
+}
+
+impl<K, V> Plain<K, V> {
+    /// Up to this many subscribers live in a vector (a linear scan of a few keys beats hashing).
+    const FEW: usize = 8;
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Plain::Few(v) => v.is_empty(),
+            Plain::Many(m) => m.is_empty(),
+        }
+    }
+
+    fn for_each(&self, f: &mut impl FnMut(Option<&str>, &K, &V)) {
+        match self {
+            Plain::Few(v) => v.iter().for_each(|(c, value)| f(None, c, value)),
+            Plain::Many(m) => m.iter().for_each(|(c, value)| f(None, c, value)),
+        }
+    }
+}
+
+impl<K: Eq + Hash, V> Plain<K, V> {
+    fn insert(&mut self, client: K, value: V) -> Option<V> {
+        match self {
+            Plain::Few(v) => {
+                if let Some(e) = v.iter_mut().find(|(c, _)| *c == client) {
+                    return Some(std::mem::replace(&mut e.1, value));
+                }
+                if v.len() < Self::FEW {
+                    v.push((client, value));
+                } else {
+                    let mut m: HashMap<K, V> = v.drain(..).collect();
+                    m.insert(client, value);
+                    *self = Plain::Many(m);
+                }
+                None
+            }
+            Plain::Many(m) => m.insert(client, value),
+        }
+    }
+
+    fn remove(&mut self, client: &K) -> Option<V> {
+        match self {
+            Plain::Few(v) => {
+                let i = v.iter().position(|(c, _)| c == client)?;
+                let (_, value) = v.swap_remove(i);
+                if v.is_empty() {
+                    *v = Vec::new();
+                }
+                Some(value)
+            }
+            Plain::Many(m) => {
+                let value = m.remove(client)?;
+                if m.len() <= Self::FEW / 2 {
+                    *self = Plain::Few(m.drain().collect());
+                } else {
+                    shrink_if_sparse(m);
+                }
+                Some(value)
+            }
+        }
+    }
 }
 
 impl<K, V> Default for Subscribers<K, V> {
     fn default() -> Self {
         Self {
-            plain: HashMap::new(),
-            shared: HashMap::new(),
+            plain: Plain::Few(Vec::new()),
+            shared: None,
         }
     }
 }
 
 impl<K, V> Subscribers<K, V> {
     fn is_empty(&self) -> bool {
-        self.plain.is_empty() && self.shared.is_empty()
+        self.plain.is_empty() && self.shared.is_none()
     }
 
     fn for_each(&self, f: &mut impl FnMut(Option<&str>, &K, &V)) {
-        for (client, value) in &self.plain {
-            f(None, client, value);
-        }
-        for (group, members) in &self.shared {
+        self.plain.for_each(f);
+        for (group, members) in self.shared.iter().flat_map(|s| s.iter()) {
             for (client, value) in members {
                 f(Some(group), client, value);
             }
@@ -325,37 +398,37 @@ impl<K, V> Subscribers<K, V> {
 
 impl<K: Eq + Hash, V> Subscribers<K, V> {
     fn insert(&mut self, group: Option<&str>, client: K, value: V) -> Option<V> {
-        match group {
-            None => self.plain.insert(client, value),
-            Some(group) => match self.shared.get_mut(group) {
-                Some(members) => members.insert(client, value),
-                None => {
-                    self.shared
-                        .insert(Box::from(group), HashMap::from([(client, value)]));
-                    None
-                }
-            },
+        let Some(group) = group else {
+            return self.plain.insert(client, value);
+        };
+        let shared = self.shared.get_or_insert_with(Box::default);
+        match shared.get_mut(group) {
+            Some(members) => members.insert(client, value),
+            None => {
+                shared.insert(Box::from(group), HashMap::from([(client, value)]));
+                None
+            }
         }
     }
 
     fn remove(&mut self, group: Option<&str>, client: &K) -> Option<V> {
-        match group {
-            None => {
-                let value = self.plain.remove(client)?;
-                shrink_if_sparse(&mut self.plain);
-                Some(value)
+        let Some(group) = group else {
+            return self.plain.remove(client);
+        };
+        let shared = self.shared.as_deref_mut()?;
+        let members = shared.get_mut(group)?;
+        let value = members.remove(client)?;
+        if members.is_empty() {
+            shared.remove(group);
+            if shared.is_empty() {
+                self.shared = None;
+            } else {
+                shrink_if_sparse(shared);
             }
-            Some(group) => {
-                let members = self.shared.get_mut(group)?;
-                let value = members.remove(client)?;
-                if members.is_empty() {
-                    self.shared.remove(group);
-                } else {
-                    shrink_if_sparse(members);
-                }
-                Some(value)
-            }
+        } else {
+            shrink_if_sparse(members);
         }
+        Some(value)
     }
 }
 
@@ -444,6 +517,27 @@ mod tests {
             tree.subscribe(&tf(f), 1, *f);
         }
         tree
+    }
+
+    #[test]
+    fn a_filter_with_many_subscribers_turns_into_a_map_and_back() {
+        let mut tree: SubscriptionTree<u32, u32> = SubscriptionTree::new();
+        let clients = |n: u32| (0..n).map(|c| (None, c, c + 100)).collect::<Vec<_>>();
+        for c in 0..20 {
+            assert_eq!(tree.subscribe(&tf("a/b"), c, c + 100), None);
+            assert_eq!(matches(&tree, "a/b"), clients(c + 1));
+        }
+        assert_eq!(
+            tree.subscribe(&tf("a/b"), 3, 103),
+            Some(103),
+            "replaced [MQTT-3.8.4-3]"
+        );
+        for c in (0..20).rev() {
+            assert_eq!(tree.unsubscribe(&tf("a/b"), &c), Some(c + 100));
+            assert_eq!(matches(&tree, "a/b"), clients(c));
+        }
+        assert_eq!(tree.len(), 0);
+        assert_eq!(node_count(&tree.root), 1, "pruned back to the root");
     }
 
     fn node_count<K, V>(node: &Node<K, V>) -> usize {
@@ -702,10 +796,16 @@ mod tests {
         Match(String),
     }
 
+    /// Mostly a few clients (replacements and shared filters), sometimes more than fit in a
+    /// filter's short subscriber vector (`Plain::FEW`), so it turns into a map and back.
+    fn client_strategy() -> impl Strategy<Value = u8> {
+        prop_oneof![3 => 0..3u8, 1 => 0..20u8]
+    }
+
     fn op_strategy() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (filter_strategy(), 0..3u8, any::<u32>()).prop_map(|(f, c, v)| Op::Subscribe(f, c, v)),
-            2 => (filter_strategy(), 0..3u8).prop_map(|(f, c)| Op::Unsubscribe(f, c)),
+            3 => (filter_strategy(), client_strategy(), any::<u32>()).prop_map(|(f, c, v)| Op::Subscribe(f, c, v)),
+            2 => (filter_strategy(), client_strategy()).prop_map(|(f, c)| Op::Unsubscribe(f, c)),
             2 => topic_strategy().prop_map(Op::Match),
         ]
     }
