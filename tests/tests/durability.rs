@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_tests::clients::{reference_session, wait_disconnected, wait_session_expired};
 use sluice_tests::codec::{
     Connect, ConnectProperties, Packet, Protocol, PubAck, QoS, ReasonCode, Str, TopicName,
 };
@@ -253,8 +254,10 @@ async fn inflight_messages_are_resent_with_dup_after_a_crash() {
             first.push((p.pkid, p.payload.clone()));
         }
     }
-    // Durable: the Sent records are on disk before this ticketed ack (PUBLISH order).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Durable: each Sent record was logged before its PUBLISH went out, and the SUBACK of a
+    // SUBSCRIBE sent after them is held until the log is on disk up to it: once it arrives,
+    // the Sent records are on disk.
+    subscribe(&mut sub, "inf-barrier/x", QoS::AtMostOnce).await;
     broker.kill();
     drop(sub);
 
@@ -411,13 +414,15 @@ async fn a_delayed_will_survives_a_crash() {
     let (mut watcher, _) = connect_persistent(&broker, "watcher").await;
     subscribe(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
     drop(watcher);
-    let (_device, _) = connack_v5(
+    let (mut device, _) = connack_v5(
         &broker,
         &connect_v5("device", 60, Some(("wills/device", 1))),
     )
     .await;
-    // Give the writer its (unticketed) records before the crash.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The session and will records were logged at CONNECT, unticketed; the SUBACK of a later
+    // SUBSCRIBE on the same connection is held until the log is on disk up to it, so once it
+    // arrives they are on disk too.
+    subscribe(&mut device, "device-barrier/x", QoS::AtMostOnce).await;
     broker.kill();
 
     let broker = broker_on(data.path());
@@ -438,13 +443,23 @@ async fn a_delayed_will_survives_a_crash() {
 async fn session_expiry_across_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let mut broker = broker_on(data.path());
+    let from = broker.log_len();
     drop(connack_v5(&broker, &connect_v5("long", 600, None)).await);
     drop(connack_v5(&broker, &connect_v5("short", 2, None)).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both connections are over (their sessions parked with their disconnect time) before the
+    // shutdown.
+    wait_disconnected(&broker, from, "long");
+    wait_disconnected(&broker, from, "short");
     assert!(broker.terminate(T).unwrap().success());
     // The broker is down for longer than the short session's expiry: the interval counts from
-    // the client's disconnect [MQTT-3.1.2-23], not from the restart.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // the client's disconnect [MQTT-3.1.2-23], not from the restart. Nothing of this broker
+    // runs meanwhile, so another broker keeps the time: a reference session parked there now,
+    // after `short` disconnected, with the same 2 s interval, expires no earlier than `short`.
+    let clock = Broker::start();
+    let clock_from = clock.log_len();
+    let reference = reference_session(&clock, 2).await;
+    wait_session_expired(&clock, clock_from, &reference, Duration::from_secs(30));
+    drop(clock);
 
     let broker = broker_on(data.path());
     let (_l, long_present) = connack_v5(&broker, &connect_v5("long", 600, None)).await;
@@ -577,7 +592,19 @@ async fn a_long_queue_is_kept_on_disk_and_drains_in_order_across_a_crash() {
             sub.send(&Packet::PubAck(PubAck::new(pkid))).await.unwrap();
         }
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The broker handles this connection's packets in order: its PINGRESP proves the PUBACKs
+    // above were handled (PUBLISHes already on the way are taken and acknowledged too).
+    sub.send(&Packet::PingReq).await.unwrap();
+    loop {
+        match sub.expect_packet(T).await.unwrap() {
+            Packet::PingResp => break,
+            Packet::Publish(p) => {
+                let pkid = take(&mut got, p);
+                sub.send(&Packet::PubAck(PubAck::new(pkid))).await.unwrap();
+            }
+            other => panic!("expected PUBLISH or PINGRESP, got {other:?}"),
+        }
+    }
     broker.kill();
     drop(sub);
 
@@ -674,8 +701,10 @@ async fn resuming_with_expiry_zero_keeps_the_queued_messages() {
     let broker = broker_on(data.path());
     let (mut sub, _) = connack_v5(&broker, &connect_v5("resume-zero", 600, None)).await;
     subscribe(&mut sub, "rz/#", QoS::AtLeastOnce).await;
+    let from = broker.log_len();
     drop(sub);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Offline (its session parked) before the messages: they queue for it.
+    wait_disconnected(&broker, from, "resume-zero");
     let (mut publ, _) = connect_persistent(&broker, "rz-pub").await;
     for seq in 0..5u32 {
         let p = publish(
@@ -718,8 +747,10 @@ async fn a_full_queue_can_push_back_on_the_publisher() {
     .unwrap();
     let (mut sub, _) = connect_persistent(&broker, "slow").await;
     subscribe(&mut sub, "full/#", QoS::AtLeastOnce).await;
+    let from = broker.log_len();
     drop(sub);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Offline (its session parked) before the messages: they queue for it.
+    wait_disconnected(&broker, from, "slow");
     let (mut publ, _) = connack_v5(&broker, &connect_v5("full-pub", 0, None)).await;
     let mut reasons = Vec::new();
     for seq in 0..5u32 {
