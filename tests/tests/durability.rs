@@ -3,6 +3,8 @@
 //! messages survive a restart. Real files on disk, real `kill -9`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,8 +70,13 @@ fn publish(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>, retain: bool) -> 
 
 /// Publishes `n` messages (odd sequence numbers at QoS 2, even at QoS 1), one at a time,
 /// until the connection dies. Returns the sequence numbers whose flow the broker acknowledged
-/// (PUBACK, or PUBREC for QoS 2: from then on the broker owns the message).
-async fn publish_until_killed(broker_addr: std::net::SocketAddr, n: u32) -> Vec<u32> {
+/// (PUBACK, or PUBREC for QoS 2: from then on the broker owns the message), and counts them
+/// in `count` as they come.
+async fn publish_until_killed(
+    broker_addr: std::net::SocketAddr,
+    n: u32,
+    count: Arc<AtomicUsize>,
+) -> Vec<u32> {
     let mut acked = Vec::new();
     let Ok(mut c) = RawClient::connect(broker_addr, Protocol::V311).await else {
         return acked;
@@ -96,9 +103,13 @@ async fn publish_until_killed(broker_addr: std::net::SocketAddr, n: u32) -> Vec<
         }
         match c.recv(T).await {
             Ok(Recv::Packet(p)) => match *p {
-                Packet::PubAck(_) => acked.push(seq),
+                Packet::PubAck(_) => {
+                    acked.push(seq);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
                 Packet::PubRec(_) => {
                     acked.push(seq);
+                    count.fetch_add(1, Ordering::Relaxed);
                     if c.send(&Packet::PubRel(PubAck::new(pkid))).await.is_err() {
                         return acked;
                     }
@@ -156,10 +167,23 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_message() {
         subscribe(&mut sub, "crash/#", QoS::ExactlyOnce).await;
         drop(sub); // offline from here on: everything queues for it.
 
-        // Kill after a random delay while the publisher is busy.
+        // Kill after a random delay while the publisher is busy: counted from its first
+        // acknowledgement, so that a slow start does not leave nothing to check.
         let kill_after = Duration::from_millis(150 + (rand_u64(round) % 600));
         let addr = broker.addr;
-        let publisher = tokio::spawn(async move { publish_until_killed(addr, 100_000).await });
+        let count = Arc::new(AtomicUsize::new(0));
+        let publisher = {
+            let count = count.clone();
+            tokio::spawn(async move { publish_until_killed(addr, 100_000, count).await })
+        };
+        let deadline = std::time::Instant::now() + T * 2;
+        while count.load(Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline && !publisher.is_finished(),
+                "round {round}: the publisher got no ack"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(kill_after).await;
         broker.kill();
         let acked = publisher.await.unwrap();
@@ -206,7 +230,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_message() {
             "round {round}: in publish order [MQTT-4.6.0-6]"
         );
         eprintln!(
-            "round {round}: killed after {kill_after:?}, {} acknowledged, {} delivered after restart",
+            "round {round}: killed {kill_after:?} after the first ack, {} acknowledged, {} delivered after restart",
             acked.len(),
             got.len()
         );
