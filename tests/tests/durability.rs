@@ -3,9 +3,12 @@
 //! messages survive a restart. Real files on disk, real `kill -9`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_tests::clients::{reference_session, wait_disconnected, wait_session_expired};
 use sluice_tests::codec::{
     Connect, ConnectProperties, Packet, Protocol, PubAck, QoS, ReasonCode, Str, TopicName,
 };
@@ -67,8 +70,13 @@ fn publish(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>, retain: bool) -> 
 
 /// Publishes `n` messages (odd sequence numbers at QoS 2, even at QoS 1), one at a time,
 /// until the connection dies. Returns the sequence numbers whose flow the broker acknowledged
-/// (PUBACK, or PUBREC for QoS 2: from then on the broker owns the message).
-async fn publish_until_killed(broker_addr: std::net::SocketAddr, n: u32) -> Vec<u32> {
+/// (PUBACK, or PUBREC for QoS 2: from then on the broker owns the message), and counts them
+/// in `count` as they come.
+async fn publish_until_killed(
+    broker_addr: std::net::SocketAddr,
+    n: u32,
+    count: Arc<AtomicUsize>,
+) -> Vec<u32> {
     let mut acked = Vec::new();
     let Ok(mut c) = RawClient::connect(broker_addr, Protocol::V311).await else {
         return acked;
@@ -95,9 +103,13 @@ async fn publish_until_killed(broker_addr: std::net::SocketAddr, n: u32) -> Vec<
         }
         match c.recv(T).await {
             Ok(Recv::Packet(p)) => match *p {
-                Packet::PubAck(_) => acked.push(seq),
+                Packet::PubAck(_) => {
+                    acked.push(seq);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
                 Packet::PubRec(_) => {
                     acked.push(seq);
+                    count.fetch_add(1, Ordering::Relaxed);
                     if c.send(&Packet::PubRel(PubAck::new(pkid))).await.is_err() {
                         return acked;
                     }
@@ -155,10 +167,23 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_message() {
         subscribe(&mut sub, "crash/#", QoS::ExactlyOnce).await;
         drop(sub); // offline from here on: everything queues for it.
 
-        // Kill after a random delay while the publisher is busy.
+        // Kill after a random delay while the publisher is busy: counted from its first
+        // acknowledgement, so that a slow start does not leave nothing to check.
         let kill_after = Duration::from_millis(150 + (rand_u64(round) % 600));
         let addr = broker.addr;
-        let publisher = tokio::spawn(async move { publish_until_killed(addr, 100_000).await });
+        let count = Arc::new(AtomicUsize::new(0));
+        let publisher = {
+            let count = count.clone();
+            tokio::spawn(async move { publish_until_killed(addr, 100_000, count).await })
+        };
+        let deadline = std::time::Instant::now() + T * 2;
+        while count.load(Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline && !publisher.is_finished(),
+                "round {round}: the publisher got no ack"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(kill_after).await;
         broker.kill();
         let acked = publisher.await.unwrap();
@@ -205,7 +230,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_message() {
             "round {round}: in publish order [MQTT-4.6.0-6]"
         );
         eprintln!(
-            "round {round}: killed after {kill_after:?}, {} acknowledged, {} delivered after restart",
+            "round {round}: killed {kill_after:?} after the first ack, {} acknowledged, {} delivered after restart",
             acked.len(),
             got.len()
         );
@@ -253,8 +278,10 @@ async fn inflight_messages_are_resent_with_dup_after_a_crash() {
             first.push((p.pkid, p.payload.clone()));
         }
     }
-    // Durable: the Sent records are on disk before this ticketed ack (PUBLISH order).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Durable: each Sent record was logged before its PUBLISH went out, and the SUBACK of a
+    // SUBSCRIBE sent after them is held until the log is on disk up to it: once it arrives,
+    // the Sent records are on disk.
+    subscribe(&mut sub, "inf-barrier/x", QoS::AtMostOnce).await;
     broker.kill();
     drop(sub);
 
@@ -411,13 +438,15 @@ async fn a_delayed_will_survives_a_crash() {
     let (mut watcher, _) = connect_persistent(&broker, "watcher").await;
     subscribe(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
     drop(watcher);
-    let (_device, _) = connack_v5(
+    let (mut device, _) = connack_v5(
         &broker,
         &connect_v5("device", 60, Some(("wills/device", 1))),
     )
     .await;
-    // Give the writer its (unticketed) records before the crash.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The session and will records were logged at CONNECT, unticketed; the SUBACK of a later
+    // SUBSCRIBE on the same connection is held until the log is on disk up to it, so once it
+    // arrives they are on disk too.
+    subscribe(&mut device, "device-barrier/x", QoS::AtMostOnce).await;
     broker.kill();
 
     let broker = broker_on(data.path());
@@ -438,13 +467,23 @@ async fn a_delayed_will_survives_a_crash() {
 async fn session_expiry_across_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let mut broker = broker_on(data.path());
+    let from = broker.log_len();
     drop(connack_v5(&broker, &connect_v5("long", 600, None)).await);
     drop(connack_v5(&broker, &connect_v5("short", 2, None)).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both connections are over (their sessions parked with their disconnect time) before the
+    // shutdown.
+    wait_disconnected(&broker, from, "long");
+    wait_disconnected(&broker, from, "short");
     assert!(broker.terminate(T).unwrap().success());
     // The broker is down for longer than the short session's expiry: the interval counts from
-    // the client's disconnect [MQTT-3.1.2-23], not from the restart.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // the client's disconnect [MQTT-3.1.2-23], not from the restart. Nothing of this broker
+    // runs meanwhile, so another broker keeps the time: a reference session parked there now,
+    // after `short` disconnected, with the same 2 s interval, expires no earlier than `short`.
+    let clock = Broker::start();
+    let clock_from = clock.log_len();
+    let reference = reference_session(&clock, 2).await;
+    wait_session_expired(&clock, clock_from, &reference, Duration::from_secs(30));
+    drop(clock);
 
     let broker = broker_on(data.path());
     let (_l, long_present) = connack_v5(&broker, &connect_v5("long", 600, None)).await;
@@ -577,7 +616,19 @@ async fn a_long_queue_is_kept_on_disk_and_drains_in_order_across_a_crash() {
             sub.send(&Packet::PubAck(PubAck::new(pkid))).await.unwrap();
         }
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The broker handles this connection's packets in order: its PINGRESP proves the PUBACKs
+    // above were handled (PUBLISHes already on the way are taken and acknowledged too).
+    sub.send(&Packet::PingReq).await.unwrap();
+    loop {
+        match sub.expect_packet(T).await.unwrap() {
+            Packet::PingResp => break,
+            Packet::Publish(p) => {
+                let pkid = take(&mut got, p);
+                sub.send(&Packet::PubAck(PubAck::new(pkid))).await.unwrap();
+            }
+            other => panic!("expected PUBLISH or PINGRESP, got {other:?}"),
+        }
+    }
     broker.kill();
     drop(sub);
 
@@ -674,8 +725,10 @@ async fn resuming_with_expiry_zero_keeps_the_queued_messages() {
     let broker = broker_on(data.path());
     let (mut sub, _) = connack_v5(&broker, &connect_v5("resume-zero", 600, None)).await;
     subscribe(&mut sub, "rz/#", QoS::AtLeastOnce).await;
+    let from = broker.log_len();
     drop(sub);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Offline (its session parked) before the messages: they queue for it.
+    wait_disconnected(&broker, from, "resume-zero");
     let (mut publ, _) = connect_persistent(&broker, "rz-pub").await;
     for seq in 0..5u32 {
         let p = publish(
@@ -718,8 +771,10 @@ async fn a_full_queue_can_push_back_on_the_publisher() {
     .unwrap();
     let (mut sub, _) = connect_persistent(&broker, "slow").await;
     subscribe(&mut sub, "full/#", QoS::AtLeastOnce).await;
+    let from = broker.log_len();
     drop(sub);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Offline (its session parked) before the messages: they queue for it.
+    wait_disconnected(&broker, from, "slow");
     let (mut publ, _) = connack_v5(&broker, &connect_v5("full-pub", 0, None)).await;
     let mut reasons = Vec::new();
     for seq in 0..5u32 {

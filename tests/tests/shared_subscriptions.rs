@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use sluice_tests::clients::{publish_sentinel, SENTINEL};
 use sluice_tests::codec::{ConnectProperties, Packet, Protocol, PubAck, QoS, Str};
 use sluice_tests::packets;
 use sluice_tests::{client_id, Broker, RawClient, Recv};
@@ -120,6 +121,11 @@ struct Tally {
     distinct: AtomicUsize,
     deliveries: AtomicUsize,
     stop: AtomicBool,
+    /// A plain topic every client counted here subscribes to (see [`settle`]).
+    sentinel_topic: String,
+    /// How many clients subscribed to `sentinel_topic`, and how many sentinels they received.
+    listeners: AtomicUsize,
+    sentinels: AtomicUsize,
 }
 
 impl Tally {
@@ -129,7 +135,17 @@ impl Tally {
             distinct: AtomicUsize::new(0),
             deliveries: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            sentinel_topic: format!("sentinel/{}", client_id("tally")),
+            listeners: AtomicUsize::new(0),
+            sentinels: AtomicUsize::new(0),
         })
+    }
+
+    /// Subscribes `c` (before it becomes a [`member`]) to this tally's sentinel topic.
+    async fn listen(&self, c: &mut RawClient) -> Result<()> {
+        subscribe(c, &self.sentinel_topic, QoS::AtLeastOnce).await?;
+        self.listeners.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn record(&self, seq: u32) {
@@ -170,6 +186,11 @@ async fn member(
         match c.recv(Duration::from_millis(50)).await? {
             Recv::Packet(p) => {
                 let Packet::Publish(p) = *p else { continue };
+                if p.payload == SENTINEL.as_bytes() {
+                    c.send(&Packet::PubAck(PubAck::new(p.pkid))).await?;
+                    tally.sentinels.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let seq = u32::from_be_bytes(p.payload[..4].try_into()?);
                 seen.received.push((seq, p.topic.as_str().to_owned()));
                 if !delay.is_zero() {
@@ -407,6 +428,7 @@ async fn members(
         };
         let mut c = connect(broker.addr, protocol, &format!("m{i}")).await?;
         subscribe(&mut c, filter, QoS::AtLeastOnce).await?;
+        tally.listen(&mut c).await?;
         handles.push(tokio::spawn(member(c, Duration::ZERO, tally.clone(), None)));
     }
     Ok(handles)
@@ -424,13 +446,25 @@ async fn finish(
     Ok(seen)
 }
 
-/// Waits until `tally` counted `deliveries` deliveries, then a little more for strays.
-async fn settle(tally: &Tally, deliveries: usize) {
+/// Waits until `tally` counted `deliveries` deliveries, then until each of its clients has
+/// received a sentinel published after that on its sentinel topic: the broker delivers to a
+/// client in routing order, so a stray copy routed to any of them arrives (and is counted)
+/// before its sentinel.
+async fn settle(addr: SocketAddr, tally: &Tally, deliveries: usize) {
     let deadline = Instant::now() + STEP;
     while tally.deliveries.load(Ordering::Relaxed) < deliveries && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let want = tally.sentinels.load(Ordering::Relaxed) + tally.listeners.load(Ordering::Relaxed);
+    publish_sentinel(addr, &tally.sentinel_topic).await;
+    let deadline = Instant::now() + STEP;
+    while tally.sentinels.load(Ordering::Relaxed) < want {
+        assert!(
+            Instant::now() < deadline,
+            "not every client got the sentinel within {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// MQTT 5.0 4.8.2 (one member per message) with the default `round_robin` strategy: 300
@@ -445,14 +479,15 @@ async fn round_robin_spreads_evenly_and_plain_subscriber_gets_all() -> Result<()
     let plain_tally = Tally::new(n as usize);
     let mut plain = connect(broker.addr, Protocol::V5, "plain").await?;
     subscribe(&mut plain, "rr/#", QoS::AtLeastOnce).await?;
+    plain_tally.listen(&mut plain).await?;
     let plain = tokio::spawn(member(plain, Duration::ZERO, plain_tally.clone(), None));
     let mut publisher = connect(broker.addr, Protocol::V5, "publisher").await?;
     publish_seqs(&mut publisher, Protocol::V5, 0..n, 10, |s| {
         format!("rr/{}", s % 5)
     })
     .await?;
-    settle(&group, n as usize).await;
-    settle(&plain_tally, n as usize).await;
+    settle(broker.addr, &group, n as usize).await;
+    settle(broker.addr, &plain_tally, n as usize).await;
     let seen = finish(&group, handles).await?;
     let plain = finish(&plain_tally, vec![plain]).await?;
     let per: Vec<Vec<u32>> = seen.iter().map(seqs).collect();
@@ -490,8 +525,8 @@ async fn two_groups_each_get_one_copy() -> Result<()> {
     let h2 = members(&broker, "$share/g2/t", 2, &[], &g2).await?;
     let mut publisher = connect(broker.addr, Protocol::V5, "publisher").await?;
     publish_seqs(&mut publisher, Protocol::V5, 0..n, 10, |_| "t".into()).await?;
-    settle(&g1, n as usize).await;
-    settle(&g2, n as usize).await;
+    settle(broker.addr, &g1, n as usize).await;
+    settle(broker.addr, &g2, n as usize).await;
     for (name, tally, handles) in [("g1", g1, h1), ("g2", g2, h2)] {
         let seen = finish(&tally, handles).await?;
         let per: Vec<Vec<u32>> = seen.iter().map(seqs).collect();
@@ -515,7 +550,7 @@ async fn v311_client_can_be_a_member() -> Result<()> {
         format!("m/{}", s % 3)
     })
     .await?;
-    settle(&tally, n as usize).await;
+    settle(broker.addr, &tally, n as usize).await;
     let seen = finish(&tally, handles).await?;
     let per: Vec<Vec<u32>> = seen.iter().map(seqs).collect();
     let lens: Vec<usize> = per.iter().map(Vec::len).collect();
@@ -545,8 +580,8 @@ async fn per_group_hash_topic_keeps_a_topic_on_one_member() -> Result<()> {
         format!("p/t{}", s % 4)
     })
     .await?;
-    settle(&pinned, n as usize).await;
-    settle(&spread, n as usize).await;
+    settle(broker.addr, &pinned, n as usize).await;
+    settle(broker.addr, &spread, n as usize).await;
     let pinned = finish(&pinned, hp).await?;
     let spread = finish(&spread, hs).await?;
     let owners = |seen: &[Seen]| {
