@@ -19,14 +19,7 @@ const T: Duration = Duration::from_secs(5);
 
 /// Starts a broker whose data lives in `data` (kept across restarts).
 fn broker_on(data: &std::path::Path) -> Broker {
-    Broker::start_with(BrokerOpts {
-        env: vec![(
-            "SLUICE__PERSISTENCE__DIR".into(),
-            data.display().to_string(),
-        )],
-        ..Default::default()
-    })
-    .unwrap()
+    configured_broker_on(data, "")
 }
 
 /// CONNECT at 3.1.1 with Clean Session 0 (a persistent session).
@@ -1030,6 +1023,47 @@ fn log_field(line: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
 }
 
+/// Like [`broker_on`], with `config` as the configuration file.
+fn configured_broker_on(data: &std::path::Path, config: &str) -> Broker {
+    Broker::start_with(BrokerOpts {
+        config: config.into(),
+        env: vec![(
+            "SLUICE__PERSISTENCE__DIR".into(),
+            data.display().to_string(),
+        )],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// `{name}-sub` subscribes to `{name}/#` at QoS 1 with a persistent session and goes away; then
+/// `{name}-pub` publishes `n` QoS 1 messages to `{name}/t` (payload: the sequence number, 4
+/// bytes) and has every PUBACK, so they wait in the subscriber's queue. Returns the publisher.
+async fn queue_for_offline_subscriber(broker: &Broker, name: &str, n: u32) -> RawClient {
+    let (mut sub, _) = connect_persistent(broker, &format!("{name}-sub")).await;
+    subscribe(&mut sub, &format!("{name}/#"), QoS::AtLeastOnce).await;
+    drop(sub);
+    let (mut publ, _) = connect_persistent(broker, &format!("{name}-pub")).await;
+    let topic = format!("{name}/t");
+    for seq in 0..n {
+        let p = publish(
+            &topic,
+            QoS::AtLeastOnce,
+            (seq % 60_000 + 1) as u16,
+            seq.to_be_bytes().to_vec(),
+            false,
+        );
+        publ.send(&p).await.unwrap();
+    }
+    for _ in 0..n {
+        assert!(matches!(
+            publ.expect_packet(T).await.unwrap(),
+            Packet::PubAck(_)
+        ));
+    }
+    publ
+}
+
 /// Draining a backlog logs two records per message (sent, acknowledged) that no acknowledgement
 /// waits for: losing one in a crash only means a redelivery with DUP. They ride along with the
 /// next group commit (at most `persistence.lazy_commit` later) instead of forcing an fsync each,
@@ -1039,39 +1073,10 @@ fn log_field(line: &str, name: &str) -> u64 {
 async fn draining_a_backlog_costs_far_fewer_fsyncs_than_messages() {
     const N: u32 = 300;
     let data = tempfile::tempdir().unwrap();
-    let start = || {
-        Broker::start_with(BrokerOpts {
-            // Well above the consumer's own fsync (below), whatever the disk's speed.
-            config: "[persistence]\nlazy_commit = 100\n".into(),
-            env: vec![(
-                "SLUICE__PERSISTENCE__DIR".into(),
-                data.path().display().to_string(),
-            )],
-            ..Default::default()
-        })
-        .unwrap()
-    };
+    // Well above the consumer's own fsync (below), whatever the disk's speed.
+    let start = || configured_broker_on(data.path(), "[persistence]\nlazy_commit = 100\n");
     let mut broker = start();
-    let (mut sub, _) = connect_persistent(&broker, "fsync-sub").await;
-    subscribe(&mut sub, "fsync/#", QoS::AtLeastOnce).await;
-    drop(sub);
-    let (mut publ, _) = connect_persistent(&broker, "fsync-pub").await;
-    for seq in 0..N {
-        let p = publish(
-            "fsync/t",
-            QoS::AtLeastOnce,
-            (seq % 60_000 + 1) as u16,
-            seq.to_be_bytes().to_vec(),
-            false,
-        );
-        publ.send(&p).await.unwrap();
-    }
-    for _ in 0..N {
-        assert!(matches!(
-            publ.expect_packet(T).await.unwrap(),
-            Packet::PubAck(_)
-        ));
-    }
+    let publ = queue_for_offline_subscriber(&broker, "fsync", N).await;
     drop(publ);
     assert!(broker.terminate(T).unwrap().success());
 
@@ -1118,38 +1123,9 @@ async fn draining_a_backlog_costs_far_fewer_fsyncs_than_messages() {
 async fn every_redelivery_after_a_crash_carries_dup() {
     const N: u32 = 60;
     let data = tempfile::tempdir().unwrap();
-    let start = || {
-        Broker::start_with(BrokerOpts {
-            config: "[persistence]\nlazy_commit = 1000\n".into(),
-            env: vec![(
-                "SLUICE__PERSISTENCE__DIR".into(),
-                data.path().display().to_string(),
-            )],
-            ..Default::default()
-        })
-        .unwrap()
-    };
+    let start = || configured_broker_on(data.path(), "[persistence]\nlazy_commit = 1000\n");
     let mut broker = start();
-    let (mut sub, _) = connect_persistent(&broker, "dup-sub").await;
-    subscribe(&mut sub, "dup/#", QoS::AtLeastOnce).await;
-    drop(sub);
-    let (mut publ, _) = connect_persistent(&broker, "dup-pub").await;
-    for seq in 0..N {
-        let p = publish(
-            "dup/t",
-            QoS::AtLeastOnce,
-            seq as u16 + 1,
-            seq.to_be_bytes().to_vec(),
-            false,
-        );
-        publ.send(&p).await.unwrap();
-    }
-    for _ in 0..N {
-        assert!(matches!(
-            publ.expect_packet(T).await.unwrap(),
-            Packet::PubAck(_)
-        ));
-    }
+    let _publ = queue_for_offline_subscriber(&broker, "dup", N).await;
     // The subscriber comes back and reads everything; it acknowledges the first third only.
     let (mut sub, present) = connect_persistent(&broker, "dup-sub").await;
     assert!(present);
