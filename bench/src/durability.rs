@@ -933,14 +933,9 @@ async fn receive_all(
     Ok(stats)
 }
 
-fn print_queue_run(run: &QueueRun) {
-    println!(
-        "\n== queues {} {} round {} ==",
-        run.broker,
-        run.kind.name(),
-        run.round + 1
-    );
-    match &run.result {
+/// A run's figures (or why it failed) and its notes, under the run's heading.
+fn print_outcome(result: &Result<Outcome, String>, notes: &[String]) {
+    match result {
         Err(e) => println!("FAILED: {e}"),
         Ok(out) => {
             for (k, v) in &out.figures {
@@ -948,22 +943,41 @@ fn print_queue_run(run: &QueueRun) {
             }
         }
     }
-    for n in &run.notes {
+    for n in notes {
         println!("  note: {n}");
     }
 }
 
-fn json_queue_run(path: &Path, args: &DurabilityArgs, run: &QueueRun) -> Result<()> {
+/// A run's figures as a JSON object, and its notes with the failure (if any) added.
+fn json_outcome(
+    result: &Result<Outcome, String>,
+    notes: &[String],
+) -> (serde_json::Map<String, serde_json::Value>, Vec<String>) {
     let mut figures = serde_json::Map::new();
-    if let Ok(out) = &run.result {
-        for (k, v) in &out.figures {
-            figures.insert((*k).into(), serde_json::json!(v));
+    let mut notes = notes.to_vec();
+    match result {
+        Ok(out) => {
+            for (k, v) in &out.figures {
+                figures.insert((*k).into(), serde_json::json!(v));
+            }
         }
+        Err(e) => notes.push(format!("FAILED: {e}")),
     }
-    let mut notes = run.notes.clone();
-    if let Err(e) = &run.result {
-        notes.push(format!("FAILED: {e}"));
-    }
+    (figures, notes)
+}
+
+fn print_queue_run(run: &QueueRun) {
+    println!(
+        "\n== queues {} {} round {} ==",
+        run.broker,
+        run.kind.name(),
+        run.round + 1
+    );
+    print_outcome(&run.result, &run.notes);
+}
+
+fn json_queue_run(path: &Path, args: &DurabilityArgs, run: &QueueRun) -> Result<()> {
+    let (figures, notes) = json_outcome(&run.result, &run.notes);
     let line = serde_json::json!({
         "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "kind": "run",
@@ -1047,30 +1061,11 @@ fn print_startup(run: &StartupRun) {
         run.stop.name(),
         run.round + 1
     );
-    match &run.result {
-        Err(e) => println!("FAILED: {e}"),
-        Ok(out) => {
-            for (k, v) in &out.figures {
-                println!("  {k:<22} {}", num(*v, 3));
-            }
-        }
-    }
-    for n in &run.notes {
-        println!("  note: {n}");
-    }
+    print_outcome(&run.result, &run.notes);
 }
 
 fn json_startup(path: &Path, args: &DurabilityArgs, run: &StartupRun) -> Result<()> {
-    let mut figures = serde_json::Map::new();
-    if let Ok(out) = &run.result {
-        for (k, v) in &out.figures {
-            figures.insert((*k).into(), serde_json::json!(v));
-        }
-    }
-    let mut notes = run.notes.clone();
-    if let Err(e) = &run.result {
-        notes.push(format!("FAILED: {e}"));
-    }
+    let (figures, notes) = json_outcome(&run.result, &run.notes);
     let line = serde_json::json!({
         "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "kind": "run",
