@@ -269,7 +269,7 @@ impl Broker {
             let mut outbox = handle.outbox();
             outbox.set_online(false);
             // Shared-subscription messages not yet sent move to other members, and so do
-            // unacknowledged QoS 1 ones; sent QoS 2 ones stay ([MQTT-4.8.2-4], shared.rs).
+            // unacknowledged QoS 1 ones; sent QoS 2 ones stay ([MQTT-4.8.2-4], routing/shared_subscriptions.rs).
             // Each with the record that lets this session's log forget it, written only once
             // the member taking it has it in the log (a crash in between keeps it twice,
             // never nowhere).

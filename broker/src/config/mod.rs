@@ -312,7 +312,7 @@ pub struct MqttConfig {
     /// With `server_reference`: the move is permanent (0x9D) rather than temporary (0x9C).
     pub server_moved: bool,
     /// How a shared subscription group (`$share/{group}/{filter}`) picks the one member that
-    /// gets each message (see `shared.rs`): `round_robin`, `random`, `hash_client_id`,
+    /// gets each message (see `routing/shared_subscriptions.rs`): `round_robin`, `random`, `hash_client_id`,
     /// `hash_topic`, `sticky` or `least_inflight`.
     pub shared_subscription_strategy: SharedStrategy,
     /// Per-group strategy overriding the broker-wide one, by group name:

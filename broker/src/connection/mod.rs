@@ -180,7 +180,7 @@ async fn serve_split<S, G>(
     let mut unflushed = false;
     // Packets waiting for the store, each batch behind the ticket that releases it, in order.
     let mut waiting: VecDeque<(oneshot::Receiver<bool>, BytesMut)> = VecDeque::new();
-    // The ticket of the sent-horizon logged ahead (protocol.rs): nothing waits behind it.
+    // The ticket of the sent-horizon logged ahead (protocol/): nothing waits behind it.
     let mut horizon: Option<(oneshot::Receiver<bool>, u64)> = None;
     // Queued messages being read back from the store (the queue's front was on disk only).
     let mut loading: Option<Loading> = None;

@@ -5,7 +5,7 @@
 //! A connection over a limit is not dropped blindly: it is still served far enough to read its
 //! CONNECT and answer CONNACK 0x89 Server Busy (too many connections) or 0x9F Connection Rate
 //! Exceeded (3.1.1: return code 3), so a well-behaved client learns why. The global hard cap in
-//! `server.rs` bounds how many of those refusals can be in progress.
+//! `listener/mod.rs` bounds how many of those refusals can be in progress.
 
 use crate::connection::Refusal;
 use std::collections::HashMap;

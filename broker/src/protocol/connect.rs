@@ -129,7 +129,7 @@ pub async fn admit(
     } else {
         0
     };
-    // Persistent sessions are logged from here on (persist.rs).
+    // Persistent sessions are logged from here on (persist/).
     let persistent = broker.store.is_enabled() && session_expiry > 0;
     if !persistent {
         handle.persistent.store(false, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 //! [`ClientState::handle`] takes a decoded packet and the current time, updates the session,
 //! routes messages through the [`Broker`] (synchronous: matching and queueing never await), and
 //! appends the packets to send to [`ClientState::write_buf`]. [`ClientState::drain_outbox`] moves
-//! queued deliveries into the inflight window. The connection task (`connection.rs`) only moves
+//! queued deliveries into the inflight window. The connection task (`connection/`) only moves
 //! bytes and time in and out; the unit tests below drive this without a socket.
 
 mod alias;
@@ -124,7 +124,7 @@ pub struct ClientState {
     /// The owned half of the session.
     pub session: Session,
     /// Queues of the shared subscriptions this session holds: pulled from when the window has
-    /// room (shared.rs).
+    /// room (routing/shared_subscriptions.rs).
     group_queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
     /// Rotates which group queue is pulled from first.
     group_cursor: usize,
@@ -152,7 +152,7 @@ pub struct ClientState {
     pub write_buf: BytesMut,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
     pub oversize_dropped: u64,
-    /// How far this session's deliveries may have gone on the wire (persist.rs, "Redeliveries
+    /// How far this session's deliveries may have gone on the wire (persist/, "Redeliveries
     /// after a crash carry DUP").
     horizon: SentHorizon,
 }

@@ -846,7 +846,7 @@ fn shared_messages_of_a_departed_member_move_to_another_member() {
 
 #[test]
 fn what_the_last_member_held_joins_the_group_queue() {
-    // shared.rs, a group's lifetime: a departing member's deliveries that no other member can
+    // routing/shared_subscriptions.rs, a group's lifetime: a departing member's deliveries that no other member can
     // take are never dropped while the group exists; they wait in its queue for a new member.
     let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
     let mut a = Client::new(Protocol::V5, "a");
@@ -929,7 +929,7 @@ fn topic_and_subscription_limits() {
 
 #[test]
 fn overflow_waits_in_the_group_queue_for_the_first_free_window() {
-    // shared.rs tier 2: with every window full, messages wait for whichever member frees a
+    // routing/shared_subscriptions.rs tier 2: with every window full, messages wait for whichever member frees a
     // slot first, so the faster worker takes the burst.
     let b = shared_broker(crate::config::SharedStrategy::LeastInflight);
     let small = |id: &str| {
@@ -1021,7 +1021,7 @@ fn a_new_shared_message_goes_behind_the_group_queue() {
 
 #[test]
 fn the_last_member_out_leaves_the_group_queue_to_the_orphan_policy() {
-    // shared.rs, a group's lifetime: when the last member leaves (here: unsubscribes), what
+    // routing/shared_subscriptions.rs, a group's lifetime: when the last member leaves (here: unsubscribes), what
     // waits in the group queue is kept for a new member (until the expiry) or dropped; counted.
     use crate::config::OrphanPolicy;
     let group = TopicFilter::try_from("$share/g/t").unwrap();
