@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod enhanced;
+mod filter_algebra;
 pub mod passwords;
 
 use std::path::Path;

@@ -5,7 +5,11 @@
 //! write, and watches the keepalive deadline, takeover requests and shutdown. Reading pauses
 //! while the write buffer is above its high-water mark, so a client that does not read cannot
 //! make the broker buffer without bound.
+//!
+//! `handshake` holds what runs once before this loop: CONNECT, credentials, enhanced
+//! authentication, CONNACK or refusal.
 
+mod handshake;
 pub mod ratelimit;
 
 use std::collections::VecDeque;
@@ -15,22 +19,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use sluice_codec::{
-    encode, Auth, AuthProperties, ConnAck, Connect, DecodeError, Decoder, Packet, Protocol,
-    ReasonCode, Str,
-};
+use bytes::{Buf, BytesMut};
+use sluice_codec::{encode, Decoder, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
 
-use crate::auth::enhanced::AuthStep;
 use crate::broker::Broker;
 use crate::connection::ratelimit::RateLimiter;
 use crate::message::Message;
 use crate::persist::{Record, BACKLOG_HIGH_WATER};
-use crate::protocol::connect::{admit, negotiate, redirect_code, refusal, Admitted, Credentials};
+use crate::protocol::connect::redirect_code;
 use crate::protocol::{ClientState, Close};
 use crate::session::Control;
+use handshake::{establish, Established};
 
 /// Stop reading and draining once this much is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
@@ -523,335 +524,6 @@ async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
     }
 }
 
-/// A connection past CONNECT/CONNACK: what the main loop needs.
-struct Established {
-    state: ClientState,
-    control_rx: oneshot::Receiver<Control>,
-    connection: u64,
-    protocol: Protocol,
-    keep_alive: u16,
-    now: Instant,
-}
-
-/// Reads CONNECT, authenticates, negotiates, opens the session and queues CONNACK (and the
-/// resent inflight messages). None: the connection was refused or closed (already answered).
-/// Awaited boxed: its locals are needed once, not for the connection's whole life.
-async fn establish<R, W>(
-    info: &mut ConnInfo,
-    broker: &Arc<Broker>,
-    rd: &mut R,
-    wr: &mut W,
-    rbuf: &mut BytesMut,
-    decoder: &mut Decoder,
-) -> Option<Established>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let peer = info.peer;
-    let tls_identity = info.tls_identity.take();
-    let refuse = info.refuse.take();
-    // CONNECT must arrive within `limits.connect_timeout` of the accept.
-    let connect_timeout = Duration::from_secs(broker.config.limits.connect_timeout);
-    let mut connect = match tokio::time::timeout(
-        connect_timeout,
-        // Boxed, like the other one-off steps before the main loop: the task's future is sized
-        // by its largest await, and these would otherwise be paid for by every idle
-        // connection for its whole life.
-        Box::pin(read_connect(rd, rbuf, decoder)),
-    )
-    .await
-    {
-        Ok(Ok(Some(c))) => c,
-        Ok(Ok(None)) => {
-            tracing::debug!(%peer, "connection closed before CONNECT");
-            return None;
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, error = %e, "refused connection: bad CONNECT");
-            if let DecodeError::UnsupportedProtocol { .. } = e {
-                // Answered in the 3.1.1 form, the only one such a client can be expected to read
-                // [MQTT-3.1.2-2]: return code 0x01.
-                let ack = ConnAck {
-                    session_present: false,
-                    reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                    properties: Default::default(),
-                };
-                Box::pin(write_final(wr, &Packet::ConnAck(ack), Protocol::V311)).await;
-            } else if decoder.protocol() == Some(Protocol::V5) {
-                let ack = ConnAck {
-                    session_present: false,
-                    reason: e.reason_code(),
-                    properties: Default::default(),
-                };
-                Box::pin(write_final(wr, &Packet::ConnAck(ack), Protocol::V5)).await;
-            }
-            return None;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "no CONNECT within {}s (limits.connect_timeout); closing", connect_timeout.as_secs());
-            return None;
-        }
-    };
-
-    if let Some((reason, why)) = refuse {
-        let r = crate::protocol::connect::Refused {
-            reason,
-            why,
-            server_reference: None,
-        };
-        Box::pin(refuse_connect(wr, peer, &connect, &r)).await;
-        return None;
-    }
-    // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
-    let mut enhanced: Option<(Str, Option<Bytes>, String)> = None;
-    let credentials = match tls_identity {
-        // The certificate was verified at the handshake: its identity is the username, and
-        // neither the CONNECT credentials nor an AUTH exchange are looked at.
-        Some(identity) => match Str::try_from(identity) {
-            Ok(name) => {
-                connect.username = Some(name);
-                connect.password = None;
-                Credentials::Verified
-            }
-            Err(_) => Credentials::Failed,
-        },
-        None => {
-            match Box::pin(enhanced_auth(&connect, broker, rd, wr, rbuf, decoder, peer)).await {
-                EnhancedOutcome::NotUsed => Box::pin(check_credentials(&connect, broker)).await,
-                EnhancedOutcome::Authenticated {
-                    method,
-                    data,
-                    username,
-                } => {
-                    enhanced = Some((method, data, username));
-                    Credentials::Enhanced
-                }
-                EnhancedOutcome::Closed => return None,
-            }
-        }
-    };
-    let accepted = match negotiate(&connect, broker, credentials) {
-        Ok(a) => a,
-        Err(r) => {
-            if credentials == Credentials::Failed {
-                // Slow down guessing from this address before answering.
-                let delay = broker
-                    .access
-                    .failed_logins
-                    .failed(peer.ip(), Instant::now());
-                tokio::time::sleep(delay).await;
-            }
-            Box::pin(refuse_connect(wr, peer, &connect, &r)).await;
-            return None;
-        }
-    };
-    let protocol = connect.protocol;
-    let (control_tx, control_rx) = oneshot::channel();
-    let Admitted {
-        state,
-        connection,
-        clean_start,
-        session_present,
-    } = Box::pin(admit(
-        broker,
-        connect,
-        accepted,
-        enhanced,
-        control_tx,
-        Instant::now(),
-    ))
-    .await;
-    let keep_alive = state.n.keep_alive;
-    tracing::info!(
-        %peer, client_id = %state.n.client_id, protocol = protocol.level(), clean_start,
-        keep_alive, session_present, "client connected"
-    );
-    let now = Instant::now();
-    Some(Established {
-        state,
-        control_rx,
-        connection,
-        protocol,
-        keep_alive,
-        now,
-    })
-}
-
-/// Logs a refused CONNECT and answers it with its CONNACK, then closes.
-async fn refuse_connect<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    peer: SocketAddr,
-    connect: &Connect,
-    r: &crate::protocol::connect::Refused,
-) {
-    tracing::info!(%peer, client_id = %connect.client_id, protocol = connect.protocol.level(), reason = %r.reason, "refused connection: {}", r.why);
-    write_final(wr, &Packet::ConnAck(refusal(r, connect)), connect.protocol).await;
-}
-
-/// How the AUTH exchange before CONNACK went.
-enum EnhancedOutcome {
-    /// CONNECT named no Authentication Method (or the method is unknown: `negotiate` refuses
-    /// it with 0x8C).
-    NotUsed,
-    Authenticated {
-        method: Str,
-        data: Option<Bytes>,
-        username: String,
-    },
-    /// Refused or broken off; the connection is closed.
-    Closed,
-}
-
-/// Runs the CONNECT-time AUTH exchange (4.12.0): AUTH 0x18 challenges and answers until the
-/// method succeeds or fails, bounded by `limits.connect_timeout` overall.
-async fn enhanced_auth<R, W>(
-    connect: &Connect,
-    broker: &Broker,
-    rd: &mut R,
-    wr: &mut W,
-    rbuf: &mut BytesMut,
-    decoder: &mut Decoder,
-    peer: SocketAddr,
-) -> EnhancedOutcome
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let Some(method) = connect.properties.authentication_method.clone() else {
-        return EnhancedOutcome::NotUsed;
-    };
-    if !connect.protocol.is_v5() {
-        return EnhancedOutcome::NotUsed;
-    }
-    let Some(authenticator) =
-        crate::auth::enhanced::authenticator(&method, broker.access.passwords())
-    else {
-        return EnhancedOutcome::NotUsed;
-    };
-    let first = connect
-        .properties
-        .authentication_data
-        .clone()
-        .unwrap_or_default();
-    let refuse = |why: &str| {
-        let mut ack = ConnAck {
-            session_present: false,
-            reason: ReasonCode::NOT_AUTHORIZED,
-            properties: Default::default(),
-        };
-        if connect.properties.request_problem_information != Some(false) {
-            ack.properties.reason_string = Str::try_from(why).ok();
-        }
-        Packet::ConnAck(ack)
-    };
-    let timeout = Duration::from_secs(broker.config.limits.connect_timeout);
-    let exchange = async {
-        let mut step = authenticator.start(&first);
-        loop {
-            match step {
-                AuthStep::Success { data, username } => {
-                    return Ok((data.map(Bytes::from), username));
-                }
-                AuthStep::Failure(why) => return Err(why),
-                AuthStep::Continue { data, next } => {
-                    let auth = Packet::Auth(Auth {
-                        reason: ReasonCode::CONTINUE_AUTHENTICATION,
-                        properties: AuthProperties {
-                            authentication_method: Some(method.clone()),
-                            authentication_data: Some(Bytes::from(data)),
-                            ..Default::default()
-                        },
-                    });
-                    let mut buf = BytesMut::new();
-                    // Flushed: TLS and WebSocket streams hold bytes until then.
-                    if encode(&auth, Protocol::V5, &mut buf).is_err()
-                        || wr.write_all(&buf).await.is_err()
-                        || wr.flush().await.is_err()
-                    {
-                        return Err("connection lost during authentication");
-                    }
-                    let answer = match read_packet(rd, rbuf, decoder).await {
-                        Ok(Some(Packet::Auth(a))) => a,
-                        Ok(Some(_)) => return Err("expected AUTH during authentication (4.12.0)"),
-                        _ => return Err("connection lost during authentication"),
-                    };
-                    if answer.reason != ReasonCode::CONTINUE_AUTHENTICATION
-                        || answer.properties.authentication_method.as_deref() != Some(&*method)
-                    {
-                        // The method must stay the same [MQTT-4.12.0-5].
-                        return Err("AUTH with another method or reason during authentication");
-                    }
-                    step = next.step(
-                        answer
-                            .properties
-                            .authentication_data
-                            .as_deref()
-                            .unwrap_or_default(),
-                    );
-                }
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok((data, username))) => EnhancedOutcome::Authenticated {
-            method,
-            data,
-            username,
-        },
-        Ok(Err(why)) => {
-            tracing::info!(%peer, client_id = %connect.client_id, method = %method, reason = why, "refused connection: enhanced authentication failed");
-            let delay = broker
-                .access
-                .failed_logins
-                .failed(peer.ip(), Instant::now());
-            tokio::time::sleep(delay).await;
-            write_final(wr, &refuse(why), Protocol::V5).await;
-            EnhancedOutcome::Closed
-        }
-        Err(_) => {
-            tracing::info!(%peer, client_id = %connect.client_id, "authentication did not finish within limits.connect_timeout");
-            EnhancedOutcome::Closed
-        }
-    }
-}
-
-/// Reads the next packet (before the main loop).
-async fn read_packet<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    rbuf: &mut BytesMut,
-    decoder: &mut Decoder,
-) -> Result<Option<Packet>, DecodeError> {
-    loop {
-        if let Some(packet) = decoder.decode(rbuf)? {
-            return Ok(Some(packet));
-        }
-        match rd.read_buf(rbuf).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Checks username and password against `auth.password_file`, on the blocking pool: hashing is
-/// slow by design and must not stall a runtime thread.
-async fn check_credentials(connect: &Connect, broker: &Broker) -> Credentials {
-    let Some(user) = &connect.username else {
-        return Credentials::Anonymous;
-    };
-    let Some(file) = broker.access.passwords() else {
-        return Credentials::Unchecked;
-    };
-    let Some(password) = connect.password.clone() else {
-        return Credentials::Failed;
-    };
-    let user = user.as_str().to_owned();
-    match tokio::task::spawn_blocking(move || file.verify(&user, &password)).await {
-        Ok(true) => Credentials::Verified,
-        _ => Credentials::Failed,
-    }
-}
-
 fn done(broker: &Broker) {
     broker.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
@@ -889,29 +561,6 @@ fn decode_all(
             }
             Ok(None) => return Ok(()),
             Err(e) => return Err(Close::error(e.reason_code(), e.to_string())),
-        }
-    }
-}
-
-/// Reads until a CONNECT is decoded. Ok(None): the peer closed first.
-async fn read_connect<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    rbuf: &mut BytesMut,
-    decoder: &mut Decoder,
-) -> Result<Option<Box<Connect>>, DecodeError> {
-    loop {
-        if let Some(packet) = decoder.decode(rbuf)? {
-            return match packet {
-                Packet::Connect(c) => Ok(Some(c)),
-                _ => Err(DecodeError::Protocol {
-                    what: "first packet is not CONNECT",
-                    clause: "[MQTT-3.1.0-1]",
-                }),
-            };
-        }
-        match rd.read_buf(rbuf).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) => {}
         }
     }
 }

@@ -1,0 +1,242 @@
+//! [`Config::validate`]: every value checked against its range before anything binds; a bad
+//! value is reported with its key, the value and the reason.
+
+use std::net::SocketAddr;
+
+use super::{invalid, Config, ConfigError, PersistenceMode};
+
+impl Config {
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(invalid(
+                "listeners",
+                "[]",
+                "at least one listener is needed",
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.bind.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    &format!("listeners[{i}].bind"),
+                    &l.bind,
+                    "expected IP:PORT, e.g. 0.0.0.0:1883 or [::]:1883",
+                ));
+            }
+            if let Some(t) = &l.tls {
+                let key = |k: &str| format!("listeners[{i}].tls.{k}");
+                for (k, path) in [
+                    ("cert", Some(&t.cert)),
+                    ("key", Some(&t.key)),
+                    ("client_ca", t.client_ca.as_ref()),
+                ] {
+                    if let Some(path) = path {
+                        if !path.is_file() {
+                            return Err(invalid(
+                                &key(k),
+                                path.display(),
+                                "no such file (or not a regular file)",
+                            ));
+                        }
+                    }
+                }
+                if t.min_version != "1.2" && t.min_version != "1.3" {
+                    return Err(invalid(
+                        &key("min_version"),
+                        &t.min_version,
+                        "must be \"1.2\" or \"1.3\"",
+                    ));
+                }
+                if t.require_client_cert == Some(true) && t.client_ca.is_none() {
+                    return Err(invalid(
+                        &key("require_client_cert"),
+                        true,
+                        "needs listeners[].tls.client_ca to verify client certificates against",
+                    ));
+                }
+                if t.use_identity_as_username
+                    && !(t.client_ca.is_some() && t.requires_client_cert())
+                {
+                    return Err(invalid(&key("use_identity_as_username"), true, "needs client_ca and require_client_cert = true (every client must then have a certificate to take its identity from)"));
+                }
+            }
+            if let Some(w) = &l.websocket {
+                if !w.path.starts_with('/') || w.path.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        &format!("listeners[{i}].websocket.path"),
+                        &w.path,
+                        "must be an absolute HTTP path such as /mqtt",
+                    ));
+                }
+            }
+        }
+        let m = &self.mqtt;
+        if !(16..=crate::MAX_PACKET_SIZE).contains(&m.max_packet_size) {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                m.max_packet_size,
+                "must be between 16 and 268435460 bytes (the protocol's limit)",
+            ));
+        }
+        if m.receive_maximum == 0 {
+            return Err(invalid(
+                "mqtt.receive_maximum",
+                0,
+                "must be 1 to 65535 [MQTT-3.2.2.3.3]",
+            ));
+        }
+        if m.max_inflight == 0 {
+            return Err(invalid("mqtt.max_inflight", 0, "must be 1 to 65535"));
+        }
+        if m.max_queued_messages == Some(0) {
+            return Err(invalid("mqtt.max_queued_messages", 0, "must be at least 1"));
+        }
+        if self.max_queued_bytes() < m.max_packet_size as usize {
+            return Err(invalid(
+                "mqtt.max_queued_bytes",
+                self.max_queued_bytes(),
+                "must be at least mqtt.max_packet_size, or no large message could ever be queued",
+            ));
+        }
+        if m.max_queued_memory_bytes < m.max_packet_size as usize {
+            return Err(invalid(
+                "mqtt.max_queued_memory_bytes",
+                m.max_queued_memory_bytes,
+                "must be at least mqtt.max_packet_size, or no large message could ever be queued",
+            ));
+        }
+        if m.maximum_qos > 2 {
+            return Err(invalid(
+                "mqtt.maximum_qos",
+                m.maximum_qos,
+                "must be 0, 1 or 2",
+            ));
+        }
+        if m.shared_group_orphan_expiry_seconds == 0 {
+            return Err(invalid(
+                "mqtt.shared_group_orphan_expiry_seconds",
+                0,
+                "must be at least 1 (use shared_group_orphan_policy = \"drop\" to keep nothing)",
+            ));
+        }
+        if let Some(r) = &m.server_reference {
+            if r.is_empty() || r.len() > 65_535 {
+                return Err(invalid(
+                    "mqtt.server_reference",
+                    r,
+                    "must be a non-empty string of at most 65535 bytes",
+                ));
+            }
+        }
+        let l = &self.limits;
+        if !(1..=3600).contains(&l.connect_timeout) {
+            return Err(invalid(
+                "limits.connect_timeout",
+                l.connect_timeout,
+                "must be 1 to 3600 seconds",
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", 0, "must be at least 1"));
+        }
+        if !(1..=65_535).contains(&l.max_client_id_length) {
+            return Err(invalid(
+                "limits.max_client_id_length",
+                l.max_client_id_length,
+                "must be 1 to 65535 bytes",
+            ));
+        }
+        if !(1..=65_535).contains(&l.max_topic_length) {
+            return Err(invalid(
+                "limits.max_topic_length",
+                l.max_topic_length,
+                "must be 1 to 65535 bytes",
+            ));
+        }
+        if l.max_topic_levels == 0 {
+            return Err(invalid("limits.max_topic_levels", 0, "must be at least 1"));
+        }
+        if l.max_subscriptions_per_client == 0 {
+            return Err(invalid(
+                "limits.max_subscriptions_per_client",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if l.publish_burst_seconds == 0 {
+            return Err(invalid(
+                "limits.publish_burst_seconds",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if l.publish_bytes_rate != 0
+            && l.publish_bytes_rate * u64::from(l.publish_burst_seconds)
+                < u64::from(m.max_packet_size)
+        {
+            return Err(invalid(
+                "limits.publish_bytes_rate",
+                l.publish_bytes_rate,
+                "times limits.publish_burst_seconds must be at least mqtt.max_packet_size, or a large PUBLISH could never pass",
+            ));
+        }
+        let p = &self.persistence;
+        if p.sync_interval == 0 || p.sync_interval > 60_000 {
+            return Err(invalid(
+                "persistence.sync_interval",
+                p.sync_interval,
+                "must be 1 to 60000 milliseconds",
+            ));
+        }
+        if p.lazy_commit == 0 || p.lazy_commit > 1000 {
+            return Err(invalid(
+                "persistence.lazy_commit",
+                p.lazy_commit,
+                "must be 1 to 1000 milliseconds",
+            ));
+        }
+        if p.max_disk_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "persistence.max_disk_bytes",
+                p.max_disk_bytes,
+                "must be at least 1 MiB",
+            ));
+        }
+        if p.compact_min_bytes < 64 * 1024 {
+            return Err(invalid(
+                "persistence.compact_min_bytes",
+                p.compact_min_bytes,
+                "must be at least 65536",
+            ));
+        }
+        if p.queue_memory_bytes < 1024 {
+            return Err(invalid(
+                "persistence.queue_memory_bytes",
+                p.queue_memory_bytes,
+                "must be at least 1024",
+            ));
+        }
+        if p.mode != PersistenceMode::Memory && p.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "persistence.dir",
+                "\"\"",
+                "needs a directory (or mode = \"memory\")",
+            ));
+        }
+        if let Some(path) = &self.auth.password_file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "auth.password_file",
+                    path.display(),
+                    "no such file",
+                ));
+            }
+        }
+        if let Some(path) = &self.auth.acl_file {
+            if !path.is_file() {
+                return Err(invalid("auth.acl_file", path.display(), "no such file"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! Messages going out to the client: the outbox drained into the inflight window (bounded by
+//! the client's Receive Maximum), cold messages loaded back from the store, the resend of a
+//! resumed session's inflight window, and the PUBLISH built for one delivery.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_codec::{encoded_len, Packet, PubAck, Publish, QoS, TopicName};
+
+use super::alias::AliasUse;
+use crate::message::Message;
+use crate::persist::Record;
+use crate::session::{Delivery, Inflight};
+
+use super::ClientState;
+
+impl ClientState {
+    /// Resends unacknowledged PUBLISHes (DUP set) and PUBRELs of a resumed session, in their
+    /// original order with their original packet ids [MQTT-4.4.0-1].
+    pub fn resend_inflight(&mut self, now: Instant) {
+        let inflight = std::mem::take(&mut self.session.inflight);
+        let mut kept = std::collections::VecDeque::with_capacity(inflight.len());
+        for entry in inflight {
+            match &entry {
+                Inflight::Publish { pkid, delivery } => {
+                    let p = Packet::Publish(self.publish_packet(delivery, *pkid, true, now));
+                    // This connection may announce a smaller Maximum Packet Size than the one
+                    // the message was first sent on: too large, it is discarded as if
+                    // delivered [MQTT-3.1.2-25] rather than resent on every reconnect.
+                    if self.n.protocol.is_v5()
+                        && encoded_len(&p, self.n.protocol)
+                            .map_or(true, |len| len > self.n.client_max_packet)
+                    {
+                        self.oversize_dropped += 1;
+                        continue;
+                    }
+                    self.send(&p);
+                }
+                Inflight::Release { pkid } => self.send(&Packet::PubRel(PubAck::new(*pkid))),
+            }
+            kept.push_back(entry);
+        }
+        self.session.inflight = kept;
+    }
+
+    /// The ids of the messages to read back from the store next: the session queue's next
+    /// messages are on disk only (or soon will be at its front), or else a group queue's are
+    /// and no other member is reading them back; and the inflight window has room. None
+    /// otherwise.
+    pub fn cold_to_load(&mut self) -> Option<Vec<u64>> {
+        if !self.cold_waiting
+            || self.group_load.is_some()
+            || self.n.send_window <= self.session.inflight_len()
+        {
+            return None;
+        }
+        {
+            let outbox = self.handle.outbox();
+            if outbox.wants_load() {
+                return Some(outbox.cold_ids());
+            }
+        }
+        let (ids, claim) = self.group_queues.iter().find_map(|(_, q)| q.claim_load())?;
+        self.group_load = Some(claim);
+        Some(ids)
+    }
+
+    /// Puts messages read back from the store (`cold_to_load`) into the queue they were read
+    /// for, ready to send. A message the store could not give back is dropped from the queue,
+    /// logged and counted.
+    pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
+        let loaded: std::collections::HashMap<u64, Option<Arc<Message>>> =
+            ids.iter().copied().zip(messages).collect();
+        if let Some(claim) = self.group_load.take() {
+            let group = &claim.queue.key;
+            let lost = claim.queue.warm(&loaded);
+            // The other members may have room for what came back too.
+            claim.queue.notify_members();
+            if !lost.is_empty() {
+                tracing::error!(%group, count = lost.len(), "messages of a shared subscription's queue could not be read back from the store: dropped");
+                for seq in lost {
+                    self.store.append(Record::GroupTaken {
+                        group: group.clone(),
+                        seq,
+                    });
+                }
+            }
+            return;
+        }
+        let lost = self.handle.outbox().warm(&loaded);
+        if !lost.is_empty() {
+            tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
+            for seq in lost {
+                self.log(|client| Record::Skip { client, seq });
+            }
+        }
+    }
+
+    /// Moves deliveries from the outbox into the write buffer while the inflight window and the
+    /// write buffer's high-water mark allow. Returns true if anything is still queued.
+    pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
+        // The records of the deliveries sent now reach the writer together, in one frame.
+        let _records = self.store.batch();
+        let mut batch = Vec::new();
+        let more = {
+            let mut outbox = self.handle.outbox();
+            let mut window = self
+                .n
+                .send_window
+                .saturating_sub(self.session.inflight_len());
+            let mut budget = high_water.saturating_sub(self.write_buf.len());
+            while let Some(front) = outbox.front() {
+                if budget == 0 || (front.qos != QoS::AtMostOnce && window == 0) {
+                    break;
+                }
+                let Some(d) = outbox.pop() else { break };
+                if d.qos != QoS::AtMostOnce {
+                    window -= 1;
+                }
+                budget = budget.saturating_sub(d.msg.cost());
+                batch.push(d);
+            }
+            let mut cold_waiting = outbox.wants_load();
+            let mut more = !outbox.is_empty();
+            drop(outbox);
+            // Then the shared subscriptions' group queues, while the window has room.
+            if !self.group_queues.is_empty() {
+                let n = self.group_queues.len();
+                let mut idle = 0;
+                while window > 0 && budget > 0 && idle < n {
+                    let i = self.group_cursor % n;
+                    self.group_cursor = self.group_cursor.wrapping_add(1);
+                    let (filter, q) = &self.group_queues[i];
+                    match q.pop() {
+                        Some(d) => {
+                            idle = 0;
+                            let d = self.take_group_delivery(filter, d);
+                            if d.qos != QoS::AtMostOnce {
+                                window -= 1;
+                            }
+                            budget = budget.saturating_sub(d.msg.cost());
+                            batch.push(d);
+                        }
+                        None => idle += 1,
+                    }
+                }
+                // A group queue whose next messages are on disk only: this member reads them
+                // back when its window has room (`cold_to_load`), unless another one is at it.
+                if window > 0 && self.group_queues.iter().any(|(_, q)| q.wants_load()) {
+                    cold_waiting = true;
+                    more = true;
+                }
+            }
+            self.cold_waiting = cold_waiting;
+            more
+        };
+        for d in batch {
+            self.send_delivery(d, now);
+        }
+        self.publish_inflight();
+        more
+    }
+
+    /// Logs that a queued delivery the store has was dropped unsent.
+    fn log_skip(&self, d: &Delivery) {
+        if d.seq != 0 {
+            let seq = d.seq;
+            self.log(|client| Record::Skip { client, seq });
+        }
+    }
+
+    fn send_delivery(&mut self, d: Delivery, now: Instant) {
+        if d.msg.is_expired(now) {
+            // Expired messages are never delivered [MQTT-3.3.2-5].
+            self.log_skip(&d);
+            return;
+        }
+        // Numbered up to the recovered horizon: it may have gone out before the crash.
+        let dup = d.qos != QoS::AtMostOnce && d.seq != 0 && d.seq <= self.horizon.recovered;
+        let mut p = self.publish_packet(&d, 0, dup, now);
+        if d.qos != QoS::AtMostOnce {
+            match self.session.next_pkid() {
+                Some(id) => p.pkid = id,
+                None => return,
+            }
+        }
+        let alias = if self.n.outbound_alias_maximum == 0 {
+            AliasUse::None
+        } else {
+            self.v5_mut().outbound_aliases.name(&p.topic)
+        };
+        match alias {
+            AliasUse::Known(a) => {
+                p.properties.topic_alias = Some(a);
+                p.topic = TopicName::default();
+            }
+            AliasUse::Assign(a) => p.properties.topic_alias = Some(a),
+            AliasUse::None => {}
+        }
+        let pkid = p.pkid;
+        let packet = Packet::Publish(p);
+        if self.n.protocol.is_v5() {
+            match encoded_len(&packet, self.n.protocol) {
+                Ok(len) if len <= self.n.client_max_packet => {}
+                _ => {
+                    // Larger than the client accepts: not sent, as if delivered
+                    // [MQTT-3.1.2-25]. An alias assigned for it was never told to the client.
+                    if let AliasUse::Assign(a) = alias {
+                        if let Some(v) = self.v5.as_mut() {
+                            v.outbound_aliases.forget(a);
+                        }
+                    }
+                    self.oversize_dropped += 1;
+                    self.log_skip(&d);
+                    return;
+                }
+            }
+        }
+        // Not on the wire before the log says it may have gone: a crash that loses the `Sent`
+        // record must still resend it with DUP [MQTT-3.3.1-1].
+        let hold = self.horizon_before_send(d.seq);
+        if d.seq != 0 && self.persistent() {
+            self.store.append(Record::Sent {
+                client: self.n.client_id.clone(),
+                seq: d.seq,
+                pkid,
+            });
+        }
+        if hold || (d.qos == QoS::ExactlyOnce && self.persistent()) {
+            // QoS 2: not on the wire before the store knows it was sent with this packet id,
+            // or a crash could deliver it again as a new message [MQTT-4.3.3].
+            self.send_held(&packet);
+        } else {
+            self.send(&packet);
+        }
+        if d.qos != QoS::AtMostOnce {
+            self.session
+                .inflight
+                .push_back(Inflight::Publish { pkid, delivery: d });
+        }
+    }
+
+    /// The PUBLISH packet for one delivery.
+    fn publish_packet(&self, d: &Delivery, pkid: u16, dup: bool, now: Instant) -> Publish {
+        let msg = &d.msg;
+        let mut properties = if self.n.protocol.is_v5() {
+            msg.properties.clone()
+        } else {
+            Default::default()
+        };
+        if self.n.protocol.is_v5() {
+            properties.message_expiry_interval = msg.remaining_expiry(now);
+            properties.subscription_identifiers = d.subscription_ids.clone();
+        }
+        Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: msg.topic.clone(),
+            pkid,
+            payload: msg.payload.clone(),
+            properties,
+        }
+    }
+}
