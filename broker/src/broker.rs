@@ -10,14 +10,17 @@
 //!   `ownership` and `outbox` are short sync locks.
 //!
 //! None of these is held across an await, except `connect_lock`, which exists for that.
+//!
+//! Parked sessions' deadlines (delayed wills, session expiry) sit in one ordered map served by
+//! one task ([`crate::session::Deadlines`]), not a sleeping task per parked session.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sluice_codec::{LastWill, QoS};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::auth::acl::Acl;
 use crate::auth::passwords::PasswordFile;
@@ -28,8 +31,8 @@ use crate::message::{ClientId, Message};
 use crate::persist::{Image, InflightImage, QueuedImage, Record, Store};
 use crate::routing::{Router, SubEntry};
 use crate::session::{
-    ColdDelivery, Control, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget, Session,
-    SessionHandle, SubscriptionRecord,
+    ColdDelivery, Control, Deadlines, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget,
+    Session, SessionHandle, SubscriptionRecord,
 };
 use crate::stats::Stats;
 
@@ -58,6 +61,20 @@ pub struct Broker {
     /// Source of unique connection numbers.
     next_connection: AtomicU64,
     pub stats: Arc<Stats>,
+    /// Parked sessions' next deadlines (delayed will, expiry), each with the ownership
+    /// generation it was armed for; served by one task ([`Broker::serve_deadlines`]).
+    deadlines: Mutex<Deadlines<(Arc<SessionHandle>, u64)>>,
+    /// Wakes the deadline task when an earlier deadline is armed, or when the broker goes.
+    deadline_wake: Arc<Notify>,
+    /// Whether the deadline task runs (started with the first deadline).
+    deadline_task: AtomicBool,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // Lets the deadline task see that the broker is gone and end.
+        self.deadline_wake.notify_one();
+    }
 }
 
 /// What [`Broker::open_session`] hands the connection task.
@@ -99,6 +116,9 @@ impl Broker {
             store,
             next_connection: AtomicU64::new(1),
             stats,
+            deadlines: Mutex::new(Deadlines::default()),
+            deadline_wake: Arc::new(Notify::new()),
+            deadline_task: AtomicBool::new(false),
         }
     }
 
@@ -182,6 +202,9 @@ impl Broker {
                 let mut own = handle.ownership();
                 own.generation += 1;
                 own.expires_at = None;
+                if let Some(key) = own.timer.take() {
+                    lock(&self.deadlines).remove(key);
+                }
                 own.owner = Some(Owner {
                     connection,
                     control: control.take(),
@@ -358,63 +381,76 @@ impl Broker {
         }
     }
 
-    /// One timer per parked session with a deadline: fires the delayed will and/or expires the
-    /// session, unless ownership changed (generation) in the meantime.
+    /// Arms the next deadline (delayed will and/or expiry) of a parked session, unless its
+    /// ownership changed (generation) in the meantime; replaces the session's earlier one.
     fn arm_timer(self: &Arc<Self>, handle: Arc<SessionHandle>, generation: u64, deadline: Instant) {
-        let broker = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut deadline = deadline;
-            loop {
-                tokio::time::sleep_until(deadline.into()).await;
-                let Some(broker) = broker.upgrade() else {
-                    return;
-                };
-                let _guard = handle.connect_lock.lock().await;
-                let now = Instant::now();
-                let (will, expired, next) = {
-                    let mut own = handle.ownership();
-                    if own.generation != generation || own.owner.is_some() {
-                        return;
-                    }
-                    let expired = own.expires_at.is_some_and(|t| t <= now);
-                    let expires_at = own.expires_at;
-                    let Some(parked) = own.parked.as_mut() else {
-                        return;
-                    };
-                    let will = match &parked.pending_will {
-                        Some(p) if p.publish_at <= now || expired => {
-                            parked.pending_will.take().map(|p| p.will)
-                        }
-                        _ => None,
-                    };
-                    let next = earliest(
-                        expires_at,
-                        parked.pending_will.as_ref().map(|p| p.publish_at),
-                    );
-                    let parked = if expired { own.parked.take() } else { None };
-                    (will, parked.filter(|_| expired), next)
-                };
-                if let Some(will) = will {
-                    broker.publish_will(&handle.client_id, will, now);
-                }
-                if let Some(session) = expired {
-                    tracing::info!(client_id = %handle.client_id, "session expired");
-                    broker.hand_on_shared(&handle);
-                    if broker.store.is_enabled() {
-                        broker.store.append(Record::SessionGone {
-                            client: handle.client_id.clone(),
-                        });
-                    }
-                    broker.discard_subscriptions(&handle.client_id, &session);
-                    broker.remove_handle(&handle);
-                    return;
-                }
-                match next {
-                    Some(t) => deadline = t,
-                    None => return,
-                }
+        {
+            let mut own = handle.ownership();
+            if own.generation != generation || own.owner.is_some() {
+                return;
             }
-        });
+            let mut deadlines = lock(&self.deadlines);
+            if let Some(old) = own.timer.take() {
+                deadlines.remove(old);
+            }
+            own.timer = Some(deadlines.insert(deadline, (handle.clone(), generation)));
+        }
+        if !self.deadline_task.swap(true, Ordering::AcqRel) {
+            tokio::spawn(serve_deadlines(
+                Arc::downgrade(self),
+                self.deadline_wake.clone(),
+            ));
+        }
+        self.deadline_wake.notify_one();
+    }
+
+    /// A parked session's deadline has come: fires the delayed will and/or expires the
+    /// session, unless ownership changed (generation) in the meantime; arms the next one.
+    async fn deadline_due(self: Arc<Self>, handle: Arc<SessionHandle>, generation: u64) {
+        let _guard = handle.connect_lock.lock().await;
+        let now = Instant::now();
+        let (will, expired, next) = {
+            let mut own = handle.ownership();
+            if own.generation != generation || own.owner.is_some() {
+                return;
+            }
+            own.timer = None;
+            let expired = own.expires_at.is_some_and(|t| t <= now);
+            let expires_at = own.expires_at;
+            let Some(parked) = own.parked.as_mut() else {
+                return;
+            };
+            let will = match &parked.pending_will {
+                Some(p) if p.publish_at <= now || expired => {
+                    parked.pending_will.take().map(|p| p.will)
+                }
+                _ => None,
+            };
+            let next = earliest(
+                expires_at,
+                parked.pending_will.as_ref().map(|p| p.publish_at),
+            );
+            let parked = if expired { own.parked.take() } else { None };
+            (will, parked.filter(|_| expired), next)
+        };
+        if let Some(will) = will {
+            self.publish_will(&handle.client_id, will, now);
+        }
+        if let Some(session) = expired {
+            tracing::info!(client_id = %handle.client_id, "session expired");
+            self.hand_on_shared(&handle);
+            if self.store.is_enabled() {
+                self.store.append(Record::SessionGone {
+                    client: handle.client_id.clone(),
+                });
+            }
+            self.discard_subscriptions(&handle.client_id, &session);
+            self.remove_handle(&handle);
+            return;
+        }
+        if let Some(next) = next {
+            self.arm_timer(handle.clone(), generation, next);
+        }
     }
 
     /// An empty session queue with the configured bounds.
@@ -684,10 +720,85 @@ fn shared_leaving(outbox: &mut Outbox, client: &ClientId) -> Vec<(Delivery, Opti
         .collect()
 }
 
+/// The one task that serves every parked session's deadline: sleeps until the earliest (or
+/// until an earlier one is armed), then hands each due one to a short task of its own (it
+/// waits for that session's `connect_lock`, which a connecting client may hold). Ends when
+/// the broker is dropped.
+async fn serve_deadlines(broker: Weak<Broker>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            let (due, next) = {
+                let mut deadlines = lock(&broker.deadlines);
+                (deadlines.pop_due(Instant::now()), deadlines.next_due())
+            };
+            for (handle, generation) in due {
+                tokio::spawn(broker.clone().deadline_due(handle, generation));
+            }
+            next
+        };
+        // `notify_one` stores a permit when nobody waits, so a deadline armed between the
+        // look above and this wait is not missed.
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
 /// The earlier of two optional instants.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open(broker: &Arc<Broker>, id: &ClientId, connection: u64) -> Opened {
+        let (tx, _rx) = oneshot::channel();
+        broker.open_session(id, false, connection, tx).await
+    }
+
+    #[tokio::test]
+    async fn a_resumed_session_disarms_its_deadline_and_a_parked_one_expires() {
+        let broker = Arc::new(Broker::new(Config::default(), None));
+        let id: ClientId = "c".into();
+        let opened = open(&broker, &id, 1).await;
+        let mut session = opened.session;
+        session.expiry_interval = 3600;
+        broker.park_session(&opened.handle, session, 1, None, false);
+        assert_eq!(
+            lock(&broker.deadlines).len(),
+            1,
+            "parking arms one deadline"
+        );
+
+        let opened = open(&broker, &id, 2).await;
+        assert!(opened.session_present);
+        assert!(
+            lock(&broker.deadlines).is_empty(),
+            "a session taken again leaves no deadline behind"
+        );
+
+        let mut session = opened.session;
+        session.expiry_interval = 1;
+        broker.park_session(&opened.handle, session, 2, None, false);
+        let until = Instant::now() + Duration::from_secs(30);
+        while lock(&broker.sessions).contains_key(&id) {
+            assert!(Instant::now() < until, "the parked session never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(lock(&broker.deadlines).is_empty());
     }
 }

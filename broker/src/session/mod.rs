@@ -17,7 +17,9 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::message::{ClientId, Message};
 
+mod deadlines;
 mod outbox;
+pub use deadlines::{DeadlineKey, Deadlines};
 pub use outbox::{ColdDelivery, Dropped, Outbox, QueueBudget, COLD_ENTRY_COST};
 
 /// One message on its way to one session: the shared message plus what differs per subscriber.
@@ -149,6 +151,9 @@ pub struct Ownership {
     pub generation: u64,
     /// When the parked session expires (None: never, or online).
     pub expires_at: Option<Instant>,
+    /// The parked session's next deadline (expiry or delayed will) in the broker's
+    /// [`Deadlines`], removed when the session is taken again.
+    pub timer: Option<DeadlineKey>,
 }
 
 /// The shared half of a session (see the module docs).
