@@ -127,18 +127,19 @@ impl<T> Lanes<T> {
     pub fn take_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
         let mut taken = Vec::new();
         for l in &mut self.lanes {
-            if !l.queue.iter().any(&mut pred) {
+            // `pred` sees each entry once; a lane without a match is left as it is.
+            let Some(first) = l.queue.iter().position(&mut pred) else {
                 continue;
-            }
-            let mut kept = VecDeque::with_capacity(l.queue.len());
-            for e in l.queue.drain(..) {
+            };
+            let mut rest = l.queue.split_off(first).into_iter();
+            taken.extend(rest.next());
+            for e in rest {
                 if pred(&e) {
                     taken.push(e);
                 } else {
-                    kept.push_back(e);
+                    l.queue.push_back(e);
                 }
             }
-            l.queue = kept;
         }
         self.len -= taken.len();
         taken
