@@ -129,7 +129,7 @@ pub struct LimitsConfig {
     pub max_queued_bytes_total: u64,
     /// Most `$delayed` messages waiting for their time at once, all clients together; over it
     /// a delayed PUBLISH is refused: 5.0 PUBACK/PUBREC 0x97 Quota Exceeded, 3.1.1 disconnected
-    /// (as for any refused QoS 1/2 PUBLISH). Each waiting message costs ~100 bytes of
+    /// (as for any refused QoS 1/2 PUBLISH). Each waiting message costs ~63 bytes of
     /// bookkeeping with a store (the message waits on disk), or its size plus that in `memory`
     /// mode (see `routing/delayed.rs`).
     pub max_delayed_messages: usize,
