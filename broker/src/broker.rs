@@ -453,6 +453,21 @@ impl Broker {
         }
     }
 
+    /// Starts the one timer task of `$delayed` messages ([`crate::routing::delayed`]); it
+    /// ends when the broker is dropped.
+    pub fn start_delayed_timer(self: &Arc<Self>) {
+        let delayed = self.router.delayed.clone();
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while delayed.wait_due().await {
+                let Some(broker) = broker.upgrade() else {
+                    return;
+                };
+                broker.router.release_due(Instant::now()).await;
+            }
+        });
+    }
+
     /// An empty session queue with the configured bounds.
     fn new_outbox(&self) -> Outbox {
         let outbox = Outbox::new(
@@ -518,6 +533,7 @@ impl Broker {
                         qos: q.qos,
                         retain: q.retain,
                         subscription_ids: Vec::new(),
+                        priority: image.priority(q.id),
                     }),
                     None => self.store.append(Record::GroupTaken {
                         group: group.clone(),
@@ -528,6 +544,12 @@ impl Broker {
         }
         let count = image.sessions.len();
         let wall_now = crate::persist::now_unix_ms();
+        // `$delayed` messages still waiting (on disk): due when logged, at once if that passed
+        // while the broker was down.
+        for (id, due) in &image.delayed {
+            let left = Duration::from_millis(due.saturating_sub(wall_now));
+            self.router.delayed.restore(now + left, *id);
+        }
         for (client, s) in &image.sessions {
             let handle = Arc::new(SessionHandle::with_outbox(
                 client.clone(),
@@ -582,7 +604,18 @@ impl Broker {
             }
             {
                 let mut outbox = handle.outbox();
-                outbox.reserve_exact(s.queue.len());
+                if image.priorities.is_empty() {
+                    outbox.reserve_exact(0, s.queue.len());
+                } else {
+                    // One lane per priority (`mqtt.priorities`), each sized for what it gets.
+                    let mut lanes = std::collections::BTreeMap::<u8, usize>::new();
+                    for q in &s.queue {
+                        *lanes.entry(image.priority(q.id)).or_default() += 1;
+                    }
+                    for (priority, n) in lanes {
+                        outbox.reserve_exact(priority, n);
+                    }
+                }
                 for q in &s.queue {
                     let Some(slot) = image.messages.get(&q.id) else {
                         continue;
@@ -603,6 +636,7 @@ impl Broker {
                         qos: q.qos,
                         retain: q.retain,
                         subscription_ids: q.subscription_ids.to_vec(),
+                        priority: image.priority(q.id),
                     });
                 }
             }
@@ -690,7 +724,7 @@ impl Broker {
     /// Publishes a will message (3.1.2.5) on behalf of `client_id`.
     pub fn publish_will(&self, client_id: &ClientId, will: LastWill, now: Instant) {
         tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
-        let msg = Message::new(
+        let mut msg = Message::new(
             will.topic,
             will.payload,
             will.qos,
@@ -699,6 +733,7 @@ impl Broker {
             client_id.clone(),
             now,
         );
+        msg.priority = self.router.priority_of(&msg.topic);
         self.router.publish(Arc::new(msg));
     }
 }

@@ -13,7 +13,7 @@
 //!       -> broker       the session registry and lifecycle (open with takeover, park, expiry,
 //!                       delayed wills, restore after a restart); wires the parts below
 //!         -> routing      Router: subscription tree, retained store, shared-subscription
-//!                         groups, the fan-out of one PUBLISH
+//!                         groups, `$delayed` messages (one timer), the fan-out of one PUBLISH
 //!         -> session      Session (owned by one task), SessionHandle and its Outbox (shared)
 //!           -> persist      the write-ahead log: writer thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
@@ -31,7 +31,8 @@
 //! * [`routing`]: [`routing::Router`], where a PUBLISH goes; its subscription tree, retained
 //!   store and shared subscriptions (member selection, group queues, hand-over, a group's
 //!   lifetime).
-//! * [`session`]: session state and the byte-bounded, disk-backed outbox.
+//! * [`session`]: session state and the byte-bounded, disk-backed outbox (one lane per
+//!   `mqtt.priorities` priority).
 //! * [`persist`]: the write-ahead log, its writer thread (group commit) and start-up recovery.
 //! * [`auth`]: [`auth::AccessControl`] (ACL, password file, failed logins) and the AUTH exchange.
 //! * [`topic`]: what `$` topics mean to the broker ([MQTT-4.7.2-1], `$SYS`, `$share`).

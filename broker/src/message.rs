@@ -33,6 +33,9 @@ pub struct Message {
     /// Unique id (also across restarts: the store continues above the highest id it
     /// recovered); names the message in the persistent log.
     pub id: u64,
+    /// Its rank in session queues (`mqtt.priorities`: higher is sent first), decided once when
+    /// it is published; 0 unless a rule matched.
+    pub priority: u8,
 }
 
 /// Source of message ids.
@@ -71,6 +74,7 @@ impl Message {
             expires_at,
             origin,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            priority: 0,
         }
     }
 

@@ -127,6 +127,12 @@ pub struct LimitsConfig {
     /// Most bytes queued for all sessions together (topic + payload + bookkeeping per queued
     /// message); past it new deliveries are dropped and counted like a full session queue.
     pub max_queued_bytes_total: u64,
+    /// Most `$delayed` messages waiting for their time at once, all clients together; over it
+    /// a delayed PUBLISH is refused: 5.0 PUBACK/PUBREC 0x97 Quota Exceeded, 3.1.1 disconnected
+    /// (as for any refused QoS 1/2 PUBLISH). Each waiting message costs ~63 bytes of
+    /// bookkeeping with a store (the message waits on disk), or its size plus that in `memory`
+    /// mode (see `routing/delayed.rs`).
+    pub max_delayed_messages: usize,
 }
 
 impl Default for LimitsConfig {
@@ -145,6 +151,7 @@ impl Default for LimitsConfig {
             max_connection_rate: 0,
             max_connection_rate_per_address: 0,
             max_queued_bytes_total: 1024 * 1024 * 1024,
+            max_delayed_messages: 1_000_000,
         }
     }
 }
@@ -331,7 +338,29 @@ pub struct MqttConfig {
     /// With `shared_group_orphan_policy = "keep"`: how long a group without members keeps its
     /// messages, from its last member's departure (or from a restart). Default: one day.
     pub shared_group_orphan_expiry_seconds: u32,
+    /// Longest delay a `$delayed/{seconds}/{topic}` PUBLISH may ask for, in seconds (at most
+    /// 4,294,967, about 49.7 days, as EMQX); longer is refused with 0x90 Topic Name Invalid.
+    pub max_delay_seconds: u32,
+    /// Delivery priorities within a session's queue: `[[mqtt.priorities]]` `filter = "..."`,
+    /// `priority = 0..255`. A message gets the highest priority of the filters its topic
+    /// matches (0 when none does), decided once when it is published; queued messages of a
+    /// higher priority are sent first, order within one priority is kept. Empty (default): one
+    /// queue, today's order, no matching at all.
+    pub priorities: Vec<PriorityRule>,
 }
+
+/// One `[[mqtt.priorities]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityRule {
+    /// A topic filter (wildcards allowed, no `$share/`).
+    pub filter: String,
+    /// 0 (the default of unmatched messages) to 255 (first).
+    pub priority: u8,
+}
+
+/// The largest `mqtt.max_delay_seconds` (EMQX's bound: `u32::MAX` milliseconds).
+pub const MAX_DELAY_SECONDS: u32 = 4_294_967;
 
 /// `mqtt.shared_group_orphan_policy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,6 +439,8 @@ impl Default for MqttConfig {
             shared_group_strategies: BTreeMap::new(),
             shared_group_orphan_policy: OrphanPolicy::Keep,
             shared_group_orphan_expiry_seconds: 86_400,
+            max_delay_seconds: MAX_DELAY_SECONDS,
+            priorities: Vec::new(),
         }
     }
 }

@@ -204,3 +204,46 @@ fn tls_and_websocket_tables_are_validated() {
     .unwrap();
     assert_eq!(c.listeners[0].websocket.as_ref().unwrap().path, "/mqtt");
 }
+
+#[test]
+fn delayed_and_priority_keys_are_read_and_validated() {
+    let c = load_toml(
+        "[mqtt]\nmax_delay_seconds = 60\n[[mqtt.priorities]]\nfilter = \"orders/+/vip/#\"\npriority = 10\n[limits]\nmax_delayed_messages = 5\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.max_delay_seconds, 60);
+    assert_eq!(c.limits.max_delayed_messages, 5);
+    assert_eq!(
+        c.mqtt.priorities,
+        vec![PriorityRule {
+            filter: "orders/+/vip/#".into(),
+            priority: 10
+        }]
+    );
+    assert_eq!(Config::default().mqtt.max_delay_seconds, 4_294_967);
+    assert_eq!(Config::default().limits.max_delayed_messages, 1_000_000);
+    let e = load_toml("[mqtt]\nmax_delay_seconds = 4294968\n", &[]).unwrap_err();
+    assert_eq!(e.key, "mqtt.max_delay_seconds", "{e}");
+    let e = load_toml("[mqtt]\nmax_delay_seconds = 0\n", &[]).unwrap_err();
+    assert_eq!(e.key, "mqtt.max_delay_seconds", "{e}");
+    let e = load_toml("[limits]\nmax_delayed_messages = 0\n", &[]).unwrap_err();
+    assert_eq!(e.key, "limits.max_delayed_messages", "{e}");
+    let bad = |filter: &str| {
+        load_toml(
+            &format!("[[mqtt.priorities]]\nfilter = \"{filter}\"\npriority = 1\n"),
+            &[],
+        )
+        .unwrap_err()
+    };
+    assert_eq!(bad("a/#/b").key, "mqtt.priorities[0].filter");
+    assert_eq!(bad("$share/g/a").key, "mqtt.priorities[0].filter");
+    let e = load_toml(
+        "[[mqtt.priorities]]\nfilter = \"a\"\npriority = 1\n[[mqtt.priorities]]\nfilter = \"a\"\npriority = 2\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "mqtt.priorities[1].filter", "{e}");
+    let e = load_toml("[[mqtt.priorities]]\nfilter = \"a\"\npriority = 256\n", &[]).unwrap_err();
+    assert!(e.key.starts_with("mqtt.priorities"), "{e}");
+}

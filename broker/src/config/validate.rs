@@ -128,7 +128,38 @@ impl Config {
                 ));
             }
         }
+        if !(1..=super::MAX_DELAY_SECONDS).contains(&m.max_delay_seconds) {
+            return Err(invalid(
+                "mqtt.max_delay_seconds",
+                m.max_delay_seconds,
+                "must be 1 to 4294967",
+            ));
+        }
+        for (i, rule) in m.priorities.iter().enumerate() {
+            let key = format!("mqtt.priorities[{i}].filter");
+            match sluice_codec::TopicFilter::try_from(rule.filter.as_str()) {
+                Err(e) => return Err(invalid(&key, &rule.filter, &e.to_string())),
+                Ok(f) if f.shared().is_some() => {
+                    return Err(invalid(
+                        &key,
+                        &rule.filter,
+                        "a priority applies to topics: no $share/ prefix",
+                    ))
+                }
+                Ok(_) => {}
+            }
+            if m.priorities[..i].iter().any(|r| r.filter == rule.filter) {
+                return Err(invalid(&key, &rule.filter, "filter listed twice"));
+            }
+        }
         let l = &self.limits;
+        if l.max_delayed_messages == 0 {
+            return Err(invalid(
+                "limits.max_delayed_messages",
+                0,
+                "must be at least 1",
+            ));
+        }
         if !(1..=3600).contains(&l.connect_timeout) {
             return Err(invalid(
                 "limits.connect_timeout",

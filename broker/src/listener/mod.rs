@@ -131,6 +131,7 @@ impl Server {
         let (store, recovery) = Store::open(&config.persistence).map_err(StartError::Store)?;
         let broker = Arc::new(Broker::with_auth(config, acl, passwords).with_store(store));
         let restored = broker.restore(std::time::Instant::now());
+        broker.start_delayed_timer();
         if broker.store.is_enabled() {
             let dir = broker.config.persistence.dir.display().to_string();
             if !recovery.removed.is_empty() {
@@ -146,6 +147,7 @@ impl Server {
                 sessions = restored,
                 messages = recovery.messages,
                 retained = recovery.retained,
+                delayed = broker.router.delayed.len(),
                 ms = started.elapsed().as_millis() as u64,
                 "store recovered"
             );

@@ -92,6 +92,15 @@ pub enum Record {
     /// so a crash that loses their `Sent` records still knows to resend them with DUP); lowered
     /// again when a connection ends cleanly, having logged what it really sent.
     SentHorizon { client: ClientId, seq: u64 },
+    /// Message `id` (logged before) is a `$delayed` PUBLISH waiting until `due` (Unix ms) to be
+    /// routed to its topic (the message's own topic: the target, without the prefix).
+    Delayed { id: u64, due: u64 },
+    /// Delayed message `id` was routed (its queue entries are logged before this), or dropped.
+    DelayedDone { id: u64 },
+    /// Message `id` (logged before) has `priority` in session queues (`mqtt.priorities`):
+    /// logged only for a priority other than 0, so queues recovered on disk come back in their
+    /// lanes without reading the messages.
+    Priority { id: u64, priority: u8 },
 }
 
 // ---- encoding --------------------------------------------------------------------------------
@@ -315,6 +324,20 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             b.put_u8(TAG_SENT_HORIZON);
             put_bytes(b, client.as_bytes());
             b.put_u64_le(*seq);
+        }
+        Record::Delayed { id, due } => {
+            b.put_u8(TAG_DELAYED);
+            b.put_u64_le(*id);
+            b.put_u64_le(*due);
+        }
+        Record::DelayedDone { id } => {
+            b.put_u8(TAG_DELAYED_DONE);
+            b.put_u64_le(*id);
+        }
+        Record::Priority { id, priority } => {
+            b.put_u8(TAG_PRIORITY);
+            b.put_u64_le(*id);
+            b.put_u8(*priority);
         }
     }
 }
@@ -560,6 +583,15 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, DecodeError
             client: f.client()?,
             seq: f.u64()?,
         },
+        TAG_DELAYED => Record::Delayed {
+            id: f.u64()?,
+            due: f.u64()?,
+        },
+        TAG_DELAYED_DONE => Record::DelayedDone { id: f.u64()? },
+        TAG_PRIORITY => Record::Priority {
+            id: f.u64()?,
+            priority: f.u8()?,
+        },
         t => return Err(DecodeError::UnknownTag(t)),
     };
     Ok(rec)
@@ -573,6 +605,11 @@ const TAG_ENQUEUE: u8 = 7;
 pub(super) const TAG_BATCH: u8 = 16;
 /// The tag byte of a `SentHorizon` record.
 const TAG_SENT_HORIZON: u8 = 17;
+// Delayed publish and priorities: tags far above the others, so kinds added elsewhere meanwhile
+// do not collide.
+const TAG_DELAYED: u8 = 0x40;
+const TAG_DELAYED_DONE: u8 = 0x41;
+const TAG_PRIORITY: u8 = 0x42;
 
 /// Applies one record's payload other than a message's: queue entries read in place (the most
 /// common record of a long queue), the others decoded (copied: a record must not keep the read

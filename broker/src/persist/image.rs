@@ -114,6 +114,11 @@ pub struct Image {
     pub message_bytes: u64,
     /// Stored queue, inflight and group queue entries.
     pub entries: u64,
+    /// `$delayed` messages waiting: message id to when it is due (Unix ms). Each holds a
+    /// reference on its message.
+    pub delayed: IdMap<u64>,
+    /// Priorities other than 0 of stored messages (`Record::Priority`), by message id.
+    pub priorities: IdMap<u8>,
 }
 
 impl Image {
@@ -129,6 +134,7 @@ impl Image {
             if m.refs == 0 {
                 self.message_bytes -= u64::from(m.len);
                 self.messages.remove(&id);
+                self.forget_priority(id);
                 if shrinkable(self.messages.len(), self.messages.capacity()) {
                     self.messages.shrink_to(self.messages.len() * 2);
                 }
@@ -165,6 +171,21 @@ impl Image {
         if let Some(m) = self.messages.remove(&id) {
             self.message_bytes -= u64::from(m.len);
         }
+        self.forget_priority(id);
+    }
+
+    fn forget_priority(&mut self, id: u64) {
+        if !self.priorities.is_empty() {
+            self.priorities.remove(&id);
+        }
+    }
+
+    /// The priority of stored message `id` (0 unless a `Record::Priority` said otherwise).
+    pub fn priority(&self, id: u64) -> u8 {
+        if self.priorities.is_empty() {
+            return 0;
+        }
+        self.priorities.get(&id).copied().unwrap_or(0)
     }
 
     /// `Record::Enqueue`: `q` queued for `client` (ignored if either is unknown).
@@ -353,6 +374,23 @@ impl Image {
                     s.sent_horizon = *seq;
                 }
             }
+            Record::Delayed { id, due } => {
+                if self.messages.contains_key(id) && self.delayed.insert(*id, *due).is_none() {
+                    self.entries += 1;
+                    self.retain_msg(*id);
+                }
+            }
+            Record::DelayedDone { id } => {
+                if self.delayed.remove(id).is_some() {
+                    self.entries -= 1;
+                    self.release_msg(*id);
+                }
+            }
+            Record::Priority { id, priority } => {
+                if *priority != 0 && self.messages.contains_key(id) {
+                    self.priorities.insert(*id, *priority);
+                }
+            }
             Record::GroupTaken { group, seq } => {
                 let Some(g) = self.groups.get_mut(group) else {
                     return;
@@ -373,8 +411,18 @@ impl Image {
         }
     }
 
-    /// The records of the retained topics and the group queues (compaction).
+    /// The records of the retained topics, the group queues, the delayed messages and the
+    /// priorities (compaction; written after the messages they name).
     pub(super) fn shared_records(&self, mut out: impl FnMut(Record)) {
+        for (id, priority) in &self.priorities {
+            out(Record::Priority {
+                id: *id,
+                priority: *priority,
+            });
+        }
+        for (id, due) in &self.delayed {
+            out(Record::Delayed { id: *id, due: *due });
+        }
         for (topic, id) in &self.retained {
             out(Record::Retain {
                 topic: topic.clone(),
@@ -463,6 +511,8 @@ impl Image {
         self.retained.shrink_to_fit();
         self.sessions.shrink_to_fit();
         self.groups.shrink_to_fit();
+        self.delayed.shrink_to_fit();
+        self.priorities.shrink_to_fit();
         for s in self.sessions.values_mut() {
             s.queue.shrink_to_fit();
             s.inflight.shrink_to_fit();

@@ -307,7 +307,7 @@ impl Store {
         let load = |id: u64| {
             let slot = state.image.messages.get(&id)?;
             match read_message(&state.reader, slot, now) {
-                Ok(m) => Some(m),
+                Ok(m) => Some(with_priority(m, state.image.priority(id))),
                 Err(e) => {
                     tracing::error!(id, error = %e, "cannot read a stored message back");
                     None
@@ -324,15 +324,27 @@ impl Store {
         let Some(s) = &self.shared else {
             return vec![None; ids.len()];
         };
-        let (reader, slots): (Arc<File>, Vec<Option<MsgSlot>>) = {
+        let (reader, slots, priorities): (Arc<File>, Vec<Option<MsgSlot>>, Vec<u8>) = {
             let state = s.state();
             let slots = ids
                 .iter()
                 .map(|id| state.image.messages.get(id).copied())
                 .collect();
-            (state.reader.clone(), slots)
+            // Nothing to look up while no message has a priority (none configured).
+            let priorities = if state.image.priorities.is_empty() {
+                Vec::new()
+            } else {
+                ids.iter().map(|id| state.image.priority(*id)).collect()
+            };
+            (state.reader.clone(), slots, priorities)
         };
-        read_messages(&reader, &slots, Instant::now())
+        let mut out = read_messages(&reader, &slots, Instant::now());
+        for (m, p) in out.iter_mut().zip(priorities) {
+            if let Some(msg) = m.take() {
+                *m = Some(with_priority(msg, p));
+            }
+        }
+        out
     }
 
     /// Reads messages back from the log on the blocking pool. A message whose record has not
@@ -549,6 +561,14 @@ impl Drop for Batch {
             let _ = s.tx.send(Cmd::Recs(recs));
         }
     }
+}
+
+/// A message read back from the log, with the priority the log gave it (`Record::Priority`).
+fn with_priority(mut m: Arc<Message>, priority: u8) -> Arc<Message> {
+    if priority != 0 {
+        Arc::make_mut(&mut m).priority = priority;
+    }
+    m
 }
 
 /// What a record counts against the writer's backlog.

@@ -1146,3 +1146,87 @@ async fn the_image_gives_back_the_memory_of_a_drained_queue() {
     store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `$delayed` messages and priorities: the records round-trip, hold their message while they
+/// wait, survive a crash and compaction, and let go of the message once done.
+#[tokio::test]
+async fn delayed_messages_and_priorities_survive_recovery_and_compaction() {
+    let now = Instant::now();
+    for rec in [
+        Record::Delayed {
+            id: 7,
+            due: 1_700_000_000_123,
+        },
+        Record::DelayedDone { id: 7 },
+        Record::Priority {
+            id: 7,
+            priority: 200,
+        },
+    ] {
+        let mut buf = BytesMut::new();
+        encode_record(&rec, &mut buf);
+        let back = decode_record(Bytes::copy_from_slice(&buf[8..]), now).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{rec:?}"));
+    }
+    let dir = tempdir();
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    let waiting = msg("later/a", b"waits", QoS::AtLeastOnce);
+    let done = msg("later/b", b"went", QoS::AtLeastOnce);
+    for (m, due) in [(&waiting, 1_700_000_000_000u64), (&done, 1_700_000_000_001)] {
+        store.append(Record::Message(m.clone()));
+        store.append(Record::Priority {
+            id: m.id,
+            priority: 9,
+        });
+        store.append(Record::Delayed { id: m.id, due });
+    }
+    store.append(Record::DelayedDone { id: done.id });
+    assert!(store.ticket().unwrap().await.unwrap());
+    let check = |store: &Store, what: &str| {
+        store
+            .with_image(|image, load| {
+                assert_eq!(
+                    image.delayed.iter().collect::<Vec<_>>(),
+                    vec![(&waiting.id, &1_700_000_000_000)],
+                    "{what}"
+                );
+                assert!(image.messages.contains_key(&waiting.id), "{what}");
+                assert!(!image.messages.contains_key(&done.id), "released: {what}");
+                assert_eq!(image.priority(waiting.id), 9, "{what}");
+                assert_eq!(image.priority(done.id), 0, "{what}");
+                let back = load(waiting.id).unwrap();
+                assert_eq!(back.payload, waiting.payload, "{what}");
+                assert_eq!(back.priority, 9, "read back with its priority: {what}");
+            })
+            .unwrap();
+    };
+    check(&store, "live");
+    drop(store); // as after kill -9
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    check(&store, "recovered");
+    assert_eq!(
+        store.load_blocking(&[waiting.id])[0]
+            .as_ref()
+            .unwrap()
+            .priority,
+        9
+    );
+    store.compact().await;
+    store.shutdown().await;
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    check(&store, "compacted");
+    store.append(Record::DelayedDone { id: waiting.id });
+    assert!(store.ticket().unwrap().await.unwrap());
+    store
+        .with_image(|image, _| {
+            assert!(image.delayed.is_empty());
+            assert!(
+                image.messages.is_empty(),
+                "nothing holds the message any more"
+            );
+            assert!(image.priorities.is_empty());
+        })
+        .unwrap();
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -3,9 +3,11 @@
 //! the broker sent (PUBACK, PUBREC, PUBREL).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use sluice_codec::{encoded_len, AckProperties, Packet, PubAck, Publish, QoS, ReasonCode};
+use sluice_codec::{
+    encoded_len, AckProperties, Packet, PubAck, Publish, QoS, ReasonCode, TopicName,
+};
 
 use crate::broker::Broker;
 use crate::message::Message;
@@ -13,6 +15,9 @@ use crate::persist::Record;
 use crate::session::Inflight;
 
 use super::{topic_over_limits, ClientState, Close, QUEUE_FULL};
+
+/// Reason String of a `$delayed` PUBLISH refused over `limits.max_delayed_messages`.
+const DELAYED_FULL: &str = "too many delayed messages waiting (limits.max_delayed_messages)";
 
 impl ClientState {
     pub(super) fn on_publish(
@@ -127,6 +132,26 @@ impl ClientState {
             self.send(&kind(ack));
             return Ok(());
         }
+        // `$delayed/{seconds}/{topic}`: delivered to `{topic}` later; from here on the PUBLISH
+        // is one to `{topic}` (ACL, retain, properties), only routed later (`routing::delayed`).
+        let delay = match crate::topic::delayed(&p.topic, cfg.max_delay_seconds) {
+            None => None,
+            Some(Ok(d)) => match TopicName::try_from(d.target) {
+                Ok(target) => {
+                    let seconds = d.seconds;
+                    p.topic = target;
+                    Some(seconds)
+                }
+                Err(_) => {
+                    self.refuse_delayed(p.qos, p.pkid, "$delayed target is not a valid topic name");
+                    return Ok(());
+                }
+            },
+            Some(Err(e)) => {
+                self.refuse_delayed(p.qos, p.pkid, e.reason());
+                return Ok(());
+            }
+        };
         // `$SYS` belongs to the broker and `$share/` is not a topic; both are refused like an ACL
         // denial, as Mosquitto does. Other `$` topics are ordinary (wildcards just skip them).
         let reserved = crate::topic::is_reserved_for_clients(&p.topic);
@@ -137,7 +162,7 @@ impl ClientState {
         match p.qos {
             QoS::AtMostOnce => {
                 if allowed {
-                    let _ = self.route(now, p, None, broker);
+                    let _ = self.route(now, p, delay, None, broker);
                 }
             }
             QoS::AtLeastOnce => {
@@ -149,13 +174,13 @@ impl ClientState {
                     )
                 } else {
                     let _g = self.store.batch();
-                    match self.route(now, p, None, broker) {
+                    match self.route(now, p, delay, None, broker) {
                         Ok(()) => (ReasonCode::SUCCESS, ""),
-                        Err(close) => {
+                        Err((close, text)) => {
                             if !self.n.protocol.is_v5() {
                                 return Err(close);
                             }
-                            (ReasonCode::QUOTA_EXCEEDED, QUEUE_FULL)
+                            (ReasonCode::QUOTA_EXCEEDED, text)
                         }
                     }
                 };
@@ -191,12 +216,12 @@ impl ClientState {
                     client: self.n.client_id.clone(),
                     pkid,
                 });
-                if let Err(close) = self.route(now, p, received, broker) {
+                if let Err((close, text)) = self.route(now, p, delay, received, broker) {
                     if !self.n.protocol.is_v5() {
                         return Err(close);
                     }
                     // A PUBREC with an error ends the flow [MQTT-4.3.3-4 note].
-                    self.send_ack(Packet::PubRec, pkid, ReasonCode::QUOTA_EXCEEDED, QUEUE_FULL);
+                    self.send_ack(Packet::PubRec, pkid, ReasonCode::QUOTA_EXCEEDED, text);
                     return Ok(());
                 }
                 self.session.awaiting_pubrel.insert(pkid);
@@ -231,16 +256,18 @@ impl ClientState {
         self.send_held(&kind(ack));
     }
 
-    /// Routes a client's PUBLISH; Err (to close a 3.1.1 connection with) when
-    /// `mqtt.queue_full_policy = "reject"` refused it.
+    /// Routes a client's PUBLISH, or keeps it for `delay` seconds (`$delayed`); Err (to close a
+    /// 3.1.1 connection with, and the 5.0 ack's Reason String) when `mqtt.queue_full_policy =
+    /// "reject"` or `limits.max_delayed_messages` refused it.
     fn route(
         &mut self,
         now: Instant,
         p: Publish,
+        delay: Option<u32>,
         received: Option<Record>,
         broker: &Broker,
-    ) -> Result<(), Close> {
-        let msg = Message::new(
+    ) -> Result<(), (Close, &'static str)> {
+        let mut msg = Message::new(
             p.topic,
             p.payload,
             p.qos,
@@ -249,12 +276,42 @@ impl ClientState {
             self.n.client_id.clone(),
             now,
         );
+        msg.priority = broker.router.priority_of(&msg.topic);
+        if let Some(seconds) = delay {
+            let delay = Duration::from_secs(u64::from(seconds));
+            return broker
+                .router
+                .publish_delayed(Arc::new(msg), delay, received, now)
+                .map_err(|_| {
+                    (
+                        Close::error(ReasonCode::QUOTA_EXCEEDED, DELAYED_FULL),
+                        DELAYED_FULL,
+                    )
+                });
+        }
         match broker.router.publish_from_client(Arc::new(msg), received) {
             Ok(_) => Ok(()),
-            Err(subscriber) => Err(Close::error(
+            Err(subscriber) => Err((Close::error(
                 ReasonCode::QUOTA_EXCEEDED,
                 format!("PUBLISH refused: the queue of subscriber {subscriber} is full (mqtt.queue_full_policy = reject)"),
-            )),
+            ), QUEUE_FULL)),
+        }
+    }
+
+    /// Refuses a malformed `$delayed` PUBLISH: 0x90 Topic Name Invalid ("not accepted by this
+    /// Server", 3.4.2.1) in the 5.0 PUBACK/PUBREC with `why` as Reason String; 3.1.1 has no
+    /// reason codes, so there it is a plain ack and the message is dropped, as for an ACL
+    /// refusal; QoS 0 has no ack: dropped. Logged either way.
+    fn refuse_delayed(&mut self, qos: QoS, pkid: u16, why: &'static str) {
+        tracing::info!(client_id = %self.n.client_id, reason = why, "$delayed PUBLISH refused");
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.send_ack(Packet::PubAck, pkid, ReasonCode::TOPIC_NAME_INVALID, why)
+            }
+            QoS::ExactlyOnce => {
+                self.send_ack(Packet::PubRec, pkid, ReasonCode::TOPIC_NAME_INVALID, why)
+            }
         }
     }
 

@@ -1231,3 +1231,46 @@ fn the_read_check_is_shared_per_username_only_when_the_acl_ignores_client_ids() 
     assert_eq!(topics(&mut c1), ["devices/c1/x", "other/x"]);
     assert_eq!(topics(&mut c2), ["other/x"]);
 }
+
+/// `$delayed/{seconds}/{topic}`: kept once, also when a QoS 2 PUBLISH is resent before PUBREL
+/// [MQTT-4.3.3-9]; routed to `{topic}` when due, not before; the message keeps the priority
+/// its target topic has (`mqtt.priorities`).
+#[tokio::test]
+async fn a_delayed_publish_is_kept_once_and_routed_when_due() {
+    let b = broker_with(|m| {
+        m.priorities = vec![crate::config::PriorityRule {
+            filter: "a/#".into(),
+            priority: 7,
+        }]
+    });
+    let mut sub = Client::new(Protocol::V5, "sub");
+    sub.subscribe(&b, "a/b", QoS::AtLeastOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    let start = Instant::now();
+    for _ in 0..2 {
+        publ.handle(
+            &b,
+            publish("$delayed/10/a/b", QoS::ExactlyOnce, 5, b"later"),
+        )
+        .unwrap();
+        assert!(matches!(&publ.take()[..], [Packet::PubRec(a)] if a.reason.0 == 0));
+    }
+    assert_eq!(b.router.delayed.len(), 1, "the resend is not kept again");
+    assert_eq!(
+        b.router.release_due(start + Duration::from_secs(9)).await,
+        0
+    );
+    assert!(sub.take().is_empty(), "not before its time");
+    let due = Instant::now() + Duration::from_secs(10);
+    assert_eq!(b.router.release_due(due).await, 1);
+    assert!(b.router.delayed.is_empty());
+    match &sub.take()[..] {
+        [Packet::Publish(p)] => {
+            assert_eq!(p.topic.as_str(), "a/b");
+            assert_eq!(&p.payload[..], b"later");
+        }
+        other => panic!("expected the delayed PUBLISH, got {other:?}"),
+    }
+    assert_eq!(b.router.priority_of("a/x"), 7);
+    assert_eq!(b.router.priority_of("b"), 0);
+}

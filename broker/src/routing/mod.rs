@@ -3,6 +3,7 @@
 //! takes only short locks and never awaits: a full outbox is the subscriber's problem
 //! (dropped and counted), never the publisher's.
 
+pub mod delayed;
 pub mod retain;
 pub mod shared_subscriptions;
 pub mod subscriptions;
@@ -21,6 +22,7 @@ use crate::locks::{read, write};
 use crate::message::{ClientId, Message};
 use crate::persist::Record;
 use crate::persist::Store;
+use crate::routing::delayed::DelayedPublishes;
 use crate::routing::retain::RetainedStore;
 use crate::routing::shared_subscriptions::{Candidate, GroupQueue, Pick, SharedGroups};
 use crate::routing::subscriptions::SubscriptionTree;
@@ -136,6 +138,15 @@ pub struct Router {
     /// `limits.max_queued_bytes_total`, shared with every session queue.
     queue_budget: Arc<QueueBudget>,
     stats: Arc<Stats>,
+    /// `$delayed` messages waiting for their time, shared with the one timer task.
+    pub delayed: Arc<DelayedPublishes>,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        // The timer task holds the queue, not the router: tell it to end.
+        self.delayed.close();
+    }
 }
 
 impl Router {
@@ -148,6 +159,7 @@ impl Router {
         stats: Arc<Stats>,
     ) -> Router {
         Router {
+            delayed: Arc::new(DelayedPublishes::new(config.limits.max_delayed_messages)),
             config,
             subscriptions: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedStore::new()),
@@ -385,7 +397,7 @@ impl Router {
             return;
         }
         if !*message_logged {
-            self.store.append(Record::Message(d.msg.clone()));
+            self.log_message(&d.msg);
             *message_logged = true;
         }
         d.seq = handle.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -398,6 +410,32 @@ impl Router {
             subscription_ids: d.subscription_ids.clone(),
             shared: d.shared.clone(),
         });
+    }
+
+    /// Logs message `msg` itself, with its priority when it has one (a queue recovered on disk
+    /// finds its lanes without reading the messages back).
+    pub(crate) fn log_message(&self, msg: &Arc<Message>) {
+        self.store.append(Record::Message(msg.clone()));
+        if msg.priority != 0 {
+            self.store.append(Record::Priority {
+                id: msg.id,
+                priority: msg.priority,
+            });
+        }
+    }
+
+    /// The priority of a message published to `topic` (`mqtt.priorities`): the highest of the
+    /// rules whose filter matches it, 0 when none does (or none is configured: no matching at
+    /// all, so the default costs nothing).
+    pub fn priority_of(&self, topic: &str) -> u8 {
+        self.config
+            .mqtt
+            .priorities
+            .iter()
+            .filter(|r| sluice_codec::topic_matches(&r.filter, topic))
+            .map(|r| r.priority)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Stores, replaces or deletes (empty payload) the retained message of its topic
@@ -417,7 +455,7 @@ impl Router {
         } else {
             store.insert(msg.topic.as_str(), msg.clone());
             if self.store.is_enabled() {
-                self.store.append(Record::Message(msg.clone()));
+                self.log_message(msg);
                 self.store.append(Record::Retain {
                     topic: msg.topic.as_mqtt_str().clone(),
                     id: msg.id,

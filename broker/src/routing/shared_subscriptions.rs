@@ -410,7 +410,7 @@ impl Router {
     ) {
         if self.store.is_enabled() && d.qos != QoS::AtMostOnce {
             if !*message_logged {
-                self.store.append(Record::Message(d.msg.clone()));
+                self.log_message(&d.msg);
                 *message_logged = true;
             }
             d.seq = queue.next_seq.fetch_add(1, Ordering::Relaxed);

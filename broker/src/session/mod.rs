@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::message::{ClientId, Message};
 
 mod deadlines;
+mod lanes;
 mod outbox;
 pub use deadlines::{DeadlineKey, Deadlines};
 pub use outbox::{ColdDelivery, Dropped, Outbox, QueueBudget, COLD_ENTRY_COST};
@@ -391,6 +392,77 @@ mod tests {
         assert_eq!(o.pop().unwrap(), logged(ds[4].clone()));
         assert!(o.is_empty());
         assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
+    }
+
+    fn with_priority(mut d: Delivery, priority: u8) -> Delivery {
+        Arc::make_mut(&mut d.msg).priority = priority;
+        d
+    }
+
+    /// `mqtt.priorities`: higher priorities leave first, arrival order within one priority,
+    /// also for deliveries waiting on disk (an offline session's queue, read back in lanes).
+    #[test]
+    fn queued_deliveries_leave_by_priority_then_arrival_also_from_disk() {
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let budget = QueueBudget::new(1 << 20);
+        let mut o = Outbox::new(100, 1 << 20)
+            .with_budget(budget.clone())
+            .with_window(one * 2);
+        // Offline: everything logged waits on disk.
+        let prios = [0u8, 10, 0, 5, 10, 0];
+        let ds: Vec<Delivery> = prios
+            .iter()
+            .map(|p| logged(with_priority(delivery(QoS::AtLeastOnce, b"x"), *p)))
+            .collect();
+        for d in &ds {
+            o.push(d.clone()).unwrap();
+        }
+        assert_eq!(o.cold_len(), 6);
+        o.set_online(true);
+        let expected = [1usize, 4, 3, 0, 2, 5];
+        let mut sent = Vec::new();
+        while !o.is_empty() {
+            match o.pop() {
+                Some(d) => {
+                    // A delivery taken and put back keeps its place in its lane.
+                    if sent.len() == 2 {
+                        o.push_front(d.clone());
+                        assert_eq!(o.pop().as_ref(), Some(&d));
+                    }
+                    sent.push(ds.iter().position(|x| x.msg.id == d.msg.id).unwrap());
+                }
+                None => {
+                    assert!(o.front_is_cold());
+                    let loaded: HashMap<u64, Option<Arc<Message>>> = o
+                        .cold_ids()
+                        .into_iter()
+                        .map(|id| {
+                            (
+                                id,
+                                ds.iter().find(|d| d.msg.id == id).map(|d| d.msg.clone()),
+                            )
+                        })
+                        .collect();
+                    assert!(!loaded.is_empty());
+                    assert!(o.warm(&loaded).is_empty());
+                }
+            }
+        }
+        assert_eq!(sent, expected);
+        assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
+        // In memory too, and a later high-priority message overtakes what waits.
+        let mut o = Outbox::new(100, 1 << 20);
+        o.set_online(true);
+        o.push(with_priority(delivery(QoS::AtLeastOnce, b"a"), 0))
+            .unwrap();
+        o.push(with_priority(delivery(QoS::AtLeastOnce, b"b"), 0))
+            .unwrap();
+        o.push(with_priority(delivery(QoS::AtLeastOnce, b"c"), 3))
+            .unwrap();
+        let order: Vec<_> = std::iter::from_fn(|| o.pop())
+            .map(|d| d.msg.payload.clone())
+            .collect();
+        assert_eq!(order, [&b"c"[..], b"a", b"b"]);
     }
 
     #[test]

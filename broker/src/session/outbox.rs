@@ -2,12 +2,13 @@
 //! bytes, sharing a broker-wide budget, and kept on disk past a memory window when the store
 //! has the messages (only their ids stay in memory).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sluice_codec::{QoS, TopicFilter};
 
+use super::lanes::Lanes;
 use super::Delivery;
 use crate::message::Message;
 
@@ -70,6 +71,8 @@ pub struct ColdDelivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// The message's priority: the lane it waits in.
+    pub priority: u8,
 }
 
 /// Memory charged to the broker-wide budget for a delivery kept on disk (its bookkeeping).
@@ -93,10 +96,15 @@ enum Entry {
 /// memory and read back from the log when the window has room again, so a long queue costs
 /// disk, not memory. Order is kept: once one delivery is cold, every later one that can be is
 /// cold too.
+///
+/// With `mqtt.priorities`, deliveries wait in one lane per priority ([`Lanes`]): the highest
+/// priority's lane is sent first, each lane in arrival order; "order" and "front" above are
+/// this sending order. Deliveries already in the inflight window are not reordered.
 #[derive(Debug)]
 pub struct Outbox {
-    /// Deliveries in arrival order [MQTT-4.6.0-6].
-    queue: VecDeque<Entry>,
+    /// Deliveries in sending order: by priority, then arrival [MQTT-4.6.0-6] (one lane
+    /// without `mqtt.priorities`).
+    queue: Lanes<Entry>,
     /// Sum of `Message::cost` over `queue`, checked against `max_bytes`.
     bytes: usize,
     /// Sum of `Message::cost` over the in-memory entries.
@@ -138,7 +146,7 @@ impl Outbox {
     /// An empty outbox with the given bounds, all in memory.
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
-            queue: VecDeque::new(),
+            queue: Lanes::default(),
             bytes: 0,
             hot_bytes: 0,
             cold: 0,
@@ -201,6 +209,7 @@ impl Outbox {
             return Err(Dropped::OfflineQos0);
         }
         let cost = d.msg.cost();
+        let priority = d.msg.priority;
         if self.queue.len() >= self.max_messages || self.bytes + cost > self.max_bytes {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
@@ -216,7 +225,7 @@ impl Outbox {
         if !cold && fits_memory && self.try_charge(cost) {
             self.bytes += cost;
             self.hot_bytes += cost;
-            self.queue.push_back(Entry::Hot(d));
+            self.queue.push_back(priority, Entry::Hot(d));
             return Ok(());
         }
         // On disk only: past the window, or memory (this queue's or the broker's) is short
@@ -227,21 +236,25 @@ impl Outbox {
         }
         self.bytes += cost;
         self.cold += 1;
-        self.queue.push_back(Entry::Cold(ColdDelivery {
-            seq: d.seq,
-            id: d.msg.id,
-            cost,
-            qos: d.qos,
-            retain: d.retain,
-            subscription_ids: d.subscription_ids,
-        }));
+        self.queue.push_back(
+            priority,
+            Entry::Cold(ColdDelivery {
+                seq: d.seq,
+                id: d.msg.id,
+                cost,
+                qos: d.qos,
+                retain: d.retain,
+                subscription_ids: d.subscription_ids,
+                priority,
+            }),
+        );
         Ok(())
     }
 
-    /// Room for `n` more deliveries at once (start-up knows how many it restores: growing a
-    /// long queue step by step would leave the steps' memory behind).
-    pub fn reserve_exact(&mut self, n: usize) {
-        self.queue.reserve_exact(n);
+    /// Room for `n` more deliveries of `priority` at once (start-up knows how many it
+    /// restores: growing a long queue step by step would leave the steps' memory behind).
+    pub fn reserve_exact(&mut self, priority: u8, n: usize) {
+        self.queue.reserve_exact(priority, n);
     }
 
     /// Queues a delivery the store recovered at start-up, on disk only.
@@ -251,7 +264,7 @@ impl Outbox {
         }
         self.bytes += c.cost;
         self.cold += 1;
-        self.queue.push_back(Entry::Cold(c));
+        self.queue.push_back(c.priority, Entry::Cold(c));
     }
 
     /// Queues a delivery the store recovered at start-up, in memory.
@@ -262,10 +275,11 @@ impl Outbox {
         }
         self.bytes += cost;
         self.hot_bytes += cost;
-        self.queue.push_back(Entry::Hot(d));
+        self.queue.push_back(d.msg.priority, Entry::Hot(d));
     }
 
-    /// Puts `d` back at the front (a delivery taken but not sent, e.g. the window filled).
+    /// Puts `d` back at the front (of its priority's lane: a delivery taken but not sent, e.g.
+    /// the window filled).
     pub fn push_front(&mut self, d: Delivery) {
         let cost = d.msg.cost();
         if let Some(b) = &self.budget {
@@ -274,7 +288,7 @@ impl Outbox {
         }
         self.bytes += cost;
         self.hot_bytes += cost;
-        self.queue.push_front(Entry::Hot(d));
+        self.queue.push_front(d.msg.priority, Entry::Hot(d));
     }
 
     /// Whether a message of `cost` bytes fits the queue's count and byte bounds now.
@@ -371,7 +385,10 @@ impl Outbox {
         let mut i = 0;
         let mut started = false;
         while i < self.queue.len() {
-            let (seq, id, old_cost, qos, retain, subscription_ids) = match &mut self.queue[i] {
+            let Some(entry) = self.queue.get_mut(i) else {
+                break;
+            };
+            let (seq, id, old_cost, qos, retain, subscription_ids) = match entry {
                 Entry::Cold(c) if loaded.contains_key(&c.id) => (
                     c.seq,
                     c.id,
@@ -403,7 +420,7 @@ impl Outbox {
                         // Bounded by the window: charged even over the budget.
                         b.charge(cost);
                     }
-                    self.queue[i] = Entry::Hot(Delivery {
+                    let hot = Entry::Hot(Delivery {
                         msg,
                         qos,
                         retain,
@@ -411,6 +428,9 @@ impl Outbox {
                         shared: self.group.clone(),
                         seq,
                     });
+                    if let Some(e) = self.queue.get_mut(i) {
+                        *e = hot;
+                    }
                     i += 1;
                 }
                 None => {
@@ -483,6 +503,7 @@ impl Outbox {
                 qos: d.qos,
                 retain: d.retain,
                 subscription_ids: std::mem::take(&mut d.subscription_ids),
+                priority: d.msg.priority,
             };
             *e = Entry::Cold(cold);
             freed += cost;
@@ -499,23 +520,23 @@ impl Outbox {
     /// Takes out every in-memory delivery for which `pred` holds, keeping the others in order.
     /// (A session's cold deliveries are never shared ones, the only kind taken out.)
     pub fn take_where(&mut self, mut pred: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
-        let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        for e in self.queue.drain(..) {
-            match e {
-                Entry::Hot(d) if pred(&d) => {
-                    let cost = d.msg.cost();
-                    self.bytes -= cost;
-                    self.hot_bytes -= cost;
-                    if let Some(b) = &self.budget {
-                        b.release(cost);
-                    }
-                    taken.push(d);
-                }
-                other => kept.push_back(other),
+        let taken: Vec<Delivery> = self
+            .queue
+            .take_where(|e| matches!(e, Entry::Hot(d) if pred(d)))
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Hot(d) => Some(d),
+                Entry::Cold(_) => None,
+            })
+            .collect();
+        for d in &taken {
+            let cost = d.msg.cost();
+            self.bytes -= cost;
+            self.hot_bytes -= cost;
+            if let Some(b) = &self.budget {
+                b.release(cost);
             }
         }
-        self.queue = kept;
         taken
     }
 
