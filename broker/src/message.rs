@@ -2,17 +2,19 @@
 //! shared by `Arc` between the retained store and every session it is queued for.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_codec::{PublishProperties, QoS, TopicName};
 
+use crate::locks::lock;
+
 /// A client identifier, shared cheaply between the registry, the subscription tree and messages.
 pub type ClientId = Arc<str>;
 
 /// An application message. Built once from the publisher's PUBLISH; never copied again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Message {
     /// The resolved topic (never empty: a Topic Alias is resolved before this is built).
     pub topic: TopicName,
@@ -33,6 +35,144 @@ pub struct Message {
     /// Unique id (also across restarts: the store continues above the highest id it
     /// recovered); names the message in the persistent log.
     pub id: u64,
+    /// Its PUBLISH as encoded for its deliveries, one per wire form, shared by every
+    /// subscriber that gets that form (protocol/outbound.rs). Not part of the message's value.
+    pub encoded: EncodedForms,
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Message) -> bool {
+        // `encoded` is a cache derived from the rest.
+        self.topic == other.topic
+            && self.payload == other.payload
+            && self.qos == other.qos
+            && self.retain == other.retain
+            && self.properties == other.properties
+            && self.expires_at == other.expires_at
+            && self.origin == other.origin
+            && self.id == other.id
+    }
+}
+
+impl Eq for Message {}
+
+/// What distinguishes one encoded PUBLISH of a message from another, besides the packet
+/// identifier (patched per delivery): everything in the first byte and the variable header
+/// that can differ between subscribers. Deliveries whose PUBLISH carries something unique to
+/// them (a Topic Alias, Subscription Identifiers) are not shared and have no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WireForm {
+    /// 5.0 (properties written) or 3.1 / 3.1.1 (the same bytes for both).
+    pub v5: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    /// The Message Expiry Interval written (5.0): the remaining seconds at the time of sending.
+    pub expiry: Option<u32>,
+}
+
+/// One encoded PUBLISH of a message.
+#[derive(Debug, Clone)]
+pub struct EncodedForm {
+    /// The whole packet; for QoS 1/2 with packet identifier 1 as a placeholder.
+    pub bytes: Bytes,
+    /// Where the two bytes of the packet identifier are (QoS 1/2), to patch per delivery.
+    pub pkid_at: Option<usize>,
+}
+
+/// The most wire forms cached per message: a broadcast to 3.1.1 and 5.0 subscribers at two
+/// QoS levels is four. A fifth form is encoded per delivery, as before.
+pub const MAX_ENCODED_FORMS: usize = 4;
+
+/// The largest PUBLISH cached (fixed header included). Above it the copy into the write
+/// buffer dominates the cost of encoding anyway, and a cached copy would double the memory a
+/// large message holds.
+pub const MAX_ENCODED_FORM_BYTES: usize = 64 * 1024;
+
+/// The encoded forms of a message, filled from its second delivery on (a message delivered to
+/// one subscriber never holds a second copy of itself). Bounded: at most
+/// [`MAX_ENCODED_FORMS`] forms of at most [`MAX_ENCODED_FORM_BYTES`] each, freed with the
+/// message; empty it costs the 16 bytes of the mutex and the pointer.
+#[derive(Debug, Default)]
+pub struct EncodedForms(Mutex<FormsState>);
+
+#[derive(Debug, Default)]
+enum FormsState {
+    /// Not yet delivered.
+    #[default]
+    Unsent,
+    /// Delivered once: the next delivery caches its form.
+    SentOnce,
+    /// Delivered more than once: the forms encoded so far. Boxed so that every message, most
+    /// of which never get here, carries 8 bytes for this instead of 24.
+    #[allow(clippy::box_collection)]
+    Cached(Box<Vec<(WireForm, EncodedForm)>>),
+}
+
+/// What [`EncodedForms::lookup`] found.
+#[derive(Debug)]
+pub enum FormLookup {
+    /// The form is cached: copy it (and patch the packet identifier).
+    Hit(EncodedForm),
+    /// Encode the delivery; hand the bytes to [`EncodedForms::insert`] when `cache` is true.
+    Miss { cache: bool },
+}
+
+impl Clone for EncodedForms {
+    /// A copy of a message is a new message as far as its deliveries go: it starts empty.
+    fn clone(&self) -> EncodedForms {
+        EncodedForms::default()
+    }
+}
+
+impl EncodedForms {
+    /// The cached form for `key`, or whether the one about to be encoded should be cached.
+    pub fn lookup(&self, key: &WireForm) -> FormLookup {
+        let mut state = lock(&self.0);
+        match &mut *state {
+            FormsState::Unsent => {
+                *state = FormsState::SentOnce;
+                FormLookup::Miss { cache: false }
+            }
+            FormsState::SentOnce => FormLookup::Miss { cache: true },
+            FormsState::Cached(forms) => match forms.iter().find(|(k, _)| k == key) {
+                Some((_, form)) => FormLookup::Hit(form.clone()),
+                None => FormLookup::Miss {
+                    cache: forms.len() < MAX_ENCODED_FORMS,
+                },
+            },
+        }
+    }
+
+    /// Caches `form` for `key` (within the bounds; a form cached meanwhile by another
+    /// delivery is kept).
+    pub fn insert(&self, key: WireForm, form: EncodedForm) {
+        if form.bytes.len() > MAX_ENCODED_FORM_BYTES {
+            return;
+        }
+        let mut state = lock(&self.0);
+        match &mut *state {
+            FormsState::Cached(forms) => {
+                if forms.len() < MAX_ENCODED_FORMS && !forms.iter().any(|(k, _)| *k == key) {
+                    forms.push((key, form));
+                }
+            }
+            other => *other = FormsState::Cached(Box::new(vec![(key, form)])),
+        }
+    }
+
+    /// How many forms are cached (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        match &*lock(&self.0) {
+            FormsState::Cached(forms) => forms.len(),
+            _ => 0,
+        }
+    }
+
+    /// True when no form is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Source of message ids.
@@ -71,6 +211,7 @@ impl Message {
             expires_at,
             origin,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            encoded: EncodedForms::default(),
         }
     }
 
