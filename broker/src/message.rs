@@ -1,14 +1,12 @@
 //! The application message as the broker stores it: one [`Message`] per PUBLISH received,
 //! shared by `Arc` between the retained store and every session it is queued for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_codec::{PublishProperties, QoS, TopicName};
-
-use crate::locks::lock;
 
 /// A client identifier, shared cheaply between the registry, the subscription tree and messages.
 pub type ClientId = Arc<str>;
@@ -92,28 +90,24 @@ pub const MAX_ENCODED_FORM_BYTES: usize = 64 * 1024;
 /// The encoded forms of a message, filled from its second delivery on (a message delivered to
 /// one subscriber never holds a second copy of itself). Bounded: at most
 /// [`MAX_ENCODED_FORMS`] forms of at most [`MAX_ENCODED_FORM_BYTES`] each, freed with the
-/// message; empty it costs the 16 bytes of the mutex and the pointer.
+/// message; empty it costs 24 bytes.
+///
+/// Read without writing anything shared: the subscribers' tasks on every core copy the same
+/// forms at once, and a lock or a reference count bumped per delivery would bounce its cache
+/// line between them. A slot is written once and never changed; they fill in order.
 #[derive(Debug, Default)]
-pub struct EncodedForms(Mutex<FormsState>);
-
-#[derive(Debug, Default)]
-enum FormsState {
-    /// Not yet delivered.
-    #[default]
-    Unsent,
-    /// Delivered once: the next delivery caches its form.
-    SentOnce,
-    /// Delivered more than once: the forms encoded so far. Boxed so that every message, most
-    /// of which never get here, carries 8 bytes for this instead of 24.
-    #[allow(clippy::box_collection)]
-    Cached(Box<Vec<(WireForm, EncodedForm)>>),
+pub struct EncodedForms {
+    /// Set by the first delivery, so that the second one caches its form.
+    delivered: AtomicBool,
+    /// The forms, allocated by the first one cached.
+    forms: OnceLock<Box<[OnceLock<(WireForm, EncodedForm)>; MAX_ENCODED_FORMS]>>,
 }
 
 /// What [`EncodedForms::lookup`] found.
 #[derive(Debug)]
-pub enum FormLookup {
+pub enum FormLookup<'a> {
     /// The form is cached: copy it (and patch the packet identifier).
-    Hit(EncodedForm),
+    Hit(&'a EncodedForm),
     /// Encode the delivery; hand the bytes to [`EncodedForms::insert`] when `cache` is true.
     Miss { cache: bool },
 }
@@ -127,46 +121,52 @@ impl Clone for EncodedForms {
 
 impl EncodedForms {
     /// The cached form for `key`, or whether the one about to be encoded should be cached.
-    pub fn lookup(&self, key: &WireForm) -> FormLookup {
-        let mut state = lock(&self.0);
-        match &mut *state {
-            FormsState::Unsent => {
-                *state = FormsState::SentOnce;
-                FormLookup::Miss { cache: false }
+    pub fn lookup(&self, key: &WireForm) -> FormLookup<'_> {
+        if let Some(slots) = self.forms.get() {
+            for slot in slots.iter() {
+                match slot.get() {
+                    Some((k, form)) if k == key => return FormLookup::Hit(form),
+                    Some(_) => {}
+                    None => return FormLookup::Miss { cache: true },
+                }
             }
-            FormsState::SentOnce => FormLookup::Miss { cache: true },
-            FormsState::Cached(forms) => match forms.iter().find(|(k, _)| k == key) {
-                Some((_, form)) => FormLookup::Hit(form.clone()),
-                None => FormLookup::Miss {
-                    cache: forms.len() < MAX_ENCODED_FORMS,
-                },
-            },
+            return FormLookup::Miss { cache: false };
+        }
+        if self.delivered.load(Ordering::Relaxed) {
+            FormLookup::Miss { cache: true }
+        } else {
+            self.delivered.store(true, Ordering::Relaxed);
+            FormLookup::Miss { cache: false }
         }
     }
 
-    /// Caches `form` for `key` (within the bounds; a form cached meanwhile by another
-    /// delivery is kept).
+    /// Caches `form` for `key` in the first free slot (none left, or cached meanwhile by
+    /// another delivery: not cached).
     pub fn insert(&self, key: WireForm, form: EncodedForm) {
         if form.bytes.len() > MAX_ENCODED_FORM_BYTES {
             return;
         }
-        let mut state = lock(&self.0);
-        match &mut *state {
-            FormsState::Cached(forms) => {
-                if forms.len() < MAX_ENCODED_FORMS && !forms.iter().any(|(k, _)| *k == key) {
-                    forms.push((key, form));
-                }
+        let slots = self.forms.get_or_init(Default::default);
+        let mut entry = (key, form);
+        for slot in slots.iter() {
+            if slot.get().is_some_and(|(k, _)| *k == key) {
+                return;
             }
-            other => *other = FormsState::Cached(Box::new(vec![(key, form)])),
+            match slot.set(entry) {
+                Ok(()) => return,
+                // Taken (by another form, or by another delivery just now): the next one,
+                // unless it holds this form.
+                Err(_) if slot.get().is_some_and(|(k, _)| *k == key) => return,
+                Err(back) => entry = back,
+            }
         }
     }
 
     /// How many forms are cached (for tests and diagnostics).
     pub fn len(&self) -> usize {
-        match &*lock(&self.0) {
-            FormsState::Cached(forms) => forms.len(),
-            _ => 0,
-        }
+        self.forms.get().map_or(0, |slots| {
+            slots.iter().filter(|s| s.get().is_some()).count()
+        })
     }
 
     /// True when no form is cached.

@@ -281,7 +281,7 @@ impl ClientState {
         let buf = self.out_buf(wait);
         let start = buf.len();
         match (cached, prepared) {
-            (Some(f), _) => write_form(buf, &f, pkid),
+            (Some(f), _) => write_form(buf, f, pkid),
             (None, Some(prepared)) => {
                 // Cannot fail: measured above.
                 let written = prepared.write(buf).is_ok();
