@@ -100,8 +100,11 @@ pub struct EncodedForms {
     /// Set by the first delivery, so that the second one caches its form.
     delivered: AtomicBool,
     /// The forms, allocated by the first one cached.
-    forms: OnceLock<Box<[OnceLock<(WireForm, EncodedForm)>; MAX_ENCODED_FORMS]>>,
+    forms: OnceLock<Box<FormSlots>>,
 }
+
+/// Write-once slots, filled in order.
+type FormSlots = [OnceLock<(WireForm, EncodedForm)>; MAX_ENCODED_FORMS];
 
 /// What [`EncodedForms::lookup`] found.
 #[derive(Debug)]
@@ -239,6 +242,62 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(n: u8) -> WireForm {
+        WireForm {
+            v5: n % 2 == 1,
+            qos: QoS::from_u8(n / 2 % 3).unwrap(),
+            retain: n >= 6,
+            dup: false,
+            expiry: None,
+        }
+    }
+
+    /// Subscribers on several threads cache forms at once: each form is cached once, in at
+    /// most `MAX_ENCODED_FORMS` slots, and every lookup finds the bytes stored for its key.
+    #[test]
+    fn encoded_forms_under_concurrent_deliveries() {
+        for _ in 0..50 {
+            let forms = Arc::new(EncodedForms::default());
+            let threads: Vec<_> = (0..4u8)
+                .map(|t| {
+                    let forms = forms.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..8u8 {
+                            let n = (i + t * 3) % 8;
+                            let k = key(n);
+                            match forms.lookup(&k) {
+                                FormLookup::Hit(f) => assert_eq!(f.bytes[..], [n]),
+                                FormLookup::Miss { cache: true } => forms.insert(
+                                    k,
+                                    EncodedForm {
+                                        bytes: Bytes::from(vec![n]),
+                                        pkid_at: None,
+                                    },
+                                ),
+                                FormLookup::Miss { cache: false } => {}
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert!(!forms.is_empty());
+            assert!(forms.len() <= MAX_ENCODED_FORMS);
+            let slots = forms.forms.get().unwrap();
+            let keys: Vec<WireForm> = slots.iter().filter_map(|s| s.get()).map(|e| e.0).collect();
+            for (i, k) in keys.iter().enumerate() {
+                assert!(!keys[i + 1..].contains(k), "{k:?} cached twice");
+            }
+            for n in 0..8u8 {
+                if let FormLookup::Hit(f) = forms.lookup(&key(n)) {
+                    assert_eq!(f.bytes[..], [n]);
+                }
+            }
+        }
+    }
 
     #[test]
     fn expiry_interval_becomes_deadline_and_counts_down() {
