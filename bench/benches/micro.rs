@@ -1,4 +1,5 @@
-//! Micro-benchmarks (criterion): the codec (PUBLISH decode/encode, MQTT 3.1.1 and 5.0), the
+//! Micro-benchmarks (criterion): the codec (PUBLISH decode/encode, MQTT 3.1.1 and 5.0, and a
+//! broadcast delivery copied from a shared encoded form), the
 //! subscription trie (match against 100k filters with wildcards) and the retained store
 //! (wildcard match over 100k topics). Short by default (2 s per benchmark):
 //! `cargo bench -p sluice-bench --bench micro`.
@@ -30,6 +31,16 @@ fn publish(payload: usize, protocol: Protocol) -> Packet {
     })
 }
 
+/// Where the packet id of an encoded QoS 1/2 PUBLISH is: after the fixed header and the topic.
+fn pkid_offset(packet: &[u8], topic_len: usize) -> usize {
+    let length_bytes = packet[1..]
+        .iter()
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map_or(4, |i| i + 1);
+    1 + length_bytes + 2 + topic_len
+}
+
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     for (protocol, name) in [(Protocol::V311, "3.1.1"), (Protocol::V5, "5.0")] {
@@ -46,6 +57,42 @@ fn codec(c: &mut Criterion) {
                     b.iter(|| {
                         buf.clear();
                         encode(black_box(packet), protocol, &mut buf).expect("encode");
+                        black_box(buf.len())
+                    })
+                },
+            );
+            // A broadcast delivery from the message's shared encoded form (issue #13.5): the
+            // whole packet copied and its packet id patched, against prefix + id + suffix.
+            let form = encoded.clone().freeze();
+            let at = pkid_offset(&form, "fleet/1234/56/telemetry".len());
+            g.bench_with_input(
+                BenchmarkId::new(format!("shared form copy+patch {name}"), size),
+                &form,
+                |b, form| {
+                    let mut buf = BytesMut::with_capacity(4096);
+                    let mut pkid = 0u16;
+                    b.iter(|| {
+                        buf.clear();
+                        pkid = pkid.wrapping_add(1);
+                        buf.extend_from_slice(black_box(form));
+                        buf[at..at + 2].copy_from_slice(&pkid.to_be_bytes());
+                        black_box(buf.len())
+                    })
+                },
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("shared form prefix+id+suffix {name}"), size),
+                &form,
+                |b, form| {
+                    let mut buf = BytesMut::with_capacity(4096);
+                    let mut pkid = 0u16;
+                    b.iter(|| {
+                        buf.clear();
+                        pkid = pkid.wrapping_add(1);
+                        let form = black_box(form);
+                        buf.extend_from_slice(&form[..at]);
+                        buf.extend_from_slice(&pkid.to_be_bytes());
+                        buf.extend_from_slice(&form[at + 2..]);
                         black_box(buf.len())
                     })
                 },

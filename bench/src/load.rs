@@ -27,6 +27,10 @@ pub enum Scenario {
     Fanin,
     /// 1 publisher -> S subscribers on `bench/fanout/t`.
     Fanout,
+    /// 1 publisher -> S subscribers (1,000, 10,000) on a topic of the run's own: a burst of
+    /// `--messages` (default 1,000,000 / S deliveries' worth, 20..=500) published at full
+    /// speed; deliveries/s and the broker's CPU per delivered message.
+    Broadcast,
     /// N publisher/subscriber pairs, each on its own topic.
     P2p,
     /// C idle connections: connect rate and broker memory per connection.
@@ -47,6 +51,7 @@ impl Scenario {
         match self {
             Scenario::Fanin => "fanin",
             Scenario::Fanout => "fanout",
+            Scenario::Broadcast => "broadcast",
             Scenario::P2p => "p2p",
             Scenario::Conns => "conns",
             Scenario::Backlog => "backlog",
@@ -124,7 +129,9 @@ impl Params {
         );
         match self.scenario {
             Scenario::Fanin => s += &format!(" publishers={}", self.publishers),
-            Scenario::Fanout => s += &format!(" subscribers={}", self.subscribers),
+            Scenario::Fanout | Scenario::Broadcast => {
+                s += &format!(" subscribers={}", self.subscribers)
+            }
             Scenario::P2p => s += &format!(" pairs={}", self.pairs),
             Scenario::Conns => s += &format!(" connections={}", self.connections),
             Scenario::TlsHandshakes => {
@@ -288,7 +295,9 @@ pub async fn run(target: Target, p: &Params) -> Result<Outcome> {
     }
     let _ = track::epoch();
     match p.scenario {
-        Scenario::Fanin | Scenario::Fanout | Scenario::P2p => flow(target, p).await,
+        Scenario::Fanin | Scenario::Fanout | Scenario::Broadcast | Scenario::P2p => {
+            flow(target, p).await
+        }
         Scenario::Conns => conns(target, p).await,
         Scenario::Backlog => backlog(target, p).await,
         Scenario::Shared => shared(target, p).await,
@@ -600,7 +609,7 @@ fn merge(total: &mut SubStats, s: SubStats) {
 fn plan(p: &Params, run: &str) -> (Vec<SubPlan>, Vec<PubPlan>) {
     let (n_pubs, n_subs) = match p.scenario {
         Scenario::Fanin => (p.publishers.max(1), 1),
-        Scenario::Fanout => (1, p.subscribers.max(1)),
+        Scenario::Fanout | Scenario::Broadcast => (1, p.subscribers.max(1)),
         _ => (p.pairs.max(1), p.pairs.max(1)),
     };
     let pubs = (0..n_pubs)
@@ -615,6 +624,7 @@ fn plan(p: &Params, run: &str) -> (Vec<SubPlan>, Vec<PubPlan>) {
                 topic: match p.scenario {
                     Scenario::Fanin => format!("bench/{i}/t"),
                     Scenario::Fanout => "bench/fanout/t".into(),
+                    Scenario::Broadcast => format!("bench/broadcast/{run}"),
                     _ => format!("bench/p2p/{i}"),
                 },
                 limit,
@@ -630,11 +640,12 @@ fn plan(p: &Params, run: &str) -> (Vec<SubPlan>, Vec<PubPlan>) {
             filter: match p.scenario {
                 Scenario::Fanin => "bench/+/t".into(),
                 Scenario::Fanout => "bench/fanout/t".into(),
+                Scenario::Broadcast => format!("bench/broadcast/{run}"),
                 _ => format!("bench/p2p/{i}"),
             },
             expects: match p.scenario {
                 Scenario::Fanin => (0..n_pubs as u32).collect(),
-                Scenario::Fanout => vec![0],
+                Scenario::Fanout | Scenario::Broadcast => vec![0],
                 _ => vec![i as u32],
             },
         })

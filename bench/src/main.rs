@@ -112,7 +112,7 @@ struct LoadArgs {
     /// Publishers (fanin).
     #[arg(long, default_value_t = 4)]
     publishers: usize,
-    /// Subscribers (fanout).
+    /// Subscribers (fanout, broadcast).
     #[arg(long, default_value_t = 10)]
     subscribers: usize,
     /// Publisher/subscriber pairs (p2p).
@@ -174,7 +174,15 @@ impl LoadArgs {
                 bail!("--rate must be positive");
             }
         }
-        let duration = match (self.messages, self.duration) {
+        let messages = match (self.messages, self.duration) {
+            // A burst both brokers queue whole for every subscriber (1,000 messages per
+            // session, 256 in flight): about 1,000,000 deliveries.
+            (None, None) if self.scenario == Scenario::Broadcast => {
+                Some((1_000_000 / self.subscribers.max(1) as u64).clamp(20, 500))
+            }
+            (m, _) => m,
+        };
+        let duration = match (messages, self.duration) {
             (_, Some(d)) => Some(secs(d, "duration")?),
             (None, None) if !matches!(self.scenario, Scenario::Backlog | Scenario::Retained) => {
                 Some(Duration::from_secs(10))
@@ -194,7 +202,7 @@ impl LoadArgs {
             subscribers: self.subscribers,
             pairs: self.pairs,
             connections: self.connections,
-            messages: self.messages,
+            messages,
             duration,
             rate: self.rate,
             inflight: self.inflight,

@@ -56,6 +56,9 @@
 //!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
 //!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once.
+//!    A message going to many subscribers is encoded once per wire form (protocol level, QoS,
+//!    RETAIN, DUP, remaining expiry) and kept on the message; the others copy those bytes and
+//!    patch their packet id ([`message::EncodedForms`], `protocol/outbound.rs`).
 //! 6. Acknowledgements release inflight slots, which lets the next queued messages go.
 
 pub mod auth;

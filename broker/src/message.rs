@@ -1,8 +1,8 @@
 //! The application message as the broker stores it: one [`Message`] per PUBLISH received,
 //! shared by `Arc` between the retained store and every session it is queued for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use sluice_codec::{PublishProperties, QoS, TopicName};
 pub type ClientId = Arc<str>;
 
 /// An application message. Built once from the publisher's PUBLISH; never copied again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Message {
     /// The resolved topic (never empty: a Topic Alias is resolved before this is built).
     pub topic: TopicName,
@@ -36,6 +36,150 @@ pub struct Message {
     /// Its rank in session queues (`mqtt.priorities`: higher is sent first), decided once when
     /// it is published; 0 unless a rule matched.
     pub priority: u8,
+    /// Its PUBLISH as encoded for its deliveries, one per wire form, shared by every
+    /// subscriber that gets that form (protocol/outbound.rs). Not part of the message's value.
+    pub encoded: EncodedForms,
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Message) -> bool {
+        // `encoded` is a cache derived from the rest.
+        self.topic == other.topic
+            && self.payload == other.payload
+            && self.qos == other.qos
+            && self.retain == other.retain
+            && self.properties == other.properties
+            && self.expires_at == other.expires_at
+            && self.origin == other.origin
+            && self.id == other.id
+            && self.priority == other.priority
+    }
+}
+
+impl Eq for Message {}
+
+/// What distinguishes one encoded PUBLISH of a message from another, besides the packet
+/// identifier (patched per delivery): everything in the first byte and the variable header
+/// that can differ between subscribers. Deliveries whose PUBLISH carries something unique to
+/// them (a Topic Alias, Subscription Identifiers) are not shared and have no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WireForm {
+    /// 5.0 (properties written) or 3.1 / 3.1.1 (the same bytes for both).
+    pub v5: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    /// The Message Expiry Interval written (5.0): the remaining seconds at the time of sending.
+    pub expiry: Option<u32>,
+}
+
+/// One encoded PUBLISH of a message.
+#[derive(Debug, Clone)]
+pub struct EncodedForm {
+    /// The whole packet; for QoS 1/2 with packet identifier 1 as a placeholder.
+    pub bytes: Bytes,
+    /// Where the two bytes of the packet identifier are (QoS 1/2), to patch per delivery.
+    pub pkid_at: Option<usize>,
+}
+
+/// The most wire forms cached per message: a broadcast to 3.1.1 and 5.0 subscribers at two
+/// QoS levels is four. A fifth form is encoded per delivery, as before.
+pub const MAX_ENCODED_FORMS: usize = 4;
+
+/// The largest PUBLISH cached (fixed header included). Above it the copy into the write
+/// buffer dominates the cost of encoding anyway, and a cached copy would double the memory a
+/// large message holds.
+pub const MAX_ENCODED_FORM_BYTES: usize = 64 * 1024;
+
+/// The encoded forms of a message, filled from its second delivery on (a message delivered to
+/// one subscriber never holds a second copy of itself). Bounded: at most
+/// [`MAX_ENCODED_FORMS`] forms of at most [`MAX_ENCODED_FORM_BYTES`] each, freed with the
+/// message; empty it costs 24 bytes.
+///
+/// Read without writing anything shared: the subscribers' tasks on every core copy the same
+/// forms at once, and a lock or a reference count bumped per delivery would bounce its cache
+/// line between them. A slot is written once and never changed; they fill in order.
+#[derive(Debug, Default)]
+pub struct EncodedForms {
+    /// Set by the first delivery, so that the second one caches its form.
+    delivered: AtomicBool,
+    /// The forms, allocated by the first one cached.
+    forms: OnceLock<Box<FormSlots>>,
+}
+
+/// Write-once slots, filled in order.
+type FormSlots = [OnceLock<(WireForm, EncodedForm)>; MAX_ENCODED_FORMS];
+
+/// What [`EncodedForms::lookup`] found.
+#[derive(Debug)]
+pub enum FormLookup<'a> {
+    /// The form is cached: copy it (and patch the packet identifier).
+    Hit(&'a EncodedForm),
+    /// Encode the delivery; hand the bytes to [`EncodedForms::insert`] when `cache` is true.
+    Miss { cache: bool },
+}
+
+impl Clone for EncodedForms {
+    /// A copy of a message is a new message as far as its deliveries go: it starts empty.
+    fn clone(&self) -> EncodedForms {
+        EncodedForms::default()
+    }
+}
+
+impl EncodedForms {
+    /// The cached form for `key`, or whether the one about to be encoded should be cached.
+    pub fn lookup(&self, key: &WireForm) -> FormLookup<'_> {
+        if let Some(slots) = self.forms.get() {
+            for slot in slots.iter() {
+                match slot.get() {
+                    Some((k, form)) if k == key => return FormLookup::Hit(form),
+                    Some(_) => {}
+                    None => return FormLookup::Miss { cache: true },
+                }
+            }
+            return FormLookup::Miss { cache: false };
+        }
+        if self.delivered.load(Ordering::Relaxed) {
+            FormLookup::Miss { cache: true }
+        } else {
+            self.delivered.store(true, Ordering::Relaxed);
+            FormLookup::Miss { cache: false }
+        }
+    }
+
+    /// Caches `form` for `key` in the first free slot (none left, or cached meanwhile by
+    /// another delivery: not cached).
+    pub fn insert(&self, key: WireForm, form: EncodedForm) {
+        if form.bytes.len() > MAX_ENCODED_FORM_BYTES {
+            return;
+        }
+        let slots = self.forms.get_or_init(Default::default);
+        let mut entry = (key, form);
+        for slot in slots.iter() {
+            if slot.get().is_some_and(|(k, _)| *k == key) {
+                return;
+            }
+            match slot.set(entry) {
+                Ok(()) => return,
+                // Taken (by another form, or by another delivery just now): the next one,
+                // unless it holds this form.
+                Err(_) if slot.get().is_some_and(|(k, _)| *k == key) => return,
+                Err(back) => entry = back,
+            }
+        }
+    }
+
+    /// How many forms are cached (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        self.forms.get().map_or(0, |slots| {
+            slots.iter().filter(|s| s.get().is_some()).count()
+        })
+    }
+
+    /// True when no form is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Source of message ids.
@@ -75,6 +219,7 @@ impl Message {
             origin,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             priority: 0,
+            encoded: EncodedForms::default(),
         }
     }
 
@@ -102,6 +247,62 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(n: u8) -> WireForm {
+        WireForm {
+            v5: n % 2 == 1,
+            qos: QoS::from_u8(n / 2 % 3).unwrap(),
+            retain: n >= 6,
+            dup: false,
+            expiry: None,
+        }
+    }
+
+    /// Subscribers on several threads cache forms at once: each form is cached once, in at
+    /// most `MAX_ENCODED_FORMS` slots, and every lookup finds the bytes stored for its key.
+    #[test]
+    fn encoded_forms_under_concurrent_deliveries() {
+        for _ in 0..50 {
+            let forms = Arc::new(EncodedForms::default());
+            let threads: Vec<_> = (0..4u8)
+                .map(|t| {
+                    let forms = forms.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..8u8 {
+                            let n = (i + t * 3) % 8;
+                            let k = key(n);
+                            match forms.lookup(&k) {
+                                FormLookup::Hit(f) => assert_eq!(f.bytes[..], [n]),
+                                FormLookup::Miss { cache: true } => forms.insert(
+                                    k,
+                                    EncodedForm {
+                                        bytes: Bytes::from(vec![n]),
+                                        pkid_at: None,
+                                    },
+                                ),
+                                FormLookup::Miss { cache: false } => {}
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert!(!forms.is_empty());
+            assert!(forms.len() <= MAX_ENCODED_FORMS);
+            let slots = forms.forms.get().unwrap();
+            let keys: Vec<WireForm> = slots.iter().filter_map(|s| s.get()).map(|e| e.0).collect();
+            for (i, k) in keys.iter().enumerate() {
+                assert!(!keys[i + 1..].contains(k), "{k:?} cached twice");
+            }
+            for n in 0..8u8 {
+                if let FormLookup::Hit(f) = forms.lookup(&key(n)) {
+                    assert_eq!(f.bytes[..], [n]);
+                }
+            }
+        }
+    }
 
     #[test]
     fn expiry_interval_becomes_deadline_and_counts_down() {

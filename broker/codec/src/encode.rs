@@ -18,28 +18,63 @@ use crate::MAX_REMAINING_LENGTH;
 /// 5.0-only parts (properties, ack reason codes) are not written; see [`connack_return_code`]
 /// for how a CONNACK reason becomes a 3.1.1 return code. AUTH cannot be sent before 5.0.
 pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result<(), EncodeError> {
-    let sizes = measure(packet, protocol)?;
-    let start = buf.len();
-    buf.reserve(1 + varint_len(sizes.len) + sizes.len);
-    buf.put_u8(first_byte(packet));
-    put_varint(buf, sizes.len as u32);
-    let mut writer = Writer {
-        buf,
-        blocks: sizes.blocks,
-        next: 0,
-    };
-    if let Err(e) = body(packet, protocol, &mut writer) {
-        // Unreachable after a successful measure, but never leave a partial packet behind.
-        buf.truncate(start);
-        return Err(e);
-    }
-    Ok(())
+    prepare(packet, protocol)?.write(buf)
 }
 
 /// The number of bytes [`encode`] would append (fixed header included).
 pub fn encoded_len(packet: &Packet, protocol: Protocol) -> Result<usize, EncodeError> {
+    Ok(prepare(packet, protocol)?.len())
+}
+
+/// Measures `packet` once (validating every field) for a caller that needs its length before
+/// deciding where, or whether, to write it: [`Prepared::write`] then writes it without
+/// measuring it again. `encode` is `prepare` then `write`.
+pub fn prepare(packet: &Packet, protocol: Protocol) -> Result<Prepared<'_>, EncodeError> {
     let sizes = measure(packet, protocol)?;
-    Ok(1 + varint_len(sizes.len) + sizes.len)
+    Ok(Prepared {
+        packet,
+        protocol,
+        sizes,
+    })
+}
+
+/// A packet measured by [`prepare`], ready to be written.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    packet: &'a Packet,
+    protocol: Protocol,
+    sizes: Sizes,
+}
+
+impl Prepared<'_> {
+    /// The number of bytes [`Prepared::write`] appends (fixed header included).
+    pub fn len(&self) -> usize {
+        1 + varint_len(self.sizes.len) + self.sizes.len
+    }
+
+    /// Never true: every packet has at least its fixed header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Appends the packet to `buf`; on error nothing is appended.
+    pub fn write(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let start = buf.len();
+        buf.reserve(self.len());
+        buf.put_u8(first_byte(self.packet));
+        put_varint(buf, self.sizes.len as u32);
+        let mut writer = Writer {
+            buf,
+            blocks: self.sizes.blocks,
+            next: 0,
+        };
+        if let Err(e) = body(self.packet, self.protocol, &mut writer) {
+            // Unreachable after a successful measure, but never leave a partial packet behind.
+            buf.truncate(start);
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 /// The 3.1 / 3.1.1 CONNACK return code (3.2.2.3) for a 5.0 reason code.
@@ -60,6 +95,7 @@ pub fn connack_return_code(reason: ReasonCode) -> u8 {
 }
 
 /// Result of the measuring pass.
+#[derive(Debug, Clone, Copy)]
 struct Sizes {
     /// The remaining length.
     len: usize,

@@ -28,7 +28,7 @@ mod read;
 mod types;
 
 pub use decode::Decoder;
-pub use encode::{connack_return_code, encode, encoded_len};
+pub use encode::{connack_return_code, encode, encoded_len, prepare, Prepared};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use types::{topic_matches, ReasonCode, Str, StrError, TopicFilter, TopicName};

@@ -296,15 +296,28 @@ impl ClientState {
         }
     }
 
+    /// The buffer the next packet goes to. Behind packets already held (keeping the order);
+    /// into the held buffer when it must wait for the store (`wait_for_store`) and the store
+    /// holds acks; else the write buffer.
+    fn out_buf(&mut self, wait_for_store: bool) -> &mut BytesMut {
+        if wait_for_store && self.store.holds_acks() {
+            return &mut self.held;
+        }
+        let buf = if self.holding || !self.held.is_empty() {
+            &mut self.held
+        } else {
+            &mut self.write_buf
+        };
+        if buf.capacity() == 0 {
+            // Idle connections hold no buffer; a first packet gets room for a few more.
+            buf.reserve(FIRST_WRITE_BUF);
+        }
+        buf
+    }
+
     /// Encodes `packet` to go out only after the store has everything logged so far.
     fn send_held(&mut self, packet: &Packet) {
-        if self.store.holds_acks() {
-            if let Err(e) = encode(packet, self.n.protocol, &mut self.held) {
-                tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
-            }
-        } else {
-            self.send(packet);
-        }
+        self.send_to(packet, true);
     }
 
     /// For a persistent session, holds `packet` until the store has the records logged before
@@ -322,16 +335,12 @@ impl ClientState {
     /// Encoding only fails for values we built ourselves; such a packet is logged and skipped
     /// rather than taking the connection down.
     pub fn send(&mut self, packet: &Packet) {
-        let buf = if self.holding || !self.held.is_empty() {
-            &mut self.held
-        } else {
-            &mut self.write_buf
-        };
-        if buf.capacity() == 0 {
-            // Idle connections hold no buffer; a first packet gets room for a few more.
-            buf.reserve(FIRST_WRITE_BUF);
-        }
-        if let Err(e) = encode(packet, self.n.protocol, buf) {
+        self.send_to(packet, false);
+    }
+
+    fn send_to(&mut self, packet: &Packet, wait_for_store: bool) {
+        let protocol = self.n.protocol;
+        if let Err(e) = encode(packet, protocol, self.out_buf(wait_for_store)) {
             tracing::error!(client_id = %self.n.client_id, packet = packet.name(), error = %e, "cannot encode packet; skipped");
         }
     }

@@ -5,14 +5,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_codec::{encoded_len, Packet, PubAck, Publish, QoS, TopicName};
+use bytes::{Bytes, BytesMut};
+use sluice_codec::{prepare, Packet, PubAck, Publish, QoS, TopicName};
 
 use super::alias::AliasUse;
-use crate::message::Message;
+use crate::message::{EncodedForm, FormLookup, Message, WireForm};
 use crate::persist::Record;
 use crate::session::{Delivery, Inflight};
 
 use super::ClientState;
+
+#[cfg(test)]
+#[path = "outbound_tests.rs"]
+mod tests;
 
 impl ClientState {
     /// Resends unacknowledged PUBLISHes (DUP set) and PUBRELs of a resumed session, in their
@@ -27,14 +32,23 @@ impl ClientState {
                     // This connection may announce a smaller Maximum Packet Size than the one
                     // the message was first sent on: too large, it is discarded as if
                     // delivered [MQTT-3.1.2-25] rather than resent on every reconnect.
+                    let prepared = prepare(&p, self.n.protocol);
                     if self.n.protocol.is_v5()
-                        && encoded_len(&p, self.n.protocol)
-                            .map_or(true, |len| len > self.n.client_max_packet)
+                        && prepared
+                            .as_ref()
+                            .map_or(true, |p| p.len() > self.n.client_max_packet)
                     {
                         self.oversize_dropped += 1;
                         continue;
                     }
-                    self.send(&p);
+                    match prepared {
+                        Ok(prepared) => {
+                            let _ = prepared.write(self.out_buf(false));
+                        }
+                        Err(e) => {
+                            tracing::error!(client_id = %self.n.client_id, error = %e, "cannot encode PUBLISH; skipped");
+                        }
+                    }
                 }
                 Inflight::Release { pkid } => self.send(&Packet::PubRel(PubAck::new(*pkid))),
             }
@@ -177,44 +191,79 @@ impl ClientState {
         }
         // Numbered up to the recovered horizon: it may have gone out before the crash.
         let dup = d.qos != QoS::AtMostOnce && d.seq != 0 && d.seq <= self.horizon.recovered;
-        let mut p = self.publish_packet(&d, 0, dup, now);
-        if d.qos != QoS::AtMostOnce {
+        let pkid = if d.qos == QoS::AtMostOnce {
+            0
+        } else {
             match self.session.next_pkid() {
-                Some(id) => p.pkid = id,
+                Some(id) => id,
                 None => return,
             }
-        }
+        };
         let alias = if self.n.outbound_alias_maximum == 0 {
             AliasUse::None
         } else {
-            self.v5_mut().outbound_aliases.name(&p.topic)
+            self.v5_mut().outbound_aliases.name(&d.msg.topic)
         };
-        match alias {
-            AliasUse::Known(a) => {
-                p.properties.topic_alias = Some(a);
-                p.topic = TopicName::default();
+        let v5 = self.n.protocol.is_v5();
+        // Encoded once per wire form and shared by every subscriber that gets the same bytes
+        // but for the packet identifier; a Topic Alias or Subscription Identifiers make the
+        // PUBLISH this delivery's own.
+        let form = (alias == AliasUse::None && d.subscription_ids.is_empty()).then(|| WireForm {
+            v5,
+            qos: d.qos,
+            retain: d.retain,
+            dup,
+            expiry: if v5 {
+                d.msg.remaining_expiry(now)
+            } else {
+                None
+            },
+        });
+        let (cached, cache) = match form.map(|k| d.msg.encoded.lookup(&k)) {
+            Some(FormLookup::Hit(f)) => (Some(f), false),
+            Some(FormLookup::Miss { cache }) => (None, cache),
+            None => (None, false),
+        };
+        let packet = cached.is_none().then(|| {
+            let mut p = self.publish_packet(&d, pkid, dup, now);
+            match alias {
+                AliasUse::Known(a) => {
+                    p.properties.topic_alias = Some(a);
+                    p.topic = TopicName::default();
+                }
+                AliasUse::Assign(a) => p.properties.topic_alias = Some(a),
+                AliasUse::None => {}
             }
-            AliasUse::Assign(a) => p.properties.topic_alias = Some(a),
-            AliasUse::None => {}
-        }
-        let pkid = p.pkid;
-        let packet = Packet::Publish(p);
-        if self.n.protocol.is_v5() {
-            match encoded_len(&packet, self.n.protocol) {
-                Ok(len) if len <= self.n.client_max_packet => {}
-                _ => {
-                    // Larger than the client accepts: not sent, as if delivered
-                    // [MQTT-3.1.2-25]. An alias assigned for it was never told to the client.
-                    if let AliasUse::Assign(a) = alias {
-                        if let Some(v) = self.v5.as_mut() {
-                            v.outbound_aliases.forget(a);
-                        }
-                    }
-                    self.oversize_dropped += 1;
+            Packet::Publish(p)
+        });
+        // Measured once: the length decides whether it is sent at all, then it is written.
+        let prepared = match &packet {
+            Some(packet) => match prepare(packet, self.n.protocol) {
+                Ok(prepared) => Some(prepared),
+                Err(e) => {
+                    tracing::error!(client_id = %self.n.client_id, error = %e, "cannot encode PUBLISH; skipped");
                     self.log_skip(&d);
                     return;
                 }
+            },
+            None => None,
+        };
+        let len = match (&cached, &prepared) {
+            (Some(f), _) => f.bytes.len(),
+            (None, Some(p)) => p.len(),
+            (None, None) => return,
+        };
+        if v5 && len > self.n.client_max_packet {
+            // Larger than the client accepts: not sent, as if delivered [MQTT-3.1.2-25]. An
+            // alias assigned for it was never told to the client.
+            if let AliasUse::Assign(a) = alias {
+                if let Some(v) = self.v5.as_mut() {
+                    v.outbound_aliases.forget(a);
+                }
             }
+            self.oversize_dropped += 1;
+            self.log_skip(&d);
+            return;
         }
         // Not on the wire before the log says it may have gone: a crash that loses the `Sent`
         // record must still resend it with DUP [MQTT-3.3.1-1].
@@ -226,12 +275,23 @@ impl ClientState {
                 pkid,
             });
         }
-        if hold || (d.qos == QoS::ExactlyOnce && self.persistent()) {
-            // QoS 2: not on the wire before the store knows it was sent with this packet id,
-            // or a crash could deliver it again as a new message [MQTT-4.3.3].
-            self.send_held(&packet);
-        } else {
-            self.send(&packet);
+        // QoS 2: not on the wire before the store knows it was sent with this packet id, or a
+        // crash could deliver it again as a new message [MQTT-4.3.3].
+        let wait = hold || (d.qos == QoS::ExactlyOnce && self.persistent());
+        let buf = self.out_buf(wait);
+        let start = buf.len();
+        match (cached, prepared) {
+            (Some(f), _) => write_form(buf, f, pkid),
+            (None, Some(prepared)) => {
+                // Cannot fail: measured above.
+                let written = prepared.write(buf).is_ok();
+                if let (true, true, Some(key)) = (written, cache, form) {
+                    let bytes = Bytes::copy_from_slice(&buf[start..]);
+                    let pkid_at = (pkid != 0).then(|| pkid_offset(&bytes, d.msg.topic.len()));
+                    d.msg.encoded.insert(key, EncodedForm { bytes, pkid_at });
+                }
+            }
+            (None, None) => {}
         }
         if d.qos != QoS::AtMostOnce {
             self.session
@@ -262,4 +322,29 @@ impl ClientState {
             properties,
         }
     }
+}
+
+/// Appends a shared encoded PUBLISH to `buf` with this delivery's packet identifier: one copy
+/// into the write buffer and two bytes patched, instead of building and encoding a packet.
+fn write_form(buf: &mut BytesMut, form: &EncodedForm, pkid: u16) {
+    let start = buf.len();
+    buf.extend_from_slice(&form.bytes);
+    if let Some(slot) = form
+        .pkid_at
+        .and_then(|at| buf.get_mut(start + at..start + at + 2))
+    {
+        slot.copy_from_slice(&pkid.to_be_bytes());
+    }
+}
+
+/// Where the packet identifier of an encoded QoS 1/2 PUBLISH is: after the fixed header (the
+/// first byte and the Remaining Length, 1 to 4 bytes with the continuation bit) and the topic
+/// name (two-byte length and the name) (3.3.2).
+fn pkid_offset(packet: &[u8], topic_len: usize) -> usize {
+    let length_bytes = packet[1..]
+        .iter()
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map_or(4, |i| i + 1);
+    1 + length_bytes + 2 + topic_len
 }
