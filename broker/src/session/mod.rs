@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::message::{ClientId, Message};
 
 mod outbox;
-pub use outbox::{ColdDelivery, Dropped, Outbox, QueueBudget, COLD_ENTRY_COST};
+pub use outbox::{ColdDelivery, Dropped, Loaded, Outbox, QueueBudget, COLD_ENTRY_COST};
 
 /// One message on its way to one session: the shared message plus what differs per subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -390,8 +390,7 @@ mod tests {
         // Read back what fits the window's free bytes (the in-memory QoS 0 message behind the
         // cold ones takes half of it), in order.
         assert_eq!(o.cold_ids(), vec![ds[2].msg.id]);
-        let loaded: HashMap<u64, Option<Arc<Message>>> =
-            std::iter::once((ds[2].msg.id, Some(ds[2].msg.clone()))).collect();
+        let loaded: Loaded = std::iter::once((ds[2].msg.id, Some(ds[2].msg.clone()))).collect();
         assert!(o.warm(&loaded).is_empty());
         assert_eq!(o.pop().unwrap().msg.id, ds[2].msg.id);
         assert_eq!(o.cold_ids(), vec![ds[3].msg.id]);
