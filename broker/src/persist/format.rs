@@ -65,6 +65,16 @@ pub enum Record {
         seq: u64,
         pkid: u16,
     },
+    /// Several deliveries sent, in this order: `(seq, pkid)` as in [`Record::Sent`]. A drain
+    /// logs one of these per batch of PUBLISHes written at once, not one record each
+    /// ([`Store::append`] merges them): the client id is written and looked up once.
+    SentMany {
+        client: ClientId,
+        sent: Vec<(u64, u16)>,
+    },
+    /// Several inflight entries done, in this order, as in [`Record::Acked`] (the PUBACKs
+    /// read at once).
+    AckedMany { client: ClientId, pkids: Vec<u16> },
     /// Queued delivery `seq` was dropped unsent (expired, too large, moved to another
     /// shared-subscription member, queue full).
     Skip { client: ClientId, seq: u64 },
@@ -310,6 +320,23 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             b.put_u8(15);
             put_bytes(b, group.as_bytes());
             b.put_u64_le(*seq);
+        }
+        Record::SentMany { client, sent } => {
+            b.put_u8(TAG_SENT_MANY);
+            put_bytes(b, client.as_bytes());
+            b.put_u32_le(sent.len() as u32);
+            for (seq, pkid) in sent {
+                b.put_u64_le(*seq);
+                b.put_u16_le(*pkid);
+            }
+        }
+        Record::AckedMany { client, pkids } => {
+            b.put_u8(TAG_ACKED_MANY);
+            put_bytes(b, client.as_bytes());
+            b.put_u32_le(pkids.len() as u32);
+            for pkid in pkids {
+                b.put_u16_le(*pkid);
+            }
         }
         Record::SentHorizon { client, seq } => {
             b.put_u8(TAG_SENT_HORIZON);
@@ -560,6 +587,27 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, DecodeError
             client: f.client()?,
             seq: f.u64()?,
         },
+        TAG_SENT_MANY => {
+            let client = f.client()?;
+            let n = f.u32()? as usize;
+            // Each entry takes 10 bytes: a count the payload cannot hold is damage.
+            f.need(n.checked_mul(10).ok_or(DecodeError::BadCount)?)?;
+            let mut sent = Vec::with_capacity(n);
+            for _ in 0..n {
+                sent.push((f.u64()?, f.u16()?));
+            }
+            Record::SentMany { client, sent }
+        }
+        TAG_ACKED_MANY => {
+            let client = f.client()?;
+            let n = f.u32()? as usize;
+            f.need(n.checked_mul(2).ok_or(DecodeError::BadCount)?)?;
+            let mut pkids = Vec::with_capacity(n);
+            for _ in 0..n {
+                pkids.push(f.u16()?);
+            }
+            Record::AckedMany { client, pkids }
+        }
         t => return Err(DecodeError::UnknownTag(t)),
     };
     Ok(rec)
@@ -573,6 +621,10 @@ const TAG_ENQUEUE: u8 = 7;
 pub(super) const TAG_BATCH: u8 = 16;
 /// The tag byte of a `SentHorizon` record.
 const TAG_SENT_HORIZON: u8 = 17;
+/// The tag byte of a `SentMany` record.
+const TAG_SENT_MANY: u8 = 18;
+/// The tag byte of an `AckedMany` record.
+const TAG_ACKED_MANY: u8 = 19;
 
 /// Applies one record's payload other than a message's: queue entries read in place (the most
 /// common record of a long queue), the others decoded (copied: a record must not keep the read

@@ -1147,6 +1147,98 @@ async fn the_image_gives_back_the_memory_of_a_drained_queue() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A drain's records inside one batch: the `Sent`s of the PUBLISHes written at once become one
+/// `SentMany`, the `Acked`s of the PUBACKs read at once one `AckedMany` (one record each for
+/// the writer), another client's record in between starts a new run, and replaying the log
+/// gives the same session as applying the records one by one would.
+#[tokio::test]
+async fn a_batchs_sent_and_acked_records_are_merged_into_runs() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    store.append(Record::Session {
+        client: client("d"),
+        expiry: 60,
+        username: None,
+        will: None,
+        since: 0,
+    });
+    let msgs: Vec<_> = (1..=6u64)
+        .map(|seq| queue_for_c(&store, seq, "t", vec![b'x'; 10]))
+        .collect();
+    store.compact().await; // everything so far written: the counts below are the batches'
+    let before = store.stats().records;
+    {
+        let _b = store.batch();
+        for (i, seq) in (1..=5u64).enumerate() {
+            store.append(Record::Sent {
+                client: client("c"),
+                seq,
+                pkid: 10 + i as u16,
+            });
+        }
+        // Another client's record ends the run; c's next Sent starts a new one.
+        store.append(Record::SentHorizon {
+            client: client("d"),
+            seq: 1,
+        });
+        store.append(Record::Sent {
+            client: client("c"),
+            seq: 6,
+            pkid: 15,
+        });
+    }
+    {
+        let _b = store.batch();
+        for pkid in [10, 12, 11] {
+            store.append(Record::Acked {
+                client: client("c"),
+                pkid,
+            });
+        }
+    }
+    store.ticket().unwrap().await.unwrap();
+    assert_eq!(
+        store.stats().records - before,
+        4,
+        "SentMany(5), SentHorizon, SentMany(1), AckedMany(3)"
+    );
+    let expect = |store: &Store| {
+        let (_, queue, inflight) = session_c(store);
+        assert!(queue.is_empty());
+        let pkids: Vec<u16> = inflight
+            .iter()
+            .map(|i| match i {
+                InflightImage::Publish { pkid, .. } | InflightImage::Release { pkid } => *pkid,
+            })
+            .collect();
+        assert_eq!(
+            pkids,
+            vec![13, 14, 15],
+            "sent in order, the acked ones gone"
+        );
+        let live: Vec<bool> = store
+            .with_image(|img, _| {
+                msgs.iter()
+                    .map(|m| img.messages.contains_key(&m.id))
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(live, vec![false, false, false, true, true, true]);
+    };
+    expect(&store);
+    drop(store); // no shutdown: replayed as a crash leaves it
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    expect(&store);
+    store.compact().await;
+    let (store, _) = {
+        store.shutdown().await;
+        Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap()
+    };
+    expect(&store);
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Messages read back share a topic or client id equal to the previous message's, and still
 /// come back exactly as written when those change, with and without properties.
 #[tokio::test]
