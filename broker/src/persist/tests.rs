@@ -1286,3 +1286,44 @@ async fn messages_read_back_are_equal_to_those_written() {
     store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A due compaction waits while a drain shrinks the live data by an eighth or more every
+/// DRAIN_WATCH and the log grows by less than a quarter; it runs once the drain stops, once
+/// the log grows too much, and at once near the disk limit.
+#[test]
+fn a_due_compaction_waits_while_a_drain_shrinks_the_live_data() {
+    let t0 = Instant::now();
+    let at = |n: u32| t0 + DRAIN_WATCH * n;
+    let first = put_off_compaction(None, 1000, 8000, false, t0);
+    assert_eq!(
+        first,
+        Some(PutOff {
+            at: t0,
+            live: 1000,
+            size: 8000
+        }),
+        "first due: looks again after DRAIN_WATCH"
+    );
+    let same = put_off_compaction(first, 100, 8000, false, t0 + DRAIN_WATCH / 2);
+    assert_eq!(same, first, "not looked at again before DRAIN_WATCH");
+    // Draining: 1000 -> 800 -> 600 live bytes.
+    let p = put_off_compaction(first, 800, 8100, false, at(1));
+    assert_eq!(p.map(|p| (p.live, p.size)), Some((800, 8000)));
+    let p = put_off_compaction(p, 600, 8200, false, at(2));
+    assert!(p.is_some(), "still draining");
+    assert_eq!(
+        put_off_compaction(p, 590, 8200, false, at(3)),
+        None,
+        "the drain slowed: compact now"
+    );
+    assert_eq!(
+        put_off_compaction(p, 100, 10_000, false, at(3)),
+        None,
+        "the log grew by a quarter: compact now"
+    );
+    assert_eq!(
+        put_off_compaction(None, 1000, 8000, true, t0),
+        None,
+        "near the disk limit: never put off"
+    );
+}
