@@ -132,9 +132,9 @@ pub(super) struct PutOff {
 ///
 /// Compaction copies the live messages into the new log. While a long queue drains (the
 /// durable drain of issue 16: 1,000,000 messages, compacted once 3/4 of it had gone) those
-/// are the queue's tail, about to be acknowledged: copying them (52 MB there, a fifth of the
-/// broker's CPU for the whole drain with the kernel's share) only to delete them moments
-/// later is waste. So a due compaction waits while the live data falls by an eighth or more
+/// are the queue's tail, about to be acknowledged: copying them (52 MB there, about a fifth
+/// of the broker's CPU over the drain, kernel included) only to delete them moments later is
+/// waste. So a due compaction waits while the live data falls by an eighth or more
 /// every [`DRAIN_WATCH`], and the log has grown by less than a quarter since it was first due
 /// (a drain appends little: 12 bytes per delivery), never near the disk limit (`full`).
 /// Once the drain stops or slows, it runs, on what is left.
