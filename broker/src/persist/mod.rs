@@ -214,7 +214,8 @@ pub struct StoreStats {
     pub fsyncs: u64,
     /// `write` calls appending to the log.
     pub writes: u64,
-    /// Records appended to the log (a message, a queue entry, an acknowledgement...).
+    /// Records appended to the log (a message, a queue entry, an acknowledgement...; a
+    /// `SentMany` or `AckedMany` counts as the deliveries or acknowledgements it holds).
     pub records: u64,
     /// Bytes appended to the log (compaction's rewrites not included).
     pub bytes: u64,
@@ -613,6 +614,16 @@ fn push_merged(batch: &mut Vec<Record>, rec: Record) {
         other => other,
     };
     batch.push(rec);
+}
+
+/// How many records `rec` stands for in [`StoreStats::records`]: a merged run as the records
+/// it was merged from (every delivery sent and every acknowledgement counts, as before).
+fn record_count(rec: &Record) -> u64 {
+    match rec {
+        Record::SentMany { sent, .. } => sent.len() as u64,
+        Record::AckedMany { pkids, .. } => pkids.len() as u64,
+        _ => 1,
+    }
 }
 
 /// What a record counts against the writer's backlog: a merged run as the records it stands

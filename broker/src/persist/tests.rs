@@ -1166,7 +1166,7 @@ async fn a_batchs_sent_and_acked_records_are_merged_into_runs() {
         .map(|seq| queue_for_c(&store, seq, "t", vec![b'x'; 10]))
         .collect();
     store.compact().await; // everything so far written: the counts below are the batches'
-    let before = store.stats().records;
+    let before = store.stats();
     {
         let _b = store.batch();
         for (i, seq) in (1..=5u64).enumerate() {
@@ -1197,10 +1197,32 @@ async fn a_batchs_sent_and_acked_records_are_merged_into_runs() {
         }
     }
     store.ticket().unwrap().await.unwrap();
+    // What the log got: one frame with SentMany(5), SentHorizon, SentMany(1), and AckedMany(3).
+    let (c, d) = (client("c"), client("d"));
+    let mut want = BytesMut::new();
+    let sent = [
+        Record::SentMany {
+            client: c.clone(),
+            sent: (1..=5u64).map(|seq| (seq, 9 + seq as u16)).collect(),
+        },
+        Record::SentHorizon { client: d, seq: 1 },
+        Record::SentMany {
+            client: c.clone(),
+            sent: vec![(6, 15)],
+        },
+    ];
+    encode_batch(sent.iter(), &mut want);
+    let acked = Record::AckedMany {
+        client: c,
+        pkids: vec![10, 12, 11],
+    };
+    encode_record(&acked, &mut want);
+    let after = store.stats();
+    assert_eq!(after.bytes - before.bytes, want.len() as u64, "merged runs");
     assert_eq!(
-        store.stats().records - before,
-        4,
-        "SentMany(5), SentHorizon, SentMany(1), AckedMany(3)"
+        after.records - before.records,
+        10,
+        "a run counts as the records it holds"
     );
     let expect = |store: &Store| {
         let (_, queue, inflight) = session_c(store);

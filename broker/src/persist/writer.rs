@@ -271,7 +271,7 @@ impl Writer {
                 let mut state = shared.state();
                 while let Some(c) = cmd.take() {
                     let mut put = |rec: &Record| {
-                        records += 1;
+                        records += record_count(rec);
                         unwritten_cost += record_cost(rec);
                         let at = self.size + buf.len() as u64;
                         encode_record(rec, &mut buf);
@@ -294,7 +294,7 @@ impl Writer {
                                     let rest = || recs.iter().filter(|r| !is_msg(r));
                                     encode_batch(rest(), &mut buf);
                                     for rec in rest() {
-                                        records += 1;
+                                        records += record_count(rec);
                                         unwritten_cost += record_cost(rec);
                                         state.image.apply(rec, (0, 0));
                                     }
