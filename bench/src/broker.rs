@@ -313,6 +313,11 @@ pub fn spawn(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
             if let Some(b) = opts.max_queued_bytes {
                 cmd.env("SLUICE__MQTT__MAX_QUEUED_BYTES", b.to_string());
                 env += &format!("SLUICE__MQTT__MAX_QUEUED_BYTES={b} ");
+                // What the log does not hold (all of it in `memory` mode) is bounded by
+                // max_queued_memory_bytes (64 MiB by default): raised with the queue, or a
+                // memory-mode backlog past 64 MiB is dropped, not measured.
+                cmd.env("SLUICE__MQTT__MAX_QUEUED_MEMORY_BYTES", b.to_string());
+                env += &format!("SLUICE__MQTT__MAX_QUEUED_MEMORY_BYTES={b} ");
             }
             command = format!(
                 "{env}{} {listen} --data-dir {} --log {log_filter}",

@@ -601,6 +601,8 @@ impl Broker {
                 };
                 session.last_pkid = session.last_pkid.max(pkid);
                 session.inflight.push_back(entry);
+                // Not handed out by this session's next_pkid: it must check them.
+                session.pkids_unordered = true;
             }
             {
                 let mut outbox = handle.outbox();

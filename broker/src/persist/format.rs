@@ -65,6 +65,16 @@ pub enum Record {
         seq: u64,
         pkid: u16,
     },
+    /// Several deliveries sent, in this order: `(seq, pkid)` as in [`Record::Sent`]. A drain
+    /// logs one of these per batch of PUBLISHes written at once, not one record each
+    /// ([`Store::append`] merges them): the client id is written and looked up once.
+    SentMany {
+        client: ClientId,
+        sent: Vec<(u64, u16)>,
+    },
+    /// Several inflight entries done, in this order, as in [`Record::Acked`] (the PUBACKs
+    /// read at once).
+    AckedMany { client: ClientId, pkids: Vec<u16> },
     /// Queued delivery `seq` was dropped unsent (expired, too large, moved to another
     /// shared-subscription member, queue full).
     Skip { client: ClientId, seq: u64 },
@@ -319,6 +329,23 @@ fn encode_payload(rec: &Record, b: &mut BytesMut) {
             b.put_u8(15);
             put_bytes(b, group.as_bytes());
             b.put_u64_le(*seq);
+        }
+        Record::SentMany { client, sent } => {
+            b.put_u8(TAG_SENT_MANY);
+            put_bytes(b, client.as_bytes());
+            b.put_u32_le(sent.len() as u32);
+            for (seq, pkid) in sent {
+                b.put_u64_le(*seq);
+                b.put_u16_le(*pkid);
+            }
+        }
+        Record::AckedMany { client, pkids } => {
+            b.put_u8(TAG_ACKED_MANY);
+            put_bytes(b, client.as_bytes());
+            b.put_u32_le(pkids.len() as u32);
+            for pkid in pkids {
+                b.put_u16_le(*pkid);
+            }
         }
         Record::SentHorizon { client, seq } => {
             b.put_u8(TAG_SENT_HORIZON);
@@ -592,6 +619,27 @@ pub fn decode_record(payload: Bytes, now: Instant) -> Result<Record, DecodeError
             id: f.u64()?,
             priority: f.u8()?,
         },
+        TAG_SENT_MANY => {
+            let client = f.client()?;
+            let n = f.u32()? as usize;
+            // Each entry takes 10 bytes: a count the payload cannot hold is damage.
+            f.need(n.checked_mul(10).ok_or(DecodeError::BadCount)?)?;
+            let mut sent = Vec::with_capacity(n);
+            for _ in 0..n {
+                sent.push((f.u64()?, f.u16()?));
+            }
+            Record::SentMany { client, sent }
+        }
+        TAG_ACKED_MANY => {
+            let client = f.client()?;
+            let n = f.u32()? as usize;
+            f.need(n.checked_mul(2).ok_or(DecodeError::BadCount)?)?;
+            let mut pkids = Vec::with_capacity(n);
+            for _ in 0..n {
+                pkids.push(f.u16()?);
+            }
+            Record::AckedMany { client, pkids }
+        }
         t => return Err(DecodeError::UnknownTag(t)),
     };
     Ok(rec)
@@ -610,6 +658,10 @@ const TAG_SENT_HORIZON: u8 = 17;
 const TAG_DELAYED: u8 = 0x40;
 const TAG_DELAYED_DONE: u8 = 0x41;
 const TAG_PRIORITY: u8 = 0x42;
+/// The tag byte of a `SentMany` record.
+const TAG_SENT_MANY: u8 = 18;
+/// The tag byte of an `AckedMany` record.
+const TAG_ACKED_MANY: u8 = 19;
 
 /// Applies one record's payload other than a message's: queue entries read in place (the most
 /// common record of a long queue), the others decoded (copied: a record must not keep the read
@@ -713,7 +765,7 @@ pub(super) fn read_message(
             len: slot.len,
             source,
         })?;
-    decode_message(&frame, slot.at, now)
+    MessageDecoder::default().decode(&frame, slot.at, now)
 }
 
 /// Reads many messages back with few reads: the slots are taken in file order and records close
@@ -735,6 +787,7 @@ pub(super) fn read_messages(
         .filter_map(|(i, s)| Some((i, (*s)?)))
         .collect();
     order.sort_unstable_by_key(|(_, s)| s.at);
+    let mut decoder = MessageDecoder::default();
     let mut buf = Vec::new();
     let mut i = 0;
     while i < order.len() {
@@ -755,7 +808,9 @@ pub(super) fn read_messages(
         for &(k, slot) in &order[i..j] {
             out[k] = if span_ok {
                 let from = (slot.at - start) as usize;
-                decode_message(&buf[from..from + slot.len as usize], slot.at, now).ok()
+                decoder
+                    .decode(&buf[from..from + slot.len as usize], slot.at, now)
+                    .ok()
             } else {
                 // Part of the span is missing (not written yet?): each on its own.
                 read_message(file, &slot, now).ok()
@@ -766,13 +821,121 @@ pub(super) fn read_messages(
     out
 }
 
-/// Decodes the message in a whole frame (checksum verified), copying it out of `frame`.
-fn decode_message(frame: &[u8], at: u64, now: Instant) -> Result<Arc<Message>, ReadError> {
-    let bad = |source| ReadError::Bad { at, source };
-    check_frame(frame).map_err(bad)?;
-    match decode_record(Bytes::copy_from_slice(&frame[8..]), now).map_err(bad)? {
-        Record::Message(m) => Ok(m),
-        _ => Err(bad(DecodeError::NotAMessage)),
+/// Decodes message frames read back from the log, copying each message out right-sized (its
+/// payload alone, not the frame). A queue read back is mostly one publisher's messages on a
+/// few topics: a topic or client id equal to the previous message's is shared with it (one
+/// `Bytes`/`Arc` clone) instead of being validated and allocated again; that was most of the
+/// cost of reading a backlog back (issue 16). Checksums are always verified.
+#[derive(Default)]
+pub(super) struct MessageDecoder {
+    /// The last topic decoded, as stored and as validated.
+    topic: Option<(Bytes, TopicName)>,
+    /// The last origin decoded.
+    origin: Option<ClientId>,
+}
+
+impl MessageDecoder {
+    /// Decodes the message in a whole frame at `at` (checksum verified).
+    pub(super) fn decode(
+        &mut self,
+        frame: &[u8],
+        at: u64,
+        now: Instant,
+    ) -> Result<Arc<Message>, ReadError> {
+        let bad = |source| ReadError::Bad { at, source };
+        check_frame(frame).map_err(bad)?;
+        self.decode_payload(&frame[8..], now).map_err(bad)
+    }
+
+    /// A message record's payload (tag first); the same fields as [`decode_record`] reads.
+    fn decode_payload(&mut self, p: &[u8], now: Instant) -> Result<Arc<Message>, DecodeError> {
+        let mut r = Slice(p);
+        if r.u8()? != TAG_MESSAGE {
+            return Err(DecodeError::NotAMessage);
+        }
+        let id = r.u64()?;
+        let topic_raw = r.bytes()?;
+        let topic = match &self.topic {
+            Some((raw, topic)) if raw[..] == *topic_raw => topic.clone(),
+            _ => {
+                let raw = Bytes::copy_from_slice(topic_raw);
+                let s = Str::from_bytes(raw.clone()).map_err(|e| DecodeError::bad("string", e))?;
+                let topic = TopicName::new(s).map_err(|e| DecodeError::bad("topic", e))?;
+                self.topic = Some((raw, topic.clone()));
+                topic
+            }
+        };
+        let payload = Bytes::copy_from_slice(r.bytes()?);
+        let qos = QoS::from_u8(r.u8()?).ok_or(DecodeError::BadQos)?;
+        let retain = r.u8()? != 0;
+        let origin_raw = r.bytes()?;
+        let origin = match &self.origin {
+            Some(o) if o.as_bytes() == origin_raw => o.clone(),
+            _ => {
+                let o: ClientId = std::str::from_utf8(origin_raw)
+                    .map_err(|_| DecodeError::NotUtf8)?
+                    .into();
+                self.origin = Some(o.clone());
+                o
+            }
+        };
+        let expires = r.u64()?;
+        // No properties (the common case) is 1 + 8 + 1 + 1 + 1 + 4 bytes: 0xFF, u64::MAX,
+        // three absent fields and no user property.
+        const NONE: [u8; 16] = [
+            0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let properties = if r.0 == NONE {
+            PublishProperties::default()
+        } else {
+            Fields {
+                b: Bytes::copy_from_slice(r.0),
+            }
+            .props()?
+        };
+        Ok(Arc::new(Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            expires_at: unix_to_deadline(expires, now),
+            origin,
+            id,
+            // Set from the image (`Record::Priority`) by whoever reads the message back.
+            priority: 0,
+            encoded: Default::default(),
+        }))
+    }
+}
+
+/// Reads fields of a record payload in place.
+struct Slice<'a>(&'a [u8]);
+
+impl<'a> Slice<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Short);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u32()? as usize;
+        self.take(n)
     }
 }
 

@@ -90,6 +90,18 @@ pub struct MsgSlot {
     pub refs: u32,
 }
 
+impl SessionImage {
+    /// `Record::Sent`: queued delivery `seq` went out as `pkid`.
+    fn sent(&mut self, seq: u64, pkid: u16) {
+        if let Some(pos) = self.queue.iter().position(|q| q.seq == seq) {
+            if let Some(queued) = take_entry(&mut self.queue, pos) {
+                self.inflight
+                    .push_back(InflightImage::Publish { pkid, queued });
+            }
+        }
+    }
+}
+
 /// A shared subscription's group queue as stored.
 #[derive(Debug, Clone, Default)]
 pub struct GroupImage {
@@ -280,18 +292,18 @@ impl Image {
                 },
             ),
             Record::Sent { client, seq, pkid } => {
-                let Some(s) = self.sessions.get_mut(client) else {
-                    return;
-                };
-                if let Some(pos) = s.queue.iter().position(|q| q.seq == *seq) {
-                    if let Some(queued) = take_entry(&mut s.queue, pos) {
-                        s.inflight.push_back(InflightImage::Publish {
-                            pkid: *pkid,
-                            queued,
-                        });
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.sent(*seq, *pkid);
+                }
+            }
+            Record::SentMany { client, sent } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    for (seq, pkid) in sent {
+                        s.sent(*seq, *pkid);
                     }
                 }
             }
+            Record::AckedMany { client, pkids } => self.acked(client, pkids),
             Record::Skip { client, seq } => {
                 let removed = self.sessions.get_mut(client).and_then(|s| {
                     let pos = s.queue.iter().position(|q| q.seq == *seq)?;
@@ -302,18 +314,7 @@ impl Image {
                     self.release_msg(q.id);
                 }
             }
-            Record::Acked { client, pkid } => {
-                let removed = self.sessions.get_mut(client).and_then(|s| {
-                    let pos = s.inflight.iter().position(|i| inflight_pkid(i) == *pkid)?;
-                    s.inflight.remove(pos)
-                });
-                if removed.is_some() {
-                    self.entries -= 1;
-                }
-                if let Some(InflightImage::Publish { queued, .. }) = removed {
-                    self.release_msg(queued.id);
-                }
-            }
+            Record::Acked { client, pkid } => self.acked(client, std::slice::from_ref(pkid)),
             Record::Released { client, pkid } => {
                 let Some(s) = self.sessions.get_mut(client) else {
                     return;
@@ -408,6 +409,27 @@ impl Image {
                     self.release_msg(q.id);
                 }
             }
+        }
+    }
+
+    /// `Record::Acked`, `Record::AckedMany`: `client`'s inflight entries `pkids` are done (the
+    /// session is looked up once).
+    fn acked(&mut self, client: &str, pkids: &[u16]) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let mut freed = Vec::new();
+        for &pkid in pkids {
+            let Some(pos) = s.inflight.iter().position(|i| inflight_pkid(i) == pkid) else {
+                continue;
+            };
+            self.entries -= 1;
+            if let Some(InflightImage::Publish { queued, .. }) = s.inflight.remove(pos) {
+                freed.push(queued.id);
+            }
+        }
+        for id in freed {
+            self.release_msg(id);
         }
     }
 

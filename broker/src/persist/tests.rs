@@ -1230,3 +1230,205 @@ async fn delayed_messages_and_priorities_survive_recovery_and_compaction() {
     store.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+/// A drain's records inside one batch: the `Sent`s of the PUBLISHes written at once become one
+/// `SentMany`, the `Acked`s of the PUBACKs read at once one `AckedMany` (one record each for
+/// the writer), another client's record in between starts a new run, and replaying the log
+/// gives the same session as applying the records one by one would.
+#[tokio::test]
+async fn a_batchs_sent_and_acked_records_are_merged_into_runs() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    store.append(Record::Session {
+        client: client("d"),
+        expiry: 60,
+        username: None,
+        will: None,
+        since: 0,
+    });
+    let msgs: Vec<_> = (1..=6u64)
+        .map(|seq| queue_for_c(&store, seq, "t", vec![b'x'; 10]))
+        .collect();
+    store.compact().await; // everything so far written: the counts below are the batches'
+    let before = store.stats();
+    {
+        let _b = store.batch();
+        for (i, seq) in (1..=5u64).enumerate() {
+            store.append(Record::Sent {
+                client: client("c"),
+                seq,
+                pkid: 10 + i as u16,
+            });
+        }
+        // Another client's record ends the run; c's next Sent starts a new one.
+        store.append(Record::SentHorizon {
+            client: client("d"),
+            seq: 1,
+        });
+        store.append(Record::Sent {
+            client: client("c"),
+            seq: 6,
+            pkid: 15,
+        });
+    }
+    {
+        let _b = store.batch();
+        for pkid in [10, 12, 11] {
+            store.append(Record::Acked {
+                client: client("c"),
+                pkid,
+            });
+        }
+    }
+    store.ticket().unwrap().await.unwrap();
+    // What the log got: one frame with SentMany(5), SentHorizon, SentMany(1), and AckedMany(3).
+    let (c, d) = (client("c"), client("d"));
+    let mut want = BytesMut::new();
+    let sent = [
+        Record::SentMany {
+            client: c.clone(),
+            sent: (1..=5u64).map(|seq| (seq, 9 + seq as u16)).collect(),
+        },
+        Record::SentHorizon { client: d, seq: 1 },
+        Record::SentMany {
+            client: c.clone(),
+            sent: vec![(6, 15)],
+        },
+    ];
+    encode_batch(sent.iter(), &mut want);
+    let acked = Record::AckedMany {
+        client: c,
+        pkids: vec![10, 12, 11],
+    };
+    encode_record(&acked, &mut want);
+    let after = store.stats();
+    assert_eq!(after.bytes - before.bytes, want.len() as u64, "merged runs");
+    assert_eq!(
+        after.records - before.records,
+        10,
+        "a run counts as the records it holds"
+    );
+    let expect = |store: &Store| {
+        let (_, queue, inflight) = session_c(store);
+        assert!(queue.is_empty());
+        let pkids: Vec<u16> = inflight
+            .iter()
+            .map(|i| match i {
+                InflightImage::Publish { pkid, .. } | InflightImage::Release { pkid } => *pkid,
+            })
+            .collect();
+        assert_eq!(
+            pkids,
+            vec![13, 14, 15],
+            "sent in order, the acked ones gone"
+        );
+        let live: Vec<bool> = store
+            .with_image(|img, _| {
+                msgs.iter()
+                    .map(|m| img.messages.contains_key(&m.id))
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(live, vec![false, false, false, true, true, true]);
+    };
+    expect(&store);
+    drop(store); // no shutdown: replayed as a crash leaves it
+    let (store, _) = Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap();
+    expect(&store);
+    store.compact().await;
+    let (store, _) = {
+        store.shutdown().await;
+        Store::open(&cfg(&dir, PersistenceMode::Durable)).unwrap()
+    };
+    expect(&store);
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Messages read back share a topic or client id equal to the previous message's, and still
+/// come back exactly as written when those change, with and without properties.
+#[tokio::test]
+async fn messages_read_back_are_equal_to_those_written() {
+    let dir = tempdir();
+    let store = store_with_session(&dir);
+    let plain = |topic: &str, origin: &str| {
+        Arc::new(Message::new(
+            TopicName::try_from(topic).unwrap(),
+            Bytes::from(format!("{topic} from {origin}")),
+            QoS::AtLeastOnce,
+            true,
+            PublishProperties::default(),
+            origin.into(),
+            Instant::now(),
+        ))
+    };
+    let mut with_props = (*msg("a/b", b"props", QoS::ExactlyOnce)).clone();
+    with_props.expires_at = None;
+    with_props.properties.message_expiry_interval = None;
+    let msgs = [
+        plain("a/b", "p1"),
+        plain("a/b", "p1"),
+        plain("a/c", "p1"),
+        plain("a/b", "p2"),
+        Arc::new(with_props),
+        plain("a/b", "p2"),
+    ];
+    for (i, m) in msgs.iter().enumerate() {
+        store.append(Record::Message(m.clone()));
+        store.append(Record::Enqueue {
+            client: client("c"),
+            seq: i as u64 + 1,
+            id: m.id,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+        });
+    }
+    let got = store.load(msgs.iter().map(|m| m.id).collect()).await;
+    for (want, got) in msgs.iter().zip(got) {
+        assert_eq!(**want, *got.expect("read back"));
+    }
+    store.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A due compaction waits while a drain shrinks the live data by an eighth or more every
+/// DRAIN_WATCH and the log grows by less than a quarter; it runs once the drain stops, once
+/// the log grows too much, and at once near the disk limit.
+#[test]
+fn a_due_compaction_waits_while_a_drain_shrinks_the_live_data() {
+    let t0 = Instant::now();
+    let at = |n: u32| t0 + DRAIN_WATCH * n;
+    let first = put_off_compaction(None, 1000, 8000, false, t0);
+    assert_eq!(
+        first,
+        Some(PutOff {
+            at: t0,
+            live: 1000,
+            size: 8000
+        }),
+        "first due: looks again after DRAIN_WATCH"
+    );
+    let same = put_off_compaction(first, 100, 8000, false, t0 + DRAIN_WATCH / 2);
+    assert_eq!(same, first, "not looked at again before DRAIN_WATCH");
+    // Draining: 1000 -> 800 -> 600 live bytes.
+    let p = put_off_compaction(first, 800, 8100, false, at(1));
+    assert_eq!(p.map(|p| (p.live, p.size)), Some((800, 8000)));
+    let p = put_off_compaction(p, 600, 8200, false, at(2));
+    assert!(p.is_some(), "still draining");
+    assert_eq!(
+        put_off_compaction(p, 590, 8200, false, at(3)),
+        None,
+        "the drain slowed: compact now"
+    );
+    assert_eq!(
+        put_off_compaction(p, 100, 10_000, false, at(3)),
+        None,
+        "the log grew by a quarter: compact now"
+    );
+    assert_eq!(
+        put_off_compaction(None, 1000, 8000, true, t0),
+        None,
+        "near the disk limit: never put off"
+    );
+}

@@ -83,8 +83,7 @@ impl ClientState {
     /// for, ready to send. A message the store could not give back is dropped from the queue,
     /// logged and counted.
     pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
-        let loaded: std::collections::HashMap<u64, Option<Arc<Message>>> =
-            ids.iter().copied().zip(messages).collect();
+        let loaded: crate::session::Loaded = ids.iter().copied().zip(messages).collect();
         if let Some(claim) = self.group_load.take() {
             let group = &claim.queue.key;
             let lost = claim.queue.warm(&loaded);

@@ -45,9 +45,9 @@ use sluice_codec::{QoS, TopicFilter};
 
 use crate::config::{OrphanPolicy, SharedStrategy};
 use crate::locks::read;
-use crate::message::{ClientId, Message};
+use crate::message::ClientId;
 use crate::routing::Router;
-use crate::session::{ColdDelivery, Delivery, Dropped, Outbox, QueueBudget, SessionHandle};
+use crate::session::{ColdDelivery, Delivery, Dropped, Loaded, Outbox, QueueBudget, SessionHandle};
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
 /// only a hint for fairness, so when the bound is reached the table is simply cleared: a client
@@ -223,7 +223,7 @@ impl GroupQueue {
 
     /// Puts messages read back from the store into the queue (see [`Outbox::warm`]); returns
     /// the group delivery numbers of those the store could not give back (dropped).
-    pub fn warm(&self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+    pub fn warm(&self, loaded: &Loaded) -> Vec<u64> {
         self.lock().warm(loaded)
     }
 
@@ -664,6 +664,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
     use crate::session::COLD_ENTRY_COST;
     use bytes::Bytes;
     use sluice_codec::TopicName;
@@ -733,7 +734,7 @@ mod tests {
             q.claim_load().is_none() && !q.wants_load(),
             "one member reads back at a time"
         );
-        let loaded: HashMap<u64, Option<Arc<Message>>> = ids
+        let loaded: Loaded = ids
             .iter()
             .zip(&msgs[2..4])
             .map(|(id, m)| (*id, Some(m.clone())))

@@ -2,7 +2,6 @@
 //! bytes, sharing a broker-wide budget, and kept on disk past a memory window when the store
 //! has the messages (only their ids stay in memory).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -58,6 +57,11 @@ impl QueueBudget {
         self.used.fetch_sub(n, Ordering::Relaxed);
     }
 }
+
+/// Messages read back from the store, by id (None: the log could not give it back). Keyed with
+/// the store's id hasher: with SipHash, building and looking up this map cost about a third
+/// of reading the messages themselves.
+pub type Loaded = crate::persist::IdMap<Option<Arc<Message>>>;
 
 /// A queued delivery whose message is only on disk (in the store's log): what a [`Delivery`]
 /// holds besides the message, and the message's id to read it back.
@@ -353,7 +357,7 @@ impl Outbox {
     /// with the messages read back (`loaded`: id → message, None if the log could not give
     /// it). Stops at the first delivery after them that is not a cold one in `loaded`. Returns the delivery numbers (`seq`) of deliveries
     /// dropped because their message could not be read.
-    pub fn warm(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+    pub fn warm(&mut self, loaded: &Loaded) -> Vec<u64> {
         self.warm_where(loaded, false)
     }
 
@@ -376,50 +380,53 @@ impl Outbox {
     /// Like [`Outbox::warm`], for every cold delivery whose id is in `loaded`, wherever it is
     /// in the queue (a session that stops being persistent takes its whole queue back into
     /// memory before the log forgets it).
-    pub fn warm_all(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>) -> Vec<u64> {
+    pub fn warm_all(&mut self, loaded: &Loaded) -> Vec<u64> {
         self.warm_where(loaded, true)
     }
 
-    fn warm_where(&mut self, loaded: &HashMap<u64, Option<Arc<Message>>>, all: bool) -> Vec<u64> {
+    fn warm_where(&mut self, loaded: &Loaded, all: bool) -> Vec<u64> {
         let mut lost = Vec::new();
         let mut i = 0;
         let mut started = false;
+        // The broker-wide budget is settled once at the end (one atomic step each way, not two
+        // per message: this runs for every message of a backlog read back).
+        let (mut warmed, mut charged) = (0usize, 0usize);
         while i < self.queue.len() {
             let Some(entry) = self.queue.get_mut(i) else {
                 break;
             };
-            let (seq, id, old_cost, qos, retain, subscription_ids) = match entry {
-                Entry::Cold(c) if loaded.contains_key(&c.id) => (
-                    c.seq,
-                    c.id,
-                    c.cost,
-                    c.qos,
-                    c.retain,
-                    std::mem::take(&mut c.subscription_ids),
-                ),
+            let (seq, old_cost, qos, retain, subscription_ids, found) = match entry {
+                Entry::Cold(c) => match loaded.get(&c.id) {
+                    Some(found) => (
+                        c.seq,
+                        c.cost,
+                        c.qos,
+                        c.retain,
+                        std::mem::take(&mut c.subscription_ids),
+                        found.clone(),
+                    ),
+                    None if all => {
+                        i += 1;
+                        continue;
+                    }
+                    None => break,
+                },
                 // In-memory entries before the cold run (read ahead), or anywhere (`all`).
                 Entry::Hot(_) if all || !started => {
                     i += 1;
                     continue;
                 }
-                _ if all => {
-                    i += 1;
-                    continue;
-                }
-                _ => break,
+                Entry::Hot(_) => break,
             };
             started = true;
             self.cold -= 1;
-            self.release(COLD_ENTRY_COST);
-            match loaded.get(&id).cloned().flatten() {
+            warmed += 1;
+            match found {
                 Some(msg) => {
                     let cost = msg.cost();
                     self.bytes = self.bytes - old_cost + cost;
                     self.hot_bytes += cost;
-                    if let Some(b) = &self.budget {
-                        // Bounded by the window: charged even over the budget.
-                        b.charge(cost);
-                    }
+                    charged += cost;
                     let hot = Entry::Hot(Delivery {
                         msg,
                         qos,
@@ -439,6 +446,11 @@ impl Outbox {
                     self.queue.remove(i);
                 }
             }
+        }
+        if let Some(b) = &self.budget {
+            // Bounded by the window: charged even over the budget.
+            b.charge(charged);
+            b.release(warmed * COLD_ENTRY_COST);
         }
         lost
     }
