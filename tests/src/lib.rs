@@ -614,15 +614,16 @@ pub mod packets {
         SubscriptionOptions, TopicFilter, TopicName,
     };
 
-    /// A PUBLISH (not retained, no properties); the packet id is dropped for QoS 0.
-    pub fn publish(topic: &str, qos: QoS, pkid: u16, payload: impl Into<Bytes>) -> Publish {
+    /// A PUBLISH (not retained, no properties); the packet id is dropped for QoS 0. The one
+    /// PUBLISH builder of the tests (byte-level ones aside).
+    pub fn publish(topic: &str, qos: QoS, pkid: u16, payload: impl AsRef<[u8]>) -> Publish {
         Publish {
             dup: false,
             qos,
             retain: false,
             topic: TopicName::try_from(topic).unwrap(),
             pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
-            payload: payload.into(),
+            payload: Bytes::copy_from_slice(payload.as_ref()),
             properties: PublishProperties::default(),
         }
     }
@@ -651,13 +652,25 @@ pub fn connect_bytes(protocol: Protocol, client_id: &str) -> Vec<u8> {
         Protocol::V311 => (b"MQTT", 4),
         Protocol::V5 => (b"MQTT", 5),
     };
+    connect_bytes_with(name, level, 0x02, protocol == Protocol::V5, client_id)
+}
+
+/// Raw bytes of a CONNECT with any protocol name, level and connect flags (also ones the codec
+/// refuses to encode), keepalive 60; `v5_layout` adds an empty property block.
+pub fn connect_bytes_with(
+    name: &[u8],
+    level: u8,
+    flags: u8,
+    v5_layout: bool,
+    client_id: &str,
+) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&(name.len() as u16).to_be_bytes());
     body.extend_from_slice(name);
     body.push(level);
-    body.push(0x02); // clean session / clean start
+    body.push(flags);
     body.extend_from_slice(&60u16.to_be_bytes());
-    if protocol == Protocol::V5 {
+    if v5_layout {
         body.push(0); // no properties
     }
     body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
