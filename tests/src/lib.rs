@@ -41,30 +41,57 @@ pub fn workspace_root() -> PathBuf {
 pub fn sluice_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("SLUICE_BIN") {
-            return PathBuf::from(bin);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
-            .current_dir(workspace_root())
-            .status()
-            .expect("run cargo build -p sluice");
-        assert!(status.success(), "cargo build -p sluice failed");
-        // This test executable lives in target/<profile>/deps/.
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let bin = profile_dir.join("sluice");
-        assert!(
-            bin.exists(),
-            "{} not found after cargo build",
-            bin.display()
-        );
-        bin
+        std::env::var_os("SLUICE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cargo_build(&["-p", "sluice", "--bin", "sluice"], "sluice"))
     })
+}
+
+/// The `order_system` example of the `sluice` package: `$ORDER_SYSTEM_BIN` if set, else built
+/// once with `cargo build -p sluice --example order_system` into this workspace's target
+/// directory, in the tests' profile. `cargo test` builds the examples of the package under
+/// test only (here `sluice-tests`), so the test builds it the way [`sluice_bin`] builds the
+/// broker: one cargo call, a no-op when the example is fresh, and never a stale binary.
+pub fn order_system_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("ORDER_SYSTEM_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                cargo_build(
+                    &["-p", "sluice", "--example", "order_system"],
+                    "examples/order_system",
+                )
+            })
+    })
+}
+
+/// Runs `cargo build --quiet ARGS` in the workspace (the profile of this test executable) and
+/// returns `target/<profile>/<artifact>`.
+fn cargo_build(args: &[&str], artifact: &str) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // This test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"])
+        .args(args)
+        .current_dir(workspace_root());
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+    let bin = profile_dir.join(artifact);
+    assert!(
+        bin.exists(),
+        "{} not found after cargo build",
+        bin.display()
+    );
+    bin
 }
 
 /// Captured stderr of a broker, shared with the thread that reads it.
