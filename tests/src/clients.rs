@@ -20,14 +20,20 @@ pub const T: Duration = Duration::from_secs(3);
 /// How long to watch for something that must NOT come.
 pub const QUIET: Duration = Duration::from_millis(400);
 
-/// CONNECT options for [`connect_packet`].
+/// CONNECT options for [`connect_packet`]: the one place the tests build a CONNECT (byte-level
+/// CONNECTs, for cases the codec will not encode, are [`crate::connect_bytes_with`]).
 #[derive(Debug, Clone)]
 pub struct Opts {
     pub clean: bool,
     pub keep_alive: u16,
-    /// 5.0 Session Expiry Interval.
+    /// 5.0 Session Expiry Interval (ignored at 3.1.1 / 3.1).
     pub expiry: Option<u32>,
     pub will: Option<LastWill>,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+    /// Other 5.0 CONNECT properties (Receive Maximum, authentication, ...); [`Opts::expiry`]
+    /// sets the Session Expiry Interval.
+    pub properties: ConnectProperties,
 }
 
 impl Default for Opts {
@@ -37,6 +43,9 @@ impl Default for Opts {
             keep_alive: 60,
             expiry: None,
             will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
         }
     }
 }
@@ -50,6 +59,34 @@ impl Opts {
             ..Opts::default()
         }
     }
+
+    /// With these 5.0 CONNECT properties.
+    pub fn properties(self, properties: ConnectProperties) -> Opts {
+        Opts { properties, ..self }
+    }
+
+    /// With a 5.0 Receive Maximum (None: the property is absent, 65,535).
+    pub fn receive_maximum(mut self, n: Option<u16>) -> Opts {
+        self.properties.receive_maximum = n;
+        self
+    }
+
+    /// With a username and, if given, a password.
+    pub fn user(self, username: &str, password: Option<&str>) -> Opts {
+        Opts {
+            username: Some(username.to_owned()),
+            password: password.map(|p| p.as_bytes().to_vec()),
+            ..self
+        }
+    }
+
+    /// With a will.
+    pub fn will(self, will: LastWill) -> Opts {
+        Opts {
+            will: Some(will),
+            ..self
+        }
+    }
 }
 
 pub fn s(v: &str) -> Str {
@@ -61,18 +98,19 @@ pub fn topic(v: &str) -> TopicName {
 }
 
 pub fn connect_packet(protocol: Protocol, id: &str, o: &Opts) -> Packet {
+    let mut properties = o.properties.clone();
+    if protocol.is_v5() && o.expiry.is_some() {
+        properties.session_expiry_interval = o.expiry;
+    }
     Packet::Connect(Box::new(Connect {
         protocol,
         clean_start: o.clean,
         keep_alive: o.keep_alive,
         client_id: s(id),
         will: o.will.clone(),
-        username: None,
-        password: None,
-        properties: ConnectProperties {
-            session_expiry_interval: if protocol.is_v5() { o.expiry } else { None },
-            ..Default::default()
-        },
+        username: o.username.as_deref().map(s),
+        password: o.password.clone().map(Bytes::from),
+        properties,
     }))
 }
 
@@ -88,6 +126,26 @@ pub fn will(t: &str, payload: &'static [u8], delay: u32) -> LastWill {
     }
 }
 
+/// How long a reply may take while the broker is busy (thousands of other connections, a
+/// backlog being written): a CONNACK, a PUBACK of a windowed burst.
+pub const T_BUSY: Duration = Duration::from_secs(10);
+
+/// Connects a raw client and returns it with whatever CONNACK came back (an error if the
+/// connection fails or the first packet is not a CONNACK).
+pub async fn try_connect(
+    addr: SocketAddr,
+    protocol: Protocol,
+    id: &str,
+    o: &Opts,
+) -> anyhow::Result<(RawClient, ConnAck)> {
+    let mut c = RawClient::connect(addr, protocol).await?;
+    c.send(&connect_packet(protocol, id, o)).await?;
+    match c.expect_packet(T_BUSY).await? {
+        Packet::ConnAck(a) => Ok((c, a)),
+        other => anyhow::bail!("{id}: expected CONNACK, got {other:?}"),
+    }
+}
+
 /// Connects a raw client and returns it with its CONNACK (which must come).
 pub async fn raw_connect(
     addr: SocketAddr,
@@ -95,19 +153,30 @@ pub async fn raw_connect(
     id: &str,
     o: &Opts,
 ) -> (RawClient, ConnAck) {
-    let mut c = RawClient::connect(addr, protocol).await.unwrap();
-    c.send(&connect_packet(protocol, id, o)).await.unwrap();
-    match c.expect_packet(T).await.unwrap() {
-        Packet::ConnAck(a) => (c, a),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    try_connect(addr, protocol, id, o).await.unwrap()
+}
+
+/// A client connected with default options (clean, keepalive 60) under a fresh client id
+/// starting with `prefix`, asserting a successful CONNACK.
+pub async fn connected(addr: SocketAddr, protocol: Protocol, prefix: &str) -> RawClient {
+    raw_ok(addr, protocol, &crate::client_id(prefix), &Opts::default()).await
 }
 
 /// Like [`raw_connect`], asserting success.
 pub async fn raw_ok(addr: SocketAddr, protocol: Protocol, id: &str, o: &Opts) -> RawClient {
+    raw_ok_ack(addr, protocol, id, o).await.0
+}
+
+/// Like [`raw_ok`], also returning the CONNACK (for its properties / Session Present).
+pub async fn raw_ok_ack(
+    addr: SocketAddr,
+    protocol: Protocol,
+    id: &str,
+    o: &Opts,
+) -> (RawClient, ConnAck) {
     let (c, ack) = raw_connect(addr, protocol, id, o).await;
-    assert_eq!(ack.reason, ReasonCode::SUCCESS, "CONNACK {ack:?}");
-    c
+    assert_eq!(ack.reason, ReasonCode::SUCCESS, "{id}: CONNACK {ack:?}");
+    (c, ack)
 }
 
 pub fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
@@ -126,16 +195,9 @@ pub async fn raw_subscribe(c: &mut RawClient, pkid: u16, filter: &str, qos: QoS)
     }
 }
 
-pub fn publish_packet(t: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic(t),
-        pkid,
-        payload: Bytes::copy_from_slice(payload),
-        properties: PublishProperties::default(),
-    })
+/// A PUBLISH packet (see [`crate::packets::publish`]).
+pub fn publish_packet(t: &str, qos: QoS, pkid: u16, payload: impl AsRef<[u8]>) -> Packet {
+    Packet::Publish(crate::packets::publish(t, qos, pkid, payload))
 }
 
 pub fn disconnect_packet(reason: ReasonCode, expiry: Option<u32>) -> Packet {
@@ -144,18 +206,21 @@ pub fn disconnect_packet(reason: ReasonCode, expiry: Option<u32>) -> Packet {
     Packet::Disconnect(d)
 }
 
-/// Publishes QoS 0 / 1 and waits for the PUBACK of QoS 1.
+/// Publishes at QoS 0 / 1 / 2 and completes the flow (PUBACK; PUBREC, PUBREL, PUBCOMP), each
+/// reply being the next packet with the same packet id.
 pub async fn raw_publish(c: &mut RawClient, t: &str, qos: QoS, pkid: u16, payload: &[u8]) {
-    c.send(&publish_packet(t, qos, pkid, payload))
-        .await
-        .unwrap();
     match qos {
-        QoS::AtMostOnce => {}
-        QoS::AtLeastOnce => match c.expect_packet(T).await.unwrap() {
-            Packet::PubAck(a) => assert_eq!(a.pkid, pkid),
-            other => panic!("expected PUBACK, got {other:?}"),
-        },
+        QoS::AtMostOnce => c
+            .send(&publish_packet(t, qos, pkid, payload))
+            .await
+            .unwrap(),
+        QoS::AtLeastOnce => {
+            publish_qos1(c, crate::packets::publish(t, qos, pkid, payload)).await;
+        }
         QoS::ExactlyOnce => {
+            c.send(&publish_packet(t, qos, pkid, payload))
+                .await
+                .unwrap();
             match c.expect_packet(T).await.unwrap() {
                 Packet::PubRec(a) => assert_eq!(a.pkid, pkid),
                 other => panic!("expected PUBREC, got {other:?}"),
@@ -167,6 +232,73 @@ pub async fn raw_publish(c: &mut RawClient, t: &str, qos: QoS, pkid: u16, payloa
             }
         }
     }
+}
+
+/// Sends a QoS 1 PUBLISH and returns its PUBACK (any reason code), which must be the next
+/// packet and carry the same packet id.
+pub async fn publish_qos1(c: &mut RawClient, p: Publish) -> PubAck {
+    let pkid = p.pkid;
+    let t = p.topic.as_str().to_owned();
+    c.send(&Packet::Publish(p)).await.unwrap();
+    match c.expect_packet(T).await.unwrap() {
+        Packet::PubAck(a) => {
+            assert_eq!(a.pkid, pkid, "PUBACK for {t}");
+            a
+        }
+        other => panic!("publish {t}: expected PUBACK {pkid}, got {other:?}"),
+    }
+}
+
+/// Publishes `payloads` in order on `t` at `qos` from a fresh 3.1.1 client (packet ids 1, 2,
+/// ...), completing each flow before the next.
+pub async fn publish_from_new_client(
+    addr: SocketAddr,
+    t: &str,
+    qos: QoS,
+    payloads: &[impl AsRef<[u8]>],
+) {
+    let mut p = raw_ok(
+        addr,
+        Protocol::V311,
+        &crate::client_id("pub"),
+        &Opts::default(),
+    )
+    .await;
+    for (i, payload) in payloads.iter().enumerate() {
+        raw_publish(&mut p, t, qos, i as u16 + 1, payload.as_ref()).await;
+    }
+}
+
+/// Publishes QoS 1 messages `seqs` (payload: the sequence number as 4 big-endian bytes) on the
+/// topics `topic_of` gives, at most `window` unacknowledged at a time (staying within the
+/// broker's Receive Maximum, 3.3.4); every PUBACK must be a success (< 0x80).
+pub async fn publish_seqs(
+    c: &mut RawClient,
+    protocol: Protocol,
+    seqs: std::ops::Range<u32>,
+    window: usize,
+    topic_of: impl Fn(u32) -> String,
+) -> anyhow::Result<()> {
+    let all: Vec<u32> = seqs.collect();
+    let mut pkid: u16 = 0;
+    for chunk in all.chunks(window) {
+        let mut bytes = bytes::BytesMut::new();
+        for &seq in chunk {
+            pkid = pkid % 60_000 + 1;
+            let p = publish_packet(&topic_of(seq), QoS::AtLeastOnce, pkid, seq.to_be_bytes());
+            crate::codec::encode(&p, protocol, &mut bytes)
+                .map_err(|e| anyhow::anyhow!("encode: {e}"))?;
+        }
+        c.send_bytes(&bytes).await?;
+        let mut acks = 0;
+        while acks < chunk.len() {
+            match c.expect_packet(T_BUSY).await? {
+                Packet::PubAck(a) if a.reason.0 < 0x80 => acks += 1,
+                other => anyhow::bail!("publisher expected PUBACK, got {other:?}"),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The next packet, which must be a PUBLISH.
@@ -397,30 +529,32 @@ impl ByteConn {
 
 /// A 3.1.1 CONNECT: Clean Session as given, keepalive 60.
 pub fn connect_311(id: &str, clean: bool) -> Vec<u8> {
-    let mut body = vec![
-        0,
-        4,
-        b'M',
-        b'Q',
-        b'T',
-        b'T',
-        4,
-        if clean { 0x02 } else { 0x00 },
-        0,
-        60,
-    ];
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    frame(0x10, &body)
+    crate::connect_bytes_with(b"MQTT", 4, if clean { 0x02 } else { 0x00 }, false, id)
 }
 
 /// A 3.1.1 PUBLISH's bytes (`first` is the whole first byte: type, DUP, QoS, RETAIN).
 pub fn publish_311(first: u8, t: &str, pkid: Option<u16>, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(t.len() as u16).to_be_bytes());
-    body.extend_from_slice(t.as_bytes());
+    publish_bytes(Protocol::V311, first, t.as_bytes(), pkid, &[], payload)
+}
+
+/// A PUBLISH's bytes, also malformed ones: `first` byte as given, raw topic bytes, the packet
+/// id if given, at 5.0 the property block `props` (encoded as given), then `payload`.
+pub fn publish_bytes(
+    protocol: Protocol,
+    first: u8,
+    topic: &[u8],
+    pkid: Option<u16>,
+    props: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic);
     if let Some(id) = pkid {
         body.extend_from_slice(&id.to_be_bytes());
+    }
+    if protocol.is_v5() {
+        encode_remaining_length(props.len(), &mut body);
+        body.extend_from_slice(props);
     }
     body.extend_from_slice(payload);
     frame(first, &body)

@@ -41,30 +41,57 @@ pub fn workspace_root() -> PathBuf {
 pub fn sluice_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("SLUICE_BIN") {
-            return PathBuf::from(bin);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
-            .current_dir(workspace_root())
-            .status()
-            .expect("run cargo build -p sluice");
-        assert!(status.success(), "cargo build -p sluice failed");
-        // This test executable lives in target/<profile>/deps/.
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let bin = profile_dir.join("sluice");
-        assert!(
-            bin.exists(),
-            "{} not found after cargo build",
-            bin.display()
-        );
-        bin
+        std::env::var_os("SLUICE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cargo_build(&["-p", "sluice", "--bin", "sluice"], "sluice"))
     })
+}
+
+/// The `order_system` example of the `sluice` package: `$ORDER_SYSTEM_BIN` if set, else built
+/// once with `cargo build -p sluice --example order_system` into this workspace's target
+/// directory, in the tests' profile. `cargo test` builds the examples of the package under
+/// test only (here `sluice-tests`), so the test builds it the way [`sluice_bin`] builds the
+/// broker: one cargo call, a no-op when the example is fresh, and never a stale binary.
+pub fn order_system_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("ORDER_SYSTEM_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                cargo_build(
+                    &["-p", "sluice", "--example", "order_system"],
+                    "examples/order_system",
+                )
+            })
+    })
+}
+
+/// Runs `cargo build --quiet ARGS` in the workspace (the profile of this test executable) and
+/// returns `target/<profile>/<artifact>`.
+fn cargo_build(args: &[&str], artifact: &str) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // This test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"])
+        .args(args)
+        .current_dir(workspace_root());
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+    let bin = profile_dir.join(artifact);
+    assert!(
+        bin.exists(),
+        "{} not found after cargo build",
+        bin.display()
+    );
+    bin
 }
 
 /// Captured stderr of a broker, shared with the thread that reads it.
@@ -614,15 +641,16 @@ pub mod packets {
         SubscriptionOptions, TopicFilter, TopicName,
     };
 
-    /// A PUBLISH (not retained, no properties); the packet id is dropped for QoS 0.
-    pub fn publish(topic: &str, qos: QoS, pkid: u16, payload: impl Into<Bytes>) -> Publish {
+    /// A PUBLISH (not retained, no properties); the packet id is dropped for QoS 0. The one
+    /// PUBLISH builder of the tests (byte-level ones aside).
+    pub fn publish(topic: &str, qos: QoS, pkid: u16, payload: impl AsRef<[u8]>) -> Publish {
         Publish {
             dup: false,
             qos,
             retain: false,
             topic: TopicName::try_from(topic).unwrap(),
             pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
-            payload: payload.into(),
+            payload: Bytes::copy_from_slice(payload.as_ref()),
             properties: PublishProperties::default(),
         }
     }
@@ -651,13 +679,25 @@ pub fn connect_bytes(protocol: Protocol, client_id: &str) -> Vec<u8> {
         Protocol::V311 => (b"MQTT", 4),
         Protocol::V5 => (b"MQTT", 5),
     };
+    connect_bytes_with(name, level, 0x02, protocol == Protocol::V5, client_id)
+}
+
+/// Raw bytes of a CONNECT with any protocol name, level and connect flags (also ones the codec
+/// refuses to encode), keepalive 60; `v5_layout` adds an empty property block.
+pub fn connect_bytes_with(
+    name: &[u8],
+    level: u8,
+    flags: u8,
+    v5_layout: bool,
+    client_id: &str,
+) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&(name.len() as u16).to_be_bytes());
     body.extend_from_slice(name);
     body.push(level);
-    body.push(0x02); // clean session / clean start
+    body.push(flags);
     body.extend_from_slice(&60u16.to_be_bytes());
-    if protocol == Protocol::V5 {
+    if v5_layout {
         body.push(0); // no properties
     }
     body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());

@@ -4,12 +4,14 @@
 use std::process::Output;
 use std::time::Duration;
 
-use sluice_tests::clients::{publishes_before_sentinel, wait_log_all, SENTINEL};
-use sluice_tests::codec::{
-    Connect, ConnectProperties, Packet, Protocol, PubAck, Publish, PublishProperties, QoS,
-    ReasonCode, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
+use sluice_tests::clients::{
+    self, publishes_before_sentinel, raw_ok, wait_log_all, Opts, SENTINEL,
 };
-use sluice_tests::{mosquitto_pub, run_sluice, Broker, BrokerOpts, RawClient};
+use sluice_tests::codec::{
+    Packet, Protocol, PubAck, QoS, ReasonCode, Subscribe, SubscribeProperties, Subscription,
+    SubscriptionOptions,
+};
+use sluice_tests::{mosquitto_pub, packets, run_sluice, Broker, BrokerOpts, RawClient};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -202,22 +204,11 @@ async fn connect(
     client_id: &str,
     username: Option<&str>,
 ) -> RawClient {
-    let mut c = RawClient::connect(broker.addr, protocol).await.unwrap();
-    let connect = Connect {
-        protocol,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: client_id.try_into().unwrap(),
-        will: None,
-        username: username.map(|u| u.try_into().unwrap()),
-        password: None,
-        properties: ConnectProperties::default(),
+    let o = match username {
+        Some(u) => Opts::default().user(u, None),
+        None => Opts::default(),
     };
-    c.send(&Packet::Connect(Box::new(connect))).await.unwrap();
-    match c.expect_packet(WAIT).await.unwrap() {
-        Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => c,
-        other => panic!("{client_id}: expected a successful CONNACK, got {other:?}"),
-    }
+    raw_ok(broker.addr, protocol, client_id, &o).await
 }
 
 /// Subscribes to `filters` at QoS 1; returns the SUBACK's codes.
@@ -249,23 +240,8 @@ async fn subscribe(c: &mut RawClient, pkid: u16, filters: &[&str]) -> Vec<u8> {
 
 /// Publishes at QoS 1 and returns the PUBACK.
 async fn publish_qos1(c: &mut RawClient, pkid: u16, topic: &str, payload: &str) -> PubAck {
-    let p = Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: topic.try_into().unwrap(),
-        pkid,
-        payload: payload.as_bytes().to_vec().into(),
-        properties: PublishProperties::default(),
-    };
-    c.send(&Packet::Publish(p)).await.unwrap();
-    match c.expect_packet(WAIT).await.unwrap() {
-        Packet::PubAck(a) => {
-            assert_eq!(a.pkid, pkid);
-            a
-        }
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
+    let p = packets::publish(topic, QoS::AtLeastOnce, pkid, payload);
+    clients::publish_qos1(c, p).await
 }
 
 /// The topics of the PUBLISHes `c` receives (acking them) before a [`SENTINEL`] payload, which

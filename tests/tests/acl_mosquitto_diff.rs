@@ -24,7 +24,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::codec::{Connect, ConnectProperties, Packet, Protocol, PubAck, QoS};
+use sluice_tests::clients::{publish_qos1, raw_ok, Opts};
+use sluice_tests::codec::{Packet, Protocol, PubAck, QoS};
 use sluice_tests::packets::{publish, subscribe};
 use sluice_tests::{run_bounded, Broker, BrokerOpts, RawClient, Recv};
 
@@ -459,29 +460,18 @@ impl Drop for Mosquitto {
     }
 }
 
-/// A connected (CONNACK 0) raw client.
+/// A connected (CONNACK 0) raw client, with the test password if it has a username.
 async fn connect(
     addr: SocketAddr,
     protocol: Protocol,
     client_id: &str,
     user: Option<&str>,
 ) -> RawClient {
-    let mut c = RawClient::connect(addr, protocol).await.unwrap();
-    let connect = Connect {
-        protocol,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: client_id.try_into().unwrap(),
-        will: None,
-        username: user.map(|u| u.try_into().unwrap()),
-        password: user.map(|_| PASSWORD.as_bytes().to_vec().into()),
-        properties: ConnectProperties::default(),
+    let o = match user {
+        Some(u) => Opts::default().user(u, Some(PASSWORD)),
+        None => Opts::default(),
     };
-    c.send(&Packet::Connect(Box::new(connect))).await.unwrap();
-    match c.expect_packet(WAIT).await.unwrap() {
-        Packet::ConnAck(a) if a.reason.0 == 0 => c,
-        other => panic!("{client_id} ({user:?}): expected CONNACK 0, got {other:?}"),
-    }
+    raw_ok(addr, protocol, client_id, &o).await
 }
 
 /// A subscriber and what it has received so far.
@@ -573,11 +563,8 @@ impl Subscriber {
 async fn publish_acked(publisher: &mut RawClient, pkid: u16, topic: &str, retain: bool) {
     let mut p = publish(topic, QoS::AtLeastOnce, pkid, "m");
     p.retain = retain;
-    publisher.send(&Packet::Publish(p)).await.unwrap();
-    match publisher.expect_packet(WAIT).await.unwrap() {
-        Packet::PubAck(a) if a.pkid == pkid && a.reason.0 < 0x80 => {}
-        other => panic!("publish {topic}: expected a PUBACK for {pkid}, got {other:?}"),
-    }
+    let ack = publish_qos1(publisher, p).await;
+    assert!(ack.reason.0 < 0x80, "publish {topic}: refused {ack:?}");
 }
 
 /// Runs every probe of `file` against the broker at `addr`; one [`Observed`] per probe.

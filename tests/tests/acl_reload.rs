@@ -2,25 +2,14 @@
 
 use std::time::Duration;
 
+use sluice_tests::clients::subscribe_311;
 use sluice_tests::codec::{Packet, Protocol};
 use sluice_tests::{connect_bytes, Broker, BrokerOpts, RawClient};
 
 const T: Duration = Duration::from_secs(5);
 
-/// SUBSCRIBE (3.1.1, packet id `pkid`) to one filter at QoS 0.
-fn subscribe_bytes(pkid: u16, filter: &str) -> Vec<u8> {
-    let mut body = pkid.to_be_bytes().to_vec();
-    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-    body.extend_from_slice(filter.as_bytes());
-    body.push(0);
-    let mut out = vec![0x82];
-    sluice_tests::encode_remaining_length(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
-
 async fn suback_code(c: &mut RawClient, pkid: u16, filter: &str) -> u8 {
-    c.send_bytes(&subscribe_bytes(pkid, filter)).await.unwrap();
+    c.send_bytes(&subscribe_311(pkid, filter, 0)).await.unwrap();
     match c.expect_packet(T).await.unwrap() {
         Packet::SubAck(s) => s.reasons[0].0,
         other => panic!("expected SUBACK, got {other:?}"),

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use sluice_tests::clients::wait_log_all;
-use sluice_tests::codec::{Packet, Protocol, ReasonCode};
-use sluice_tests::{connect_bytes, Broker, BrokerOpts, RawClient};
+use sluice_tests::clients::{raw_connect, wait_log_all, Opts};
+use sluice_tests::codec::{Protocol, ReasonCode};
+use sluice_tests::{Broker, BrokerOpts, RawClient};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -14,12 +14,8 @@ async fn connack(
     protocol: Protocol,
     id: &str,
 ) -> (RawClient, ReasonCode) {
-    let mut c = RawClient::connect(addr, protocol).await.unwrap();
-    c.send_bytes(&connect_bytes(protocol, id)).await.unwrap();
-    match c.expect_packet(T).await.unwrap() {
-        Packet::ConnAck(a) => (c, a.reason),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let (c, ack) = raw_connect(addr, protocol, id, &Opts::default()).await;
+    (c, ack.reason)
 }
 
 /// `[[listeners]] max_connections = 2`: the third connection on that listener gets CONNACK

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use sluice_tests::clients::{reference_session, wait_disconnected, wait_session_expired};
-use sluice_tests::codec::{
-    Connect, ConnectProperties, Packet, Protocol, PubAck, QoS, ReasonCode, Str, TopicName,
+use sluice_tests::clients::{
+    publish_packet, publish_qos1, publish_sentinel, raw_connect, raw_ok_ack, reference_session,
+    wait_disconnected, wait_session_expired, will, Opts, SENTINEL,
 };
+use sluice_tests::codec::{Packet, Protocol, PubAck, Publish, QoS, ReasonCode};
 use sluice_tests::packets;
 use sluice_tests::{Broker, BrokerOpts, RawClient, Recv};
 
@@ -22,29 +22,17 @@ fn broker_on(data: &std::path::Path) -> Broker {
     configured_broker_on(data, "")
 }
 
-/// CONNECT at 3.1.1 with Clean Session 0 (a persistent session).
+/// CONNECT at 3.1.1 with Clean Session 0 (a persistent session), which must succeed;
+/// returns the client and Session Present.
 async fn connect_persistent(broker: &Broker, id: &str) -> (RawClient, bool) {
-    let mut c = RawClient::connect(broker.addr, Protocol::V311)
-        .await
-        .unwrap();
-    let connect = Connect {
-        protocol: Protocol::V311,
-        clean_start: false,
-        keep_alive: 60,
-        client_id: Str::try_from(id).unwrap(),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties::default(),
-    };
-    c.send(&Packet::Connect(Box::new(connect))).await.unwrap();
-    match c.expect_packet(T).await.unwrap() {
-        Packet::ConnAck(a) => {
-            assert_eq!(a.reason.0, 0);
-            (c, a.session_present)
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let (c, ack) = raw_ok_ack(broker.addr, Protocol::V311, id, &Opts::persistent(0)).await;
+    (c, ack.session_present)
+}
+
+/// CONNECT at 5.0 with `o`; returns the client and Session Present (whatever the CONNACK said).
+async fn connect_v5(broker: &Broker, id: &str, o: Opts) -> (RawClient, bool) {
+    let (c, ack) = raw_connect(broker.addr, Protocol::V5, id, &o).await;
+    (c, ack.session_present)
 }
 
 async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
@@ -55,10 +43,9 @@ async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
     ));
 }
 
-fn publish(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>, retain: bool) -> Packet {
-    let mut p = packets::publish(topic, qos, pkid, payload);
-    p.retain = retain;
-    Packet::Publish(p)
+/// A PUBLISH whose payload is the sequence number `seq` (4 bytes, big-endian).
+fn publish_seq(topic: &str, qos: QoS, pkid: u16, seq: u32) -> Packet {
+    publish_packet(topic, qos, pkid, seq.to_be_bytes())
 }
 
 /// Publishes `n` messages (odd sequence numbers at QoS 2, even at QoS 1), one at a time,
@@ -90,7 +77,7 @@ async fn publish_until_killed(
             QoS::AtLeastOnce
         };
         let pkid = (seq % 60_000 + 1) as u16;
-        let p = publish("crash/t", qos, pkid, seq.to_be_bytes().to_vec(), false);
+        let p = publish_seq("crash/t", qos, pkid, seq);
         if c.send(&p).await.is_err() {
             return acked;
         }
@@ -119,16 +106,13 @@ async fn publish_until_killed(
     acked
 }
 
-/// Reads PUBLISHes until `quiet` passes without one, acknowledging each (QoS 1: PUBACK,
-/// QoS 2: PUBREC/PUBREL/PUBCOMP). Returns (sequence number, QoS, DUP) in arrival order.
-async fn drain(c: &mut RawClient, quiet: Duration) -> Vec<(u32, QoS, bool)> {
-    let mut got = Vec::new();
+/// Receives one PUBLISH (each packet within [`T`]) and acknowledges it (QoS 1: PUBACK, QoS 2:
+/// PUBREC, and PUBCOMP for the PUBRELs met on the way); returns it.
+async fn next_acked(c: &mut RawClient) -> Publish {
     loop {
-        match c.recv(quiet).await.unwrap() {
+        match c.recv(T).await.unwrap() {
             Recv::Packet(p) => match *p {
                 Packet::Publish(p) => {
-                    let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
-                    got.push((seq, p.qos, p.dup));
                     match p.qos {
                         QoS::AtLeastOnce => {
                             c.send(&Packet::PubAck(PubAck::new(p.pkid))).await.unwrap()
@@ -138,13 +122,52 @@ async fn drain(c: &mut RawClient, quiet: Duration) -> Vec<(u32, QoS, bool)> {
                         }
                         QoS::AtMostOnce => {}
                     }
+                    return p;
                 }
                 Packet::PubRel(r) => c.send(&Packet::PubComp(PubAck::new(r.pkid))).await.unwrap(),
                 _ => {}
             },
-            Recv::Timeout => return got,
+            Recv::Timeout => panic!("no PUBLISH within {T:?}"),
             Recv::Closed => panic!("subscriber connection closed while draining"),
         }
+    }
+}
+
+/// (sequence number, QoS, DUP) of a PUBLISH whose payload starts with its sequence number.
+fn seq_of(p: &Publish) -> (u32, QoS, bool) {
+    let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+    (seq, p.qos, p.dup)
+}
+
+/// Reads and acknowledges exactly `n` PUBLISHes (each within [`T`]); returns (sequence number,
+/// QoS, DUP) in arrival order.
+async fn drain_n(c: &mut RawClient, n: usize) -> Vec<(u32, QoS, bool)> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        got.push(seq_of(&next_acked(c).await));
+    }
+    got
+}
+
+/// Everything the broker has for `c` now: publishes a [`SENTINEL`] on `topic` (a topic `c` is
+/// subscribed to) and reads PUBLISHes until it arrives, acknowledging each. The broker hands a
+/// client its messages in the order it routed (or queued) them, so whatever it had for `c`
+/// before the sentinel comes first: the drain ends on that condition, not on a quiet period
+/// that a loaded machine could stretch. Returns (sequence number, QoS, DUP) in arrival order,
+/// without the sentinel.
+async fn drain_to_sentinel(
+    broker: &Broker,
+    c: &mut RawClient,
+    topic: &str,
+) -> Vec<(u32, QoS, bool)> {
+    publish_sentinel(broker.addr, topic).await;
+    let mut got = Vec::new();
+    loop {
+        let p = next_acked(c).await;
+        if p.payload == SENTINEL.as_bytes() {
+            return got;
+        }
+        got.push(seq_of(&p));
     }
 }
 
@@ -191,7 +214,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_message() {
             present,
             "round {round}: session present after restart [MQTT-3.2.2-2]"
         );
-        let got = drain(&mut sub, Duration::from_millis(1500)).await;
+        let got = drain_to_sentinel(&broker, &mut sub, "crash/t").await;
         let mut count: HashMap<u32, usize> = HashMap::new();
         for (seq, _, _) in &got {
             *count.entry(*seq).or_default() += 1;
@@ -250,15 +273,9 @@ async fn inflight_messages_are_resent_with_dup_after_a_crash() {
     let (mut publ, _) = connect_persistent(&broker, "inflight-pub").await;
     for seq in 0..4u32 {
         let pkid = seq as u16 + 1;
-        publ.send(&publish(
-            "inf/t",
-            QoS::AtLeastOnce,
-            pkid,
-            seq.to_be_bytes().to_vec(),
-            false,
-        ))
-        .await
-        .unwrap();
+        publ.send(&publish_seq("inf/t", QoS::AtLeastOnce, pkid, seq))
+            .await
+            .unwrap();
         assert!(matches!(
             publ.expect_packet(T).await.unwrap(),
             Packet::PubAck(_)
@@ -304,19 +321,12 @@ async fn retained_messages_and_subscriptions_survive_a_restart() {
     subscribe(&mut c, "keep/#", QoS::AtLeastOnce).await;
     drop(c);
     let (mut p, _) = connect_persistent(&broker, "retainer").await;
-    p.send(&publish(
-        "keep/r",
-        QoS::AtLeastOnce,
-        1,
-        7u32.to_be_bytes().to_vec(),
-        true,
-    ))
-    .await
-    .unwrap();
-    assert!(matches!(
-        p.expect_packet(T).await.unwrap(),
-        Packet::PubAck(_)
-    ));
+    let mut retained = packets::publish("keep/r", QoS::AtLeastOnce, 1, 7u32.to_be_bytes());
+    retained.retain = true;
+    assert_eq!(
+        publish_qos1(&mut p, retained).await.reason,
+        ReasonCode::SUCCESS
+    );
     drop(p);
     assert!(broker.terminate(T).unwrap().success());
     assert!(broker.log().iter().any(|l| l.contains("store recovered")));
@@ -329,7 +339,7 @@ async fn retained_messages_and_subscriptions_survive_a_restart() {
     // The offline subscriber got the message queued while it was away.
     let (mut c, present) = connect_persistent(&broker, "keeper").await;
     assert!(present);
-    let got = drain(&mut c, Duration::from_millis(500)).await;
+    let got = drain_to_sentinel(&broker, &mut c, "keep/t").await;
     assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![7]);
     // A new subscriber gets the retained message [MQTT-3.3.1-6].
     let mut fresh = RawClient::connect(broker.addr, Protocol::V311)
@@ -388,39 +398,6 @@ fn a_corrupt_log_stops_start_up_naming_the_file() {
     );
 }
 
-/// A v5 CONNECT with Session Expiry and optionally a will with a delay.
-fn connect_v5(id: &str, expiry: u32, will: Option<(&str, u32)>) -> Packet {
-    Packet::Connect(Box::new(Connect {
-        protocol: Protocol::V5,
-        clean_start: false,
-        keep_alive: 60,
-        client_id: Str::try_from(id).unwrap(),
-        will: will.map(|(topic, delay)| sluice_tests::codec::LastWill {
-            topic: TopicName::try_from(topic).unwrap(),
-            payload: Bytes::from_static(b"gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            delay_interval: delay,
-            properties: Default::default(),
-        }),
-        username: None,
-        password: None,
-        properties: ConnectProperties {
-            session_expiry_interval: Some(expiry),
-            ..Default::default()
-        },
-    }))
-}
-
-async fn connack_v5(broker: &Broker, p: &Packet) -> (RawClient, bool) {
-    let mut c = RawClient::connect(broker.addr, Protocol::V5).await.unwrap();
-    c.send(p).await.unwrap();
-    match c.expect_packet(T).await.unwrap() {
-        Packet::ConnAck(a) => (c, a.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-}
-
 /// A will with a delay survives a crash: after the restart the client is gone, so its will is
 /// published once the delay has passed [MQTT-3.1.3-9], to a persistent subscriber that was
 /// restored too.
@@ -431,11 +408,8 @@ async fn a_delayed_will_survives_a_crash() {
     let (mut watcher, _) = connect_persistent(&broker, "watcher").await;
     subscribe(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
     drop(watcher);
-    let (mut device, _) = connack_v5(
-        &broker,
-        &connect_v5("device", 60, Some(("wills/device", 1))),
-    )
-    .await;
+    let o = Opts::persistent(60).will(will("wills/device", b"gone", 1));
+    let (mut device, _) = connect_v5(&broker, "device", o).await;
     // The session and will records were logged at CONNECT, unticketed; the SUBACK of a later
     // SUBSCRIBE on the same connection is held until the log is on disk up to it, so once it
     // arrives they are on disk too.
@@ -461,8 +435,8 @@ async fn session_expiry_across_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let mut broker = broker_on(data.path());
     let from = broker.log_len();
-    drop(connack_v5(&broker, &connect_v5("long", 600, None)).await);
-    drop(connack_v5(&broker, &connect_v5("short", 2, None)).await);
+    drop(connect_v5(&broker, "long", Opts::persistent(600)).await);
+    drop(connect_v5(&broker, "short", Opts::persistent(2)).await);
     // Both connections are over (their sessions parked with their disconnect time) before the
     // shutdown.
     wait_disconnected(&broker, from, "long");
@@ -479,8 +453,8 @@ async fn session_expiry_across_a_restart() {
     drop(clock);
 
     let broker = broker_on(data.path());
-    let (_l, long_present) = connack_v5(&broker, &connect_v5("long", 600, None)).await;
-    let (_s, short_present) = connack_v5(&broker, &connect_v5("short", 2, None)).await;
+    let (_l, long_present) = connect_v5(&broker, "long", Opts::persistent(600)).await;
+    let (_s, short_present) = connect_v5(&broker, "short", Opts::persistent(2)).await;
     assert!(long_present, "600 s session resumed after the restart");
     assert!(
         !short_present,
@@ -509,10 +483,10 @@ async fn a_full_store_refuses_with_quota_exceeded() {
     let mut refused = false;
     'outer: for attempt in 0..3 {
         let (mut p, _) =
-            connack_v5(&broker, &connect_v5(&format!("filler{attempt}"), 0, None)).await;
+            connect_v5(&broker, &format!("filler{attempt}"), Opts::persistent(0)).await;
         for i in 1..=40u16 {
             let payload = vec![b'x'; 64 * 1024];
-            if p.send(&publish("big/t", QoS::AtLeastOnce, i, payload, false))
+            if p.send(&publish_packet("big/t", QoS::AtLeastOnce, i, payload))
                 .await
                 .is_err()
             {
@@ -536,7 +510,7 @@ async fn a_full_store_refuses_with_quota_exceeded() {
     assert!(refused, "PUBACK 0x97 once the store is full");
     broker.wait_log("max_disk_bytes", T).unwrap();
     // Still serving.
-    let (_c, _) = connack_v5(&broker, &connect_v5("after", 0, None)).await;
+    let (_c, _) = connect_v5(&broker, "after", Opts::persistent(0)).await;
 }
 
 /// Peak smoothing with the backlog on disk: a persistent subscriber stops reading while a burst
@@ -569,7 +543,7 @@ async fn a_long_queue_is_kept_on_disk_and_drains_in_order_across_a_crash() {
         let mut payload = seq.to_be_bytes().to_vec();
         payload.resize(1000, b'.');
         let pkid = (seq % 60_000 + 1) as u16;
-        publ.send(&publish("smooth/t", QoS::AtLeastOnce, pkid, payload, false))
+        publ.send(&publish_packet("smooth/t", QoS::AtLeastOnce, pkid, payload))
             .await
             .unwrap();
     }
@@ -628,7 +602,7 @@ async fn a_long_queue_is_kept_on_disk_and_drains_in_order_across_a_crash() {
     let broker = start();
     let (mut sub, present) = connect_persistent(&broker, "smooth-sub").await;
     assert!(present, "the session survived the crash");
-    for (seq, qos, dup) in drain(&mut sub, Duration::from_secs(2)).await {
+    for (seq, qos, dup) in drain_to_sentinel(&broker, &mut sub, "smooth/t").await {
         assert_eq!(qos, QoS::AtLeastOnce);
         got.push((seq, dup));
     }
@@ -659,16 +633,10 @@ async fn a_shared_group_queue_survives_a_crash() {
     const N: u32 = 100;
     let data = tempfile::tempdir().unwrap();
     let mut broker = broker_on(data.path());
-    let member = |id: &'static str| {
-        let mut p = connect_v5(id, 300, None);
-        if let Packet::Connect(c) = &mut p {
-            c.properties.receive_maximum = Some(5);
-        }
-        p
-    };
+    let member = || Opts::persistent(300).receive_maximum(Some(5));
     let mut members = Vec::new();
     for id in ["worker-a", "worker-b"] {
-        let (mut c, _) = connack_v5(&broker, &member(id)).await;
+        let (mut c, _) = connect_v5(&broker, id, member()).await;
         subscribe(&mut c, "$share/g/jobs/#", QoS::AtLeastOnce).await;
         members.push(c);
     }
@@ -676,13 +644,7 @@ async fn a_shared_group_queue_survives_a_crash() {
     let (mut publ, _) = connect_persistent(&broker, "jobs-pub").await;
     for seq in 0..N {
         let pkid = seq as u16 + 1;
-        let p = publish(
-            "jobs/x",
-            QoS::AtLeastOnce,
-            pkid,
-            seq.to_be_bytes().to_vec(),
-            false,
-        );
+        let p = publish_seq("jobs/x", QoS::AtLeastOnce, pkid, seq);
         publ.send(&p).await.unwrap();
     }
     for _ in 0..N {
@@ -695,19 +657,47 @@ async fn a_shared_group_queue_survives_a_crash() {
     drop(members);
 
     let broker = broker_on(data.path());
-    let mut got = std::collections::HashSet::new();
+    let got = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let mut readers = Vec::new();
     for id in ["worker-a", "worker-b"] {
-        let (mut c, present) = connack_v5(&broker, &member(id)).await;
+        let (c, present) = connect_v5(&broker, id, member()).await;
         assert!(present, "{id}: session restored");
-        for (seq, _, _) in drain(&mut c, Duration::from_millis(1500)).await {
-            got.insert(seq);
-        }
+        readers.push(tokio::spawn(read_until_all(c, got.clone(), N as usize)));
     }
+    // Each member reads (and acknowledges) until the two together have every message, or
+    // until the deadline: the end is a count, not a quiet period.
+    for r in readers {
+        r.await.unwrap();
+    }
+    let got = got.lock().unwrap();
     let missing: Vec<u32> = (0..N).filter(|s| !got.contains(s)).collect();
     assert!(
         missing.is_empty(),
         "acknowledged messages lost with the group queue: {missing:?}"
     );
+}
+
+/// Reads and acknowledges PUBLISHes on `c`, adding their sequence numbers to `got`, until `got`
+/// holds `n` (read by this and other members) or 30 s have passed (the caller then reports
+/// what is missing).
+async fn read_until_all(
+    mut c: RawClient,
+    got: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
+    n: usize,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.lock().unwrap().len() < n && tokio::time::Instant::now() < deadline {
+        match c.recv(Duration::from_millis(100)).await.unwrap() {
+            Recv::Packet(p) => {
+                if let Packet::Publish(p) = *p {
+                    c.send(&Packet::PubAck(PubAck::new(p.pkid))).await.unwrap();
+                    got.lock().unwrap().insert(seq_of(&p).0);
+                }
+            }
+            Recv::Timeout => {}
+            Recv::Closed => panic!("member connection closed while reading"),
+        }
+    }
 }
 
 /// A session resumed without Session Expiry (v5: 0) goes on without the log: the queue it had
@@ -716,7 +706,7 @@ async fn a_shared_group_queue_survives_a_crash() {
 async fn resuming_with_expiry_zero_keeps_the_queued_messages() {
     let data = tempfile::tempdir().unwrap();
     let broker = broker_on(data.path());
-    let (mut sub, _) = connack_v5(&broker, &connect_v5("resume-zero", 600, None)).await;
+    let (mut sub, _) = connect_v5(&broker, "resume-zero", Opts::persistent(600)).await;
     subscribe(&mut sub, "rz/#", QoS::AtLeastOnce).await;
     let from = broker.log_len();
     drop(sub);
@@ -724,22 +714,16 @@ async fn resuming_with_expiry_zero_keeps_the_queued_messages() {
     wait_disconnected(&broker, from, "resume-zero");
     let (mut publ, _) = connect_persistent(&broker, "rz-pub").await;
     for seq in 0..5u32 {
-        let p = publish(
-            "rz/t",
-            QoS::AtLeastOnce,
-            seq as u16 + 1,
-            seq.to_be_bytes().to_vec(),
-            false,
-        );
+        let p = publish_seq("rz/t", QoS::AtLeastOnce, seq as u16 + 1, seq);
         publ.send(&p).await.unwrap();
         assert!(matches!(
             publ.expect_packet(T).await.unwrap(),
             Packet::PubAck(_)
         ));
     }
-    let (mut sub, present) = connack_v5(&broker, &connect_v5("resume-zero", 0, None)).await;
+    let (mut sub, present) = connect_v5(&broker, "resume-zero", Opts::persistent(0)).await;
     assert!(present);
-    let got: Vec<u32> = drain(&mut sub, Duration::from_millis(800))
+    let got: Vec<u32> = drain_to_sentinel(&broker, &mut sub, "rz/t")
         .await
         .into_iter()
         .map(|(seq, _, _)| seq)
@@ -768,16 +752,10 @@ async fn a_full_queue_can_push_back_on_the_publisher() {
     drop(sub);
     // Offline (its session parked) before the messages: they queue for it.
     wait_disconnected(&broker, from, "slow");
-    let (mut publ, _) = connack_v5(&broker, &connect_v5("full-pub", 0, None)).await;
+    let (mut publ, _) = connect_v5(&broker, "full-pub", Opts::persistent(0)).await;
     let mut reasons = Vec::new();
     for seq in 0..5u32 {
-        let p = publish(
-            "full/t",
-            QoS::AtLeastOnce,
-            seq as u16 + 1,
-            seq.to_be_bytes().to_vec(),
-            false,
-        );
+        let p = publish_seq("full/t", QoS::AtLeastOnce, seq as u16 + 1, seq);
         publ.send(&p).await.unwrap();
         match publ.expect_packet(T).await.unwrap() {
             Packet::PubAck(a) => reasons.push(a.reason),
@@ -794,39 +772,36 @@ async fn a_full_queue_can_push_back_on_the_publisher() {
             ReasonCode::QUOTA_EXCEEDED
         ]
     );
-    publ.send(&publish(
-        "full/t",
-        QoS::ExactlyOnce,
-        9,
-        9u32.to_be_bytes().to_vec(),
-        false,
-    ))
-    .await
-    .unwrap();
+    publ.send(&publish_seq("full/t", QoS::ExactlyOnce, 9, 9u32))
+        .await
+        .unwrap();
     match publ.expect_packet(T).await.unwrap() {
         Packet::PubRec(a) => assert_eq!(a.reason, ReasonCode::QUOTA_EXCEEDED),
         other => panic!("expected PUBREC, got {other:?}"),
     }
     // A 3.1.1 publisher cannot be told in an ack: its connection is closed.
     let (mut old, _) = connect_persistent(&broker, "full-pub-311").await;
-    old.send(&publish(
-        "full/t",
-        QoS::AtLeastOnce,
-        1,
-        7u32.to_be_bytes().to_vec(),
-        false,
-    ))
-    .await
-    .unwrap();
+    old.send(&publish_seq("full/t", QoS::AtLeastOnce, 1, 7u32))
+        .await
+        .unwrap();
     assert!(matches!(old.recv(T).await.unwrap(), Recv::Closed));
     broker.wait_log("queue_full_policy = reject", T).unwrap();
     let (mut sub, _) = connect_persistent(&broker, "slow").await;
-    let got: Vec<u32> = drain(&mut sub, Duration::from_millis(800))
+    let got: Vec<u32> = drain_n(&mut sub, 3)
         .await
         .into_iter()
         .map(|(seq, _, _)| seq)
         .collect();
-    assert_eq!(got, vec![0, 1, 2], "exactly what was accepted");
+    assert_eq!(got, vec![0, 1, 2], "what was accepted, in order");
+    // The queue holds 3: once the broker has read the PUBACKs (a PINGRESP after them on the
+    // same connection says so) a sentinel fits in, and nothing else came before it.
+    sub.send(&Packet::PingReq).await.unwrap();
+    assert!(matches!(
+        sub.expect_packet(T).await.unwrap(),
+        Packet::PingResp
+    ));
+    let more = drain_to_sentinel(&broker, &mut sub, "full/t").await;
+    assert!(more.is_empty(), "exactly what was accepted: also {more:?}");
 }
 
 /// Resident memory of process `pid` in KiB (VmRSS).
@@ -850,21 +825,20 @@ async fn a_group_backlog_waits_on_disk_not_in_memory() {
     const SIZE: usize = 32 * 1024;
     let data = tempfile::tempdir().unwrap();
     let broker = broker_on(data.path());
-    let mut member = connect_v5("big-worker", 0, None);
-    if let Packet::Connect(c) = &mut member {
-        c.clean_start = true;
-        c.properties.receive_maximum = Some(5);
-    }
-    let (mut worker, _) = connack_v5(&broker, &member).await;
+    let member = Opts {
+        clean: true,
+        ..Opts::persistent(0)
+    };
+    let (mut worker, _) = connect_v5(&broker, "big-worker", member.receive_maximum(Some(5))).await;
     subscribe(&mut worker, "$share/big/big/#", QoS::AtLeastOnce).await;
-    let (mut publ, _) = connack_v5(&broker, &connect_v5("big-pub", 0, None)).await;
+    let (mut publ, _) = connect_v5(&broker, "big-pub", Opts::persistent(0)).await;
     let before = rss_kib(broker.pid());
     for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
         for &seq in chunk {
             let mut payload = seq.to_be_bytes().to_vec();
             payload.resize(SIZE, b'.');
             let pkid = seq as u16 + 1;
-            publ.send(&publish("big/t", QoS::AtLeastOnce, pkid, payload, false))
+            publ.send(&publish_packet("big/t", QoS::AtLeastOnce, pkid, payload))
                 .await
                 .unwrap();
         }
@@ -882,7 +856,7 @@ async fn a_group_backlog_waits_on_disk_not_in_memory() {
         grown_mib < queued_mib as u64 / 2,
         "{queued_mib} MiB waiting in the group queue grew the broker by {grown_mib} MiB: it is held in memory"
     );
-    let got: Vec<u32> = drain(&mut worker, Duration::from_millis(1500))
+    let got: Vec<u32> = drain_to_sentinel(&broker, &mut worker, "big/t")
         .await
         .into_iter()
         .map(|(seq, _, _)| seq)
@@ -898,28 +872,17 @@ async fn a_group_backlog_waits_on_disk_not_in_memory() {
 /// the PUBACK waits for the store to have everything logged before it, so once it is here the
 /// broker's earlier (unticketed) records are on disk too.
 async fn publish_acked(publ: &mut RawClient, topic: &str, seq: u32) {
-    let p = publish(
-        topic,
-        QoS::AtLeastOnce,
-        seq as u16 + 1,
-        seq.to_be_bytes().to_vec(),
-        false,
-    );
-    publ.send(&p).await.unwrap();
-    match publ.expect_packet(T).await.unwrap() {
-        Packet::PubAck(a) => assert_eq!(a.reason.0, 0),
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
+    let p = packets::publish(topic, QoS::AtLeastOnce, seq as u16 + 1, seq.to_be_bytes());
+    assert_eq!(publish_qos1(publ, p).await.reason, ReasonCode::SUCCESS);
 }
 
 /// A v5 member of `filter` with Receive Maximum 1 and Session Expiry `expiry`.
 async fn one_slot_member(broker: &Broker, id: &str, expiry: u32, filter: &str) -> RawClient {
-    let mut p = connect_v5(id, expiry, None);
-    if let Packet::Connect(c) = &mut p {
-        c.clean_start = true;
-        c.properties.receive_maximum = Some(1);
-    }
-    let (mut c, _) = connack_v5(broker, &p).await;
+    let o = Opts {
+        clean: true,
+        ..Opts::persistent(expiry)
+    };
+    let (mut c, _) = connect_v5(broker, id, o.receive_maximum(Some(1))).await;
     subscribe(&mut c, filter, QoS::AtLeastOnce).await;
     c
 }
@@ -928,7 +891,7 @@ async fn one_slot_member(broker: &Broker, id: &str, expiry: u32, filter: &str) -
 /// after it subscribed), acknowledging each.
 async fn new_member_until(broker: &Broker, filter: &str, topic: &str, last: u32) -> Vec<u32> {
     let mut b = one_slot_member(broker, "orphan-new", 0, filter).await;
-    let (mut publ, _) = connack_v5(broker, &connect_v5("orphan-pub2", 0, None)).await;
+    let (mut publ, _) = connect_v5(broker, "orphan-pub2", Opts::persistent(0)).await;
     publish_acked(&mut publ, topic, last).await;
     let mut got = Vec::new();
     while !got.contains(&last) {
@@ -953,7 +916,7 @@ async fn a_group_without_members_keeps_its_messages_across_a_crash() {
     let data = tempfile::tempdir().unwrap();
     let mut broker = broker_on(data.path());
     let mut a = one_slot_member(&broker, "orphan-a", 0, "$share/keep/keep/t").await;
-    let (mut publ, _) = connack_v5(&broker, &connect_v5("orphan-pub", 0, None)).await;
+    let (mut publ, _) = connect_v5(&broker, "orphan-pub", Opts::persistent(0)).await;
     for seq in 0..3 {
         publish_acked(&mut publ, "keep/t", seq).await;
     }
@@ -994,7 +957,7 @@ async fn a_dropped_group_stays_dropped_across_a_crash() {
     };
     let mut broker = start();
     let mut a = one_slot_member(&broker, "orphan-a", 1, "$share/drop/drop/t").await;
-    let (mut publ, _) = connack_v5(&broker, &connect_v5("orphan-pub", 0, None)).await;
+    let (mut publ, _) = connect_v5(&broker, "orphan-pub", Opts::persistent(0)).await;
     for seq in 0..3 {
         publish_acked(&mut publ, "drop/t", seq).await;
     }
@@ -1046,13 +1009,7 @@ async fn queue_for_offline_subscriber(broker: &Broker, name: &str, n: u32) -> Ra
     let (mut publ, _) = connect_persistent(broker, &format!("{name}-pub")).await;
     let topic = format!("{name}/t");
     for seq in 0..n {
-        let p = publish(
-            &topic,
-            QoS::AtLeastOnce,
-            (seq % 60_000 + 1) as u16,
-            seq.to_be_bytes().to_vec(),
-            false,
-        );
+        let p = publish_seq(&topic, QoS::AtLeastOnce, (seq % 60_000 + 1) as u16, seq);
         publ.send(&p).await.unwrap();
     }
     for _ in 0..n {
@@ -1148,7 +1105,7 @@ async fn every_redelivery_after_a_crash_carries_dup() {
     let broker = start();
     let (mut sub, present) = connect_persistent(&broker, "dup-sub").await;
     assert!(present, "the session survived the crash");
-    let again = drain(&mut sub, Duration::from_millis(1500)).await;
+    let again = drain_to_sentinel(&broker, &mut sub, "dup/t").await;
     let missing: Vec<u32> = (N / 3..N)
         .filter(|s| !again.iter().any(|(seq, _, _)| seq == s))
         .collect();
@@ -1180,13 +1137,7 @@ async fn first_deliveries_after_a_clean_restart_have_no_dup() {
     let (mut publ, _) = connect_persistent(&broker, "clean-pub").await;
     let publish_range = async |publ: &mut RawClient, range: std::ops::Range<u32>| {
         for seq in range {
-            let p = publish(
-                "clean/t",
-                QoS::AtLeastOnce,
-                seq as u16 + 1,
-                seq.to_be_bytes().to_vec(),
-                false,
-            );
+            let p = publish_seq("clean/t", QoS::AtLeastOnce, seq as u16 + 1, seq);
             publ.send(&p).await.unwrap();
             assert!(matches!(
                 publ.expect_packet(T).await.unwrap(),
@@ -1196,7 +1147,7 @@ async fn first_deliveries_after_a_clean_restart_have_no_dup() {
     };
     // Online: delivered and acknowledged.
     publish_range(&mut publ, 0..5).await;
-    let got = drain(&mut sub, Duration::from_millis(500)).await;
+    let got = drain_to_sentinel(&broker, &mut sub, "clean/t").await;
     assert_eq!(got.len(), 5);
     sub.send(&Packet::Disconnect(sluice_tests::codec::Disconnect::new(
         ReasonCode::NORMAL_DISCONNECTION,
@@ -1212,7 +1163,7 @@ async fn first_deliveries_after_a_clean_restart_have_no_dup() {
     let broker = broker_on(data.path());
     let (mut sub, present) = connect_persistent(&broker, "clean-sub").await;
     assert!(present);
-    let got = drain(&mut sub, Duration::from_millis(800)).await;
+    let got = drain_to_sentinel(&broker, &mut sub, "clean/t").await;
     assert_eq!(
         got.iter().map(|g| (g.0, g.2)).collect::<Vec<_>>(),
         (5..10).map(|s| (s, false)).collect::<Vec<_>>(),
@@ -1237,24 +1188,12 @@ async fn a_quick_reconnect_marks_only_what_was_sent() {
         ..Default::default()
     })
     .unwrap();
-    let client = || {
-        let mut p = connect_v5("quick-sub", 600, None);
-        if let Packet::Connect(c) = &mut p {
-            c.properties.receive_maximum = Some(2);
-        }
-        p
-    };
-    let (mut sub, _) = connack_v5(&broker, &client()).await;
+    let client = || Opts::persistent(600).receive_maximum(Some(2));
+    let (mut sub, _) = connect_v5(&broker, "quick-sub", client()).await;
     subscribe(&mut sub, "quick/#", QoS::AtLeastOnce).await;
     let (mut publ, _) = connect_persistent(&broker, "quick-pub").await;
     for seq in 0..10u32 {
-        let p = publish(
-            "quick/t",
-            QoS::AtLeastOnce,
-            seq as u16 + 1,
-            seq.to_be_bytes().to_vec(),
-            false,
-        );
+        let p = publish_seq("quick/t", QoS::AtLeastOnce, seq as u16 + 1, seq);
         publ.send(&p).await.unwrap();
         assert!(matches!(
             publ.expect_packet(T).await.unwrap(),
@@ -1274,9 +1213,9 @@ async fn a_quick_reconnect_marks_only_what_was_sent() {
     .await
     .unwrap();
     drop(sub);
-    let (mut sub, present) = connack_v5(&broker, &client()).await;
+    let (mut sub, present) = connect_v5(&broker, "quick-sub", client()).await;
     assert!(present);
-    let got = drain(&mut sub, Duration::from_millis(800)).await;
+    let got = drain_to_sentinel(&broker, &mut sub, "quick/t").await;
     let expected: Vec<(u32, bool)> = (0..10).map(|s| (s, first.contains(&s))).collect();
     assert_eq!(
         got.iter().map(|g| (g.0, g.2)).collect::<Vec<_>>(),

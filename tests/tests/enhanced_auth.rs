@@ -9,8 +9,9 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use sluice_tests::clients::{connect_packet, Opts};
 use sluice_tests::codec::{
-    Auth, AuthProperties, Connect, ConnectProperties, Packet, Protocol, ReasonCode, Str,
+    Auth, AuthProperties, ConnectProperties, Packet, Protocol, ReasonCode, Str,
 };
 use sluice_tests::{Broker, BrokerOpts, RawClient};
 
@@ -111,21 +112,14 @@ fn broker_with_scram_user() -> Broker {
     .unwrap()
 }
 
+/// The CONNECT of the SCRAM client, starting an exchange with `method` and `data` (4.12).
 fn connect_with(method: &str, data: Vec<u8>) -> Packet {
-    Packet::Connect(Box::new(Connect {
-        protocol: Protocol::V5,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: Str::try_from("scram-client").unwrap(),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties {
-            authentication_method: Some(Str::try_from(method).unwrap()),
-            authentication_data: Some(Bytes::from(data)),
-            ..Default::default()
-        },
-    }))
+    let o = Opts::default().properties(ConnectProperties {
+        authentication_method: Some(Str::try_from(method).unwrap()),
+        authentication_data: Some(Bytes::from(data)),
+        ..Default::default()
+    });
+    connect_packet(Protocol::V5, "scram-client", &o)
 }
 
 fn auth(reason: ReasonCode, data: Vec<u8>) -> Packet {

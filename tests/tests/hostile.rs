@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_tests::clients::{connected, publish_packet};
 use sluice_tests::codec::{Packet, Protocol, PubAck, QoS, ReasonCode};
 use sluice_tests::packets;
-use sluice_tests::{client_id, connect_bytes, Broker, RawClient};
+use sluice_tests::{connect_bytes, Broker, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -76,26 +77,6 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-fn subscribe(filter: &str, qos: QoS) -> Packet {
-    packets::subscribe(1, filter, qos)
-}
-
-fn publish(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>) -> Packet {
-    Packet::Publish(packets::publish(topic, qos, pkid, payload))
-}
-
-/// A connected, CONNACKed raw client.
-async fn connected(broker: &Broker, protocol: Protocol, prefix: &str) -> RawClient {
-    let mut c = RawClient::connect(broker.addr, protocol).await.unwrap();
-    c.send_bytes(&connect_bytes(protocol, &client_id(prefix)))
-        .await
-        .unwrap();
-    match c.expect_packet(Duration::from_secs(10)).await.unwrap() {
-        Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => c,
-        other => panic!("expected CONNACK 0, got {other:?}"),
-    }
-}
-
 /// Small deterministic PRNG (xorshift64).
 struct Rng(u64);
 
@@ -134,8 +115,8 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     // the connection close and its socket is gone (as many descriptors as before it).
     let fds_idle = usage(pid).1;
     {
-        let mut c = connected(&broker, Protocol::V311, "warmup").await;
-        c.send(&publish("warmup", QoS::AtMostOnce, 0, b"x".to_vec()))
+        let mut c = connected(broker.addr, Protocol::V311, "warmup").await;
+        c.send(&publish_packet("warmup", QoS::AtMostOnce, 0, b"x"))
             .await
             .unwrap();
     }
@@ -147,26 +128,26 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     eprintln!("start: VmRSS {rss_start} KiB, {fds_start} fds ({fds_idle} before the warm-up)");
 
     // The well-behaved pair.
-    let mut sub = connected(&broker, Protocol::V311, "good-sub").await;
-    sub.send(&subscribe("good/#", QoS::AtLeastOnce))
+    let mut sub = connected(broker.addr, Protocol::V311, "good-sub").await;
+    sub.send(&packets::subscribe(1, "good/#", QoS::AtLeastOnce))
         .await
         .unwrap();
     assert!(matches!(
         sub.expect_packet(Duration::from_secs(10)).await.unwrap(),
         Packet::SubAck(_)
     ));
-    let mut publisher = connected(&broker, Protocol::V311, "good-pub").await;
+    let mut publisher = connected(broker.addr, Protocol::V311, "good-pub").await;
 
     // Slow consumers: subscribe to everything, then never read.
     let mut slow = Vec::new();
     for i in 0..SLOW {
-        let mut c = connected(&broker, Protocol::V311, "slow").await;
+        let mut c = connected(broker.addr, Protocol::V311, "slow").await;
         let qos = if i % 2 == 0 {
             QoS::AtMostOnce
         } else {
             QoS::AtLeastOnce
         };
-        c.send(&subscribe("#", qos)).await.unwrap();
+        c.send(&packets::subscribe(1, "#", qos)).await.unwrap();
         slow.push(c);
     }
 
@@ -279,12 +260,12 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     for f in 0..FLOODERS {
         let mut done = pair_done_rx.clone();
         let flooded = flooded.clone();
-        let mut c = connected(&broker, Protocol::V311, "flood").await;
+        let mut c = connected(broker.addr, Protocol::V311, "flood").await;
         hostile.spawn(async move {
             let mut batch = Vec::new();
             for j in 0..64u32 {
                 let mut out = bytes::BytesMut::new();
-                let p = publish(
+                let p = publish_packet(
                     &format!("flood/{f}/{j}"),
                     QoS::AtMostOnce,
                     0,
@@ -342,7 +323,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
         for n in first..last {
             let pkid = (n % 60_000 + 1) as u16;
             publisher
-                .send(&publish(
+                .send(&publish_packet(
                     &format!("good/{}", n % 10),
                     QoS::AtLeastOnce,
                     pkid,
@@ -427,20 +408,20 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     );
 
     // Still accepts new clients, and still routes.
-    let mut s = connected(&broker, Protocol::V5, "after-sub").await;
-    s.send(&subscribe("after/#", QoS::AtLeastOnce))
+    let mut s = connected(broker.addr, Protocol::V5, "after-sub").await;
+    s.send(&packets::subscribe(1, "after/#", QoS::AtLeastOnce))
         .await
         .unwrap();
     assert!(matches!(
         s.expect_packet(Duration::from_secs(5)).await.unwrap(),
         Packet::SubAck(_)
     ));
-    let mut p = connected(&broker, Protocol::V311, "after-pub").await;
-    p.send(&publish(
+    let mut p = connected(broker.addr, Protocol::V311, "after-pub").await;
+    p.send(&publish_packet(
         "after/x",
         QoS::AtLeastOnce,
         1,
-        b"still here".to_vec(),
+        b"still here",
     ))
     .await
     .unwrap();

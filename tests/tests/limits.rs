@@ -2,60 +2,20 @@
 //! the CONNECT deadline and per-connection publish rates, with the MQTT 5.0 reason codes (and
 //! 3.1.1 return codes) the broker answers with when a client goes over them.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use bytes::{Bytes, BytesMut};
-use sluice_tests::clients::wait_log_all;
+use sluice_tests::clients::{connected, publish_packet, try_connect, wait_log_all, Opts};
 use sluice_tests::codec::{
-    ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, PublishProperties, QoS, Str,
-    Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
+    LastWill, Packet, Protocol, PublishProperties, QoS, Subscribe, SubscribeProperties,
+    Subscription, SubscriptionOptions,
 };
-use sluice_tests::packets;
 use sluice_tests::{client_id, Broker, RawClient, Recv};
 
 const STEP: Duration = Duration::from_secs(5);
-
-fn connect_packet(protocol: Protocol, id: &str) -> Packet {
-    Packet::Connect(Box::new(Connect {
-        protocol,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: Str::try_from(id).unwrap(),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties::default(),
-    }))
-}
-
-/// Connects with client id `id` and returns whatever CONNACK came back.
-async fn connect_as(
-    addr: SocketAddr,
-    protocol: Protocol,
-    id: &str,
-) -> Result<(RawClient, ConnAck)> {
-    let mut c = RawClient::connect(addr, protocol).await?;
-    c.send(&connect_packet(protocol, id)).await?;
-    match c.expect_packet(STEP).await? {
-        Packet::ConnAck(a) => Ok((c, a)),
-        other => bail!("expected CONNACK, got {other:?}"),
-    }
-}
-
-/// A connected client (successful CONNACK).
-async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<RawClient> {
-    let (c, a) = connect_as(addr, protocol, &client_id("lim")).await?;
-    assert_eq!(a.reason.0, 0, "CONNACK {a:?}");
-    Ok(c)
-}
-
-fn publish(topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Packet {
-    Packet::Publish(packets::publish(topic, qos, pkid, payload.to_vec()))
-}
 
 /// SUBSCRIBEs to `filters` at QoS 1 in one packet; returns the SUBACK's codes.
 async fn suback_codes(c: &mut RawClient, filters: &[&str]) -> Result<Vec<u8>> {
@@ -84,7 +44,7 @@ async fn suback_codes(c: &mut RawClient, filters: &[&str]) -> Result<Vec<u8>> {
 /// A QoS 1 PUBLISH and its PUBACK; returns the round-trip time.
 async fn qos1_round_trip(c: &mut RawClient, topic: &str, pkid: u16) -> Result<Duration> {
     let t = Instant::now();
-    c.send(&publish(topic, QoS::AtLeastOnce, pkid, b"probe"))
+    c.send(&publish_packet(topic, QoS::AtLeastOnce, pkid, b"probe"))
         .await?;
     loop {
         match c.expect_packet(STEP).await? {
@@ -102,28 +62,28 @@ async fn qos1_round_trip(c: &mut RawClient, topic: &str, pkid: u16) -> Result<Du
 #[tokio::test]
 async fn max_topic_levels() -> Result<()> {
     let broker = Broker::with_config("[limits]\nmax_topic_levels = 4\n");
-    let mut c = connect(broker.addr, Protocol::V5).await?;
+    let mut c = connected(broker.addr, Protocol::V5, "lim").await;
     assert_eq!(
         suback_codes(&mut c, &["a/b/c/d", "a/b/c/d/e", "a/b/c/#", "a/b/c/d/#"]).await?,
         vec![1, 0x8F, 1, 0x8F]
     );
     // A 4-level PUBLISH is delivered (the client is subscribed to a/b/c/d).
-    c.send(&publish("a/b/c/d", QoS::AtMostOnce, 0, b"4"))
+    c.send(&publish_packet("a/b/c/d", QoS::AtMostOnce, 0, b"4"))
         .await?;
     match c.expect_packet(STEP).await? {
         Packet::Publish(p) => assert_eq!(p.topic.as_str(), "a/b/c/d"),
         other => panic!("expected the 4-level message, got {other:?}"),
     }
-    c.send(&publish("a/b/c/d/e", QoS::AtMostOnce, 0, b"5"))
+    c.send(&publish_packet("a/b/c/d/e", QoS::AtMostOnce, 0, b"5"))
         .await?;
     c.expect_disconnect(STEP, 0x90, "5-level PUBLISH").await?;
 
-    let mut c = connect(broker.addr, Protocol::V311).await?;
+    let mut c = connected(broker.addr, Protocol::V311, "lim").await;
     assert_eq!(
         suback_codes(&mut c, &["x/y/z/w/v", "x/y"]).await?,
         vec![0x80, 1]
     );
-    c.send(&publish("x/y/z/w/v", QoS::AtLeastOnce, 1, b"5"))
+    c.send(&publish_packet("x/y/z/w/v", QoS::AtLeastOnce, 1, b"5"))
         .await?;
     let seen = c.expect_closed(STEP).await?;
     assert!(
@@ -141,34 +101,30 @@ async fn max_topic_length() -> Result<()> {
     let broker = Broker::with_config("[limits]\nmax_topic_length = 16\n");
     let ok = "t/23456789abcdef"; // 16 bytes
     let long = "t/23456789abcdefg"; // 17 bytes
-    let mut c = connect(broker.addr, Protocol::V5).await?;
+    let mut c = connected(broker.addr, Protocol::V5, "lim").await;
     assert_eq!(suback_codes(&mut c, &[ok, long]).await?, vec![1, 0x8F]);
-    c.send(&publish(ok, QoS::AtMostOnce, 0, b"16")).await?;
+    c.send(&publish_packet(ok, QoS::AtMostOnce, 0, b"16"))
+        .await?;
     match c.expect_packet(STEP).await? {
         Packet::Publish(p) => assert_eq!(p.topic.as_str(), ok),
         other => panic!("expected the 16-byte topic's message, got {other:?}"),
     }
-    c.send(&publish(long, QoS::AtMostOnce, 0, b"17")).await?;
+    c.send(&publish_packet(long, QoS::AtMostOnce, 0, b"17"))
+        .await?;
     c.expect_disconnect(STEP, 0x90, "17-byte topic name")
         .await?;
 
-    let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
-    let Packet::Connect(mut connect) = connect_packet(Protocol::V5, &client_id("will")) else {
-        unreachable!()
-    };
-    connect.will = Some(LastWill {
+    let will = LastWill {
         topic: long.try_into().unwrap(),
         payload: Bytes::from_static(b"bye"),
         qos: QoS::AtMostOnce,
         retain: false,
         delay_interval: 0,
         properties: PublishProperties::default(),
-    });
-    c.send(&Packet::Connect(connect)).await?;
-    match c.expect_packet(STEP).await? {
-        Packet::ConnAck(a) => assert_eq!(a.reason.0, 0x90, "{a:?}"),
-        other => panic!("expected CONNACK 0x90, got {other:?}"),
-    }
+    };
+    let o = Opts::default().will(will);
+    let (_c, a) = try_connect(broker.addr, Protocol::V5, &client_id("will"), &o).await?;
+    assert_eq!(a.reason.0, 0x90, "{a:?}");
     Ok(())
 }
 
@@ -177,13 +133,13 @@ async fn max_topic_length() -> Result<()> {
 #[tokio::test]
 async fn max_subscriptions_per_client() -> Result<()> {
     let broker = Broker::with_config("[limits]\nmax_subscriptions_per_client = 2\n");
-    let mut c = connect(broker.addr, Protocol::V5).await?;
+    let mut c = connected(broker.addr, Protocol::V5, "lim").await;
     assert_eq!(
         suback_codes(&mut c, &["s/1", "s/2", "s/3"]).await?,
         vec![1, 1, 0x97]
     );
     assert_eq!(suback_codes(&mut c, &["s/4"]).await?, vec![0x97]);
-    let mut c = connect(broker.addr, Protocol::V311).await?;
+    let mut c = connected(broker.addr, Protocol::V311, "lim").await;
     assert_eq!(
         suback_codes(&mut c, &["s/1", "s/2", "s/3"]).await?,
         vec![1, 1, 0x80]
@@ -197,13 +153,14 @@ async fn max_subscriptions_per_client() -> Result<()> {
 #[tokio::test]
 async fn max_client_id_length() -> Result<()> {
     let broker = Broker::with_config("[limits]\nmax_client_id_length = 8\n");
-    let (_c, a) = connect_as(broker.addr, Protocol::V5, "abcdefgh").await?;
+    let (_c, a) = try_connect(broker.addr, Protocol::V5, "abcdefgh", &Opts::default()).await?;
     assert_eq!(a.reason.0, 0, "8 bytes accepted: {a:?}");
-    let (mut c, a) = connect_as(broker.addr, Protocol::V5, "abcdefghi").await?;
+    let (mut c, a) = try_connect(broker.addr, Protocol::V5, "abcdefghi", &Opts::default()).await?;
     assert_eq!(a.reason.0, 0x85, "{a:?}");
     c.expect_closed(STEP).await?;
     // The codec decodes 3.1.1 return code 2 as 0x85.
-    let (mut c, a) = connect_as(broker.addr, Protocol::V311, "abcdefghi").await?;
+    let (mut c, a) =
+        try_connect(broker.addr, Protocol::V311, "abcdefghi", &Opts::default()).await?;
     assert_eq!(a.reason.0, 0x85, "3.1.1 return code 2: {a:?}");
     c.expect_closed(STEP).await?;
     Ok(())
@@ -215,16 +172,28 @@ async fn max_client_id_length() -> Result<()> {
 #[tokio::test]
 async fn max_connections() -> Result<()> {
     let broker = Broker::with_config("[limits]\nmax_connections = 3\n");
-    let mut sub = connect(broker.addr, Protocol::V5).await?;
-    let mut publisher = connect(broker.addr, Protocol::V311).await?;
+    let mut sub = connected(broker.addr, Protocol::V5, "lim").await;
+    let mut publisher = connected(broker.addr, Protocol::V311, "lim").await;
     let third_id = client_id("third");
-    let (third, a) = connect_as(broker.addr, Protocol::V5, &third_id).await?;
+    let (third, a) = try_connect(broker.addr, Protocol::V5, &third_id, &Opts::default()).await?;
     assert_eq!(a.reason.0, 0, "CONNACK {a:?}");
-    let (mut c, a) = connect_as(broker.addr, Protocol::V5, &client_id("fourth")).await?;
+    let (mut c, a) = try_connect(
+        broker.addr,
+        Protocol::V5,
+        &client_id("fourth"),
+        &Opts::default(),
+    )
+    .await?;
     assert_eq!(a.reason.0, 0x89, "4th v5 client: {a:?}");
     c.expect_closed(STEP).await?;
     // The codec decodes 3.1.1 return code 3 as 0x88.
-    let (mut c, a) = connect_as(broker.addr, Protocol::V311, &client_id("fourth")).await?;
+    let (mut c, a) = try_connect(
+        broker.addr,
+        Protocol::V311,
+        &client_id("fourth"),
+        &Opts::default(),
+    )
+    .await?;
     assert_eq!(a.reason.0, 0x88, "4th 3.1.1 client, return code 3: {a:?}");
     c.expect_closed(STEP).await?;
 
@@ -241,7 +210,13 @@ async fn max_connections() -> Result<()> {
     // Its slot is given back as its task ends, just after that line: retry briefly (bounded).
     let deadline = Instant::now() + STEP;
     loop {
-        let (_c, a) = connect_as(broker.addr, Protocol::V5, &client_id("later")).await?;
+        let (_c, a) = try_connect(
+            broker.addr,
+            Protocol::V5,
+            &client_id("later"),
+            &Opts::default(),
+        )
+        .await?;
         if a.reason.0 == 0 {
             break;
         }
@@ -272,7 +247,7 @@ async fn connect_timeout_closes_silent_socket() -> Result<()> {
     );
     // A client that does send CONNECT in time is unaffected: still there once a silent socket
     // opened after it has been closed for its connect timeout.
-    let mut c = connect(broker.addr, Protocol::V5).await?;
+    let mut c = connected(broker.addr, Protocol::V5, "lim").await;
     let mut silent = RawClient::connect(broker.addr, Protocol::V5).await?;
     silent.expect_closed(Duration::from_secs(10)).await?;
     c.send(&Packet::PingReq).await?;
@@ -291,7 +266,7 @@ async fn publish_rate_throttles_flooder_only() -> Result<()> {
         "[mqtt]\nmax_queued_messages = 10000\n[limits]\npublish_rate = 500\npublish_burst_seconds = 1\n",
     );
     const N: usize = 1500;
-    let mut sub = connect(broker.addr, Protocol::V5).await?;
+    let mut sub = connected(broker.addr, Protocol::V5, "lim").await;
     assert_eq!(suback_codes(&mut sub, &["flood/#"]).await?, vec![1]);
     let collector = tokio::spawn(async move {
         let mut n = 0usize;
@@ -305,7 +280,7 @@ async fn publish_rate_throttles_flooder_only() -> Result<()> {
         }
         anyhow::Ok((n, Instant::now()))
     });
-    let mut probe = connect(broker.addr, Protocol::V5).await?;
+    let mut probe = connected(broker.addr, Protocol::V5, "lim").await;
     let done = Arc::new(AtomicBool::new(false));
     let probe_done = done.clone();
     let prober = tokio::spawn(async move {
@@ -319,10 +294,10 @@ async fn publish_rate_throttles_flooder_only() -> Result<()> {
         anyhow::Ok(rtts)
     });
 
-    let mut flooder = connect(broker.addr, Protocol::V5).await?;
+    let mut flooder = connected(broker.addr, Protocol::V5, "lim").await;
     let mut blast = BytesMut::new();
     for i in 0..N {
-        let p = publish(
+        let p = publish_packet(
             &format!("flood/{}", i % 10),
             QoS::AtMostOnce,
             0,
@@ -365,16 +340,20 @@ async fn disconnect_over_rate() -> Result<()> {
     let blast = |protocol, n: usize| {
         let mut b = BytesMut::new();
         for _ in 0..n {
-            sluice_codec_encode(&publish("r/t", QoS::AtMostOnce, 0, b"x"), protocol, &mut b);
+            sluice_codec_encode(
+                &publish_packet("r/t", QoS::AtMostOnce, 0, b"x"),
+                protocol,
+                &mut b,
+            );
         }
         b
     };
-    let mut c = connect(broker.addr, Protocol::V5).await?;
+    let mut c = connected(broker.addr, Protocol::V5, "lim").await;
     let _ = c.send_bytes(&blast(Protocol::V5, 100)).await;
     c.expect_disconnect(STEP, 0x96, "5.0 flooder").await?;
 
     // 3.1.1: 15 messages against a budget of 10 means ~0.5 s of back-pressure, no disconnect.
-    let mut c = connect(broker.addr, Protocol::V311).await?;
+    let mut c = connected(broker.addr, Protocol::V311, "lim").await;
     c.send_bytes(&blast(Protocol::V311, 15)).await?;
     c.send(&Packet::PingReq).await?;
     match c.recv(STEP).await? {

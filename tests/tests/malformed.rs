@@ -140,7 +140,7 @@ async fn both_levels(case: impl Fn(Protocol) -> (Vec<u8>, Expect), what: &str) {
     }
 }
 
-/// A PUBLISH: `first` byte, raw topic bytes, optional packet id, 5.0 properties, payload.
+/// A PUBLISH of `payload`: `first` byte, raw topic bytes, optional packet id, 5.0 properties.
 fn publish(
     protocol: Protocol,
     first: u8,
@@ -148,28 +148,7 @@ fn publish(
     pkid: Option<u16>,
     props: &[u8],
 ) -> Vec<u8> {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend_from_slice(topic);
-    if let Some(id) = pkid {
-        body.extend_from_slice(&id.to_be_bytes());
-    }
-    if protocol.is_v5() {
-        encode_remaining_length(props.len(), &mut body);
-        body.extend_from_slice(props);
-    }
-    body.extend_from_slice(b"payload");
-    frame(first, &body)
-}
-
-/// A QoS 0 PUBLISH of `payload` (5.0: with an empty property block).
-fn publish_payload(protocol: Protocol, topic: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend_from_slice(topic);
-    if protocol.is_v5() {
-        body.push(0);
-    }
-    body.extend_from_slice(payload);
-    frame(0x30, &body)
+    publish_bytes(protocol, first, topic, pkid, props, b"payload")
 }
 
 /// A SUBSCRIBE: `first` byte, packet id 1, one filter with the given options byte (or none).
@@ -484,7 +463,7 @@ async fn packet_larger_than_max_packet_size() {
 
     let mut good = Good::connect(&broker).await;
     for protocol in [Protocol::V311, Protocol::V5] {
-        let big = publish_payload(protocol, b"big", &[b'x'; 2000]);
+        let big = publish_bytes(protocol, 0x30, b"big", None, &[], &[b'x'; 2000]);
         bad_case(
             &broker,
             &mut good,
@@ -517,7 +496,7 @@ async fn packet_larger_than_max_packet_size() {
     .await;
     // 1 + 2 (remaining length) + 2 + 8 ("good/fit") + 1 (properties) + payload = 1024.
     let payload = vec![b'y'; 1024 - 14];
-    let fits = publish_payload(Protocol::V5, b"good/fit", &payload);
+    let fits = publish_bytes(Protocol::V5, 0x30, b"good/fit", None, &[], &payload);
     assert_eq!(fits.len(), 1024);
     ok.send_bytes(&fits).await.unwrap();
     ok.send(&Packet::PingReq).await.unwrap();

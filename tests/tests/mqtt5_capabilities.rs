@@ -7,55 +7,20 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
+use sluice_tests::clients::{raw_ok_ack, try_connect, Opts};
 use sluice_tests::codec::{
-    ConnAck, Connect, ConnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties,
-    QoS, Str, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
+    ConnAck, ConnectProperties, LastWill, Packet, Protocol, Publish, PublishProperties, QoS,
+    Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
 };
 use sluice_tests::packets;
 use sluice_tests::{client_id, Broker, RawClient, Recv};
 
 const STEP: Duration = Duration::from_secs(5);
 
-fn connect_packet(protocol: Protocol, id: &str, properties: ConnectProperties) -> Packet {
-    Packet::Connect(Box::new(Connect {
-        protocol,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: Str::try_from(id).unwrap(),
-        will: None,
-        username: None,
-        password: None,
-        properties,
-    }))
-}
-
-/// Connects with `properties` and returns the client with whatever CONNACK came back.
-async fn connect_with(
-    addr: SocketAddr,
-    protocol: Protocol,
-    properties: ConnectProperties,
-) -> Result<(RawClient, ConnAck)> {
-    let mut c = RawClient::connect(addr, protocol).await?;
-    c.send(&connect_packet(protocol, &client_id("cap"), properties))
-        .await?;
-    match c.expect_packet(STEP).await? {
-        Packet::ConnAck(a) => Ok((c, a)),
-        other => bail!("expected CONNACK, got {other:?}"),
-    }
-}
-
-/// A 5.0 client with a successful CONNACK.
-async fn connect_ok(
-    addr: SocketAddr,
-    properties: ConnectProperties,
-) -> Result<(RawClient, ConnAck)> {
-    let (c, a) = connect_with(addr, Protocol::V5, properties).await?;
-    assert_eq!(a.reason.0, 0, "CONNACK {a:?}");
-    Ok((c, a))
-}
-
-fn publish(topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Publish {
-    packets::publish(topic, qos, pkid, payload.to_vec())
+/// A 5.0 client with these CONNECT properties and a successful CONNACK.
+async fn connect_ok(addr: SocketAddr, properties: ConnectProperties) -> (RawClient, ConnAck) {
+    let o = Opts::default().properties(properties);
+    raw_ok_ack(addr, Protocol::V5, &client_id("cap"), &o).await
 }
 
 fn subscribe(filter: &str, qos: QoS, id: Option<u32>) -> Packet {
@@ -118,7 +83,7 @@ shared_subscription_available = false
 #[tokio::test]
 async fn default_connack_advertises_no_restrictions() -> Result<()> {
     let broker = Broker::start();
-    let (_c, a) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (_c, a) = connect_ok(broker.addr, ConnectProperties::default()).await;
     let p = &a.properties;
     assert_eq!(p.maximum_qos, None, "Maximum QoS absent: {p:?}");
     assert_eq!(p.retain_available, Some(true), "{p:?}");
@@ -134,7 +99,7 @@ async fn default_connack_advertises_no_restrictions() -> Result<()> {
 #[tokio::test]
 async fn switched_off_capabilities_are_advertised() -> Result<()> {
     let broker = Broker::with_config(ALL_OFF);
-    let (_c, a) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (_c, a) = connect_ok(broker.addr, ConnectProperties::default()).await;
     let p = &a.properties;
     assert_eq!(p.maximum_qos, Some(QoS::AtLeastOnce), "{p:?}");
     assert_eq!(p.retain_available, Some(false), "{p:?}");
@@ -154,20 +119,25 @@ async fn switched_off_capabilities_are_enforced() -> Result<()> {
     let broker = Broker::with_config(ALL_OFF);
     let addr = broker.addr;
 
-    let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await?;
-    c.send(&Packet::Publish(publish("q/2", QoS::ExactlyOnce, 1, b"x")))
-        .await?;
+    let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await;
+    c.send(&Packet::Publish(packets::publish(
+        "q/2",
+        QoS::ExactlyOnce,
+        1,
+        b"x",
+    )))
+    .await?;
     c.expect_disconnect(STEP, 0x9B, "QoS 2 over Maximum QoS 1")
         .await?;
 
-    let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await?;
-    let mut p = publish("r/1", QoS::AtLeastOnce, 1, b"x");
+    let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await;
+    let mut p = packets::publish("r/1", QoS::AtLeastOnce, 1, b"x");
     p.retain = true;
     c.send(&Packet::Publish(p)).await?;
     c.expect_disconnect(STEP, 0x9A, "retained PUBLISH with retain off")
         .await?;
 
-    let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await?;
+    let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await;
     assert_eq!(suback_code(&mut c, "w/+").await?, 0xA2, "+ filter");
     assert_eq!(suback_code(&mut c, "w/#").await?, 0xA2, "# filter");
     assert_eq!(suback_code(&mut c, "$share/g/w").await?, 0x9E, "$share");
@@ -177,7 +147,7 @@ async fn switched_off_capabilities_are_enforced() -> Result<()> {
         "plain filter granted"
     );
     // QoS 1 still works end to end.
-    c.send(&Packet::Publish(publish(
+    c.send(&Packet::Publish(packets::publish(
         "w/plain",
         QoS::AtLeastOnce,
         3,
@@ -195,7 +165,7 @@ async fn switched_off_capabilities_are_enforced() -> Result<()> {
     }
     assert!(got_ack && got_msg);
 
-    let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await?;
+    let (mut c, _) = connect_ok(addr, ConnectProperties::default()).await;
     c.send(&subscribe("s/id", QoS::AtMostOnce, Some(5))).await?;
     c.expect_disconnect(STEP, 0xA1, "Subscription Identifier while unavailable")
         .await?;
@@ -208,17 +178,17 @@ async fn switched_off_capabilities_are_enforced() -> Result<()> {
 #[tokio::test]
 async fn invalid_utf8_payload_is_refused_with_0x99() -> Result<()> {
     let broker = Broker::with_config("[mqtt]\nvalidate_utf8_payloads = true\n");
-    let (mut sub, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (mut sub, _) = connect_ok(broker.addr, ConnectProperties::default()).await;
     assert_eq!(suback_code(&mut sub, "u/#").await?, 1);
-    let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
-    let mut bad = publish("u/bad", QoS::AtLeastOnce, 1, &[0xC3, 0x28, 0xFF]);
+    let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await;
+    let mut bad = packets::publish("u/bad", QoS::AtLeastOnce, 1, [0xC3, 0x28, 0xFF]);
     bad.properties.payload_format_indicator = Some(1);
     c.send(&Packet::Publish(bad)).await?;
     match c.expect_packet(STEP).await? {
         Packet::PubAck(a) => assert_eq!((a.pkid, a.reason.0), (1, 0x99), "{a:?}"),
         other => panic!("expected PUBACK 0x99, got {other:?}"),
     }
-    let mut good = publish("u/good", QoS::AtLeastOnce, 2, "héllo".as_bytes());
+    let mut good = packets::publish("u/good", QoS::AtLeastOnce, 2, "héllo".as_bytes());
     good.properties.payload_format_indicator = Some(1);
     c.send(&Packet::Publish(good)).await?;
     match c.expect_packet(STEP).await? {
@@ -242,7 +212,13 @@ async fn invalid_utf8_payload_is_refused_with_0x99() -> Result<()> {
 #[tokio::test]
 async fn server_reference_redirects() -> Result<()> {
     let broker = Broker::with_config("[mqtt]\nserver_reference = \"other:1883\"\n");
-    let (mut c, a) = connect_with(broker.addr, Protocol::V5, ConnectProperties::default()).await?;
+    let (mut c, a) = try_connect(
+        broker.addr,
+        Protocol::V5,
+        &client_id("cap"),
+        &Opts::default(),
+    )
+    .await?;
     assert_eq!(a.reason.0, 0x9C, "{a:?}");
     assert_eq!(
         a.properties.server_reference.as_deref(),
@@ -251,14 +227,25 @@ async fn server_reference_redirects() -> Result<()> {
     );
     c.expect_closed(STEP).await?;
     // The codec decodes 3.1.1 return code 3 as 0x88 Server unavailable.
-    let (mut c, a) =
-        connect_with(broker.addr, Protocol::V311, ConnectProperties::default()).await?;
+    let (mut c, a) = try_connect(
+        broker.addr,
+        Protocol::V311,
+        &client_id("cap"),
+        &Opts::default(),
+    )
+    .await?;
     assert_eq!(a.reason.0, 0x88, "3.1.1 return code 3: {a:?}");
     c.expect_closed(STEP).await?;
 
     let broker =
         Broker::with_config("[mqtt]\nserver_reference = \"other:1883\"\nserver_moved = true\n");
-    let (_c, a) = connect_with(broker.addr, Protocol::V5, ConnectProperties::default()).await?;
+    let (_c, a) = try_connect(
+        broker.addr,
+        Protocol::V5,
+        &client_id("cap"),
+        &Opts::default(),
+    )
+    .await?;
     assert_eq!(a.reason.0, 0x9D, "{a:?}");
     assert_eq!(
         a.properties.server_reference.as_deref(),
@@ -272,7 +259,7 @@ async fn server_reference_redirects() -> Result<()> {
 /// is then used up.
 async fn fill_receive_maximum_2(c: &mut RawClient) -> Result<()> {
     for pkid in 1..=2 {
-        c.send(&Packet::Publish(publish(
+        c.send(&Packet::Publish(packets::publish(
             "rm/t",
             QoS::ExactlyOnce,
             pkid,
@@ -293,11 +280,16 @@ async fn fill_receive_maximum_2(c: &mut RawClient) -> Result<()> {
 #[tokio::test]
 async fn receive_maximum_exceeded_is_0x93() -> Result<()> {
     let broker = Broker::with_config("[mqtt]\nreceive_maximum = 2\n");
-    let (mut c, a) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (mut c, a) = connect_ok(broker.addr, ConnectProperties::default()).await;
     assert_eq!(a.properties.receive_maximum, Some(2), "{a:?}");
     fill_receive_maximum_2(&mut c).await?;
-    c.send(&Packet::Publish(publish("rm/t", QoS::ExactlyOnce, 3, b"x")))
-        .await?;
+    c.send(&Packet::Publish(packets::publish(
+        "rm/t",
+        QoS::ExactlyOnce,
+        3,
+        b"x",
+    )))
+    .await?;
     c.expect_disconnect(STEP, 0x93, "third unacknowledged QoS 2 PUBLISH")
         .await
 }
@@ -307,17 +299,17 @@ async fn receive_maximum_exceeded_is_0x93() -> Result<()> {
 #[tokio::test]
 async fn inbound_topic_alias_over_maximum_is_0x94() -> Result<()> {
     let broker = Broker::with_config("[mqtt]\ntopic_alias_maximum = 2\n");
-    let (mut c, a) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (mut c, a) = connect_ok(broker.addr, ConnectProperties::default()).await;
     assert_eq!(a.properties.topic_alias_maximum, Some(2), "{a:?}");
     // Alias 2 is fine.
-    let mut ok = publish("ta/ok", QoS::AtLeastOnce, 1, b"x");
+    let mut ok = packets::publish("ta/ok", QoS::AtLeastOnce, 1, b"x");
     ok.properties.topic_alias = Some(2);
     c.send(&Packet::Publish(ok)).await?;
     match c.expect_packet(STEP).await? {
         Packet::PubAck(a) => assert!(a.reason.0 < 0x80, "{a:?}"),
         other => panic!("expected PUBACK, got {other:?}"),
     }
-    let mut over = publish("ta/x", QoS::AtMostOnce, 0, b"x");
+    let mut over = packets::publish("ta/x", QoS::AtMostOnce, 0, b"x");
     over.properties.topic_alias = Some(3);
     c.send(&Packet::Publish(over)).await?;
     c.expect_disconnect(STEP, 0x94, "Topic Alias above the maximum")
@@ -332,7 +324,7 @@ async fn inbound_topic_alias_zero_is_0x94() -> Result<()> {
     let broker = Broker::with_config("[mqtt]\ntopic_alias_maximum = 2\n");
     // The encoder refuses alias 0, so raw bytes: PUBLISH QoS 0, topic "a",
     // properties [0x23 Topic Alias = 0], payload "x".
-    let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await;
     c.send_bytes(&[0x30, 8, 0, 1, b'a', 3, 0x23, 0, 0, b'x'])
         .await?;
     c.expect_disconnect(STEP, 0x94, "Topic Alias 0").await
@@ -351,16 +343,16 @@ async fn outbound_topic_alias_is_used() -> Result<()> {
             ..Default::default()
         },
     )
-    .await?;
+    .await;
     assert_eq!(suback_code(&mut sub, "al/#").await?, 1);
-    let (mut publisher, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (mut publisher, _) = connect_ok(broker.addr, ConnectProperties::default()).await;
     for i in 0..2u8 {
         publisher
-            .send(&Packet::Publish(publish(
+            .send(&Packet::Publish(packets::publish(
                 "al/topic",
                 QoS::AtMostOnce,
                 0,
-                &[i],
+                [i],
             )))
             .await?;
     }
@@ -396,19 +388,19 @@ async fn message_over_client_maximum_packet_size_is_not_sent() -> Result<()> {
             ..Default::default()
         },
     )
-    .await?;
+    .await;
     assert_eq!(suback_code(&mut sub, "mp/#").await?, 1);
-    let (mut publisher, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (mut publisher, _) = connect_ok(broker.addr, ConnectProperties::default()).await;
     publisher
-        .send(&Packet::Publish(publish(
+        .send(&Packet::Publish(packets::publish(
             "mp/big",
             QoS::AtLeastOnce,
             1,
-            &[b'b'; 1000],
+            [b'b'; 1000],
         )))
         .await?;
     publisher
-        .send(&Packet::Publish(publish(
+        .send(&Packet::Publish(packets::publish(
             "mp/small",
             QoS::AtLeastOnce,
             2,
@@ -442,29 +434,17 @@ async fn will_over_capabilities_is_refused_in_connack() -> Result<()> {
         (QoS::ExactlyOnce, false, 0x9B),
         (QoS::AtMostOnce, true, 0x9A),
     ] {
-        let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
-        let Packet::Connect(mut connect) = connect_packet(
-            Protocol::V5,
-            &client_id("will"),
-            ConnectProperties::default(),
-        ) else {
-            unreachable!()
-        };
-        connect.will = Some(LastWill {
+        let will = LastWill {
             topic: "will/t".try_into().unwrap(),
             payload: Bytes::from_static(b"bye"),
             qos,
             retain,
             delay_interval: 0,
             properties: PublishProperties::default(),
-        });
-        c.send(&Packet::Connect(connect)).await?;
-        match c.expect_packet(STEP).await? {
-            Packet::ConnAck(a) => {
-                assert_eq!(a.reason.0, code, "will {qos:?} retain {retain}: {a:?}")
-            }
-            other => panic!("expected CONNACK 0x{code:02X}, got {other:?}"),
-        }
+        };
+        let o = Opts::default().will(will);
+        let (mut c, a) = try_connect(broker.addr, Protocol::V5, &client_id("will"), &o).await?;
+        assert_eq!(a.reason.0, code, "will {qos:?} retain {retain}: {a:?}");
         c.expect_closed(STEP).await?;
     }
     Ok(())
@@ -485,17 +465,22 @@ async fn outbound_topic_aliases_respect_client_maximum_and_resolve() -> Result<(
             ..Default::default()
         },
     )
-    .await?;
-    let (mut none, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    .await;
+    let (mut none, _) = connect_ok(broker.addr, ConnectProperties::default()).await;
     assert_eq!(suback_code(&mut one, "ra/#").await?, 1);
     assert_eq!(suback_code(&mut none, "ra/#").await?, 1);
-    let (mut publisher, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (mut publisher, _) = connect_ok(broker.addr, ConnectProperties::default()).await;
     let order = [
         "ra/one", "ra/two", "ra/one", "ra/one", "ra/two", "ra/two", "ra/one",
     ];
     for (i, t) in order.iter().enumerate() {
         publisher
-            .send(&Packet::Publish(publish(t, QoS::AtMostOnce, 0, &[i as u8])))
+            .send(&Packet::Publish(packets::publish(
+                t,
+                QoS::AtMostOnce,
+                0,
+                [i as u8],
+            )))
             .await?;
     }
     let mut aliases: std::collections::HashMap<u16, String> = Default::default();
@@ -539,10 +524,15 @@ async fn disconnect_reaches_a_client_that_keeps_writing() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let broker = Broker::with_config("[mqtt]\nreceive_maximum = 2\n");
-    let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await?;
+    let (mut c, _) = connect_ok(broker.addr, ConnectProperties::default()).await;
     fill_receive_maximum_2(&mut c).await?;
-    c.send(&Packet::Publish(publish("rm/t", QoS::ExactlyOnce, 3, b"x")))
-        .await?;
+    c.send(&Packet::Publish(packets::publish(
+        "rm/t",
+        QoS::ExactlyOnce,
+        3,
+        b"x",
+    )))
+    .await?;
     let (mut stream, mut buf, mut decoder) = c.into_parts();
     let mut seen = Vec::new();
     loop {

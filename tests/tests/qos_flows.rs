@@ -37,18 +37,6 @@ async fn expect_publish_bytes(c: &mut ByteConn, first: u8, t: &str, payload: &[u
     pkid
 }
 
-/// Publishes `payload` on `t` at QoS `qos` from a raw 3.1.1 publisher, completing its flow.
-async fn publish_from_raw(broker: &Broker, t: &str, qos: QoS, payload: &[u8]) {
-    let mut p = raw_ok(
-        broker.addr,
-        Protocol::V311,
-        &client_id("pub"),
-        &Opts::default(),
-    )
-    .await;
-    raw_publish(&mut p, t, qos, 1, payload).await;
-}
-
 /// QoS 0, 1 and 2 between rumqttc clients at 3.1.1 and 5.0, in all four version pairings: the
 /// message arrives once, at the published QoS when the subscription grants 2 [MQTT-3.8.4-8]
 /// (3.1.1: [MQTT-3.8.4-6]), with its topic and payload.
@@ -141,7 +129,7 @@ async fn qos2_server_to_client_bytes_v311() {
     sub.expect(&[0x90, 0x03, 0x00, 0x01, 0x02], "SUBACK granting QoS 2")
         .await;
 
-    publish_from_raw(&broker, "a/b", QoS::ExactlyOnce, PAYLOAD).await;
+    publish_from_new_client(broker.addr, "a/b", QoS::ExactlyOnce, &[PAYLOAD]).await;
 
     let pkid = expect_publish_bytes(&mut sub, 0x34, "a/b", PAYLOAD).await;
     sub.send(&ack(0x50, pkid)).await;
@@ -307,7 +295,7 @@ async fn qos_downgraded_to_subscription_maximum() {
             assert_eq!(ack.reasons, vec![ReasonCode(q as u8)], "granted as asked");
         }
 
-        publish_from_raw(&broker, &t, QoS::ExactlyOnce, b"two").await;
+        publish_from_new_client(broker.addr, &t, QoS::ExactlyOnce, &[b"two"]).await;
         for (c, q) in [
             (&mut s0, QoS::AtMostOnce),
             (&mut s1, QoS::AtLeastOnce),
@@ -320,7 +308,7 @@ async fn qos_downgraded_to_subscription_maximum() {
             }
         }
 
-        publish_from_raw(&broker, &t, QoS::AtMostOnce, b"zero").await;
+        publish_from_new_client(broker.addr, &t, QoS::AtMostOnce, &[b"zero"]).await;
         for c in [&mut s0, &mut s1, &mut s2] {
             let p = recv_and_ack(c).await;
             assert_eq!((p.qos, &p.payload[..]), (QoS::AtMostOnce, &b"zero"[..]));
@@ -339,7 +327,7 @@ async fn qos2_unacked_publish_resent_with_dup_after_reconnect_v311() {
     let mut sub = bytes_connect(broker.addr, &id, false, false).await;
     sub.send(&subscribe_311(1, "a/b", 2)).await;
     sub.expect(&[0x90, 0x03, 0x00, 0x01, 0x02], "SUBACK").await;
-    publish_from_raw(&broker, "a/b", QoS::ExactlyOnce, PAYLOAD).await;
+    publish_from_new_client(broker.addr, "a/b", QoS::ExactlyOnce, &[PAYLOAD]).await;
     let pkid = expect_publish_bytes(&mut sub, 0x34, "a/b", PAYLOAD).await;
 
     let from = broker.log_len();
@@ -368,7 +356,7 @@ async fn qos2_pubrel_resent_after_reconnect_v311() {
     let mut sub = bytes_connect(broker.addr, &id, false, false).await;
     sub.send(&subscribe_311(1, "a/b", 2)).await;
     sub.expect(&[0x90, 0x03, 0x00, 0x01, 0x02], "SUBACK").await;
-    publish_from_raw(&broker, "a/b", QoS::ExactlyOnce, PAYLOAD).await;
+    publish_from_new_client(broker.addr, "a/b", QoS::ExactlyOnce, &[PAYLOAD]).await;
     let pkid = expect_publish_bytes(&mut sub, 0x34, "a/b", PAYLOAD).await;
     sub.send(&ack(0x50, pkid)).await;
     sub.expect(&ack(0x62, pkid), "PUBREL").await;
@@ -401,8 +389,8 @@ async fn qos2_resume_v5() {
     let persistent = Opts::persistent(60);
     let mut sub = raw_ok(broker.addr, Protocol::V5, &id, &persistent).await;
     raw_subscribe(&mut sub, 1, "a/+", QoS::ExactlyOnce).await;
-    publish_from_raw(&broker, "a/1", QoS::ExactlyOnce, b"m1").await;
-    publish_from_raw(&broker, "a/2", QoS::ExactlyOnce, b"m2").await;
+    publish_from_new_client(broker.addr, "a/1", QoS::ExactlyOnce, &[b"m1"]).await;
+    publish_from_new_client(broker.addr, "a/2", QoS::ExactlyOnce, &[b"m2"]).await;
     let p1 = expect_publish(&mut sub).await;
     let p2 = expect_publish(&mut sub).await;
     assert_eq!((&p1.payload[..], &p2.payload[..]), (&b"m1"[..], &b"m2"[..]));
@@ -583,7 +571,7 @@ async fn qos1_unacked_publish_resent_with_dup_after_reconnect_v311() {
     let mut sub = bytes_connect(broker.addr, &id, false, false).await;
     sub.send(&subscribe_311(1, "a/b", 1)).await;
     sub.expect(&[0x90, 0x03, 0x00, 0x01, 0x01], "SUBACK").await;
-    publish_from_raw(&broker, "a/b", QoS::AtLeastOnce, PAYLOAD).await;
+    publish_from_new_client(broker.addr, "a/b", QoS::AtLeastOnce, &[PAYLOAD]).await;
     let pkid = expect_publish_bytes(&mut sub, 0x32, "a/b", PAYLOAD).await;
 
     let from = broker.log_len();
@@ -608,7 +596,7 @@ async fn qos1_inflight_survives_takeover_v5() {
     let o = Opts::persistent(60);
     let mut old = raw_ok(broker.addr, Protocol::V5, &id, &o).await;
     raw_subscribe(&mut old, 1, "a/b", QoS::AtLeastOnce).await;
-    publish_from_raw(&broker, "a/b", QoS::AtLeastOnce, PAYLOAD).await;
+    publish_from_new_client(broker.addr, "a/b", QoS::AtLeastOnce, &[PAYLOAD]).await;
     let first = expect_publish(&mut old).await;
 
     let (mut new, ack) = raw_connect(broker.addr, Protocol::V5, &id, &o).await;

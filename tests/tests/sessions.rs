@@ -8,20 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use sluice_tests::clients::*;
 use sluice_tests::codec::{encode, Packet, Protocol, PubAck, QoS, ReasonCode};
-use sluice_tests::{client_id, connect_bytes, Broker, RawClient};
-
-/// A CONNECT with the given protocol name and level; `v5_layout` adds an empty property block.
-fn connect_with(name: &[u8], level: u8, v5_layout: bool, id: &str) -> Vec<u8> {
-    let mut body = (name.len() as u16).to_be_bytes().to_vec();
-    body.extend_from_slice(name);
-    body.extend_from_slice(&[level, 0x02, 0, 60]);
-    if v5_layout {
-        body.push(0);
-    }
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    frame(0x10, &body)
-}
+use sluice_tests::{client_id, connect_bytes, connect_bytes_with, Broker, RawClient};
 
 /// A raw 3.1.1 subscriber on `filter` at QoS 1 (clean session).
 async fn subscriber(broker: &Broker, filter: &str) -> RawClient {
@@ -34,20 +21,6 @@ async fn subscriber(broker: &Broker, filter: &str) -> RawClient {
     .await;
     raw_subscribe(&mut sub, 1, filter, QoS::AtLeastOnce).await;
     sub
-}
-
-/// Publishes QoS 1 messages `payloads` on `t` from a fresh raw 3.1.1 client, in order.
-async fn publish_all(broker: &Broker, t: &str, payloads: &[Vec<u8>]) {
-    let mut p = raw_ok(
-        broker.addr,
-        Protocol::V311,
-        &client_id("pub"),
-        &Opts::default(),
-    )
-    .await;
-    for (i, payload) in payloads.iter().enumerate() {
-        raw_publish(&mut p, t, QoS::AtLeastOnce, i as u16 + 1, payload).await;
-    }
 }
 
 /// Sends DISCONNECT (reason 0x00) and waits until the broker has parked the session.
@@ -70,7 +43,8 @@ async fn disconnect(broker: &Broker, mut c: RawClient, id: &str) {
 async fn unsupported_protocol_level_is_refused() {
     let broker = Broker::start();
     let mut c = ByteConn::connect(broker.addr).await;
-    c.send(&connect_with(b"MQTT", 6, false, "x")).await;
+    c.send(&connect_bytes_with(b"MQTT", 6, 0x02, false, "x"))
+        .await;
     let got = c.read_until_closed("level 6").await;
     assert_eq!(
         got,
@@ -79,7 +53,8 @@ async fn unsupported_protocol_level_is_refused() {
     );
 
     let mut c = ByteConn::connect(broker.addr).await;
-    c.send(&connect_with(b"MQTT", 6, true, "x")).await;
+    c.send(&connect_bytes_with(b"MQTT", 6, 0x02, true, "x"))
+        .await;
     let got = c.read_until_closed("5.0 layout, level 6").await;
     assert!(
         got == [0x20, 0x02, 0x00, 0x01] || got == [0x20, 0x03, 0x00, 0x84, 0x00],
@@ -87,7 +62,8 @@ async fn unsupported_protocol_level_is_refused() {
     );
     // MQIsdp is only level 3.
     let mut c = ByteConn::connect(broker.addr).await;
-    c.send(&connect_with(b"MQIsdp", 4, false, "x")).await;
+    c.send(&connect_bytes_with(b"MQIsdp", 4, 0x02, false, "x"))
+        .await;
     let got = c.read_until_closed("MQIsdp level 4").await;
     assert_eq!(got, [0x20, 0x02, 0x00, 0x01]);
 }
@@ -99,7 +75,8 @@ async fn bad_protocol_name_closes() {
     let broker = Broker::start();
     for (name, level) in [(&b"MQTX"[..], 4u8), (&b"mqtt"[..], 5), (&b"MQIsdX"[..], 3)] {
         let mut c = ByteConn::connect(broker.addr).await;
-        c.send(&connect_with(name, level, level == 5, "x")).await;
+        c.send(&connect_bytes_with(name, level, 0x02, level == 5, "x"))
+            .await;
         let got = c.read_until_closed("bad protocol name").await;
         assert!(
             got.len() < 4 || got[..4] != [0x20, 0x02, 0x00, 0x00],
@@ -223,7 +200,7 @@ async fn takeover_v5_sends_0x8e_and_inherits_session() {
     assert_eq!(disconnect_reasons(&seen), vec![0x8E], "saw {seen:?}");
     assert!(ack.session_present, "session inherited [MQTT-3.2.2-3]");
 
-    publish_all(&broker, "take/1", &[b"hi".to_vec()]).await;
+    publish_from_new_client(broker.addr, "take/1", QoS::AtLeastOnce, &[b"hi".to_vec()]).await;
     let p = recv_and_ack(&mut new).await;
     assert_eq!(&p.payload[..], b"hi");
 }
@@ -249,7 +226,7 @@ async fn takeover_v311_closes_old_and_reflects_session() {
         seen.is_empty(),
         "3.1.1 has no DISCONNECT from the server; saw {seen:?}"
     );
-    publish_all(&broker, "take/1", &[b"one".to_vec()]).await;
+    publish_from_new_client(broker.addr, "take/1", QoS::AtLeastOnce, &[b"one".to_vec()]).await;
     assert_eq!(&recv_and_ack(&mut second).await.payload[..], b"one");
 
     let (mut third, ack) = raw_connect(broker.addr, Protocol::V311, &id, &Opts::default()).await;
@@ -259,7 +236,7 @@ async fn takeover_v311_closes_old_and_reflects_session() {
     );
     let sentinel = sentinel_subscription(&mut third, 1).await;
     expect_closed(&mut second).await;
-    publish_all(&broker, "take/1", &[b"two".to_vec()]).await;
+    publish_from_new_client(broker.addr, "take/1", QoS::AtLeastOnce, &[b"two".to_vec()]).await;
     expect_sentinel_next(broker.addr, &mut third, &sentinel, "discarded session").await;
 }
 
@@ -276,7 +253,7 @@ async fn clean_start_discards_the_session() {
         let mut c = raw_ok(broker.addr, protocol, &id, &Opts::persistent(300)).await;
         raw_subscribe(&mut c, 1, &t, QoS::AtLeastOnce).await;
         disconnect(&broker, c, &id).await;
-        publish_all(&broker, &t, &[b"queued".to_vec()]).await;
+        publish_from_new_client(broker.addr, &t, QoS::AtLeastOnce, &[b"queued".to_vec()]).await;
 
         let (mut c, ack) = raw_connect(broker.addr, protocol, &id, &Opts::default()).await;
         assert_eq!(
@@ -286,7 +263,7 @@ async fn clean_start_discards_the_session() {
         );
         // A queued message would come before the SUBACK or, at the latest, the sentinel.
         let sentinel = sentinel_subscription(&mut c, 1).await;
-        publish_all(&broker, &t, &[b"after".to_vec()]).await;
+        publish_from_new_client(broker.addr, &t, QoS::AtLeastOnce, &[b"after".to_vec()]).await;
         expect_sentinel_next(broker.addr, &mut c, &sentinel, &format!("{protocol:?}")).await;
     }
 }
@@ -304,7 +281,7 @@ async fn session_expiry_0_ends_with_connection_v5() {
     let mut c = raw_ok(broker.addr, Protocol::V5, &id, &no_expiry).await;
     raw_subscribe(&mut c, 1, "exp0", QoS::AtLeastOnce).await;
     disconnect(&broker, c, &id).await;
-    publish_all(&broker, "exp0", &[b"x".to_vec()]).await;
+    publish_from_new_client(broker.addr, "exp0", QoS::AtLeastOnce, &[b"x".to_vec()]).await;
     let (mut c, ack) = raw_connect(broker.addr, Protocol::V5, &id, &no_expiry).await;
     assert!(!ack.session_present, "[MQTT-3.2.2-3]");
     let sentinel = sentinel_subscription(&mut c, 1).await;
@@ -324,7 +301,7 @@ async fn session_expiry_2s_v5() {
     let mut c = raw_ok(broker.addr, Protocol::V5, &id, &o).await;
     raw_subscribe(&mut c, 1, "exp2", QoS::AtLeastOnce).await;
     disconnect(&broker, c, &id).await;
-    publish_all(&broker, "exp2", &[b"kept".to_vec()]).await;
+    publish_from_new_client(broker.addr, "exp2", QoS::AtLeastOnce, &[b"kept".to_vec()]).await;
     let from = broker.log_len();
     let clock = reference_session(&broker, 1).await;
     wait_session_expired(&broker, from, &clock, Duration::from_secs(6));
@@ -435,7 +412,7 @@ async fn offline_messages_delivered_in_order() {
         disconnect(&broker, c, &id).await;
 
         let payloads: Vec<Vec<u8>> = (0..20).map(|i| format!("m{i:02}").into_bytes()).collect();
-        publish_all(&broker, &t, &payloads).await;
+        publish_from_new_client(broker.addr, &t, QoS::AtLeastOnce, &payloads).await;
 
         let (mut c, ack) = raw_connect(broker.addr, protocol, &id, &Opts::persistent(300)).await;
         assert!(ack.session_present, "{protocol:?}");
@@ -463,7 +440,7 @@ async fn offline_queue_limit() {
 
     let from = broker.log_len();
     let payloads: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
-    publish_all(&broker, "lim", &payloads).await;
+    publish_from_new_client(broker.addr, "lim", QoS::AtLeastOnce, &payloads).await;
     let line = wait_log_all(&broker, from, &["queue full", &id], T);
     assert!(line.contains("dropped"), "{line}");
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use sluice_tests::clients::{publish_311, subscribe_311};
 use sluice_tests::codec::{Decoder, Packet, Protocol};
 use sluice_tests::{certs_dir, connect_bytes, paho_at, Broker, BrokerOpts};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -106,27 +107,6 @@ async fn read_packets(ws: &mut Ws, n: usize) -> Vec<Packet> {
     out
 }
 
-fn subscribe_bytes(pkid: u16, filter: &str) -> Vec<u8> {
-    let mut body = pkid.to_be_bytes().to_vec();
-    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-    body.extend_from_slice(filter.as_bytes());
-    body.push(0);
-    let mut out = vec![0x82];
-    sluice_tests::encode_remaining_length(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
-
-fn publish_bytes(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend_from_slice(topic.as_bytes());
-    body.extend_from_slice(payload);
-    let mut out = vec![0x30];
-    sluice_tests::encode_remaining_length(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
-
 #[tokio::test]
 async fn split_and_coalesced_packets_over_websocket_frames() {
     let broker = ws_broker();
@@ -144,12 +124,12 @@ async fn split_and_coalesced_packets_over_websocket_frames() {
     assert!(matches!(p[0], Packet::ConnAck(_)), "{p:?}");
 
     // SUBSCRIBE, a PUBLISH to it and a PINGREQ in one frame; a 100 KiB PUBLISH in 7 frames.
-    let mut frame = subscribe_bytes(1, "ws/#");
-    frame.extend(publish_bytes("ws/one", b"coalesced"));
+    let mut frame = subscribe_311(1, "ws/#", 0);
+    frame.extend(publish_311(0x30, "ws/one", None, b"coalesced"));
     frame.extend([0xC0, 0]);
     ws.send(Message::Binary(frame.into())).await.unwrap();
     let big = vec![b'x'; 100 * 1024];
-    let publish = publish_bytes("ws/big", &big);
+    let publish = publish_311(0x30, "ws/big", None, &big);
     for chunk in publish.chunks(16 * 1024) {
         ws.send(Message::Binary(Bytes::copy_from_slice(chunk)))
             .await
