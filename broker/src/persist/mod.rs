@@ -35,6 +35,17 @@
 //! name the *delivery* by the session's number for it (`seq`), since one message can be queued
 //! twice for one session.
 //!
+//! # The journal
+//! The rest of the broker does not build records: it calls the [`Store`] method named for the
+//! event (`persist/journal.rs`: `message_stored`, `message_queued`, `delivery_sent`,
+//! `delivery_acked`, `delivery_released`, `qos2_received`, `qos2_released`, `session_opened`,
+//! `session_parked`, `session_gone`, `subscribed`, `unsubscribed`, `retained_set`,
+//! `retained_cleared`, `group_queued`, `group_taken`, `delayed_stored`, `delayed_done`,
+//! `sent_horizon_logged`, `delivery_skipped`), each appending the one record of the table below
+//! (`message_stored`: `Message`, and `Priority` when not 0). A record that must be carried and
+//! logged later is a [`Pending`] ([`Store::log_pending`]). Only this module names [`Record`]
+//! (`broker/tests/module_layers.rs` checks it).
+//!
 //! # What waits for the disk
 //! `durable` promises that nothing *acknowledged* is lost, not that every record is on disk at
 //! once. A connection about to send a packet whose promise rests on records it logged (an
@@ -118,6 +129,7 @@ mod compaction;
 mod error;
 mod format;
 mod image;
+mod journal;
 mod recovery;
 mod writer;
 
@@ -135,6 +147,7 @@ use crate::message::Message;
 pub use self::error::*;
 pub use self::format::*;
 pub use self::image::*;
+pub use self::journal::Pending;
 pub use self::recovery::*;
 use self::writer::*;
 
