@@ -28,7 +28,7 @@ use crate::auth::AccessControl;
 use crate::config::Config;
 use crate::locks::{lock, write};
 use crate::message::{ClientId, Message};
-use crate::persist::{Image, InflightImage, QueuedImage, Record, Store};
+use crate::persist::{Image, InflightImage, Pending, QueuedImage, Store};
 use crate::routing::{Router, SubEntry};
 use crate::session::{
     ColdDelivery, Control, Deadlines, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget,
@@ -305,10 +305,8 @@ impl Broker {
                     Inflight::Publish { delivery, pkid }
                         if delivery.shared.is_some() && delivery.qos == QoS::AtLeastOnce =>
                     {
-                        let release = logging.then(|| Record::Acked {
-                            client: handle.client_id.clone(),
-                            pkid,
-                        });
+                        let release = logging
+                            .then(|| Pending::delivery_acked(handle.client_id.clone(), pkid));
                         moving.push((delivery, release))
                     }
                     other => kept.push_back(other),
@@ -349,11 +347,11 @@ impl Broker {
                 let left: Vec<Delivery> = left
                     .into_iter()
                     .map(|(mut d, release)| {
-                        if let Some(rec @ Record::Acked { .. }) = release {
+                        if let Some(rec) = release.filter(Pending::is_delivery_acked) {
                             d.seq = 0;
                             let mut logged = false;
                             self.router.log_enqueue(handle, &mut d, &mut logged);
-                            self.store.append(rec);
+                            self.store.log_pending(rec);
                         }
                         d
                     })
@@ -440,9 +438,7 @@ impl Broker {
             tracing::info!(client_id = %handle.client_id, "session expired");
             self.hand_on_shared(&handle);
             if self.store.is_enabled() {
-                self.store.append(Record::SessionGone {
-                    client: handle.client_id.clone(),
-                });
+                self.store.session_gone(handle.client_id.clone());
             }
             self.discard_subscriptions(&handle.client_id, &session);
             self.remove_handle(&handle);
@@ -535,10 +531,7 @@ impl Broker {
                         subscription_ids: Vec::new(),
                         priority: image.priority(q.id),
                     }),
-                    None => self.store.append(Record::GroupTaken {
-                        group: group.clone(),
-                        seq: q.seq,
-                    }),
+                    None => self.store.group_taken(group.clone(), q.seq),
                 }
             }
         }
@@ -743,15 +736,12 @@ impl Broker {
 /// Takes the shared-subscription deliveries out of a leaving session's queue, each with the
 /// record that lets this session's log forget it (written once another member, or the group's
 /// queue, has it in the log).
-fn shared_leaving(outbox: &mut Outbox, client: &ClientId) -> Vec<(Delivery, Option<Record>)> {
+fn shared_leaving(outbox: &mut Outbox, client: &ClientId) -> Vec<(Delivery, Option<Pending>)> {
     outbox
         .take_where(|d| d.shared.is_some())
         .into_iter()
         .map(|d| {
-            let release = (d.seq != 0).then(|| Record::Skip {
-                client: client.clone(),
-                seq: d.seq,
-            });
+            let release = (d.seq != 0).then(|| Pending::delivery_skipped(client.clone(), d.seq));
             (d, release)
         })
         .collect()

@@ -27,7 +27,7 @@ use tokio::sync::{oneshot, watch};
 use crate::broker::Broker;
 use crate::connection::ratelimit::RateLimiter;
 use crate::message::Message;
-use crate::persist::{Record, BACKLOG_HIGH_WATER};
+use crate::persist::BACKLOG_HIGH_WATER;
 use crate::protocol::connect::redirect_code;
 use crate::protocol::{ClientState, Close};
 use crate::session::Control;
@@ -462,20 +462,18 @@ async fn serve_split<S, G>(
             // session with the will still to come after its delay.
             if session.expiry_interval == 0 {
                 handle.persistent.store(false, Ordering::Relaxed);
-                broker.store.append(Record::SessionGone {
-                    client: handle.client_id.clone(),
-                });
+                broker.store.session_gone(handle.client_id.clone());
             } else {
                 if let Some(rec) = reset_horizon {
-                    broker.store.append(rec);
+                    broker.store.log_pending(rec);
                 }
-                broker.store.append(Record::Session {
-                    client: handle.client_id.clone(),
-                    expiry: session.expiry_interval,
-                    username: state.n.username.clone(),
-                    will: will.clone().filter(|w| w.delay_interval > 0).map(Box::new),
-                    since: crate::persist::now_unix_ms(),
-                });
+                broker.store.session_parked(
+                    handle.client_id.clone(),
+                    session.expiry_interval,
+                    state.n.username.clone(),
+                    will.clone().filter(|w| w.delay_interval > 0).map(Box::new),
+                    crate::persist::now_unix_ms(),
+                );
             }
         }
         let b = &broker;

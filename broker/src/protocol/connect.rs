@@ -11,7 +11,6 @@ use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Opened};
 use crate::message::ClientId;
-use crate::persist::Record;
 use crate::protocol::{ClientState, Negotiated};
 use crate::session::Control;
 
@@ -154,18 +153,15 @@ pub async fn admit(
             }
         }
         if !session_present || !persistent {
-            broker.store.append(Record::SessionGone {
-                client: n.client_id.clone(),
-            });
+            broker.store.session_gone(n.client_id.clone());
         }
         if persistent {
-            broker.store.append(Record::Session {
-                client: n.client_id.clone(),
-                expiry: session_expiry,
-                username: n.username.clone(),
-                will: connect.will.clone().map(Box::new),
-                since: 0,
-            });
+            broker.store.session_opened(
+                n.client_id.clone(),
+                session_expiry,
+                n.username.clone(),
+                connect.will.clone().map(Box::new),
+            );
             // Only now: a queue entry logged before the session record would be ignored.
             handle.outbox().set_spill(true);
             handle.persistent.store(true, Ordering::Relaxed);

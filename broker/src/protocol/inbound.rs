@@ -11,7 +11,7 @@ use sluice_codec::{
 
 use crate::broker::Broker;
 use crate::message::Message;
-use crate::persist::Record;
+use crate::persist::Pending;
 use crate::session::Inflight;
 
 use super::{topic_over_limits, ClientState, Close, QUEUE_FULL};
@@ -212,10 +212,9 @@ impl ClientState {
                 // "Received" and the message's queue entries reach the log together (the
                 // router sends the batch before it queues anything), or neither does.
                 let _g = self.store.batch();
-                let received = self.persistent().then(|| Record::Qos2In {
-                    client: self.n.client_id.clone(),
-                    pkid,
-                });
+                let received = self
+                    .persistent()
+                    .then(|| Pending::qos2_received(self.n.client_id.clone(), pkid));
                 if let Err((close, text)) = self.route(now, p, delay, received, broker) {
                     if !self.n.protocol.is_v5() {
                         return Err(close);
@@ -264,7 +263,7 @@ impl ClientState {
         now: Instant,
         p: Publish,
         delay: Option<u32>,
-        received: Option<Record>,
+        received: Option<Pending>,
         broker: &Broker,
     ) -> Result<(), (Close, &'static str)> {
         let mut msg = Message::new(
@@ -320,7 +319,7 @@ impl ClientState {
             Some(i) if matches!(&self.session.inflight[i], Inflight::Publish { delivery, .. } if delivery.qos == QoS::AtLeastOnce) =>
             {
                 self.session.inflight.remove(i);
-                self.log(|client| Record::Acked { client, pkid });
+                self.log(|s, client| s.delivery_acked(client, pkid));
             }
             _ => {
                 tracing::debug!(client_id = %self.n.client_id, pkid, "PUBACK for an unknown packet id ignored")
@@ -337,11 +336,11 @@ impl ClientState {
                 if ack.reason.is_error() {
                     // The receiver refused it: the flow ends here [MQTT-4.3.3-4 note].
                     self.session.inflight.remove(i);
-                    self.log(|client| Record::Acked { client, pkid });
+                    self.log(|s, client| s.delivery_acked(client, pkid));
                     return;
                 }
                 self.session.inflight[i] = Inflight::Release { pkid: ack.pkid };
-                self.log(|client| Record::Released { client, pkid });
+                self.log(|s, client| s.delivery_released(client, pkid));
                 self.send_if_persistent_held(&Packet::PubRel(PubAck::new(ack.pkid)));
             }
             Some(Inflight::Release { .. }) => {
@@ -361,7 +360,7 @@ impl ClientState {
     pub(super) fn on_pubrel(&mut self, pkid: u16) {
         let mut comp = PubAck::new(pkid);
         if self.session.awaiting_pubrel.remove(&pkid) {
-            self.log(|client| Record::Qos2InDone { client, pkid });
+            self.log(|s, client| s.qos2_released(client, pkid));
         } else if self.n.protocol.is_v5() {
             comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
         }

@@ -31,7 +31,7 @@ use sluice_codec::{
 use crate::auth::enhanced::{AuthContinuation, AuthStep};
 use crate::broker::Broker;
 use crate::message::ClientId;
-use crate::persist::{Record, Store, SENT_HORIZON_AHEAD};
+use crate::persist::{Pending, Store, SENT_HORIZON_AHEAD};
 use crate::protocol::alias::OutboundAliases;
 use crate::routing::shared_subscriptions::{GroupQueue, LoadClaim};
 use crate::session::{Inflight, Session, SessionHandle};
@@ -250,13 +250,9 @@ impl ClientState {
 
     /// At a clean end of the connection every delivery it sent is logged as sent: the record
     /// that sets the horizon back to what was recovered, if this connection moved it.
-    pub fn horizon_at_close(&self) -> Option<Record> {
-        (self.persistent() && self.horizon.logged > self.horizon.recovered).then(|| {
-            Record::SentHorizon {
-                client: self.n.client_id.clone(),
-                seq: self.horizon.recovered,
-            }
-        })
+    pub fn horizon_at_close(&self) -> Option<Pending> {
+        (self.persistent() && self.horizon.logged > self.horizon.recovered)
+            .then(|| Pending::sent_horizon(self.n.client_id.clone(), self.horizon.recovered))
     }
 
     /// Before delivery `seq` goes out: logs a horizon ahead of it when the last one is half
@@ -270,11 +266,8 @@ impl ClientState {
         if seq + SENT_HORIZON_AHEAD / 2 > h.logged {
             h.logged = (seq + SENT_HORIZON_AHEAD).max(h.recovered);
             h.unticketed = Some(h.logged);
-            let rec = Record::SentHorizon {
-                client: self.n.client_id.clone(),
-                seq: h.logged,
-            };
-            self.store.append(rec);
+            self.store
+                .sent_horizon_logged(self.n.client_id.clone(), h.logged);
         }
         seq > self.horizon.safe
     }
@@ -290,9 +283,9 @@ impl ClientState {
     }
 
     /// Appends a record if the session is persistent.
-    fn log(&self, rec: impl FnOnce(ClientId) -> Record) {
+    fn log(&self, event: impl FnOnce(&Store, ClientId)) {
         if self.persistent() {
-            self.store.append(rec(self.n.client_id.clone()));
+            event(&self.store, self.n.client_id.clone());
         }
     }
 
@@ -402,10 +395,7 @@ impl ClientState {
                 if let Some(i) = self.session.inflight_position(a.pkid) {
                     if matches!(self.session.inflight[i], Inflight::Release { .. }) {
                         self.session.inflight.remove(i);
-                        self.log(|client| Record::Acked {
-                            client,
-                            pkid: a.pkid,
-                        });
+                        self.log(|s, client| s.delivery_acked(client, a.pkid));
                     }
                 }
                 Ok(())

@@ -10,7 +10,6 @@ use sluice_codec::{prepare, Packet, PubAck, Publish, QoS, TopicName};
 
 use super::alias::AliasUse;
 use crate::message::{EncodedForm, FormLookup, Message, WireForm};
-use crate::persist::Record;
 use crate::session::{Delivery, Inflight};
 
 use super::ClientState;
@@ -92,10 +91,7 @@ impl ClientState {
             if !lost.is_empty() {
                 tracing::error!(%group, count = lost.len(), "messages of a shared subscription's queue could not be read back from the store: dropped");
                 for seq in lost {
-                    self.store.append(Record::GroupTaken {
-                        group: group.clone(),
-                        seq,
-                    });
+                    self.store.group_taken(group.clone(), seq);
                 }
             }
             return;
@@ -104,7 +100,7 @@ impl ClientState {
         if !lost.is_empty() {
             tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
             for seq in lost {
-                self.log(|client| Record::Skip { client, seq });
+                self.log(|s, client| s.delivery_skipped(client, seq));
             }
         }
     }
@@ -178,7 +174,7 @@ impl ClientState {
     fn log_skip(&self, d: &Delivery) {
         if d.seq != 0 {
             let seq = d.seq;
-            self.log(|client| Record::Skip { client, seq });
+            self.log(|s, client| s.delivery_skipped(client, seq));
         }
     }
 
@@ -268,11 +264,8 @@ impl ClientState {
         // record must still resend it with DUP [MQTT-3.3.1-1].
         let hold = self.horizon_before_send(d.seq);
         if d.seq != 0 && self.persistent() {
-            self.store.append(Record::Sent {
-                client: self.n.client_id.clone(),
-                seq: d.seq,
-                pkid,
-            });
+            self.store
+                .delivery_sent(self.n.client_id.clone(), d.seq, pkid);
         }
         // QoS 2: not on the wire before the store knows it was sent with this packet id, or a
         // crash could deliver it again as a new message [MQTT-4.3.3].

@@ -10,7 +10,6 @@ use sluice_codec::{
 
 use crate::broker::Broker;
 use crate::locks::write;
-use crate::persist::Record;
 use crate::routing::Requester;
 use crate::routing::SubEntry;
 use crate::session::{Delivery, SubscriptionRecord};
@@ -118,12 +117,7 @@ impl ClientState {
                 }
             }
             let (f, o) = (filter.clone(), options);
-            self.log(|client| Record::Subscribe {
-                client,
-                filter: f,
-                options: o,
-                identifier,
-            });
+            self.log(|s, client| s.subscribed(client, f, o, identifier));
             self.session.subscriptions.insert(filter, record);
             *reason = ReasonCode(options.qos as u8);
         }
@@ -165,10 +159,8 @@ impl ClientState {
                 let existed = removed.is_some();
                 left_groups.extend(removed.and_then(|e| e.shared));
                 if self.session.subscriptions.remove(&filter).is_some() && self.persistent() {
-                    self.store.append(Record::Unsubscribe {
-                        client: self.n.client_id.clone(),
-                        filter: filter.clone(),
-                    });
+                    self.store
+                        .unsubscribed(self.n.client_id.clone(), filter.clone());
                 }
                 self.group_queues.retain(|(f, _)| *f != filter);
                 *r = if existed {
@@ -225,20 +217,17 @@ impl ClientState {
         d.seq = 0;
         if self.persistent() && d.qos != QoS::AtMostOnce {
             d.seq = self.handle.next_seq.fetch_add(1, Ordering::Relaxed);
-            self.store.append(Record::Enqueue {
-                client: self.n.client_id.clone(),
-                seq: d.seq,
-                id: d.msg.id,
-                qos: d.qos,
-                retain: d.retain,
-                subscription_ids: d.subscription_ids.clone(),
-                shared: Some(filter.clone()),
-            });
+            self.store.message_queued(
+                self.n.client_id.clone(),
+                d.seq,
+                d.msg.id,
+                d.qos,
+                d.retain,
+                d.subscription_ids.clone(),
+                Some(filter.clone()),
+            );
         }
-        self.store.append(Record::GroupTaken {
-            group: filter.clone(),
-            seq: group_seq,
-        });
+        self.store.group_taken(filter.clone(), group_seq);
         d
     }
 

@@ -17,10 +17,10 @@
 //! bounds the count.
 //!
 //! # Durability
-//! Accepting logs the message, then `Record::Delayed { id, due }` (due in Unix ms), before the
+//! Accepting logs the message, then `Store::delayed_stored(id, due)` (due in Unix ms), before the
 //! PUBACK/PUBREC goes (it waits for the store's ticket like any acknowledgement). Releasing
 //! routes the message (its queue entries are logged by the router) and then logs
-//! `Record::DelayedDone`: a crash between the two delivers it again after the restart (at least
+//! `Store::delayed_done`: a crash between the two delivers it again after the restart (at least
 //! once), never loses it. Start-up puts every `Delayed` the log still has back in the queue;
 //! what fell due while the broker was down is routed at once (late by at most the downtime).
 //!
@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 
 use crate::locks::lock;
 use crate::message::Message;
-use crate::persist::Record;
+use crate::persist::Pending;
 
 use super::Router;
 
@@ -175,7 +175,7 @@ impl Router {
         &self,
         msg: Arc<Message>,
         delay: Duration,
-        received: Option<Record>,
+        received: Option<Pending>,
         now: Instant,
     ) -> Result<(), DelayedFull> {
         let due = now + delay;
@@ -187,12 +187,9 @@ impl Router {
             self.log_message(&msg);
             let due_ms = crate::persist::now_unix_ms()
                 .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-            self.store.append(Record::Delayed {
-                id: msg.id,
-                due: due_ms,
-            });
+            self.store.delayed_stored(msg.id, due_ms);
             if let Some(rec) = received {
-                self.store.append(rec);
+                self.store.log_pending(rec);
             }
             // To the writer now, under the queue's lock: the timer's `DelayedDone` comes after.
             self.store.flush_batch();
@@ -245,7 +242,7 @@ impl Router {
                     }
                 }
                 if self.store.is_enabled() {
-                    self.store.append(Record::DelayedDone { id });
+                    self.store.delayed_done(id);
                 }
             }
         }

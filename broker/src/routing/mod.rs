@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::config::QueueFullPolicy;
 use crate::locks::{read, write};
 use crate::message::{ClientId, Message};
-use crate::persist::Record;
+use crate::persist::Pending;
 use crate::persist::Store;
 use crate::routing::delayed::DelayedPublishes;
 use crate::routing::retain::RetainedStore;
@@ -189,7 +189,7 @@ impl Router {
     pub fn publish_from_client(
         &self,
         msg: Arc<Message>,
-        received: Option<Record>,
+        received: Option<Pending>,
     ) -> Result<usize, ClientId> {
         let reject = self.config.mqtt.queue_full_policy == QueueFullPolicy::Reject
             && msg.qos != QoS::AtMostOnce;
@@ -200,7 +200,7 @@ impl Router {
         &self,
         msg: Arc<Message>,
         reject_when_full: bool,
-        received: Option<Record>,
+        received: Option<Pending>,
     ) -> Result<usize, ClientId> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let mut targets: Vec<Target> = Vec::new();
@@ -351,7 +351,7 @@ impl Router {
             }
         }
         if let Some(rec) = received {
-            self.store.append(rec);
+            self.store.log_pending(rec);
         }
         // Records batched by the caller (Store::batch) go to the writer now, before any push.
         self.store.flush_batch();
@@ -372,10 +372,7 @@ impl Router {
             return true;
         }
         if seq != 0 {
-            self.store.append(Record::Skip {
-                client: handle.client_id.clone(),
-                seq,
-            });
+            self.store.delivery_skipped(handle.client_id.clone(), seq);
         }
         self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
         false
@@ -401,27 +398,21 @@ impl Router {
             *message_logged = true;
         }
         d.seq = handle.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.store.append(Record::Enqueue {
-            client: handle.client_id.clone(),
-            seq: d.seq,
-            id: d.msg.id,
-            qos: d.qos,
-            retain: d.retain,
-            subscription_ids: d.subscription_ids.clone(),
-            shared: d.shared.clone(),
-        });
+        self.store.message_queued(
+            handle.client_id.clone(),
+            d.seq,
+            d.msg.id,
+            d.qos,
+            d.retain,
+            d.subscription_ids.clone(),
+            d.shared.clone(),
+        );
     }
 
     /// Logs message `msg` itself, with its priority when it has one (a queue recovered on disk
     /// finds its lanes without reading the messages back).
     pub(crate) fn log_message(&self, msg: &Arc<Message>) {
-        self.store.append(Record::Message(msg.clone()));
-        if msg.priority != 0 {
-            self.store.append(Record::Priority {
-                id: msg.id,
-                priority: msg.priority,
-            });
-        }
+        self.store.message_stored(msg);
     }
 
     /// The priority of a message published to `topic` (`mqtt.priorities`): the highest of the
@@ -447,19 +438,14 @@ impl Router {
         if msg.payload.is_empty() {
             store.remove(msg.topic.as_str());
             if self.store.is_enabled() {
-                self.store.append(Record::Retain {
-                    topic: msg.topic.as_mqtt_str().clone(),
-                    id: 0,
-                });
+                self.store.retained_cleared(msg.topic.as_mqtt_str().clone());
             }
         } else {
             store.insert(msg.topic.as_str(), msg.clone());
             if self.store.is_enabled() {
                 self.log_message(msg);
-                self.store.append(Record::Retain {
-                    topic: msg.topic.as_mqtt_str().clone(),
-                    id: msg.id,
-                });
+                self.store
+                    .retained_set(msg.topic.as_mqtt_str().clone(), msg.id);
             }
         }
         self.store.flush_batch();

@@ -34,7 +34,7 @@
 //! (`Stats::orphaned_dropped`) and logged either way. Groups found without members at start-up
 //! (their members' sessions did not survive the restart) are treated the same.
 
-use crate::persist::Record;
+use crate::persist::Pending;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -90,7 +90,7 @@ pub enum Pick {
 /// queue drops and counts, never blocks the publisher.
 ///
 /// Disk-backed like a session queue: with a store, every QoS 1/2 delivery is logged
-/// (`Record::GroupEnqueue`) and only the first `persistence.queue_memory_bytes` of them are
+/// (`Store::group_queued`) and only the first `persistence.queue_memory_bytes` of them are
 /// kept in memory; the rest are ids read back from the log by whichever member has room when
 /// the queue drains to them ([`GroupQueue::claim_load`]). A million waiting messages cost
 /// bookkeeping only.
@@ -100,7 +100,7 @@ pub struct GroupQueue {
     pub key: TopicFilter,
     /// Deliveries in arrival order; members pull from the front. Short lock, never awaited.
     queue: Mutex<Outbox>,
-    /// The next delivery number for the store's log (`Record::GroupEnqueue`).
+    /// The next delivery number for the store's log (`Store::group_queued`).
     pub next_seq: AtomicU64,
     /// Set while a member reads the next deliveries back from the store, so the other members
     /// do not read the same ones.
@@ -414,13 +414,8 @@ impl Router {
                 *message_logged = true;
             }
             d.seq = queue.next_seq.fetch_add(1, Ordering::Relaxed);
-            self.store.append(Record::GroupEnqueue {
-                group: queue.key.clone(),
-                seq: d.seq,
-                id: d.msg.id,
-                qos: d.qos,
-                retain: d.retain,
-            });
+            self.store
+                .group_queued(queue.key.clone(), d.seq, d.msg.id, d.qos, d.retain);
         }
     }
 
@@ -434,10 +429,7 @@ impl Router {
         let seq = d.seq;
         if queue.push(d).is_err() {
             if seq != 0 {
-                self.store.append(Record::GroupTaken {
-                    group: queue.key.clone(),
-                    seq,
-                });
+                self.store.group_taken(queue.key.clone(), seq);
             }
             let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
@@ -518,10 +510,7 @@ impl Router {
     fn drop_group_messages(&self, queue: &GroupQueue, why: Orphaned) {
         let (n, seqs) = queue.lock().clear_logged();
         for seq in seqs {
-            self.store.append(Record::GroupTaken {
-                group: queue.key.clone(),
-                seq,
-            });
+            self.store.group_taken(queue.key.clone(), seq);
         }
         self.stats
             .messages_dropped
@@ -567,11 +556,11 @@ impl Router {
     /// left): they join their group's queue, logged for it before the member's log lets go of
     /// them (`release`), so they are never dropped while the group exists; what happens to the
     /// group's queue next is `mqtt.shared_group_orphan_policy`'s decision.
-    pub(crate) fn queue_for_groups(&self, left: Vec<(Delivery, Option<Record>)>) {
+    pub(crate) fn queue_for_groups(&self, left: Vec<(Delivery, Option<Pending>)>) {
         for (mut d, release) in left {
             let Some(key) = d.shared.clone() else {
                 if let Some(rec) = release {
-                    self.store.append(rec);
+                    self.store.log_pending(rec);
                 }
                 continue;
             };
@@ -580,7 +569,7 @@ impl Router {
             let mut logged = false;
             self.log_shared(&queue, &mut d, &mut logged);
             if let Some(rec) = release {
-                self.store.append(rec);
+                self.store.log_pending(rec);
             }
             self.push_shared(&queue, d, &[]);
             queue.notify_members();
@@ -603,8 +592,8 @@ impl Router {
     pub fn redistribute(
         &self,
         from: &ClientId,
-        deliveries: Vec<(Delivery, Option<Record>)>,
-    ) -> Vec<(Delivery, Option<Record>)> {
+        deliveries: Vec<(Delivery, Option<Pending>)>,
+    ) -> Vec<(Delivery, Option<Pending>)> {
         let mut left = Vec::new();
         for (mut d, release) in deliveries {
             let Some(key) = d.shared.clone() else {
@@ -643,14 +632,14 @@ impl Router {
                 Some(Pick::Member(i)) => {
                     self.log_enqueue(&handles[i], &mut d, &mut logged);
                     if let Some(rec) = release {
-                        self.store.append(rec);
+                        self.store.log_pending(rec);
                     }
                     self.deliver_to(&handles[i], d);
                 }
                 Some(Pick::Group) => {
                     self.log_shared(&queue, &mut d, &mut logged);
                     if let Some(rec) = release {
-                        self.store.append(rec);
+                        self.store.log_pending(rec);
                     }
                     self.push_shared(&queue, d, &handles);
                 }

@@ -201,7 +201,7 @@ pub struct SessionHandle {
     /// Whether the session outlives its connection (Session Expiry > 0): its QoS 1/2 queue is
     /// then written to the store.
     pub persistent: AtomicBool,
-    /// The next delivery number for the store's log (see `Record::Enqueue`).
+    /// The next delivery number for the store's log (see `Store::message_queued`).
     pub next_seq: AtomicU64,
 }
 
