@@ -15,7 +15,8 @@
 //!         -> routing      Router: subscription tree, retained store, shared-subscription
 //!                         groups, `$delayed` messages (one timer), the fan-out of one PUBLISH
 //!         -> session      Session (owned by one task), SessionHandle and its Outbox (shared)
-//!           -> persist      the write-ahead log: writer thread, group commit, recovery
+//!           -> persist      the write-ahead log: Journal (event-named methods), writer
+//!                           thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
 //!               -> config, message, topic, stats, locks, certgen   (leaves)
 //! ```
@@ -34,6 +35,10 @@
 //! * [`session`]: session state and the byte-bounded, disk-backed outbox (one lane per
 //!   `mqtt.priorities` priority).
 //! * [`persist`]: the write-ahead log, its writer thread (group commit) and start-up recovery.
+//!   Other modules tell it what happened through the journal, one method per event
+//!   (`message_stored`, `message_queued`, `delivery_sent`, `session_parked`...,
+//!   `persist/journal.rs`); only `persist` names its record kinds (`persist::Record`), which
+//!   `broker/tests/module_layers.rs` checks.
 //! * [`auth`]: [`auth::AccessControl`] (ACL, password file, failed logins) and the AUTH exchange.
 //! * [`topic`]: what `$` topics mean to the broker ([MQTT-4.7.2-1], `$SYS`, `$share`).
 //! * [`certgen`]: development certificates (`sluice gen-certs`).
@@ -51,11 +56,14 @@
 //!    subscriber's read access, and pushes a small [`session::Delivery`] onto each subscriber's
 //!    byte-bounded outbox (or a shared group's queue). It never awaits; a full outbox is a
 //!    policy decision (`mqtt.queue_full_policy`), never a stall. For persistent sessions the
-//!    message and its queue entries are handed to the store's writer first (no I/O here).
+//!    message and its queue entries are handed to the store's writer first through the
+//!    journal (`Store::message_stored`, `Store::message_queued`, inside the PUBLISH's
+//!    `Store::batch`; no I/O here).
 //! 4. The publisher's PUBACK/PUBREC waits for the store's ticket ([`persist`]): written and
 //!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
-//!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once.
+//!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once
+//!    (journal: `Store::delivery_sent`; its PUBACKs: `Store::delivery_acked`).
 //!    A message going to many subscribers is encoded once per wire form (protocol level, QoS,
 //!    RETAIN, DUP, remaining expiry) and kept on the message; the others copy those bytes and
 //!    patch their packet id ([`message::EncodedForms`], `protocol/outbound.rs`).
