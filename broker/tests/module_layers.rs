@@ -238,3 +238,52 @@ fn the_checker_finds_a_cycle() {
         vec!["a", "b", "d"]
     );
 }
+
+/// Where `text` names `Record::` (the store's record vocabulary) as a word of its own
+/// (`SubscriptionRecord::` does not count): 1-based line numbers.
+fn record_mentions(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            line.match_indices("Record::").any(|(i, _)| {
+                !line[..i]
+                    .chars()
+                    .last()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            })
+        })
+        .map(|(n, _)| n + 1)
+        .collect()
+}
+
+/// The log's records are `persist`'s business: every other module tells the store what
+/// happened through the journal's event-named methods (`persist/journal.rs`), so a change of
+/// the record vocabulary stays inside `broker/src/persist/`.
+#[test]
+fn only_persist_names_records() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let persist = src.join("persist");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut found = Vec::new();
+    for file in files.iter().filter(|f| !f.starts_with(&persist)) {
+        let text = std::fs::read_to_string(file).expect("read source file");
+        for line in record_mentions(&text) {
+            found.push(format!("{}:{line}", file.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "`Record::` named outside broker/src/persist (use the Journal's methods):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_record_check_finds_a_record() {
+    assert_eq!(
+        record_mentions("a\nstore.append(Record::Skip { client, seq });\n"),
+        vec![2]
+    );
+    assert!(record_mentions("let r = SubscriptionRecord::default();\n").is_empty());
+}
