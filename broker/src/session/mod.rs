@@ -10,10 +10,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures_util::task::AtomicWaker;
 use sluice_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::message::{ClientId, Message};
 
@@ -151,6 +153,53 @@ pub struct Ownership {
     pub expires_at: Option<Instant>,
 }
 
+/// Wakes the one task that owns a session: `notify_one` leaves a permit that the next
+/// [`Wakeup::poll_notified`] takes (as `tokio::sync::Notify::notify_one` does for one waiter).
+///
+/// Not a `tokio::sync::Notify`: waiting on a `Notify` needs a `Notified` future (64 bytes, an
+/// intrusive list node) kept in the waiting task's future for as long as it waits, which every
+/// idle connection paid for. Here the waiting task only registers its waker (polled directly by
+/// the connection loop, nothing stored in its future); a session has a single owner at a time,
+/// so one waker slot is enough.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    /// Set by `notify_one`, taken by the owner.
+    permit: AtomicBool,
+    /// The owner's waker, registered while it waits.
+    waker: AtomicWaker,
+}
+
+impl Wakeup {
+    /// Wakes the owner, or leaves a permit for its next wait.
+    pub fn notify_one(&self) {
+        self.permit.store(true, Ordering::Release);
+        // Pairs with the fence in poll_notified: either the owner sees the permit, or this
+        // sees its registered waker (a wake-up is never lost between the two).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Ready (taking the permit) if `notify_one` was called since the last time; else the
+    /// task of `cx` is woken by the next `notify_one`.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.permit.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.permit.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits for `notify_one` (see [`Wakeup::poll_notified`]).
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
+    }
+}
+
 /// The shared half of a session (see the module docs).
 #[derive(Debug)]
 pub struct SessionHandle {
@@ -159,7 +208,7 @@ pub struct SessionHandle {
     /// Deliveries waiting for the owning connection (or for the client to come back).
     outbox: Mutex<Outbox>,
     /// Wakes the owning connection task after a push.
-    pub notify: Notify,
+    pub notify: Wakeup,
     /// Ownership and the parked session. Locked briefly; never across an await.
     ownership: Mutex<Ownership>,
     /// Serialises CONNECTs and disconnects for this client id, so two connections racing for one
@@ -190,7 +239,7 @@ impl SessionHandle {
         SessionHandle {
             client_id,
             outbox: Mutex::new(outbox),
-            notify: Notify::new(),
+            notify: Wakeup::default(),
             ownership: Mutex::new(Ownership::default()),
             connect_lock: tokio::sync::Mutex::new(()),
             overflow_count: AtomicU64::new(0),
