@@ -74,11 +74,133 @@ pub struct PendingWill {
     pub publish_at: Instant,
 }
 
+/// A session's subscriptions by topic filter: a vector while there are few, a hash map past
+/// [`Subscriptions::FEW`]. Most clients hold one or two subscriptions, and a `HashMap` with
+/// one entry allocates four buckets (about 200 bytes per idle client here); the vector grows
+/// one entry at a time. The order of entries means nothing (equality ignores it).
+#[derive(Debug, Clone)]
+// Boxed on purpose: the map is the rare case, and boxed it keeps the enum the vector's size.
+#[allow(clippy::box_collection)]
+pub enum Subscriptions {
+    Few(Vec<(TopicFilter, SubscriptionRecord)>),
+    Many(Box<HashMap<TopicFilter, SubscriptionRecord>>),
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions::Few(Vec::new())
+    }
+}
+
+impl PartialEq for Subscriptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(f, r)| other.get(f) == Some(r))
+    }
+}
+
+impl Eq for Subscriptions {}
+
+impl Subscriptions {
+    /// Up to this many subscriptions live in a vector (a linear scan of a few filters beats
+    /// hashing them).
+    pub const FEW: usize = 8;
+
+    pub fn len(&self) -> usize {
+        match self {
+            Subscriptions::Few(v) => v.len(),
+            Subscriptions::Many(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, filter: &TopicFilter) -> Option<&SubscriptionRecord> {
+        match self {
+            Subscriptions::Few(v) => v.iter().find(|(f, _)| f == filter).map(|(_, r)| r),
+            Subscriptions::Many(m) => m.get(filter),
+        }
+    }
+
+    pub fn contains_key(&self, filter: &TopicFilter) -> bool {
+        self.get(filter).is_some()
+    }
+
+    /// Adds or replaces the subscription to `filter`; returns the replaced record.
+    pub fn insert(
+        &mut self,
+        filter: TopicFilter,
+        record: SubscriptionRecord,
+    ) -> Option<SubscriptionRecord> {
+        match self {
+            Subscriptions::Few(v) => {
+                if let Some((_, r)) = v.iter_mut().find(|(f, _)| *f == filter) {
+                    return Some(std::mem::replace(r, record));
+                }
+                if v.len() < Self::FEW {
+                    v.reserve_exact(1);
+                    v.push((filter, record));
+                } else {
+                    let mut m: HashMap<_, _> = v.drain(..).collect();
+                    m.insert(filter, record);
+                    *self = Subscriptions::Many(Box::new(m));
+                }
+                None
+            }
+            Subscriptions::Many(m) => m.insert(filter, record),
+        }
+    }
+
+    /// Removes the subscription to `filter`; returns its record.
+    pub fn remove(&mut self, filter: &TopicFilter) -> Option<SubscriptionRecord> {
+        match self {
+            Subscriptions::Few(v) => {
+                let i = v.iter().position(|(f, _)| f == filter)?;
+                let (_, r) = v.swap_remove(i);
+                v.shrink_to_fit();
+                Some(r)
+            }
+            Subscriptions::Many(m) => {
+                let r = m.remove(filter)?;
+                if m.len() <= Self::FEW / 2 {
+                    *self = Subscriptions::Few(m.drain().collect());
+                }
+                Some(r)
+            }
+        }
+    }
+
+    /// Every (filter, record), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&TopicFilter, &SubscriptionRecord)> {
+        let (few, many) = match self {
+            Subscriptions::Few(v) => (Some(v.iter().map(|(f, r)| (f, r))), None),
+            Subscriptions::Many(m) => (None, Some(m.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    /// Every filter, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &TopicFilter> {
+        self.iter().map(|(f, _)| f)
+    }
+}
+
+impl FromIterator<(TopicFilter, SubscriptionRecord)> for Subscriptions {
+    fn from_iter<I: IntoIterator<Item = (TopicFilter, SubscriptionRecord)>>(iter: I) -> Self {
+        let mut s = Subscriptions::default();
+        for (f, r) in iter {
+            s.insert(f, r);
+        }
+        s
+    }
+}
+
 /// The session state owned by one task at a time (see the module docs).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Session {
     /// Subscriptions by the filter as the client wrote it (`$share/...` included).
-    pub subscriptions: HashMap<TopicFilter, SubscriptionRecord>,
+    pub subscriptions: Subscriptions,
     /// Outbound QoS 1/2 messages not yet fully acknowledged, in the order they were sent;
     /// resent in this order when the session resumes [MQTT-4.4.0-1].
     pub inflight: VecDeque<Inflight>,
