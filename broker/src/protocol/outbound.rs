@@ -176,7 +176,7 @@ impl ClientState {
             return;
         }
         // Numbered up to the recovered horizon: it may have gone out before the crash.
-        let dup = d.qos != QoS::AtMostOnce && d.seq != 0 && d.seq <= self.horizon.recovered;
+        let dup = d.qos != QoS::AtMostOnce && d.seq != 0 && d.seq <= self.recovered_horizon();
         let mut p = self.publish_packet(&d, 0, dup, now);
         if d.qos != QoS::AtMostOnce {
             match self.session.next_pkid() {
