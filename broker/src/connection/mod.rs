@@ -314,6 +314,8 @@ where
                 Poll::Pending
             })
             .await;
+            // Running again: a push from now on leaves a permit rather than waking this task.
+            state.handle.notify.unregister();
             match event {
                 Event::Shutdown => {
                     // With a Server Reference configured, clients are sent on to it (4.11).

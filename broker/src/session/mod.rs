@@ -316,6 +316,14 @@ impl Wakeup {
         }
     }
 
+    /// Forgets the registered waker: the owner calls this once it is running again, so that
+    /// a `notify_one` while it is busy leaves only the permit (seen by its next poll) instead
+    /// of scheduling the running task once more (a `Notified` future dropped at the end of a
+    /// `select!` behaved the same way).
+    pub fn unregister(&self) {
+        drop(self.waker.take());
+    }
+
     /// Waits for `notify_one` (see [`Wakeup::poll_notified`]).
     pub async fn notified(&self) {
         std::future::poll_fn(|cx| self.poll_notified(cx)).await
