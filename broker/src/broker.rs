@@ -159,6 +159,17 @@ impl Broker {
         lock(&self.sessions).len()
     }
 
+    /// Wakes the task owning each session (parked ones have none). The listener calls this
+    /// after it has signalled shutdown: a connection's loop checks that signal whenever it is
+    /// woken, and waits for it through its session's [`crate::session::Wakeup`] rather than
+    /// with a shutdown future of its own (which every idle connection would carry).
+    pub fn wake_all_sessions(&self) {
+        let handles: Vec<Arc<SessionHandle>> = lock(&self.sessions).values().cloned().collect();
+        for h in handles {
+            h.notify.notify_one();
+        }
+    }
+
     /// The handle of `client_id`'s session, if one exists.
     pub fn session(&self, client_id: &str) -> Option<Arc<SessionHandle>> {
         lock(&self.sessions).get(client_id).cloned()

@@ -35,17 +35,15 @@ pub(super) struct Established {
 /// Reads CONNECT, authenticates, negotiates, opens the session and queues CONNACK (and the
 /// resent inflight messages). None: the connection was refused or closed (already answered).
 /// Awaited boxed: its locals are needed once, not for the connection's whole life.
-pub(super) async fn establish<R, W>(
+pub(super) async fn establish<S>(
     info: &mut ConnInfo,
     broker: &Arc<Broker>,
-    rd: &mut R,
-    wr: &mut W,
+    io: &mut S,
     rbuf: &mut BytesMut,
     decoder: &mut Decoder,
 ) -> Option<Established>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let peer = info.peer;
     let tls_identity = info.tls_identity.take();
@@ -57,7 +55,7 @@ where
         // Boxed, like the other one-off steps before the main loop: the task's future is sized
         // by its largest await, and these would otherwise be paid for by every idle
         // connection for its whole life.
-        Box::pin(read_connect(rd, rbuf, decoder)),
+        Box::pin(read_connect(&mut *io, rbuf, decoder)),
     )
     .await
     {
@@ -76,14 +74,14 @@ where
                     reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
                     properties: Default::default(),
                 };
-                Box::pin(write_final(wr, &Packet::ConnAck(ack), Protocol::V311)).await;
+                Box::pin(write_final(&mut *io, &Packet::ConnAck(ack), Protocol::V311)).await;
             } else if decoder.protocol() == Some(Protocol::V5) {
                 let ack = ConnAck {
                     session_present: false,
                     reason: e.reason_code(),
                     properties: Default::default(),
                 };
-                Box::pin(write_final(wr, &Packet::ConnAck(ack), Protocol::V5)).await;
+                Box::pin(write_final(&mut *io, &Packet::ConnAck(ack), Protocol::V5)).await;
             }
             return None;
         }
@@ -99,7 +97,7 @@ where
             why,
             server_reference: None,
         };
-        Box::pin(refuse_connect(wr, peer, &connect, &r)).await;
+        Box::pin(refuse_connect(&mut *io, peer, &connect, &r)).await;
         return None;
     }
     // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
@@ -116,7 +114,11 @@ where
             Err(_) => Credentials::Failed,
         },
         None => {
-            match Box::pin(enhanced_auth(&connect, broker, rd, wr, rbuf, decoder, peer)).await {
+            match Box::pin(enhanced_auth(
+                &connect, broker, &mut *io, rbuf, decoder, peer,
+            ))
+            .await
+            {
                 EnhancedOutcome::NotUsed => Box::pin(check_credentials(&connect, broker)).await,
                 EnhancedOutcome::Authenticated {
                     method,
@@ -141,7 +143,7 @@ where
                     .failed(peer.ip(), Instant::now());
                 tokio::time::sleep(delay).await;
             }
-            Box::pin(refuse_connect(wr, peer, &connect, &r)).await;
+            Box::pin(refuse_connect(&mut *io, peer, &connect, &r)).await;
             return None;
         }
     };
@@ -204,18 +206,16 @@ enum EnhancedOutcome {
 
 /// Runs the CONNECT-time AUTH exchange (4.12.0): AUTH 0x18 challenges and answers until the
 /// method succeeds or fails, bounded by `limits.connect_timeout` overall.
-async fn enhanced_auth<R, W>(
+async fn enhanced_auth<S>(
     connect: &Connect,
     broker: &Broker,
-    rd: &mut R,
-    wr: &mut W,
+    io: &mut S,
     rbuf: &mut BytesMut,
     decoder: &mut Decoder,
     peer: SocketAddr,
 ) -> EnhancedOutcome
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(method) = connect.properties.authentication_method.clone() else {
         return EnhancedOutcome::NotUsed;
@@ -265,12 +265,12 @@ where
                     let mut buf = BytesMut::new();
                     // Flushed: TLS and WebSocket streams hold bytes until then.
                     if encode(&auth, Protocol::V5, &mut buf).is_err()
-                        || wr.write_all(&buf).await.is_err()
-                        || wr.flush().await.is_err()
+                        || io.write_all(&buf).await.is_err()
+                        || io.flush().await.is_err()
                     {
                         return Err("connection lost during authentication");
                     }
-                    let answer = match read_packet(rd, rbuf, decoder).await {
+                    let answer = match read_packet(&mut *io, rbuf, decoder).await {
                         Ok(Some(Packet::Auth(a))) => a,
                         Ok(Some(_)) => return Err("expected AUTH during authentication (4.12.0)"),
                         _ => return Err("connection lost during authentication"),
@@ -305,7 +305,7 @@ where
                 .failed_logins
                 .failed(peer.ip(), Instant::now());
             tokio::time::sleep(delay).await;
-            write_final(wr, &refuse(why), Protocol::V5).await;
+            write_final(&mut *io, &refuse(why), Protocol::V5).await;
             EnhancedOutcome::Closed
         }
         Err(_) => {

@@ -225,6 +225,9 @@ impl Server {
         orphan_sweeper.abort();
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
+        // Established connections wait for the stop signal through their session's wake-up
+        // (connection/: no shutdown future per idle connection): wake them all to see it.
+        self.broker.wake_all_sessions();
         if tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv())
             .await
             .is_err()

@@ -157,8 +157,9 @@ pub struct ClientState {
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
     pub oversize_dropped: u64,
     /// How far this session's deliveries may have gone on the wire (persist/, "Redeliveries
-    /// after a crash carry DUP").
-    horizon: SentHorizon,
+    /// after a crash carry DUP"). Boxed and only for sessions that use it (persistent ones,
+    /// or one recovered with a horizon): 40 bytes in every connection's task otherwise.
+    horizon: Option<Box<SentHorizon>>,
 }
 
 /// A session's `SentHorizon` as its connection keeps it.
@@ -207,7 +208,7 @@ impl ClientState {
             // an idle connection holds no write buffer.
             write_buf: BytesMut::new(),
             oversize_dropped: 0,
-            horizon: SentHorizon::default(),
+            horizon: None,
         }
     }
 
@@ -234,25 +235,45 @@ impl ClientState {
     /// The session's horizon as the log had it when this connection took over
     /// ([`Store::sent_horizon`]): its queued deliveries numbered up to it go out with DUP.
     pub fn set_recovered_horizon(&mut self, seq: u64) {
-        self.horizon.recovered = seq;
+        if seq != 0 || self.horizon.is_some() {
+            self.horizon_mut().recovered = seq;
+        }
+    }
+
+    /// The horizon, allocated on first use.
+    fn horizon_mut(&mut self) -> &mut SentHorizon {
+        self.horizon.get_or_insert_with(Box::default)
+    }
+
+    /// The horizon as it is (all zero until used).
+    fn horizon(&self) -> SentHorizon {
+        self.horizon.as_deref().copied().unwrap_or_default()
+    }
+
+    /// Queued deliveries numbered up to this may have been sent before a restart: they go out
+    /// with DUP.
+    fn recovered_horizon(&self) -> u64 {
+        self.horizon().recovered
     }
 
     /// A horizon logged since the last call, whose ticket the connection should take (and
     /// report with [`ClientState::horizon_safe`] once answered).
     pub fn horizon_to_ticket(&mut self) -> Option<u64> {
-        self.horizon.unticketed.take()
+        self.horizon.as_mut()?.unticketed.take()
     }
 
     /// The horizon `seq` is on disk.
     pub fn horizon_safe(&mut self, seq: u64) {
-        self.horizon.safe = self.horizon.safe.max(seq);
+        let h = self.horizon_mut();
+        h.safe = h.safe.max(seq);
     }
 
     /// At a clean end of the connection every delivery it sent is logged as sent: the record
     /// that sets the horizon back to what was recovered, if this connection moved it.
     pub fn horizon_at_close(&self) -> Option<Pending> {
-        (self.persistent() && self.horizon.logged > self.horizon.recovered)
-            .then(|| Pending::sent_horizon(self.n.client_id.clone(), self.horizon.recovered))
+        let h = self.horizon();
+        (self.persistent() && h.logged > h.recovered)
+            .then(|| Pending::sent_horizon(self.n.client_id.clone(), h.recovered))
     }
 
     /// Before delivery `seq` goes out: logs a horizon ahead of it when the last one is half
@@ -262,14 +283,15 @@ impl ClientState {
         if seq == 0 || !self.persistent() {
             return false;
         }
-        let h = &mut self.horizon;
+        let h = self.horizon_mut();
         if seq + SENT_HORIZON_AHEAD / 2 > h.logged {
             h.logged = (seq + SENT_HORIZON_AHEAD).max(h.recovered);
             h.unticketed = Some(h.logged);
+            let logged = h.logged;
             self.store
-                .sent_horizon_logged(self.n.client_id.clone(), h.logged);
+                .sent_horizon_logged(self.n.client_id.clone(), logged);
         }
-        seq > self.horizon.safe
+        seq > self.horizon().safe
     }
 
     /// Uses `store` for this connection's persistent records.

@@ -185,7 +185,7 @@ impl ClientState {
             return;
         }
         // Numbered up to the recovered horizon: it may have gone out before the crash.
-        let dup = d.qos != QoS::AtMostOnce && d.seq != 0 && d.seq <= self.horizon.recovered;
+        let dup = d.qos != QoS::AtMostOnce && d.seq != 0 && d.seq <= self.recovered_horizon();
         let pkid = if d.qos == QoS::AtMostOnce {
             0
         } else {

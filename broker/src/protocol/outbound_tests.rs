@@ -50,7 +50,7 @@ fn client(s: &Sub) -> ClientState {
     let mut state = ClientState::new(n, handle, Session::default(), None);
     state.session.last_pkid = s.skip;
     // Deliveries numbered up to this are redeliveries after a crash: they carry DUP.
-    state.horizon.recovered = 10;
+    state.set_recovered_horizon(10);
     state
 }
 

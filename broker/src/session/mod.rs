@@ -10,10 +10,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures_util::task::AtomicWaker;
 use sluice_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::message::{ClientId, Message};
 
@@ -75,11 +77,133 @@ pub struct PendingWill {
     pub publish_at: Instant,
 }
 
+/// A session's subscriptions by topic filter: a vector while there are few, a hash map past
+/// [`Subscriptions::FEW`]. Most clients hold one or two subscriptions, and a `HashMap` with
+/// one entry allocates four buckets (about 200 bytes per idle client here); the vector grows
+/// one entry at a time. The order of entries means nothing (equality ignores it).
+#[derive(Debug, Clone)]
+// Boxed on purpose: the map is the rare case, and boxed it keeps the enum the vector's size.
+#[allow(clippy::box_collection)]
+pub enum Subscriptions {
+    Few(Vec<(TopicFilter, SubscriptionRecord)>),
+    Many(Box<HashMap<TopicFilter, SubscriptionRecord>>),
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions::Few(Vec::new())
+    }
+}
+
+impl PartialEq for Subscriptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(f, r)| other.get(f) == Some(r))
+    }
+}
+
+impl Eq for Subscriptions {}
+
+impl Subscriptions {
+    /// Up to this many subscriptions live in a vector (a linear scan of a few filters beats
+    /// hashing them).
+    pub const FEW: usize = 8;
+
+    pub fn len(&self) -> usize {
+        match self {
+            Subscriptions::Few(v) => v.len(),
+            Subscriptions::Many(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, filter: &TopicFilter) -> Option<&SubscriptionRecord> {
+        match self {
+            Subscriptions::Few(v) => v.iter().find(|(f, _)| f == filter).map(|(_, r)| r),
+            Subscriptions::Many(m) => m.get(filter),
+        }
+    }
+
+    pub fn contains_key(&self, filter: &TopicFilter) -> bool {
+        self.get(filter).is_some()
+    }
+
+    /// Adds or replaces the subscription to `filter`; returns the replaced record.
+    pub fn insert(
+        &mut self,
+        filter: TopicFilter,
+        record: SubscriptionRecord,
+    ) -> Option<SubscriptionRecord> {
+        match self {
+            Subscriptions::Few(v) => {
+                if let Some((_, r)) = v.iter_mut().find(|(f, _)| *f == filter) {
+                    return Some(std::mem::replace(r, record));
+                }
+                if v.len() < Self::FEW {
+                    v.reserve_exact(1);
+                    v.push((filter, record));
+                } else {
+                    let mut m: HashMap<_, _> = v.drain(..).collect();
+                    m.insert(filter, record);
+                    *self = Subscriptions::Many(Box::new(m));
+                }
+                None
+            }
+            Subscriptions::Many(m) => m.insert(filter, record),
+        }
+    }
+
+    /// Removes the subscription to `filter`; returns its record.
+    pub fn remove(&mut self, filter: &TopicFilter) -> Option<SubscriptionRecord> {
+        match self {
+            Subscriptions::Few(v) => {
+                let i = v.iter().position(|(f, _)| f == filter)?;
+                let (_, r) = v.swap_remove(i);
+                v.shrink_to_fit();
+                Some(r)
+            }
+            Subscriptions::Many(m) => {
+                let r = m.remove(filter)?;
+                if m.len() <= Self::FEW / 2 {
+                    *self = Subscriptions::Few(m.drain().collect());
+                }
+                Some(r)
+            }
+        }
+    }
+
+    /// Every (filter, record), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&TopicFilter, &SubscriptionRecord)> {
+        let (few, many) = match self {
+            Subscriptions::Few(v) => (Some(v.iter().map(|(f, r)| (f, r))), None),
+            Subscriptions::Many(m) => (None, Some(m.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    /// Every filter, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &TopicFilter> {
+        self.iter().map(|(f, _)| f)
+    }
+}
+
+impl FromIterator<(TopicFilter, SubscriptionRecord)> for Subscriptions {
+    fn from_iter<I: IntoIterator<Item = (TopicFilter, SubscriptionRecord)>>(iter: I) -> Self {
+        let mut s = Subscriptions::default();
+        for (f, r) in iter {
+            s.insert(f, r);
+        }
+        s
+    }
+}
+
 /// The session state owned by one task at a time (see the module docs).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Session {
     /// Subscriptions by the filter as the client wrote it (`$share/...` included).
-    pub subscriptions: HashMap<TopicFilter, SubscriptionRecord>,
+    pub subscriptions: Subscriptions,
     /// Outbound QoS 1/2 messages not yet fully acknowledged, in the order they were sent;
     /// resent in this order when the session resumes [MQTT-4.4.0-1].
     pub inflight: VecDeque<Inflight>,
@@ -177,6 +301,61 @@ pub struct Ownership {
     pub timer: Option<DeadlineKey>,
 }
 
+/// Wakes the one task that owns a session: `notify_one` leaves a permit that the next
+/// [`Wakeup::poll_notified`] takes (as `tokio::sync::Notify::notify_one` does for one waiter).
+///
+/// Not a `tokio::sync::Notify`: waiting on a `Notify` needs a `Notified` future (64 bytes, an
+/// intrusive list node) kept in the waiting task's future for as long as it waits, which every
+/// idle connection paid for. Here the waiting task only registers its waker (polled directly by
+/// the connection loop, nothing stored in its future); a session has a single owner at a time,
+/// so one waker slot is enough.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    /// Set by `notify_one`, taken by the owner.
+    permit: AtomicBool,
+    /// The owner's waker, registered while it waits.
+    waker: AtomicWaker,
+}
+
+impl Wakeup {
+    /// Wakes the owner, or leaves a permit for its next wait.
+    pub fn notify_one(&self) {
+        self.permit.store(true, Ordering::Release);
+        // Pairs with the fence in poll_notified: either the owner sees the permit, or this
+        // sees its registered waker (a wake-up is never lost between the two).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Ready (taking the permit) if `notify_one` was called since the last time; else the
+    /// task of `cx` is woken by the next `notify_one`.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.permit.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.permit.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Forgets the registered waker: the owner calls this once it is running again, so that
+    /// a `notify_one` while it is busy leaves only the permit (seen by its next poll) instead
+    /// of scheduling the running task once more (a `Notified` future dropped at the end of a
+    /// `select!` behaved the same way).
+    pub fn unregister(&self) {
+        drop(self.waker.take());
+    }
+
+    /// Waits for `notify_one` (see [`Wakeup::poll_notified`]).
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
+    }
+}
+
 /// The shared half of a session (see the module docs).
 #[derive(Debug)]
 pub struct SessionHandle {
@@ -185,7 +364,7 @@ pub struct SessionHandle {
     /// Deliveries waiting for the owning connection (or for the client to come back).
     outbox: Mutex<Outbox>,
     /// Wakes the owning connection task after a push.
-    pub notify: Notify,
+    pub notify: Wakeup,
     /// Ownership and the parked session. Locked briefly; never across an await.
     ownership: Mutex<Ownership>,
     /// Serialises CONNECTs and disconnects for this client id, so two connections racing for one
@@ -216,7 +395,7 @@ impl SessionHandle {
         SessionHandle {
             client_id,
             outbox: Mutex::new(outbox),
-            notify: Notify::new(),
+            notify: Wakeup::default(),
             ownership: Mutex::new(Ownership::default()),
             connect_lock: tokio::sync::Mutex::new(()),
             overflow_count: AtomicU64::new(0),
