@@ -142,6 +142,20 @@ impl Broker {
         .expect("start sluice")
     }
 
+    /// A broker with `config` whose data lives in `data` (kept across restarts: start it again
+    /// on the same directory after a kill).
+    pub fn on_data_dir(data: &std::path::Path, config: &str) -> Broker {
+        Broker::start_with(BrokerOpts {
+            config: config.into(),
+            env: vec![(
+                "SLUICE__PERSISTENCE__DIR".into(),
+                data.display().to_string(),
+            )],
+            ..Default::default()
+        })
+        .expect("start sluice on a data dir")
+    }
+
     pub fn start_with(opts: BrokerOpts) -> Result<Broker> {
         let dir = tempfile::tempdir()?;
         for (name, contents) in &opts.files {

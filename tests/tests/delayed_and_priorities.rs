@@ -21,15 +21,7 @@ fn broker(config: &str) -> Broker {
 
 /// A broker whose data lives in `data` (kept across restarts), with `config`.
 fn broker_on(data: &std::path::Path, config: &str) -> Broker {
-    Broker::start_with(BrokerOpts {
-        config: config.into(),
-        env: vec![(
-            "SLUICE__PERSISTENCE__DIR".into(),
-            data.display().to_string(),
-        )],
-        ..Default::default()
-    })
-    .unwrap()
+    Broker::on_data_dir(data, config)
 }
 
 /// Sends a PUBLISH and returns its acknowledgement (PUBACK, or PUBREC completed with

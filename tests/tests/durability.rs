@@ -988,15 +988,7 @@ fn log_field(line: &str, name: &str) -> u64 {
 
 /// Like [`broker_on`], with `config` as the configuration file.
 fn configured_broker_on(data: &std::path::Path, config: &str) -> Broker {
-    Broker::start_with(BrokerOpts {
-        config: config.into(),
-        env: vec![(
-            "SLUICE__PERSISTENCE__DIR".into(),
-            data.display().to_string(),
-        )],
-        ..Default::default()
-    })
-    .unwrap()
+    Broker::on_data_dir(data, config)
 }
 
 /// `{name}-sub` subscribes to `{name}/#` at QoS 1 with a persistent session and goes away; then
