@@ -170,6 +170,11 @@ impl Broker {
         }
     }
 
+    /// Every session's handle, online and parked (a copy of the registry, for metrics).
+    pub fn session_handles(&self) -> Vec<Arc<SessionHandle>> {
+        lock(&self.sessions).values().cloned().collect()
+    }
+
     /// The handle of `client_id`'s session, if one exists.
     pub fn session(&self, client_id: &str) -> Option<Arc<SessionHandle>> {
         lock(&self.sessions).get(client_id).cloned()

@@ -77,6 +77,7 @@ pub mod connection;
 pub mod listener;
 pub mod locks;
 pub mod message;
+pub mod metrics;
 pub mod persist;
 pub mod protocol;
 pub mod routing;

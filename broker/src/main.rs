@@ -25,8 +25,19 @@ struct Args {
     /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG-style filter).
     #[arg(long, value_name = "LEVEL")]
     log: Option<String>,
+    /// Log line format: `text` (human-readable) or `json` (one JSON object per line, for log
+    /// collectors).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -79,7 +90,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(args.log.as_deref());
+    init_logging(args.log.as_deref(), args.log_format);
     let config = match load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -200,19 +211,29 @@ fn load(args: &Args) -> Result<Config, sluice::ConfigError> {
     Ok(config)
 }
 
-fn init_logging(level: Option<&str>) {
+fn init_logging(level: Option<&str>, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l),
         None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
     }
     .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
+        // One JSON object per line: timestamp, level, target, and the event's fields (the
+        // message included) flattened into the object.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         // Colour codes only for a terminal: log files and pipes get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -27,6 +27,9 @@ pub struct Message {
     pub properties: PublishProperties,
     /// When the Message Expiry Interval runs out; None: never [MQTT-3.3.2-5].
     pub expires_at: Option<Instant>,
+    /// When the broker received it (or read it back from the store): the start of its
+    /// PUBLISH→delivery latency (`sluice_delivery_latency_seconds`).
+    pub received_at: Instant,
     /// The publisher's client id, for No Local [MQTT-3.8.3-3]. Empty for wills of
     /// connections that never completed CONNECT (none today) and for internal messages.
     pub origin: ClientId,
@@ -216,6 +219,7 @@ impl Message {
             retain,
             properties,
             expires_at,
+            received_at: now,
             origin,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             priority: 0,

@@ -1,23 +1,463 @@
-//! The broker's counters: relaxed atomics, updated on the hot path without a lock and read at
-//! any time (logs, tests, and later metrics).
+//! The broker's counters, the one registry that `metrics` renders (Prometheus, `$SYS`).
+//!
+//! Cheap on the hot path by construction:
+//! * Per-message figures (messages and bytes received and sent, drops, the PUBLISH→delivery
+//!   latency) are counted by the connection task in plain integers ([`Tally`],
+//!   [`DrainTally`]) and added here once per read batch or drain batch ([`Stats::flush`],
+//!   [`Stats::flush_drain`]), not once per message.
+//! * Where they are added is striped ([`Striped`]): one cache-line-aligned shard per worker
+//!   thread (by a thread-local index), so two cores flushing at once do not bounce one line.
+//!   Readers sum the shards; a figure may be a batch behind, never lost.
+//! * Rare events (connections, refusals, TLS handshakes, drops on slow paths) use plain relaxed
+//!   atomics. Nothing here takes a lock except registering a listener.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Per-message counters, added to [`Striped`] shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    /// PUBLISH packets received from clients, QoS 0 (QoS 1 and 2 follow).
+    Received0,
+    Received1,
+    Received2,
+    /// PUBLISH packets sent to clients, QoS 0 (QoS 1 and 2 follow).
+    Sent0,
+    Sent1,
+    Sent2,
+    /// Bytes read from clients' sockets (every packet, after TLS / WebSocket framing).
+    BytesReceived,
+    /// Bytes written to clients' sockets.
+    BytesSent,
+    /// A subscriber's (or shared group's) queue was full (`mqtt.queue_full_policy = "drop"`).
+    DroppedQueueFull,
+    /// The Message Expiry Interval ran out before delivery [MQTT-3.3.2-5].
+    DroppedExpired,
+    /// Larger than the subscriber's Maximum Packet Size [MQTT-3.1.2-25].
+    DroppedOversize,
+    /// A PUBLISH the ACL (or the `$SYS` / `$share` rule) did not allow.
+    DroppedAcl,
+    /// A QoS 0 message for an offline session (never queued).
+    DroppedOfflineQos0,
+    /// Kept for a shared group without members, dropped by its orphan policy or expiry.
+    DroppedOrphaned,
+    /// A QoS 1/2 PUBLISH refused because a subscriber's queue was full
+    /// (`mqtt.queue_full_policy = "reject"`): the publisher got 0x97.
+    RejectedQueueFull,
+}
+
+/// How many [`Counter`]s there are.
+pub const COUNTERS: usize = Counter::RejectedQueueFull as usize + 1;
+
+/// Drop reasons as rendered (`sluice_messages_dropped_total{reason=...}`), with their counter.
+pub const DROP_REASONS: [(&str, Counter); 6] = [
+    ("queue_full", Counter::DroppedQueueFull),
+    ("expired", Counter::DroppedExpired),
+    ("oversize", Counter::DroppedOversize),
+    ("acl", Counter::DroppedAcl),
+    ("offline_qos0", Counter::DroppedOfflineQos0),
+    ("orphaned", Counter::DroppedOrphaned),
+];
+
+/// Upper bounds of the latency histogram buckets, in microseconds (Prometheus `le`, seconds:
+/// 100 µs .. 10 s; above the last is `+Inf`).
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// The bucket of a value for `bounds` (`bounds.len()`: above every bound).
+fn bucket_of(bounds: &[u64], v: u64) -> usize {
+    bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len())
+}
+
+/// One shard: every counter and the latency histogram. Aligned to two cache lines so that
+/// shards written by different cores never share one (adjacent-line prefetch included).
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    counts: [AtomicU64; COUNTERS],
+    latency: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counters striped over shards: a thread adds to its own shard (chosen once per thread, round
+/// robin), readers sum them all. 16 shards of 384 bytes per broker.
+#[derive(Debug)]
+pub struct Striped {
+    shards: Box<[Shard]>,
+}
+
+/// Shards per [`Striped`]: a power of two at least the number of worker threads on the
+/// machines Sluice targets; more threads share shards (still correct, a little contention).
+const SHARDS: usize = 16;
+
+/// Hands each thread its shard index.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+impl Default for Striped {
+    fn default() -> Striped {
+        Striped {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
+}
+
+impl Striped {
+    fn shard(&self) -> &Shard {
+        let i = SHARD.try_with(|s| *s).unwrap_or(0);
+        &self.shards[i]
+    }
+
+    /// Adds `n` to `c` (this thread's shard).
+    pub fn add(&self, c: Counter, n: u64) {
+        if n > 0 {
+            self.shard().counts[c as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The total of `c` over all shards.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.counts[c as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The latency histogram: cumulative-free bucket counts (per [`LATENCY_BOUNDS_US`], then
+    /// `+Inf`) and the sum in microseconds.
+    pub fn latency(&self) -> (Vec<u64>, u64) {
+        let mut buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];
+        let mut sum = 0;
+        for s in self.shards.iter() {
+            for (b, a) in buckets.iter_mut().zip(&s.latency) {
+                *b += a.load(Ordering::Relaxed);
+            }
+            sum += s.latency_sum_us.load(Ordering::Relaxed);
+        }
+        (buckets, sum)
+    }
+}
+
+/// What a connection counts between two flushes while reading: plain integers in its state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// PUBLISH packets received, by QoS.
+    pub received: [u32; 3],
+    /// PUBLISHes the ACL (or the `$SYS` / `$share` rule) refused.
+    pub denied: u32,
+}
+
+/// What one drain of a session's queue counts (sent messages, drops, latencies): a local of
+/// the drain, added to [`Stats`] once at its end ([`Stats::flush_drain`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DrainTally {
+    /// PUBLISH packets sent, by QoS.
+    pub sent: [u32; 3],
+    /// Deliveries dropped because their message expired [MQTT-3.3.2-5].
+    pub expired: u32,
+    /// Deliveries dropped as larger than the client's Maximum Packet Size [MQTT-3.1.2-25].
+    pub oversize: u32,
+    /// PUBLISH→delivery latency of every delivery sent, per [`LATENCY_BOUNDS_US`] bucket.
+    pub latency: [u32; LATENCY_BOUNDS_US.len() + 1],
+    /// Their sum in microseconds.
+    pub latency_sum_us: u64,
+}
+
+impl DrainTally {
+    /// Counts one PUBLISH sent at QoS `qos` (0..=2), `latency` after its message arrived (None:
+    /// not a delivery delay, not in the histogram).
+    pub fn sent(&mut self, qos: usize, latency: Option<Duration>) {
+        self.sent[qos.min(2)] += 1;
+        let Some(latency) = latency else { return };
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency[bucket_of(&LATENCY_BOUNDS_US, us)] += 1;
+        self.latency_sum_us = self.latency_sum_us.saturating_add(us);
+    }
+}
+
+/// A histogram written by one thread at a time but read by others (the store's writer thread:
+/// fsync latency, group-commit batch sizes): relaxed atomics, no stripes needed.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram with bucket upper bounds `bounds` (ascending; `+Inf` added).
+    pub fn new(bounds: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn record(&self, v: u64) {
+        self.buckets[bucket_of(self.bounds, v)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// The bounds, the per-bucket counts (the last: `+Inf`) and the sum.
+    pub fn snapshot(&self) -> (&'static [u64], Vec<u64>, u64) {
+        (
+            self.bounds,
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.sum.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Why a connection was refused, as rendered
+/// (`sluice_connections_refused_total{reason=...}`).
+pub const REFUSAL_REASONS: [&str; 9] = [
+    "max_connections",
+    "listener_max_connections",
+    "connection_rate",
+    "bad_credentials",
+    "not_authorized",
+    "client_id_invalid",
+    "protocol_version",
+    "server_unavailable",
+    "other",
+];
+
+/// One listener's figures (connections, TLS handshakes). Registered by the listener when it
+/// starts ([`Stats::add_listener`]).
+#[derive(Debug)]
+pub struct ListenerStats {
+    /// `tcp://127.0.0.1:1883`, `tls://...`, `ws://.../mqtt`, `wss://...`.
+    pub name: String,
+    /// Connections of this listener now open (its admission gate's count, shared).
+    pub open: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    pub accepted: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: AtomicU64,
+}
+
+impl ListenerStats {
+    pub fn new(name: String, open: Arc<AtomicUsize>) -> ListenerStats {
+        ListenerStats {
+            name,
+            open,
+            accepted: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
+        }
+    }
+}
 
 /// Counters, readable at any time (relaxed atomics: they are statistics).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
+    /// When the broker started (uptime).
+    pub started: Instant,
+    /// Connections now open (TLS handshakes and WebSocket upgrades in progress included: the
+    /// count `limits.max_connections` applies to).
     pub connections: AtomicUsize,
-    pub messages_received: AtomicU64,
-    pub messages_delivered: AtomicU64,
-    pub messages_dropped: AtomicU64,
-    /// QoS 1/2 PUBLISHes refused because a subscriber's queue was full (`queue_full_policy`).
-    pub messages_rejected: AtomicU64,
+    /// MQTT clients connected now (CONNACK 0x00 sent, connection not ended yet).
+    pub clients_connected: AtomicUsize,
+    /// Connections that completed CONNECT (CONNACK 0x00 sent), ever.
+    pub connections_total: AtomicU64,
+    /// Connections refused, by [`REFUSAL_REASONS`] index.
+    pub refused: [AtomicU64; REFUSAL_REASONS.len()],
     /// Times a connection's reading was paused by `limits.publish_rate` / `publish_bytes_rate`.
     pub rate_limited: AtomicU64,
-    /// Connections refused by `limits.max_connections`.
-    pub connections_refused: AtomicU64,
-    /// Messages of shared subscription groups without members dropped
-    /// (`mqtt.shared_group_orphan_policy`, `shared_group_orphan_expiry_seconds`); also counted
-    /// in `messages_dropped`.
-    pub orphaned_dropped: AtomicU64,
+    /// Per-message counters and the PUBLISH→delivery latency (striped).
+    pub striped: Striped,
+    /// The listeners, in configuration order.
+    listeners: Mutex<Vec<Arc<ListenerStats>>>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            started: Instant::now(),
+            connections: AtomicUsize::new(0),
+            clients_connected: AtomicUsize::new(0),
+            connections_total: AtomicU64::new(0),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
+            rate_limited: AtomicU64::new(0),
+            striped: Striped::default(),
+            listeners: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Stats {
+    /// Adds what a connection counted while reading, and the bytes it read, and clears it.
+    pub fn flush(&self, t: &mut Tally, bytes_read: usize) {
+        let shard = self.striped.shard();
+        let add = |c: Counter, n: u64| {
+            if n > 0 {
+                shard.counts[c as usize].fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(Counter::BytesReceived, bytes_read as u64);
+        add(Counter::Received0, u64::from(t.received[0]));
+        add(Counter::Received1, u64::from(t.received[1]));
+        add(Counter::Received2, u64::from(t.received[2]));
+        add(Counter::DroppedAcl, u64::from(t.denied));
+        *t = Tally::default();
+    }
+
+    /// Adds what one drain counted.
+    pub fn flush_drain(&self, t: &DrainTally) {
+        if t.sent == [0; 3] && t.expired == 0 && t.oversize == 0 {
+            return;
+        }
+        let shard = self.striped.shard();
+        let add = |c: Counter, n: u32| {
+            if n > 0 {
+                shard.counts[c as usize].fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+        };
+        add(Counter::Sent0, t.sent[0]);
+        add(Counter::Sent1, t.sent[1]);
+        add(Counter::Sent2, t.sent[2]);
+        add(Counter::DroppedExpired, t.expired);
+        add(Counter::DroppedOversize, t.oversize);
+        for (a, &n) in shard.latency.iter().zip(&t.latency) {
+            if n > 0 {
+                a.fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+        }
+        if t.latency_sum_us > 0 {
+            shard
+                .latency_sum_us
+                .fetch_add(t.latency_sum_us, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one event of a slow path (a drop, a refusal of a message) directly.
+    pub fn add(&self, c: Counter, n: u64) {
+        self.striped.add(c, n);
+    }
+
+    /// Counts a refused connection; `reason` is one of [`REFUSAL_REASONS`] (else `other`).
+    pub fn refused(&self, reason: &str) -> u64 {
+        let i = REFUSAL_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(REFUSAL_REASONS.len() - 1);
+        self.refused[i].fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// PUBLISH packets received from clients, all QoS.
+    pub fn messages_received(&self) -> u64 {
+        [Counter::Received0, Counter::Received1, Counter::Received2]
+            .iter()
+            .map(|c| self.striped.get(*c))
+            .sum()
+    }
+
+    /// PUBLISH packets sent to clients, all QoS.
+    pub fn messages_sent(&self) -> u64 {
+        [Counter::Sent0, Counter::Sent1, Counter::Sent2]
+            .iter()
+            .map(|c| self.striped.get(*c))
+            .sum()
+    }
+
+    /// Messages dropped, every reason.
+    pub fn messages_dropped(&self) -> u64 {
+        DROP_REASONS.iter().map(|(_, c)| self.striped.get(*c)).sum()
+    }
+
+    /// Registers a listener's figures.
+    pub fn add_listener(&self, l: Arc<ListenerStats>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(l);
+    }
+
+    /// The listeners' figures.
+    pub fn listeners(&self) -> Vec<Arc<ListenerStats>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How long the broker has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_add_up_across_threads_and_clear_the_tally() {
+        let stats = Arc::new(Stats::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let mut t = Tally {
+                            received: [1, 2, 0],
+                            denied: 0,
+                        };
+                        stats.flush(&mut t, 10);
+                        assert_eq!(t, Tally::default());
+                        let mut d = DrainTally::default();
+                        d.sent(1, Some(Duration::from_micros(300)));
+                        stats.flush_drain(&d);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(stats.messages_received(), 12_000);
+        assert_eq!(stats.striped.get(Counter::Received1), 8_000);
+        assert_eq!(stats.striped.get(Counter::BytesReceived), 40_000);
+        assert_eq!(stats.messages_sent(), 4_000);
+        let (buckets, sum) = stats.striped.latency();
+        assert_eq!(buckets[2], 4_000, "300 µs falls in the 500 µs bucket");
+        assert_eq!(buckets.iter().sum::<u64>(), 4_000);
+        assert_eq!(sum, 1_200_000);
+    }
+
+    #[test]
+    fn histogram_buckets_by_upper_bound() {
+        static B: [u64; 3] = [1, 10, 100];
+        let h = Histogram::new(&B);
+        for v in [0, 1, 2, 10, 11, 1000] {
+            h.record(v);
+        }
+        let (_, buckets, sum) = h.snapshot();
+        assert_eq!(buckets, vec![2, 2, 1, 1]);
+        assert_eq!(sum, 1024);
+    }
 }

@@ -21,6 +21,12 @@ pub fn is_reserved_for_clients(topic: &str) -> bool {
     first == "$SYS" || first == "$share"
 }
 
+/// Whether `topic` is one of the broker's own status topics (`$SYS/...`), which it publishes
+/// itself and does not log to the store (they are rebuilt after a restart).
+pub fn is_broker_status(topic: &str) -> bool {
+    topic.split('/').next() == Some("$SYS")
+}
+
 /// The prefix of delayed publishes: `$delayed/{seconds}/{topic}`.
 pub const DELAYED_PREFIX: &str = "$delayed/";
 

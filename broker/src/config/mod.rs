@@ -30,6 +30,26 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Where and how durably sessions, queued messages and retained messages are kept.
     pub persistence: PersistenceConfig,
+    /// The broker's `$SYS` status topics.
+    pub sys: SysConfig,
+}
+
+/// The `[sys]` section: `$SYS/broker/...` status topics (README, Observe).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between two publications of the `$SYS` topics (retained, QoS 0); 0 turns them
+    /// off. At most 86400.
+    pub interval: u64,
+}
+
+/// Largest `sys.interval`: one day.
+pub const MAX_SYS_INTERVAL: u64 = 86_400;
+
+impl Default for SysConfig {
+    fn default() -> SysConfig {
+        SysConfig { interval: 10 }
+    }
 }
 
 /// How durable acknowledged messages are (see the README's table of loss windows).
@@ -164,6 +184,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             persistence: PersistenceConfig::default(),
+            sys: SysConfig::default(),
         }
     }
 }

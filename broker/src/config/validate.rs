@@ -211,6 +211,13 @@ impl Config {
                 "times limits.publish_burst_seconds must be at least mqtt.max_packet_size, or a large PUBLISH could never pass",
             ));
         }
+        if self.sys.interval > super::MAX_SYS_INTERVAL {
+            return Err(invalid(
+                "sys.interval",
+                self.sys.interval,
+                "must be 0 (off) to 86400 seconds",
+            ));
+        }
         let p = &self.persistence;
         if p.sync_interval == 0 || p.sync_interval > 60_000 {
             return Err(invalid(

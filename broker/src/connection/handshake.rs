@@ -97,6 +97,12 @@ where
             why,
             server_reference: None,
         };
+        // Admission control (listener/admission.rs): the listener's own bound or a rate.
+        broker.stats.refused(if reason == ReasonCode::SERVER_BUSY {
+            "listener_max_connections"
+        } else {
+            "connection_rate"
+        });
         Box::pin(refuse_connect(&mut *io, peer, &connect, &r)).await;
         return None;
     }
@@ -143,6 +149,7 @@ where
                     .failed(peer.ip(), Instant::now());
                 tokio::time::sleep(delay).await;
             }
+            broker.stats.refused(refusal_reason(r.reason));
             Box::pin(refuse_connect(&mut *io, peer, &connect, &r)).await;
             return None;
         }
@@ -177,6 +184,24 @@ where
         keep_alive,
         now,
     })
+}
+
+/// The `sluice_connections_refused_total` reason of a CONNECT refused with `code` after
+/// admission (`crate::stats::REFUSAL_REASONS`).
+fn refusal_reason(code: ReasonCode) -> &'static str {
+    match code {
+        ReasonCode::SERVER_BUSY => "max_connections",
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD | ReasonCode::BAD_AUTHENTICATION_METHOD => {
+            "bad_credentials"
+        }
+        ReasonCode::NOT_AUTHORIZED => "not_authorized",
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => "client_id_invalid",
+        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => "protocol_version",
+        ReasonCode::SERVER_UNAVAILABLE
+        | ReasonCode::USE_ANOTHER_SERVER
+        | ReasonCode::SERVER_MOVED => "server_unavailable",
+        _ => "other",
+    }
 }
 
 /// Logs a refused CONNECT and answers it with its CONNACK, then closes.
@@ -305,6 +330,7 @@ where
                 .failed_logins
                 .failed(peer.ip(), Instant::now());
             tokio::time::sleep(delay).await;
+            broker.stats.refused("bad_credentials");
             write_final(&mut *io, &refuse(why), Protocol::V5).await;
             EnhancedOutcome::Closed
         }

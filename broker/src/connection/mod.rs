@@ -33,6 +33,7 @@ use crate::persist::BACKLOG_HIGH_WATER;
 use crate::protocol::connect::redirect_code;
 use crate::protocol::{ClientState, Close};
 use crate::session::Control;
+use crate::stats::{Counter, DrainTally};
 use handshake::{establish, Established};
 
 /// Stop reading and draining once this much is waiting to be written.
@@ -177,7 +178,15 @@ where
             done(&broker);
             return Box::pin(linger(&mut stream)).await;
         };
-        let mut pending = state.drain_outbox(now, HIGH_WATER);
+        broker
+            .stats
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        broker
+            .stats
+            .clients_connected
+            .fetch_add(1, Ordering::Relaxed);
+        let mut pending = drain(&mut state, &broker, now);
         // Only whether writes need a flush is needed from here on.
         let flush = info.flush;
         drop(info);
@@ -201,7 +210,7 @@ where
 
         let close: Close = loop {
             if pending && state.write_buf.len() < HIGH_WATER / 2 {
-                pending = state.drain_outbox(Instant::now(), HIGH_WATER);
+                pending = drain(&mut state, &broker, Instant::now());
             }
             if pending && w.busy.as_ref().is_none_or(|b| b.loading.is_none()) {
                 if let Some(ids) = state.cold_to_load() {
@@ -344,6 +353,7 @@ where
                     Ok(None) => w.unflushed = false,
                     Ok(Some(0)) | Err(_) => break io_closed(),
                     Ok(Some(n)) => {
+                        broker.stats.add(Counter::BytesSent, n as u64);
                         w.unflushed = flush;
                         state.write_buf.advance(n);
                         if state.write_buf.is_empty() {
@@ -357,16 +367,18 @@ where
                     Ok(0) | Err(_) => break io_closed(),
                     Ok(n) => {
                         let now = Instant::now();
-                        match decode_all(
+                        let decoded = decode_all(
                             &mut w.decoder,
                             &mut w.rbuf,
                             &mut state,
                             now,
                             &broker,
                             limiter.as_deref_mut(),
-                        ) {
-                            Ok(()) => {}
-                            Err(close) => break close,
+                        );
+                        // What this read batch counted, added to the broker's counts at once.
+                        broker.stats.flush(&mut state.tally, n);
+                        if let Err(close) = decoded {
+                            break close;
                         }
                         let mut silence_allowance = Duration::ZERO;
                         if let Some(limiter) = limiter.as_deref_mut() {
@@ -588,6 +600,7 @@ where
             }
         })
         .await;
+        broker.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
         done(&broker);
         if lingers {
             Box::pin(linger(&mut stream)).await;
@@ -613,6 +626,15 @@ async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
             break;
         }
     }
+}
+
+/// Drains the session's queue into the write buffer (`ClientState::drain_outbox`), adding
+/// what it sent and dropped to the broker's counts once for the whole drain.
+fn drain(state: &mut ClientState, broker: &Broker, now: Instant) -> bool {
+    let mut tally = DrainTally::default();
+    let more = state.drain_outbox_counted(now, HIGH_WATER, &mut tally);
+    broker.stats.flush_drain(&tally);
+    more
 }
 
 fn done(broker: &Broker) {

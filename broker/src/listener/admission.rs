@@ -161,6 +161,11 @@ impl ListenerGate {
         (slot, None)
     }
 
+    /// The count of this listener's open connections, shared (its metrics read it).
+    pub fn open_counter(&self) -> Arc<AtomicUsize> {
+        self.open.clone()
+    }
+
     /// Connections of this listener now open.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)

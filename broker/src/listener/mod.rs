@@ -21,7 +21,9 @@ use crate::connection::ConnInfo;
 use crate::connection::Refusal;
 use crate::listener::admission::{AddressRates, ListenerGate, Slot};
 use crate::listener::tls::{FailureLog, TlsListener, TlsReloader};
+use crate::metrics::sys::SysState;
 use crate::persist::{Store, StoreError};
+use crate::stats::ListenerStats;
 
 /// How long shutdown waits for connections to say goodbye before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -189,6 +191,15 @@ impl Server {
         // Shared subscription groups left without members lose their kept messages once
         // `mqtt.shared_group_orphan_expiry_seconds` have passed.
         let orphan_sweeper = tokio::spawn(expire_orphaned_groups(self.broker.clone()));
+        // `$SYS` topics: published once before anyone is accepted, then every `sys.interval`.
+        let sys = (self.broker.config.sys.interval > 0).then(|| {
+            let mut state = SysState::default();
+            crate::metrics::sys::publish(&self.broker, &mut state);
+            tokio::spawn(crate::metrics::sys::serve(
+                Arc::downgrade(&self.broker),
+                state,
+            ))
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a clone; when all are dropped, `recv` returns None.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -205,14 +216,20 @@ impl Server {
                 self.broker.config.limits.max_connection_rate,
                 per_address.clone(),
             ));
-            if let Ok(addr) = listener.local_addr() {
-                let path = transport.websocket.as_deref().unwrap_or("");
-                tracing::info!("listening on {}://{addr}{path}", transport.scheme());
-            }
+            let path = transport.websocket.as_deref().unwrap_or("");
+            let name = match listener.local_addr() {
+                Ok(addr) => format!("{}://{addr}{path}", transport.scheme()),
+                Err(_) => format!("{}://{}{path}", transport.scheme(), i),
+            };
+            tracing::info!("listening on {name}");
+            let lstats = Arc::new(ListenerStats::new(name, gate.open_counter()));
+            self.broker.stats.add_listener(lstats.clone());
             let broker = self.broker.clone();
             let stop = stop_rx.clone();
             let alive = alive_tx.clone();
-            tokio::spawn(accept_loop(listener, transport, gate, broker, stop, alive));
+            tokio::spawn(accept_loop(
+                listener, transport, gate, lstats, broker, stop, alive,
+            ));
         }
         drop(alive_tx);
         // Certificates changed on disk are picked up by new handshakes.
@@ -223,6 +240,9 @@ impl Server {
         }
         auth_watcher.abort();
         orphan_sweeper.abort();
+        if let Some(sys) = sys {
+            sys.abort();
+        }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         // Established connections wait for the stop signal through their session's wake-up
@@ -246,6 +266,7 @@ async fn accept_loop(
     listener: TcpListener,
     transport: Arc<Transport>,
     gate: Arc<ListenerGate>,
+    lstats: Arc<ListenerStats>,
     broker: Arc<Broker>,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
@@ -257,13 +278,11 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                lstats.accepted.fetch_add(1, Ordering::Relaxed);
                 // Far over limits.max_connections, do not even read a CONNECT to refuse it.
                 let open = broker.stats.connections.load(Ordering::Relaxed);
                 if open >= broker.config.limits.max_connections + HARD_CAP_SLACK {
-                    let n = broker
-                        .stats
-                        .connections_refused
-                        .fetch_add(1, Ordering::Relaxed);
+                    let n = broker.stats.refused("max_connections");
                     if n % 1000 == 0 {
                         tracing::warn!(%peer, open, refused = n + 1, "connection refused: limits.max_connections");
                     }
@@ -271,7 +290,9 @@ async fn accept_loop(
                     continue;
                 }
                 let admission = gate.admit(peer.ip(), std::time::Instant::now());
-                spawn_connection(stream, peer, &transport, &broker, &stop, &alive, admission)
+                spawn_connection(
+                    stream, peer, &transport, &lstats, &broker, &stop, &alive, admission,
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -281,10 +302,12 @@ async fn accept_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
     transport: &Arc<Transport>,
+    lstats: &Arc<ListenerStats>,
     broker: &Arc<Broker>,
     stop: &watch::Receiver<bool>,
     alive: &mpsc::Sender<()>,
@@ -309,8 +332,9 @@ fn spawn_connection(
         ));
     } else {
         let transport = transport.clone();
+        let lstats = lstats.clone();
         tokio::spawn(async move {
-            handshake_and_serve(stream, peer, &transport, broker, stop, refuse).await;
+            handshake_and_serve(stream, peer, &transport, &lstats, broker, stop, refuse).await;
             drop((alive, slot));
         });
     }
@@ -322,6 +346,7 @@ async fn handshake_and_serve(
     stream: TcpStream,
     peer: SocketAddr,
     transport: &Transport,
+    lstats: &ListenerStats,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
     refuse: Option<Refusal>,
@@ -350,12 +375,17 @@ async fn handshake_and_serve(
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
     let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            lstats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            s
+        }
         Ok(Err(e)) => {
+            lstats.tls_failures.fetch_add(1, Ordering::Relaxed);
             tls.failures.failed("TLS handshake", peer, &e);
             return;
         }
         Err(_) => {
+            lstats.tls_failures.fetch_add(1, Ordering::Relaxed);
             tls.failures.failed(
                 "TLS handshake",
                 peer,

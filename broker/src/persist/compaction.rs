@@ -171,6 +171,10 @@ impl Writer {
                 self.size = written;
                 self.compacted_size = self.size;
                 self.shared.disk_bytes.store(self.size, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .compactions
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(e) if ambiguous => {
                 // Both logs are kept; the failure path rewrites the log from memory later.

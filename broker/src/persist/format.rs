@@ -900,6 +900,8 @@ impl MessageDecoder {
             retain,
             properties,
             expires_at: unix_to_deadline(expires, now),
+            // Read back from the log: its delivery latency counts from now (not logged).
+            received_at: now,
             origin,
             id,
             // Set from the image (`Record::Priority`) by whoever reads the message back.

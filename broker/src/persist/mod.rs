@@ -143,6 +143,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{PersistenceConfig, PersistenceMode};
 use crate::message::Message;
+use crate::stats::Histogram;
 
 pub use self::error::*;
 pub use self::format::*;
@@ -209,14 +210,47 @@ struct Shared {
     writer: std::sync::OnceLock<std::thread::Thread>,
 }
 
-/// The writer's counters (relaxed atomics: statistics, read at any time).
-#[derive(Debug, Default)]
+/// The writer's counters (relaxed atomics: statistics, read at any time; written by the writer
+/// thread only, so no striping).
+#[derive(Debug)]
 struct Counters {
     fsyncs: AtomicU64,
     writes: AtomicU64,
     records: AtomicU64,
     bytes: AtomicU64,
+    /// Compactions that replaced the log.
+    compactions: AtomicU64,
+    /// How long each fsync of the log took, in microseconds.
+    fsync_us: Histogram,
+    /// Records each fsync of the log made durable (the group commit's batch).
+    commit_records: Histogram,
 }
+
+/// Bucket bounds of the fsync latency histogram, microseconds (50 µs .. 1 s).
+pub const FSYNC_BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+/// Bucket bounds of the group-commit batch histogram, records per fsync.
+pub const COMMIT_BOUNDS: [u64; 13] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384];
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            fsyncs: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            fsync_us: Histogram::new(&FSYNC_BOUNDS_US),
+            commit_records: Histogram::new(&COMMIT_BOUNDS),
+        }
+    }
+}
+
+/// The store's histograms as [`Store::histograms`] reads them: (bounds, per-bucket counts with
+/// `+Inf` last, sum).
+pub type HistogramSnapshot = (&'static [u64], Vec<u64>, u64);
 
 /// What the store has done since it was opened: [`Store::stats`], and the `store closed` log
 /// line at shutdown (README, Durability).
@@ -232,6 +266,8 @@ pub struct StoreStats {
     pub records: u64,
     /// Bytes appended to the log (compaction's rewrites not included).
     pub bytes: u64,
+    /// Compactions that replaced the log.
+    pub compactions: u64,
 }
 
 impl Shared {
@@ -320,6 +356,7 @@ impl Store {
             max_disk_bytes: cfg.max_disk_bytes,
             compact_min_bytes: cfg.compact_min_bytes,
             full: false,
+            unsynced_records: 0,
         };
         std::thread::Builder::new()
             .name("sluice-store".into())
@@ -537,7 +574,19 @@ impl Store {
                 writes: c.writes.load(Ordering::Relaxed),
                 records: c.records.load(Ordering::Relaxed),
                 bytes: c.bytes.load(Ordering::Relaxed),
+                compactions: c.compactions.load(Ordering::Relaxed),
             }
+        })
+    }
+
+    /// The fsync latency (µs) and group-commit batch (records per fsync) histograms; None for
+    /// a disabled store.
+    pub fn histograms(&self) -> Option<(HistogramSnapshot, HistogramSnapshot)> {
+        self.shared.as_ref().map(|s| {
+            (
+                s.counters.fsync_us.snapshot(),
+                s.counters.commit_records.snapshot(),
+            )
         })
     }
 

@@ -144,6 +144,10 @@ fn strip(r: &Record) -> Record {
         Record::Message(m) => {
             let mut m = (**m).clone();
             m.expires_at = None;
+            // Not logged: a message read back is received "now" (its latency's start).
+            static EPOCH: std::sync::LazyLock<std::time::Instant> =
+                std::sync::LazyLock::new(std::time::Instant::now);
+            m.received_at = *EPOCH;
             Record::Message(Arc::new(m))
         }
         other => other.clone(),

@@ -193,6 +193,8 @@ pub(super) struct Writer {
     pub(super) compact_min_bytes: u64,
     /// Whether the log is past the soft limit (for the log lines when that changes).
     pub(super) full: bool,
+    /// Records written since the last fsync (the next group commit's batch).
+    pub(super) unsynced_records: u64,
 }
 
 impl Writer {
@@ -324,6 +326,7 @@ impl Writer {
                 .counters
                 .records
                 .fetch_add(records, Ordering::Relaxed);
+            self.unsynced_records += records;
             let now = Instant::now();
             if buf.len() > before && held.unwritten_since.is_none() {
                 held.unwritten_since = Some(now);
@@ -489,8 +492,17 @@ impl Writer {
     }
 
     pub(super) fn sync(&mut self) -> bool {
-        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        match self.file.sync_data() {
+        let counters = &self.shared.counters;
+        counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let r = self.file.sync_data();
+        counters
+            .fsync_us
+            .record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        counters
+            .commit_records
+            .record(std::mem::take(&mut self.unsynced_records));
+        match r {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "cannot fsync the log");

@@ -221,10 +221,6 @@ pub fn negotiate(
         .load(std::sync::atomic::Ordering::Relaxed)
         > limits.max_connections
     {
-        broker
-            .stats
-            .connections_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(refuse(
             ReasonCode::SERVER_BUSY,
             "too many connections (limits.max_connections)",

@@ -159,6 +159,10 @@ impl ClientState {
             && broker
                 .access
                 .may_publish(self.n.username.as_deref(), &self.n.client_id, &p.topic);
+        self.tally.received[p.qos as usize] += 1;
+        if !allowed {
+            self.tally.denied += 1;
+        }
         match p.qos {
             QoS::AtMostOnce => {
                 if allowed {

@@ -35,6 +35,7 @@ use crate::persist::{Pending, Store, SENT_HORIZON_AHEAD};
 use crate::protocol::alias::OutboundAliases;
 use crate::routing::shared_subscriptions::{GroupQueue, LoadClaim};
 use crate::session::{Inflight, Session, SessionHandle};
+use crate::stats::Tally;
 
 /// Why and how a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +157,10 @@ pub struct ClientState {
     pub write_buf: BytesMut,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
     pub oversize_dropped: u64,
+    /// PUBLISHes received (and refused) since the connection last flushed its counts into
+    /// the broker's (once per read batch: `Stats::flush`), plain integers: no atomic per
+    /// message.
+    pub tally: Tally,
     /// How far this session's deliveries may have gone on the wire (persist/, "Redeliveries
     /// after a crash carry DUP"). Boxed and only for sessions that use it (persistent ones,
     /// or one recovered with a horizon): 40 bytes in every connection's task otherwise.
@@ -208,6 +213,7 @@ impl ClientState {
             // an idle connection holds no write buffer.
             write_buf: BytesMut::new(),
             oversize_dropped: 0,
+            tally: Tally::default(),
             horizon: None,
         }
     }

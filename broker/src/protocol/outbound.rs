@@ -11,6 +11,7 @@ use sluice_codec::{prepare, Packet, PubAck, Publish, QoS, TopicName};
 use super::alias::AliasUse;
 use crate::message::{EncodedForm, FormLookup, Message, WireForm};
 use crate::session::{Delivery, Inflight};
+use crate::stats::DrainTally;
 
 use super::ClientState;
 
@@ -108,6 +109,17 @@ impl ClientState {
     /// Moves deliveries from the outbox into the write buffer while the inflight window and the
     /// write buffer's high-water mark allow. Returns true if anything is still queued.
     pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
+        self.drain_outbox_counted(now, high_water, &mut DrainTally::default())
+    }
+
+    /// [`ClientState::drain_outbox`], counting what was sent and dropped (and each sent
+    /// message's latency) in `tally`, which the caller adds to the broker's counts once.
+    pub fn drain_outbox_counted(
+        &mut self,
+        now: Instant,
+        high_water: usize,
+        tally: &mut DrainTally,
+    ) -> bool {
         // The records of the deliveries sent now reach the writer together, in one frame.
         let _records = self.store.batch();
         let mut batch = Vec::new();
@@ -164,7 +176,7 @@ impl ClientState {
             more
         };
         for d in batch {
-            self.send_delivery(d, now);
+            self.send_delivery(d, now, tally);
         }
         self.publish_inflight();
         more
@@ -178,9 +190,10 @@ impl ClientState {
         }
     }
 
-    fn send_delivery(&mut self, d: Delivery, now: Instant) {
+    fn send_delivery(&mut self, d: Delivery, now: Instant, tally: &mut DrainTally) {
         if d.msg.is_expired(now) {
             // Expired messages are never delivered [MQTT-3.3.2-5].
+            tally.expired += 1;
             self.log_skip(&d);
             return;
         }
@@ -257,6 +270,7 @@ impl ClientState {
                 }
             }
             self.oversize_dropped += 1;
+            tally.oversize += 1;
             self.log_skip(&d);
             return;
         }
@@ -285,6 +299,14 @@ impl ClientState {
             }
             (None, None) => {}
         }
+        // Retained messages sent on subscription (RETAIN set) are not in the latency figure:
+        // their age is not a delivery delay.
+        let latency = if d.retain {
+            None
+        } else {
+            Some(now.saturating_duration_since(d.msg.received_at))
+        };
+        tally.sent(d.qos as usize, latency);
         if d.qos != QoS::AtMostOnce {
             self.session
                 .inflight

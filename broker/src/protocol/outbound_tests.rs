@@ -66,7 +66,7 @@ fn deliver(msg: &Arc<Message>, sub: &Sub, now: Instant) -> (BytesMut, Publish) {
         shared: None,
         seq: if sub.dup { 5 } else { 0 },
     };
-    state.send_delivery(d, now);
+    state.send_delivery(d, now, &mut crate::stats::DrainTally::default());
     let v5 = sub.protocol.is_v5();
     let mut properties = PublishProperties::default();
     if v5 {

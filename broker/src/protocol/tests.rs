@@ -1048,11 +1048,7 @@ fn the_last_member_out_leaves_the_group_queue_to_the_orphan_policy() {
         };
         a.handle(&b, Packet::Unsubscribe(u)).unwrap();
         assert_eq!(queue.member_count(), 0);
-        let dropped = || {
-            b.stats
-                .orphaned_dropped
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
+        let dropped = || b.stats.striped.get(crate::stats::Counter::DroppedOrphaned);
         match policy {
             OrphanPolicy::Drop => assert_eq!((queue.len(), dropped()), (0, 2), "{policy:?}"),
             OrphanPolicy::Keep => {

@@ -234,7 +234,7 @@ impl Router {
                     }
                     Some(m) if m.is_expired(now) => {
                         tracing::debug!(id, topic = %m.topic, "delayed message expired while waiting [MQTT-3.3.2-5]: dropped");
-                        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.add(crate::stats::Counter::DroppedExpired, 1);
                     }
                     Some(m) => {
                         self.publish(m);

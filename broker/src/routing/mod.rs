@@ -27,8 +27,8 @@ use crate::routing::retain::RetainedStore;
 use crate::routing::shared_subscriptions::{Candidate, GroupQueue, Pick, SharedGroups};
 use crate::routing::subscriptions::SubscriptionTree;
 use crate::session::QueueBudget;
-use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
-use crate::stats::Stats;
+use crate::session::{Delivery, Dropped, SessionHandle, SubscriptionRecord};
+use crate::stats::{Counter, Stats};
 use std::sync::RwLock;
 
 /// A subscription as stored in the tree: what matching needs without touching the session.
@@ -202,7 +202,6 @@ impl Router {
         reject_when_full: bool,
         received: Option<Pending>,
     ) -> Result<usize, ClientId> {
-        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let mut targets: Vec<Target> = Vec::new();
         // (shared subscription's group, members): rare, so a small Vec.
         let mut groups: Vec<(Arc<GroupQueue>, Vec<Target>)> = Vec::new();
@@ -297,7 +296,8 @@ impl Router {
                     .map(|(q, _)| ClientId::from(q.key.as_str()))
             };
             if let Some(full) = full_session.or_else(full_group) {
-                let n = self.stats.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                let n = self.stats.striped.get(Counter::RejectedQueueFull);
+                self.stats.add(Counter::RejectedQueueFull, 1);
                 if n % 1000 == 0 {
                     tracing::warn!(subscriber = %full, refused = n + 1, "queue full (mqtt.max_queued_messages / max_queued_bytes): PUBLISH refused (mqtt.queue_full_policy = reject)");
                 }
@@ -368,13 +368,15 @@ impl Router {
     /// store had it). Returns whether it was queued.
     pub(crate) fn deliver_to(&self, handle: &SessionHandle, d: Delivery) -> bool {
         let seq = d.seq;
-        if handle.deliver(d).is_ok() {
-            return true;
-        }
+        let why = match handle.deliver(d) {
+            Ok(()) => return true,
+            Err(Dropped::QueueFull) => Counter::DroppedQueueFull,
+            Err(Dropped::OfflineQos0) => Counter::DroppedOfflineQos0,
+        };
         if seq != 0 {
             self.store.delivery_skipped(handle.client_id.clone(), seq);
         }
-        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+        self.stats.add(why, 1);
         false
     }
 
@@ -433,16 +435,19 @@ impl Router {
     /// [MQTT-3.3.1-5], [MQTT-3.3.1-6], [MQTT-3.3.1-7].
     fn store_retained(&self, msg: &Arc<Message>) {
         let mut store = write(&self.retained);
+        // `$SYS` status is republished every `sys.interval` and stale after a restart: kept in
+        // memory only, so it never grows the log.
+        let logged = self.store.is_enabled() && !crate::topic::is_broker_status(&msg.topic);
         // Logged under the retained lock, so the log's order matches the store's (sent to the
         // writer before the lock goes, even from inside a publisher's record batch).
         if msg.payload.is_empty() {
             store.remove(msg.topic.as_str());
-            if self.store.is_enabled() {
+            if logged {
                 self.store.retained_cleared(msg.topic.as_mqtt_str().clone());
             }
         } else {
             store.insert(msg.topic.as_str(), msg.clone());
-            if self.store.is_enabled() {
+            if logged {
                 self.log_message(msg);
                 self.store
                     .retained_set(msg.topic.as_mqtt_str().clone(), msg.id);

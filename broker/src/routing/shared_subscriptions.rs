@@ -31,7 +31,7 @@
 //! decides for everything the group's queue then holds: `keep` (default) leaves it for a new
 //! member for `mqtt.shared_group_orphan_expiry_seconds` (counted again from a restart), within
 //! the queue's bounds; `drop` drops it at once. Dropped messages are counted
-//! (`Stats::orphaned_dropped`) and logged either way. Groups found without members at start-up
+//! (`Counter::DroppedOrphaned`) and logged either way. Groups found without members at start-up
 //! (their members' sessions did not survive the restart) are treated the same.
 
 use crate::persist::Pending;
@@ -48,6 +48,7 @@ use crate::locks::read;
 use crate::message::ClientId;
 use crate::routing::Router;
 use crate::session::{ColdDelivery, Delivery, Dropped, Loaded, Outbox, QueueBudget, SessionHandle};
+use crate::stats::Counter;
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
 /// only a hint for fairness, so when the bound is reached the table is simply cleared: a client
@@ -255,6 +256,12 @@ impl GroupQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// What the queue holds: (deliveries, bytes, bytes in memory, deliveries on disk only).
+    pub fn figures(&self) -> (usize, usize, usize, usize) {
+        let q = self.lock();
+        (q.len(), q.bytes(), q.memory_bytes(), q.cold_len())
+    }
 }
 
 /// One candidate member, as the selector sees it.
@@ -431,7 +438,8 @@ impl Router {
             if seq != 0 {
                 self.store.group_taken(queue.key.clone(), seq);
             }
-            let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            let n = self.stats.striped.get(Counter::DroppedQueueFull);
+            self.stats.add(Counter::DroppedQueueFull, 1);
             if n % 1000 == 0 {
                 tracing::warn!(group = %queue.key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
             }
@@ -512,12 +520,7 @@ impl Router {
         for seq in seqs {
             self.store.group_taken(queue.key.clone(), seq);
         }
-        self.stats
-            .messages_dropped
-            .fetch_add(n as u64, Ordering::Relaxed);
-        self.stats
-            .orphaned_dropped
-            .fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.add(Counter::DroppedOrphaned, n as u64);
         match why {
             Orphaned::Dropped => {
                 tracing::warn!(group = %queue.key, dropped = n, "shared subscription group has no members left: its messages were dropped (mqtt.shared_group_orphan_policy = drop)");
@@ -526,6 +529,17 @@ impl Router {
                 tracing::warn!(group = %queue.key, dropped = n, "shared subscription group without members expired: its messages were dropped (mqtt.shared_group_orphan_expiry_seconds)");
             }
         }
+    }
+
+    /// Every shared subscription group's queue (a copy of the table, for metrics).
+    pub fn group_queues(&self) -> Vec<Arc<GroupQueue>> {
+        self.shared_groups
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Drops the messages of groups that have been without members for longer than
