@@ -460,11 +460,7 @@ fn write_labels(w: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
     }
     w.push('{');
     let mut first = true;
-    for (k, v) in labels
-        .iter()
-        .copied()
-        .chain(le.map(|le| ("le", le)))
-    {
+    for (k, v) in labels.iter().copied().chain(le.map(|le| ("le", le))) {
         if !first {
             w.push(',');
         }
