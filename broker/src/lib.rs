@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! listener     TCP / TLS / WebSocket accept loops, admission control, graceful shutdown
+//!   -> metrics      reads the counters and the state: Prometheus text, the `$SYS` publisher
 //!   -> connection   the per-client task: socket, buffers, timers, one select! loop
 //!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
 //!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
@@ -18,7 +19,8 @@
 //!           -> persist      the write-ahead log: Journal (event-named methods), writer
 //!                           thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
-//!               -> config, message, topic, stats, locks, certgen   (leaves)
+//!               -> config, message, topic, stats, locks, certgen   (leaves; `stats` is the
+//!                  one registry of counters, striped per thread, added to per batch)
 //! ```
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
 //! * [`listener`]: listeners, accept loops, graceful shutdown ([`Server`]); TLS (rustls,
@@ -40,6 +42,9 @@
 //!   `persist/journal.rs`); only `persist` names its record kinds (`persist::Record`), which
 //!   `broker/tests/module_layers.rs` checks.
 //! * [`auth`]: [`auth::AccessControl`] (ACL, password file, failed logins) and the AUTH exchange.
+//! * [`metrics`]: `render_prometheus` and the `$SYS` topics, both read from [`stats`] (counted
+//!   per read batch and per drain in plain integers, then added to per-thread stripes: no lock
+//!   and no shared write per message).
 //! * [`topic`]: what `$` topics mean to the broker ([MQTT-4.7.2-1], `$SYS`, `$share`).
 //! * [`certgen`]: development certificates (`sluice gen-certs`).
 //! * The wire codec is its own crate, `sluice-codec` (`broker/codec`).
