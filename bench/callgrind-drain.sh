@@ -6,7 +6,9 @@
 # 2 s after the last message (time for a compaction the drain put off) it is switched off.
 #   bench/callgrind-drain.sh BINARY durable|memory N OUT
 # COMPACT_MIN (bytes) scales persistence.compact_min_bytes to the smaller backlog (default:
-# 64 MiB x N / 1,000,000, as for the 1,000,000-message bench). Prints the program total.
+# 64 MiB x N / 1,000,000, as for the 1,000,000-message bench). PHASE=publish counts the
+# publishing of the N messages (received, routed, queued, acknowledged) instead of the drain.
+# Prints the program total.
 set -euo pipefail
 BIN=$1; MODE=$2; N=$3; OUT=$4
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,12 +22,18 @@ valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
 VP=$!
 for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.2; done
 python3 "$here/drain_client.py" sub "$PORT"
-python3 "$here/drain_client.py" pub "$PORT" "$N"
-sleep 1
-callgrind_control -i on "$VP" > /dev/null
-python3 "$here/drain_client.py" drain "$PORT" "$N"
-sleep 2
-callgrind_control -i off "$VP" > /dev/null
+if [ "${PHASE:-drain}" = publish ]; then
+    callgrind_control -i on "$VP" > /dev/null
+    python3 "$here/drain_client.py" pub "$PORT" "$N"
+    callgrind_control -i off "$VP" > /dev/null
+else
+    python3 "$here/drain_client.py" pub "$PORT" "$N"
+    sleep 1
+    callgrind_control -i on "$VP" > /dev/null
+    python3 "$here/drain_client.py" drain "$PORT" "$N"
+    sleep 2
+    callgrind_control -i off "$VP" > /dev/null
+fi
 kill -TERM "$VP"
 wait "$VP" || true
 rm -rf "$D"

@@ -61,6 +61,11 @@ pub const DROP_REASONS: [(&str, Counter); 6] = [
     ("orphaned", Counter::DroppedOrphaned),
 ];
 
+/// The PUBLISH→delivery latency is measured for one message in this many (those whose id is
+/// a multiple of it, each of their deliveries): a sample, so the histogram's count is about
+/// this fraction of the deliveries; its sum divided by its count is the mean latency.
+pub const LATENCY_SAMPLE: u64 = 8;
+
 /// Upper bounds of the latency histogram buckets, in microseconds (Prometheus `le`, seconds:
 /// 100 µs .. 10 s; above the last is `+Inf`).
 pub const LATENCY_BOUNDS_US: [u64; 16] = [

@@ -307,7 +307,7 @@ pub fn render_prometheus(broker: &Broker) -> String {
     histogram(
         w,
         "sluice_delivery_latency_seconds",
-        "From a PUBLISH received to its delivery written into the subscriber's send buffer (retained messages sent on subscription excluded).",
+        "From a PUBLISH received to its delivery written into the subscriber's send buffer; sampled: the deliveries of one message in 8 (by message id), retained messages sent on subscription excluded.",
         &LATENCY_BOUNDS_US,
         1e6,
         &buckets,
