@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! listener     TCP / TLS / WebSocket accept loops, admission control, graceful shutdown
-//!   -> connection   the per-client task: socket, buffers, timers, one select! loop
+//!   -> connection   the per-client task: socket, buffers, timers, one hand-polled loop
 //!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
 //!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
 //!                     in, packets and routing out)

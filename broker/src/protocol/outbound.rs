@@ -118,6 +118,7 @@ impl ClientState {
                 .send_window
                 .saturating_sub(self.session.inflight_len());
             let mut budget = high_water.saturating_sub(self.write_buf.len());
+            let mut taken = 0;
             while let Some(front) = outbox.front() {
                 if budget == 0 || (front.qos != QoS::AtMostOnce && window == 0) {
                     break;
@@ -125,10 +126,20 @@ impl ClientState {
                 let Some(d) = outbox.pop() else { break };
                 if d.qos != QoS::AtMostOnce {
                     window -= 1;
+                    taken += 1;
                 }
                 budget = budget.saturating_sub(d.msg.cost());
                 batch.push(d);
             }
+            // Shared-subscription selection reads the headroom (window less inflight less
+            // queued) under this lock: what leaves the queue for the window is counted as
+            // inflight before the lock goes, or a publisher in between would see a free slot
+            // that is not there and queue a message behind a full window (where, behind a
+            // consumer that stopped acknowledging, it would wait for ever).
+            self.handle.inflight.store(
+                self.session.inflight_len() + taken,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let mut cold_waiting = outbox.wants_load();
             let mut more = !outbox.is_empty();
             drop(outbox);
@@ -140,7 +151,8 @@ impl ClientState {
                     let i = self.group_cursor % n;
                     self.group_cursor = self.group_cursor.wrapping_add(1);
                     let (filter, q) = &self.group_queues[i];
-                    match q.pop() {
+                    // Counted as inflight under the group queue's lock, as above.
+                    match q.pop_reserving(&self.handle.inflight) {
                         Some(d) => {
                             idle = 0;
                             let d = self.take_group_delivery(filter, d);
