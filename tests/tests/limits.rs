@@ -259,7 +259,9 @@ async fn connect_timeout_closes_silent_socket() -> Result<()> {
 /// limits to the implementation): a client blasting 1,500 QoS 0 PUBLISHes in one write is read
 /// at ~500/s after its 500-message burst, so the subscriber sees the last one no sooner than
 /// ~1.5 s after the blast (2 s ideal), none lost; meanwhile another client's QoS 1 round trips
-/// stay fast (each under 1 s).
+/// go on: several complete while the flood is still being read (no clock bound on them: a
+/// loaded machine may make each slow, but a flooder holding the broker up would stall them
+/// all until its flood was through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_rate_throttles_flooder_only() -> Result<()> {
     let broker = Broker::with_config(
@@ -288,7 +290,8 @@ async fn publish_rate_throttles_flooder_only() -> Result<()> {
         let mut pkid = 0u16;
         while !probe_done.load(Ordering::Relaxed) && rtts.len() < 40 {
             pkid += 1;
-            rtts.push(qos1_round_trip(&mut probe, "probe", pkid).await?);
+            let rtt = qos1_round_trip(&mut probe, "probe", pkid).await?;
+            rtts.push((rtt, Instant::now()));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         anyhow::Ok(rtts)
@@ -316,14 +319,15 @@ async fn publish_rate_throttles_flooder_only() -> Result<()> {
         took >= Duration::from_millis(1500),
         "1,500 messages at 500/s (burst 500) passed in {took:?}: not throttled"
     );
-    let worst = rtts.iter().max().copied().unwrap_or_default();
-    assert!(rtts.len() >= 5, "probe ran: {rtts:?}");
+    let worst = rtts.iter().map(|(rtt, _)| *rtt).max().unwrap_or_default();
+    let during = rtts.iter().filter(|(_, at)| *at < last).count();
     assert!(
-        worst < Duration::from_secs(1),
-        "well-behaved client's QoS 1 round trips during the flood: worst {worst:?} ({rtts:?})"
+        during >= 3,
+        "a well-behaved client's QoS 1 round trips stalled during the flood: {during} completed \
+         before its last message ({rtts:?})"
     );
     eprintln!(
-        "flood of {N} took {took:?}; probe RTTs worst {worst:?} over {}",
+        "flood of {N} took {took:?}; probe round trips during it {during}, worst {worst:?} over {}",
         rtts.len()
     );
     Ok(())
