@@ -232,18 +232,20 @@ async fn max_connections() -> Result<()> {
 
 /// `connect_timeout = 1` (3.1.4: "If the Server does not receive a CONNECT packet within a
 /// reasonable amount of time after the Network Connection is established, the Server SHOULD
-/// close the Network Connection"): a socket that never sends CONNECT is closed within ~2 s.
+/// close the Network Connection"): a socket that never sends CONNECT is closed after ~1 s.
 #[tokio::test]
 async fn connect_timeout_closes_silent_socket() -> Result<()> {
     let broker = Broker::with_config("[limits]\nconnect_timeout = 1\n");
     let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
     let t = Instant::now();
-    let seen = c.expect_closed(Duration::from_secs(4)).await?;
+    // Closed well before the default timeout (10 s) would do it; no tighter upper bound, as a
+    // loaded machine may be slow to run the timer.
+    let seen = c.expect_closed(Duration::from_secs(9)).await?;
     let took = t.elapsed();
     assert!(seen.is_empty(), "nothing sent before CONNECT: {seen:?}");
     assert!(
-        took >= Duration::from_millis(800) && took <= Duration::from_millis(2500),
-        "closed after {took:?}, expected ~1 s"
+        took >= Duration::from_millis(800),
+        "closed after {took:?}, before its 1 s timeout"
     );
     // A client that does send CONNECT in time is unaffected: still there once a silent socket
     // opened after it has been closed for its connect timeout.
