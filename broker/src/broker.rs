@@ -36,8 +36,9 @@ use crate::session::{
 };
 use crate::stats::Stats;
 
-/// How long a new connection waits for the old one to hand its session over.
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// After this long waiting for the old connection to hand its session over, a takeover logs a
+/// warning (and goes on waiting).
+const TAKEOVER_SLOW: Duration = Duration::from_secs(5);
 
 /// One broker: the parts, wired together. Connections hold an `Arc<Broker>`.
 ///
@@ -260,14 +261,19 @@ impl Broker {
             .as_mut()
             .and_then(|o| o.control.take());
         let Some(control) = control else { return };
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         if control.send(Control::TakeOver(tx)).is_ok()
-            && tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await.is_err()
+            && tokio::time::timeout(TAKEOVER_SLOW, &mut rx).await.is_err()
         {
-            tracing::warn!(client_id = %handle.client_id, "old connection did not hand over its session in time; taking it anyway");
+            // Every step of the old task's close is bounded (its last writes by FLUSH_TIMEOUT),
+            // so it will answer; taking the session without its state would lose the session's
+            // inflight messages and leave its subscriptions in the tree with no session that
+            // knows them.
+            tracing::warn!(client_id = %handle.client_id, "old connection has not handed over its session after {} s; still waiting", TAKEOVER_SLOW.as_secs());
+            let _ = rx.await;
         }
-        // If the old task is gone without parking (it panicked or timed out), its session state
-        // is lost; the owner slot is cleared so the new connection can proceed.
+        // If the old task is gone without parking (it panicked), its session state is lost;
+        // the owner slot is cleared so the new connection can proceed.
         handle.ownership().owner = None;
     }
 
@@ -838,5 +844,36 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(lock(&broker.deadlines).is_empty());
+    }
+
+    /// An old connection slow to hand over (its closing writes can take seconds towards a
+    /// client that reads nothing) still hands its session to the new one: the takeover waits
+    /// past [`TAKEOVER_SLOW`] rather than start the new connection on an empty session while the
+    /// old one's subscriptions stay in the tree.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_takeover_still_gets_the_old_session() {
+        let broker = Arc::new(Broker::new(Config::default(), None));
+        let id: ClientId = "slow".into();
+        let (tx, rx) = oneshot::channel();
+        let opened = broker.open_session(&id, false, 1, tx).await;
+        let mut session = opened.session;
+        session.expiry_interval = 3600;
+        let old_handle = opened.handle.clone();
+        let b = broker.clone();
+        let old = tokio::spawn(async move {
+            let Ok(Control::TakeOver(reply)) = rx.await else {
+                panic!("no takeover asked");
+            };
+            tokio::time::sleep(TAKEOVER_SLOW * 3).await;
+            b.park_session(&old_handle, session, 1, None, true);
+            let _ = reply.send(());
+        });
+        let again = open(&broker, &id, 2).await;
+        old.await.unwrap();
+        assert!(
+            again.session_present,
+            "the session the old connection handed over late [MQTT-3.1.2-5]"
+        );
+        assert_eq!(again.session.expiry_interval, 3600);
     }
 }
