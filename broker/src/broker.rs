@@ -736,8 +736,19 @@ impl Broker {
     /// Publishes a will message (3.1.2.5) on behalf of `client_id`.
     pub fn publish_will(&self, client_id: &ClientId, will: LastWill, now: Instant) {
         tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
+        // `$delayed/{s}/{topic}` (checked at CONNECT): to `{topic}`, s seconds from now.
+        let delayed = match crate::topic::delayed(&will.topic, self.config.mqtt.max_delay_seconds) {
+            Some(Ok(d)) => sluice_codec::TopicName::try_from(d.target)
+                .ok()
+                .map(|t| (t, Duration::from_secs(u64::from(d.seconds)))),
+            _ => None,
+        };
+        let (topic, delay) = match delayed {
+            Some((t, delay)) => (t, Some(delay)),
+            None => (will.topic, None),
+        };
         let mut msg = Message::new(
-            will.topic,
+            topic,
             will.payload,
             will.qos,
             will.retain,
@@ -746,7 +757,21 @@ impl Broker {
             now,
         );
         msg.priority = self.router.priority_of(&msg.topic);
-        self.router.publish(Arc::new(msg));
+        match delay {
+            Some(delay) => {
+                if self
+                    .router
+                    .publish_delayed(Arc::new(msg), delay, None, now)
+                    .is_err()
+                {
+                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(client_id = %client_id, "will dropped: too many delayed messages waiting (limits.max_delayed_messages)");
+                }
+            }
+            None => {
+                self.router.publish(Arc::new(msg));
+            }
+        }
     }
 }
 
