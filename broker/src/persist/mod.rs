@@ -130,6 +130,7 @@ mod error;
 mod format;
 mod image;
 mod journal;
+mod readback;
 mod recovery;
 mod writer;
 
@@ -148,6 +149,7 @@ pub use self::error::*;
 pub use self::format::*;
 pub use self::image::*;
 pub use self::journal::Pending;
+use self::readback::*;
 pub use self::recovery::*;
 use self::writer::*;
 
