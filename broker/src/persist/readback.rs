@@ -30,6 +30,21 @@ pub(super) fn read_message(
     MessageDecoder::default().decode(&frame, slot.at, now)
 }
 
+/// Largest span [`read_messages`] reads at once.
+const SPAN: u64 = 1024 * 1024;
+/// Largest hole inside one span.
+const GAP: u64 = 64 * 1024;
+/// Most bytes of span buffer a thread keeps between read-backs (a drain reads half of
+/// `persistence.queue_memory_bytes`, 256 KiB by default, at a time).
+const KEEP: usize = 256 * 1024;
+
+thread_local! {
+    /// The span buffer of [`read_messages`], kept per thread: growing a fresh one zeroed it for
+    /// every read-back (~3 % of a durable drain's instructions, issue 16). At most [`KEEP`]
+    /// bytes stay, on the blocking pool's threads (which end after 10 s idle).
+    static SPAN_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Reads many messages back with few reads: the slots are taken in file order and records close
 /// to each other (a session's queue was mostly written in a row) are read with one positioned
 /// read of the span that covers them.
@@ -39,48 +54,58 @@ pub(super) fn read_messages(
     now: Instant,
 ) -> Vec<Option<Arc<Message>>> {
     use std::os::unix::fs::FileExt;
-    /// Largest span read at once, and largest hole inside one.
-    const SPAN: u64 = 1024 * 1024;
-    const GAP: u64 = 64 * 1024;
-    let mut out = vec![None; slots.len()];
     let mut order: Vec<(usize, MsgSlot)> = slots
         .iter()
         .enumerate()
         .filter_map(|(i, s)| Some((i, (*s)?)))
         .collect();
     order.sort_unstable_by_key(|(_, s)| s.at);
-    let mut decoder = MessageDecoder::default();
-    let mut buf = Vec::new();
-    let mut i = 0;
-    while i < order.len() {
-        let start = order[i].1.at;
-        let mut end = start + u64::from(order[i].1.len);
-        let mut j = i + 1;
-        while j < order.len() {
-            let s = order[j].1;
-            let s_end = (s.at + u64::from(s.len)).max(end);
-            if s.at > end + GAP || s_end - start > SPAN {
-                break;
+    SPAN_BUF.with(|b| {
+        // A read-back on this thread cannot be running already (nothing here awaits); if it
+        // were, a buffer of its own.
+        let mut own = Vec::new();
+        let mut guard = b.try_borrow_mut().ok();
+        let buf = guard.as_deref_mut().unwrap_or(&mut own);
+        let mut out = vec![None; slots.len()];
+        let mut decoder = MessageDecoder::default();
+        let mut i = 0;
+        while i < order.len() {
+            let start = order[i].1.at;
+            let mut end = start + u64::from(order[i].1.len);
+            let mut j = i + 1;
+            while j < order.len() {
+                let s = order[j].1;
+                let s_end = (s.at + u64::from(s.len)).max(end);
+                if s.at > end + GAP || s_end - start > SPAN {
+                    break;
+                }
+                end = s_end;
+                j += 1;
             }
-            end = s_end;
-            j += 1;
+            let n = (end - start) as usize;
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            let span = &mut buf[..n];
+            let span_ok = file.read_exact_at(span, start).is_ok();
+            for &(k, slot) in &order[i..j] {
+                out[k] = if span_ok {
+                    let from = (slot.at - start) as usize;
+                    decoder
+                        .decode(&span[from..from + slot.len as usize], slot.at, now)
+                        .ok()
+                } else {
+                    // Part of the span is missing (not written yet?): each on its own.
+                    read_message(file, &slot, now).ok()
+                };
+            }
+            i = j;
         }
-        buf.resize((end - start) as usize, 0);
-        let span_ok = file.read_exact_at(&mut buf, start).is_ok();
-        for &(k, slot) in &order[i..j] {
-            out[k] = if span_ok {
-                let from = (slot.at - start) as usize;
-                decoder
-                    .decode(&buf[from..from + slot.len as usize], slot.at, now)
-                    .ok()
-            } else {
-                // Part of the span is missing (not written yet?): each on its own.
-                read_message(file, &slot, now).ok()
-            };
+        if buf.len() > KEEP {
+            *buf = Vec::new();
         }
-        i = j;
-    }
-    out
+        out
+    })
 }
 
 /// Decodes message frames read back from the log, copying each message out right-sized (its
