@@ -438,21 +438,68 @@ impl Store {
 
     /// Queues a record for the writer. Never blocks.
     pub fn append(&self, rec: Record) {
-        if let Some(s) = &self.shared {
-            s.backlog.fetch_add(record_cost(&rec), Ordering::Relaxed);
-            let batched = BATCH.with(|g| {
-                let mut g = g.borrow_mut();
-                match g.as_mut() {
-                    Some(v) => {
-                        push_merged(v, rec);
-                        None
-                    }
-                    None => Some(rec),
-                }
-            });
-            if let Some(rec) = batched {
-                let _ = s.tx.send(Cmd::Rec(rec));
+        let Some(s) = &self.shared else { return };
+        let rec = BATCH.with(|g| match g.borrow_mut().as_mut() {
+            Some(b) => {
+                b.cost += record_cost(&rec);
+                push_merged(&mut b.recs, rec);
+                None
             }
+            None => Some(rec),
+        });
+        if let Some(rec) = rec {
+            s.backlog.fetch_add(record_cost(&rec), Ordering::Relaxed);
+            let _ = s.tx.send(Cmd::Rec(rec));
+        }
+    }
+
+    /// Appends a delivery sent or acknowledged (QoS 1/2). Inside a batch it joins the batch's
+    /// run for `client` in place, as [`push_merged`] would, without building a record or
+    /// cloning the client id: a drain appends two of these per message (issue 16).
+    pub(super) fn append_run(&self, client: &ClientId, item: RunItem) {
+        let Some(s) = &self.shared else { return };
+        let merged = BATCH.with(|g| {
+            let mut g = g.borrow_mut();
+            let Some(b) = g.as_mut() else { return false };
+            b.cost += RUN_ITEM_COST;
+            match (b.recs.last_mut(), item) {
+                (Some(Record::SentMany { client: c, sent }), RunItem::Sent { seq, pkid })
+                    if same_client(c, client) =>
+                {
+                    sent.push((seq, pkid));
+                }
+                (Some(Record::AckedMany { client: c, pkids }), RunItem::Acked { pkid })
+                    if same_client(c, client) =>
+                {
+                    pkids.push(pkid);
+                }
+                (_, RunItem::Sent { seq, pkid }) => {
+                    let mut sent = Vec::with_capacity(RUN_CAPACITY);
+                    sent.push((seq, pkid));
+                    b.recs.push(Record::SentMany {
+                        client: client.clone(),
+                        sent,
+                    });
+                }
+                (_, RunItem::Acked { pkid }) => {
+                    let mut pkids = Vec::with_capacity(RUN_CAPACITY);
+                    pkids.push(pkid);
+                    b.recs.push(Record::AckedMany {
+                        client: client.clone(),
+                        pkids,
+                    });
+                }
+            }
+            true
+        });
+        if !merged {
+            s.backlog.fetch_add(RUN_ITEM_COST, Ordering::Relaxed);
+            let client = client.clone();
+            let rec = match item {
+                RunItem::Sent { seq, pkid } => Record::Sent { client, seq, pkid },
+                RunItem::Acked { pkid } => Record::Acked { client, pkid },
+            };
+            let _ = s.tx.send(Cmd::Rec(rec));
         }
     }
 
@@ -461,9 +508,9 @@ impl Store {
     /// (queueing a delivery), whose records must come after these.
     pub fn flush_batch(&self) {
         let Some(s) = &self.shared else { return };
-        let recs = BATCH.with(|g| g.borrow_mut().as_mut().map(std::mem::take));
-        if let Some(recs) = recs.filter(|r| !r.is_empty()) {
-            let _ = s.tx.send(Cmd::Recs(recs));
+        let open = BATCH.with(|g| g.borrow_mut().as_mut().map(std::mem::take));
+        if let Some(open) = open {
+            open.send(s);
         }
     }
 
@@ -478,7 +525,7 @@ impl Store {
                 let mut g = g.borrow_mut();
                 let outer = g.is_none();
                 if outer {
-                    *g = Some(Vec::new());
+                    *g = Some(OpenBatch::default());
                 }
                 outer
             });
@@ -573,7 +620,42 @@ impl Store {
 
 thread_local! {
     /// Records held by an open [`Batch`] on this thread.
-    static BATCH: std::cell::RefCell<Option<Vec<Record>>> = const { std::cell::RefCell::new(None) };
+    static BATCH: std::cell::RefCell<Option<OpenBatch>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The records of an open [`Batch`], and what they count against the writer's backlog: added
+/// to [`Shared::backlog`] once, when they are sent, instead of an atomic step per record.
+#[derive(Debug, Default)]
+struct OpenBatch {
+    recs: Vec<Record>,
+    cost: usize,
+}
+
+impl OpenBatch {
+    fn send(self, s: &Shared) {
+        if !self.recs.is_empty() {
+            s.backlog.fetch_add(self.cost, Ordering::Relaxed);
+            let _ = s.tx.send(Cmd::Recs(self.recs));
+        }
+    }
+}
+
+/// A delivery sent or acknowledged, for [`Store::append_run`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RunItem {
+    Sent { seq: u64, pkid: u16 },
+    Acked { pkid: u16 },
+}
+
+/// What one delivery of a `SentMany` / `AckedMany` counts against the backlog ([`record_cost`]).
+const RUN_ITEM_COST: usize = 64;
+/// Room a new run starts with: a drain turn sends, and one read brings the PUBACKs of, up to
+/// the inflight window (`mqtt.max_inflight`, 256 by default); growing from one step by step
+/// was ~1 % of a durable drain's instructions.
+const RUN_CAPACITY: usize = 64;
+
+fn same_client(a: &ClientId, b: &ClientId) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// See [`Store::batch`].
@@ -596,9 +678,8 @@ impl std::fmt::Debug for Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         let Some(s) = &self.shared else { return };
-        let recs = BATCH.with(|g| g.borrow_mut().take()).unwrap_or_default();
-        if !recs.is_empty() {
-            let _ = s.tx.send(Cmd::Recs(recs));
+        if let Some(open) = BATCH.with(|g| g.borrow_mut().take()) {
+            open.send(s);
         }
     }
 }
@@ -619,9 +700,7 @@ fn with_priority(mut m: Arc<Message>, priority: u8) -> Arc<Message> {
 /// two records with the client id in each, and two lookups of the session (issue 16). Only
 /// the last record is merged into, so the order of the batch's records is kept.
 fn push_merged(batch: &mut Vec<Record>, rec: Record) {
-    fn same(a: &ClientId, b: &ClientId) -> bool {
-        Arc::ptr_eq(a, b) || a == b
-    }
+    let same = same_client;
     let rec = match rec {
         Record::Sent { client, seq, pkid } => {
             if let Some(Record::SentMany { client: c, sent }) = batch.last_mut() {
@@ -667,8 +746,8 @@ fn record_count(rec: &Record) -> u64 {
 fn record_cost(rec: &Record) -> usize {
     match rec {
         Record::Message(m) => m.cost(),
-        Record::SentMany { sent, .. } => 64 * sent.len(),
-        Record::AckedMany { pkids, .. } => 64 * pkids.len(),
+        Record::SentMany { sent, .. } => RUN_ITEM_COST * sent.len(),
+        Record::AckedMany { pkids, .. } => RUN_ITEM_COST * pkids.len(),
         _ => 64,
     }
 }
