@@ -81,15 +81,24 @@
 //! read back, and each delivery is logged as sent and as acknowledged. Measured with callgrind
 //! and the durability bench (issue 16, `bench/results/durability-drain.md`), these were made
 //! cheap rather than removed, since each is what makes the drain durable:
-//! * reading back: spans of the log at once (`read_messages`), decoded by a
-//!   `MessageDecoder` that copies out only the payload and shares a topic and a client id
-//!   equal to the previous message's, instead of validating and allocating them per message;
+//! * reading back: spans of the log at once (`read_messages`, into a span buffer each thread
+//!   keeps), decoded by a `MessageDecoder` that copies out only the payload and shares a topic
+//!   and a client id equal to the previous message's, instead of validating and allocating them
+//!   per message; the messages are put back into the queue by position
+//!   (`Outbox::warm_in_order`), not through a map. What is left per message is the checksum
+//!   and two allocations (the message and its payload), about 1,100 instructions. Reading in
+//!   the connection task from the page cache (`preadv2` with `RWF_NOWAIT`) instead of on the
+//!   blocking pool was tried: half the context switches, but more instructions (the
+//!   allocations then met the frees of the same thread's acknowledged messages in glibc's
+//!   slower paths) and no measurable CPU time, so the pool stays;
 //! * logging: the `Sent`s of the PUBLISHes a connection writes at once, and the `Acked`s of the
 //!   PUBACKs it reads at once, are merged into one `SentMany` / `AckedMany` record
-//!   ([`Store::append`] inside a [`Batch`]): 10 + 2 bytes per delivery, and one lookup of the
-//!   session per batch on the writer's side. Merging them further, into one record per
-//!   delivered-and-acknowledged message, would need the connection to hold its `Sent`s back
-//!   until the PUBACK or a timer, for a saving of a few bytes per message;
+//!   (`Store::append_run` inside a [`Batch`]: in place, without building a record per
+//!   delivery): 10 + 2 bytes per delivery, and one lookup of the session per batch on the
+//!   writer's side, whose image takes them from the front of the queue and of the inflight
+//!   list. Merging them further, into one record per delivered-and-acknowledged message, would
+//!   need the connection to hold its `Sent`s back until the PUBACK or a timer, for a saving of
+//!   a few bytes per message;
 //! * compaction: once the log was 4x its live data it copied the live messages into a new log
 //!   file, in a drain the queue's tail, about to be acknowledged (52 MB of a 1,000,000-message
 //!   drain: about a fifth of the drain's CPU, kernel included). A due compaction now
