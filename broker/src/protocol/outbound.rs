@@ -82,10 +82,9 @@ impl ClientState {
     /// for, ready to send. A message the store could not give back is dropped from the queue,
     /// logged and counted.
     pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
-        let loaded: crate::session::Loaded = ids.iter().copied().zip(messages).collect();
         if let Some(claim) = self.group_load.take() {
             let group = &claim.queue.key;
-            let lost = claim.queue.warm(&loaded);
+            let lost = claim.queue.warm_in_order(ids, messages);
             // The other members may have room for what came back too.
             claim.queue.notify_members();
             if !lost.is_empty() {
@@ -96,7 +95,7 @@ impl ClientState {
             }
             return;
         }
-        let lost = self.handle.outbox().warm(&loaded);
+        let lost = self.handle.outbox().warm_in_order(ids, messages);
         if !lost.is_empty() {
             tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
             for seq in lost {
@@ -276,8 +275,7 @@ impl ClientState {
         // record must still resend it with DUP [MQTT-3.3.1-1].
         let hold = self.horizon_before_send(d.seq);
         if d.seq != 0 && self.persistent() {
-            self.store
-                .delivery_sent(self.n.client_id.clone(), d.seq, pkid);
+            self.store.delivery_sent(&self.n.client_id, d.seq, pkid);
         }
         // QoS 2: not on the wire before the store knows it was sent with this packet id, or a
         // crash could deliver it again as a new message [MQTT-4.3.3].

@@ -239,6 +239,15 @@ impl GroupQueue {
         self.lock().warm(loaded)
     }
 
+    /// [`Outbox::warm_in_order`] on the group's queue.
+    pub fn warm_in_order(
+        &self,
+        ids: &[u64],
+        messages: Vec<Option<Arc<crate::message::Message>>>,
+    ) -> Vec<u64> {
+        self.lock().warm_in_order(ids, messages)
+    }
+
     /// Deliveries kept on disk only.
     pub fn cold_len(&self) -> usize {
         self.lock().cold_len()
