@@ -34,7 +34,7 @@ use crate::session::{
     ColdDelivery, Control, Deadlines, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget,
     Session, SessionHandle, SubscriptionRecord,
 };
-use crate::stats::Stats;
+use crate::stats::{BridgeCounters, BridgeStatus, Stats};
 
 /// How long a new connection waits for the old one to hand its session over.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,6 +68,8 @@ pub struct Broker {
     deadline_wake: Arc<Notify>,
     /// Whether the deadline task runs (started with the first deadline).
     deadline_task: AtomicBool,
+    /// One entry per `[[bridges]]`, in configuration order: updated by the bridge tasks.
+    bridges: Vec<Arc<BridgeCounters>>,
 }
 
 impl Drop for Broker {
@@ -101,6 +103,16 @@ impl Broker {
         let access = Arc::new(AccessControl::new(acl, passwords));
         let stats = Arc::new(Stats::default());
         let store = Store::disabled();
+        let bridges = config
+            .bridges
+            .iter()
+            .map(|b| {
+                Arc::new(BridgeCounters {
+                    name: b.name.clone(),
+                    ..BridgeCounters::default()
+                })
+            })
+            .collect();
         Broker {
             router: Router::new(
                 config.clone(),
@@ -119,6 +131,7 @@ impl Broker {
             deadlines: Mutex::new(Deadlines::default()),
             deadline_wake: Arc::new(Notify::new()),
             deadline_task: AtomicBool::new(false),
+            bridges,
         }
     }
 
@@ -147,6 +160,41 @@ impl Broker {
         };
         self.access.reload_passwords(path)?;
         Ok(true)
+    }
+
+    /// The counters of bridge `name` (for its task).
+    pub fn bridge_counters(&self, name: &str) -> Option<Arc<BridgeCounters>> {
+        self.bridges.iter().find(|b| b.name == name).cloned()
+    }
+
+    /// Every bridge's state (`[[bridges]]`): connected, queued, forwarded, dropped.
+    pub fn bridges(&self) -> Vec<BridgeStatus> {
+        self.bridges
+            .iter()
+            .map(|b| {
+                let (queued, queue_dropped) = match self.session(&bridge_client_id(&b.name)) {
+                    Some(h) => {
+                        // One lock at a time (park_session takes ownership, then outbox).
+                        let inflight = match &h.ownership().parked {
+                            Some(s) => s.inflight_len(),
+                            None => h.inflight.load(Ordering::Relaxed),
+                        };
+                        let outbox = h.outbox();
+                        (outbox.len() + inflight, outbox.dropped())
+                    }
+                    None => (0, 0),
+                };
+                BridgeStatus {
+                    name: b.name.clone(),
+                    connected: b.connected.load(Ordering::Relaxed),
+                    queued,
+                    forwarded_out: b.forwarded_out.load(Ordering::Relaxed),
+                    forwarded_in: b.forwarded_in.load(Ordering::Relaxed),
+                    dropped: b.dropped.load(Ordering::Relaxed) + queue_dropped,
+                    connects: b.connects.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
     }
 
     /// A fresh connection number.
@@ -743,6 +791,15 @@ impl Broker {
         self.router.publish(Arc::new(msg));
     }
 }
+
+/// The client identifier (and local username) of bridge `name`'s local session. Network
+/// clients cannot use it (`connection/handshake.rs`).
+pub fn bridge_client_id(name: &str) -> String {
+    format!("{BRIDGE_CLIENT_PREFIX}{name}")
+}
+
+/// The prefix of the client identifiers reserved for bridges' local sessions.
+pub const BRIDGE_CLIENT_PREFIX: &str = "$bridge/";
 
 /// Takes the shared-subscription deliveries out of a leaving session's queue, each with the
 /// record that lets this session's log forget it (written once another member, or the group's

@@ -1,0 +1,494 @@
+//! Bridges (`[[bridges]]`): Sluice connected, as a client, to other MQTT brokers.
+//!
+//! One task per bridge, started by the server and stopped at shutdown. It holds two MQTT
+//! client connections and passes messages between them ([`flows`]):
+//! * the **local side** is the persistent session `$bridge/{name}` in this broker, opened over
+//!   an in-process pipe and served by the ordinary connection task. So the bridge's queue *is*
+//!   a session queue: bounded like any (`mqtt.max_queued_*`), on disk in `durable` mode,
+//!   restored after a restart, with its inflight messages resent. The session subscribes to
+//!   the `out` filters (No Local, so what the bridge publishes locally does not come back to
+//!   it; Retain As Published). It is connected only while the remote is: while the remote is
+//!   away, its messages wait in the session's queue exactly as for an offline client.
+//!   Reusing the connection task costs an encode and a decode per message on the pipe; in
+//!   return the bridge shares every rule of sessions (queue bounds and policies, the store's
+//!   journal, inflight resends, takeover) instead of a second copy of them.
+//! * the **remote side** is an MQTT 3.1.1 or 5.0 client written with Sluice's codec: a
+//!   persistent session (Clean Start 0, Session Expiry "never"), the `in` filters subscribed
+//!   with No Local (5.0) or the bridge bit in the 3.1.1 protocol level (0x84, as Mosquitto's
+//!   bridges send), TLS through rustls when `tls` is set.
+//!
+//! A local message is acknowledged to its session only after the remote acknowledged it, so a
+//! message the bridge has taken is never lost while the remote is away; one in flight when
+//! the connection dropped is sent again (with DUP, same packet id). Reconnects back off
+//! exponentially from 1 s to `max_backoff_seconds` (default 60) with jitter.
+//!
+//! Log lines: `bridge connected`, `bridge disconnected`, `bridge connect failed`,
+//! `bridge reconnecting`. Counters: [`crate::stats::BridgeCounters`], read through
+//! `Broker::bridges`.
+
+pub mod flows;
+mod link;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use sluice_codec::{
+    encode, ConnAck, Connect, ConnectProperties, Disconnect, Packet, Protocol, QoS, ReasonCode,
+    RetainHandling, Str, Subscribe, Subscription, SubscriptionOptions, TopicFilter,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::broker::{bridge_client_id, Broker};
+use crate::config::BridgeConfig;
+use crate::connection::ConnInfo;
+use crate::stats::BridgeCounters;
+use flows::{Forwarder, Rule, Terms};
+use link::{LinkError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
+
+/// How long connecting (TCP, TLS, CONNECT/CONNACK) to either side may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first reconnect delay; it doubles up to `max_backoff_seconds`.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The Receive Maximum the bridge gives the remote (5.0): remote messages it takes at once,
+/// each waiting for the local broker's acknowledgement.
+const REMOTE_RECEIVE_MAXIMUM: u16 = 64;
+/// For a 3.1.1 remote (no Receive Maximum): how many local messages in flight to it.
+const V311_WINDOW: u16 = 64;
+/// In-process pipe buffer between the bridge and its local session.
+const PIPE_BYTES: usize = 64 * 1024;
+/// How long the goodbye (DISCONNECT to both sides) may take at shutdown.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Starts one task per configured bridge. Each ends when `stop` turns true, and holds `alive`
+/// (and gives a clone to its local connection) so that shutdown waits for it.
+pub fn start(broker: &Arc<Broker>, stop: &watch::Receiver<bool>, alive: &mpsc::Sender<()>) {
+    for b in &broker.config.bridges {
+        let Some(counters) = broker.bridge_counters(&b.name) else {
+            continue;
+        };
+        tokio::spawn(run(
+            broker.clone(),
+            b.clone(),
+            counters,
+            stop.clone(),
+            alive.clone(),
+        ));
+    }
+}
+
+/// Why a bridge connection ended.
+enum Ended {
+    /// Shutdown: do not reconnect.
+    Stopped,
+    /// Either side failed or went away.
+    Lost(String),
+}
+
+/// One bridge's life: connect, forward until something breaks, back off, again; until `stop`.
+async fn run(
+    broker: Arc<Broker>,
+    b: BridgeConfig,
+    counters: Arc<BridgeCounters>,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let rules: Arc<[Rule]> = b.topics.iter().map(Rule::new).collect();
+    let max_backoff = Duration::from_secs(b.max_backoff_seconds).max(BACKOFF_MIN);
+    let mut failures: u32 = 0;
+    while !*stop.borrow() {
+        let outcome = connect_and_forward(&broker, &b, &rules, &counters, &mut stop, &alive).await;
+        counters.connected.store(false, Ordering::Relaxed);
+        match outcome {
+            Ok(Ended::Stopped) => break,
+            Ok(Ended::Lost(why)) => {
+                tracing::warn!(bridge = %b.name, address = %b.address, reason = %why, "bridge disconnected");
+                failures = 0;
+            }
+            Err(why) => {
+                tracing::warn!(bridge = %b.name, address = %b.address, reason = %why, "bridge connect failed");
+                failures = failures.saturating_add(1);
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+        let delay = backoff(failures, max_backoff);
+        tracing::info!(bridge = %b.name, delay_ms = delay.as_millis() as u64, "bridge reconnecting");
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    tracing::debug!(bridge = %b.name, "bridge stopped");
+    drop(alive);
+}
+
+/// The delay before the next attempt: 1 s doubled per failure in a row (the first retry after
+/// a lost connection waits 1 s too), capped at `max`, then a random 50..100 % of it so that
+/// many bridges do not come back in step.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = BACKOFF_MIN
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(max);
+    let jitter = rand::random_range(0.5..=1.0);
+    base.mul_f64(jitter)
+}
+
+/// One connection of the bridge: the remote first (nothing is taken from the local queue
+/// unless it can go somewhere), then the local session; then forwards until either side goes.
+/// Err: could not connect.
+async fn connect_and_forward(
+    broker: &Arc<Broker>,
+    b: &BridgeConfig,
+    rules: &Arc<[Rule]>,
+    counters: &Arc<BridgeCounters>,
+    stop: &mut watch::Receiver<bool>,
+    alive: &mpsc::Sender<()>,
+) -> Result<Ended, String> {
+    let protocol = if b.is_v5() {
+        Protocol::V5
+    } else {
+        Protocol::V311
+    };
+    let max_packet = broker.config.mqtt.max_packet_size as usize;
+    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, connect_remote(b, protocol, max_packet));
+    let (mut remote_r, mut remote_w, connack) = tokio::select! {
+        biased;
+        _ = stop.changed() => return Ok(Ended::Stopped),
+        r = connecting => r
+            .map_err(|_| format!("not connected within {}s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|e| e.to_string())?,
+    };
+    let remote_window = match protocol {
+        Protocol::V5 => connack.properties.receive_maximum.unwrap_or(u16::MAX),
+        _ => V311_WINDOW,
+    };
+    let local_window = remote_window.min(broker.config.mqtt.max_inflight);
+    let (mut local_r, mut local_w, local_ack) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect_local(broker, b, stop, alive, local_window),
+    )
+    .await
+    .map_err(|_| "the local session did not answer".to_owned())?
+    .map_err(|e| format!("local session: {e}"))?;
+
+    // Subscriptions, answered in the loop (messages may come first: a resumed session resends).
+    let mut subacks = 0;
+    let outgoing: Vec<&Rule> = rules.iter().filter(|r| r.direction.outgoing()).collect();
+    if let Some(s) = subscribe(&outgoing, |r| &r.local_filter, true) {
+        local_w
+            .send(&Packet::Subscribe(s))
+            .map_err(|e| e.to_string())?;
+        subacks += 1;
+    }
+    let incoming: Vec<&Rule> = rules.iter().filter(|r| r.direction.incoming()).collect();
+    if let Some(s) = subscribe(&incoming, |r| &r.remote_filter, protocol.is_v5()) {
+        remote_w
+            .send(&Packet::Subscribe(s))
+            .map_err(|e| e.to_string())?;
+        subacks += 1;
+    }
+
+    let terms = Terms {
+        remote_protocol: protocol,
+        remote_max_qos: connack.properties.maximum_qos.unwrap_or(QoS::ExactlyOnce),
+        remote_window: usize::from(remote_window),
+        remote_max_packet: connack.properties.maximum_packet_size,
+        local_max_qos: local_ack.properties.maximum_qos.unwrap_or(QoS::ExactlyOnce),
+        local_window: usize::from(local_ack.properties.receive_maximum.unwrap_or(u16::MAX)),
+        local_topic_length: broker.config.limits.max_topic_length,
+        local_topic_levels: broker.config.limits.max_topic_levels,
+    };
+    let keep_alive = connack.properties.server_keep_alive.unwrap_or(b.keep_alive);
+    counters.connected.store(true, Ordering::Relaxed);
+    counters.connects.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        bridge = %b.name, address = %b.address, protocol = protocol.level(),
+        session_present = connack.session_present, remote_window, local_window,
+        maximum_qos = terms.remote_max_qos as u8, "bridge connected"
+    );
+    let mut f = Forwarder::new(rules.clone(), terms, counters.clone());
+    let mut sides = Sides {
+        remote_r: &mut remote_r,
+        remote_w: &mut remote_w,
+        local_r: &mut local_r,
+        local_w: &mut local_w,
+    };
+    let ended = forward(&mut sides, &mut f, b, keep_alive, subacks, stop).await;
+    if let Ended::Stopped = ended {
+        // Goodbye to both sides: the remote keeps the session (Clean Start 0, expiry kept), and
+        // the local session is parked with whatever is still unacknowledged.
+        let bye = Packet::Disconnect(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION));
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            let _ = sides.remote_w.send_now(&bye).await;
+            let _ = sides.local_w.send_now(&bye).await;
+        })
+        .await;
+        tracing::info!(bridge = %b.name, "bridge stopped (shutdown)");
+    }
+    Ok(ended)
+}
+
+/// The two sides of a connected bridge.
+struct Sides<'a> {
+    remote_r: &'a mut PacketReader,
+    remote_w: &'a mut PacketWriter,
+    local_r: &'a mut PacketReader,
+    local_w: &'a mut PacketWriter,
+}
+
+/// The forwarding loop: reads both sides, hands packets to the [`Forwarder`], writes what it
+/// produced, pings the remote, until either side goes or `stop`.
+async fn forward(
+    s: &mut Sides<'_>,
+    f: &mut Forwarder,
+    b: &BridgeConfig,
+    keep_alive: u16,
+    mut subacks: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    // Once both sides answered the SUBSCRIBEs, messages flow both ways: said in the log (tests
+    // and operators wait for it).
+    let subscribed = |subacks: &mut usize| {
+        *subacks = subacks.saturating_sub(1);
+        if *subacks == 0 {
+            tracing::info!(bridge = %b.name, "bridge ready: subscriptions in place on both sides");
+        }
+    };
+    if subacks == 0 {
+        subacks = 1;
+        subscribed(&mut subacks);
+    }
+    let keep_alive = Duration::from_secs(u64::from(keep_alive));
+    // Checked once a second when there is a Keep Alive: a PINGREQ once half of it has passed
+    // since the last one, and the remote is given up after 1.5 times it without a packet.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut last_ping = Instant::now();
+    loop {
+        if *stop.borrow() {
+            return Ended::Stopped;
+        }
+        for p in f.to_remote.drain(..) {
+            if let Err(e) = s.remote_w.send(&p) {
+                return Ended::Lost(format!("cannot encode for the remote: {e}"));
+            }
+        }
+        for p in f.to_local.drain(..) {
+            if let Err(e) = s.local_w.send(&p) {
+                return Ended::Lost(format!("cannot encode for the local session: {e}"));
+            }
+        }
+        // Back-pressure: a side that cannot take more stops the other from being read.
+        let read_local = s.remote_w.backlog() < WRITE_HIGH_WATER;
+        let read_remote = s.local_w.backlog() < WRITE_HIGH_WATER && !f.in_backlogged();
+        let remote_pending = s.remote_w.pending();
+        let local_pending = s.local_w.pending();
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return Ended::Stopped,
+            r = s.remote_w.write_some(), if remote_pending => {
+                if let Err(e) = r {
+                    return Ended::Lost(format!("writing to the remote: {e}"));
+                }
+            }
+            r = s.local_w.write_some(), if local_pending => {
+                if let Err(e) = r {
+                    return Ended::Lost(format!("writing to the local session: {e}"));
+                }
+            }
+            r = s.remote_r.next(), if read_remote => match r {
+                Ok(Packet::Disconnect(d)) => {
+                    return Ended::Lost(format!("the remote sent DISCONNECT {}", d.reason));
+                }
+                Ok(p) => {
+                    last_heard = Instant::now();
+                    match p {
+                        Packet::SubAck(a) => {
+                            check_suback(b, "remote", &a.reasons);
+                            subscribed(&mut subacks);
+                        }
+                        Packet::PingResp => {}
+                        other => f.from_remote(other),
+                    }
+                }
+                Err(e) => return Ended::Lost(format!("remote: {e}")),
+            },
+            r = s.local_r.next(), if read_local => match r {
+                Ok(Packet::Disconnect(d)) => {
+                    return Ended::Lost(format!("the local session ended: DISCONNECT {}", d.reason));
+                }
+                Ok(Packet::SubAck(a)) => {
+                    check_suback(b, "local", &a.reasons);
+                    subscribed(&mut subacks);
+                }
+                Ok(p) => f.from_local(p),
+                Err(e) => return Ended::Lost(format!("local session: {e}")),
+            },
+            _ = tick.tick(), if !keep_alive.is_zero() => {
+                let now = Instant::now();
+                if now.duration_since(last_heard) > keep_alive.mul_f32(1.5) {
+                    return Ended::Lost(format!(
+                        "nothing from the remote for 1.5 x keep_alive ({}s)",
+                        keep_alive.as_secs()
+                    ));
+                }
+                if now.duration_since(last_ping) >= keep_alive / 2 {
+                    last_ping = now;
+                    f.to_remote.push(Packet::PingReq);
+                }
+            }
+        }
+    }
+}
+
+/// Logs refused subscriptions (the ACL, or the remote's rules): the bridge runs on with the
+/// others.
+fn check_suback(b: &BridgeConfig, side: &str, reasons: &[ReasonCode]) {
+    for r in reasons.iter().filter(|r| r.0 >= 0x80) {
+        tracing::warn!(bridge = %b.name, side, reason = %r, "a bridge subscription was refused");
+    }
+}
+
+/// One SUBSCRIBE for `rules` (None if there are none): No Local where the protocol has it,
+/// Retain As Published, retained messages only for a new subscription.
+fn subscribe(rules: &[&Rule], filter: impl Fn(&Rule) -> &String, v5: bool) -> Option<Subscribe> {
+    let filters: Vec<Subscription> = rules
+        .iter()
+        .filter_map(|r| {
+            let f = TopicFilter::try_from(filter(r).as_str()).ok()?;
+            Some(Subscription {
+                filter: f,
+                options: SubscriptionOptions {
+                    qos: r.qos,
+                    no_local: v5,
+                    retain_as_published: v5,
+                    retain_handling: if v5 {
+                        RetainHandling::OnNewSubscription
+                    } else {
+                        RetainHandling::OnSubscribe
+                    },
+                },
+            })
+        })
+        .collect();
+    (!filters.is_empty()).then(|| Subscribe {
+        pkid: 1,
+        filters,
+        rejected: Vec::new(),
+        properties: Default::default(),
+    })
+}
+
+/// TCP (and TLS), CONNECT, CONNACK with the remote.
+async fn connect_remote(
+    b: &BridgeConfig,
+    protocol: Protocol,
+    max_packet: usize,
+) -> Result<(PacketReader, PacketWriter, ConnAck), LinkError> {
+    let stream = link::open_remote(b).await?;
+    let (mut r, mut w) = link::split(stream, protocol, max_packet);
+    let some = |s: &str| (!s.is_empty()).then(|| Str::try_from(s).ok()).flatten();
+    let connect = Packet::Connect(Box::new(Connect {
+        protocol,
+        clean_start: false,
+        keep_alive: b.keep_alive,
+        client_id: Str::try_from(b.remote_client_id())
+            .map_err(|e| LinkError::Protocol(format!("client_id: {e}")))?,
+        will: None,
+        username: some(&b.username),
+        password: (!b.password.is_empty()).then(|| b.password.clone().into_bytes().into()),
+        properties: ConnectProperties {
+            // A persistent session that does not expire: the remote keeps the `in`
+            // subscriptions and queues their messages while the bridge is away.
+            session_expiry_interval: Some(u32::MAX),
+            receive_maximum: Some(REMOTE_RECEIVE_MAXIMUM),
+            maximum_packet_size: u32::try_from(max_packet).ok(),
+            ..Default::default()
+        },
+    }));
+    let mut bytes = BytesMut::new();
+    encode(&connect, protocol, &mut bytes)?;
+    if protocol == Protocol::V311 {
+        link::set_bridge_bit(&mut bytes);
+    }
+    w.send_raw(&bytes);
+    w.flush_all().await?;
+    match r.next().await? {
+        Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => Ok((r, w, a)),
+        Packet::ConnAck(a) => Err(LinkError::Protocol(format!(
+            "the remote refused the connection: {}",
+            a.reason
+        ))),
+        p => Err(LinkError::Protocol(format!(
+            "expected CONNACK, got {} [MQTT-3.2.0-1]",
+            p.name()
+        ))),
+    }
+}
+
+/// Opens the bridge's local session `$bridge/{name}` over an in-process pipe served by the
+/// connection task: MQTT 5.0, Clean Start 0, never expiring, `window` messages in flight
+/// (the remote's Receive Maximum, so the local session sends no more than the remote takes).
+async fn connect_local(
+    broker: &Arc<Broker>,
+    b: &BridgeConfig,
+    stop: &watch::Receiver<bool>,
+    alive: &mpsc::Sender<()>,
+    window: u16,
+) -> Result<(PacketReader, PacketWriter, ConnAck), LinkError> {
+    let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+    tokio::spawn(crate::connection::serve_with(
+        theirs,
+        ConnInfo::bridge(),
+        broker.clone(),
+        stop.clone(),
+        alive.clone(),
+    ));
+    let (mut r, mut w) = link::split(
+        Box::new(ours),
+        Protocol::V5,
+        broker.config.mqtt.max_packet_size as usize,
+    );
+    let id = bridge_client_id(&b.name);
+    let id = Str::try_from(id).map_err(|e| LinkError::Protocol(e.to_string()))?;
+    let connect = Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V5,
+        clean_start: false,
+        keep_alive: 0,
+        client_id: id.clone(),
+        will: None,
+        // For the ACL: `user $bridge/NAME` (the in-process connection is not password-checked).
+        username: Some(id),
+        password: None,
+        properties: ConnectProperties {
+            session_expiry_interval: Some(u32::MAX),
+            receive_maximum: Some(window.max(1)),
+            ..Default::default()
+        },
+    }));
+    w.send_now(&connect).await?;
+    match r.next().await? {
+        Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => Ok((r, w, a)),
+        Packet::ConnAck(a) => Err(LinkError::Protocol(format!(
+            "refused: {} {}",
+            a.reason,
+            a.properties
+                .reason_string
+                .as_ref()
+                .map(|s| s.as_str())
+                .unwrap_or("")
+        ))),
+        p => Err(LinkError::Protocol(format!(
+            "expected CONNACK, got {}",
+            p.name()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests;
