@@ -218,6 +218,30 @@ impl Broker {
         }
     }
 
+    /// The client identifiers of every session (online or parked) starting with `prefix`.
+    pub fn session_ids_with_prefix(&self, prefix: &str) -> Vec<ClientId> {
+        lock(&self.sessions)
+            .keys()
+            .filter(|id| id.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// The topic filters of `client_id`'s session while it is parked (None: no such session,
+    /// or a connection owns it).
+    pub fn parked_filters(&self, client_id: &str) -> Option<Vec<String>> {
+        let handle = self.session(client_id)?;
+        let own = handle.ownership();
+        let parked = own.parked.as_ref()?;
+        Some(
+            parked
+                .subscriptions
+                .keys()
+                .map(|f| f.as_str().to_owned())
+                .collect(),
+        )
+    }
+
     /// The handle of `client_id`'s session, if one exists.
     pub fn session(&self, client_id: &str) -> Option<Arc<SessionHandle>> {
         lock(&self.sessions).get(client_id).cloned()

@@ -547,3 +547,70 @@ async fn tls_to_the_remote_with_a_client_certificate() {
         tp("secure/in", "back over tls")
     );
 }
+
+/// Messages queue for a bridge from start-up on, before it ever reached its remote (the local
+/// session is subscribed first); and a bridge removed from the configuration lets its
+/// session go at the next start, with whatever was still queued for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queue_from_start_up_and_a_removed_bridge_lets_go() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut m = Mosquitto::start(dir.path(), "");
+    let sub_opts = Opts::persistent(u32::MAX);
+    let mut remote_sub = raw_ok(m.addr, Protocol::V311, "remote-sub", &sub_opts).await;
+    raw_subscribe(&mut remote_sub, 1, "q/#", QoS::AtLeastOnce).await;
+    drop(remote_sub);
+    m.stop();
+
+    let toml = bridge_toml(
+        m.addr,
+        "5",
+        r#"{ filter = "q/#", direction = "out", qos = 1 }"#,
+        "",
+    );
+    let mut s = sluice_without_remote(&toml, data.path());
+    let mut local_pub = client(s.addr, Protocol::V311, "local-pub").await;
+    let expected: Vec<_> = (0..20)
+        .map(|i| tp("q/early", &format!("e{i:02}")))
+        .collect();
+    for (i, (t, p)) in expected.iter().enumerate() {
+        publish(&mut local_pub, i as u16 + 1, t, p).await;
+    }
+    let from = s.log_len();
+    m.restart();
+    s.wait_log_from(from, "bridge ready", WAIT).unwrap();
+    let mut remote_sub = raw_ok(m.addr, Protocol::V311, "remote-sub", &sub_opts).await;
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        got.push(next(&mut remote_sub, "queued before the first connection").await);
+    }
+    assert_eq!(got, expected);
+
+    // The remote away again, three messages queued, then the bridge leaves the configuration.
+    let from = s.log_len();
+    m.stop();
+    s.wait_log_from(from, "bridge disconnected", WAIT).unwrap();
+    for i in 0..3u16 {
+        publish(&mut local_pub, 100 + i, "q/late", "late").await;
+    }
+    drop(local_pub);
+    s.terminate(WAIT).expect("sluice stops on SIGTERM");
+    let mut s = Broker::on_data_dir(data.path(), "");
+    let line = s
+        .wait_log("bridge no longer configured", WAIT)
+        .expect("the removed bridge's session ends");
+    assert!(line.contains("queued=3"), "{line}");
+    s.terminate(WAIT).expect("sluice stops on SIGTERM");
+    let s = Broker::on_data_dir(data.path(), "");
+    let barrier = client(s.addr, Protocol::V311, "barrier").await;
+    drop(barrier);
+    assert!(
+        !s.log()
+            .iter()
+            .any(|l| l.contains("bridge no longer configured")),
+        "the session is gone for good"
+    );
+}

@@ -26,6 +26,7 @@
 //! `bridge reconnecting`. Counters: [`crate::stats::BridgeCounters`], read through
 //! `Broker::bridges`.
 
+mod connect;
 pub mod flows;
 mod link;
 
@@ -33,20 +34,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use sluice_codec::{
-    encode, ConnAck, Connect, ConnectProperties, Disconnect, Packet, Protocol, QoS, ReasonCode,
-    RetainHandling, Str, Subscribe, Subscription, SubscriptionOptions, TopicFilter,
-};
+use sluice_codec::{Disconnect, Packet, Protocol, QoS, ReasonCode};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::broker::{bridge_client_id, Broker};
+use crate::broker::{Broker, BRIDGE_CLIENT_PREFIX};
 use crate::config::BridgeConfig;
-use crate::connection::ConnInfo;
 use crate::stats::BridgeCounters;
+use connect::{connect_local, connect_remote, forget, subscribe, Local};
 use flows::{Forwarder, Rule, Terms};
-use link::{LinkError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
+use link::{PacketReader, PacketWriter, WRITE_HIGH_WATER};
 
 /// How long connecting (TCP, TLS, CONNECT/CONNACK) to either side may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +62,19 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Starts one task per configured bridge. Each ends when `stop` turns true, and holds `alive`
 /// (and gives a clone to its local connection) so that shutdown waits for it.
 pub fn start(broker: &Arc<Broker>, stop: &watch::Receiver<bool>, alive: &mpsc::Sender<()>) {
+    // Sessions of bridges no longer configured (restored from the store) would keep their
+    // subscriptions, and queue for ever: they end now.
+    for id in broker.session_ids_with_prefix(BRIDGE_CLIENT_PREFIX) {
+        let name = &id[BRIDGE_CLIENT_PREFIX.len()..];
+        if !broker.config.bridges.iter().any(|b| b.name == name) {
+            tokio::spawn(forget(
+                broker.clone(),
+                name.to_owned(),
+                stop.clone(),
+                alive.clone(),
+            ));
+        }
+    }
     for b in &broker.config.bridges {
         let Some(counters) = broker.bridge_counters(&b.name) else {
             continue;
@@ -96,6 +106,19 @@ async fn run(
     alive: mpsc::Sender<()>,
 ) {
     let rules: Arc<[Rule]> = b.topics.iter().map(Rule::new).collect();
+    // Subscribed before anything else, so that messages queue while the remote is away.
+    let prepared = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect::prepare(&broker, &b, &rules, &stop, &alive),
+    )
+    .await;
+    match prepared {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(bridge = %b.name, error = %e, "bridge: could not prepare the local session")
+        }
+        Err(_) => tracing::warn!(bridge = %b.name, "bridge: the local session did not answer"),
+    }
     let max_backoff = Duration::from_secs(b.max_backoff_seconds).max(BACKOFF_MIN);
     let mut failures: u32 = 0;
     while !*stop.borrow() {
@@ -167,13 +190,17 @@ async fn connect_and_forward(
         _ => V311_WINDOW,
     };
     let local_window = remote_window.min(broker.config.mqtt.max_inflight);
-    let (mut local_r, mut local_w, local_ack) = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        connect_local(broker, b, stop, alive, local_window),
-    )
-    .await
-    .map_err(|_| "the local session did not answer".to_owned())?
-    .map_err(|e| format!("local session: {e}"))?;
+    let local = Local {
+        name: &b.name,
+        clean_start: false,
+        expiry: u32::MAX,
+        window: local_window,
+    };
+    let (mut local_r, mut local_w, local_ack) =
+        tokio::time::timeout(CONNECT_TIMEOUT, connect_local(broker, &local, stop, alive))
+            .await
+            .map_err(|_| "the local session did not answer".to_owned())?
+            .map_err(|e| format!("local session: {e}"))?;
 
     // Subscriptions, answered in the loop (messages may come first: a resumed session resends).
     let mut subacks = 0;
@@ -202,7 +229,11 @@ async fn connect_and_forward(
         local_topic_length: broker.config.limits.max_topic_length,
         local_topic_levels: broker.config.limits.max_topic_levels,
     };
-    let keep_alive = connack.properties.server_keep_alive.unwrap_or(b.keep_alive);
+    let keep_alive = KeepAlive {
+        remote: connack.properties.server_keep_alive.unwrap_or(b.keep_alive),
+        // The bridge asks for none locally, but `mqtt.max_keepalive` may impose one.
+        local: local_ack.properties.server_keep_alive.unwrap_or(0),
+    };
     counters.connected.store(true, Ordering::Relaxed);
     counters.connects.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
@@ -232,6 +263,13 @@ async fn connect_and_forward(
     Ok(ended)
 }
 
+/// Keep Alive in seconds towards each side (0: none).
+#[derive(Debug, Clone, Copy)]
+struct KeepAlive {
+    remote: u16,
+    local: u16,
+}
+
 /// The two sides of a connected bridge.
 struct Sides<'a> {
     remote_r: &'a mut PacketReader,
@@ -246,7 +284,7 @@ async fn forward(
     s: &mut Sides<'_>,
     f: &mut Forwarder,
     b: &BridgeConfig,
-    keep_alive: u16,
+    keep_alive: KeepAlive,
     mut subacks: usize,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
@@ -262,13 +300,16 @@ async fn forward(
         subacks = 1;
         subscribed(&mut subacks);
     }
-    let keep_alive = Duration::from_secs(u64::from(keep_alive));
+    let remote_keep_alive = Duration::from_secs(u64::from(keep_alive.remote));
+    let local_keep_alive = Duration::from_secs(u64::from(keep_alive.local));
     // Checked once a second when there is a Keep Alive: a PINGREQ once half of it has passed
     // since the last one, and the remote is given up after 1.5 times it without a packet.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticking = !remote_keep_alive.is_zero() || !local_keep_alive.is_zero();
     let mut last_heard = Instant::now();
     let mut last_ping = Instant::now();
+    let mut last_local_ping = Instant::now();
     loop {
         if *stop.borrow() {
             return Ended::Stopped;
@@ -329,17 +370,25 @@ async fn forward(
                 Ok(p) => f.from_local(p),
                 Err(e) => return Ended::Lost(format!("local session: {e}")),
             },
-            _ = tick.tick(), if !keep_alive.is_zero() => {
+            _ = tick.tick(), if ticking => {
                 let now = Instant::now();
-                if now.duration_since(last_heard) > keep_alive.mul_f32(1.5) {
-                    return Ended::Lost(format!(
-                        "nothing from the remote for 1.5 x keep_alive ({}s)",
-                        keep_alive.as_secs()
-                    ));
+                if !remote_keep_alive.is_zero() {
+                    if now.duration_since(last_heard) > remote_keep_alive.mul_f32(1.5) {
+                        return Ended::Lost(format!(
+                            "nothing from the remote for 1.5 x keep_alive ({}s)",
+                            remote_keep_alive.as_secs()
+                        ));
+                    }
+                    if now.duration_since(last_ping) >= remote_keep_alive / 2 {
+                        last_ping = now;
+                        f.to_remote.push(Packet::PingReq);
+                    }
                 }
-                if now.duration_since(last_ping) >= keep_alive / 2 {
-                    last_ping = now;
-                    f.to_remote.push(Packet::PingReq);
+                if !local_keep_alive.is_zero()
+                    && now.duration_since(last_local_ping) >= local_keep_alive / 2
+                {
+                    last_local_ping = now;
+                    f.to_local.push(Packet::PingReq);
                 }
             }
         }
@@ -351,142 +400,6 @@ async fn forward(
 fn check_suback(b: &BridgeConfig, side: &str, reasons: &[ReasonCode]) {
     for r in reasons.iter().filter(|r| r.0 >= 0x80) {
         tracing::warn!(bridge = %b.name, side, reason = %r, "a bridge subscription was refused");
-    }
-}
-
-/// One SUBSCRIBE for `rules` (None if there are none): No Local where the protocol has it,
-/// Retain As Published, retained messages only for a new subscription.
-fn subscribe(rules: &[&Rule], filter: impl Fn(&Rule) -> &String, v5: bool) -> Option<Subscribe> {
-    let filters: Vec<Subscription> = rules
-        .iter()
-        .filter_map(|r| {
-            let f = TopicFilter::try_from(filter(r).as_str()).ok()?;
-            Some(Subscription {
-                filter: f,
-                options: SubscriptionOptions {
-                    qos: r.qos,
-                    no_local: v5,
-                    retain_as_published: v5,
-                    retain_handling: if v5 {
-                        RetainHandling::OnNewSubscription
-                    } else {
-                        RetainHandling::OnSubscribe
-                    },
-                },
-            })
-        })
-        .collect();
-    (!filters.is_empty()).then(|| Subscribe {
-        pkid: 1,
-        filters,
-        rejected: Vec::new(),
-        properties: Default::default(),
-    })
-}
-
-/// TCP (and TLS), CONNECT, CONNACK with the remote.
-async fn connect_remote(
-    b: &BridgeConfig,
-    protocol: Protocol,
-    max_packet: usize,
-) -> Result<(PacketReader, PacketWriter, ConnAck), LinkError> {
-    let stream = link::open_remote(b).await?;
-    let (mut r, mut w) = link::split(stream, protocol, max_packet);
-    let some = |s: &str| (!s.is_empty()).then(|| Str::try_from(s).ok()).flatten();
-    let connect = Packet::Connect(Box::new(Connect {
-        protocol,
-        clean_start: false,
-        keep_alive: b.keep_alive,
-        client_id: Str::try_from(b.remote_client_id())
-            .map_err(|e| LinkError::Protocol(format!("client_id: {e}")))?,
-        will: None,
-        username: some(&b.username),
-        password: (!b.password.is_empty()).then(|| b.password.clone().into_bytes().into()),
-        properties: ConnectProperties {
-            // A persistent session that does not expire: the remote keeps the `in`
-            // subscriptions and queues their messages while the bridge is away.
-            session_expiry_interval: Some(u32::MAX),
-            receive_maximum: Some(REMOTE_RECEIVE_MAXIMUM),
-            maximum_packet_size: u32::try_from(max_packet).ok(),
-            ..Default::default()
-        },
-    }));
-    let mut bytes = BytesMut::new();
-    encode(&connect, protocol, &mut bytes)?;
-    if protocol == Protocol::V311 {
-        link::set_bridge_bit(&mut bytes);
-    }
-    w.send_raw(&bytes);
-    w.flush_all().await?;
-    match r.next().await? {
-        Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => Ok((r, w, a)),
-        Packet::ConnAck(a) => Err(LinkError::Protocol(format!(
-            "the remote refused the connection: {}",
-            a.reason
-        ))),
-        p => Err(LinkError::Protocol(format!(
-            "expected CONNACK, got {} [MQTT-3.2.0-1]",
-            p.name()
-        ))),
-    }
-}
-
-/// Opens the bridge's local session `$bridge/{name}` over an in-process pipe served by the
-/// connection task: MQTT 5.0, Clean Start 0, never expiring, `window` messages in flight
-/// (the remote's Receive Maximum, so the local session sends no more than the remote takes).
-async fn connect_local(
-    broker: &Arc<Broker>,
-    b: &BridgeConfig,
-    stop: &watch::Receiver<bool>,
-    alive: &mpsc::Sender<()>,
-    window: u16,
-) -> Result<(PacketReader, PacketWriter, ConnAck), LinkError> {
-    let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
-    tokio::spawn(crate::connection::serve_with(
-        theirs,
-        ConnInfo::bridge(),
-        broker.clone(),
-        stop.clone(),
-        alive.clone(),
-    ));
-    let (mut r, mut w) = link::split(
-        Box::new(ours),
-        Protocol::V5,
-        broker.config.mqtt.max_packet_size as usize,
-    );
-    let id = bridge_client_id(&b.name);
-    let id = Str::try_from(id).map_err(|e| LinkError::Protocol(e.to_string()))?;
-    let connect = Packet::Connect(Box::new(Connect {
-        protocol: Protocol::V5,
-        clean_start: false,
-        keep_alive: 0,
-        client_id: id.clone(),
-        will: None,
-        // For the ACL: `user $bridge/NAME` (the in-process connection is not password-checked).
-        username: Some(id),
-        password: None,
-        properties: ConnectProperties {
-            session_expiry_interval: Some(u32::MAX),
-            receive_maximum: Some(window.max(1)),
-            ..Default::default()
-        },
-    }));
-    w.send_now(&connect).await?;
-    match r.next().await? {
-        Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => Ok((r, w, a)),
-        Packet::ConnAck(a) => Err(LinkError::Protocol(format!(
-            "refused: {} {}",
-            a.reason,
-            a.properties
-                .reason_string
-                .as_ref()
-                .map(|s| s.as_str())
-                .unwrap_or("")
-        ))),
-        p => Err(LinkError::Protocol(format!(
-            "expected CONNACK, got {}",
-            p.name()
-        ))),
     }
 }
 

@@ -220,3 +220,89 @@ fn backoff_doubles_from_one_second_to_the_maximum_with_jitter() {
         assert!(late >= Duration::from_secs(30) && late <= max);
     }
 }
+
+/// `Broker::bridges()`: a bridge whose remote is unreachable is not connected, and the QoS 1
+/// messages published for it wait in its local session (subscribed at start-up).
+#[tokio::test]
+async fn broker_bridges_reports_a_disconnected_bridge_and_its_queue() {
+    use bytes::BytesMut;
+    use sluice_codec::{encode, Connect, Decoder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = crate::Config::default();
+    config.listeners = vec![crate::config::ListenerConfig::plain("127.0.0.1:0")];
+    config.persistence.mode = crate::config::PersistenceMode::Memory;
+    config.bridges = vec![crate::config::BridgeConfig {
+        name: "up".into(),
+        address: dead.to_string(),
+        max_backoff_seconds: 1,
+        topics: vec![BridgeTopic {
+            filter: "q/#".into(),
+            ..BridgeTopic::default()
+        }],
+        ..Default::default()
+    }];
+    config.validate().unwrap();
+    let server = crate::Server::bind(config).await.unwrap();
+    let broker = server.broker().clone();
+    let addr = server.local_addrs()[0];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    // Ready once the bridge's session is parked with its subscription (prepared at start-up,
+    // before the remote is tried).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while broker.parked_filters("$bridge/up") != Some(vec!["q/#".to_owned()]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session is not parked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    let connect = Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V311,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: sluice_codec::Str::from_static("pub"),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    }));
+    encode(&connect, Protocol::V311, &mut out).unwrap();
+    for pkid in 1..=3 {
+        encode(
+            &publish("q/x", QoS::AtLeastOnce, pkid),
+            Protocol::V311,
+            &mut out,
+        )
+        .unwrap();
+    }
+    tcp.write_all(&out).await.unwrap();
+    let mut decoder = Decoder::with_protocol(Protocol::V311, 1 << 20);
+    let mut buf = BytesMut::new();
+    let mut acks = 0;
+    while acks < 3 {
+        if let Some(p) = decoder.decode(&mut buf).unwrap() {
+            acks += usize::from(matches!(p, Packet::PubAck(_)));
+            continue;
+        }
+        assert!(tcp.read_buf(&mut buf).await.unwrap() > 0, "closed");
+    }
+    let status = &broker.bridges()[0];
+    assert_eq!(status.name, "up");
+    assert!(!status.connected);
+    assert_eq!(status.queued, 3, "{status:?}");
+    assert_eq!((status.forwarded_out, status.dropped), (0, 0));
+    let _ = stop_tx.send(());
+    running.await.unwrap();
+}
