@@ -614,3 +614,66 @@ async fn messages_queue_from_start_up_and_a_removed_bridge_lets_go() {
         "the session is gone for good"
     );
 }
+
+/// With an ACL, the bridge's local side is the user `$bridge/{name}` (its section grants what
+/// it may read for `out` and write for `in`); and no network client may take its client id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_has_its_own_acl_section_and_client_id() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mosquitto::start(dir.path(), "");
+    let acl =
+        "topic readwrite #\nuser $bridge/up\ntopic read sensors/#\ntopic write edge/commands/ok\n";
+    let config = format!(
+        "[auth]\nacl_file = \"acl\"\n{}",
+        bridge_toml(
+            m.addr,
+            "5",
+            r#"{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "site1/" },
+               { filter = "commands/#", direction = "in", qos = 1, local_prefix = "edge/", remote_prefix = "cloud/" }"#,
+            "",
+        )
+    );
+    let s = Broker::start_with(BrokerOpts {
+        config,
+        files: vec![("acl".into(), acl.into())],
+        ..Default::default()
+    })
+    .expect("start sluice");
+    s.wait_log("bridge ready", WAIT).unwrap();
+    let mut remote_sub = subscriber(m.addr, Protocol::V311, "remote-sub", "site1/#").await;
+    let mut local_sub = subscriber(s.addr, Protocol::V5, "local-sub", "edge/#").await;
+    let mut local_pub = client(s.addr, Protocol::V5, "local-pub").await;
+    publish(&mut local_pub, 1, "sensors/t", "read by the bridge").await;
+    assert_eq!(
+        next(&mut remote_sub, "out").await,
+        tp("site1/sensors/t", "read by the bridge")
+    );
+    let mut remote_pub = client(m.addr, Protocol::V311, "remote-pub").await;
+    publish(
+        &mut remote_pub,
+        1,
+        "cloud/commands/denied",
+        "not for the bridge",
+    )
+    .await;
+    publish(&mut remote_pub, 2, "cloud/commands/ok", "allowed").await;
+    assert_eq!(
+        next(&mut local_sub, "in").await,
+        tp("edge/commands/ok", "allowed"),
+        "the ACL does not let the bridge write edge/commands/denied"
+    );
+
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let (_c, ack) =
+            sluice_tests::clients::raw_connect(s.addr, protocol, "$bridge/up", &Opts::default())
+                .await;
+        assert_eq!(
+            ack.reason,
+            sluice_tests::codec::ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "{protocol:?}"
+        );
+    }
+}
