@@ -24,8 +24,10 @@ pub struct BridgeConfig {
     pub tls: Option<BridgeTlsConfig>,
     /// The client identifier at the remote (default `sluice-bridge-{name}`).
     pub client_id: String,
-    /// Username and password at the remote; empty: none sent.
+    /// Username and password at the remote; empty: none sent. The password is left out of
+    /// the effective configuration `--check-config` prints.
     pub username: String,
+    #[serde(skip_serializing)]
     pub password: String,
     /// Keep Alive towards the remote, in seconds (default 60; 0: none).
     pub keep_alive: u16,
