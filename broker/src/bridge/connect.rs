@@ -107,7 +107,15 @@ pub(super) async fn connect_remote(
     max_packet: usize,
 ) -> Result<(PacketReader, PacketWriter, ConnAck), LinkError> {
     let stream = link::open_remote(b).await?;
-    let (mut r, mut w) = link::split(stream, protocol, max_packet);
+    // A 5.0 remote is told the local limit and must keep to it [MQTT-3.1.2-24]; a 3.1.1 one
+    // cannot be told, so anything MQTT can carry is read (a message too large for Sluice is
+    // then dropped by the forwarder, rather than cut the connection it would come back on).
+    let read_limit = if protocol.is_v5() {
+        max_packet
+    } else {
+        crate::MAX_PACKET_SIZE as usize
+    };
+    let (mut r, mut w) = link::split(stream, protocol, read_limit);
     let some = |s: &str| (!s.is_empty()).then(|| Str::try_from(s).ok()).flatten();
     let connect = Packet::Connect(Box::new(Connect {
         protocol,

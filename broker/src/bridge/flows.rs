@@ -79,6 +79,8 @@ pub struct Terms {
     /// The remote's Maximum Packet Size (None: no limit).
     pub remote_max_packet: Option<u32>,
     pub local_max_qos: QoS,
+    /// `mqtt.max_packet_size` of the local broker.
+    pub local_max_packet: usize,
     pub local_window: usize,
     /// `limits.max_topic_length` and `max_topic_levels` of the local broker.
     pub local_topic_length: usize,
@@ -345,15 +347,27 @@ impl Forwarder {
             return;
         };
         let qos = remote_qos.min(self.terms.local_max_qos);
-        let publish = Publish {
+        let publish = Packet::Publish(Publish {
             dup: false,
             qos,
             retain: p.retain,
             topic,
-            pkid: 0,
+            // Measured with a packet id where there will be one (its value does not change
+            // the size).
+            pkid: if qos == QoS::AtMostOnce { 0 } else { u16::MAX },
             payload: p.payload,
             properties: forwardable(p.properties),
+        });
+        if encoded_len(&publish, Protocol::V5).map_or(true, |n| n > self.terms.local_max_packet) {
+            tracing::warn!(bridge = %self.counters.name, topic = %p.topic, "message from the remote larger than mqtt.max_packet_size: dropped");
+            self.dropped();
+            self.ack_remote(p.pkid, remote_qos);
+            return;
+        }
+        let Packet::Publish(mut publish) = publish else {
+            return;
         };
+        publish.pkid = 0;
         if qos == QoS::AtMostOnce {
             self.to_local.push(Packet::Publish(publish));
             self.counters.forwarded_in.fetch_add(1, Ordering::Relaxed);

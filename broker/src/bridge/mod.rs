@@ -224,6 +224,7 @@ async fn connect_and_forward(
         remote_max_qos: connack.properties.maximum_qos.unwrap_or(QoS::ExactlyOnce),
         remote_window: usize::from(remote_window),
         remote_max_packet: connack.properties.maximum_packet_size,
+        local_max_packet: max_packet,
         local_max_qos: local_ack.properties.maximum_qos.unwrap_or(QoS::ExactlyOnce),
         local_window: usize::from(local_ack.properties.receive_maximum.unwrap_or(u16::MAX)),
         local_topic_length: broker.config.limits.max_topic_length,
@@ -329,8 +330,8 @@ async fn forward(
         let read_remote = s.local_w.backlog() < WRITE_HIGH_WATER && !f.in_backlogged();
         let remote_pending = s.remote_w.pending();
         let local_pending = s.local_w.pending();
+        // Not biased: a side that always has something to read must not starve the other.
         tokio::select! {
-            biased;
             _ = stop.changed() => return Ended::Stopped,
             r = s.remote_w.write_some(), if remote_pending => {
                 if let Err(e) = r {

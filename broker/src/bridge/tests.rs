@@ -30,6 +30,7 @@ fn terms() -> Terms {
         remote_window: 2,
         remote_max_packet: None,
         local_max_qos: QoS::ExactlyOnce,
+        local_max_packet: 1 << 20,
         local_window: 2,
         local_topic_length: 1024,
         local_topic_levels: 32,
@@ -114,7 +115,7 @@ fn a_local_message_is_acknowledged_only_after_the_remote_acknowledged_it() {
         "same packet id"
     );
     assert!(f.to_local.is_empty(), "no PUBACK before the remote's");
-    // A resend of the same message (after a reconnect of the local side) is not sent twice.
+    // A PUBLISH repeating a packet id still in flight is not sent twice.
     f.from_local(publish("t/1", QoS::AtLeastOnce, 7));
     assert!(f.to_remote.is_empty());
     f.from_remote(Packet::PubAck(PubAck::new(7)));
@@ -305,4 +306,16 @@ async fn broker_bridges_reports_a_disconnected_bridge_and_its_queue() {
     assert_eq!((status.forwarded_out, status.dropped), (0, 0));
     let _ = stop_tx.send(());
     running.await.unwrap();
+}
+
+#[test]
+fn qos_0_passes_both_ways_without_acknowledgements() {
+    let (mut f, counters) = forwarder(vec![rule("#", "both", "", "")], terms());
+    f.from_remote(publish("a", QoS::AtMostOnce, 0));
+    f.from_local(publish("b", QoS::AtMostOnce, 0));
+    assert_eq!(sent(&mut f.to_local), [s("PUBLISH a", 0, 0)]);
+    assert_eq!(sent(&mut f.to_remote), [s("PUBLISH b", 0, 0)]);
+    assert_eq!(counters.forwarded_in.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.forwarded_out.load(Ordering::Relaxed), 1);
+    assert_eq!(f.held(), 0);
 }
