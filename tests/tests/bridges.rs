@@ -677,3 +677,95 @@ async fn the_bridge_has_its_own_acl_section_and_client_id() {
         );
     }
 }
+
+/// The remote stopped in the middle of a stream: messages in flight to it when it went are
+/// sent again (same packet id, DUP) once it is back. A persistent subscriber there gets every
+/// message, first occurrences in publish order, and duplicates only from what was in flight
+/// (the remote's Receive Maximum, plus the subscriber's own unacknowledged window).
+async fn remote_stops_mid_stream(protocol: &str) {
+    const N: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mosquitto::start(dir.path(), "");
+    let s = sluice(
+        &bridge_toml(
+            m.addr,
+            protocol,
+            r#"{ filter = "s/#", direction = "out", qos = 1 }"#,
+            "",
+        ),
+        None,
+    );
+    let sub_opts = Opts::persistent(u32::MAX);
+    let mut remote_sub = raw_ok(m.addr, Protocol::V311, "remote-sub", &sub_opts).await;
+    raw_subscribe(&mut remote_sub, 1, "s/#", QoS::AtLeastOnce).await;
+    let addr = s.addr;
+    let publisher = tokio::spawn(async move {
+        let mut c = client(addr, Protocol::V311, "local-pub").await;
+        for i in 0..N {
+            publish(&mut c, (i % 60000 + 1) as u16, "s/seq", &format!("{i:05}")).await;
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        got.push(next(&mut remote_sub, "before the stop").await.1);
+    }
+    let from = s.log_len();
+    m.stop();
+    drop(remote_sub);
+    s.wait_log_from(from, "bridge disconnected", WAIT).unwrap();
+    publisher
+        .await
+        .expect("every message acknowledged by Sluice");
+    let from = s.log_len();
+    m.restart();
+    s.wait_log_from(from, "bridge connected", WAIT).unwrap();
+    let mut remote_sub = raw_ok(m.addr, Protocol::V311, "remote-sub", &sub_opts).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut firsts = Vec::new();
+    for p in &got {
+        if seen.insert(p.clone()) {
+            firsts.push(p.clone());
+        }
+    }
+    while seen.len() < N {
+        let p = next(&mut remote_sub, "after the restart").await.1;
+        got.push(p.clone());
+        if seen.insert(p.clone()) {
+            firsts.push(p);
+        }
+    }
+    let expected: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
+    assert_eq!(firsts, expected, "each message, in publish order");
+    let duplicates = got.len() - N;
+    assert!(
+        duplicates <= 64 + 64,
+        "{duplicates} duplicates: more than were in flight"
+    );
+    // Nothing more behind them.
+    let mut c = client(s.addr, Protocol::V311, "local-pub-2").await;
+    publish(&mut c, 1, "s/end", "end").await;
+    loop {
+        let (t, p) = next(&mut remote_sub, "the end marker").await;
+        if t == "s/end" {
+            break;
+        }
+        assert!(
+            seen.contains(&p),
+            "{t} {p}: only duplicates before the marker"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_stopping_mid_stream_loses_nothing_v5() {
+    if have_mosquitto() {
+        remote_stops_mid_stream("5").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_stopping_mid_stream_loses_nothing_311() {
+    if have_mosquitto() {
+        remote_stops_mid_stream("3.1.1").await;
+    }
+}
