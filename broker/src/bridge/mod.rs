@@ -49,6 +49,8 @@ use link::{PacketReader, PacketWriter, WRITE_HIGH_WATER};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first reconnect delay; it doubles up to `max_backoff_seconds`.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// A connection that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
 /// The Receive Maximum the bridge gives the remote (5.0): remote messages it takes at once,
 /// each waiting for the local broker's acknowledgement.
 const REMOTE_RECEIVE_MAXIMUM: u16 = 64;
@@ -122,13 +124,20 @@ async fn run(
     let max_backoff = Duration::from_secs(b.max_backoff_seconds).max(BACKOFF_MIN);
     let mut failures: u32 = 0;
     while !*stop.borrow() {
+        let started = Instant::now();
         let outcome = connect_and_forward(&broker, &b, &rules, &counters, &mut stop, &alive).await;
         counters.connected.store(false, Ordering::Relaxed);
         match outcome {
             Ok(Ended::Stopped) => break,
             Ok(Ended::Lost(why)) => {
                 tracing::warn!(bridge = %b.name, address = %b.address, reason = %why, "bridge disconnected");
-                failures = 0;
+                // A connection that ends at once (the remote takes it over, or drops it after
+                // CONNACK) backs off like a failed one, rather than retrying every second.
+                failures = if started.elapsed() < STABLE {
+                    failures.saturating_add(1)
+                } else {
+                    0
+                };
             }
             Err(why) => {
                 tracing::warn!(bridge = %b.name, address = %b.address, reason = %why, "bridge connect failed");
