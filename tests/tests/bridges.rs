@@ -769,3 +769,46 @@ async fn the_remote_stopping_mid_stream_loses_nothing_311() {
         remote_stops_mid_stream("3.1.1").await;
     }
 }
+
+/// Another Sluice as the remote. Over 3.1.1 it refuses the bridge bit (protocol level 0x84:
+/// CONNACK return code 1), and the bridge connects again as a plain 3.1.1 client, as
+/// Mosquitto's bridges do; over 5.0 No Local needs nothing of the kind.
+async fn sluice_to_sluice(protocol: &str) {
+    let remote = Broker::start();
+    let edge = sluice(
+        &bridge_toml(
+            remote.addr,
+            protocol,
+            r#"{ filter = "up/#", direction = "out", qos = 1 },
+               { filter = "down/#", direction = "in", qos = 1 }"#,
+            "",
+        ),
+        None,
+    );
+    let fell_back = edge
+        .log()
+        .iter()
+        .any(|l| l.contains("bridge connect failed") && l.contains("bridge bit"));
+    assert_eq!(fell_back, protocol == "3.1.1", "{:#?}", edge.log());
+    let mut remote_sub = subscriber(remote.addr, Protocol::V5, "remote-sub", "up/#").await;
+    let mut edge_sub = subscriber(edge.addr, Protocol::V5, "edge-sub", "down/#").await;
+    let mut edge_pub = client(edge.addr, Protocol::V5, "edge-pub").await;
+    publish(&mut edge_pub, 1, "up/1", "to the remote").await;
+    assert_eq!(
+        next(&mut remote_sub, "out").await,
+        tp("up/1", "to the remote")
+    );
+    let mut remote_pub = client(remote.addr, Protocol::V5, "remote-pub").await;
+    publish(&mut remote_pub, 1, "down/1", "to the edge").await;
+    assert_eq!(next(&mut edge_sub, "in").await, tp("down/1", "to the edge"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sluice_as_the_remote_v5() {
+    sluice_to_sluice("5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sluice_as_the_remote_311() {
+    sluice_to_sluice("3.1.1").await;
+}

@@ -100,10 +100,12 @@ pub(super) fn subscribe(
     })
 }
 
-/// TCP (and TLS), CONNECT, CONNACK with the remote.
+/// TCP (and TLS), CONNECT, CONNACK with the remote. `bridge_bit`: 3.1.1 with protocol level
+/// 0x84 (see [`link::set_bridge_bit`]).
 pub(super) async fn connect_remote(
     b: &BridgeConfig,
     protocol: Protocol,
+    bridge_bit: bool,
     max_packet: usize,
 ) -> Result<(PacketReader, PacketWriter, ConnAck), LinkError> {
     let stream = link::open_remote(b).await?;
@@ -137,17 +139,14 @@ pub(super) async fn connect_remote(
     }));
     let mut bytes = BytesMut::new();
     encode(&connect, protocol, &mut bytes)?;
-    if protocol == Protocol::V311 {
+    if protocol == Protocol::V311 && bridge_bit {
         link::set_bridge_bit(&mut bytes);
     }
     w.send_raw(&bytes);
     w.flush_all().await?;
     match r.next().await? {
         Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => Ok((r, w, a)),
-        Packet::ConnAck(a) => Err(LinkError::Protocol(format!(
-            "the remote refused the connection: {}",
-            a.reason
-        ))),
+        Packet::ConnAck(a) => Err(LinkError::Refused(a.reason)),
         p => Err(LinkError::Protocol(format!(
             "expected CONNACK, got {} [MQTT-3.2.0-1]",
             p.name()

@@ -29,6 +29,8 @@ pub enum LinkError {
     Encode(#[from] EncodeError),
     #[error("connection closed")]
     Closed,
+    #[error("the remote refused the connection: CONNACK {0}")]
+    Refused(sluice_codec::ReasonCode),
     #[error("{0}")]
     Protocol(String),
 }

@@ -43,7 +43,7 @@ use crate::config::BridgeConfig;
 use crate::stats::BridgeCounters;
 use connect::{connect_local, connect_remote, forget, subscribe, Local};
 use flows::{Forwarder, Rule, Terms};
-use link::{PacketReader, PacketWriter, WRITE_HIGH_WATER};
+use link::{LinkError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
 
 /// How long connecting (TCP, TLS, CONNECT/CONNACK) to either side may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,9 +123,20 @@ async fn run(
     }
     let max_backoff = Duration::from_secs(b.max_backoff_seconds).max(BACKOFF_MIN);
     let mut failures: u32 = 0;
+    // 3.1.1: the bridge bit until the remote refuses it (Mosquitto's bridges fall back alike).
+    let mut bridge_bit = true;
     while !*stop.borrow() {
         let started = Instant::now();
-        let outcome = connect_and_forward(&broker, &b, &rules, &counters, &mut stop, &alive).await;
+        let outcome = connect_and_forward(
+            &broker,
+            &b,
+            &rules,
+            &counters,
+            &mut bridge_bit,
+            &mut stop,
+            &alive,
+        )
+        .await;
         counters.connected.store(false, Ordering::Relaxed);
         match outcome {
             Ok(Ended::Stopped) => break,
@@ -177,6 +188,7 @@ async fn connect_and_forward(
     b: &BridgeConfig,
     rules: &Arc<[Rule]>,
     counters: &Arc<BridgeCounters>,
+    bridge_bit: &mut bool,
     stop: &mut watch::Receiver<bool>,
     alive: &mpsc::Sender<()>,
 ) -> Result<Ended, String> {
@@ -186,13 +198,30 @@ async fn connect_and_forward(
         Protocol::V311
     };
     let max_packet = broker.config.mqtt.max_packet_size as usize;
-    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, connect_remote(b, protocol, max_packet));
-    let (mut remote_r, mut remote_w, connack) = tokio::select! {
+    let connecting = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect_remote(b, protocol, *bridge_bit, max_packet),
+    );
+    let connected = tokio::select! {
         biased;
         _ = stop.changed() => return Ok(Ended::Stopped),
         r = connecting => r
-            .map_err(|_| format!("not connected within {}s", CONNECT_TIMEOUT.as_secs()))?
-            .map_err(|e| e.to_string())?,
+            .map_err(|_| format!("not connected within {}s", CONNECT_TIMEOUT.as_secs()))?,
+    };
+    let (mut remote_r, mut remote_w, connack) = match connected {
+        Ok(c) => c,
+        Err(LinkError::Refused(code))
+            if code == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+                && protocol == Protocol::V311
+                && *bridge_bit =>
+        {
+            *bridge_bit = false;
+            return Err(format!(
+                "CONNACK {code} to protocol level 0x84 (the bridge bit): next attempts as a \
+                 plain 3.1.1 client, without the remote's loop prevention"
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
     };
     let remote_window = match protocol {
         Protocol::V5 => connack.properties.receive_maximum.unwrap_or(u16::MAX),
@@ -248,7 +277,7 @@ async fn connect_and_forward(
     counters.connects.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         bridge = %b.name, address = %b.address, protocol = protocol.level(),
-        session_present = connack.session_present, remote_window, local_window,
+        bridge_bit = protocol == Protocol::V311 && *bridge_bit, session_present = connack.session_present, remote_window, local_window,
         maximum_qos = terms.remote_max_qos as u8, "bridge connected"
     );
     let mut f = Forwarder::new(rules.clone(), terms, counters.clone());
