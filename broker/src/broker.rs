@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::auth::acl::Acl;
 use crate::auth::passwords::PasswordFile;
 use crate::auth::AccessControl;
+use crate::config::bridge_client_id;
 use crate::config::Config;
 use crate::locks::{lock, write};
 use crate::message::{ClientId, Message};
@@ -184,15 +185,7 @@ impl Broker {
                     }
                     None => (0, 0),
                 };
-                BridgeStatus {
-                    name: b.name.clone(),
-                    connected: b.connected.load(Ordering::Relaxed),
-                    queued,
-                    forwarded_out: b.forwarded_out.load(Ordering::Relaxed),
-                    forwarded_in: b.forwarded_in.load(Ordering::Relaxed),
-                    dropped: b.dropped.load(Ordering::Relaxed) + queue_dropped,
-                    connects: b.connects.load(Ordering::Relaxed),
-                }
+                b.status(queued, queue_dropped)
             })
             .collect()
     }
@@ -815,15 +808,6 @@ impl Broker {
         self.router.publish(Arc::new(msg));
     }
 }
-
-/// The client identifier (and local username) of bridge `name`'s local session. Network
-/// clients cannot use it (`connection/handshake.rs`).
-pub fn bridge_client_id(name: &str) -> String {
-    format!("{BRIDGE_CLIENT_PREFIX}{name}")
-}
-
-/// The prefix of the client identifiers reserved for bridges' local sessions.
-pub const BRIDGE_CLIENT_PREFIX: &str = "$bridge/";
 
 /// Takes the shared-subscription deliveries out of a leaving session's queue, each with the
 /// record that lets this session's log forget it (written once another member, or the group's

@@ -41,6 +41,22 @@ pub struct BridgeCounters {
     pub connects: AtomicU64,
 }
 
+impl BridgeCounters {
+    /// A snapshot, with what the bridge's local session holds (`queued`) and dropped.
+    pub fn status(&self, queued: usize, queue_dropped: u64) -> BridgeStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        BridgeStatus {
+            name: self.name.clone(),
+            connected: self.connected.load(Relaxed),
+            queued,
+            forwarded_out: self.forwarded_out.load(Relaxed),
+            forwarded_in: self.forwarded_in.load(Relaxed),
+            dropped: self.dropped.load(Relaxed) + queue_dropped,
+            connects: self.connects.load(Relaxed),
+        }
+    }
+}
+
 /// A snapshot of one bridge, for admin and metrics (`Broker::bridges`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeStatus {

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, watch};
 use super::flows::Rule;
 use super::link::{self, LinkError, PacketReader, PacketWriter};
 use super::{CONNECT_TIMEOUT, PIPE_BYTES, REMOTE_RECEIVE_MAXIMUM};
-use crate::broker::{bridge_client_id, Broker};
+use crate::broker::Broker;
+use crate::config::bridge_client_id;
 use crate::config::BridgeConfig;
 use crate::connection::ConnInfo;
 

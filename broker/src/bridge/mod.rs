@@ -38,8 +38,9 @@ use sluice_codec::{Disconnect, Packet, Protocol, QoS, ReasonCode};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, BRIDGE_CLIENT_PREFIX};
+use crate::broker::Broker;
 use crate::config::BridgeConfig;
+use crate::config::BRIDGE_CLIENT_PREFIX;
 use crate::stats::BridgeCounters;
 use connect::{connect_local, connect_remote, forget, subscribe, Local};
 use flows::{Forwarder, Rule, Terms};

@@ -157,6 +157,15 @@ impl BridgeTopic {
     }
 }
 
+/// The client identifier (and local username) of bridge `name`'s local session. Network
+/// clients cannot use it (`connection/handshake.rs`).
+pub fn bridge_client_id(name: &str) -> String {
+    format!("{BRIDGE_CLIENT_PREFIX}{name}")
+}
+
+/// The prefix of the client identifiers reserved for bridges' local sessions.
+pub const BRIDGE_CLIENT_PREFIX: &str = "$bridge/";
+
 /// Checks every bridge: names unique and usable in a client id, an address, a known protocol,
 /// TLS files present, and topics whose filters, directions, QoS and prefixes make sense.
 pub fn validate(bridges: &[BridgeConfig]) -> Result<(), ConfigError> {

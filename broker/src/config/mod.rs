@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod bridges;
-pub use bridges::{host_port, BridgeConfig, BridgeTlsConfig, BridgeTopic, Direction};
+pub use bridges::{
+    bridge_client_id, host_port, BridgeConfig, BridgeTlsConfig, BridgeTopic, Direction,
+    BRIDGE_CLIENT_PREFIX,
+};
 
 /// Prefix of environment overrides: `SLUICE__MQTT__MAX_KEEPALIVE=30` sets `mqtt.max_keepalive`.
 pub const ENV_PREFIX: &str = "SLUICE";

@@ -96,7 +96,7 @@ where
     if !info.bridge
         && connect
             .client_id
-            .starts_with(crate::broker::BRIDGE_CLIENT_PREFIX)
+            .starts_with(crate::config::BRIDGE_CLIENT_PREFIX)
     {
         let r = crate::protocol::connect::Refused {
             reason: ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
