@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::auth::acl::Acl;
 use crate::auth::passwords::PasswordFile;
 use crate::auth::AccessControl;
+use crate::config::bridge_client_id;
 use crate::config::Config;
 use crate::locks::{lock, write};
 use crate::message::{ClientId, Message};
@@ -34,7 +35,7 @@ use crate::session::{
     ColdDelivery, Control, Deadlines, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget,
     Session, SessionHandle, SubscriptionRecord,
 };
-use crate::stats::Stats;
+use crate::stats::{BridgeCounters, BridgeStatus, Stats};
 
 /// After this long waiting for the old connection to hand its session over, a takeover logs a
 /// warning (and goes on waiting).
@@ -69,6 +70,8 @@ pub struct Broker {
     deadline_wake: Arc<Notify>,
     /// Whether the deadline task runs (started with the first deadline).
     deadline_task: AtomicBool,
+    /// One entry per `[[bridges]]`, in configuration order: updated by the bridge tasks.
+    bridges: Vec<Arc<BridgeCounters>>,
 }
 
 impl Drop for Broker {
@@ -102,6 +105,16 @@ impl Broker {
         let access = Arc::new(AccessControl::new(acl, passwords));
         let stats = Arc::new(Stats::default());
         let store = Store::disabled();
+        let bridges = config
+            .bridges
+            .iter()
+            .map(|b| {
+                Arc::new(BridgeCounters {
+                    name: b.name.clone(),
+                    ..BridgeCounters::default()
+                })
+            })
+            .collect();
         Broker {
             router: Router::new(
                 config.clone(),
@@ -120,6 +133,7 @@ impl Broker {
             deadlines: Mutex::new(Deadlines::default()),
             deadline_wake: Arc::new(Notify::new()),
             deadline_task: AtomicBool::new(false),
+            bridges,
         }
     }
 
@@ -150,6 +164,33 @@ impl Broker {
         Ok(true)
     }
 
+    /// The counters of bridge `name` (for its task).
+    pub fn bridge_counters(&self, name: &str) -> Option<Arc<BridgeCounters>> {
+        self.bridges.iter().find(|b| b.name == name).cloned()
+    }
+
+    /// Every bridge's state (`[[bridges]]`): connected, queued, forwarded, dropped.
+    pub fn bridges(&self) -> Vec<BridgeStatus> {
+        self.bridges
+            .iter()
+            .map(|b| {
+                let (queued, queue_dropped) = match self.session(&bridge_client_id(&b.name)) {
+                    Some(h) => {
+                        // One lock at a time (park_session takes ownership, then outbox).
+                        let inflight = match &h.ownership().parked {
+                            Some(s) => s.inflight_len(),
+                            None => h.inflight.load(Ordering::Relaxed),
+                        };
+                        let outbox = h.outbox();
+                        (outbox.len() + inflight, outbox.dropped())
+                    }
+                    None => (0, 0),
+                };
+                b.status(queued, queue_dropped)
+            })
+            .collect()
+    }
+
     /// A fresh connection number.
     pub fn connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
@@ -169,6 +210,30 @@ impl Broker {
         for h in handles {
             h.notify.notify_one();
         }
+    }
+
+    /// The client identifiers of every session (online or parked) starting with `prefix`.
+    pub fn session_ids_with_prefix(&self, prefix: &str) -> Vec<ClientId> {
+        lock(&self.sessions)
+            .keys()
+            .filter(|id| id.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// The topic filters of `client_id`'s session while it is parked (None: no such session,
+    /// or a connection owns it).
+    pub fn parked_filters(&self, client_id: &str) -> Option<Vec<String>> {
+        let handle = self.session(client_id)?;
+        let own = handle.ownership();
+        let parked = own.parked.as_ref()?;
+        Some(
+            parked
+                .subscriptions
+                .keys()
+                .map(|f| f.as_str().to_owned())
+                .collect(),
+        )
     }
 
     /// The handle of `client_id`'s session, if one exists.

@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! listener     TCP / TLS / WebSocket accept loops, admission control, graceful shutdown
+//! -> bridge     `[[bridges]]`: one task per bridge, a client of a remote broker and of its
+//!               local session `$bridge/{name}` (served by the connection task in process)
 //!   -> connection   the per-client task: socket, buffers, timers, one hand-polled loop
 //!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
 //!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
@@ -23,6 +25,8 @@
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
 //! * [`listener`]: listeners, accept loops, graceful shutdown ([`Server`]); TLS (rustls,
 //!   certificate reload) and MQTT over WebSockets wrap a listener's sockets before MQTT.
+//! * [`bridge`]: bridges to other MQTT brokers; the local side is an ordinary persistent
+//!   session, so a bridge's queue is bounded, persisted and restored like any session's.
 //! * [`connection`]: the per-client task, the only owner of a socket and, while connected, of
 //!   the client's [`session::Session`]; per-connection ingress rate limits.
 //! * [`protocol`]: the MQTT state machine, unit-tested without sockets; `protocol::connect`
@@ -70,6 +74,7 @@
 //! 6. Acknowledgements release inflight slots, which lets the next queued messages go.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod certgen;
 pub mod config;

@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod bridges;
+pub use bridges::{
+    bridge_client_id, host_port, BridgeConfig, BridgeTlsConfig, BridgeTopic, Direction,
+    BRIDGE_CLIENT_PREFIX,
+};
+
 /// Prefix of environment overrides: `SLUICE__MQTT__MAX_KEEPALIVE=30` sets `mqtt.max_keepalive`.
 pub const ENV_PREFIX: &str = "SLUICE";
 /// Separator between prefix, section and key in environment overrides.
@@ -30,6 +36,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Where and how durably sessions, queued messages and retained messages are kept.
     pub persistence: PersistenceConfig,
+    /// `[[bridges]]`: other MQTT brokers Sluice connects to as a client (`crate::bridge`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// How durable acknowledged messages are (see the README's table of loss windows).
@@ -164,6 +173,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             persistence: PersistenceConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }

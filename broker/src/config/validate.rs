@@ -268,6 +268,6 @@ impl Config {
                 return Err(invalid("auth.acl_file", path.display(), "no such file"));
             }
         }
-        Ok(())
+        super::bridges::validate(&self.bridges)
     }
 }

@@ -67,6 +67,10 @@ pub struct ConnInfo {
     /// Set when admission control refused the connection: its CONNECT is answered with this
     /// reason and it is closed (admission.rs).
     pub refuse: Option<Refusal>,
+    /// A bridge's in-process connection to its local session (`crate::bridge`): its CONNECT
+    /// is trusted (no password check) and may use a `$bridge/` client identifier, which
+    /// network clients may not.
+    pub bridge: bool,
 }
 
 impl ConnInfo {
@@ -77,6 +81,18 @@ impl ConnInfo {
             tls_identity: None,
             flush: false,
             refuse: None,
+            bridge: false,
+        }
+    }
+
+    /// A bridge's in-process connection to its local session.
+    pub fn bridge() -> ConnInfo {
+        ConnInfo {
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_identity: None,
+            flush: true,
+            refuse: None,
+            bridge: true,
         }
     }
 }

@@ -214,6 +214,8 @@ impl Server {
             let alive = alive_tx.clone();
             tokio::spawn(accept_loop(listener, transport, gate, broker, stop, alive));
         }
+        // Bridges to other brokers: each holds `alive` like a connection.
+        crate::bridge::start(&self.broker, &stop_rx, &alive_tx);
         drop(alive_tx);
         // Certificates changed on disk are picked up by new handshakes.
         let watcher = (!self.tls.is_empty()).then(|| tokio::spawn(self.tls.clone().watch()));
@@ -338,6 +340,7 @@ async fn handshake_and_serve(
             tls_identity: None,
             flush: true,
             refuse,
+            bridge: false,
         };
         let upgrade = Upgrade {
             transport,
@@ -391,6 +394,7 @@ async fn handshake_and_serve(
         tls_identity,
         flush: true,
         refuse,
+        bridge: false,
     };
     match &transport.websocket {
         None => {
