@@ -592,7 +592,9 @@ impl Broker {
                             .is_some()
                             .then(|| self.router.join_group(filter, &handle)),
                     };
-                    tree.subscribe(filter, client.clone(), entry);
+                    if tree.subscribe(filter, client.clone(), entry).is_none() {
+                        self.router.interest_changed(filter, true);
+                    }
                 }
             }
             for i in &s.inflight {
@@ -703,7 +705,10 @@ impl Broker {
         {
             let mut tree = write(&self.router.subscriptions);
             for filter in session.subscriptions.keys() {
-                groups.extend(tree.unsubscribe(filter, client_id).and_then(|e| e.shared));
+                if let Some(e) = tree.unsubscribe(filter, client_id) {
+                    self.router.interest_changed(filter, false);
+                    groups.extend(e.shared);
+                }
             }
         }
         for group in groups {

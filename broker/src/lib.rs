@@ -6,6 +6,9 @@
 //!
 //! ```text
 //! listener     TCP / TLS / WebSocket accept loops, admission control, graceful shutdown
+//!   -> cluster      cluster mode (`[cluster]`): the NATS connections, the task that sends
+//!                   this node's messages and interest to NATS and routes what comes back,
+//!                   the retained bucket (absent: never started)
 //!   -> connection   the per-client task: socket, buffers, timers, one hand-polled loop
 //!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
 //!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
@@ -23,6 +26,8 @@
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
 //! * [`listener`]: listeners, accept loops, graceful shutdown ([`Server`]); TLS (rustls,
 //!   certificate reload) and MQTT over WebSockets wrap a listener's sockets before MQTT.
+//! * [`cluster`]: cluster mode on NATS JetStream: topic-to-subject mapping, the wire format
+//!   between nodes, interest propagation, the retained bucket, shared groups across nodes.
 //! * [`connection`]: the per-client task, the only owner of a socket and, while connected, of
 //!   the client's [`session::Session`]; per-connection ingress rate limits.
 //! * [`protocol`]: the MQTT state machine, unit-tested without sockets; `protocol::connect`
@@ -59,6 +64,9 @@
 //!    message and its queue entries are handed to the store's writer first through the
 //!    journal (`Store::message_stored`, `Store::message_queued`, inside the PUBLISH's
 //!    `Store::batch`; no I/O here).
+//!    In cluster mode the router also hands the message to the node's cluster task (a queue
+//!    bounded in bytes, never awaited), which publishes it to NATS; the other nodes route it
+//!    to their subscribers the same way ([`routing::Router::publish_remote`]).
 //! 4. The publisher's PUBACK/PUBREC waits for the store's ticket ([`persist`]): written and
 //!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
@@ -72,6 +80,7 @@
 pub mod auth;
 pub mod broker;
 pub mod certgen;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod listener;

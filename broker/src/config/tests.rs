@@ -247,3 +247,27 @@ fn delayed_and_priority_keys_are_read_and_validated() {
     let e = load_toml("[[mqtt.priorities]]\nfilter = \"a\"\npriority = 256\n", &[]).unwrap_err();
     assert!(e.key.starts_with("mqtt.priorities"), "{e}");
 }
+
+#[test]
+fn cluster_section_is_optional_and_checked() {
+    assert_eq!(load_toml("", &[]).unwrap().cluster, None);
+    let c = load_toml(
+        "[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"sluice-1\"\n",
+        &[],
+    )
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.nats, "nats://127.0.0.1:4222");
+    assert_eq!(cluster.node, "sluice-1");
+    let e = load_toml("[cluster]\nnats = \"127.0.0.1:4222\"\nnode = \"a\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "cluster.nats", "{e}");
+    let e = load_toml(
+        "[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"a.b\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.node", "{e}");
+    assert_eq!(e.value, "a.b", "{e}");
+    let e = load_toml("[cluster]\nnats = \"nats://127.0.0.1:4222\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("node"), "{e}");
+}
