@@ -42,6 +42,13 @@ use crate::routing::{Router, Scope};
 /// How long joining NATS may take at start-up before the node gives up (exit 2).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest subject sent or subscribed to: NATS closes a connection whose protocol line
+/// (`HPUB subject sizes`) passes its `max_control_line` (4 KiB by default).
+const MAX_SUBJECT_BYTES: usize = 3_584;
+
+/// Bytes the headers add to a message, at most (names, node name, id, framing).
+const HEADER_BYTES: usize = 160;
+
 /// Message identities remembered to drop the extra copies NATS sends when several of a node's
 /// subscriptions match one message (they arrive next to each other). ~100 bytes each.
 const DEDUPE_WINDOW: usize = 16_384;
@@ -195,6 +202,11 @@ impl ClusterTask {
             format!("{:x}.{:x}", self.boot, self.seq).as_str(),
         );
         let subject = subject::topic_subject(msg.topic.as_str());
+        let max_payload = self.main.server_info().max_payload;
+        if subject.len() > MAX_SUBJECT_BYTES || body.len() + HEADER_BYTES > max_payload {
+            tracing::warn!(topic = %msg.topic, bytes = body.len(), max_payload, "cluster: message too large for NATS (max_payload) or topic too long for a subject: delivered on this node only");
+            return;
+        }
         if let Err(e) = self
             .main
             .publish_with_headers(subject, headers, body.clone())
@@ -212,6 +224,10 @@ impl ClusterTask {
         let shared = filter.shared().is_some();
         let mut tasks = Vec::new();
         for subject in subject::filter_subjects(filter.match_filter()) {
+            if subject.len() > MAX_SUBJECT_BYTES {
+                tracing::warn!(%filter, "cluster: filter too long for a NATS subject: it gets messages published on this node only");
+                continue;
+            }
             let sub = if shared {
                 let queue = queue_group(&filter);
                 self.queues.queue_subscribe(subject.clone(), queue).await
@@ -325,6 +341,115 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::locks::write;
+    use crate::message::Message;
+    use crate::routing::SubEntry;
+    use crate::session::SessionHandle;
+    use sluice_codec::{PublishProperties, QoS, SubscriptionOptions, TopicName};
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::new(sluice_codec::Str::try_from(s).unwrap()).unwrap()
+    }
+
+    /// Subscribes a new session `client` to `f` the way SUBSCRIBE does; returns its handle.
+    fn subscribe(broker: &Broker, client: &str, f: &str) -> Arc<SessionHandle> {
+        let handle = Arc::new(SessionHandle::new(client.into(), 1000, 1 << 20));
+        let f = filter(f);
+        let shared = f
+            .shared()
+            .is_some()
+            .then(|| broker.router.join_group(&f, &handle));
+        let entry = SubEntry {
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+            identifier: None,
+            handle: handle.clone(),
+            username: None,
+            shared,
+        };
+        if write(&broker.router.subscriptions)
+            .subscribe(&f, client.into(), entry)
+            .is_none()
+        {
+            broker.router.interest_changed(&f, true);
+        }
+        handle
+    }
+
+    fn message(topic: &str, retain: bool) -> Arc<Message> {
+        Arc::new(Message::new(
+            TopicName::try_from(topic).unwrap(),
+            bytes::Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            retain,
+            PublishProperties::default(),
+            "publisher".into(),
+            Instant::now(),
+        ))
+    }
+
+    /// Local messages go to plain subscribers and NATS (shared groups get them back from
+    /// NATS's queue group); remote ones to plain subscribers only; a queue group's message to
+    /// its group only. Interest reaches the cluster task once per filter.
+    #[tokio::test]
+    async fn routing_scopes_in_cluster_mode() {
+        let broker = Broker::new(Config::default(), None);
+        let mut inbox = broker.router.enable_cluster().unwrap();
+        let plain = subscribe(&broker, "a", "t/#");
+        let also = subscribe(&broker, "b", "t/#");
+        let member = subscribe(&broker, "c", "$share/g/t/#");
+        let len = |h: &SessionHandle| h.outbox().len();
+
+        assert_eq!(broker.router.publish(message("t/1", true)), 2);
+        assert_eq!((len(&plain), len(&also), len(&member)), (1, 1, 0));
+        assert!(crate::locks::read(&broker.router.retained)
+            .get("t/1")
+            .is_some());
+
+        broker
+            .router
+            .publish_remote(message("t/2", true), Scope::Remote);
+        assert_eq!((len(&plain), len(&also), len(&member)), (2, 2, 0));
+        assert!(
+            crate::locks::read(&broker.router.retained)
+                .get("t/2")
+                .is_none(),
+            "remote retained messages come from the bucket"
+        );
+
+        let key = filter("$share/g/t/#");
+        broker
+            .router
+            .publish_remote(message("t/3", false), Scope::RemoteShared(&key));
+        assert_eq!((len(&plain), len(&also), len(&member)), (2, 2, 1));
+
+        let mut events = Vec::new();
+        drop(broker);
+        while let Some(e) = inbox.recv().await {
+            events.push(match e {
+                ClusterEvent::Publish(m) => format!("publish {}", m.topic.as_str()),
+                ClusterEvent::Interest { filter, added } => format!("{filter} {added}"),
+            });
+        }
+        assert_eq!(
+            events,
+            ["t/# true", "$share/g/t/# true", "publish t/1"],
+            "only the local message goes to NATS"
+        );
+    }
+
+    #[test]
+    fn single_node_routes_everything_itself() {
+        let broker = Broker::new(Config::default(), None);
+        let plain = subscribe(&broker, "a", "t/#");
+        let member = subscribe(&broker, "c", "$share/g/t/#");
+        assert_eq!(broker.router.publish(message("t/1", false)), 2);
+        assert_eq!((plain.outbox().len(), member.outbox().len()), (1, 1));
+        assert!(broker.router.cluster().is_none());
+    }
 
     #[test]
     fn seen_drops_repeats_within_the_window() {
