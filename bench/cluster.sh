@@ -31,6 +31,7 @@ stop_all() {
     PIDS=()
 }
 trap 'stop_all; rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { # port: bounded wait until something accepts on it
@@ -68,9 +69,12 @@ start_mosquitto() {
     wait_port "$port"
 }
 
+# Full speed (how far each configuration gets on 2 shared cores), and fixed rates every
+# configuration sustains (the CPU each message costs, like for like).
 LOADS=(
-  "fanout-q1|--scenario fanout --subscribers 30 --qos 1 --protocol 5"
-  "p2p-q1|--scenario p2p --pairs 30 --qos 1 --protocol 5"
+  "--scenario fanout --subscribers 30 --qos 1 --protocol 5"
+  "--scenario fanout --subscribers 30 --qos 1 --protocol 5 --rate 2000"
+  "--scenario p2p --pairs 30 --qos 1 --protocol 5 --rate 10000"
 )
 
 run() { # label load-args addrs pids
@@ -81,8 +85,7 @@ run() { # label load-args addrs pids
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-    for entry in "${LOADS[@]}"; do
-        load="${entry#*|}"
+    for load in "${LOADS[@]}"; do
         start_mosquitto; run mosquitto "$load" "$ADDR" "$PID"; stop_all
         start_sluice single; run sluice-single "$load" "$ADDR" "$PID"; stop_all
         for n in 1 2 3; do
@@ -101,7 +104,9 @@ rows = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     p = r["params"]
-    key = (f'{p["scenario"]}-q{p["qos"]}', r["broker"])
+    rate = f' at {p["rate"]:,.0f} msgs/s' if p.get("rate") else " full speed"
+    subs = f'1→{p["subscribers"]}' if p["scenario"] == "fanout" else f'{p["pairs"]} pairs'
+    key = (f'{p["scenario"]} {subs}, QoS {p["qos"]},{rate}', r["broker"])
     rows.setdefault(key, []).append(r)
 print("| load | broker | delivered msgs/s | CPU µs per delivered msg (all processes) | CPU % | latency p50 µs | p99 µs | lost | dup |")
 print("|---|---|---|---|---|---|---|---|---|")

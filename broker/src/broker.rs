@@ -208,6 +208,10 @@ impl Broker {
                 continue;
             }
             self.take_over(&handle).await;
+            // Cluster mode: a connection of this client id on another node closes.
+            if let Some(link) = self.router.cluster() {
+                link.session_opened(client_id);
+            }
 
             let now = Instant::now();
             let parked = {
@@ -251,6 +255,27 @@ impl Broker {
                 session_present: present,
             };
         }
+    }
+
+    /// Cluster mode: `client_id` connected to another node. Its connection here, if any, is
+    /// taken over as by a local CONNECT (v5: DISCONNECT 0x8E [MQTT-3.1.4-3]); the session
+    /// itself stays on this node, parked (persistent) or ended, as when its client goes.
+    /// Returns whether a connection was closed.
+    pub async fn taken_over_elsewhere(&self, client_id: &str) -> bool {
+        let Some(handle) = lock(&self.sessions).get(client_id).cloned() else {
+            return false;
+        };
+        let _guard = handle.connect_lock.lock().await;
+        if handle.ownership().owner.is_none() {
+            return false;
+        }
+        self.take_over(&handle).await;
+        // No new owner here: a session that ended with its connection (nothing parked) leaves
+        // the registry, as when its client goes (its subscriptions went with it).
+        if handle.ownership().parked.is_none() {
+            self.remove_handle(&handle);
+        }
+        true
     }
 
     /// Asks the current owner of `handle`, if any, to hand the session over, and waits.

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sluice_tests::clients::{connected, raw_publish, raw_subscribe};
+use sluice_tests::clients::{
+    connected, disconnect_reasons, expect_closed, raw_ok_ack, raw_publish, raw_subscribe, Opts,
+};
 use sluice_tests::codec::{
     Packet, Protocol, PubAck, Publish, QoS, Subscribe, SubscribeProperties, Subscription,
     SubscriptionOptions, TopicFilter,
@@ -386,6 +388,32 @@ async fn cluster_keeps_routing_when_one_nats_server_dies() -> Result<()> {
         s.contains(&("fail/r".into(), "after".into()))
     })
     .await?;
+    Ok(())
+}
+
+/// The same client id connecting to another node closes its connection on the first one, as
+/// a local takeover does (5.0: DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3]). The session
+/// itself stays on its node (sessions do not move between nodes: README, "Cluster").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_another_node_takes_the_connection_over() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let nodes: Vec<Broker> = (1..=2)
+        .map(|n| start_node(&nats.url, n))
+        .collect::<Result<_>>()?;
+    let persistent = Opts::persistent(300);
+    let (mut first, _) = raw_ok_ack(nodes[0].addr, Protocol::V5, "roamer", &persistent).await;
+    raw_subscribe(&mut first, 1, "roam/#", QoS::AtLeastOnce).await;
+    let (mut second, ack) = raw_ok_ack(nodes[1].addr, Protocol::V5, "roamer", &persistent).await;
+    assert!(!ack.session_present, "sessions do not move between nodes");
+    let seen = expect_closed(&mut first).await;
+    assert_eq!(disconnect_reasons(&seen), vec![0x8E], "{seen:?}");
+    nodes[0].wait_log("cluster: client connected to another node", DEADLINE)?;
+    // Back on node 1: its parked session is there, and node 2's connection is closed.
+    let (mut third, ack) = raw_ok_ack(nodes[0].addr, Protocol::V5, "roamer", &persistent).await;
+    assert!(ack.session_present, "the session stayed parked on node 1");
+    let seen = expect_closed(&mut second).await;
+    assert_eq!(disconnect_reasons(&seen), vec![0x8E], "{seen:?}");
+    raw_subscribe(&mut third, 2, "roam/x", QoS::AtLeastOnce).await;
     Ok(())
 }
 

@@ -10,6 +10,9 @@
 //!   queue subscription for that group; NATS gives each message to one node's subscription,
 //!   and that node picks one of its members by the group's strategy.
 //!
+//! * Takeover across nodes: a node announces each client id that connects to it; another
+//!   node with a connection of that client id closes it as a local takeover would.
+//!
 //! What is not built: sessions in JetStream. A persistent session lives on the node it was
 //! opened on (as on a single node, in that node's store); a client reconnecting to another
 //! node starts there with that node's view of its session. See the README's "Cluster".
@@ -49,6 +52,9 @@ const MAX_SUBJECT_BYTES: usize = 3_584;
 /// Bytes the headers add to a message, at most (names, node name, id, framing).
 const HEADER_BYTES: usize = 160;
 
+/// Where nodes announce the client ids that connect to them (takeover across nodes).
+const SESSIONS_SUBJECT: &str = "sluice.session.opened";
+
 /// Message identities remembered to drop the extra copies NATS sends when several of a node's
 /// subscriptions match one message (they arrive next to each other). ~100 bytes each.
 const DEDUPE_WINDOW: usize = 16_384;
@@ -82,6 +88,24 @@ pub async fn start(broker: &Arc<Broker>, inbox: ClusterInbox) -> Result<(), Clus
             reason,
         })?;
     tokio::spawn(retained::watch_loop(kv.clone(), Arc::downgrade(broker)));
+    // Takeover across nodes: subscribed (and known to the server: flush) before the node
+    // accepts clients.
+    let sessions = main
+        .subscribe(SESSIONS_SUBJECT)
+        .await
+        .map_err(|e| ClusterError::Connect {
+            url: config.nats.clone(),
+            reason: e.to_string(),
+        })?;
+    main.flush().await.map_err(|e| ClusterError::Connect {
+        url: config.nats.clone(),
+        reason: e.to_string(),
+    })?;
+    tokio::spawn(takeovers(
+        sessions,
+        config.node.clone(),
+        Arc::downgrade(broker),
+    ));
     let node = ClusterTask {
         inbound: Arc::new(Inbound {
             node: config.node.clone(),
@@ -167,6 +191,18 @@ impl ClusterTask {
         while let Some(event) = inbox.recv().await {
             match event {
                 ClusterEvent::Publish(msg) => self.publish(&msg).await,
+                ClusterEvent::SessionOpened(client_id) => {
+                    let mut headers = HeaderMap::new();
+                    headers.insert(wire::NODE_HEADER, self.inbound.node.as_str());
+                    let body = bytes::Bytes::copy_from_slice(client_id.as_bytes());
+                    if let Err(e) = self
+                        .main
+                        .publish_with_headers(SESSIONS_SUBJECT, headers, body)
+                        .await
+                    {
+                        tracing::warn!(%client_id, error = %e, "cluster: other nodes not told of a connection (no takeover there)");
+                    }
+                }
                 ClusterEvent::Interest { filter, added } => {
                     if added {
                         self.subscribe(filter).await;
@@ -246,6 +282,30 @@ impl ClusterTask {
         }
         tracing::debug!(%filter, "cluster: subscribed");
         self.subscriptions.insert(filter, tasks);
+    }
+}
+
+/// Closes this node's connection of each client id that connected to another node. One at
+/// a time: a takeover waits (bounded) for the old connection to hand its session over.
+async fn takeovers(mut sub: Subscriber, node: String, broker: Weak<Broker>) {
+    while let Some(m) = sub.next().await {
+        let from = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(wire::NODE_HEADER))
+            .map(|v| v.as_str().to_owned());
+        if from.as_deref() == Some(node.as_str()) {
+            continue;
+        }
+        let Ok(client_id) = std::str::from_utf8(&m.payload) else {
+            continue;
+        };
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        if broker.taken_over_elsewhere(client_id).await {
+            tracing::info!(client_id, by = ?from, "cluster: client connected to another node: its connection here taken over");
+        }
     }
 }
 
@@ -432,6 +492,7 @@ mod tests {
             events.push(match e {
                 ClusterEvent::Publish(m) => format!("publish {}", m.topic.as_str()),
                 ClusterEvent::Interest { filter, added } => format!("{filter} {added}"),
+                ClusterEvent::SessionOpened(c) => format!("opened {c}"),
             });
         }
         assert_eq!(

@@ -13,7 +13,7 @@ use sluice_codec::TopicFilter;
 use tokio::sync::mpsc;
 
 use crate::locks::lock;
-use crate::message::Message;
+use crate::message::{ClientId, Message};
 
 /// The most bytes of messages waiting for the cluster task (topic + payload + overhead, as
 /// queues count them: `Message::cost`). 64 MiB: several seconds of this node's traffic at the
@@ -30,6 +30,9 @@ pub enum ClusterEvent {
     /// This node has its first subscription to `filter` (`added`), or its last one went.
     /// For a shared subscription `filter` is the whole `$share/{group}/{filter}`.
     Interest { filter: TopicFilter, added: bool },
+    /// A client connected to this node: another node with a connection of that client id
+    /// closes it (takeover across nodes, [MQTT-3.1.4-3]).
+    SessionOpened(ClientId),
 }
 
 /// Routing's end of the queue to the cluster task.
@@ -83,6 +86,12 @@ impl ClusterLink {
                 );
             }
         }
+    }
+
+    /// A client with `client_id` connected to this node. Never dropped (one small event per
+    /// CONNECT, bounded by the connection limits).
+    pub fn session_opened(&self, client_id: &ClientId) {
+        let _ = self.tx.send(ClusterEvent::SessionOpened(client_id.clone()));
     }
 
     /// One more (`added`) or one less subscription to `filter` on this node.
