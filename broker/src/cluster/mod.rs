@@ -136,13 +136,22 @@ async fn connect(
 ) -> Result<Client, ClusterError> {
     let node = config.node.clone();
     let role_name = role.to_owned();
+    // Messages the NATS client dropped because a subscription's buffer (4,096 messages) was
+    // full: this node routes slower than NATS delivers. Logged once per 1,000.
+    let slow = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("sluice {} {role}", config.node))
         .connection_timeout(CONNECT_TIMEOUT)
         .event_callback(move |event| {
-            let (node, role) = (node.clone(), role_name.clone());
+            let (node, role, slow) = (node.clone(), role_name.clone(), slow.clone());
             async move {
                 match event {
+                    async_nats::Event::SlowConsumer(_) => {
+                        let n = slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n % 1000 == 0 {
+                            tracing::warn!(%node, role, dropped = n + 1, "cluster: this node routes slower than NATS delivers: messages from other nodes dropped (NATS slow consumer)");
+                        }
+                    }
                     async_nats::Event::Connected => {
                         tracing::info!(%node, role, "cluster: NATS connected")
                     }
