@@ -273,6 +273,10 @@ impl Broker {
                 continue;
             }
             self.take_over(&handle).await;
+            // Cluster mode: a connection of this client id on another node closes.
+            if let Some(link) = self.router.cluster() {
+                link.session_opened(client_id);
+            }
 
             let now = Instant::now();
             let parked = {
@@ -316,6 +320,27 @@ impl Broker {
                 session_present: present,
             };
         }
+    }
+
+    /// Cluster mode: `client_id` connected to another node. Its connection here, if any, is
+    /// taken over as by a local CONNECT (v5: DISCONNECT 0x8E [MQTT-3.1.4-3]); the session
+    /// itself stays on this node, parked (persistent) or ended, as when its client goes.
+    /// Returns whether a connection was closed.
+    pub async fn taken_over_elsewhere(&self, client_id: &str) -> bool {
+        let Some(handle) = lock(&self.sessions).get(client_id).cloned() else {
+            return false;
+        };
+        let _guard = handle.connect_lock.lock().await;
+        if handle.ownership().owner.is_none() {
+            return false;
+        }
+        self.take_over(&handle).await;
+        // No new owner here: a session that ended with its connection (nothing parked) leaves
+        // the registry, as when its client goes (its subscriptions went with it).
+        if handle.ownership().parked.is_none() {
+            self.remove_handle(&handle);
+        }
+        true
     }
 
     /// Asks the current owner of `handle`, if any, to hand the session over, and waits.
@@ -657,7 +682,9 @@ impl Broker {
                             .is_some()
                             .then(|| self.router.join_group(filter, &handle)),
                     };
-                    tree.subscribe(filter, client.clone(), entry);
+                    if tree.subscribe(filter, client.clone(), entry).is_none() {
+                        self.router.interest_changed(filter, true);
+                    }
                 }
             }
             for i in &s.inflight {
@@ -768,7 +795,10 @@ impl Broker {
         {
             let mut tree = write(&self.router.subscriptions);
             for filter in session.subscriptions.keys() {
-                groups.extend(tree.unsubscribe(filter, client_id).and_then(|e| e.shared));
+                if let Some(e) = tree.unsubscribe(filter, client_id) {
+                    self.router.interest_changed(filter, false);
+                    groups.extend(e.shared);
+                }
             }
         }
         for group in groups {

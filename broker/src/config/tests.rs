@@ -349,3 +349,27 @@ fn bad_bridges_name_key_value_and_reason() {
         "unknown keys are refused: {e}"
     );
 }
+
+#[test]
+fn cluster_section_is_optional_and_checked() {
+    assert_eq!(load_toml("", &[]).unwrap().cluster, None);
+    let c = load_toml(
+        "[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"sluice-1\"\n",
+        &[],
+    )
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.nats, "nats://127.0.0.1:4222");
+    assert_eq!(cluster.node, "sluice-1");
+    let e = load_toml("[cluster]\nnats = \"127.0.0.1:4222\"\nnode = \"a\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "cluster.nats", "{e}");
+    let e = load_toml(
+        "[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"a.b\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.node", "{e}");
+    assert_eq!(e.value, "a.b", "{e}");
+    let e = load_toml("[cluster]\nnats = \"nats://127.0.0.1:4222\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("node"), "{e}");
+}

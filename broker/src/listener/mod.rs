@@ -43,6 +43,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cluster: {0}")]
+    Cluster(crate::cluster::ClusterError),
 }
 
 /// A bound, not yet running broker.
@@ -130,7 +132,20 @@ impl Server {
         let started = std::time::Instant::now();
         let (store, recovery) = Store::open(&config.persistence).map_err(StartError::Store)?;
         let broker = Arc::new(Broker::with_auth(config, acl, passwords).with_store(store));
+        // Cluster mode: the router reports every subscription from here on, restored ones
+        // included, to the cluster task started below.
+        let cluster_inbox = broker
+            .config
+            .cluster
+            .is_some()
+            .then(|| broker.router.enable_cluster())
+            .flatten();
         let restored = broker.restore(std::time::Instant::now());
+        if let Some(inbox) = cluster_inbox {
+            crate::cluster::start(&broker, inbox)
+                .await
+                .map_err(StartError::Cluster)?;
+        }
         broker.start_delayed_timer();
         if broker.store.is_enabled() {
             let dir = broker.config.persistence.dir.display().to_string();
