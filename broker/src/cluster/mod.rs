@@ -379,16 +379,24 @@ impl Inbound {
                 .map(|v| v.as_str().to_owned())
         };
         let from = header(wire::NODE_HEADER);
+        // Overlapping filters: one NATS copy per matching subscription, each subscription read
+        // by its own task; the first copy counts. The check and the routing happen under one
+        // lock: otherwise one task could mark message k seen, another route k + 1 (having
+        // skipped its own copy of k) before the first routed k, and a subscriber would get one
+        // topic's messages out of order (4.6). Each subscription delivers in order, so the first
+        // copy of k + 1 always comes after k was routed.
+        let mut _in_order = None;
         if shared.is_none() {
             // This node routed its own messages to its plain subscribers already.
             if from.as_deref() == Some(self.node.as_str()) {
                 return;
             }
-            // Overlapping filters: one NATS copy per matching subscription; the first counts.
             if let (Some(from), Some(id)) = (&from, header(wire::ID_HEADER)) {
-                if !lock(&self.seen).first(&format!("{from}/{id}")) {
+                let mut seen = lock(&self.seen);
+                if !seen.first(&format!("{from}/{id}")) {
                     return;
                 }
+                _in_order = Some(seen);
             }
         }
         let mut msg = match wire::decode(&m.payload, Instant::now(), Duration::ZERO) {
