@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub mod clients;
+pub mod mosquitto;
 pub mod mosquitto_sub;
 pub mod nats;
 

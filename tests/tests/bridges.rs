@@ -13,147 +13,17 @@
 //! Every wait is on a condition (a log line, a message) with a generous deadline; each
 //! process is stopped by its PID.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
 
 use sluice_tests::clients::{publish_packet, publish_qos1, raw_ok, raw_subscribe, Opts};
 use sluice_tests::codec::{Packet, Protocol, PubAck, Publish, QoS};
+use sluice_tests::mosquitto::Mosquitto;
 use sluice_tests::{workspace_root, Broker, BrokerOpts, RawClient};
 
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// Deadline for anything that crosses the bridge (a reconnect backs off up to 2 s here).
 const WAIT: Duration = Duration::from_secs(45);
-
-/// A Mosquitto broker on a loopback port, with persistence in its own directory, so that it
-/// can be stopped and started again on the same port with its sessions.
-struct Mosquitto {
-    child: Option<Child>,
-    addr: SocketAddr,
-    dir: PathBuf,
-    extra: String,
-}
-
-impl Mosquitto {
-    /// Starts one on a free port in `dir`; `extra` is added to its configuration (listener
-    /// options such as TLS files).
-    fn start(dir: &Path, extra: &str) -> Mosquitto {
-        for _attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let mut m = Mosquitto {
-                child: None,
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                dir: dir.to_path_buf(),
-                extra: extra.to_owned(),
-            };
-            if m.run() {
-                return m;
-            }
-        }
-        panic!("mosquitto did not start; its log:\n{}", log_of(dir));
-    }
-
-    /// Starts the process on `self.addr`; true once it accepts connections.
-    fn run(&mut self) -> bool {
-        let conf = self.dir.join("mosquitto.conf");
-        // `user root`: run as root (as on CI), mosquitto would otherwise switch to the
-        // `mosquitto` user, which cannot write the scratch directory; ignored when not root.
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\n{extra}\nallow_anonymous true\npersistence true\n\
-                 persistence_location {dir}/\nautosave_interval 1\nuser root\n\
-                 log_dest file {dir}/mosquitto.log\nlog_type all\n",
-                port = self.addr.port(),
-                extra = self.extra,
-                dir = self.dir.display(),
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mosquitto");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            // Still running once the port answers: the answer is its, not another process's.
-            let exited = child.try_wait().unwrap().is_some();
-            if !exited
-                && TcpStream::connect(self.addr).is_ok()
-                && child.try_wait().unwrap().is_none()
-            {
-                self.child = Some(child);
-                return true;
-            }
-            if exited || Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Starts it again on the same port (with the sessions it saved).
-    fn restart(&mut self) {
-        assert!(
-            self.run(),
-            "mosquitto did not start again on {}; its log:\n{}",
-            self.addr,
-            log_of(&self.dir)
-        );
-    }
-
-    /// SIGTERM (Mosquitto saves its sessions and queues on a clean exit), and waits for it.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default()
-}
-
-/// Whether Mosquitto is installed (`scripts/install-test-deps.sh`); the tests say SKIPPED
-/// otherwise rather than fail on a machine without it.
-fn have_mosquitto() -> bool {
-    let ok = Path::new(MOSQUITTO).exists();
-    if !ok {
-        eprintln!("SKIPPED: {MOSQUITTO} not installed (Debian package mosquitto; scripts/install-test-deps.sh)");
-    }
-    ok
-}
 
 /// The `[[bridges]]` section of a bridge named `up` to `remote`.
 fn bridge_toml(remote: SocketAddr, protocol: &str, topics: &str, extra: &str) -> String {
@@ -244,7 +114,7 @@ async fn subscriber(addr: SocketAddr, protocol: Protocol, id: &str, filter: &str
 /// remote `cloud/commands/#` comes in as `edge/commands/#`; other topics stay where they are.
 async fn out_and_in_with_prefixes(protocol: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let m = Mosquitto::start(dir.path(), "");
+    let m = Mosquitto::start(dir.path(), Mosquitto::PERSISTENT);
     let s = sluice(
         &bridge_toml(
             m.addr,
@@ -255,7 +125,7 @@ async fn out_and_in_with_prefixes(protocol: &str) {
         ),
         None,
     );
-    let log = log_of(dir.path());
+    let log = m.log();
     if protocol == "3.1.1" {
         assert!(
             log.contains("New bridge connected"),
@@ -304,16 +174,12 @@ async fn out_and_in_with_prefixes(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_and_in_with_prefixes_v5() {
-    if have_mosquitto() {
-        out_and_in_with_prefixes("5").await;
-    }
+    out_and_in_with_prefixes("5").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_and_in_with_prefixes_311() {
-    if have_mosquitto() {
-        out_and_in_with_prefixes("3.1.1").await;
-    }
+    out_and_in_with_prefixes("3.1.1").await;
 }
 
 /// `direction = "both"`: a message published on either side reaches the subscribers of each
@@ -321,7 +187,7 @@ async fn out_and_in_with_prefixes_311() {
 /// them, so they would arrive before the markers: each subscriber's sequence is exact.
 async fn both_does_not_loop(protocol: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let m = Mosquitto::start(dir.path(), "");
+    let m = Mosquitto::start(dir.path(), Mosquitto::PERSISTENT);
     let s = sluice(
         &bridge_toml(
             m.addr,
@@ -380,16 +246,12 @@ async fn both_does_not_loop(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_do_not_loop_v5() {
-    if have_mosquitto() {
-        both_does_not_loop("5").await;
-    }
+    both_does_not_loop("5").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_do_not_loop_311() {
-    if have_mosquitto() {
-        both_does_not_loop("3.1.1").await;
-    }
+    both_does_not_loop("3.1.1").await;
 }
 
 /// How many QoS 1 messages are published while the remote is away.
@@ -403,7 +265,7 @@ const OUTAGE_MESSAGES: usize = 200;
 async fn remote_away(protocol: &str, kill_sluice: bool) {
     let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut m = Mosquitto::start(dir.path(), "");
+    let mut m = Mosquitto::start(dir.path(), Mosquitto::PERSISTENT);
     let toml = bridge_toml(
         m.addr,
         protocol,
@@ -469,32 +331,23 @@ fn sluice_without_remote(toml: &str, data: &Path) -> Broker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_going_away_loses_nothing_v5() {
-    if have_mosquitto() {
-        remote_away("5", false).await;
-    }
+    remote_away("5", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_going_away_loses_nothing_311() {
-    if have_mosquitto() {
-        remote_away("3.1.1", false).await;
-    }
+    remote_away("3.1.1", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_queue_survives_kill_9_of_sluice() {
-    if have_mosquitto() {
-        remote_away("5", true).await;
-    }
+    remote_away("5", true).await;
 }
 
 /// TLS to the remote (rustls), with a client certificate Mosquitto requires. The remote's
 /// subscriber uses a second, plain listener of the same Mosquitto.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_the_remote_with_a_client_certificate() {
-    if !have_mosquitto() {
-        return;
-    }
     let certs = workspace_root().join("certs");
     let c = |f: &str| certs.join(f).display().to_string();
     let plain_port = TcpListener::bind("127.0.0.1:0")
@@ -505,7 +358,8 @@ async fn tls_to_the_remote_with_a_client_certificate() {
     let m = Mosquitto::start(
         dir.path(),
         &format!(
-            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nlistener {plain_port} 127.0.0.1",
+            "{}cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nlistener {plain_port} 127.0.0.1",
+            Mosquitto::PERSISTENT,
             c("ca.pem"),
             c("server.pem"),
             c("server.key")
@@ -527,7 +381,7 @@ async fn tls_to_the_remote_with_a_client_certificate() {
         None,
     );
     assert!(
-        log_of(dir.path()).contains("New client connected"),
+        m.log().contains("New client connected"),
         "the bridge is a TLS client of {}",
         m.addr
     );
@@ -553,12 +407,9 @@ async fn tls_to_the_remote_with_a_client_certificate() {
 /// session go at the next start, with whatever was still queued for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_queue_from_start_up_and_a_removed_bridge_lets_go() {
-    if !have_mosquitto() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut m = Mosquitto::start(dir.path(), "");
+    let mut m = Mosquitto::start(dir.path(), Mosquitto::PERSISTENT);
     let sub_opts = Opts::persistent(u32::MAX);
     let mut remote_sub = raw_ok(m.addr, Protocol::V311, "remote-sub", &sub_opts).await;
     raw_subscribe(&mut remote_sub, 1, "q/#", QoS::AtLeastOnce).await;
@@ -619,11 +470,8 @@ async fn messages_queue_from_start_up_and_a_removed_bridge_lets_go() {
 /// it may read for `out` and write for `in`); and no network client may take its client id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_has_its_own_acl_section_and_client_id() {
-    if !have_mosquitto() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let m = Mosquitto::start(dir.path(), "");
+    let m = Mosquitto::start(dir.path(), Mosquitto::PERSISTENT);
     let acl =
         "topic readwrite #\nuser $bridge/up\ntopic read sensors/#\ntopic write edge/commands/ok\n";
     let config = format!(
@@ -685,7 +533,7 @@ async fn the_bridge_has_its_own_acl_section_and_client_id() {
 async fn remote_stops_mid_stream(protocol: &str) {
     const N: usize = 1000;
     let dir = tempfile::tempdir().unwrap();
-    let mut m = Mosquitto::start(dir.path(), "");
+    let mut m = Mosquitto::start(dir.path(), Mosquitto::PERSISTENT);
     let s = sluice(
         &bridge_toml(
             m.addr,
@@ -758,16 +606,12 @@ async fn remote_stops_mid_stream(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_stopping_mid_stream_loses_nothing_v5() {
-    if have_mosquitto() {
-        remote_stops_mid_stream("5").await;
-    }
+    remote_stops_mid_stream("5").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_stopping_mid_stream_loses_nothing_311() {
-    if have_mosquitto() {
-        remote_stops_mid_stream("3.1.1").await;
-    }
+    remote_stops_mid_stream("3.1.1").await;
 }
 
 /// Another Sluice as the remote. Over 3.1.1 it refuses the bridge bit (protocol level 0x84:
