@@ -372,11 +372,12 @@ async fn forward(mut sub: Subscriber, inbound: Arc<Inbound>, shared: Option<Topi
 
 impl Inbound {
     fn route(&self, router: &Router, m: &async_nats::Message, shared: Option<&TopicFilter>) {
+        // Borrowed from the message: no copy per message.
         let header = |name: &str| {
             m.headers
                 .as_ref()
                 .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_owned())
+                .map(|v| v.as_str())
         };
         let from = header(wire::NODE_HEADER);
         // Overlapping filters: one NATS copy per matching subscription, each subscription read
@@ -388,10 +389,10 @@ impl Inbound {
         let mut _in_order = None;
         if shared.is_none() {
             // This node routed its own messages to its plain subscribers already.
-            if from.as_deref() == Some(self.node.as_str()) {
+            if from == Some(self.node.as_str()) {
                 return;
             }
-            if let (Some(from), Some(id)) = (&from, header(wire::ID_HEADER)) {
+            if let (Some(from), Some(id)) = (from, header(wire::ID_HEADER)) {
                 let mut seen = lock(&self.seen);
                 if !seen.first(&format!("{from}/{id}")) {
                     return;
