@@ -18,6 +18,7 @@
 //!           -> persist      the write-ahead log: Journal (event-named methods), writer
 //!                           thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
+//!               -> shaping      egress token buckets and `[[shaping]]` rules (sans-IO)
 //!               -> config, message, topic, stats, locks, certgen   (leaves)
 //! ```
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
@@ -81,6 +82,7 @@ pub mod persist;
 pub mod protocol;
 pub mod routing;
 pub mod session;
+pub mod shaping;
 pub mod stats;
 pub mod topic;
 
