@@ -195,6 +195,8 @@ impl ClientState {
         handle
             .inflight
             .store(session.inflight_len(), std::sync::atomic::Ordering::Relaxed);
+        // A returning client gets the whole `slow_consumer_seconds` to drain its queue.
+        handle.outbox().unmark_full();
         ClientState {
             n,
             handle,

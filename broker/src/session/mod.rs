@@ -482,7 +482,7 @@ impl SessionHandle {
         if before % 1000 == 0 || before / 1000 != (before + n) / 1000 {
             tracing::warn!(
                 client_id = %self.client_id,
-                reason = reason.as_str(),
+                reason = %reason.as_str(),
                 dropped = before + n,
                 "message dropped"
             );

@@ -207,6 +207,12 @@ impl Outbox {
         first
     }
 
+    /// Forgets the full mark (a client that connects gets a fresh `slow_consumer_seconds`
+    /// to drain what waited for it).
+    pub fn unmark_full(&mut self) {
+        self.full_since = None;
+    }
+
     /// Clears the full mark once the queue is under three quarters of its bounds.
     pub fn unmark_full_below_low_water(&mut self) {
         if self.full_since.is_some()
