@@ -437,6 +437,7 @@ where
                 Event::Paused => w.busy().pause = None,
                 Event::Egress => {
                     w.busy().egress = None;
+                    state.egress_timer_fired();
                     let now = Instant::now();
                     let slow = slow_consumer(&broker);
                     if state.slow_consumer_deadline(slow).is_some_and(|t| t <= now) {

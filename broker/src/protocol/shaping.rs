@@ -194,6 +194,14 @@ impl ClientState {
         }
     }
 
+    /// Forgets the due time of the last empty bucket (its timer fired): the next drain asks
+    /// the buckets again and sets a new one if they are still empty.
+    pub fn egress_timer_fired(&mut self) {
+        if let Some(e) = self.egress.as_deref_mut() {
+            e.clear_due();
+        }
+    }
+
     /// When this client counts as a slow consumer: its queue full since a refused message
     /// (`disconnect_slow_consumer` only), plus `slow_consumer`.
     pub fn slow_consumer_deadline(&self, slow_consumer: Duration) -> Option<Instant> {
