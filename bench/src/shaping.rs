@@ -177,7 +177,7 @@ impl Received {
 /// One consumer: subscribes, receives and acknowledges until `stop` says so. With `pace`
 /// (messages/s) it acknowledges no faster than that (Mosquitto's consumers throttle
 /// themselves this way); the record of each message goes into `into`.
-async fn consume(
+struct Consumer {
     addr: std::net::SocketAddr,
     id: String,
     filter: &'static str,
@@ -185,8 +185,21 @@ async fn consume(
     pace: Option<f64>,
     into: Arc<Mutex<Received>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Told once subscribed.
     ready: tokio::sync::mpsc::UnboundedSender<()>,
-) -> Result<()> {
+}
+
+async fn consume(c: Consumer) -> Result<()> {
+    let Consumer {
+        addr,
+        id,
+        filter,
+        persistent,
+        pace,
+        into,
+        stop,
+        ready,
+    } = c;
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut c, _) = Conn::connect(addr, Protocol::V5, &connect_opts(&id, persistent), deadline)
         .await
@@ -279,16 +292,16 @@ pub async fn shaping(args: ShapingArgs) -> Result<()> {
         let got = Arc::new(Mutex::new(Received::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let consumer = tokio::spawn(consume(
-            b.addr,
-            "shaped-1".into(),
-            "orders/#",
-            false,
-            None,
-            got.clone(),
-            stop.clone(),
-            tx,
-        ));
+        let consumer = tokio::spawn(consume(Consumer {
+            addr: b.addr,
+            id: "shaped-1".into(),
+            filter: "orders/#",
+            persistent: false,
+            pace: None,
+            into: got.clone(),
+            stop: stop.clone(),
+            ready: tx,
+        }));
         rx.recv().await.context("the consumer did not subscribe")?;
         let took = publish_burst(b.addr, n, 256).await?;
         // Wait out the window: the first second (the burst) plus `seconds`.
@@ -399,17 +412,17 @@ pub async fn burst(args: BurstArgs) -> Result<()> {
         for g in &groups {
             let r = Arc::new(Mutex::new(Received::default()));
             for w in 0..g.workers {
-                tasks.push(tokio::spawn(consume(
-                    b.addr,
-                    format!("{}-{w}", g.name),
-                    g.filter,
-                    g.rate.is_none(),
+                tasks.push(tokio::spawn(consume(Consumer {
+                    addr: b.addr,
+                    id: format!("{}-{w}", g.name),
+                    filter: g.filter,
+                    persistent: g.rate.is_none(),
                     // Sluice paces them; Mosquitto's pace themselves.
-                    if sluice { None } else { g.rate },
-                    r.clone(),
-                    stop.clone(),
-                    tx.clone(),
-                )));
+                    pace: if sluice { None } else { g.rate },
+                    into: r.clone(),
+                    stop: stop.clone(),
+                    ready: tx.clone(),
+                })));
             }
             received.push(r);
         }
