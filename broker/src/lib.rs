@@ -63,7 +63,9 @@
 //! 4. The publisher's PUBACK/PUBREC waits for the store's ticket ([`persist`]): written and
 //!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
-//!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once
+//!    (bounded by the client's Receive Maximum, and by its `[[shaping]]` token bucket: an
+//!    empty bucket leaves the rest queued and the task sleeps until the next token,
+//!    [`shaping`], `protocol/shaping.rs`), encodes into its write buffer and writes once
 //!    (journal: `Store::delivery_sent`; its PUBACKs: `Store::delivery_acked`).
 //!    A message going to many subscribers is encoded once per wire form (protocol level, QoS,
 //!    RETAIN, DUP, remaining expiry) and kept on the message; the others copy those bytes and

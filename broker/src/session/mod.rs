@@ -480,11 +480,22 @@ impl SessionHandle {
         reason.counter(&self.drops).fetch_add(n, Ordering::Relaxed);
         let before = self.drops.total.fetch_add(n, Ordering::Relaxed);
         if before % 1000 == 0 || before / 1000 != (before + n) / 1000 {
+            let what = match reason {
+                DropReason::QueueFullNewest => {
+                    "session queue full (mqtt.max_queued_messages / mqtt.max_queued_bytes): message dropped"
+                }
+                DropReason::QueueFullOldest => {
+                    "session queue full (mqtt.max_queued_messages / mqtt.max_queued_bytes): oldest queued message dropped"
+                }
+                DropReason::Qos0Rate => {
+                    "session queue full of QoS 0 messages over the shaped rate: message dropped"
+                }
+            };
             tracing::warn!(
                 client_id = %self.client_id,
                 reason = %reason.as_str(),
                 dropped = before + n,
-                "message dropped"
+                "{what}"
             );
         }
     }
