@@ -16,6 +16,7 @@ mod durability;
 mod load;
 mod procfs;
 mod report;
+mod shaping;
 mod suite;
 mod svg;
 mod tls;
@@ -59,6 +60,14 @@ enum Cmd {
     /// messages; SIGTERM and SIGKILL; sluice, mosquitto-persist): spawn → first CONNACK, RSS,
     /// disk size, one session's drain (bench/durability.sh runs it).
     Durability(durability::DurabilityArgs),
+    /// Egress shaping accuracy (issue 13): a `[[shaping]]` rule per rate (default 300 and
+    /// 1000 msg/s), a backlog for one shaped subscriber, its received rate over 10 s.
+    Shaping(shaping::ShapingArgs),
+    /// The order-system burst (issue 13): N QoS 1 orders into shaped consumer groups
+    /// (`$share/sms/orders/#` x3, `$share/redpacket/orders/#` x2) and one `inventory`
+    /// subscriber; absorb rate, drain time against N / the group's rate, peak RSS, lost and
+    /// duplicated; Mosquitto in the same run, its consumers acknowledging at their pace.
+    Burst(shaping::BurstArgs),
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +269,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Compare(args) => compare(args).await.map(|_| ()),
             Cmd::Suite(args) => suite::run(args).await,
             Cmd::Durability(args) => durability::run(args).await,
+            Cmd::Shaping(args) => shaping::shaping(args).await,
+            Cmd::Burst(args) => shaping::burst(args).await,
         }
     });
     match result {
@@ -356,6 +367,7 @@ async fn compare(args: CompareArgs) -> Result<report::Comparison> {
         tls: params.scenario == Scenario::TlsHandshakes,
         data: None,
         sluice_log: None,
+        sluice_config: None,
     };
     let mut records = Vec::new();
     let mut keep_logs = false;

@@ -191,6 +191,17 @@ impl Broker {
             .collect()
     }
 
+    /// Puts new `[[shaping]]` rules in force (SIGHUP: the caller re-read and validated the
+    /// configuration file; a bad file never gets here, so the old rules stay). Connections
+    /// resolve their rules again at their next drain; group queues take their new overflow
+    /// policy now.
+    pub fn reload_shaping(&self, rules: Vec<crate::config::ShapingRule>) {
+        self.router.shaping.replace(rules, Instant::now());
+        self.router.refresh_group_policies();
+        // Woken so that a connection waiting on a bucket under the old rules looks again.
+        self.wake_all_sessions();
+    }
+
     /// A fresh connection number.
     pub fn connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
@@ -573,12 +584,15 @@ impl Broker {
 
     /// An empty session queue with the configured bounds.
     fn new_outbox(&self) -> Outbox {
-        let outbox = Outbox::new(
+        let mut outbox = Outbox::new(
             self.config.max_queued_messages(),
             self.config.max_queued_bytes(),
         )
         .with_budget(self.queue_budget.clone())
         .with_memory_limit(self.config.mqtt.max_queued_memory_bytes);
+        // A shaping rule's `overflow` replaces it while the client is connected (its
+        // connection resolves the rules).
+        outbox.set_policy(self.config.mqtt.queue_full_policy);
         if self.store.is_enabled() {
             outbox.with_window(self.config.persistence.queue_memory_bytes)
         } else {

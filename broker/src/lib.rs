@@ -24,6 +24,7 @@
 //!           -> persist      the write-ahead log: Journal (event-named methods), writer
 //!                           thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
+//!               -> shaping      egress token buckets and `[[shaping]]` rules (sans-IO)
 //!               -> config, message, topic, stats, locks, certgen   (leaves)
 //! ```
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
@@ -75,7 +76,9 @@
 //! 4. The publisher's PUBACK/PUBREC waits for the store's ticket ([`persist`]): written and
 //!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
-//!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once
+//!    (bounded by the client's Receive Maximum, and by its `[[shaping]]` token bucket: an
+//!    empty bucket leaves the rest queued and the task sleeps until the next token,
+//!    [`shaping`], `protocol/shaping.rs`), encodes into its write buffer and writes once
 //!    (journal: `Store::delivery_sent`; its PUBACKs: `Store::delivery_acked`).
 //!    A message going to many subscribers is encoded once per wire form (protocol level, QoS,
 //!    RETAIN, DUP, remaining expiry) and kept on the message; the others copy those bytes and
@@ -96,6 +99,7 @@ pub mod persist;
 pub mod protocol;
 pub mod routing;
 pub mod session;
+pub mod shaping;
 pub mod stats;
 pub mod topic;
 

@@ -146,6 +146,16 @@ fn main() -> ExitCode {
                     Err(e) => tracing::error!(error = %e, "SIGHUP: auth.acl_file not reloaded; the previous rules stay in force"),
                 }
                 tls.reload_all("SIGHUP");
+                // The shaping rules come from the configuration file itself: re-read whole and
+                // validated; a file with an error leaves the rules in force.
+                match load(&args) {
+                    Ok(c) => {
+                        let n = c.shaping.len();
+                        broker.reload_shaping(c.shaping);
+                        tracing::info!(rules = n, "SIGHUP: shaping rules reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the previous shaping rules stay in force"),
+                }
             }
         });
         server

@@ -20,6 +20,16 @@ pub struct Stats {
     /// (`mqtt.shared_group_orphan_policy`, `shared_group_orphan_expiry_seconds`); also counted
     /// in `messages_dropped`.
     pub orphaned_dropped: AtomicU64,
+    /// Messages a full session queue refused (`drop_newest`, and the drops of `reject` and
+    /// `disconnect_slow_consumer` that are not refusals); also in `messages_dropped`.
+    pub dropped_queue_full_newest: AtomicU64,
+    /// Queued messages evicted to make room (`drop_oldest`); also in `messages_dropped`.
+    pub dropped_queue_full_oldest: AtomicU64,
+    /// QoS 0 messages of a shaped session dropped because they waited over the rate past the
+    /// queue's memory bound; also in `messages_dropped`.
+    pub dropped_qos0_rate: AtomicU64,
+    /// Clients disconnected by `disconnect_slow_consumer`.
+    pub slow_consumers_disconnected: AtomicU64,
 }
 
 /// One bridge's counters (`[[bridges]]`), updated by its task, read through

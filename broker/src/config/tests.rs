@@ -373,3 +373,77 @@ fn cluster_section_is_optional_and_checked() {
     let e = load_toml("[cluster]\nnats = \"nats://127.0.0.1:4222\"\n", &[]).unwrap_err();
     assert!(e.to_string().contains("node"), "{e}");
 }
+
+#[test]
+fn overflow_policies_parse_and_drop_is_an_alias_of_drop_newest() {
+    for (text, want) in [
+        ("drop", QueueFullPolicy::DropNewest),
+        ("drop_newest", QueueFullPolicy::DropNewest),
+        ("drop_oldest", QueueFullPolicy::DropOldest),
+        ("reject", QueueFullPolicy::Reject),
+        (
+            "disconnect_slow_consumer",
+            QueueFullPolicy::DisconnectSlowConsumer,
+        ),
+    ] {
+        let c = load_toml(
+            &format!("[mqtt]\nqueue_full_policy = \"{text}\"\nslow_consumer_seconds = 5\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.queue_full_policy, want);
+        assert_eq!(c.mqtt.slow_consumer_seconds, 5);
+    }
+    let e = load_toml("[mqtt]\nslow_consumer_seconds = 0\n", &[]).unwrap_err();
+    assert_eq!(e.key, "mqtt.slow_consumer_seconds");
+}
+
+#[test]
+fn shaping_rules_are_read_in_order_and_validated() {
+    let c = load_toml(
+        "[[shaping]]\nclient_id = \"sms-*\"\nmessages_per_second = 300\nbytes_per_second = 0\nburst = 50\n\
+         [[shaping]]\ngroup = \"redpacket\"\nmessages_per_second = 200.5\noverflow = \"drop_oldest\"\n\
+         [[shaping]]\nusername = \"slow\"\nbytes_per_second = 1000\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.shaping.len(), 3);
+    assert_eq!(c.shaping[0].client_id.as_deref(), Some("sms-*"));
+    assert_eq!(c.shaping[0].messages_per_second, 300.0);
+    assert_eq!(c.shaping[0].burst(), 50);
+    assert_eq!(c.shaping[1].group.as_deref(), Some("redpacket"));
+    assert_eq!(c.shaping[1].overflow, Some(QueueFullPolicy::DropOldest));
+    assert_eq!(c.shaping[1].burst(), 11, "default: a twentieth of a second");
+    assert_eq!(c.shaping[2].burst(), 1);
+    for (text, key, reason) in [
+        ("messages_per_second = 1\n", "shaping[0]", "exactly one"),
+        (
+            "client_id = \"a\"\ngroup = \"g\"\n",
+            "shaping[0]",
+            "exactly one",
+        ),
+        (
+            "client_id = \"a\"\nmessages_per_second = -1\n",
+            "shaping[0].messages_per_second",
+            ">= 0",
+        ),
+        (
+            "client_id = \"a\"\nbytes_per_second = nan\n",
+            "shaping[0].bytes_per_second",
+            "finite",
+        ),
+        (
+            "client_id = \"a\"\nburst = 0\n",
+            "shaping[0].burst",
+            "at least 1",
+        ),
+        ("group = \"a/b\"\n", "shaping[0].group", "cannot contain"),
+        ("client_id = \"\"\n", "shaping[0].client_id", "empty"),
+    ] {
+        let e = load_toml(&format!("[[shaping]]\n{text}"), &[]).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e}");
+        assert!(e.reason.contains(reason), "{text}: {e}");
+    }
+    let e = load_toml("[[shaping]]\nclient_id = \"a\"\nrate = 3\n", &[]).unwrap_err();
+    assert!(e.reason.contains("unknown"), "{e}");
+}

@@ -16,6 +16,7 @@ mod alias;
 pub(crate) mod connect;
 mod inbound;
 mod outbound;
+mod shaping;
 mod subscribe;
 
 use std::sync::Arc;
@@ -160,6 +161,9 @@ pub struct ClientState {
     /// after a crash carry DUP"). Boxed and only for sessions that use it (persistent ones,
     /// or one recovered with a horizon): 40 bytes in every connection's task otherwise.
     horizon: Option<Box<SentHorizon>>,
+    /// Egress shaping (`[[shaping]]`) as it applies to this session: boxed, and only while
+    /// rules are in force (protocol/shaping.rs).
+    egress: Option<Box<shaping::Egress>>,
 }
 
 /// A session's `SentHorizon` as its connection keeps it.
@@ -191,6 +195,8 @@ impl ClientState {
         handle
             .inflight
             .store(session.inflight_len(), std::sync::atomic::Ordering::Relaxed);
+        // A returning client gets the whole `slow_consumer_seconds` to drain its queue.
+        handle.outbox().unmark_full();
         ClientState {
             n,
             handle,
@@ -209,6 +215,7 @@ impl ClientState {
             write_buf: BytesMut::new(),
             oversize_dropped: 0,
             horizon: None,
+            egress: None,
         }
     }
 

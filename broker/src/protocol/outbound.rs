@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use sluice_codec::{prepare, Packet, PubAck, Publish, QoS, TopicName};
 
 use super::alias::AliasUse;
+use super::shaping::shaped_bytes;
 use crate::message::{EncodedForm, FormLookup, Message, WireForm};
 use crate::session::{Delivery, Inflight};
 
@@ -110,6 +111,14 @@ impl ClientState {
         // The records of the deliveries sent now reach the writer together, in one frame.
         let _records = self.store.batch();
         let mut batch = Vec::new();
+        // Shaping (`[[shaping]]`): each message taken is charged to its bucket; an empty
+        // bucket stops the drain of that queue until `egress_due`.
+        // Taken out for the drain (put back below): the group path borrows `self`.
+        let mut egress_box = self.egress.take();
+        let mut egress = egress_box.as_deref_mut();
+        if let Some(e) = egress.as_deref_mut() {
+            e.clear_due();
+        }
         let more = {
             let mut outbox = self.handle.outbox();
             let mut window = self
@@ -121,6 +130,11 @@ impl ClientState {
             while let Some(front) = outbox.front() {
                 if budget == 0 || (front.qos != QoS::AtMostOnce && window == 0) {
                     break;
+                }
+                if let Some(e) = egress.as_deref_mut() {
+                    if !e.try_take(front.shared.as_ref(), now, shaped_bytes(front)) {
+                        break;
+                    }
                 }
                 let Some(d) = outbox.pop() else { break };
                 if d.qos != QoS::AtMostOnce {
@@ -139,6 +153,9 @@ impl ClientState {
                 self.session.inflight_len() + taken,
                 std::sync::atomic::Ordering::Relaxed,
             );
+            if !batch.is_empty() {
+                outbox.unmark_full_below_low_water();
+            }
             let mut cold_waiting = outbox.wants_load();
             let mut more = !outbox.is_empty();
             drop(outbox);
@@ -150,10 +167,26 @@ impl ClientState {
                     let i = self.group_cursor % n;
                     self.group_cursor = self.group_cursor.wrapping_add(1);
                     let (filter, q) = &self.group_queues[i];
+                    // The group's bucket (a `group` rule: shared with the other members) is
+                    // asked before taking; the message's bytes are charged once it is known.
+                    if let Some(e) = egress.as_deref_mut() {
+                        if q.is_empty() {
+                            idle += 1;
+                            continue;
+                        }
+                        if !e.try_take(Some(filter), now, 0) {
+                            idle += 1;
+                            more = true;
+                            continue;
+                        }
+                    }
                     // Counted as inflight under the group queue's lock, as above.
                     match q.pop_reserving(&self.handle.inflight) {
                         Some(d) => {
                             idle = 0;
+                            if let Some(e) = egress.as_deref_mut() {
+                                e.charge_bytes(Some(filter), shaped_bytes(&d));
+                            }
                             let d = self.take_group_delivery(filter, d);
                             if d.qos != QoS::AtMostOnce {
                                 window -= 1;
@@ -161,7 +194,12 @@ impl ClientState {
                             budget = budget.saturating_sub(d.msg.cost());
                             batch.push(d);
                         }
-                        None => idle += 1,
+                        None => {
+                            if let Some(e) = egress.as_deref_mut() {
+                                e.refund(Some(filter));
+                            }
+                            idle += 1
+                        }
                     }
                 }
                 // A group queue whose next messages are on disk only: this member reads them
@@ -174,6 +212,7 @@ impl ClientState {
             self.cold_waiting = cold_waiting;
             more
         };
+        self.egress = egress_box;
         for d in batch {
             self.send_delivery(d, now);
         }

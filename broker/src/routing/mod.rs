@@ -28,8 +28,8 @@ use crate::routing::delayed::DelayedPublishes;
 use crate::routing::retain::RetainedStore;
 use crate::routing::shared_subscriptions::{Candidate, GroupQueue, Pick, SharedGroups};
 use crate::routing::subscriptions::SubscriptionTree;
-use crate::session::QueueBudget;
-use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
+use crate::session::{Delivery, Dropped, Evicted, QueueBudget, SessionHandle, SubscriptionRecord};
+use crate::shaping::Shaping;
 use crate::stats::Stats;
 use std::sync::{OnceLock, RwLock};
 
@@ -158,6 +158,8 @@ pub struct Router {
     /// Cluster mode (`[cluster]`): the queue to this node's cluster task. Unset on a single
     /// node, where routing is exactly what it was without it.
     cluster: OnceLock<ClusterLink>,
+    /// Egress shaping rules (`[[shaping]]`), for the overflow policies they set.
+    pub shaping: Arc<Shaping>,
 }
 
 impl Drop for Router {
@@ -178,6 +180,7 @@ impl Router {
     ) -> Router {
         Router {
             delayed: Arc::new(DelayedPublishes::new(config.limits.max_delayed_messages)),
+            shaping: Arc::new(Shaping::new(config.shaping.clone())),
             config,
             subscriptions: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedStore::new()),
@@ -253,8 +256,10 @@ impl Router {
         msg: Arc<Message>,
         received: Option<Pending>,
     ) -> Result<usize, ClientId> {
-        let reject = self.config.mqtt.queue_full_policy == QueueFullPolicy::Reject
-            && msg.qos != QoS::AtMostOnce;
+        // Some subscriber may refuse it: the broker-wide policy, or a shaping rule's.
+        let reject = msg.qos != QoS::AtMostOnce
+            && (self.config.mqtt.queue_full_policy == QueueFullPolicy::Reject
+                || self.shaping.any_reject());
         self.route(msg, reject, received, Scope::Local)
     }
 
@@ -367,12 +372,17 @@ impl Router {
             let cost = msg.cost();
             let full_session = targets
                 .iter()
-                .find(|t| t.qos != QoS::AtMostOnce && !t.handle.outbox().has_room(cost))
+                .find(|t| {
+                    t.qos != QoS::AtMostOnce && {
+                        let outbox = t.handle.outbox();
+                        outbox.policy() == QueueFullPolicy::Reject && !outbox.has_room(cost)
+                    }
+                })
                 .map(|t| t.handle.client_id.clone());
             let full_group = || {
                 to_groups
                     .iter()
-                    .find(|(q, _)| !q.has_room(cost))
+                    .find(|(q, _)| q.policy() == QueueFullPolicy::Reject && !q.has_room(cost))
                     .map(|(q, _)| ClientId::from(q.key.as_str()))
             };
             if let Some(full) = full_session.or_else(full_group) {
@@ -452,8 +462,31 @@ impl Router {
     /// store had it). Returns whether it was queued.
     pub(crate) fn deliver_to(&self, handle: &SessionHandle, d: Delivery) -> bool {
         let seq = d.seq;
-        if handle.deliver(d).is_ok() {
-            return true;
+        let qos0 = d.qos == QoS::AtMostOnce;
+        let mut evicted = Evicted::default();
+        let r = handle.deliver(d, &mut evicted);
+        if evicted.count > 0 {
+            // `drop_oldest`: the evicted ones are gone from the log's queue too.
+            for seq in evicted.seqs {
+                self.store.delivery_skipped(handle.client_id.clone(), seq);
+            }
+            let n = evicted.count as u64;
+            self.stats
+                .dropped_queue_full_oldest
+                .fetch_add(n, Ordering::Relaxed);
+            self.stats.messages_dropped.fetch_add(n, Ordering::Relaxed);
+        }
+        match r {
+            Ok(()) => return true,
+            Err(Dropped::QueueFull) => {
+                let counter = if qos0 && handle.shaped.load(Ordering::Relaxed) {
+                    &self.stats.dropped_qos0_rate
+                } else {
+                    &self.stats.dropped_queue_full_newest
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Dropped::OfflineQos0) => {}
         }
         if seq != 0 {
             self.store.delivery_skipped(handle.client_id.clone(), seq);

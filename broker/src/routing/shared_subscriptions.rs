@@ -43,11 +43,14 @@ use std::time::{Duration, Instant};
 
 use sluice_codec::{QoS, TopicFilter};
 
+use crate::config::QueueFullPolicy;
 use crate::config::{OrphanPolicy, SharedStrategy};
 use crate::locks::read;
 use crate::message::ClientId;
 use crate::routing::Router;
-use crate::session::{ColdDelivery, Delivery, Dropped, Loaded, Outbox, QueueBudget, SessionHandle};
+use crate::session::{
+    ColdDelivery, Delivery, Dropped, Evicted, Loaded, Outbox, QueueBudget, SessionHandle,
+};
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
 /// only a hint for fairness, so when the bound is reached the table is simply cleared: a client
@@ -137,6 +140,8 @@ pub struct QueueBounds {
     pub max_bytes: usize,
     pub max_memory: usize,
     pub window: usize,
+    /// The queue's overflow policy.
+    pub policy: QueueFullPolicy,
 }
 
 /// A member's claim on reading a group queue's next deliveries back from the store
@@ -160,6 +165,7 @@ impl GroupQueue {
             .with_window(bounds.window)
             .with_memory_limit(bounds.max_memory)
             .for_group(key.clone());
+        outbox.set_policy(bounds.policy);
         // The group as a whole is "online" while it queues (QoS 0 is kept too).
         outbox.set_online(true);
         GroupQueue {
@@ -187,9 +193,21 @@ impl GroupQueue {
         self.membership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a delivery for whichever member frees a slot first.
-    pub fn push(&self, d: Delivery) -> Result<(), Dropped> {
-        self.lock().push(d)
+    /// Queues a delivery for whichever member frees a slot first (under the queue's overflow
+    /// policy: `drop_oldest` evicts into `evicted`).
+    pub fn push(&self, d: Delivery, evicted: &mut Evicted) -> Result<(), Dropped> {
+        self.lock().push_evicting(d, evicted)
+    }
+
+    /// The queue's overflow policy.
+    pub fn policy(&self) -> QueueFullPolicy {
+        self.lock().policy()
+    }
+
+    /// Sets the queue's overflow policy (`mqtt.queue_full_policy`, or the group's shaping
+    /// rule's `overflow`).
+    pub fn set_policy(&self, policy: QueueFullPolicy) {
+        self.lock().set_policy(policy)
     }
 
     /// Queues a delivery the store recovered at start-up, on disk only.
@@ -396,6 +414,29 @@ fn stable_hash(s: &str) -> usize {
 }
 
 impl Router {
+    /// The overflow policy of group `key`'s queue: its shaping rule's `overflow`, else
+    /// `mqtt.queue_full_policy`.
+    pub(crate) fn group_policy(&self, key: &TopicFilter) -> QueueFullPolicy {
+        key.shared()
+            .and_then(|(group, _)| self.shaping.group_overflow(group))
+            .unwrap_or(self.config.mqtt.queue_full_policy)
+    }
+
+    /// Applies the shaping rules' overflow policies to every group queue (after a reload).
+    pub fn refresh_group_policies(&self) {
+        let queues: Vec<Arc<GroupQueue>> = self
+            .shared_groups
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for q in queues {
+            q.set_policy(self.group_policy(&q.key));
+        }
+    }
+
     /// The queue of shared subscription `key` (created on first use).
     pub(crate) fn group_queue(&self, key: &TopicFilter) -> Arc<GroupQueue> {
         // Without a store nothing is logged, so nothing can wait on disk only.
@@ -411,6 +452,7 @@ impl Router {
                 max_bytes: self.config.max_queued_bytes(),
                 max_memory: self.config.mqtt.max_queued_memory_bytes,
                 window,
+                policy: self.group_policy(key),
             },
             &self.queue_budget,
         )
@@ -448,13 +490,32 @@ impl Router {
         members: &[Arc<SessionHandle>],
     ) {
         let seq = d.seq;
-        if queue.push(d).is_err() {
+        let mut evicted = Evicted::default();
+        let r = queue.push(d, &mut evicted);
+        if evicted.count > 0 {
+            for seq in evicted.seqs {
+                self.store.group_taken(queue.key.clone(), seq);
+            }
+            let n = evicted.count as u64;
+            let before = self
+                .stats
+                .dropped_queue_full_oldest
+                .fetch_add(n, Ordering::Relaxed);
+            self.stats.messages_dropped.fetch_add(n, Ordering::Relaxed);
+            if before % 1000 == 0 || before / 1000 != (before + n) / 1000 {
+                tracing::warn!(group = %queue.key, reason = "queue_full_oldest", "shared subscription queue full: oldest message dropped");
+            }
+        }
+        if r.is_err() {
             if seq != 0 {
                 self.store.group_taken(queue.key.clone(), seq);
             }
+            self.stats
+                .dropped_queue_full_newest
+                .fetch_add(1, Ordering::Relaxed);
             let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
-                tracing::warn!(group = %queue.key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
+                tracing::warn!(group = %queue.key, reason = "queue_full_newest", "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
             }
             return;
         }
@@ -698,6 +759,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_memory: 1 << 20,
             window,
+            policy: QueueFullPolicy::DropNewest,
         }
     }
 
@@ -721,7 +783,8 @@ mod tests {
         let window = msgs[0].cost() * 2;
         let q = Arc::new(GroupQueue::new(key.clone(), bounds(window), &budget));
         for (i, m) in msgs.iter().enumerate() {
-            q.push(logged(&key, m, i as u64 + 1)).unwrap();
+            q.push(logged(&key, m, i as u64 + 1), &mut Evicted::default())
+                .unwrap();
         }
         assert_eq!(
             (q.len(), q.cold_len()),
@@ -776,8 +839,9 @@ mod tests {
         member.outbox().set_online(true);
         let mut qos0 = logged(&key, &message(0), 0);
         qos0.qos = QoS::AtMostOnce;
-        q.push(qos0).unwrap();
-        q.push(logged(&key, &message(1), 0)).unwrap();
+        q.push(qos0, &mut Evicted::default()).unwrap();
+        q.push(logged(&key, &message(1), 0), &mut Evicted::default())
+            .unwrap();
         assert_eq!(member.headroom(), 1);
         assert!(q.pop_reserving(&member.inflight).is_some());
         assert_eq!(member.headroom(), 1, "QoS 0 takes no slot");
@@ -798,7 +862,7 @@ mod tests {
         for i in 0..10 {
             let mut d = logged(&key, &message(i), 0);
             d.seq = 0;
-            q.push(d).unwrap();
+            q.push(d, &mut Evicted::default()).unwrap();
         }
         assert_eq!(q.cold_len(), 0);
         assert!(!q.wants_load());
