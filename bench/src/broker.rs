@@ -116,6 +116,9 @@ pub struct StartOpts {
     pub data: Option<PathBuf>,
     /// Sluice's `--log` filter (default `warn`).
     pub sluice_log: Option<String>,
+    /// Extra TOML for Sluice (e.g. `[[shaping]]` rules), written to `{tag}-sluice.toml` and
+    /// passed with `--config` (the listener still comes from `--bind`).
+    pub sluice_config: Option<String>,
 }
 
 /// The repository's `certs/` (the development CA and the server certificate for 127.0.0.1), as
@@ -293,7 +296,15 @@ pub fn spawn(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
                 format!("--config {}", conf.display())
             } else {
                 cmd.args(["--bind", &format!("127.0.0.1:{port}")]);
-                format!("--bind 127.0.0.1:{port}")
+                let mut listen = format!("--bind 127.0.0.1:{port}");
+                if let Some(extra) = &opts.sluice_config {
+                    let conf = opts.dir.join(format!("{tag}-sluice.toml"));
+                    std::fs::write(&conf, format!("# written by sluice-bench\n{extra}"))
+                        .with_context(|| format!("write {}", conf.display()))?;
+                    cmd.arg("--config").arg(&conf);
+                    listen += &format!(" --config {}", conf.display());
+                }
+                listen
             };
             let log_filter = opts.sluice_log.as_deref().unwrap_or("warn");
             cmd.args(["--log", log_filter]);

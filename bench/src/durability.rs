@@ -357,6 +357,8 @@ async fn backlog_one(
         persistent: true,
         parallel: 1,
         ca: PathBuf::new(),
+        nodes: Vec::new(),
+        cluster_pids: Vec::new(),
     };
     let opts = StartOpts {
         dir: dir.to_path_buf(),
@@ -365,6 +367,7 @@ async fn backlog_one(
         tls: false,
         data: None,
         sluice_log: None,
+        sluice_config: None,
     };
     let mut broker_notes = Vec::new();
     let result = match broker::start(spec, &opts, tag) {
@@ -463,6 +466,7 @@ async fn startup_one(
         tls: false,
         data: None,
         sluice_log: Some("warn,sluice::listener=info".into()),
+        sluice_config: None,
     };
     let mut out = Outcome::default();
     out.set("sessions", args.sessions as f64);
@@ -773,6 +777,7 @@ async fn queue_one(
         tls: false,
         data: None,
         sluice_log: None,
+        sluice_config: None,
     };
     let mut b = broker::start(spec, &opts, tag)?;
     eprintln!("sluice-bench:   `{}` pid {}", b.command, b.pid);

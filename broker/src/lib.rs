@@ -7,7 +7,13 @@
 //! ```text
 //! listener     TCP / TLS / WebSocket accept loops, admission control, graceful shutdown
 //!   -> metrics      reads the counters and the state: Prometheus text, the `$SYS` publisher
-//!   -> connection   the per-client task: socket, buffers, timers, one select! loop
+//!   -> bridge       `[[bridges]]`: one task per bridge, a client of a remote broker and of
+//!                   its local session `$bridge/{name}` (served by the connection task in
+//!                   process)
+//!   -> cluster      cluster mode (`[cluster]`): the NATS connections, the task that sends
+//!                   this node's messages and interest to NATS and routes what comes back,
+//!                   the retained bucket (absent: never started)
+//!   -> connection   the per-client task: socket, buffers, timers, one hand-polled loop
 //!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
 //!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
 //!                     in, packets and routing out)
@@ -19,12 +25,17 @@
 //!           -> persist      the write-ahead log: Journal (event-named methods), writer
 //!                           thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
+//!               -> shaping      egress token buckets and `[[shaping]]` rules (sans-IO)
 //!               -> config, message, topic, stats, locks, certgen   (leaves; `stats` is the
 //!                  one registry of counters, striped per thread, added to per batch)
 //! ```
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
 //! * [`listener`]: listeners, accept loops, graceful shutdown ([`Server`]); TLS (rustls,
 //!   certificate reload) and MQTT over WebSockets wrap a listener's sockets before MQTT.
+//! * [`bridge`]: bridges to other MQTT brokers; the local side is an ordinary persistent
+//!   session, so a bridge's queue is bounded, persisted and restored like any session's.
+//! * [`cluster`]: cluster mode on NATS JetStream: topic-to-subject mapping, the wire format
+//!   between nodes, interest propagation, the retained bucket, shared groups across nodes.
 //! * [`connection`]: the per-client task, the only owner of a socket and, while connected, of
 //!   the client's [`session::Session`]; per-connection ingress rate limits.
 //! * [`protocol`]: the MQTT state machine, unit-tested without sockets; `protocol::connect`
@@ -64,10 +75,15 @@
 //!    message and its queue entries are handed to the store's writer first through the
 //!    journal (`Store::message_stored`, `Store::message_queued`, inside the PUBLISH's
 //!    `Store::batch`; no I/O here).
+//!    In cluster mode the router also hands the message to the node's cluster task (a queue
+//!    bounded in bytes, never awaited), which publishes it to NATS; the other nodes route it
+//!    to their subscribers the same way ([`routing::Router::publish_remote`]).
 //! 4. The publisher's PUBACK/PUBREC waits for the store's ticket ([`persist`]): written and
 //!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
-//!    (bounded by the client's Receive Maximum), encodes into its write buffer and writes once
+//!    (bounded by the client's Receive Maximum, and by its `[[shaping]]` token bucket: an
+//!    empty bucket leaves the rest queued and the task sleeps until the next token,
+//!    [`shaping`], `protocol/shaping.rs`), encodes into its write buffer and writes once
 //!    (journal: `Store::delivery_sent`; its PUBACKs: `Store::delivery_acked`).
 //!    A message going to many subscribers is encoded once per wire form (protocol level, QoS,
 //!    RETAIN, DUP, remaining expiry) and kept on the message; the others copy those bytes and
@@ -75,8 +91,10 @@
 //! 6. Acknowledgements release inflight slots, which lets the next queued messages go.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod certgen;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod listener;
@@ -87,6 +105,7 @@ pub mod persist;
 pub mod protocol;
 pub mod routing;
 pub mod session;
+pub mod shaping;
 pub mod stats;
 pub mod topic;
 

@@ -118,6 +118,21 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Signal handlers go in before the listeners bind (and log "listening on"): a SIGTERM
+        // or SIGHUP that arrives once a client can connect must never meet the default action
+        // (exit without a DISCONNECT, or die on SIGHUP).
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sluice: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = signals;
         let server = match Server::bind(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -130,10 +145,6 @@ fn main() -> ExitCode {
         let broker = server.broker().clone();
         let tls = server.tls_reloader();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 match broker.reload_passwords() {
                     Ok(true) => tracing::info!("SIGHUP: auth.password_file reloaded"),
@@ -146,9 +157,26 @@ fn main() -> ExitCode {
                     Err(e) => tracing::error!(error = %e, "SIGHUP: auth.acl_file not reloaded; the previous rules stay in force"),
                 }
                 tls.reload_all("SIGHUP");
+                // The shaping rules come from the configuration file itself: re-read whole and
+                // validated; a file with an error leaves the rules in force.
+                match load(&args) {
+                    Ok(c) => {
+                        let n = c.shaping.len();
+                        broker.reload_shaping(c.shaping);
+                        tracing::info!(rules = n, "SIGHUP: shaping rules reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the previous shaping rules stay in force"),
+                }
             }
         });
-        server.run(shutdown_signal()).await;
+        server
+            .run(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            })
+            .await;
         ExitCode::SUCCESS
     })
 }
@@ -236,19 +264,21 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The signals the broker answers: SIGHUP (reload), SIGTERM and SIGINT (graceful shutdown).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the three handlers at once (inside the runtime).
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 }

@@ -32,8 +32,17 @@ pub enum Counter {
     BytesReceived,
     /// Bytes written to clients' sockets.
     BytesSent,
-    /// A subscriber's (or shared group's) queue was full (`mqtt.queue_full_policy = "drop"`).
+    /// A subscriber's (or shared group's) queue was full and refused the new message
+    /// (`drop_newest`, the default; also the drops of `reject` and `disconnect_slow_consumer`
+    /// that are not refusals).
     DroppedQueueFull,
+    /// A queued message evicted to make room for a new one (`drop_oldest`).
+    DroppedQueueFullOldest,
+    /// A QoS 0 message of a shaped session that waited over the rate past the queue's memory
+    /// bound (`[[shaping]]`).
+    DroppedRate,
+    /// A `$delayed` will refused because `limits.max_delayed_messages` were already waiting.
+    DroppedDelayedFull,
     /// The Message Expiry Interval ran out before delivery [MQTT-3.3.2-5].
     DroppedExpired,
     /// Larger than the subscriber's Maximum Packet Size [MQTT-3.1.2-25].
@@ -53,13 +62,16 @@ pub enum Counter {
 pub const COUNTERS: usize = Counter::RejectedQueueFull as usize + 1;
 
 /// Drop reasons as rendered (`sluice_messages_dropped_total{reason=...}`), with their counter.
-pub const DROP_REASONS: [(&str, Counter); 6] = [
-    ("queue_full", Counter::DroppedQueueFull),
+pub const DROP_REASONS: [(&str, Counter); 9] = [
+    ("queue_full_newest", Counter::DroppedQueueFull),
+    ("queue_full_oldest", Counter::DroppedQueueFullOldest),
+    ("qos0_rate", Counter::DroppedRate),
     ("expired", Counter::DroppedExpired),
     ("oversize", Counter::DroppedOversize),
     ("acl", Counter::DroppedAcl),
     ("offline_qos0", Counter::DroppedOfflineQos0),
     ("orphaned", Counter::DroppedOrphaned),
+    ("delayed_full", Counter::DroppedDelayedFull),
 ];
 
 /// The PUBLISH→delivery latency is measured for one message in this many (those whose id is
@@ -347,6 +359,8 @@ pub struct Stats {
     pub striped: Striped,
     /// The listeners, in configuration order.
     listeners: Mutex<Vec<Arc<ListenerStats>>>,
+    /// Clients disconnected by `disconnect_slow_consumer` (shaping's overflow policy).
+    pub slow_consumers_disconnected: AtomicU64,
 }
 
 impl Default for Stats {
@@ -360,6 +374,7 @@ impl Default for Stats {
             rate_limited: AtomicU64::new(0),
             striped: Striped::default(),
             listeners: Mutex::new(Vec::new()),
+            slow_consumers_disconnected: AtomicU64::new(0),
         }
     }
 }
@@ -458,6 +473,56 @@ impl Stats {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// One bridge's counters (`[[bridges]]`), updated by its task, read through
+/// `Broker::bridges`.
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    /// The bridge's `name`.
+    pub name: String,
+    /// Connected to the remote (and to its local session).
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Messages handed to the remote (QoS 1/2: acknowledged by it).
+    pub forwarded_out: AtomicU64,
+    /// Messages from the remote published locally.
+    pub forwarded_in: AtomicU64,
+    /// Messages the bridge could not pass on: no topic mapping, a topic the other side cannot
+    /// take, or refused by the other side (a reason code of 0x80 or more).
+    pub dropped: AtomicU64,
+    /// Successful connections to the remote since start-up.
+    pub connects: AtomicU64,
+}
+
+impl BridgeCounters {
+    /// A snapshot, with what the bridge's local session holds (`queued`) and dropped.
+    pub fn status(&self, queued: usize, queue_dropped: u64) -> BridgeStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        BridgeStatus {
+            name: self.name.clone(),
+            connected: self.connected.load(Relaxed),
+            queued,
+            forwarded_out: self.forwarded_out.load(Relaxed),
+            forwarded_in: self.forwarded_in.load(Relaxed),
+            dropped: self.dropped.load(Relaxed) + queue_dropped,
+            connects: self.connects.load(Relaxed),
+        }
+    }
+}
+
+/// A snapshot of one bridge, for admin and metrics (`Broker::bridges`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeStatus {
+    pub name: String,
+    pub connected: bool,
+    /// Messages waiting in the bridge's local session for the remote: queued, plus sent and
+    /// not yet acknowledged by the remote.
+    pub queued: usize,
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
+    /// The counter above, plus what the local session's queue dropped (full queue policy).
+    pub dropped: u64,
+    pub connects: u64,
 }
 
 #[cfg(test)]

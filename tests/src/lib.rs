@@ -5,7 +5,8 @@
 //! * [`RawClient`]: a TCP socket that sends exact bytes and decodes replies with Sluice's codec,
 //!   for byte-exact and malformed-packet cases;
 //! * [`mosquitto_pub`] / [`mosquitto_sub`]: Debian's `mosquitto-clients`;
-//! * [`paho`]: Paho's Python client, from the virtualenv made by `scripts/install-test-deps.sh`.
+//! * [`paho`]: Paho's Python client, from the virtualenv made by `scripts/install-test-deps.sh`;
+//! * [`nats`]: `nats-server -js` (one, or a 3-server NATS cluster) and Sluice nodes joined to it.
 //!
 //! Every process started here is stopped by its PID (on drop at the latest), every wait is bounded.
 
@@ -22,7 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub mod clients;
+pub mod mosquitto;
 pub mod mosquitto_sub;
+pub mod nats;
 
 pub use rumqttc;
 pub use sluice_codec as codec;

@@ -19,19 +19,19 @@
 //! [MQTT-3.8.4-7], §3.9.3 (0x87 Not authorized). Retained messages on subscribing: 3.1.1
 //! [MQTT-3.3.1-6], 5.0 [MQTT-3.3.1-9].
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sluice_tests::clients::{publish_qos1, raw_ok, Opts};
 use sluice_tests::codec::{Packet, Protocol, PubAck, QoS};
+use sluice_tests::mosquitto::Mosquitto;
 use sluice_tests::packets::{publish, subscribe};
 use sluice_tests::{run_bounded, Broker, BrokerOpts, RawClient, Recv};
 
 /// Generous: the machine is shared and loaded.
 const WAIT: Duration = Duration::from_secs(20);
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
 /// Every user's password (in one `mosquitto_passwd` file both brokers read).
 const PASSWORD: &str = "pw";
@@ -381,85 +381,6 @@ struct Observed {
     live: Vec<String>,
 }
 
-/// Debian's Mosquitto broker on a free loopback port. Killed by PID on drop.
-struct Mosquitto {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Mosquitto {
-    /// Starts it with `acl` and `passwd` (paths) in `dir`; waits (bounded) until it accepts
-    /// connections. A port taken between choosing and binding it makes mosquitto exit: then
-    /// another port is tried.
-    fn start(dir: &Path, acl: &Path, passwd: &Path) -> Mosquitto {
-        let log = dir.join("mosquitto.log");
-        for _attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let conf = dir.join("mosquitto.conf");
-            // `user root`: run as root (as on CI), mosquitto would otherwise switch to the
-            // `mosquitto` user, which cannot read the scratch directory; ignored when not root.
-            std::fs::write(
-                &conf,
-                format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\n\
-                     password_file {}\npersistence false\nuser root\n\
-                     log_dest file {}\nlog_type all\n",
-                    acl.display(),
-                    passwd.display(),
-                    log.display()
-                ),
-            )
-            .unwrap();
-            let child = Command::new(MOSQUITTO)
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn mosquitto");
-            let mut m = Mosquitto {
-                child,
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            };
-            let deadline = Instant::now() + WAIT;
-            loop {
-                // Still running once the port answers: the answer is its, not another process's.
-                let exited = m.child.try_wait().unwrap().is_some();
-                if !exited && TcpStream::connect(m.addr).is_ok() {
-                    if m.child.try_wait().unwrap().is_none() {
-                        return m;
-                    }
-                    break;
-                }
-                if exited || Instant::now() >= deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            m.stop();
-        }
-        panic!(
-            "mosquitto did not start; its log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A connected (CONNACK 0) raw client, with the test password if it has a username.
 async fn connect(
     addr: SocketAddr,
@@ -617,19 +538,12 @@ fn password_file(path: &Path) {
 
 #[test]
 fn acl_decisions_match_mosquitto_except_the_named_differences() {
-    if !Path::new(MOSQUITTO).exists() || !Path::new(MOSQUITTO_PASSWD).exists() {
-        // CI installs it (.ci/run runs the install script first): there a skip would hide
-        // a broken install step.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{MOSQUITTO} / {MOSQUITTO_PASSWD} missing on CI: scripts/install-test-deps.sh should have installed them"
-        );
-        eprintln!(
-            "SKIPPED: {MOSQUITTO} / {MOSQUITTO_PASSWD} not installed (Debian package mosquitto; \
-             scripts/install-test-deps.sh installs it)"
-        );
-        return;
-    }
+    // Installed by scripts/install-test-deps.sh (as .ci/run does first): never skipped, a
+    // skip would hide a broken install step.
+    assert!(
+        Path::new(MOSQUITTO_PASSWD).exists(),
+        "{MOSQUITTO_PASSWD} is not installed: run scripts/install-test-deps.sh (Debian package mosquitto)"
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -645,7 +559,14 @@ fn acl_decisions_match_mosquitto_except_the_named_differences() {
         let acl = dir.path().join("acl");
         std::fs::write(&acl, &acl_text).unwrap();
         for protocol in [Protocol::V311, Protocol::V5] {
-            let mosquitto = Mosquitto::start(dir.path(), &acl, &passwd);
+            let mosquitto = Mosquitto::start(
+                dir.path(),
+                &format!(
+                    "acl_file {}\npassword_file {}\npersistence false",
+                    acl.display(),
+                    passwd.display()
+                ),
+            );
             let sluice = Broker::start_with(BrokerOpts {
                 config: "[auth]\nacl_file = \"acl\"\npassword_file = \"passwd\"\n\
                          allow_anonymous = true\n"

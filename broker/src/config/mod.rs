@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod bridges;
+pub use bridges::{
+    bridge_client_id, host_port, BridgeConfig, BridgeTlsConfig, BridgeTopic, Direction,
+    BRIDGE_CLIENT_PREFIX,
+};
+
 /// Prefix of environment overrides: `SLUICE__MQTT__MAX_KEEPALIVE=30` sets `mqtt.max_keepalive`.
 pub const ENV_PREFIX: &str = "SLUICE";
 /// Separator between prefix, section and key in environment overrides.
@@ -32,6 +38,71 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// The broker's `$SYS` status topics.
     pub sys: SysConfig,
+    /// `[[bridges]]`: other MQTT brokers Sluice connects to as a client (`crate::bridge`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
+    /// Cluster mode on NATS JetStream; absent (the default): a single node that never talks
+    /// to NATS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+    /// Egress shaping: `[[shaping]]` rules, checked in order (first match wins), reloaded on
+    /// SIGHUP. Each limits how fast messages leave the broker towards the clients (or the
+    /// shared-subscription group) it matches; what is over the rate waits in the session's
+    /// queue (`crate::shaping`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shaping: Vec<ShapingRule>,
+}
+
+/// The `[cluster]` section: this node's name and the NATS server it joins the cluster through
+/// (see the README's "Cluster").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222` (the client learns the other servers of a
+    /// NATS cluster from it and fails over to them).
+    pub nats: String,
+    /// This node's name, unique in the cluster: it marks the messages this node publishes
+    /// (so it ignores its own) and names the node in logs. Letters, digits, `-` and `_`.
+    pub node: String,
+}
+
+/// One `[[shaping]]` rule: whom it matches (exactly one of `client_id`, `username`, `group`)
+/// and the rate of messages towards them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingRule {
+    /// A glob on the client identifier: `*` any run of characters, `?` one character.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The client's username, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A shared-subscription group name (`sms` for `$share/sms/...`): the rate is the group's
+    /// total, one bucket its members take from, spread by the group's strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Messages per second (0: unlimited).
+    #[serde(default)]
+    pub messages_per_second: f64,
+    /// Topic + payload bytes per second (0: unlimited).
+    #[serde(default)]
+    pub bytes_per_second: f64,
+    /// Messages that may pass at once after a quiet spell. Default: a twentieth of a
+    /// second's worth of `messages_per_second`, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// The overflow policy of the sessions this rule matches (for a `group` rule: of the
+    /// group's queue), instead of `mqtt.queue_full_policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<QueueFullPolicy>,
+}
+
+impl ShapingRule {
+    /// The effective `burst`.
+    pub fn burst(&self) -> u32 {
+        self.burst
+            .unwrap_or_else(|| ((self.messages_per_second / 20.0).ceil() as u32).max(1))
+    }
 }
 
 /// The `[sys]` section: `$SYS/broker/...` status topics (README, Observe).
@@ -185,6 +256,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             persistence: PersistenceConfig::default(),
             sys: SysConfig::default(),
+            bridges: Vec::new(),
+            cluster: None,
+            shaping: Vec::new(),
         }
     }
 }
@@ -345,10 +419,19 @@ pub struct MqttConfig {
     /// Per-group strategy overriding the broker-wide one, by group name:
     /// `[mqtt.shared_group_strategies]` `workers = "least_inflight"`.
     pub shared_group_strategies: BTreeMap<String, SharedStrategy>,
-    /// What happens to a QoS 1/2 PUBLISH when a subscriber's queue is full: `drop` (that
-    /// subscriber misses it; counted and logged) or `reject` (nobody gets it and the publisher
-    /// is told: v5 PUBACK/PUBREC 0x97, 3.1.1 disconnected).
+    /// What happens when a subscriber's queue is full (see the README's table):
+    /// `drop_newest` (`drop`: the new message is not queued for that subscriber),
+    /// `drop_oldest` (the oldest queued message of that session makes room), `reject` (a QoS
+    /// 1/2 PUBLISH goes to nobody and the publisher is told: v5 PUBACK/PUBREC 0x97, 3.1.1
+    /// disconnected) or `disconnect_slow_consumer` (as `drop_newest`, and a client whose queue
+    /// stays full for `slow_consumer_seconds` is disconnected, v5 DISCONNECT 0x97, its session
+    /// kept). Every drop is counted by reason and by client; the first and every 1000th of a
+    /// client are logged. Overridable per `[[shaping]]` rule (`overflow`).
     pub queue_full_policy: QueueFullPolicy,
+    /// With `disconnect_slow_consumer`: how long a queue may stay full (from the first message
+    /// it refused until it is back under three quarters of its bounds) before its client is
+    /// disconnected.
+    pub slow_consumer_seconds: u32,
     /// What happens to a shared subscription group's messages when its last member's session
     /// ends (or the last member unsubscribes): the messages in the group's queue and those the
     /// departed member had queued or unacknowledged. `keep` (default): they wait in the group's
@@ -404,16 +487,35 @@ pub const DISK_MAX_QUEUED_MESSAGES: usize = 10_000_000;
 /// `mqtt.max_queued_bytes` by default with a store (4 GiB).
 pub const DISK_MAX_QUEUED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
-/// `mqtt.queue_full_policy`.
+/// `mqtt.queue_full_policy` (and a `[[shaping]]` rule's `overflow`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueFullPolicy {
-    /// The subscriber whose queue is full misses the message (counted, logged); the others
-    /// get it and the publisher's flow completes.
+    /// The subscriber whose queue is full misses the new message (counted, logged); the
+    /// others get it and the publisher's flow completes. `drop` is accepted for it.
     #[default]
-    Drop,
+    #[serde(alias = "drop")]
+    DropNewest,
+    /// The oldest queued message of the subscriber's session is dropped (counted, logged) to
+    /// make room for the new one.
+    DropOldest,
     /// The PUBLISH is refused for everybody: back-pressure on the publisher.
     Reject,
+    /// As `DropNewest`, and a client whose queue stays full for `mqtt.slow_consumer_seconds`
+    /// is disconnected (v5 DISCONNECT 0x97); its session stays.
+    DisconnectSlowConsumer,
+}
+
+impl QueueFullPolicy {
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueFullPolicy::DropNewest => "drop_newest",
+            QueueFullPolicy::DropOldest => "drop_oldest",
+            QueueFullPolicy::Reject => "reject",
+            QueueFullPolicy::DisconnectSlowConsumer => "disconnect_slow_consumer",
+        }
+    }
 }
 
 /// Member selection in a shared subscription group.
@@ -456,7 +558,8 @@ impl Default for MqttConfig {
             server_reference: None,
             server_moved: false,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
-            queue_full_policy: QueueFullPolicy::Drop,
+            queue_full_policy: QueueFullPolicy::DropNewest,
+            slow_consumer_seconds: 30,
             shared_group_strategies: BTreeMap::new(),
             shared_group_orphan_policy: OrphanPolicy::Keep,
             shared_group_orphan_expiry_seconds: 86_400,

@@ -247,3 +247,203 @@ fn delayed_and_priority_keys_are_read_and_validated() {
     let e = load_toml("[[mqtt.priorities]]\nfilter = \"a\"\npriority = 256\n", &[]).unwrap_err();
     assert!(e.key.starts_with("mqtt.priorities"), "{e}");
 }
+
+const BRIDGE: &str = r#"
+[[bridges]]
+name = "cloud"
+address = "127.0.0.1:1883"
+protocol = "3.1.1"
+client_id = "edge-1"
+topics = [ { filter = "sensors/#", direction = "out", qos = 1, local_prefix = "", remote_prefix = "site1/" },
+           { filter = "commands/#", direction = "in", qos = 1 } ]
+"#;
+
+#[test]
+fn a_bridge_as_the_issue_writes_it() {
+    let c = load_toml(BRIDGE, &[]).unwrap();
+    let b = &c.bridges[0];
+    assert_eq!((b.name.as_str(), b.is_v5()), ("cloud", false));
+    assert_eq!(b.remote_client_id(), "edge-1");
+    assert_eq!(b.topics[0].remote_filter(), "site1/sensors/#");
+    assert_eq!(b.topics[1].direction(), Direction::In);
+    assert_eq!((b.keep_alive, b.max_backoff_seconds), (60, 60));
+}
+
+/// Each bad bridge setting is refused at start-up with its key, value and reason.
+#[test]
+fn bad_bridges_name_key_value_and_reason() {
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (
+            "direction = \"out\"",
+            "direction = \"sideways\"",
+            "bridges[0].topics[0].direction",
+            "sideways",
+        ),
+        (
+            "filter = \"sensors/#\"",
+            "filter = \"sensors/#/x\"",
+            "bridges[0].topics[0].filter",
+            "sensors/#/x",
+        ),
+        (
+            "filter = \"sensors/#\"",
+            "filter = \"\"",
+            "bridges[0].topics[0].filter",
+            "",
+        ),
+        (
+            "address = \"127.0.0.1:1883\"",
+            "",
+            "bridges[0].address",
+            "\"\"",
+        ),
+        (
+            "address = \"127.0.0.1:1883\"",
+            "address = \"nohost\"",
+            "bridges[0].address",
+            "nohost",
+        ),
+        (
+            "protocol = \"3.1.1\"",
+            "protocol = \"4\"",
+            "bridges[0].protocol",
+            "4",
+        ),
+        (
+            "qos = 1, local",
+            "qos = 3, local",
+            "bridges[0].topics[0].qos",
+            "3",
+        ),
+        (
+            "remote_prefix = \"site1/\"",
+            "remote_prefix = \"site/+/\"",
+            "bridges[0].topics[0].remote_prefix",
+            "site/+/",
+        ),
+    ];
+    for (from, to, key, value) in cases {
+        let text = BRIDGE.replacen(from, to, 1);
+        assert_ne!(text, BRIDGE, "{from}");
+        let e = load_toml(&text, &[]).unwrap_err();
+        assert_eq!((e.key.as_str(), e.value.as_str()), (key, value), "{e}");
+        assert!(!e.reason.is_empty());
+    }
+    let twice = format!("{BRIDGE}{BRIDGE}");
+    let e = load_toml(&twice, &[]).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.value.as_str()),
+        ("bridges[1].name", "cloud"),
+        "{e}"
+    );
+    assert!(e.reason.contains("duplicate"), "{e}");
+    let e = load_toml(
+        &BRIDGE.replacen("name = \"cloud\"", "name = \"a/b\"", 1),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "bridges[0].name", "{e}");
+    let e = load_toml(&BRIDGE.replacen("client_id", "client_idd", 1), &[]).unwrap_err();
+    assert!(
+        e.key.contains("client_idd"),
+        "unknown keys are refused: {e}"
+    );
+}
+
+#[test]
+fn cluster_section_is_optional_and_checked() {
+    assert_eq!(load_toml("", &[]).unwrap().cluster, None);
+    let c = load_toml(
+        "[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"sluice-1\"\n",
+        &[],
+    )
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.nats, "nats://127.0.0.1:4222");
+    assert_eq!(cluster.node, "sluice-1");
+    let e = load_toml("[cluster]\nnats = \"127.0.0.1:4222\"\nnode = \"a\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "cluster.nats", "{e}");
+    let e = load_toml(
+        "[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"a.b\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.node", "{e}");
+    assert_eq!(e.value, "a.b", "{e}");
+    let e = load_toml("[cluster]\nnats = \"nats://127.0.0.1:4222\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("node"), "{e}");
+}
+
+#[test]
+fn overflow_policies_parse_and_drop_is_an_alias_of_drop_newest() {
+    for (text, want) in [
+        ("drop", QueueFullPolicy::DropNewest),
+        ("drop_newest", QueueFullPolicy::DropNewest),
+        ("drop_oldest", QueueFullPolicy::DropOldest),
+        ("reject", QueueFullPolicy::Reject),
+        (
+            "disconnect_slow_consumer",
+            QueueFullPolicy::DisconnectSlowConsumer,
+        ),
+    ] {
+        let c = load_toml(
+            &format!("[mqtt]\nqueue_full_policy = \"{text}\"\nslow_consumer_seconds = 5\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.queue_full_policy, want);
+        assert_eq!(c.mqtt.slow_consumer_seconds, 5);
+    }
+    let e = load_toml("[mqtt]\nslow_consumer_seconds = 0\n", &[]).unwrap_err();
+    assert_eq!(e.key, "mqtt.slow_consumer_seconds");
+}
+
+#[test]
+fn shaping_rules_are_read_in_order_and_validated() {
+    let c = load_toml(
+        "[[shaping]]\nclient_id = \"sms-*\"\nmessages_per_second = 300\nbytes_per_second = 0\nburst = 50\n\
+         [[shaping]]\ngroup = \"redpacket\"\nmessages_per_second = 200.5\noverflow = \"drop_oldest\"\n\
+         [[shaping]]\nusername = \"slow\"\nbytes_per_second = 1000\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.shaping.len(), 3);
+    assert_eq!(c.shaping[0].client_id.as_deref(), Some("sms-*"));
+    assert_eq!(c.shaping[0].messages_per_second, 300.0);
+    assert_eq!(c.shaping[0].burst(), 50);
+    assert_eq!(c.shaping[1].group.as_deref(), Some("redpacket"));
+    assert_eq!(c.shaping[1].overflow, Some(QueueFullPolicy::DropOldest));
+    assert_eq!(c.shaping[1].burst(), 11, "default: a twentieth of a second");
+    assert_eq!(c.shaping[2].burst(), 1);
+    for (text, key, reason) in [
+        ("messages_per_second = 1\n", "shaping[0]", "exactly one"),
+        (
+            "client_id = \"a\"\ngroup = \"g\"\n",
+            "shaping[0]",
+            "exactly one",
+        ),
+        (
+            "client_id = \"a\"\nmessages_per_second = -1\n",
+            "shaping[0].messages_per_second",
+            ">= 0",
+        ),
+        (
+            "client_id = \"a\"\nbytes_per_second = nan\n",
+            "shaping[0].bytes_per_second",
+            "finite",
+        ),
+        (
+            "client_id = \"a\"\nburst = 0\n",
+            "shaping[0].burst",
+            "at least 1",
+        ),
+        ("group = \"a/b\"\n", "shaping[0].group", "cannot contain"),
+        ("client_id = \"\"\n", "shaping[0].client_id", "empty"),
+    ] {
+        let e = load_toml(&format!("[[shaping]]\n{text}"), &[]).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e}");
+        assert!(e.reason.contains(reason), "{text}: {e}");
+    }
+    let e = load_toml("[[shaping]]\nclient_id = \"a\"\nrate = 3\n", &[]).unwrap_err();
+    assert!(e.reason.contains("unknown"), "{e}");
+}

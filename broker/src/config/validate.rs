@@ -3,7 +3,67 @@
 
 use std::net::SocketAddr;
 
-use super::{invalid, Config, ConfigError, PersistenceMode};
+use super::{invalid, Config, ConfigError, PersistenceMode, ShapingRule};
+
+/// Checks `[[shaping]]` rules (also those of a file re-read on SIGHUP).
+pub fn validate_shaping(rules: &[ShapingRule]) -> Result<(), ConfigError> {
+    for (i, r) in rules.iter().enumerate() {
+        let key = |k: &str| format!("shaping[{i}].{k}");
+        let selectors = [
+            ("client_id", &r.client_id),
+            ("username", &r.username),
+            ("group", &r.group),
+        ];
+        let set: Vec<&str> = selectors
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        if set.len() != 1 {
+            return Err(invalid(
+                &format!("shaping[{i}]"),
+                if set.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    set.join(", ")
+                },
+                "a rule needs exactly one of client_id, username or group",
+            ));
+        }
+        for (k, v) in selectors {
+            if let Some(v) = v {
+                if v.is_empty() {
+                    return Err(invalid(&key(k), "\"\"", "must not be empty"));
+                }
+            }
+        }
+        if let Some(g) = &r.group {
+            if g.contains(['/', '+', '#']) {
+                return Err(invalid(
+                    &key("group"),
+                    g,
+                    "a shared-subscription group name cannot contain '/', '+' or '#' [MQTT-4.8.2-2]",
+                ));
+            }
+        }
+        for (k, v) in [
+            ("messages_per_second", r.messages_per_second),
+            ("bytes_per_second", r.bytes_per_second),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(invalid(
+                    &key(k),
+                    v,
+                    "must be a finite number >= 0 (0: unlimited)",
+                ));
+            }
+        }
+        if r.burst == Some(0) {
+            return Err(invalid(&key("burst"), 0, "must be at least 1"));
+        }
+    }
+    Ok(())
+}
 
 impl Config {
     /// Checks every value against its allowed range.
@@ -152,6 +212,14 @@ impl Config {
                 return Err(invalid(&key, &rule.filter, "filter listed twice"));
             }
         }
+        if m.slow_consumer_seconds == 0 {
+            return Err(invalid(
+                "mqtt.slow_consumer_seconds",
+                0,
+                "must be at least 1",
+            ));
+        }
+        validate_shaping(&self.shaping)?;
         let l = &self.limits;
         if l.max_delayed_messages == 0 {
             return Err(invalid(
@@ -273,6 +341,29 @@ impl Config {
         if let Some(path) = &self.auth.acl_file {
             if !path.is_file() {
                 return Err(invalid("auth.acl_file", path.display(), "no such file"));
+            }
+        }
+        super::bridges::validate(&self.bridges)?;
+        if let Some(c) = &self.cluster {
+            let rest = c.nats.strip_prefix("nats://").unwrap_or("");
+            if rest.is_empty() || rest.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "cluster.nats",
+                    &c.nats,
+                    "expected nats://HOST:PORT, e.g. nats://127.0.0.1:4222",
+                ));
+            }
+            let name_ok = !c.node.is_empty()
+                && c.node.len() <= 64
+                && c.node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(invalid(
+                    "cluster.node",
+                    &c.node,
+                    "1 to 64 letters, digits, '-' or '_' (it is sent in a NATS header and must be unique in the cluster)",
+                ));
             }
         }
         Ok(())

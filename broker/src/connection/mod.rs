@@ -68,6 +68,10 @@ pub struct ConnInfo {
     /// Set when admission control refused the connection: its CONNECT is answered with this
     /// reason and it is closed (admission.rs).
     pub refuse: Option<Refusal>,
+    /// A bridge's in-process connection to its local session (`crate::bridge`): its CONNECT
+    /// is trusted (no password check) and may use a `$bridge/` client identifier, which
+    /// network clients may not.
+    pub bridge: bool,
 }
 
 impl ConnInfo {
@@ -78,6 +82,18 @@ impl ConnInfo {
             tls_identity: None,
             flush: false,
             refuse: None,
+            bridge: false,
+        }
+    }
+
+    /// A bridge's in-process connection to its local session.
+    pub fn bridge() -> ConnInfo {
+        ConnInfo {
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_identity: None,
+            flush: true,
+            refuse: None,
+            bridge: true,
         }
     }
 }
@@ -186,6 +202,8 @@ where
             .stats
             .clients_connected
             .fetch_add(1, Ordering::Relaxed);
+        let policy = broker.config.mqtt.queue_full_policy;
+        state.refresh_egress(&broker.router.shaping, policy);
         let mut pending = drain(&mut state, &broker, now);
         // Only whether writes need a flush is needed from here on.
         let flush = info.flush;
@@ -210,7 +228,25 @@ where
 
         let close: Close = loop {
             if pending && state.write_buf.len() < HIGH_WATER / 2 {
+                state.refresh_egress(&broker.router.shaping, policy);
                 pending = drain(&mut state, &broker, Instant::now());
+            }
+            // Shaping's next token, or a full queue's slow-consumer deadline: wake then.
+            match state.egress_due(policy, slow_consumer(&broker)) {
+                Some(at) => {
+                    let at = tokio::time::Instant::from(at);
+                    let b = w.busy();
+                    match b.egress.as_mut() {
+                        Some(t) if t.deadline() == at => {}
+                        Some(t) => t.as_mut().reset(at),
+                        None => b.egress = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+                None => {
+                    if let Some(b) = w.busy.as_deref_mut() {
+                        b.egress = None;
+                    }
+                }
             }
             if pending && w.busy.as_ref().is_none_or(|b| b.loading.is_none()) {
                 if let Some(ids) = state.cold_to_load() {
@@ -298,6 +334,11 @@ where
                     if let Some(p) = b.pause.as_mut() {
                         if p.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(Event::Paused);
+                        }
+                    }
+                    if let Some(t) = b.egress.as_mut() {
+                        if t.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::Egress);
                         }
                     }
                     if let Some((rx, _)) = b.waiting.front_mut() {
@@ -422,6 +463,26 @@ where
                     pending = true;
                 }
                 Event::Paused => w.busy().pause = None,
+                Event::Egress => {
+                    w.busy().egress = None;
+                    state.egress_timer_fired();
+                    let now = Instant::now();
+                    let slow = slow_consumer(&broker);
+                    if state.slow_consumer_deadline(slow).is_some_and(|t| t <= now) {
+                        broker
+                            .stats
+                            .slow_consumers_disconnected
+                            .fetch_add(1, Ordering::Relaxed);
+                        break Close::error(
+                            ReasonCode::QUOTA_EXCEEDED,
+                            format!(
+                                "slow consumer: queue full for {}s (mqtt.queue_full_policy = disconnect_slow_consumer)",
+                                slow.as_secs()
+                            ),
+                        );
+                    }
+                    pending = true;
+                }
                 Event::Ticket(r) => {
                     let b = w.busy();
                     let Some((_, bytes)) = b.waiting.pop_front() else {
@@ -717,6 +778,9 @@ struct Busy {
     horizon: Option<(oneshot::Receiver<bool>, u64)>,
     /// Queued messages being read back from the store (the queue's front was on disk only).
     loading: Option<Loading>,
+    /// Egress shaping's next token (an empty bucket stopped the drain), or a full queue's
+    /// slow-consumer deadline (`ClientState::egress_due`).
+    egress: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What woke the connection loop (one per source it waits on).
@@ -736,12 +800,19 @@ enum Event {
     Loaded((Vec<u64>, Vec<Option<Arc<Message>>>)),
     /// A reading pause (rate limit, store backlog) is over.
     Paused,
+    /// Shaping's next token is due, or a full queue's slow-consumer deadline has come.
+    Egress,
     /// The store answered the ticket of the first batch of held packets.
     Ticket(bool),
     /// The store answered the ticket of the sent-horizon.
     Horizon(bool),
     /// No packet within 1.5 x keepalive.
     KeepAlive,
+}
+
+/// `mqtt.slow_consumer_seconds`.
+fn slow_consumer(broker: &Broker) -> Duration {
+    Duration::from_secs(u64::from(broker.config.mqtt.slow_consumer_seconds))
 }
 
 /// How long a client with Keep Alive `keep_alive` (seconds, 0: none) may stay silent: 1.5

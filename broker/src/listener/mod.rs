@@ -45,6 +45,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cluster: {0}")]
+    Cluster(crate::cluster::ClusterError),
 }
 
 /// A bound, not yet running broker.
@@ -132,7 +134,20 @@ impl Server {
         let started = std::time::Instant::now();
         let (store, recovery) = Store::open(&config.persistence).map_err(StartError::Store)?;
         let broker = Arc::new(Broker::with_auth(config, acl, passwords).with_store(store));
+        // Cluster mode: the router reports every subscription from here on, restored ones
+        // included, to the cluster task started below.
+        let cluster_inbox = broker
+            .config
+            .cluster
+            .is_some()
+            .then(|| broker.router.enable_cluster())
+            .flatten();
         let restored = broker.restore(std::time::Instant::now());
+        if let Some(inbox) = cluster_inbox {
+            crate::cluster::start(&broker, inbox)
+                .await
+                .map_err(StartError::Cluster)?;
+        }
         broker.start_delayed_timer();
         if broker.store.is_enabled() {
             let dir = broker.config.persistence.dir.display().to_string();
@@ -231,6 +246,8 @@ impl Server {
                 listener, transport, gate, lstats, broker, stop, alive,
             ));
         }
+        // Bridges to other brokers: each holds `alive` like a connection.
+        crate::bridge::start(&self.broker, &stop_rx, &alive_tx);
         drop(alive_tx);
         // Certificates changed on disk are picked up by new handshakes.
         let watcher = (!self.tls.is_empty()).then(|| tokio::spawn(self.tls.clone().watch()));
@@ -363,6 +380,7 @@ async fn handshake_and_serve(
             tls_identity: None,
             flush: true,
             refuse,
+            bridge: false,
         };
         let upgrade = Upgrade {
             transport,
@@ -421,6 +439,7 @@ async fn handshake_and_serve(
         tls_identity,
         flush: true,
         refuse,
+        bridge: false,
     };
     match &transport.websocket {
         None => {

@@ -293,6 +293,18 @@ pub fn render_prometheus(broker: &Broker) -> String {
     );
     family(
         w,
+        "sluice_slow_consumers_disconnected_total",
+        "counter",
+        "Clients disconnected (0x97) by the disconnect_slow_consumer overflow policy.",
+    );
+    sample(
+        w,
+        "sluice_slow_consumers_disconnected_total",
+        &[],
+        s.slow_consumers_disconnected.load(Ordering::Relaxed),
+    );
+    family(
+        w,
         "sluice_publish_rate_limited_total",
         "counter",
         "Times a publisher's reading was paused by limits.publish_rate / publish_bytes_rate.",

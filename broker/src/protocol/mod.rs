@@ -16,6 +16,7 @@ mod alias;
 pub(crate) mod connect;
 mod inbound;
 mod outbound;
+mod shaping;
 mod subscribe;
 
 use std::sync::Arc;
@@ -165,6 +166,9 @@ pub struct ClientState {
     /// after a crash carry DUP"). Boxed and only for sessions that use it (persistent ones,
     /// or one recovered with a horizon): 40 bytes in every connection's task otherwise.
     horizon: Option<Box<SentHorizon>>,
+    /// Egress shaping (`[[shaping]]`) as it applies to this session: boxed, and only while
+    /// rules are in force (protocol/shaping.rs).
+    egress: Option<Box<shaping::Egress>>,
 }
 
 /// A session's `SentHorizon` as its connection keeps it.
@@ -196,6 +200,8 @@ impl ClientState {
         handle
             .inflight
             .store(session.inflight_len(), std::sync::atomic::Ordering::Relaxed);
+        // A returning client gets the whole `slow_consumer_seconds` to drain its queue.
+        handle.outbox().unmark_full();
         ClientState {
             n,
             handle,
@@ -215,6 +221,7 @@ impl ClientState {
             oversize_dropped: 0,
             tally: Tally::default(),
             horizon: None,
+            egress: None,
         }
     }
 
@@ -314,6 +321,13 @@ impl ClientState {
     fn log(&self, event: impl FnOnce(&Store, ClientId)) {
         if self.persistent() {
             event(&self.store, self.n.client_id.clone());
+        }
+    }
+
+    /// As [`ClientState::log`], for an event that clones the client id only if it must.
+    fn log_ref(&self, event: impl FnOnce(&Store, &ClientId)) {
+        if self.persistent() {
+            event(&self.store, &self.n.client_id);
         }
     }
 
@@ -423,7 +437,7 @@ impl ClientState {
                 if let Some(i) = self.session.inflight_position(a.pkid) {
                     if matches!(self.session.inflight[i], Inflight::Release { .. }) {
                         self.session.inflight.remove(i);
-                        self.log(|s, client| s.delivery_acked(client, a.pkid));
+                        self.log_ref(|s, client| s.delivery_acked(client, a.pkid));
                     }
                 }
                 Ok(())

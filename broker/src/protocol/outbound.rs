@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use sluice_codec::{prepare, Packet, PubAck, Publish, QoS, TopicName};
 
 use super::alias::AliasUse;
+use super::shaping::shaped_bytes;
 use crate::message::{EncodedForm, FormLookup, Message, WireForm};
 use crate::session::{Delivery, Inflight};
 use crate::stats::{DrainTally, LATENCY_SAMPLE};
@@ -83,10 +84,9 @@ impl ClientState {
     /// for, ready to send. A message the store could not give back is dropped from the queue,
     /// logged and counted.
     pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
-        let loaded: crate::session::Loaded = ids.iter().copied().zip(messages).collect();
         if let Some(claim) = self.group_load.take() {
             let group = &claim.queue.key;
-            let lost = claim.queue.warm(&loaded);
+            let lost = claim.queue.warm_in_order(ids, messages);
             // The other members may have room for what came back too.
             claim.queue.notify_members();
             if !lost.is_empty() {
@@ -97,7 +97,7 @@ impl ClientState {
             }
             return;
         }
-        let lost = self.handle.outbox().warm(&loaded);
+        let lost = self.handle.outbox().warm_in_order(ids, messages);
         if !lost.is_empty() {
             tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
             for seq in lost {
@@ -123,6 +123,14 @@ impl ClientState {
         // The records of the deliveries sent now reach the writer together, in one frame.
         let _records = self.store.batch();
         let mut batch = Vec::new();
+        // Shaping (`[[shaping]]`): each message taken is charged to its bucket; an empty
+        // bucket stops the drain of that queue until `egress_due`.
+        // Taken out for the drain (put back below): the group path borrows `self`.
+        let mut egress_box = self.egress.take();
+        let mut egress = egress_box.as_deref_mut();
+        if let Some(e) = egress.as_deref_mut() {
+            e.clear_due();
+        }
         let more = {
             let mut outbox = self.handle.outbox();
             let mut window = self
@@ -130,16 +138,35 @@ impl ClientState {
                 .send_window
                 .saturating_sub(self.session.inflight_len());
             let mut budget = high_water.saturating_sub(self.write_buf.len());
+            let mut taken = 0;
             while let Some(front) = outbox.front() {
                 if budget == 0 || (front.qos != QoS::AtMostOnce && window == 0) {
                     break;
                 }
+                if let Some(e) = egress.as_deref_mut() {
+                    if !e.try_take(front.shared.as_ref(), now, shaped_bytes(front)) {
+                        break;
+                    }
+                }
                 let Some(d) = outbox.pop() else { break };
                 if d.qos != QoS::AtMostOnce {
                     window -= 1;
+                    taken += 1;
                 }
                 budget = budget.saturating_sub(d.msg.cost());
                 batch.push(d);
+            }
+            // Shared-subscription selection reads the headroom (window less inflight less
+            // queued) under this lock: what leaves the queue for the window is counted as
+            // inflight before the lock goes, or a publisher in between would see a free slot
+            // that is not there and queue a message behind a full window (where, behind a
+            // consumer that stopped acknowledging, it would wait for ever).
+            self.handle.inflight.store(
+                self.session.inflight_len() + taken,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if !batch.is_empty() {
+                outbox.unmark_full_below_low_water();
             }
             let mut cold_waiting = outbox.wants_load();
             let mut more = !outbox.is_empty();
@@ -152,9 +179,26 @@ impl ClientState {
                     let i = self.group_cursor % n;
                     self.group_cursor = self.group_cursor.wrapping_add(1);
                     let (filter, q) = &self.group_queues[i];
-                    match q.pop() {
+                    // The group's bucket (a `group` rule: shared with the other members) is
+                    // asked before taking; the message's bytes are charged once it is known.
+                    if let Some(e) = egress.as_deref_mut() {
+                        if q.is_empty() {
+                            idle += 1;
+                            continue;
+                        }
+                        if !e.try_take(Some(filter), now, 0) {
+                            idle += 1;
+                            more = true;
+                            continue;
+                        }
+                    }
+                    // Counted as inflight under the group queue's lock, as above.
+                    match q.pop_reserving(&self.handle.inflight) {
                         Some(d) => {
                             idle = 0;
+                            if let Some(e) = egress.as_deref_mut() {
+                                e.charge_bytes(Some(filter), shaped_bytes(&d));
+                            }
                             let d = self.take_group_delivery(filter, d);
                             if d.qos != QoS::AtMostOnce {
                                 window -= 1;
@@ -162,7 +206,12 @@ impl ClientState {
                             budget = budget.saturating_sub(d.msg.cost());
                             batch.push(d);
                         }
-                        None => idle += 1,
+                        None => {
+                            if let Some(e) = egress.as_deref_mut() {
+                                e.refund(Some(filter));
+                            }
+                            idle += 1
+                        }
                     }
                 }
                 // A group queue whose next messages are on disk only: this member reads them
@@ -175,6 +224,7 @@ impl ClientState {
             self.cold_waiting = cold_waiting;
             more
         };
+        self.egress = egress_box;
         for d in batch {
             self.send_delivery(d, now, tally);
         }
@@ -278,8 +328,7 @@ impl ClientState {
         // record must still resend it with DUP [MQTT-3.3.1-1].
         let hold = self.horizon_before_send(d.seq);
         if d.seq != 0 && self.persistent() {
-            self.store
-                .delivery_sent(self.n.client_id.clone(), d.seq, pkid);
+            self.store.delivery_sent(&self.n.client_id, d.seq, pkid);
         }
         // QoS 2: not on the wire before the store knows it was sent with this packet id, or a
         // crash could deliver it again as a new message [MQTT-4.3.3].

@@ -43,11 +43,14 @@ use std::time::{Duration, Instant};
 
 use sluice_codec::{QoS, TopicFilter};
 
+use crate::config::QueueFullPolicy;
 use crate::config::{OrphanPolicy, SharedStrategy};
 use crate::locks::read;
 use crate::message::ClientId;
 use crate::routing::Router;
-use crate::session::{ColdDelivery, Delivery, Dropped, Loaded, Outbox, QueueBudget, SessionHandle};
+use crate::session::{
+    ColdDelivery, Delivery, Dropped, Evicted, Loaded, Outbox, QueueBudget, SessionHandle,
+};
 use crate::stats::Counter;
 
 /// Bound on remembered group states (cursor and sticky member, ~100 bytes each). The state is
@@ -138,6 +141,8 @@ pub struct QueueBounds {
     pub max_bytes: usize,
     pub max_memory: usize,
     pub window: usize,
+    /// The queue's overflow policy.
+    pub policy: QueueFullPolicy,
 }
 
 /// A member's claim on reading a group queue's next deliveries back from the store
@@ -161,6 +166,7 @@ impl GroupQueue {
             .with_window(bounds.window)
             .with_memory_limit(bounds.max_memory)
             .for_group(key.clone());
+        outbox.set_policy(bounds.policy);
         // The group as a whole is "online" while it queues (QoS 0 is kept too).
         outbox.set_online(true);
         GroupQueue {
@@ -188,9 +194,21 @@ impl GroupQueue {
         self.membership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a delivery for whichever member frees a slot first.
-    pub fn push(&self, d: Delivery) -> Result<(), Dropped> {
-        self.lock().push(d)
+    /// Queues a delivery for whichever member frees a slot first (under the queue's overflow
+    /// policy: `drop_oldest` evicts into `evicted`).
+    pub fn push(&self, d: Delivery, evicted: &mut Evicted) -> Result<(), Dropped> {
+        self.lock().push_evicting(d, evicted)
+    }
+
+    /// The queue's overflow policy.
+    pub fn policy(&self) -> QueueFullPolicy {
+        self.lock().policy()
+    }
+
+    /// Sets the queue's overflow policy (`mqtt.queue_full_policy`, or the group's shaping
+    /// rule's `overflow`).
+    pub fn set_policy(&self, policy: QueueFullPolicy) {
+        self.lock().set_policy(policy)
     }
 
     /// Queues a delivery the store recovered at start-up, on disk only.
@@ -202,6 +220,18 @@ impl GroupQueue {
     /// only: see [`GroupQueue::claim_load`]).
     pub fn pop(&self) -> Option<Delivery> {
         self.lock().pop()
+    }
+
+    /// Pops the next delivery for a member and, for QoS 1/2, counts it in the member's
+    /// `inflight` before the queue's lock is released: a publisher that finds this queue empty
+    /// then also finds the member's window one fuller (see [`SessionHandle::headroom`]).
+    pub fn pop_reserving(&self, inflight: &AtomicUsize) -> Option<Delivery> {
+        let mut queue = self.lock();
+        let d = queue.pop()?;
+        if d.qos != QoS::AtMostOnce {
+            inflight.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(d)
     }
 
     /// Whether the next deliveries should be read back from the store and nobody is at it.
@@ -226,6 +256,15 @@ impl GroupQueue {
     /// the group delivery numbers of those the store could not give back (dropped).
     pub fn warm(&self, loaded: &Loaded) -> Vec<u64> {
         self.lock().warm(loaded)
+    }
+
+    /// [`Outbox::warm_in_order`] on the group's queue.
+    pub fn warm_in_order(
+        &self,
+        ids: &[u64],
+        messages: Vec<Option<Arc<crate::message::Message>>>,
+    ) -> Vec<u64> {
+        self.lock().warm_in_order(ids, messages)
     }
 
     /// Deliveries kept on disk only.
@@ -382,6 +421,29 @@ fn stable_hash(s: &str) -> usize {
 }
 
 impl Router {
+    /// The overflow policy of group `key`'s queue: its shaping rule's `overflow`, else
+    /// `mqtt.queue_full_policy`.
+    pub(crate) fn group_policy(&self, key: &TopicFilter) -> QueueFullPolicy {
+        key.shared()
+            .and_then(|(group, _)| self.shaping.group_overflow(group))
+            .unwrap_or(self.config.mqtt.queue_full_policy)
+    }
+
+    /// Applies the shaping rules' overflow policies to every group queue (after a reload).
+    pub fn refresh_group_policies(&self) {
+        let queues: Vec<Arc<GroupQueue>> = self
+            .shared_groups
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for q in queues {
+            q.set_policy(self.group_policy(&q.key));
+        }
+    }
+
     /// The queue of shared subscription `key` (created on first use).
     pub(crate) fn group_queue(&self, key: &TopicFilter) -> Arc<GroupQueue> {
         // Without a store nothing is logged, so nothing can wait on disk only.
@@ -397,6 +459,7 @@ impl Router {
                 max_bytes: self.config.max_queued_bytes(),
                 max_memory: self.config.mqtt.max_queued_memory_bytes,
                 window,
+                policy: self.group_policy(key),
             },
             &self.queue_budget,
         )
@@ -434,14 +497,27 @@ impl Router {
         members: &[Arc<SessionHandle>],
     ) {
         let seq = d.seq;
-        if queue.push(d).is_err() {
+        let mut evicted = Evicted::default();
+        let r = queue.push(d, &mut evicted);
+        if evicted.count > 0 {
+            for seq in evicted.seqs {
+                self.store.group_taken(queue.key.clone(), seq);
+            }
+            let n = evicted.count as u64;
+            let before = self.stats.striped.get(Counter::DroppedQueueFullOldest);
+            self.stats.add(Counter::DroppedQueueFullOldest, n);
+            if before % 1000 == 0 || before / 1000 != (before + n) / 1000 {
+                tracing::warn!(group = %queue.key, reason = "queue_full_oldest", "shared subscription queue full: oldest message dropped");
+            }
+        }
+        if r.is_err() {
             if seq != 0 {
                 self.store.group_taken(queue.key.clone(), seq);
             }
             let n = self.stats.striped.get(Counter::DroppedQueueFull);
             self.stats.add(Counter::DroppedQueueFull, 1);
             if n % 1000 == 0 {
-                tracing::warn!(group = %queue.key, "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
+                tracing::warn!(group = %queue.key, reason = "queue_full_newest", "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
             }
             return;
         }
@@ -691,6 +767,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_memory: 1 << 20,
             window,
+            policy: QueueFullPolicy::DropNewest,
         }
     }
 
@@ -714,7 +791,8 @@ mod tests {
         let window = msgs[0].cost() * 2;
         let q = Arc::new(GroupQueue::new(key.clone(), bounds(window), &budget));
         for (i, m) in msgs.iter().enumerate() {
-            q.push(logged(&key, m, i as u64 + 1)).unwrap();
+            q.push(logged(&key, m, i as u64 + 1), &mut Evicted::default())
+                .unwrap();
         }
         assert_eq!(
             (q.len(), q.cold_len()),
@@ -755,6 +833,35 @@ mod tests {
         assert_eq!(ids, again);
     }
 
+    /// The member that takes a QoS 1 message from the group queue counts it as inflight while
+    /// the queue is still locked: a publisher that then finds the queue empty sees no free slot
+    /// in a window that the taken message fills (otherwise it could queue a message behind a
+    /// member that stopped acknowledging, where it would wait for ever).
+    #[test]
+    fn taking_from_the_group_queue_fills_the_members_window_at_once() {
+        let key = TopicFilter::try_from("$share/g/jobs/#").unwrap();
+        let budget = QueueBudget::new(1 << 30);
+        let q = GroupQueue::new(key.clone(), bounds(usize::MAX), &budget);
+        let member = SessionHandle::new("m".into(), 100, 1 << 20);
+        member.window.store(1, Ordering::Relaxed);
+        member.outbox().set_online(true);
+        let mut qos0 = logged(&key, &message(0), 0);
+        qos0.qos = QoS::AtMostOnce;
+        q.push(qos0, &mut Evicted::default()).unwrap();
+        q.push(logged(&key, &message(1), 0), &mut Evicted::default())
+            .unwrap();
+        assert_eq!(member.headroom(), 1);
+        assert!(q.pop_reserving(&member.inflight).is_some());
+        assert_eq!(member.headroom(), 1, "QoS 0 takes no slot");
+        assert!(q.pop_reserving(&member.inflight).is_some());
+        assert!(q.is_empty());
+        assert_eq!(
+            member.headroom(),
+            0,
+            "the window is full before the message is sent"
+        );
+    }
+
     #[test]
     fn without_a_store_a_group_queue_stays_in_memory() {
         let key = TopicFilter::try_from("$share/g/jobs/#").unwrap();
@@ -763,7 +870,7 @@ mod tests {
         for i in 0..10 {
             let mut d = logged(&key, &message(i), 0);
             d.seq = 0;
-            q.push(d).unwrap();
+            q.push(d, &mut Evicted::default()).unwrap();
         }
         assert_eq!(q.cold_len(), 0);
         assert!(!q.wants_load());

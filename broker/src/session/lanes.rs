@@ -87,6 +87,18 @@ impl<T> Lanes<T> {
         Some(e)
     }
 
+    /// Takes the oldest entry of the lowest priority (`drop_oldest` evicts it: the last in
+    /// line to be sent, then the longest waiting of those).
+    pub fn pop_lowest_front(&mut self) -> Option<T> {
+        let e = self
+            .lanes
+            .iter_mut()
+            .rev()
+            .find_map(|l| l.queue.pop_front())?;
+        self.len -= 1;
+        Some(e)
+    }
+
     /// Entries in sending order.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.lanes.iter().flat_map(|l| l.queue.iter())

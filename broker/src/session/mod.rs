@@ -23,7 +23,7 @@ mod deadlines;
 mod lanes;
 mod outbox;
 pub use deadlines::{DeadlineKey, Deadlines};
-pub use outbox::{ColdDelivery, Dropped, Loaded, Outbox, QueueBudget, COLD_ENTRY_COST};
+pub use outbox::{ColdDelivery, Dropped, Evicted, Loaded, Outbox, QueueBudget, COLD_ENTRY_COST};
 
 /// One message on its way to one session: the shared message plus what differs per subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,8 +370,12 @@ pub struct SessionHandle {
     /// Serialises CONNECTs and disconnects for this client id, so two connections racing for one
     /// session take it over one after the other. Held across the takeover await (async mutex).
     pub connect_lock: tokio::sync::Mutex<()>,
-    /// Deliveries refused by a full outbox, for counters.
-    pub overflow_count: AtomicU64,
+    /// Deliveries this session lost to a full queue or to shaping, by reason (an admin API
+    /// can read them).
+    pub drops: DropCounts,
+    /// Set while a `[[shaping]]` rule applies to the session: a QoS 0 message its full queue
+    /// refuses was over the rate (`dropped_qos0_rate`).
+    pub shaped: AtomicBool,
     /// QoS 1/2 messages in flight to the client, published by the owning connection task so
     /// shared-subscription selection can see who has room without touching the session.
     pub inflight: AtomicUsize,
@@ -398,7 +402,8 @@ impl SessionHandle {
             notify: Wakeup::default(),
             ownership: Mutex::new(Ownership::default()),
             connect_lock: tokio::sync::Mutex::new(()),
-            overflow_count: AtomicU64::new(0),
+            drops: DropCounts::default(),
+            shaped: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             window: AtomicUsize::new(0),
             persistent: AtomicBool::new(false),
@@ -429,13 +434,23 @@ impl SessionHandle {
         self.ownership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a delivery and wakes the owner; never blocks on the subscriber.
-    pub fn deliver(&self, d: Delivery) -> Result<(), Dropped> {
-        let (r, was_empty) = {
+    /// Queues a delivery and wakes the owner; never blocks on the subscriber. Under
+    /// `drop_oldest`, the deliveries evicted to make room come back in `evicted`; under
+    /// `disconnect_slow_consumer`, the owner is woken when the queue first fills (to time it).
+    pub fn deliver(&self, d: Delivery, evicted: &mut Evicted) -> Result<(), Dropped> {
+        let qos0 = d.qos == QoS::AtMostOnce;
+        let (r, was_empty, newly_full) = {
             let mut outbox = self.outbox();
             let was_empty = outbox.is_empty();
-            (outbox.push(d), was_empty)
+            let r = outbox.push_evicting(d, evicted);
+            let newly_full = r == Err(Dropped::QueueFull)
+                && outbox.policy() == crate::config::QueueFullPolicy::DisconnectSlowConsumer
+                && outbox.mark_full(Instant::now());
+            (r, was_empty, newly_full)
         };
+        if evicted.count > 0 {
+            self.count_drop(DropReason::QueueFullOldest, evicted.count as u64);
+        }
         match r {
             // Woken once per batch, not once per message: a task whose outbox already held
             // messages has been woken for them and drains until it is empty (or comes back to
@@ -444,20 +459,88 @@ impl SessionHandle {
             Ok(()) if was_empty => self.notify.notify_one(),
             Ok(()) => {}
             Err(Dropped::QueueFull) => {
-                let n = self.overflow_count.fetch_add(1, Ordering::Relaxed);
-                // Log the first overflow and then every 1000th, so a flood cannot flood the log.
-                if n % 1000 == 0 {
-                    tracing::warn!(
-                        client_id = %self.client_id,
-                        dropped = n + 1,
-                        "session queue full (mqtt.max_queued_messages / mqtt.max_queued_bytes): message dropped"
-                    );
+                let reason = if qos0 && self.shaped.load(Ordering::Relaxed) {
+                    DropReason::Qos0Rate
+                } else {
+                    DropReason::QueueFullNewest
+                };
+                self.count_drop(reason, 1);
+                if newly_full {
+                    self.notify.notify_one();
                 }
             }
             Err(Dropped::OfflineQos0) => {}
         }
         r
     }
+
+    /// Counts `n` drops for `reason`; logs the first of this session and every 1000th after
+    /// it, so a flood cannot flood the log.
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
+        reason.counter(&self.drops).fetch_add(n, Ordering::Relaxed);
+        let before = self.drops.total.fetch_add(n, Ordering::Relaxed);
+        if before % 1000 == 0 || before / 1000 != (before + n) / 1000 {
+            let what = match reason {
+                DropReason::QueueFullNewest => {
+                    "session queue full (mqtt.max_queued_messages / mqtt.max_queued_bytes): message dropped"
+                }
+                DropReason::QueueFullOldest => {
+                    "session queue full (mqtt.max_queued_messages / mqtt.max_queued_bytes): oldest queued message dropped"
+                }
+                DropReason::Qos0Rate => {
+                    "session queue full of QoS 0 messages over the shaped rate: message dropped"
+                }
+            };
+            tracing::warn!(
+                client_id = %self.client_id,
+                reason = %reason.as_str(),
+                dropped = before + n,
+                "{what}"
+            );
+        }
+    }
+}
+
+/// Why a message did not reach a session (counted per session in [`DropCounts`], and per
+/// reason for the broker in `Stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The queue was full and the new message was refused (`drop_newest`,
+    /// `disconnect_slow_consumer`, `reject` when the check came too late).
+    QueueFullNewest,
+    /// A queued message was evicted for a newer one (`drop_oldest`).
+    QueueFullOldest,
+    /// A QoS 0 message over the session's shaped rate, past the queue's memory bound.
+    Qos0Rate,
+}
+
+impl DropReason {
+    /// The name in logs and counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFullNewest => "queue_full_newest",
+            DropReason::QueueFullOldest => "queue_full_oldest",
+            DropReason::Qos0Rate => "qos0_rate",
+        }
+    }
+
+    fn counter(self, c: &DropCounts) -> &AtomicU64 {
+        match self {
+            DropReason::QueueFullNewest => &c.queue_full_newest,
+            DropReason::QueueFullOldest => &c.queue_full_oldest,
+            DropReason::Qos0Rate => &c.qos0_rate,
+        }
+    }
+}
+
+/// One session's drops by reason (relaxed atomics: statistics).
+#[derive(Debug, Default)]
+pub struct DropCounts {
+    pub queue_full_newest: AtomicU64,
+    pub queue_full_oldest: AtomicU64,
+    pub qos0_rate: AtomicU64,
+    /// All of them.
+    pub total: AtomicU64,
 }
 
 #[cfg(test)]
@@ -588,6 +671,53 @@ mod tests {
         let loaded = std::iter::once((ds[4].msg.id, Some(ds[4].msg.clone()))).collect();
         assert!(o.warm(&loaded).is_empty());
         assert_eq!(o.pop().unwrap(), logged(ds[4].clone()));
+        assert!(o.is_empty());
+        assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
+    }
+
+    /// A read-back is put back by position (`warm_in_order`): the messages come in the order
+    /// `cold_ids` gave, a message the store could not give back is dropped and reported, and
+    /// the warming stops where the queue no longer matches the ids (what follows stays on disk
+    /// and is read back again).
+    #[test]
+    fn a_read_back_is_warmed_by_position_and_stops_at_a_mismatch() {
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let budget = QueueBudget::new(1 << 20);
+        let mut o = Outbox::new(100, 1 << 20)
+            .with_budget(budget.clone())
+            .with_window(one * 8);
+        o.set_online(false);
+        let ds: Vec<Delivery> = (0..6).map(|_| delivery(QoS::AtLeastOnce, b"x")).collect();
+        for d in &ds {
+            o.push(logged(d.clone())).unwrap();
+        }
+        o.set_online(true);
+        assert_eq!(o.cold_len(), 6);
+        let ids = o.cold_ids();
+        let want: Vec<u64> = ds.iter().map(|d| d.msg.id).collect();
+        assert_eq!(ids, want);
+        // 0 and 1 come back, 2 could not be read, 3 and 4 are answered for ids that are not
+        // next in the queue (as if the queue had changed meanwhile): warming stops there.
+        let mut asked = ids[..3].to_vec();
+        asked.extend([ids[4], ids[3]]);
+        let messages = vec![
+            Some(ds[0].msg.clone()),
+            Some(ds[1].msg.clone()),
+            None,
+            Some(ds[4].msg.clone()),
+            Some(ds[3].msg.clone()),
+        ];
+        assert_eq!(o.warm_in_order(&asked, messages), vec![ds[2].msg.id]);
+        assert_eq!((o.len(), o.cold_len()), (5, 3));
+        assert_eq!(o.pop().unwrap(), logged(ds[0].clone()));
+        assert_eq!(o.pop().unwrap(), logged(ds[1].clone()));
+        assert!(o.pop().is_none() && o.front_is_cold());
+        assert_eq!(o.cold_ids(), ids[3..].to_vec());
+        let rest: Vec<_> = ds[3..].iter().map(|d| Some(d.msg.clone())).collect();
+        assert!(o.warm_in_order(&ids[3..], rest).is_empty());
+        for d in &ds[3..] {
+            assert_eq!(o.pop().unwrap(), logged(d.clone()));
+        }
         assert!(o.is_empty());
         assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
     }
@@ -761,6 +891,82 @@ mod tests {
         );
         o.push(logged(delivery(QoS::AtLeastOnce, b"d"))).unwrap();
         assert_eq!((o.len(), o.cold_len(), o.memory_bytes()), (3, 1, one * 2));
+    }
+
+    /// `drop_oldest`: a full queue evicts its oldest (lowest priority first) to keep the
+    /// newest, and reports what the store must forget.
+    #[test]
+    fn drop_oldest_evicts_the_oldest_to_keep_the_newest() {
+        let mut o = Outbox::new(3, 1 << 20);
+        o.set_online(true);
+        o.set_policy(crate::config::QueueFullPolicy::DropOldest);
+        let ds: Vec<Delivery> = (0..5)
+            .map(|_| logged(delivery(QoS::AtLeastOnce, b"x")))
+            .collect();
+        let mut evicted = Evicted::default();
+        for d in &ds {
+            o.push_evicting(d.clone(), &mut evicted).unwrap();
+        }
+        assert_eq!(evicted.count, 2);
+        assert_eq!(evicted.seqs, vec![ds[0].seq, ds[1].seq]);
+        let kept: Vec<u64> = std::iter::from_fn(|| o.pop()).map(|d| d.seq).collect();
+        assert_eq!(kept, ds[2..].iter().map(|d| d.seq).collect::<Vec<_>>());
+        // With priorities, the lowest priority's oldest goes first.
+        let mut o = Outbox::new(2, 1 << 20);
+        o.set_online(true);
+        o.set_policy(crate::config::QueueFullPolicy::DropOldest);
+        let high = with_priority(delivery(QoS::AtLeastOnce, b"h"), 9);
+        let low = with_priority(delivery(QoS::AtLeastOnce, b"l"), 0);
+        let mut evicted = Evicted::default();
+        o.push_evicting(high.clone(), &mut evicted).unwrap();
+        o.push_evicting(low, &mut evicted).unwrap();
+        o.push_evicting(delivery(QoS::AtLeastOnce, b"n"), &mut evicted)
+            .unwrap();
+        assert_eq!(evicted.count, 1);
+        assert_eq!(o.pop().unwrap(), high);
+        // Under drop_newest the new one is refused and nothing is evicted.
+        let mut o = Outbox::new(1, 1 << 20);
+        o.set_online(true);
+        let mut evicted = Evicted::default();
+        o.push_evicting(delivery(QoS::AtLeastOnce, b"a"), &mut evicted)
+            .unwrap();
+        assert_eq!(
+            o.push_evicting(delivery(QoS::AtLeastOnce, b"b"), &mut evicted),
+            Err(Dropped::QueueFull)
+        );
+        assert_eq!(evicted.count, 0);
+    }
+
+    /// `disconnect_slow_consumer`: the handle marks the queue full at the first refusal and
+    /// counts the drop; the mark goes once the queue is under three quarters of its bounds.
+    #[test]
+    fn a_full_queue_is_marked_until_it_drains_below_low_water() {
+        let h = SessionHandle::new("c".into(), 4, 1 << 20);
+        h.outbox().set_online(true);
+        h.outbox()
+            .set_policy(crate::config::QueueFullPolicy::DisconnectSlowConsumer);
+        let mut evicted = Evicted::default();
+        for _ in 0..4 {
+            h.deliver(delivery(QoS::AtLeastOnce, b"x"), &mut evicted)
+                .unwrap();
+        }
+        assert!(h.outbox().full_since().is_none());
+        assert_eq!(
+            h.deliver(delivery(QoS::AtLeastOnce, b"x"), &mut evicted),
+            Err(Dropped::QueueFull)
+        );
+        let since = h.outbox().full_since().expect("marked");
+        h.deliver(delivery(QoS::AtLeastOnce, b"x"), &mut evicted)
+            .unwrap_err();
+        assert_eq!(h.outbox().full_since(), Some(since), "kept from the first");
+        assert_eq!(h.drops.queue_full_newest.load(Ordering::Relaxed), 2);
+        let mut o = h.outbox();
+        o.pop();
+        o.unmark_full_below_low_water();
+        assert!(o.full_since().is_some(), "3 of 4: not below three quarters");
+        o.pop();
+        o.unmark_full_below_low_water();
+        assert!(o.full_since().is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use sluice_codec::{QoS, TopicFilter};
 
 use super::lanes::Lanes;
 use super::Delivery;
+use crate::config::QueueFullPolicy;
 use crate::message::Message;
 
 /// Why a delivery was not queued.
@@ -18,6 +19,15 @@ pub enum Dropped {
     OfflineQos0,
     /// `mqtt.max_queued_messages` or `mqtt.max_queued_bytes` reached.
     QueueFull,
+}
+
+/// Deliveries a push evicted to make room (`drop_oldest`).
+#[derive(Debug, Default)]
+pub struct Evicted {
+    /// How many.
+    pub count: usize,
+    /// The store's numbers of those it had logged (to log them as skipped).
+    pub seqs: Vec<u64>,
 }
 
 /// The broker-wide bound on queued bytes (`limits.max_queued_bytes_total`), shared by every
@@ -134,6 +144,12 @@ pub struct Outbox {
     max_memory: usize,
     /// Deliveries refused since the session began, for logs and counters.
     dropped: u64,
+    /// What a push does when the queue is full (`mqtt.queue_full_policy`, or a shaping
+    /// rule's `overflow`).
+    policy: QueueFullPolicy,
+    /// Set when a push was refused for want of room, cleared once the queue is back under
+    /// three quarters of its bounds (`disconnect_slow_consumer`).
+    full_since: Option<std::time::Instant>,
     /// The broker-wide budget this queue's memory counts against (None: only its own bounds).
     budget: Option<Arc<QueueBudget>>,
 }
@@ -162,7 +178,48 @@ impl Outbox {
             max_bytes,
             max_memory: usize::MAX,
             dropped: 0,
+            policy: QueueFullPolicy::DropNewest,
+            full_since: None,
             budget: None,
+        }
+    }
+
+    /// The overflow policy.
+    pub fn policy(&self) -> QueueFullPolicy {
+        self.policy
+    }
+
+    /// Sets the overflow policy.
+    pub fn set_policy(&mut self, policy: QueueFullPolicy) {
+        self.policy = policy;
+    }
+
+    /// Since when the queue has been full (see [`Outbox::mark_full`]).
+    pub fn full_since(&self) -> Option<std::time::Instant> {
+        self.full_since
+    }
+
+    /// Notes that a push was refused at `now` (kept from the first refusal); returns true if
+    /// the queue was not marked full before.
+    pub fn mark_full(&mut self, now: std::time::Instant) -> bool {
+        let first = self.full_since.is_none();
+        self.full_since.get_or_insert(now);
+        first
+    }
+
+    /// Forgets the full mark (a client that connects gets a fresh `slow_consumer_seconds`
+    /// to drain what waited for it).
+    pub fn unmark_full(&mut self) {
+        self.full_since = None;
+    }
+
+    /// Clears the full mark once the queue is under three quarters of its bounds.
+    pub fn unmark_full_below_low_water(&mut self) {
+        if self.full_since.is_some()
+            && self.queue.len() < self.max_messages - self.max_messages / 4
+            && self.bytes < self.max_bytes - self.max_bytes / 4
+        {
+            self.full_since = None;
         }
     }
 
@@ -206,7 +263,67 @@ impl Outbox {
     }
 
     /// Queues `d` unless a bound forbids it. A delivery the store has logged (`seq` set) may be
-    /// kept on disk only.
+    /// kept on disk only. Under `drop_oldest`, queued deliveries are evicted (lowest priority,
+    /// oldest first) until `d` fits; they are counted in `evicted`.
+    pub fn push_evicting(&mut self, d: Delivery, evicted: &mut Evicted) -> Result<(), Dropped> {
+        if self.policy == QueueFullPolicy::DropOldest && self.online_or_keeps(&d) {
+            let cost = d.msg.cost();
+            // Never more evictions than there are entries, and none for a message that
+            // cannot fit an empty queue. Only the queue's own bounds make room this way; a
+            // message refused for want of memory (the broker's, or this queue's for what
+            // cannot wait on disk) is dropped itself, rather than emptying a queue on disk.
+            if cost <= self.max_bytes {
+                while !self.queue.is_empty()
+                    && (self.queue.len() >= self.max_messages || self.bytes + cost > self.max_bytes)
+                {
+                    self.evict_one(evicted);
+                }
+            }
+        }
+        self.push(d)
+    }
+
+    /// Whether `d` is queued at all in this state (QoS 0 is not for an offline session).
+    fn online_or_keeps(&self, d: &Delivery) -> bool {
+        self.online || d.qos != QoS::AtMostOnce
+    }
+
+    /// Whether `d` may wait on disk only.
+    fn may_spill(&self, d: &Delivery) -> bool {
+        self.spill
+            && d.seq != 0
+            && (d.shared.is_none() || self.group.is_some())
+            && d.qos != QoS::AtMostOnce
+    }
+
+    /// Drops the oldest delivery of the lowest priority.
+    fn evict_one(&mut self, evicted: &mut Evicted) {
+        let Some(e) = self.queue.pop_lowest_front() else {
+            return;
+        };
+        evicted.count += 1;
+        self.dropped += 1;
+        match e {
+            Entry::Hot(d) => {
+                let cost = d.msg.cost();
+                self.bytes -= cost;
+                self.hot_bytes -= cost;
+                self.release(cost);
+                if d.seq != 0 {
+                    evicted.seqs.push(d.seq);
+                }
+            }
+            Entry::Cold(c) => {
+                self.bytes -= c.cost;
+                self.cold -= 1;
+                self.release(COLD_ENTRY_COST);
+                evicted.seqs.push(c.seq);
+            }
+        }
+    }
+
+    /// Queues `d` unless a bound forbids it (the new message is refused: `drop_newest`; see
+    /// [`Outbox::push_evicting`] for the policy).
     pub fn push(&mut self, d: Delivery) -> Result<(), Dropped> {
         if !self.online && d.qos == QoS::AtMostOnce {
             self.dropped += 1;
@@ -218,10 +335,7 @@ impl Outbox {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
-        let spillable = self.spill
-            && d.seq != 0
-            && (d.shared.is_none() || self.group.is_some())
-            && d.qos != QoS::AtMostOnce;
+        let spillable = self.may_spill(&d);
         // An offline session needs nothing in memory until its client is back.
         let window = if self.online { self.window } else { 0 };
         let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > window);
@@ -358,7 +472,23 @@ impl Outbox {
     /// it). Stops at the first delivery after them that is not a cold one in `loaded`. Returns the delivery numbers (`seq`) of deliveries
     /// dropped because their message could not be read.
     pub fn warm(&mut self, loaded: &Loaded) -> Vec<u64> {
-        self.warm_where(loaded, false)
+        self.warm_where(|id| loaded.get(&id).cloned(), false)
+    }
+
+    /// [`Outbox::warm`] with the messages in the order [`Outbox::cold_ids`] gave their ids
+    /// (`messages[k]` is message `ids[k]`): matched by position, no map to build and look up
+    /// (about a third of a read-back's cost with one, issue 16). Stops where the queue no longer
+    /// matches `ids` (what follows is read back again when its turn comes).
+    pub fn warm_in_order(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) -> Vec<u64> {
+        let mut messages = messages.into_iter();
+        let mut ids = ids.iter();
+        self.warm_where(
+            |id| match ids.next() {
+                Some(&next) if next == id => messages.next(),
+                _ => None,
+            },
+            false,
+        )
     }
 
     /// Allows (or stops) keeping new deliveries on disk only.
@@ -381,10 +511,16 @@ impl Outbox {
     /// in the queue (a session that stops being persistent takes its whole queue back into
     /// memory before the log forgets it).
     pub fn warm_all(&mut self, loaded: &Loaded) -> Vec<u64> {
-        self.warm_where(loaded, true)
+        self.warm_where(|id| loaded.get(&id).cloned(), true)
     }
 
-    fn warm_where(&mut self, loaded: &Loaded, all: bool) -> Vec<u64> {
+    /// `find(id)`: the message read back for cold delivery `id` (None: not read back), asked
+    /// once per cold delivery, in queue order.
+    fn warm_where(
+        &mut self,
+        mut find: impl FnMut(u64) -> Option<Option<Arc<Message>>>,
+        all: bool,
+    ) -> Vec<u64> {
         let mut lost = Vec::new();
         let mut i = 0;
         let mut started = false;
@@ -396,14 +532,14 @@ impl Outbox {
                 break;
             };
             let (seq, old_cost, qos, retain, subscription_ids, found) = match entry {
-                Entry::Cold(c) => match loaded.get(&c.id) {
+                Entry::Cold(c) => match find(c.id) {
                     Some(found) => (
                         c.seq,
                         c.cost,
                         c.qos,
                         c.retain,
                         std::mem::take(&mut c.subscription_ids),
-                        found.clone(),
+                        found,
                     ),
                     None if all => {
                         i += 1;
