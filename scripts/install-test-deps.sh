@@ -3,6 +3,7 @@
 #   - mosquitto_pub / mosquitto_sub (Debian package mosquitto-clients)
 #   - mosquitto (the broker and mosquitto_passwd: the ACL differential test and the benchmark's baseline)
 #   - Paho's Python client (paho-mqtt) in a project-local virtualenv (.venv)
+#   - chromium + chromium-driver (the admin dashboard's browser test, tests/tests/admin.rs)
 # Idempotent: skips what is already there. Needs root (or sudo) for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ need_apt=()
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-test-deps: apt-get install ${need_apt[*]}" >&2
     $SUDO apt-get update -qq

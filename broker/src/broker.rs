@@ -13,6 +13,9 @@
 //!
 //! Parked sessions' deadlines (delayed wills, session expiry) sit in one ordered map served by
 //! one task ([`crate::session::Deadlines`]), not a sleeping task per parked session.
+//!
+//! `operate.rs`: what the admin API does to sessions (disconnect a client, end a session),
+//! through the same locks and steps.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +38,9 @@ use crate::session::{
     Session, SessionHandle, SubscriptionRecord,
 };
 use crate::stats::Stats;
+
+mod operate;
+pub use operate::Kick;
 
 /// How long a new connection waits for the old one to hand its session over.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -219,6 +225,7 @@ impl Broker {
                 own.owner = Some(Owner {
                     connection,
                     control: control.take(),
+                    info: None,
                 });
                 own.parked.take()
             };

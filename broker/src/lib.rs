@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! listener     TCP / TLS / WebSocket accept loops, admission control, graceful shutdown
+//!   -> observe      the admin HTTP listener: API, /metrics, dashboard (beside the MQTT ones)
+//!     -> metrics      Prometheus text of the broker's counters
 //!   -> connection   the per-client task: socket, buffers, timers, one select! loop
 //!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
 //!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
@@ -18,11 +20,15 @@
 //!           -> persist      the write-ahead log: Journal (event-named methods), writer
 //!                           thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
-//!               -> config, message, topic, stats, locks, certgen   (leaves)
+//!               -> config, message, topic, stats, hot_topics, locks, certgen   (leaves)
 //! ```
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
 //! * [`listener`]: listeners, accept loops, graceful shutdown ([`Server`]); TLS (rustls,
 //!   certificate reload) and MQTT over WebSockets wrap a listener's sockets before MQTT.
+//! * [`observe`]: the admin HTTP listener (`[admin]`): `/metrics` ([`metrics`]), health,
+//!   the JSON API (clients, sessions, subscriptions, shared groups, retained, publish) and
+//!   the live dashboard; it reads the broker's registry and router and kicks clients through
+//!   the same control message as a takeover.
 //! * [`connection`]: the per-client task, the only owner of a socket and, while connected, of
 //!   the client's [`session::Session`]; per-connection ingress rate limits.
 //! * [`protocol`]: the MQTT state machine, unit-tested without sockets; `protocol::connect`
@@ -74,9 +80,12 @@ pub mod broker;
 pub mod certgen;
 pub mod config;
 pub mod connection;
+pub mod hot_topics;
 pub mod listener;
 pub mod locks;
 pub mod message;
+pub mod metrics;
+pub mod observe;
 pub mod persist;
 pub mod protocol;
 pub mod routing;

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections: AtomicUsize,
+    /// Connections served since start (TLS/WebSocket ones once their handshake is done).
+    pub connections_total: AtomicU64,
     pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to subscribers (counted once per drained batch).
     pub messages_delivered: AtomicU64,
     pub messages_dropped: AtomicU64,
     /// QoS 1/2 PUBLISHes refused because a subscriber's queue was full (`queue_full_policy`).

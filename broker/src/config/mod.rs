@@ -30,6 +30,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Where and how durably sessions, queued messages and retained messages are kept.
     pub persistence: PersistenceConfig,
+    /// The admin HTTP listener: API, `/metrics`, dashboard.
+    pub admin: AdminConfig,
 }
 
 /// How durable acknowledged messages are (see the README's table of loss windows).
@@ -164,6 +166,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             persistence: PersistenceConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -582,6 +585,10 @@ impl Config {
         effective.auth.allow_anonymous = Some(self.auth.allows_anonymous());
         effective.mqtt.max_queued_messages = Some(self.max_queued_messages());
         effective.mqtt.max_queued_bytes = Some(self.max_queued_bytes());
+        if !effective.admin.token.is_empty() {
+            // A secret: printed configurations end up in tickets and chat.
+            effective.admin.token = "(set, not shown)".into();
+        }
         toml::to_string_pretty(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -620,7 +627,10 @@ fn from_config_error(e: config::ConfigError) -> ConfigError {
     }
 }
 
+mod admin;
 mod validate;
+
+pub use admin::AdminConfig;
 
 #[cfg(test)]
 mod tests;

@@ -268,6 +268,7 @@ impl Config {
                 return Err(invalid("auth.acl_file", path.display(), "no such file"));
             }
         }
+        self.admin.validate()?;
         Ok(())
     }
 }

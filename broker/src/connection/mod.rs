@@ -67,6 +67,8 @@ pub struct ConnInfo {
     /// Set when admission control refused the connection: its CONNECT is answered with this
     /// reason and it is closed (admission.rs).
     pub refuse: Option<Refusal>,
+    /// The listener it came through (index in `listeners`), for the admin API.
+    pub listener: usize,
 }
 
 impl ConnInfo {
@@ -77,6 +79,7 @@ impl ConnInfo {
             tls_identity: None,
             flush: false,
             refuse: None,
+            listener: 0,
         }
     }
 }
@@ -143,6 +146,10 @@ where
     async move {
         let peer = info.peer;
         broker.stats.connections.fetch_add(1, Ordering::Relaxed);
+        broker
+            .stats
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
         // Made before CONNECT, with the read buffer and the decoder the handshake uses: a local
         // moved into it later would keep its own slot in the task's future.
         let mut w = Waits {
@@ -177,7 +184,7 @@ where
             done(&broker);
             return Box::pin(linger(&mut stream)).await;
         };
-        let mut pending = state.drain_outbox(now, HIGH_WATER);
+        let mut pending = drain(&mut state, now, &broker);
         // Only whether writes need a flush is needed from here on.
         let flush = info.flush;
         drop(info);
@@ -201,7 +208,7 @@ where
 
         let close: Close = loop {
             if pending && state.write_buf.len() < HIGH_WATER / 2 {
-                pending = state.drain_outbox(Instant::now(), HIGH_WATER);
+                pending = drain(&mut state, Instant::now(), &broker);
             }
             if pending && w.busy.as_ref().is_none_or(|b| b.loading.is_none()) {
                 if let Some(ids) = state.cold_to_load() {
@@ -335,6 +342,15 @@ where
                         break Close::error(
                             ReasonCode::SESSION_TAKEN_OVER,
                             "session taken over by a new connection [MQTT-3.1.4-3]",
+                        );
+                    }
+                    // Handed over like a takeover: the admin API's caller holds connect_lock
+                    // and waits for the session to be parked (Broker::kick).
+                    Ok(Control::Kick(reply)) => {
+                        takeover_reply = Some(reply);
+                        break Close::error(
+                            ReasonCode::ADMINISTRATIVE_ACTION,
+                            "disconnected by an administrator (admin API)",
                         );
                     }
                     // The sender is gone (ownership moved on): nothing more can come.
@@ -615,6 +631,19 @@ async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
     }
 }
 
+/// Drains the session's outbox into the write buffer (up to [`HIGH_WATER`]), counting what
+/// went out (one counter update per batch); whether more is waiting.
+fn drain(state: &mut ClientState, now: Instant, broker: &Broker) -> bool {
+    let (more, sent) = state.drain_outbox_counted(now, HIGH_WATER);
+    if sent > 0 {
+        broker
+            .stats
+            .messages_delivered
+            .fetch_add(sent as u64, Ordering::Relaxed);
+    }
+    more
+}
+
 fn done(broker: &Broker) {
     broker.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
@@ -660,7 +689,7 @@ fn decode_all(
 /// the session's wake-up: one struct, so that the loop's wait borrows one place (each
 /// borrowed local would be a pointer more in every idle connection's future).
 struct Waits {
-    /// The session's control channel (takeover), from CONNACK on. It can fire once; after
+    /// The session's control channel (takeover, kick), from CONNACK on. It can fire once; after
     /// that (or once its sender is gone) it is None.
     control_rx: Option<oneshot::Receiver<Control>>,
     /// Bytes read and not decoded yet; no capacity while idle.
@@ -701,7 +730,7 @@ struct Busy {
 enum Event {
     /// The server is shutting down.
     Shutdown,
-    /// The session's control message (a takeover), or its sender gone.
+    /// The session's control message (a takeover, a kick), or its sender gone.
     Control(Result<Control, oneshot::error::RecvError>),
     /// Some of the write buffer was written (Some(n)), or the stream flushed (None).
     Wrote(std::io::Result<Option<usize>>),

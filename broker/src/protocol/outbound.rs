@@ -108,6 +108,11 @@ impl ClientState {
     /// Moves deliveries from the outbox into the write buffer while the inflight window and the
     /// write buffer's high-water mark allow. Returns true if anything is still queued.
     pub fn drain_outbox(&mut self, now: Instant, high_water: usize) -> bool {
+        self.drain_outbox_counted(now, high_water).0
+    }
+
+    /// [`ClientState::drain_outbox`], also returning how many PUBLISH packets it wrote.
+    pub fn drain_outbox_counted(&mut self, now: Instant, high_water: usize) -> (bool, usize) {
         // The records of the deliveries sent now reach the writer together, in one frame.
         let _records = self.store.batch();
         let mut batch = Vec::new();
@@ -163,11 +168,12 @@ impl ClientState {
             self.cold_waiting = cold_waiting;
             more
         };
+        let mut sent = 0;
         for d in batch {
-            self.send_delivery(d, now);
+            sent += usize::from(self.send_delivery(d, now));
         }
         self.publish_inflight();
-        more
+        (more, sent)
     }
 
     /// Logs that a queued delivery the store has was dropped unsent.
@@ -178,11 +184,12 @@ impl ClientState {
         }
     }
 
-    fn send_delivery(&mut self, d: Delivery, now: Instant) {
+    /// Writes one delivery; false when it was not sent (expired, too large, no packet id).
+    fn send_delivery(&mut self, d: Delivery, now: Instant) -> bool {
         if d.msg.is_expired(now) {
             // Expired messages are never delivered [MQTT-3.3.2-5].
             self.log_skip(&d);
-            return;
+            return false;
         }
         // Numbered up to the recovered horizon: it may have gone out before the crash.
         let dup = d.qos != QoS::AtMostOnce && d.seq != 0 && d.seq <= self.recovered_horizon();
@@ -191,7 +198,7 @@ impl ClientState {
         } else {
             match self.session.next_pkid() {
                 Some(id) => id,
-                None => return,
+                None => return false,
             }
         };
         let alias = if self.n.outbound_alias_maximum == 0 {
@@ -238,7 +245,7 @@ impl ClientState {
                 Err(e) => {
                     tracing::error!(client_id = %self.n.client_id, error = %e, "cannot encode PUBLISH; skipped");
                     self.log_skip(&d);
-                    return;
+                    return false;
                 }
             },
             None => None,
@@ -246,7 +253,7 @@ impl ClientState {
         let len = match (&cached, &prepared) {
             (Some(f), _) => f.bytes.len(),
             (None, Some(p)) => p.len(),
-            (None, None) => return,
+            (None, None) => return false,
         };
         if v5 && len > self.n.client_max_packet {
             // Larger than the client accepts: not sent, as if delivered [MQTT-3.1.2-25]. An
@@ -258,7 +265,7 @@ impl ClientState {
             }
             self.oversize_dropped += 1;
             self.log_skip(&d);
-            return;
+            return false;
         }
         // Not on the wire before the log says it may have gone: a crash that loses the `Sent`
         // record must still resend it with DUP [MQTT-3.3.1-1].
@@ -290,6 +297,7 @@ impl ClientState {
                 .inflight
                 .push_back(Inflight::Publish { pkid, delivery: d });
         }
+        true
     }
 
     /// The PUBLISH packet for one delivery.

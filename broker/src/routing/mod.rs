@@ -18,6 +18,7 @@ use crate::auth::acl::{Access, Acl};
 use crate::auth::AccessControl;
 use crate::config::Config;
 use crate::config::QueueFullPolicy;
+use crate::hot_topics::HotTopics;
 use crate::locks::{read, write};
 use crate::message::{ClientId, Message};
 use crate::persist::Pending;
@@ -140,6 +141,8 @@ pub struct Router {
     stats: Arc<Stats>,
     /// `$delayed` messages waiting for their time, shared with the one timer task.
     pub delayed: Arc<DelayedPublishes>,
+    /// The busiest topics, sampled (the dashboard's panel; one PUBLISH in 16 per thread).
+    pub hot_topics: HotTopics,
 }
 
 impl Drop for Router {
@@ -168,6 +171,7 @@ impl Router {
             store,
             queue_budget,
             stats,
+            hot_topics: HotTopics::default(),
         }
     }
 
@@ -203,6 +207,7 @@ impl Router {
         received: Option<Pending>,
     ) -> Result<usize, ClientId> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.hot_topics.sample(msg.topic.as_str());
         let mut targets: Vec<Target> = Vec::new();
         // (shared subscription's group, members): rare, so a small Vec.
         let mut groups: Vec<(Arc<GroupQueue>, Vec<Target>)> = Vec::new();
@@ -449,6 +454,20 @@ impl Router {
             }
         }
         self.store.flush_batch();
+    }
+
+    /// Removes the retained message of `topic` (admin API), as a retained PUBLISH with an
+    /// empty payload would, but without delivering anything. Returns whether there was one.
+    pub fn clear_retained(&self, topic: &str) -> bool {
+        let mut store = write(&self.retained);
+        let Some(old) = store.remove(topic) else {
+            return false;
+        };
+        if self.store.is_enabled() {
+            self.store.retained_cleared(old.topic.as_mqtt_str().clone());
+        }
+        self.store.flush_batch();
+        true
     }
 
     /// The retained messages to send for a new subscription, per Retain Handling
