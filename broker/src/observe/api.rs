@@ -506,6 +506,9 @@ async fn publish(State(state): Shared, body: Result<Json<PublishBody>, JsonRejec
         Some(Ok(d)) => (d.target, Some(d.seconds)),
         Some(Err(e)) => return Err(ApiError::bad(format!("topic {:?}: {e}", b.topic))),
     };
+    if target.is_empty() {
+        return Err(ApiError::bad("topic: empty [MQTT-4.7.3-1]"));
+    }
     let topic = TopicName::try_from(target)
         .map_err(|e| ApiError::bad(format!("topic {target:?}: {e} [MQTT-3.3.2-2]")))?;
     if crate::topic::is_reserved_for_clients(topic.as_str()) {
