@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_tests::admin::AdminClient;
+use sluice_tests::admin::{AdminClient, ChromeDriver};
 use sluice_tests::codec::{Connect, ConnectProperties, Packet, Protocol, QoS, ReasonCode, Str};
 use sluice_tests::{client_id, packets, run_sluice, Broker, BrokerOpts, RawClient};
 
@@ -496,4 +496,130 @@ fn a_public_admin_bind_without_a_token_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("admin.bind = 0.0.0.0:0"), "{err}");
     assert!(err.contains("admin.token"), "{err}");
+}
+
+/// The dashboard in a real browser (headless Chromium over WebDriver): the live connection
+/// count shows the test's connected clients, busiest topics and slowest consumers fill in
+/// under traffic, and the Disconnect button kicks a client (it sees DISCONNECT 0x98) and its
+/// row goes. The screenshot is kept as `target/test-artefacts/dashboard.png`.
+#[tokio::test]
+async fn the_dashboard_shows_live_clients_and_disconnects_one() {
+    let broker = Broker::start();
+    let api = admin(&broker);
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        kept.push(
+            client(
+                &broker,
+                Protocol::V5,
+                &format!("dash-{i}"),
+                Some("operator"),
+                None,
+            )
+            .await,
+        );
+    }
+    // A subscriber that never reads or acknowledges (once its inflight window is full its
+    // queue grows: the slowest consumer) and a QoS 1 publisher spread over a few topics (its
+    // PUBACKs are left unread: a few bytes each), until the end of the test.
+    let mut slow = client(&broker, Protocol::V311, "dash-slow-reader", None, None).await;
+    subscribe(&mut slow, "sensors/#", QoS::AtLeastOnce).await;
+    let mut publisher = client(&broker, Protocol::V311, "dash-publisher", None, None).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let traffic = tokio::spawn(async move {
+        let mut i = 0u32;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) && i < 1_000_000 {
+            let topic = format!(
+                "sensors/line-{}/temperature",
+                [1, 1, 1, 2, 2, 3][i as usize % 6]
+            );
+            let pkid = (i % 60_000) as u16 + 1;
+            let p = packets::publish(&topic, QoS::AtLeastOnce, pkid, format!("{{\"t\":{i}}}"));
+            if publisher.send(&Packet::Publish(p)).await.is_err() {
+                break;
+            }
+            i += 1;
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        publisher
+    });
+
+    let driver = ChromeDriver::start().await.unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.session(profile.path()).await.unwrap();
+    browser.goto(&format!("{}/", api.base())).await.unwrap();
+    let connected = kept.len() + 2;
+    browser
+        .wait_until(
+            "the live connection count shows the connected test clients",
+            &format!("return document.getElementById('connections').textContent === '{connected}'"),
+            T,
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_until(
+            "a row per client, the busiest topic and the slow reader shown",
+            "return document.querySelectorAll('#clients tbody tr[data-client]').length === 5 \
+             && document.querySelector('#topics tbody td')?.textContent === 'sensors/line-1/temperature' \
+             && document.querySelector('#slowest tbody td')?.textContent === 'dash-slow-reader'",
+            T,
+        )
+        .await
+        .unwrap();
+
+    let button = browser
+        .find("#clients button.kick[data-client='dash-1']")
+        .await
+        .unwrap();
+    browser.click(&button).await.unwrap();
+    kept[1]
+        .expect_disconnect(T, 0x98, "kicked from the dashboard")
+        .await
+        .unwrap();
+    // Gone from the page, also after the next snapshots from the broker.
+    let gone = format!(
+        "return !document.querySelector(\"#clients tr[data-client='dash-1']\") \
+         && document.getElementById('connections').textContent === '{}'",
+        connected - 1
+    );
+    browser
+        .wait_until("dash-1's row goes", &gone, T)
+        .await
+        .unwrap();
+    api.wait_for("/api/v1/clients", T, |v| v["total"] == connected - 1)
+        .await
+        .unwrap();
+    browser
+        .eval(
+            "window.__seen = document.getElementById('uptime').textContent; return null;",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_until(
+            "a later snapshot",
+            "return document.getElementById('uptime').textContent !== window.__seen",
+            T,
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_until("still gone after it", &gone, T)
+        .await
+        .unwrap();
+
+    let shot = sluice_tests::workspace_root().join("target/test-artefacts/dashboard.png");
+    browser.screenshot(&shot).await.unwrap();
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a real screenshot"
+    );
+    browser.quit().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(traffic.await.unwrap());
 }
