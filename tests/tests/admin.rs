@@ -540,7 +540,7 @@ async fn the_dashboard_shows_live_clients_and_disconnects_one() {
                 break;
             }
             i += 1;
-            if i % 20 == 0 {
+            if i.is_multiple_of(20) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
