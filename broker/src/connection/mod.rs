@@ -591,7 +591,8 @@ where
                     _guard = handle.connect_lock.lock() => {
                         b.park_session(&handle, session, connection, will, false);
                     }
-                    Ok(Control::TakeOver(reply)) = async {
+                    // A kick now is answered the same way: its sender holds the lock too.
+                    Ok(Control::TakeOver(reply) | Control::Kick(reply)) = async {
                         match control_rx.as_mut() {
                             Some(rx) => rx.await,
                             None => std::future::pending().await,
