@@ -357,6 +357,8 @@ async fn backlog_one(
         persistent: true,
         parallel: 1,
         ca: PathBuf::new(),
+        nodes: Vec::new(),
+        cluster_pids: Vec::new(),
     };
     let opts = StartOpts {
         dir: dir.to_path_buf(),

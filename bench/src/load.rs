@@ -94,6 +94,13 @@ pub struct Params {
     pub parallel: usize,
     /// tls-handshakes: the PEM CA file the client trusts.
     pub ca: std::path::PathBuf,
+    /// `--cluster`: the Sluice nodes of a cluster (fanin, fanout, p2p, shared): connection k
+    /// of the subscribers goes to node k mod N, publisher k to node (k + 1) mod N. Empty: the
+    /// one broker of the target.
+    pub nodes: Vec<SocketAddr>,
+    /// `--cluster-pids`: the processes whose CPU time the cluster figures add up (the nodes
+    /// and NATS).
+    pub cluster_pids: Vec<u32>,
 }
 
 impl Params {
@@ -115,6 +122,7 @@ impl Params {
             "consumer_delays_ms": self.consumer_delays.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
             "persistent": self.persistent,
             "parallel": self.parallel,
+            "cluster_nodes": self.nodes.len(),
         })
     }
 
@@ -338,7 +346,7 @@ pub(crate) struct PubPlan {
 
 /// Connects `n` clients, at most `parallel` at a time, with options from `opts(i)`.
 async fn connect_many(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     protocol: Protocol,
     ids: Vec<String>,
     keep_alive: u16,
@@ -350,6 +358,7 @@ async fn connect_many(
     let mut set = JoinSet::new();
     for (i, id) in ids.into_iter().enumerate() {
         let sem = sem.clone();
+        let addr = addrs[i % addrs.len()];
         set.spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let opts = ConnectOpts {
@@ -383,12 +392,13 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
     let n_pubs = pubs.len();
     let deadline = Instant::now() + p.timeout + p.duration.unwrap_or_default();
     let meters = Meters::start(target.pid);
+    let (sub_nodes, pub_nodes) = crate::cluster::spread(target.addr, &p.nodes);
 
     // Subscribers first, each with its SUBACK, so nothing published is missed.
     let subs_ids: Vec<String> = subs.iter().map(|s| s.client_id.clone()).collect();
     let sub_ids = subs_ids.clone();
     let mut sub_conns = connect_many(
-        target.addr,
+        &sub_nodes,
         p.protocol,
         sub_ids,
         p.keep_alive(),
@@ -400,9 +410,11 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
     for (conn, plan) in sub_conns.iter_mut().zip(&subs) {
         conn.subscribe(&plan.filter, p.qos, deadline).await?;
     }
+    // Cluster: every node's subscriptions known to NATS before anything is published.
+    crate::cluster::wait_for_interest(&p.nodes, p.protocol, &run, deadline).await?;
     let pub_ids = pubs.iter().map(|s| s.client_id.clone()).collect();
     let pub_conns = connect_many(
-        target.addr,
+        &pub_nodes,
         p.protocol,
         pub_ids,
         p.keep_alive(),
@@ -428,6 +440,7 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
     }
     let t0 = Instant::now();
     let t0_ns = track::now_ns();
+    let cluster_cpu = crate::cluster::CpuMeter::start(&p.cluster_pids);
     let end = p.duration.map(|d| t0 + d);
     let mut pub_tasks = JoinSet::new();
     for (mut conn, plan) in pub_conns.into_iter().zip(pubs) {
@@ -521,6 +534,7 @@ async fn flow(target: Target, p: &Params) -> Result<Outcome> {
     out.set("elapsed_s", window_s);
     let end = total.last_recv_ns.map_or_else(Instant::now, instant_of);
     meters.finish(&mut out, (t0, end));
+    cluster_cpu.finish(&mut out, unique, t0.elapsed().as_secs_f64());
     if total.corrupt > 0 {
         out.notes.push(format!(
             "{} payloads were corrupt or unknown",
@@ -1157,8 +1171,9 @@ async fn shared(target: Target, p: &Params) -> Result<Outcome> {
     let sub_ids: Vec<String> = (0..delays.len())
         .map(|i| format!("sb-{run}-s{i}"))
         .collect();
+    let (sub_nodes, pub_nodes) = crate::cluster::spread(target.addr, &p.nodes);
     let mut sub_conns = connect_many(
-        target.addr,
+        &sub_nodes,
         p.protocol,
         sub_ids.clone(),
         p.keep_alive(),
@@ -1170,6 +1185,7 @@ async fn shared(target: Target, p: &Params) -> Result<Outcome> {
     for conn in sub_conns.iter_mut() {
         conn.subscribe(&filter, p.qos, deadline).await?;
     }
+    crate::cluster::wait_for_interest(&p.nodes, p.protocol, &run, deadline).await?;
     let pubs: Vec<PubPlan> = (0..n_pubs)
         .map(|i| PubPlan {
             id: i as u32,
@@ -1185,7 +1201,7 @@ async fn shared(target: Target, p: &Params) -> Result<Outcome> {
         })
         .collect();
     let pub_conns = connect_many(
-        target.addr,
+        &pub_nodes,
         p.protocol,
         pubs.iter().map(|p| p.client_id.clone()).collect(),
         p.keep_alive(),
@@ -1213,6 +1229,7 @@ async fn shared(target: Target, p: &Params) -> Result<Outcome> {
     }
     let t0 = Instant::now();
     let t0_ns = track::now_ns();
+    let cluster_cpu = crate::cluster::CpuMeter::start(&p.cluster_pids);
     let end = p.duration.map(|d| t0 + d);
     let mut pub_tasks = JoinSet::new();
     for (mut conn, plan) in pub_conns.into_iter().zip(pubs) {
@@ -1305,6 +1322,7 @@ async fn shared(target: Target, p: &Params) -> Result<Outcome> {
     out.set("elapsed_s", window_s);
     let end = last_recv.map_or_else(Instant::now, instant_of);
     meters.finish(&mut out, (t0, end));
+    cluster_cpu.finish(&mut out, unique, t0.elapsed().as_secs_f64());
     if timeouts > 0 {
         out.notes.push(format!(
             "{timeouts} consumer(s) stopped at the run's time limit"

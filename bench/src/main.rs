@@ -10,6 +10,7 @@
 //! latency. See bench/README.md.
 
 mod broker;
+mod cluster;
 mod conn;
 mod durability;
 mod load;
@@ -71,6 +72,15 @@ struct RunArgs {
     /// Name of the broker in the output.
     #[arg(long, default_value = "broker")]
     label: String,
+    /// A Sluice cluster: its nodes' addresses (comma-separated, 127.0.0.1 only), over which
+    /// fanin/fanout/p2p/shared spread their clients (subscriber k on node k mod N, publisher k
+    /// on node k+1 mod N); `--addr` and `--pid` are then not used. See bench/cluster.sh.
+    #[arg(long, value_delimiter = ',')]
+    cluster: Vec<SocketAddr>,
+    /// With --cluster: the PIDs of the nodes and of nats-server, whose CPU time together gives
+    /// "CPU µs per delivered msg (all nodes + NATS)".
+    #[arg(long, value_delimiter = ',')]
+    cluster_pids: Vec<u32>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -220,6 +230,8 @@ impl LoadArgs {
                 .collect::<Result<_>>()?,
             persistent: self.persistent,
             parallel: self.parallel,
+            nodes: Vec::new(),
+            cluster_pids: Vec::new(),
             ca: self
                 .ca
                 .clone()
@@ -260,20 +272,39 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let params = args.load.params()?;
-    let pid = args
-        .pid
-        .or_else(|| procfs::find_listener_pid(args.addr.port()));
-    if pid.is_none() {
+    let mut params = args.load.params()?;
+    if !args.cluster.is_empty() {
+        if !matches!(
+            params.scenario,
+            Scenario::Fanin | Scenario::Fanout | Scenario::P2p | Scenario::Shared
+        ) {
+            bail!("--cluster works with the fanin, fanout, p2p and shared scenarios");
+        }
+        if let Some(a) = args
+            .cluster
+            .iter()
+            .find(|a| a.ip() != std::net::Ipv4Addr::LOCALHOST)
+        {
+            bail!("--cluster: only 127.0.0.1 is allowed, got {a}");
+        }
+        params.nodes = args.cluster.clone();
+        params.cluster_pids = args.cluster_pids.clone();
+    }
+    let addr = args.cluster.first().copied().unwrap_or(args.addr);
+    let pid = if args.cluster.is_empty() {
+        args.pid
+            .or_else(|| procfs::find_listener_pid(args.addr.port()))
+    } else {
+        // One node's figures would read as the cluster's: the cluster figures cover them all.
+        None
+    };
+    if pid.is_none() && args.cluster.is_empty() {
         eprintln!(
             "sluice-bench: no PID for the broker on {} (use --pid): no broker CPU/memory figures",
             args.addr
         );
     }
-    let target = Target {
-        addr: args.addr,
-        pid,
-    };
+    let target = Target { addr, pid };
     let result = load::run(target, &params)
         .await
         .map_err(|e| format!("{e:#}"));

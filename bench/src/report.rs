@@ -11,6 +11,12 @@ use crate::load::{Outcome, Params};
 /// Every figure a run may report, in display order: (key, label, decimals).
 pub const FIGURES: &[(&str, &str, usize)] = &[
     ("delivered_msgs_s", "delivered msgs/s", 0),
+    ("cluster_cpu_pct", "CPU % (all nodes + NATS)", 0),
+    (
+        "cluster_cpu_us_per_msg",
+        "CPU µs per delivered msg (all nodes + NATS)",
+        1,
+    ),
     ("delivered_mb_s", "delivered MB/s", 2),
     ("published_msgs_s", "published msgs/s", 0),
     ("sent", "sent", 0),

@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::auth::acl::Acl;
 use crate::auth::passwords::PasswordFile;
 use crate::auth::AccessControl;
+use crate::config::bridge_client_id;
 use crate::config::Config;
 use crate::locks::{lock, write};
 use crate::message::{ClientId, Message};
@@ -37,13 +38,14 @@ use crate::session::{
     ColdDelivery, Control, Deadlines, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget,
     Session, SessionHandle, SubscriptionRecord,
 };
-use crate::stats::Stats;
+use crate::stats::{BridgeCounters, BridgeStatus, Stats};
+
+/// After this long waiting for the old connection to hand its session over, a takeover logs a
+/// warning (and goes on waiting).
+const TAKEOVER_SLOW: Duration = Duration::from_secs(5);
 
 mod operate;
 pub use operate::Kick;
-
-/// How long a new connection waits for the old one to hand its session over.
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One broker: the parts, wired together. Connections hold an `Arc<Broker>`.
 ///
@@ -74,6 +76,8 @@ pub struct Broker {
     deadline_wake: Arc<Notify>,
     /// Whether the deadline task runs (started with the first deadline).
     deadline_task: AtomicBool,
+    /// One entry per `[[bridges]]`, in configuration order: updated by the bridge tasks.
+    bridges: Vec<Arc<BridgeCounters>>,
 }
 
 impl Drop for Broker {
@@ -107,6 +111,16 @@ impl Broker {
         let access = Arc::new(AccessControl::new(acl, passwords));
         let stats = Arc::new(Stats::default());
         let store = Store::disabled();
+        let bridges = config
+            .bridges
+            .iter()
+            .map(|b| {
+                Arc::new(BridgeCounters {
+                    name: b.name.clone(),
+                    ..BridgeCounters::default()
+                })
+            })
+            .collect();
         Broker {
             router: Router::new(
                 config.clone(),
@@ -125,6 +139,7 @@ impl Broker {
             deadlines: Mutex::new(Deadlines::default()),
             deadline_wake: Arc::new(Notify::new()),
             deadline_task: AtomicBool::new(false),
+            bridges,
         }
     }
 
@@ -155,6 +170,33 @@ impl Broker {
         Ok(true)
     }
 
+    /// The counters of bridge `name` (for its task).
+    pub fn bridge_counters(&self, name: &str) -> Option<Arc<BridgeCounters>> {
+        self.bridges.iter().find(|b| b.name == name).cloned()
+    }
+
+    /// Every bridge's state (`[[bridges]]`): connected, queued, forwarded, dropped.
+    pub fn bridges(&self) -> Vec<BridgeStatus> {
+        self.bridges
+            .iter()
+            .map(|b| {
+                let (queued, queue_dropped) = match self.session(&bridge_client_id(&b.name)) {
+                    Some(h) => {
+                        // One lock at a time (park_session takes ownership, then outbox).
+                        let inflight = match &h.ownership().parked {
+                            Some(s) => s.inflight_len(),
+                            None => h.inflight.load(Ordering::Relaxed),
+                        };
+                        let outbox = h.outbox();
+                        (outbox.len() + inflight, outbox.dropped())
+                    }
+                    None => (0, 0),
+                };
+                b.status(queued, queue_dropped)
+            })
+            .collect()
+    }
+
     /// A fresh connection number.
     pub fn connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
@@ -174,6 +216,30 @@ impl Broker {
         for h in handles {
             h.notify.notify_one();
         }
+    }
+
+    /// The client identifiers of every session (online or parked) starting with `prefix`.
+    pub fn session_ids_with_prefix(&self, prefix: &str) -> Vec<ClientId> {
+        lock(&self.sessions)
+            .keys()
+            .filter(|id| id.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// The topic filters of `client_id`'s session while it is parked (None: no such session,
+    /// or a connection owns it).
+    pub fn parked_filters(&self, client_id: &str) -> Option<Vec<String>> {
+        let handle = self.session(client_id)?;
+        let own = handle.ownership();
+        let parked = own.parked.as_ref()?;
+        Some(
+            parked
+                .subscriptions
+                .keys()
+                .map(|f| f.as_str().to_owned())
+                .collect(),
+        )
     }
 
     /// The handle of `client_id`'s session, if one exists.
@@ -213,6 +279,10 @@ impl Broker {
                 continue;
             }
             self.take_over(&handle).await;
+            // Cluster mode: a connection of this client id on another node closes.
+            if let Some(link) = self.router.cluster() {
+                link.session_opened(client_id);
+            }
 
             let now = Instant::now();
             let parked = {
@@ -259,6 +329,27 @@ impl Broker {
         }
     }
 
+    /// Cluster mode: `client_id` connected to another node. Its connection here, if any, is
+    /// taken over as by a local CONNECT (v5: DISCONNECT 0x8E [MQTT-3.1.4-3]); the session
+    /// itself stays on this node, parked (persistent) or ended, as when its client goes.
+    /// Returns whether a connection was closed.
+    pub async fn taken_over_elsewhere(&self, client_id: &str) -> bool {
+        let Some(handle) = lock(&self.sessions).get(client_id).cloned() else {
+            return false;
+        };
+        let _guard = handle.connect_lock.lock().await;
+        if handle.ownership().owner.is_none() {
+            return false;
+        }
+        self.take_over(&handle).await;
+        // No new owner here: a session that ended with its connection (nothing parked) leaves
+        // the registry, as when its client goes (its subscriptions went with it).
+        if handle.ownership().parked.is_none() {
+            self.remove_handle(&handle);
+        }
+        true
+    }
+
     /// Asks the current owner of `handle`, if any, to hand the session over, and waits.
     async fn take_over(&self, handle: &Arc<SessionHandle>) {
         let control = handle
@@ -267,14 +358,19 @@ impl Broker {
             .as_mut()
             .and_then(|o| o.control.take());
         let Some(control) = control else { return };
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         if control.send(Control::TakeOver(tx)).is_ok()
-            && tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await.is_err()
+            && tokio::time::timeout(TAKEOVER_SLOW, &mut rx).await.is_err()
         {
-            tracing::warn!(client_id = %handle.client_id, "old connection did not hand over its session in time; taking it anyway");
+            // Every step of the old task's close is bounded (its last writes by FLUSH_TIMEOUT),
+            // so it will answer; taking the session without its state would lose the session's
+            // inflight messages and leave its subscriptions in the tree with no session that
+            // knows them.
+            tracing::warn!(client_id = %handle.client_id, "old connection has not handed over its session after {} s; still waiting", TAKEOVER_SLOW.as_secs());
+            let _ = rx.await;
         }
-        // If the old task is gone without parking (it panicked or timed out), its session state
-        // is lost; the owner slot is cleared so the new connection can proceed.
+        // If the old task is gone without parking (it panicked), its session state is lost;
+        // the owner slot is cleared so the new connection can proceed.
         handle.ownership().owner = None;
     }
 
@@ -593,7 +689,9 @@ impl Broker {
                             .is_some()
                             .then(|| self.router.join_group(filter, &handle)),
                     };
-                    tree.subscribe(filter, client.clone(), entry);
+                    if tree.subscribe(filter, client.clone(), entry).is_none() {
+                        self.router.interest_changed(filter, true);
+                    }
                 }
             }
             for i in &s.inflight {
@@ -704,7 +802,10 @@ impl Broker {
         {
             let mut tree = write(&self.router.subscriptions);
             for filter in session.subscriptions.keys() {
-                groups.extend(tree.unsubscribe(filter, client_id).and_then(|e| e.shared));
+                if let Some(e) = tree.unsubscribe(filter, client_id) {
+                    self.router.interest_changed(filter, false);
+                    groups.extend(e.shared);
+                }
             }
         }
         for group in groups {
@@ -737,8 +838,19 @@ impl Broker {
     /// Publishes a will message (3.1.2.5) on behalf of `client_id`.
     pub fn publish_will(&self, client_id: &ClientId, will: LastWill, now: Instant) {
         tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
+        // `$delayed/{s}/{topic}` (checked at CONNECT): to `{topic}`, s seconds from now.
+        let delayed = match crate::topic::delayed(&will.topic, self.config.mqtt.max_delay_seconds) {
+            Some(Ok(d)) => sluice_codec::TopicName::try_from(d.target)
+                .ok()
+                .map(|t| (t, Duration::from_secs(u64::from(d.seconds)))),
+            _ => None,
+        };
+        let (topic, delay) = match delayed {
+            Some((t, delay)) => (t, Some(delay)),
+            None => (will.topic, None),
+        };
         let mut msg = Message::new(
-            will.topic,
+            topic,
             will.payload,
             will.qos,
             will.retain,
@@ -747,7 +859,21 @@ impl Broker {
             now,
         );
         msg.priority = self.router.priority_of(&msg.topic);
-        self.router.publish(Arc::new(msg));
+        match delay {
+            Some(delay) => {
+                if self
+                    .router
+                    .publish_delayed(Arc::new(msg), delay, None, now)
+                    .is_err()
+                {
+                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(client_id = %client_id, "will dropped: too many delayed messages waiting (limits.max_delayed_messages)");
+                }
+            }
+            None => {
+                self.router.publish(Arc::new(msg));
+            }
+        }
     }
 }
 
@@ -845,5 +971,36 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(lock(&broker.deadlines).is_empty());
+    }
+
+    /// An old connection slow to hand over (its closing writes can take seconds towards a
+    /// client that reads nothing) still hands its session to the new one: the takeover waits
+    /// past [`TAKEOVER_SLOW`] rather than start the new connection on an empty session while the
+    /// old one's subscriptions stay in the tree.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_takeover_still_gets_the_old_session() {
+        let broker = Arc::new(Broker::new(Config::default(), None));
+        let id: ClientId = "slow".into();
+        let (tx, rx) = oneshot::channel();
+        let opened = broker.open_session(&id, false, 1, tx).await;
+        let mut session = opened.session;
+        session.expiry_interval = 3600;
+        let old_handle = opened.handle.clone();
+        let b = broker.clone();
+        let old = tokio::spawn(async move {
+            let Ok(Control::TakeOver(reply)) = rx.await else {
+                panic!("no takeover asked");
+            };
+            tokio::time::sleep(TAKEOVER_SLOW * 3).await;
+            b.park_session(&old_handle, session, 1, None, true);
+            let _ = reply.send(());
+        });
+        let again = open(&broker, &id, 2).await;
+        old.await.unwrap();
+        assert!(
+            again.session_present,
+            "the session the old connection handed over late [MQTT-3.1.2-5]"
+        );
+        assert_eq!(again.session.expiry_interval, 3600);
     }
 }

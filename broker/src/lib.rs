@@ -6,9 +6,15 @@
 //!
 //! ```text
 //! listener     TCP / TLS / WebSocket accept loops, admission control, graceful shutdown
+//!   -> bridge       `[[bridges]]`: one task per bridge, a client of a remote broker and of
+//!                   its local session `$bridge/{name}` (served by the connection task in
+//!                   process)
+//!   -> cluster      cluster mode (`[cluster]`): the NATS connections, the task that sends
+//!                   this node's messages and interest to NATS and routes what comes back,
+//!                   the retained bucket (absent: never started)
 //!   -> observe      the admin HTTP listener: API, /metrics, dashboard (beside the MQTT ones)
 //!     -> metrics      Prometheus text of the broker's counters
-//!   -> connection   the per-client task: socket, buffers, timers, one select! loop
+//!   -> connection   the per-client task: socket, buffers, timers, one hand-polled loop
 //!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
 //!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
 //!                     in, packets and routing out)
@@ -25,6 +31,10 @@
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
 //! * [`listener`]: listeners, accept loops, graceful shutdown ([`Server`]); TLS (rustls,
 //!   certificate reload) and MQTT over WebSockets wrap a listener's sockets before MQTT.
+//! * [`bridge`]: bridges to other MQTT brokers; the local side is an ordinary persistent
+//!   session, so a bridge's queue is bounded, persisted and restored like any session's.
+//! * [`cluster`]: cluster mode on NATS JetStream: topic-to-subject mapping, the wire format
+//!   between nodes, interest propagation, the retained bucket, shared groups across nodes.
 //! * [`observe`]: the admin HTTP listener (`[admin]`): `/metrics` ([`metrics`]), health,
 //!   the JSON API (clients, sessions, subscriptions, shared groups, retained, publish) and
 //!   the live dashboard; it reads the broker's registry and router and kicks clients through
@@ -65,6 +75,9 @@
 //!    message and its queue entries are handed to the store's writer first through the
 //!    journal (`Store::message_stored`, `Store::message_queued`, inside the PUBLISH's
 //!    `Store::batch`; no I/O here).
+//!    In cluster mode the router also hands the message to the node's cluster task (a queue
+//!    bounded in bytes, never awaited), which publishes it to NATS; the other nodes route it
+//!    to their subscribers the same way ([`routing::Router::publish_remote`]).
 //! 4. The publisher's PUBACK/PUBREC waits for the store's ticket ([`persist`]): written and
 //!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
@@ -76,8 +89,10 @@
 //! 6. Acknowledgements release inflight slots, which lets the next queued messages go.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod certgen;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod hot_topics;

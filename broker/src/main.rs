@@ -107,6 +107,21 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Signal handlers go in before the listeners bind (and log "listening on"): a SIGTERM
+        // or SIGHUP that arrives once a client can connect must never meet the default action
+        // (exit without a DISCONNECT, or die on SIGHUP).
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sluice: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = signals;
         let server = match Server::bind(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -119,10 +134,6 @@ fn main() -> ExitCode {
         let broker = server.broker().clone();
         let tls = server.tls_reloader();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 match broker.reload_passwords() {
                     Ok(true) => tracing::info!("SIGHUP: auth.password_file reloaded"),
@@ -137,7 +148,14 @@ fn main() -> ExitCode {
                 tls.reload_all("SIGHUP");
             }
         });
-        server.run(shutdown_signal()).await;
+        server
+            .run(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            })
+            .await;
         ExitCode::SUCCESS
     })
 }
@@ -215,19 +233,21 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The signals the broker answers: SIGHUP (reload), SIGTERM and SIGINT (graceful shutdown).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the three handlers at once (inside the runtime).
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 }

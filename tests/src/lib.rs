@@ -7,7 +7,8 @@
 //! * [`mosquitto_pub`] / [`mosquitto_sub`]: Debian's `mosquitto-clients`;
 //! * [`paho`]: Paho's Python client, from the virtualenv made by `scripts/install-test-deps.sh`;
 //! * [`admin`]: the admin HTTP API (every broker started here has it on 127.0.0.1:0), and a
-//!   headless Chromium driven over WebDriver for the dashboard.
+//!   headless Chromium driven over WebDriver for the dashboard;
+//! * [`nats`]: `nats-server -js` (one, or a 3-server NATS cluster) and Sluice nodes joined to it.
 //!
 //! Every process started here is stopped by its PID (on drop at the latest), every wait is bounded.
 
@@ -26,6 +27,7 @@ use tokio::net::TcpStream;
 pub mod admin;
 pub mod clients;
 pub mod mosquitto_sub;
+pub mod nats;
 
 pub use rumqttc;
 pub use sluice_codec as codec;

@@ -393,3 +393,30 @@ async fn priorities_survive_kill_9() {
     let b = broker_on(data.path(), PRIORITIES);
     assert_eq!(drain_orders(&b, "r-sub").await, BY_PRIORITY);
 }
+
+/// A will to `$delayed/{seconds}/{topic}` is a delayed publish like any other: when the
+/// connection dies it reaches `{topic}` subscribers after the delay, never before; a malformed one is refused at CONNECT with
+/// 0x90 Topic Name Invalid, and one to `$SYS` with 0x87 Not Authorized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_to_a_delayed_topic_is_delayed() {
+    let b = broker("");
+    let mut sub = raw_ok(b.addr, Protocol::V5, "w-sub", &Opts::default()).await;
+    raw_subscribe(&mut sub, 1, "w/#", QoS::AtLeastOnce).await;
+    let o = Opts::default().will(sluice_tests::clients::will("$delayed/2/w/t", b"gone", 0));
+    let c = raw_ok(b.addr, Protocol::V5, "w-dying", &o).await;
+    let died = Instant::now();
+    drop(c);
+    let got = next_publish_within(&mut sub, GENEROUS).await;
+    let waited = died.elapsed();
+    assert_eq!(got.topic, topic("w/t"), "to the target topic");
+    assert_eq!(got.payload, Bytes::from_static(b"gone"));
+    assert!(
+        waited >= Duration::from_secs(2),
+        "will delivered after {waited:?}, before its 2 s delay"
+    );
+    for (will_topic, code) in [("$delayed/x/w/t", 0x90u8), ("$SYS/broker/x", 0x87)] {
+        let o = Opts::default().will(sluice_tests::clients::will(will_topic, b"gone", 0));
+        let (_c, ack) = sluice_tests::clients::raw_connect(b.addr, Protocol::V5, "w-bad", &o).await;
+        assert_eq!(ack.reason.0, code, "will to {will_topic}: {ack:?}");
+    }
+}

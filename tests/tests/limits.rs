@@ -232,18 +232,20 @@ async fn max_connections() -> Result<()> {
 
 /// `connect_timeout = 1` (3.1.4: "If the Server does not receive a CONNECT packet within a
 /// reasonable amount of time after the Network Connection is established, the Server SHOULD
-/// close the Network Connection"): a socket that never sends CONNECT is closed within ~2 s.
+/// close the Network Connection"): a socket that never sends CONNECT is closed after ~1 s.
 #[tokio::test]
 async fn connect_timeout_closes_silent_socket() -> Result<()> {
     let broker = Broker::with_config("[limits]\nconnect_timeout = 1\n");
     let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
     let t = Instant::now();
-    let seen = c.expect_closed(Duration::from_secs(4)).await?;
+    // Closed well before the default timeout (10 s) would do it; no tighter upper bound, as a
+    // loaded machine may be slow to run the timer.
+    let seen = c.expect_closed(Duration::from_secs(9)).await?;
     let took = t.elapsed();
     assert!(seen.is_empty(), "nothing sent before CONNECT: {seen:?}");
     assert!(
-        took >= Duration::from_millis(800) && took <= Duration::from_millis(2500),
-        "closed after {took:?}, expected ~1 s"
+        took >= Duration::from_millis(800),
+        "closed after {took:?}, before its 1 s timeout"
     );
     // A client that does send CONNECT in time is unaffected: still there once a silent socket
     // opened after it has been closed for its connect timeout.
@@ -259,7 +261,9 @@ async fn connect_timeout_closes_silent_socket() -> Result<()> {
 /// limits to the implementation): a client blasting 1,500 QoS 0 PUBLISHes in one write is read
 /// at ~500/s after its 500-message burst, so the subscriber sees the last one no sooner than
 /// ~1.5 s after the blast (2 s ideal), none lost; meanwhile another client's QoS 1 round trips
-/// stay fast (each under 1 s).
+/// go on: several complete while the flood is still being read (no clock bound on them: a
+/// loaded machine may make each slow, but a flooder holding the broker up would stall them
+/// all until its flood was through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_rate_throttles_flooder_only() -> Result<()> {
     let broker = Broker::with_config(
@@ -288,7 +292,8 @@ async fn publish_rate_throttles_flooder_only() -> Result<()> {
         let mut pkid = 0u16;
         while !probe_done.load(Ordering::Relaxed) && rtts.len() < 40 {
             pkid += 1;
-            rtts.push(qos1_round_trip(&mut probe, "probe", pkid).await?);
+            let rtt = qos1_round_trip(&mut probe, "probe", pkid).await?;
+            rtts.push((rtt, Instant::now()));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         anyhow::Ok(rtts)
@@ -316,14 +321,15 @@ async fn publish_rate_throttles_flooder_only() -> Result<()> {
         took >= Duration::from_millis(1500),
         "1,500 messages at 500/s (burst 500) passed in {took:?}: not throttled"
     );
-    let worst = rtts.iter().max().copied().unwrap_or_default();
-    assert!(rtts.len() >= 5, "probe ran: {rtts:?}");
+    let worst = rtts.iter().map(|(rtt, _)| *rtt).max().unwrap_or_default();
+    let during = rtts.iter().filter(|(_, at)| *at < last).count();
     assert!(
-        worst < Duration::from_secs(1),
-        "well-behaved client's QoS 1 round trips during the flood: worst {worst:?} ({rtts:?})"
+        during >= 3,
+        "a well-behaved client's QoS 1 round trips stalled during the flood: {during} completed \
+         before its last message ({rtts:?})"
     );
     eprintln!(
-        "flood of {N} took {took:?}; probe RTTs worst {worst:?} over {}",
+        "flood of {N} took {took:?}; probe round trips during it {during}, worst {worst:?} over {}",
         rtts.len()
     );
     Ok(())

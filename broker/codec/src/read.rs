@@ -156,8 +156,7 @@ impl<'a> Reader<'a> {
     /// A UTF-8 Encoded String (1.5.4), validated before it is copied out.
     pub(crate) fn string(&mut self) -> Result<Str, DecodeError> {
         let raw = self.prefixed()?;
-        check_str(raw)?;
-        Ok(Str::from_checked(Bytes::copy_from_slice(raw)))
+        Ok(Str::from_checked(check_str(raw)?))
     }
 
     /// A topic name (may be empty; the caller decides whether that is allowed).
@@ -200,10 +199,10 @@ impl<'a> Reader<'a> {
 
 /// Validates MQTT UTF-8 on a slice, before copying, so a bad string costs no allocation. The
 /// length is at most 65,535 because it came from a two-byte prefix.
-fn check_str(raw: &[u8]) -> Result<(), DecodeError> {
+fn check_str(raw: &[u8]) -> Result<&str, DecodeError> {
     let s = std::str::from_utf8(raw).map_err(|_| str_error(StrError::InvalidUtf8))?;
     if s.as_bytes().contains(&0) {
         return Err(str_error(StrError::ContainsNul));
     }
-    Ok(())
+    Ok(s)
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::ops::Deref;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 /// Why a string was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -33,8 +34,11 @@ pub enum StrError {
 }
 
 /// An MQTT UTF-8 Encoded String: valid UTF-8, no U+0000, at most 65,535 bytes (1.5.4).
+///
+/// Held as a [`ByteString`] (`Bytes` known to be UTF-8): validated once when it is made, so
+/// reading it as `&str` costs nothing (a hot path: every topic match and every encode).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Str(Bytes);
+pub struct Str(ByteString);
 
 impl Str {
     /// Validates `bytes` as an MQTT UTF-8 string.
@@ -42,17 +46,17 @@ impl Str {
         if bytes.len() > u16::MAX as usize {
             return Err(StrError::TooLong);
         }
-        let s = std::str::from_utf8(&bytes).map_err(|_| StrError::InvalidUtf8)?;
-        if s.contains('\0') {
+        let s = ByteString::try_from(bytes).map_err(|_| StrError::InvalidUtf8)?;
+        if s.as_bytes().contains(&0) {
             return Err(StrError::ContainsNul);
         }
-        Ok(Str(bytes))
+        Ok(Str(s))
     }
 
-    /// A string from bytes the decoder has already checked (valid UTF-8, no U+0000, short
-    /// enough), so a decoded string is validated once, not twice.
-    pub(crate) fn from_checked(bytes: Bytes) -> Str {
-        Str(bytes)
+    /// A string the decoder has already checked (no U+0000, short enough; UTF-8 because it is a
+    /// `&str`), copied out once, right-sized.
+    pub(crate) fn from_checked(s: &str) -> Str {
+        Str(ByteString::from(s))
     }
 
     /// A string from a static literal (checked the same way; panics only on a bad literal).
@@ -60,15 +64,14 @@ impl Str {
         Str::from_bytes(Bytes::from_static(s.as_bytes())).expect("invalid static MQTT string")
     }
 
-    /// The string; always valid UTF-8 by construction.
+    /// The string; valid UTF-8 by construction.
     pub fn as_str(&self) -> &str {
-        // Checked in every constructor, so this cannot fail; fall back to "" rather than panic.
-        std::str::from_utf8(&self.0).unwrap_or("")
+        &self.0
     }
 
     /// The underlying bytes (a cheap clone).
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        self.0.as_bytes()
     }
 
     /// Length in bytes.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{Broker, TAKEOVER_TIMEOUT};
+use super::{Broker, TAKEOVER_SLOW};
 use crate::locks::lock;
 use crate::session::{Control, SessionHandle};
 
@@ -19,8 +19,8 @@ pub enum Kick {
     Unknown,
     /// The session exists but no client is connected to it.
     NotConnected,
-    /// The connection did not hand its session back in time (it is closing).
-    TimedOut,
+    /// The connection is closing on its own (it did not take the request); try again.
+    Closing,
 }
 
 impl Broker {
@@ -33,8 +33,8 @@ impl Broker {
     /// Disconnects the client connected to `client_id`'s session: 5.0 clients get DISCONNECT
     /// 0x98 Administrative action, 3.1.1 ones are just closed; its will is published as for
     /// any close without DISCONNECT [MQTT-3.1.2-8]. The session goes on (parked) or ends per
-    /// its expiry interval, as after any disconnect. Waits (bounded) until the connection has
-    /// handed the session back.
+    /// its expiry interval, as after any disconnect. Waits until the connection has handed the
+    /// session back (every step of its close is bounded).
     pub async fn kick(&self, client_id: &str) -> Kick {
         let Some(handle) = self.session(client_id) else {
             return Kick::Unknown;
@@ -55,13 +55,17 @@ impl Broker {
             return Kick::NotConnected;
         };
         let (tx, rx) = oneshot::channel();
+        let mut rx = rx;
         if control.send(Control::Kick(tx)).is_err() {
             // The connection is ending on its own; it parks the session once it gets the lock.
-            return Kick::TimedOut;
+            return Kick::Closing;
         }
-        if tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await.is_err() {
-            tracing::warn!(client_id = %handle.client_id, "kicked connection did not hand its session back in time");
-            return Kick::TimedOut;
+        // As a takeover does: every step of the connection's close is bounded, so it answers;
+        // letting go of the lock before would let a reconnecting client take the session
+        // without its state.
+        if tokio::time::timeout(TAKEOVER_SLOW, &mut rx).await.is_err() {
+            tracing::warn!(client_id = %handle.client_id, "kicked connection has not handed its session back after {} s; still waiting", TAKEOVER_SLOW.as_secs());
+            let _ = rx.await;
         }
         tracing::info!(client_id = %handle.client_id, "client disconnected by an administrator");
         // The connection parked the session as in a takeover (the handle stays registered);
@@ -88,12 +92,12 @@ impl Broker {
         let _guard = handle.connect_lock.lock().await;
         match self.kick_locked(&handle).await {
             Kick::Disconnected | Kick::NotConnected | Kick::Unknown => {}
-            Kick::TimedOut => return Err(Kick::TimedOut),
+            Kick::Closing => return Err(Kick::Closing),
         }
         let parked = {
             let mut own = handle.ownership();
             if own.owner.is_some() {
-                return Err(Kick::TimedOut);
+                return Err(Kick::Closing);
             }
             own.generation += 1;
             own.expires_at = None;

@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod bridges;
+pub use bridges::{
+    bridge_client_id, host_port, BridgeConfig, BridgeTlsConfig, BridgeTopic, Direction,
+    BRIDGE_CLIENT_PREFIX,
+};
+
 /// Prefix of environment overrides: `SLUICE__MQTT__MAX_KEEPALIVE=30` sets `mqtt.max_keepalive`.
 pub const ENV_PREFIX: &str = "SLUICE";
 /// Separator between prefix, section and key in environment overrides.
@@ -32,6 +38,26 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// The admin HTTP listener: API, `/metrics`, dashboard.
     pub admin: AdminConfig,
+    /// `[[bridges]]`: other MQTT brokers Sluice connects to as a client (`crate::bridge`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
+    /// Cluster mode on NATS JetStream; absent (the default): a single node that never talks
+    /// to NATS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The `[cluster]` section: this node's name and the NATS server it joins the cluster through
+/// (see the README's "Cluster").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222` (the client learns the other servers of a
+    /// NATS cluster from it and fails over to them).
+    pub nats: String,
+    /// This node's name, unique in the cluster: it marks the messages this node publishes
+    /// (so it ignores its own) and names the node in logs. Letters, digits, `-` and `_`.
+    pub node: String,
 }
 
 /// How durable acknowledged messages are (see the README's table of loss windows).
@@ -167,6 +193,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             persistence: PersistenceConfig::default(),
             admin: AdminConfig::default(),
+            bridges: Vec::new(),
+            cluster: None,
         }
     }
 }

@@ -278,3 +278,129 @@ fn a_non_loopback_admin_bind_needs_a_token() {
     let e = load_toml("[admin]\nbind = \"localhost:1\"\n", &[]).unwrap_err();
     assert_eq!(e.key, "admin.bind", "{e}");
 }
+
+const BRIDGE: &str = r#"
+[[bridges]]
+name = "cloud"
+address = "127.0.0.1:1883"
+protocol = "3.1.1"
+client_id = "edge-1"
+topics = [ { filter = "sensors/#", direction = "out", qos = 1, local_prefix = "", remote_prefix = "site1/" },
+           { filter = "commands/#", direction = "in", qos = 1 } ]
+"#;
+
+#[test]
+fn a_bridge_as_the_issue_writes_it() {
+    let c = load_toml(BRIDGE, &[]).unwrap();
+    let b = &c.bridges[0];
+    assert_eq!((b.name.as_str(), b.is_v5()), ("cloud", false));
+    assert_eq!(b.remote_client_id(), "edge-1");
+    assert_eq!(b.topics[0].remote_filter(), "site1/sensors/#");
+    assert_eq!(b.topics[1].direction(), Direction::In);
+    assert_eq!((b.keep_alive, b.max_backoff_seconds), (60, 60));
+}
+
+/// Each bad bridge setting is refused at start-up with its key, value and reason.
+#[test]
+fn bad_bridges_name_key_value_and_reason() {
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (
+            "direction = \"out\"",
+            "direction = \"sideways\"",
+            "bridges[0].topics[0].direction",
+            "sideways",
+        ),
+        (
+            "filter = \"sensors/#\"",
+            "filter = \"sensors/#/x\"",
+            "bridges[0].topics[0].filter",
+            "sensors/#/x",
+        ),
+        (
+            "filter = \"sensors/#\"",
+            "filter = \"\"",
+            "bridges[0].topics[0].filter",
+            "",
+        ),
+        (
+            "address = \"127.0.0.1:1883\"",
+            "",
+            "bridges[0].address",
+            "\"\"",
+        ),
+        (
+            "address = \"127.0.0.1:1883\"",
+            "address = \"nohost\"",
+            "bridges[0].address",
+            "nohost",
+        ),
+        (
+            "protocol = \"3.1.1\"",
+            "protocol = \"4\"",
+            "bridges[0].protocol",
+            "4",
+        ),
+        (
+            "qos = 1, local",
+            "qos = 3, local",
+            "bridges[0].topics[0].qos",
+            "3",
+        ),
+        (
+            "remote_prefix = \"site1/\"",
+            "remote_prefix = \"site/+/\"",
+            "bridges[0].topics[0].remote_prefix",
+            "site/+/",
+        ),
+    ];
+    for (from, to, key, value) in cases {
+        let text = BRIDGE.replacen(from, to, 1);
+        assert_ne!(text, BRIDGE, "{from}");
+        let e = load_toml(&text, &[]).unwrap_err();
+        assert_eq!((e.key.as_str(), e.value.as_str()), (key, value), "{e}");
+        assert!(!e.reason.is_empty());
+    }
+    let twice = format!("{BRIDGE}{BRIDGE}");
+    let e = load_toml(&twice, &[]).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.value.as_str()),
+        ("bridges[1].name", "cloud"),
+        "{e}"
+    );
+    assert!(e.reason.contains("duplicate"), "{e}");
+    let e = load_toml(
+        &BRIDGE.replacen("name = \"cloud\"", "name = \"a/b\"", 1),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "bridges[0].name", "{e}");
+    let e = load_toml(&BRIDGE.replacen("client_id", "client_idd", 1), &[]).unwrap_err();
+    assert!(
+        e.key.contains("client_idd"),
+        "unknown keys are refused: {e}"
+    );
+}
+
+#[test]
+fn cluster_section_is_optional_and_checked() {
+    assert_eq!(load_toml("", &[]).unwrap().cluster, None);
+    let c = load_toml(
+        "[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"sluice-1\"\n",
+        &[],
+    )
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.nats, "nats://127.0.0.1:4222");
+    assert_eq!(cluster.node, "sluice-1");
+    let e = load_toml("[cluster]\nnats = \"127.0.0.1:4222\"\nnode = \"a\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "cluster.nats", "{e}");
+    let e = load_toml(
+        "[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"a.b\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.node", "{e}");
+    assert_eq!(e.value, "a.b", "{e}");
+    let e = load_toml("[cluster]\nnats = \"nats://127.0.0.1:4222\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("node"), "{e}");
+}

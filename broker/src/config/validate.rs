@@ -268,6 +268,29 @@ impl Config {
                 return Err(invalid("auth.acl_file", path.display(), "no such file"));
             }
         }
+        super::bridges::validate(&self.bridges)?;
+        if let Some(c) = &self.cluster {
+            let rest = c.nats.strip_prefix("nats://").unwrap_or("");
+            if rest.is_empty() || rest.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "cluster.nats",
+                    &c.nats,
+                    "expected nats://HOST:PORT, e.g. nats://127.0.0.1:4222",
+                ));
+            }
+            let name_ok = !c.node.is_empty()
+                && c.node.len() <= 64
+                && c.node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(invalid(
+                    "cluster.node",
+                    &c.node,
+                    "1 to 64 letters, digits, '-' or '_' (it is sent in a NATS header and must be unique in the cluster)",
+                ));
+            }
+        }
         self.admin.validate()?;
         Ok(())
     }

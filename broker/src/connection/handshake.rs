@@ -92,6 +92,21 @@ where
         }
     };
 
+    // `$bridge/NAME` is the local session of a bridge: only that bridge's in-process
+    // connection may own it.
+    if !info.bridge
+        && connect
+            .client_id
+            .starts_with(crate::config::BRIDGE_CLIENT_PREFIX)
+    {
+        let r = crate::protocol::connect::Refused {
+            reason: ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            why: "client identifiers starting with $bridge/ are reserved for bridges",
+            server_reference: None,
+        };
+        Box::pin(refuse_connect(&mut *io, peer, &connect, &r)).await;
+        return None;
+    }
     if let Some((reason, why)) = refuse {
         let r = crate::protocol::connect::Refused {
             reason,
@@ -104,6 +119,8 @@ where
     // Enhanced authentication (4.12): the AUTH exchange runs before CONNACK.
     let mut enhanced: Option<(Str, Option<Bytes>, String)> = None;
     let credentials = match tls_identity {
+        // In process, started by the broker itself: nothing to check.
+        _ if info.bridge => Credentials::Verified,
         // The certificate was verified at the handshake: its identity is the username, and
         // neither the CONNECT credentials nor an AUTH exchange are looked at.
         Some(identity) => match Str::try_from(identity) {

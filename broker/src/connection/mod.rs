@@ -69,6 +69,10 @@ pub struct ConnInfo {
     pub refuse: Option<Refusal>,
     /// The listener it came through (index in `listeners`), for the admin API.
     pub listener: usize,
+    /// A bridge's in-process connection to its local session (`crate::bridge`): its CONNECT
+    /// is trusted (no password check) and may use a `$bridge/` client identifier, which
+    /// network clients may not.
+    pub bridge: bool,
 }
 
 impl ConnInfo {
@@ -80,6 +84,19 @@ impl ConnInfo {
             flush: false,
             refuse: None,
             listener: 0,
+            bridge: false,
+        }
+    }
+
+    /// A bridge's in-process connection to its local session.
+    pub fn bridge() -> ConnInfo {
+        ConnInfo {
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_identity: None,
+            flush: true,
+            refuse: None,
+            bridge: true,
+            listener: crate::session::ConnectionInfo::BRIDGE,
         }
     }
 }

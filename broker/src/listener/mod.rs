@@ -44,6 +44,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cluster: {0}")]
+    Cluster(crate::cluster::ClusterError),
 }
 
 /// A bound, not yet running broker.
@@ -143,7 +145,20 @@ impl Server {
         let started = std::time::Instant::now();
         let (store, recovery) = Store::open(&config.persistence).map_err(StartError::Store)?;
         let broker = Arc::new(Broker::with_auth(config, acl, passwords).with_store(store));
+        // Cluster mode: the router reports every subscription from here on, restored ones
+        // included, to the cluster task started below.
+        let cluster_inbox = broker
+            .config
+            .cluster
+            .is_some()
+            .then(|| broker.router.enable_cluster())
+            .flatten();
         let restored = broker.restore(std::time::Instant::now());
+        if let Some(inbox) = cluster_inbox {
+            crate::cluster::start(&broker, inbox)
+                .await
+                .map_err(StartError::Cluster)?;
+        }
         broker.start_delayed_timer();
         if broker.store.is_enabled() {
             let dir = broker.config.persistence.dir.display().to_string();
@@ -247,6 +262,8 @@ impl Server {
             let alive = alive_tx.clone();
             tokio::spawn(accept_loop(listener, transport, gate, broker, stop, alive));
         }
+        // Bridges to other brokers: each holds `alive` like a connection.
+        crate::bridge::start(&self.broker, &stop_rx, &alive_tx);
         drop(alive_tx);
         if let Some(admin) = &self.admin {
             admin.set_ready();
@@ -379,6 +396,7 @@ async fn handshake_and_serve(
             flush: true,
             refuse,
             listener: transport.index,
+            bridge: false,
         };
         let upgrade = Upgrade {
             transport,
@@ -433,6 +451,7 @@ async fn handshake_and_serve(
         flush: true,
         refuse,
         listener: transport.index,
+        bridge: false,
     };
     match &transport.websocket {
         None => {

@@ -259,9 +259,9 @@ async fn kick(State(state): Shared, id: Result<Path<String>, PathRejection>) -> 
         Kick::NotConnected => Err(ApiError::not_found(format!(
             "client {id:?} is not connected (its session is parked: DELETE /api/v1/sessions/{{id}} ends it)"
         ))),
-        Kick::TimedOut => Err(ApiError::new(
+        Kick::Closing => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("client {id:?} did not close in time; it is closing"),
+            format!("client {id:?} is disconnecting on its own; try again"),
         )),
     }
 }
@@ -277,7 +277,7 @@ async fn end_session(State(state): Shared, id: Result<Path<String>, PathRejectio
         ))),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("client {id:?} did not close in time; try again"),
+            format!("client {id:?} is disconnecting on its own; try again"),
         )),
     }
 }

@@ -69,8 +69,11 @@ impl AdminState {
         })
     }
 
-    /// The `scheme://address` of listener `i`.
+    /// The `scheme://address` of listener `i` ("bridge" for a bridge's local session).
     fn listener_name(&self, i: usize) -> String {
+        if i == crate::session::ConnectionInfo::BRIDGE {
+            return "bridge".into();
+        }
         self.listeners
             .get()
             .and_then(|l| l.get(i).cloned())

@@ -93,7 +93,17 @@ pub struct MsgSlot {
 impl SessionImage {
     /// `Record::Sent`: queued delivery `seq` went out as `pkid`.
     fn sent(&mut self, seq: u64, pkid: u16) {
-        if let Some(pos) = self.queue.iter().position(|q| q.seq == seq) {
+        // Mostly the front: a queue is sent in order.
+        let front = self.queue.front().is_some_and(|q| q.seq == seq);
+        if front {
+            if let Some(queued) = self.queue.pop_front() {
+                self.inflight
+                    .push_back(InflightImage::Publish { pkid, queued });
+            }
+            if shrinkable(self.queue.len(), self.queue.capacity()) {
+                self.queue.shrink_to(self.queue.len() * 2);
+            }
+        } else if let Some(pos) = self.queue.iter().position(|q| q.seq == seq) {
             if let Some(queued) = take_entry(&mut self.queue, pos) {
                 self.inflight
                     .push_back(InflightImage::Publish { pkid, queued });
@@ -141,11 +151,12 @@ impl Image {
     }
 
     fn release_msg(&mut self, id: u64) {
-        if let Some(m) = self.messages.get_mut(&id) {
+        // One probe of the table (a drain releases every message it delivers).
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.messages.entry(id) {
+            let m = e.get_mut();
             m.refs = m.refs.saturating_sub(1);
             if m.refs == 0 {
-                self.message_bytes -= u64::from(m.len);
-                self.messages.remove(&id);
+                self.message_bytes -= u64::from(e.remove().len);
                 self.forget_priority(id);
                 if shrinkable(self.messages.len(), self.messages.capacity()) {
                     self.messages.shrink_to(self.messages.len() * 2);
@@ -418,13 +429,24 @@ impl Image {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
-        let mut freed = Vec::new();
+        let mut freed = Vec::with_capacity(pkids.len());
         for &pkid in pkids {
-            let Some(pos) = s.inflight.iter().position(|i| inflight_pkid(i) == pkid) else {
-                continue;
+            // Mostly the front: acknowledgements come in sending order.
+            let pos = if s.inflight.front().is_some_and(|i| inflight_pkid(i) == pkid) {
+                0
+            } else {
+                let Some(pos) = s.inflight.iter().position(|i| inflight_pkid(i) == pkid) else {
+                    continue;
+                };
+                pos
             };
             self.entries -= 1;
-            if let Some(InflightImage::Publish { queued, .. }) = s.inflight.remove(pos) {
+            let taken = if pos == 0 {
+                s.inflight.pop_front()
+            } else {
+                s.inflight.remove(pos)
+            };
+            if let Some(InflightImage::Publish { queued, .. }) = taken {
                 freed.push(queued.id);
             }
         }

@@ -19,7 +19,7 @@ use sluice_codec::{LastWill, QoS, Str, SubscriptionOptions, TopicFilter};
 
 use crate::message::{ClientId, Message};
 
-use super::{Record, Store};
+use super::{Record, RunItem, Store};
 
 /// A journal entry built now and logged later with [`Store::log_pending`] (opaque: only its
 /// constructors name what it records).
@@ -176,8 +176,8 @@ impl Store {
 
     /// Delivery `seq` of `client` was sent with packet id `pkid` (`Sent`, merged into
     /// `SentMany` inside a batch). A QoS 2 PUBLISH waits for it; a QoS 1 one does not.
-    pub fn delivery_sent(&self, client: ClientId, seq: u64, pkid: u16) {
-        self.append(Record::Sent { client, seq, pkid });
+    pub fn delivery_sent(&self, client: &ClientId, seq: u64, pkid: u16) {
+        self.append_run(client, RunItem::Sent { seq, pkid });
     }
 
     /// Queued delivery `seq` of `client` was dropped unsent (expired, too large, moved, read
@@ -188,8 +188,8 @@ impl Store {
 
     /// PUBACK / PUBCOMP: the inflight entry `pkid` of `client` is done (`Acked`, merged into
     /// `AckedMany` inside a batch). Nothing waits for it.
-    pub fn delivery_acked(&self, client: ClientId, pkid: u16) {
-        self.append(Record::Acked { client, pkid });
+    pub fn delivery_acked(&self, client: &ClientId, pkid: u16) {
+        self.append_run(client, RunItem::Acked { pkid });
     }
 
     /// PUBREC: inflight `pkid` of `client` now awaits PUBCOMP (`Released`). Held until the

@@ -81,15 +81,24 @@
 //! read back, and each delivery is logged as sent and as acknowledged. Measured with callgrind
 //! and the durability bench (issue 16, `bench/results/durability-drain.md`), these were made
 //! cheap rather than removed, since each is what makes the drain durable:
-//! * reading back: spans of the log at once (`read_messages`), decoded by a
-//!   `MessageDecoder` that copies out only the payload and shares a topic and a client id
-//!   equal to the previous message's, instead of validating and allocating them per message;
+//! * reading back: spans of the log at once (`read_messages`, into a span buffer each thread
+//!   keeps), decoded by a `MessageDecoder` that copies out only the payload and shares a topic
+//!   and a client id equal to the previous message's, instead of validating and allocating them
+//!   per message; the messages are put back into the queue by position
+//!   (`Outbox::warm_in_order`), not through a map. What is left per message is the checksum
+//!   and two allocations (the message and its payload), about 1,100 instructions. Reading in
+//!   the connection task from the page cache (`preadv2` with `RWF_NOWAIT`) instead of on the
+//!   blocking pool was tried: half the context switches, but more instructions (the
+//!   allocations then met the frees of the same thread's acknowledged messages in glibc's
+//!   slower paths) and no measurable CPU time, so the pool stays;
 //! * logging: the `Sent`s of the PUBLISHes a connection writes at once, and the `Acked`s of the
 //!   PUBACKs it reads at once, are merged into one `SentMany` / `AckedMany` record
-//!   ([`Store::append`] inside a [`Batch`]): 10 + 2 bytes per delivery, and one lookup of the
-//!   session per batch on the writer's side. Merging them further, into one record per
-//!   delivered-and-acknowledged message, would need the connection to hold its `Sent`s back
-//!   until the PUBACK or a timer, for a saving of a few bytes per message;
+//!   (`Store::append_run` inside a [`Batch`]: in place, without building a record per
+//!   delivery): 10 + 2 bytes per delivery, and one lookup of the session per batch on the
+//!   writer's side, whose image takes them from the front of the queue and of the inflight
+//!   list. Merging them further, into one record per delivered-and-acknowledged message, would
+//!   need the connection to hold its `Sent`s back until the PUBACK or a timer, for a saving of
+//!   a few bytes per message;
 //! * compaction: once the log was 4x its live data it copied the live messages into a new log
 //!   file, in a drain the queue's tail, about to be acknowledged (52 MB of a 1,000,000-message
 //!   drain: about a fifth of the drain's CPU, kernel included). A due compaction now
@@ -130,6 +139,7 @@ mod error;
 mod format;
 mod image;
 mod journal;
+mod readback;
 mod recovery;
 mod writer;
 
@@ -148,6 +158,7 @@ pub use self::error::*;
 pub use self::format::*;
 pub use self::image::*;
 pub use self::journal::Pending;
+use self::readback::*;
 pub use self::recovery::*;
 use self::writer::*;
 
@@ -436,21 +447,68 @@ impl Store {
 
     /// Queues a record for the writer. Never blocks.
     pub fn append(&self, rec: Record) {
-        if let Some(s) = &self.shared {
-            s.backlog.fetch_add(record_cost(&rec), Ordering::Relaxed);
-            let batched = BATCH.with(|g| {
-                let mut g = g.borrow_mut();
-                match g.as_mut() {
-                    Some(v) => {
-                        push_merged(v, rec);
-                        None
-                    }
-                    None => Some(rec),
-                }
-            });
-            if let Some(rec) = batched {
-                let _ = s.tx.send(Cmd::Rec(rec));
+        let Some(s) = &self.shared else { return };
+        let rec = BATCH.with(|g| match g.borrow_mut().as_mut() {
+            Some(b) => {
+                b.cost += record_cost(&rec);
+                push_merged(&mut b.recs, rec);
+                None
             }
+            None => Some(rec),
+        });
+        if let Some(rec) = rec {
+            s.backlog.fetch_add(record_cost(&rec), Ordering::Relaxed);
+            let _ = s.tx.send(Cmd::Rec(rec));
+        }
+    }
+
+    /// Appends a delivery sent or acknowledged (QoS 1/2). Inside a batch it joins the batch's
+    /// run for `client` in place, as [`push_merged`] would, without building a record or
+    /// cloning the client id: a drain appends two of these per message (issue 16).
+    pub(super) fn append_run(&self, client: &ClientId, item: RunItem) {
+        let Some(s) = &self.shared else { return };
+        let merged = BATCH.with(|g| {
+            let mut g = g.borrow_mut();
+            let Some(b) = g.as_mut() else { return false };
+            b.cost += RUN_ITEM_COST;
+            match (b.recs.last_mut(), item) {
+                (Some(Record::SentMany { client: c, sent }), RunItem::Sent { seq, pkid })
+                    if same_client(c, client) =>
+                {
+                    sent.push((seq, pkid));
+                }
+                (Some(Record::AckedMany { client: c, pkids }), RunItem::Acked { pkid })
+                    if same_client(c, client) =>
+                {
+                    pkids.push(pkid);
+                }
+                (_, RunItem::Sent { seq, pkid }) => {
+                    let mut sent = Vec::with_capacity(RUN_CAPACITY);
+                    sent.push((seq, pkid));
+                    b.recs.push(Record::SentMany {
+                        client: client.clone(),
+                        sent,
+                    });
+                }
+                (_, RunItem::Acked { pkid }) => {
+                    let mut pkids = Vec::with_capacity(RUN_CAPACITY);
+                    pkids.push(pkid);
+                    b.recs.push(Record::AckedMany {
+                        client: client.clone(),
+                        pkids,
+                    });
+                }
+            }
+            true
+        });
+        if !merged {
+            s.backlog.fetch_add(RUN_ITEM_COST, Ordering::Relaxed);
+            let client = client.clone();
+            let rec = match item {
+                RunItem::Sent { seq, pkid } => Record::Sent { client, seq, pkid },
+                RunItem::Acked { pkid } => Record::Acked { client, pkid },
+            };
+            let _ = s.tx.send(Cmd::Rec(rec));
         }
     }
 
@@ -459,9 +517,9 @@ impl Store {
     /// (queueing a delivery), whose records must come after these.
     pub fn flush_batch(&self) {
         let Some(s) = &self.shared else { return };
-        let recs = BATCH.with(|g| g.borrow_mut().as_mut().map(std::mem::take));
-        if let Some(recs) = recs.filter(|r| !r.is_empty()) {
-            let _ = s.tx.send(Cmd::Recs(recs));
+        let open = BATCH.with(|g| g.borrow_mut().as_mut().map(std::mem::take));
+        if let Some(open) = open {
+            open.send(s);
         }
     }
 
@@ -476,7 +534,7 @@ impl Store {
                 let mut g = g.borrow_mut();
                 let outer = g.is_none();
                 if outer {
-                    *g = Some(Vec::new());
+                    *g = Some(OpenBatch::default());
                 }
                 outer
             });
@@ -571,7 +629,42 @@ impl Store {
 
 thread_local! {
     /// Records held by an open [`Batch`] on this thread.
-    static BATCH: std::cell::RefCell<Option<Vec<Record>>> = const { std::cell::RefCell::new(None) };
+    static BATCH: std::cell::RefCell<Option<OpenBatch>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The records of an open [`Batch`], and what they count against the writer's backlog: added
+/// to [`Shared::backlog`] once, when they are sent, instead of an atomic step per record.
+#[derive(Debug, Default)]
+struct OpenBatch {
+    recs: Vec<Record>,
+    cost: usize,
+}
+
+impl OpenBatch {
+    fn send(self, s: &Shared) {
+        if !self.recs.is_empty() {
+            s.backlog.fetch_add(self.cost, Ordering::Relaxed);
+            let _ = s.tx.send(Cmd::Recs(self.recs));
+        }
+    }
+}
+
+/// A delivery sent or acknowledged, for [`Store::append_run`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RunItem {
+    Sent { seq: u64, pkid: u16 },
+    Acked { pkid: u16 },
+}
+
+/// What one delivery of a `SentMany` / `AckedMany` counts against the backlog ([`record_cost`]).
+const RUN_ITEM_COST: usize = 64;
+/// Room a new run starts with: a drain turn sends, and one read brings the PUBACKs of, up to
+/// the inflight window (`mqtt.max_inflight`, 256 by default); growing from one step by step
+/// was ~1 % of a durable drain's instructions.
+const RUN_CAPACITY: usize = 64;
+
+fn same_client(a: &ClientId, b: &ClientId) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// See [`Store::batch`].
@@ -594,9 +687,8 @@ impl std::fmt::Debug for Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         let Some(s) = &self.shared else { return };
-        let recs = BATCH.with(|g| g.borrow_mut().take()).unwrap_or_default();
-        if !recs.is_empty() {
-            let _ = s.tx.send(Cmd::Recs(recs));
+        if let Some(open) = BATCH.with(|g| g.borrow_mut().take()) {
+            open.send(s);
         }
     }
 }
@@ -617,9 +709,7 @@ fn with_priority(mut m: Arc<Message>, priority: u8) -> Arc<Message> {
 /// two records with the client id in each, and two lookups of the session (issue 16). Only
 /// the last record is merged into, so the order of the batch's records is kept.
 fn push_merged(batch: &mut Vec<Record>, rec: Record) {
-    fn same(a: &ClientId, b: &ClientId) -> bool {
-        Arc::ptr_eq(a, b) || a == b
-    }
+    let same = same_client;
     let rec = match rec {
         Record::Sent { client, seq, pkid } => {
             if let Some(Record::SentMany { client: c, sent }) = batch.last_mut() {
@@ -665,8 +755,8 @@ fn record_count(rec: &Record) -> u64 {
 fn record_cost(rec: &Record) -> usize {
     match rec {
         Record::Message(m) => m.cost(),
-        Record::SentMany { sent, .. } => 64 * sent.len(),
-        Record::AckedMany { pkids, .. } => 64 * pkids.len(),
+        Record::SentMany { sent, .. } => RUN_ITEM_COST * sent.len(),
+        Record::AckedMany { pkids, .. } => RUN_ITEM_COST * pkids.len(),
         _ => 64,
     }
 }

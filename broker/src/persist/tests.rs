@@ -1252,12 +1252,18 @@ async fn a_batchs_sent_and_acked_records_are_merged_into_runs() {
     let before = store.stats();
     {
         let _b = store.batch();
+        // Through the journal (merged in place, Store::append_run) and as records (merged by
+        // push_merged, as a Pending logged later is): one run either way.
         for (i, seq) in (1..=5u64).enumerate() {
-            store.append(Record::Sent {
-                client: client("c"),
-                seq,
-                pkid: 10 + i as u16,
-            });
+            if i % 2 == 0 {
+                store.delivery_sent(&client("c"), seq, 10 + i as u16);
+            } else {
+                store.append(Record::Sent {
+                    client: client("c"),
+                    seq,
+                    pkid: 10 + i as u16,
+                });
+            }
         }
         // Another client's record ends the run; c's next Sent starts a new one.
         store.append(Record::SentHorizon {
@@ -1272,14 +1278,19 @@ async fn a_batchs_sent_and_acked_records_are_merged_into_runs() {
     }
     {
         let _b = store.batch();
-        for pkid in [10, 12, 11] {
-            store.append(Record::Acked {
-                client: client("c"),
-                pkid,
-            });
-        }
+        store.delivery_acked(&client("c"), 10);
+        store.append(Record::Acked {
+            client: client("c"),
+            pkid: 12,
+        });
+        store.delivery_acked(&client("c"), 11);
     }
     store.ticket().unwrap().await.unwrap();
+    assert_eq!(
+        store.backlog(),
+        0,
+        "a batch's records counted once, and taken off once"
+    );
     // What the log got: one frame with SentMany(5), SentHorizon, SentMany(1), and AckedMany(3).
     let (c, d) = (client("c"), client("d"));
     let mut want = BytesMut::new();

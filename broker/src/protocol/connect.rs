@@ -322,9 +322,24 @@ pub fn negotiate(
                 "will retain set but retained messages are not available [MQTT-3.2.2-13]",
             ));
         }
-        if !broker
-            .access
-            .may_publish(username.as_deref(), &client_id, &will.topic)
+        // A will is published as a PUBLISH from the client would be: to `$delayed/{s}/{topic}`
+        // it is delivered to `{topic}` s seconds after it is published (so the ACL is asked
+        // about `{topic}`), and `$SYS` / `$share/` are not the client's to publish to.
+        let target = match crate::topic::delayed(&will.topic, cfg.max_delay_seconds) {
+            None => will.topic.as_str(),
+            Some(Ok(d)) if sluice_codec::TopicName::try_from(d.target).is_ok() => d.target,
+            Some(Ok(_)) => {
+                return Err(refuse(
+                    ReasonCode::TOPIC_NAME_INVALID,
+                    "will topic: $delayed target is not a valid topic name",
+                ))
+            }
+            Some(Err(e)) => return Err(refuse(ReasonCode::TOPIC_NAME_INVALID, e.reason())),
+        };
+        if crate::topic::is_reserved_for_clients(target)
+            || !broker
+                .access
+                .may_publish(username.as_deref(), &client_id, target)
         {
             return Err(refuse(
                 ReasonCode::NOT_AUTHORIZED,

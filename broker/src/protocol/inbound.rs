@@ -319,7 +319,7 @@ impl ClientState {
             Some(i) if matches!(&self.session.inflight[i], Inflight::Publish { delivery, .. } if delivery.qos == QoS::AtLeastOnce) =>
             {
                 self.session.inflight.remove(i);
-                self.log(|s, client| s.delivery_acked(client, pkid));
+                self.log_ref(|s, client| s.delivery_acked(client, pkid));
             }
             _ => {
                 tracing::debug!(client_id = %self.n.client_id, pkid, "PUBACK for an unknown packet id ignored")
@@ -336,7 +336,7 @@ impl ClientState {
                 if ack.reason.is_error() {
                     // The receiver refused it: the flow ends here [MQTT-4.3.3-4 note].
                     self.session.inflight.remove(i);
-                    self.log(|s, client| s.delivery_acked(client, pkid));
+                    self.log_ref(|s, client| s.delivery_acked(client, pkid));
                     return;
                 }
                 self.session.inflight[i] = Inflight::Release { pkid: ack.pkid };

@@ -311,6 +311,13 @@ impl ClientState {
         }
     }
 
+    /// As [`ClientState::log`], for an event that clones the client id only if it must.
+    fn log_ref(&self, event: impl FnOnce(&Store, &ClientId)) {
+        if self.persistent() {
+            event(&self.store, &self.n.client_id);
+        }
+    }
+
     /// The buffer the next packet goes to. Behind packets already held (keeping the order);
     /// into the held buffer when it must wait for the store (`wait_for_store`) and the store
     /// holds acks; else the write buffer.
@@ -417,7 +424,7 @@ impl ClientState {
                 if let Some(i) = self.session.inflight_position(a.pkid) {
                     if matches!(self.session.inflight[i], Inflight::Release { .. }) {
                         self.session.inflight.remove(i);
-                        self.log(|s, client| s.delivery_acked(client, a.pkid));
+                        self.log_ref(|s, client| s.delivery_acked(client, a.pkid));
                     }
                 }
                 Ok(())

@@ -82,10 +82,9 @@ impl ClientState {
     /// for, ready to send. A message the store could not give back is dropped from the queue,
     /// logged and counted.
     pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
-        let loaded: crate::session::Loaded = ids.iter().copied().zip(messages).collect();
         if let Some(claim) = self.group_load.take() {
             let group = &claim.queue.key;
-            let lost = claim.queue.warm(&loaded);
+            let lost = claim.queue.warm_in_order(ids, messages);
             // The other members may have room for what came back too.
             claim.queue.notify_members();
             if !lost.is_empty() {
@@ -96,7 +95,7 @@ impl ClientState {
             }
             return;
         }
-        let lost = self.handle.outbox().warm(&loaded);
+        let lost = self.handle.outbox().warm_in_order(ids, messages);
         if !lost.is_empty() {
             tracing::error!(client_id = %self.n.client_id, count = lost.len(), "queued messages could not be read back from the store: dropped");
             for seq in lost {
@@ -123,6 +122,7 @@ impl ClientState {
                 .send_window
                 .saturating_sub(self.session.inflight_len());
             let mut budget = high_water.saturating_sub(self.write_buf.len());
+            let mut taken = 0;
             while let Some(front) = outbox.front() {
                 if budget == 0 || (front.qos != QoS::AtMostOnce && window == 0) {
                     break;
@@ -130,10 +130,20 @@ impl ClientState {
                 let Some(d) = outbox.pop() else { break };
                 if d.qos != QoS::AtMostOnce {
                     window -= 1;
+                    taken += 1;
                 }
                 budget = budget.saturating_sub(d.msg.cost());
                 batch.push(d);
             }
+            // Shared-subscription selection reads the headroom (window less inflight less
+            // queued) under this lock: what leaves the queue for the window is counted as
+            // inflight before the lock goes, or a publisher in between would see a free slot
+            // that is not there and queue a message behind a full window (where, behind a
+            // consumer that stopped acknowledging, it would wait for ever).
+            self.handle.inflight.store(
+                self.session.inflight_len() + taken,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let mut cold_waiting = outbox.wants_load();
             let mut more = !outbox.is_empty();
             drop(outbox);
@@ -145,7 +155,8 @@ impl ClientState {
                     let i = self.group_cursor % n;
                     self.group_cursor = self.group_cursor.wrapping_add(1);
                     let (filter, q) = &self.group_queues[i];
-                    match q.pop() {
+                    // Counted as inflight under the group queue's lock, as above.
+                    match q.pop_reserving(&self.handle.inflight) {
                         Some(d) => {
                             idle = 0;
                             let d = self.take_group_delivery(filter, d);
@@ -271,8 +282,7 @@ impl ClientState {
         // record must still resend it with DUP [MQTT-3.3.1-1].
         let hold = self.horizon_before_send(d.seq);
         if d.seq != 0 && self.persistent() {
-            self.store
-                .delivery_sent(self.n.client_id.clone(), d.seq, pkid);
+            self.store.delivery_sent(&self.n.client_id, d.seq, pkid);
         }
         // QoS 2: not on the wire before the store knows it was sent with this packet id, or a
         // crash could deliver it again as a new message [MQTT-4.3.3].

@@ -102,6 +102,9 @@ impl ClientState {
             let existed = write(&broker.router.subscriptions)
                 .subscribe(&filter, self.n.client_id.clone(), entry)
                 .is_some();
+            if !existed {
+                broker.router.interest_changed(&filter, true);
+            }
             let record = SubscriptionRecord {
                 options,
                 identifier,
@@ -157,6 +160,9 @@ impl ClientState {
                 let Some(filter) = valid.next() else { break };
                 let removed = tree.unsubscribe(&filter, &self.n.client_id);
                 let existed = removed.is_some();
+                if existed {
+                    broker.router.interest_changed(&filter, false);
+                }
                 left_groups.extend(removed.and_then(|e| e.shared));
                 if self.session.subscriptions.remove(&filter).is_some() && self.persistent() {
                     self.store

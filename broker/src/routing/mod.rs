@@ -3,6 +3,7 @@
 //! takes only short locks and never awaits: a full outbox is the subscriber's problem
 //! (dropped and counted), never the publisher's.
 
+pub mod cluster_link;
 pub mod delayed;
 pub mod retain;
 pub mod shared_subscriptions;
@@ -23,6 +24,7 @@ use crate::locks::{read, write};
 use crate::message::{ClientId, Message};
 use crate::persist::Pending;
 use crate::persist::Store;
+use crate::routing::cluster_link::{ClusterInbox, ClusterLink};
 use crate::routing::delayed::DelayedPublishes;
 use crate::routing::retain::RetainedStore;
 use crate::routing::shared_subscriptions::{Candidate, GroupQueue, Pick, SharedGroups};
@@ -30,7 +32,20 @@ use crate::routing::subscriptions::SubscriptionTree;
 use crate::session::QueueBudget;
 use crate::session::{Delivery, SessionHandle, SubscriptionRecord};
 use crate::stats::Stats;
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
+
+/// Where a message being routed comes from, in cluster mode: what this node does with it.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Published on this node: to its subscribers, to the retained store, and (cluster mode) to
+    /// the other nodes; shared groups then get it through NATS, like everyone else's.
+    Local,
+    /// From another node, for this node's plain (not shared) subscriptions.
+    Remote,
+    /// From another node or this one, through NATS's queue group of this shared subscription
+    /// group (`$share/{group}/{filter}`): for one of this node's members of that group.
+    RemoteShared(&'a TopicFilter),
+}
 
 /// A subscription as stored in the tree: what matching needs without touching the session.
 #[derive(Debug, Clone)]
@@ -143,6 +158,9 @@ pub struct Router {
     pub delayed: Arc<DelayedPublishes>,
     /// The busiest topics, sampled (the dashboard's panel; one PUBLISH in 16 per thread).
     pub hot_topics: HotTopics,
+    /// Cluster mode (`[cluster]`): the queue to this node's cluster task. Unset on a single
+    /// node, where routing is exactly what it was without it.
+    cluster: OnceLock<ClusterLink>,
 }
 
 impl Drop for Router {
@@ -172,6 +190,50 @@ impl Router {
             queue_budget,
             stats,
             hot_topics: HotTopics::default(),
+            cluster: OnceLock::new(),
+        }
+    }
+
+    /// Turns cluster mode on (once, before any subscription exists or is restored, so that
+    /// every filter reaches the cluster task): returns the cluster task's end of the queue.
+    pub fn enable_cluster(&self) -> Option<ClusterInbox> {
+        let (link, inbox) = cluster_link::channel();
+        self.cluster.set(link).ok()?;
+        Some(inbox)
+    }
+
+    /// The cluster link, in cluster mode.
+    pub fn cluster(&self) -> Option<&ClusterLink> {
+        self.cluster.get()
+    }
+
+    /// Tells the cluster task (cluster mode) that this node has one more (`added`) or one
+    /// less subscription to `filter`. Call after each change of the tree that added or removed
+    /// an entry. Costs nothing on a single node.
+    pub fn interest_changed(&self, filter: &TopicFilter, added: bool) {
+        if let Some(link) = self.cluster.get() {
+            link.interest(filter, added);
+        }
+    }
+
+    /// Routes a message that came from NATS (cluster mode) to this node's subscriptions, per
+    /// `scope`; returns how many sessions it was queued for. It is not sent back to NATS and
+    /// not stored as retained here (the retained bucket's watcher does that).
+    pub fn publish_remote(&self, msg: Arc<Message>, scope: Scope<'_>) -> usize {
+        self.route(msg, false, None, scope).unwrap_or(0)
+    }
+
+    /// Sets (`Some`) or clears (`None`) the retained message of `topic` from the cluster's
+    /// retained bucket: in memory only (the bucket is where it is kept).
+    pub fn apply_cluster_retained(&self, topic: &str, msg: Option<Arc<Message>>) {
+        let mut store = write(&self.retained);
+        match msg {
+            Some(m) => {
+                store.insert(topic, m);
+            }
+            None => {
+                store.remove(topic);
+            }
         }
     }
 
@@ -183,7 +245,7 @@ impl Router {
     /// Routes `msg` to every matching subscription; returns how many sessions it was queued for.
     /// A subscriber whose queue is full misses it (counted and logged).
     pub fn publish(&self, msg: Arc<Message>) -> usize {
-        self.route(msg, false, None).unwrap_or(0)
+        self.route(msg, false, None, Scope::Local).unwrap_or(0)
     }
 
     /// Routes a client's PUBLISH under `mqtt.queue_full_policy`: with `reject`, a QoS 1/2
@@ -197,7 +259,7 @@ impl Router {
     ) -> Result<usize, ClientId> {
         let reject = self.config.mqtt.queue_full_policy == QueueFullPolicy::Reject
             && msg.qos != QoS::AtMostOnce;
-        self.route(msg, reject, received)
+        self.route(msg, reject, received, Scope::Local)
     }
 
     fn route(
@@ -205,9 +267,20 @@ impl Router {
         msg: Arc<Message>,
         reject_when_full: bool,
         received: Option<Pending>,
+        scope: Scope<'_>,
     ) -> Result<usize, ClientId> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         self.hot_topics.sample(msg.topic.as_str());
+        let cluster = self.cluster.get();
+        // Which subscriptions of this node this message is for: on a single node all of them;
+        // in cluster mode shared groups get their messages only through NATS's queue groups
+        // (one node's group per message, cluster-wide), everything else directly.
+        let (plain, shared_key): (bool, Option<&TopicFilter>) = match scope {
+            Scope::Local => (true, None),
+            Scope::Remote => (true, None),
+            Scope::RemoteShared(key) => (false, Some(key)),
+        };
+        let shared_here = cluster.is_none() || shared_key.is_some();
         let mut targets: Vec<Target> = Vec::new();
         // (shared subscription's group, members): rare, so a small Vec.
         let mut groups: Vec<(Arc<GroupQueue>, Vec<Target>)> = Vec::new();
@@ -218,13 +291,19 @@ impl Router {
                 if entry.options.no_local && **client == *msg.origin {
                     return;
                 }
-                let target = Target::from_entry(entry, &msg);
                 match (group, &entry.shared) {
-                    (Some(_), Some(g)) => match groups.iter_mut().find(|(q, _)| q.key == g.key) {
-                        Some((_, members)) => members.push(target),
-                        None => groups.push((g.clone(), vec![target])),
-                    },
-                    _ => targets.push(target),
+                    (Some(_), Some(g)) => {
+                        if !shared_here || shared_key.is_some_and(|k| *k != g.key) {
+                            return;
+                        }
+                        let target = Target::from_entry(entry, &msg);
+                        match groups.iter_mut().find(|(q, _)| q.key == g.key) {
+                            Some((_, members)) => members.push(target),
+                            None => groups.push((g.clone(), vec![target])),
+                        }
+                    }
+                    _ if plain => targets.push(Target::from_entry(entry, &msg)),
+                    _ => {}
                 }
             });
         }
@@ -309,8 +388,13 @@ impl Router {
                 return Err(full);
             }
         }
-        if msg.retain {
+        let local = matches!(scope, Scope::Local);
+        if msg.retain && local {
             self.store_retained(&msg);
+        }
+        if let (true, Some(link)) = (local, cluster) {
+            // To the other nodes (and this node's shared groups) through the cluster task.
+            link.publish(msg.clone());
         }
         // Two phases: everything is logged first, then queued. Once a delivery is in a queue its
         // subscriber may send it and log Sent/Acked at once; those records must come after

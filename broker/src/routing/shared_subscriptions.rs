@@ -203,6 +203,18 @@ impl GroupQueue {
         self.lock().pop()
     }
 
+    /// Pops the next delivery for a member and, for QoS 1/2, counts it in the member's
+    /// `inflight` before the queue's lock is released: a publisher that finds this queue empty
+    /// then also finds the member's window one fuller (see [`SessionHandle::headroom`]).
+    pub fn pop_reserving(&self, inflight: &AtomicUsize) -> Option<Delivery> {
+        let mut queue = self.lock();
+        let d = queue.pop()?;
+        if d.qos != QoS::AtMostOnce {
+            inflight.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(d)
+    }
+
     /// Whether the next deliveries should be read back from the store and nobody is at it.
     pub fn wants_load(&self) -> bool {
         !self.loading.load(Ordering::Acquire) && self.lock().wants_load()
@@ -225,6 +237,15 @@ impl GroupQueue {
     /// the group delivery numbers of those the store could not give back (dropped).
     pub fn warm(&self, loaded: &Loaded) -> Vec<u64> {
         self.lock().warm(loaded)
+    }
+
+    /// [`Outbox::warm_in_order`] on the group's queue.
+    pub fn warm_in_order(
+        &self,
+        ids: &[u64],
+        messages: Vec<Option<Arc<crate::message::Message>>>,
+    ) -> Vec<u64> {
+        self.lock().warm_in_order(ids, messages)
     }
 
     /// Deliveries kept on disk only.
@@ -801,6 +822,34 @@ mod tests {
         drop(claim);
         let (again, _claim) = q.claim_load().expect("claimable again");
         assert_eq!(ids, again);
+    }
+
+    /// The member that takes a QoS 1 message from the group queue counts it as inflight while
+    /// the queue is still locked: a publisher that then finds the queue empty sees no free slot
+    /// in a window that the taken message fills (otherwise it could queue a message behind a
+    /// member that stopped acknowledging, where it would wait for ever).
+    #[test]
+    fn taking_from_the_group_queue_fills_the_members_window_at_once() {
+        let key = TopicFilter::try_from("$share/g/jobs/#").unwrap();
+        let budget = QueueBudget::new(1 << 30);
+        let q = GroupQueue::new(key.clone(), bounds(usize::MAX), &budget);
+        let member = SessionHandle::new("m".into(), 100, 1 << 20);
+        member.window.store(1, Ordering::Relaxed);
+        member.outbox().set_online(true);
+        let mut qos0 = logged(&key, &message(0), 0);
+        qos0.qos = QoS::AtMostOnce;
+        q.push(qos0).unwrap();
+        q.push(logged(&key, &message(1), 0)).unwrap();
+        assert_eq!(member.headroom(), 1);
+        assert!(q.pop_reserving(&member.inflight).is_some());
+        assert_eq!(member.headroom(), 1, "QoS 0 takes no slot");
+        assert!(q.pop_reserving(&member.inflight).is_some());
+        assert!(q.is_empty());
+        assert_eq!(
+            member.headroom(),
+            0,
+            "the window is full before the message is sent"
+        );
     }
 
     #[test]

@@ -284,7 +284,7 @@ pub enum Control {
 pub struct ConnectionInfo {
     /// The client's address.
     pub peer: std::net::SocketAddr,
-    /// The listener it came through (index in `listeners`).
+    /// The listener it came through (index in `listeners`), or [`ConnectionInfo::BRIDGE`].
     pub listener: usize,
     /// MQTT protocol level (3: 3.1, 4: 3.1.1, 5: 5.0).
     pub protocol: u8,
@@ -294,6 +294,11 @@ pub struct ConnectionInfo {
     pub username: Option<std::sync::Arc<str>>,
     /// When it connected, milliseconds since the Unix epoch.
     pub connected_at_ms: u64,
+}
+
+impl ConnectionInfo {
+    /// The `listener` of a bridge's in-process connection to its local session.
+    pub const BRIDGE: usize = usize::MAX;
 }
 
 /// The connection currently owning a session.
@@ -612,6 +617,53 @@ mod tests {
         let loaded = std::iter::once((ds[4].msg.id, Some(ds[4].msg.clone()))).collect();
         assert!(o.warm(&loaded).is_empty());
         assert_eq!(o.pop().unwrap(), logged(ds[4].clone()));
+        assert!(o.is_empty());
+        assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
+    }
+
+    /// A read-back is put back by position (`warm_in_order`): the messages come in the order
+    /// `cold_ids` gave, a message the store could not give back is dropped and reported, and
+    /// the warming stops where the queue no longer matches the ids (what follows stays on disk
+    /// and is read back again).
+    #[test]
+    fn a_read_back_is_warmed_by_position_and_stops_at_a_mismatch() {
+        let one = delivery(QoS::AtLeastOnce, b"x").msg.cost();
+        let budget = QueueBudget::new(1 << 20);
+        let mut o = Outbox::new(100, 1 << 20)
+            .with_budget(budget.clone())
+            .with_window(one * 8);
+        o.set_online(false);
+        let ds: Vec<Delivery> = (0..6).map(|_| delivery(QoS::AtLeastOnce, b"x")).collect();
+        for d in &ds {
+            o.push(logged(d.clone())).unwrap();
+        }
+        o.set_online(true);
+        assert_eq!(o.cold_len(), 6);
+        let ids = o.cold_ids();
+        let want: Vec<u64> = ds.iter().map(|d| d.msg.id).collect();
+        assert_eq!(ids, want);
+        // 0 and 1 come back, 2 could not be read, 3 and 4 are answered for ids that are not
+        // next in the queue (as if the queue had changed meanwhile): warming stops there.
+        let mut asked = ids[..3].to_vec();
+        asked.extend([ids[4], ids[3]]);
+        let messages = vec![
+            Some(ds[0].msg.clone()),
+            Some(ds[1].msg.clone()),
+            None,
+            Some(ds[4].msg.clone()),
+            Some(ds[3].msg.clone()),
+        ];
+        assert_eq!(o.warm_in_order(&asked, messages), vec![ds[2].msg.id]);
+        assert_eq!((o.len(), o.cold_len()), (5, 3));
+        assert_eq!(o.pop().unwrap(), logged(ds[0].clone()));
+        assert_eq!(o.pop().unwrap(), logged(ds[1].clone()));
+        assert!(o.pop().is_none() && o.front_is_cold());
+        assert_eq!(o.cold_ids(), ids[3..].to_vec());
+        let rest: Vec<_> = ds[3..].iter().map(|d| Some(d.msg.clone())).collect();
+        assert!(o.warm_in_order(&ids[3..], rest).is_empty());
+        for d in &ds[3..] {
+            assert_eq!(o.pop().unwrap(), logged(d.clone()));
+        }
         assert!(o.is_empty());
         assert_eq!((o.bytes(), o.memory_bytes(), budget.used()), (0, 0, 0));
     }

@@ -1,0 +1,227 @@
+//! Reading message records back from the log: a queue kept on disk is read back span by span
+//! when its subscriber drains it, and decoded by a [`MessageDecoder`].
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_codec::{PublishProperties, QoS, Str, TopicName};
+
+use crate::message::{ClientId, Message};
+
+use super::format::{check_frame, unix_to_deadline, Fields, TAG_MESSAGE};
+use super::*;
+
+/// Reads the frame of `slot` from `file` and decodes its message.
+pub(super) fn read_message(
+    file: &File,
+    slot: &MsgSlot,
+    now: Instant,
+) -> Result<Arc<Message>, ReadError> {
+    use std::os::unix::fs::FileExt;
+    let mut frame = vec![0u8; slot.len as usize];
+    file.read_exact_at(&mut frame, slot.at)
+        .map_err(|source| ReadError::Io {
+            at: slot.at,
+            len: slot.len,
+            source,
+        })?;
+    MessageDecoder::default().decode(&frame, slot.at, now)
+}
+
+/// Largest span [`read_messages`] reads at once.
+const SPAN: u64 = 1024 * 1024;
+/// Largest hole inside one span.
+const GAP: u64 = 64 * 1024;
+/// Most bytes of span buffer a thread keeps between read-backs (a drain reads half of
+/// `persistence.queue_memory_bytes`, 256 KiB by default, at a time).
+const KEEP: usize = 256 * 1024;
+
+thread_local! {
+    /// The span buffer of [`read_messages`], kept per thread: growing a fresh one zeroed it for
+    /// every read-back (~3 % of a durable drain's instructions, issue 16). At most [`KEEP`]
+    /// bytes stay, on the blocking pool's threads (which end after 10 s idle).
+    static SPAN_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads many messages back with few reads: the slots are taken in file order and records close
+/// to each other (a session's queue was mostly written in a row) are read with one positioned
+/// read of the span that covers them.
+pub(super) fn read_messages(
+    file: &File,
+    slots: &[Option<MsgSlot>],
+    now: Instant,
+) -> Vec<Option<Arc<Message>>> {
+    use std::os::unix::fs::FileExt;
+    let mut order: Vec<(usize, MsgSlot)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, (*s)?)))
+        .collect();
+    order.sort_unstable_by_key(|(_, s)| s.at);
+    SPAN_BUF.with(|b| {
+        // A read-back on this thread cannot be running already (nothing here awaits); if it
+        // were, a buffer of its own.
+        let mut own = Vec::new();
+        let mut guard = b.try_borrow_mut().ok();
+        let buf = guard.as_deref_mut().unwrap_or(&mut own);
+        let mut out = vec![None; slots.len()];
+        let mut decoder = MessageDecoder::default();
+        let mut i = 0;
+        while i < order.len() {
+            let start = order[i].1.at;
+            let mut end = start + u64::from(order[i].1.len);
+            let mut j = i + 1;
+            while j < order.len() {
+                let s = order[j].1;
+                let s_end = (s.at + u64::from(s.len)).max(end);
+                if s.at > end + GAP || s_end - start > SPAN {
+                    break;
+                }
+                end = s_end;
+                j += 1;
+            }
+            let n = (end - start) as usize;
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            let span = &mut buf[..n];
+            let span_ok = file.read_exact_at(span, start).is_ok();
+            for &(k, slot) in &order[i..j] {
+                out[k] = if span_ok {
+                    let from = (slot.at - start) as usize;
+                    decoder
+                        .decode(&span[from..from + slot.len as usize], slot.at, now)
+                        .ok()
+                } else {
+                    // Part of the span is missing (not written yet?): each on its own.
+                    read_message(file, &slot, now).ok()
+                };
+            }
+            i = j;
+        }
+        if buf.len() > KEEP {
+            *buf = Vec::new();
+        }
+        out
+    })
+}
+
+/// Decodes message frames read back from the log, copying each message out right-sized (its
+/// payload alone, not the frame). A queue read back is mostly one publisher's messages on a
+/// few topics: a topic or client id equal to the previous message's is shared with it (one
+/// `Bytes`/`Arc` clone) instead of being validated and allocated again; that was most of the
+/// cost of reading a backlog back (issue 16). Checksums are always verified.
+#[derive(Default)]
+pub(super) struct MessageDecoder {
+    /// The last topic decoded, as stored and as validated.
+    topic: Option<(Bytes, TopicName)>,
+    /// The last origin decoded.
+    origin: Option<ClientId>,
+}
+
+impl MessageDecoder {
+    /// Decodes the message in a whole frame at `at` (checksum verified).
+    pub(super) fn decode(
+        &mut self,
+        frame: &[u8],
+        at: u64,
+        now: Instant,
+    ) -> Result<Arc<Message>, ReadError> {
+        let bad = |source| ReadError::Bad { at, source };
+        check_frame(frame).map_err(bad)?;
+        self.decode_payload(&frame[8..], now).map_err(bad)
+    }
+
+    /// A message record's payload (tag first); the same fields as [`decode_record`] reads.
+    fn decode_payload(&mut self, p: &[u8], now: Instant) -> Result<Arc<Message>, DecodeError> {
+        let mut r = Slice(p);
+        if r.u8()? != TAG_MESSAGE {
+            return Err(DecodeError::NotAMessage);
+        }
+        let id = r.u64()?;
+        let topic_raw = r.bytes()?;
+        let topic = match &self.topic {
+            Some((raw, topic)) if raw[..] == *topic_raw => topic.clone(),
+            _ => {
+                let raw = Bytes::copy_from_slice(topic_raw);
+                let s = Str::from_bytes(raw.clone()).map_err(|e| DecodeError::bad("string", e))?;
+                let topic = TopicName::new(s).map_err(|e| DecodeError::bad("topic", e))?;
+                self.topic = Some((raw, topic.clone()));
+                topic
+            }
+        };
+        let payload = Bytes::copy_from_slice(r.bytes()?);
+        let qos = QoS::from_u8(r.u8()?).ok_or(DecodeError::BadQos)?;
+        let retain = r.u8()? != 0;
+        let origin_raw = r.bytes()?;
+        let origin = match &self.origin {
+            Some(o) if o.as_bytes() == origin_raw => o.clone(),
+            _ => {
+                let o: ClientId = std::str::from_utf8(origin_raw)
+                    .map_err(|_| DecodeError::NotUtf8)?
+                    .into();
+                self.origin = Some(o.clone());
+                o
+            }
+        };
+        let expires = r.u64()?;
+        // No properties (the common case) is 1 + 8 + 1 + 1 + 1 + 4 bytes: 0xFF, u64::MAX,
+        // three absent fields and no user property.
+        const NONE: [u8; 16] = [
+            0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let properties = if r.0 == NONE {
+            PublishProperties::default()
+        } else {
+            Fields {
+                b: Bytes::copy_from_slice(r.0),
+            }
+            .props()?
+        };
+        Ok(Arc::new(Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            expires_at: unix_to_deadline(expires, now),
+            origin,
+            id,
+            // Set from the image (`Record::Priority`) by whoever reads the message back.
+            priority: 0,
+            encoded: Default::default(),
+        }))
+    }
+}
+
+/// Reads fields of a record payload in place.
+struct Slice<'a>(&'a [u8]);
+
+impl<'a> Slice<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Short);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}

@@ -1,0 +1,225 @@
+//! Cluster-mode harness: Debian's `nats-server` (JetStream on, installed by
+//! `scripts/install-test-deps.sh`) on free loopback ports, alone or as a 3-server NATS cluster
+//! with routes, and Sluice nodes joined to it. Every process is stopped by its PID (on drop at
+//! the latest); every wait is for a log line or a port, bounded.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::{Broker, BrokerOpts};
+
+/// The `nats-server` binary: on PATH or in /usr/sbin (where Debian puts it). Missing is an
+/// error that says how to install it: the cluster tests never skip silently.
+pub fn nats_server_bin() -> Result<PathBuf> {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]);
+    for dir in candidates {
+        let bin = dir.join("nats-server");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+    }
+    bail!("nats-server not found: run `bash scripts/install-test-deps.sh` (Debian package nats-server)")
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Captured stderr of a process, shared with the thread that reads it.
+#[derive(Debug, Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Lines {
+    fn wait(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return Ok(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "no line containing {needle:?} within {timeout:?}:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = self.changed.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// One running `nats-server -js`. Killed (SIGKILL, by PID) on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client port on 127.0.0.1.
+    pub port: u16,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    log: Arc<Lines>,
+    /// JetStream's storage directory (removed on drop).
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// A single server with JetStream.
+    pub fn start() -> Result<NatsServer> {
+        let s = NatsServer::spawn(free_port()?, "nats-single", None)?;
+        s.wait_log("Server is ready", Duration::from_secs(30))?;
+        Ok(s)
+    }
+
+    /// `cluster`: (this server's route port, every route port of the cluster).
+    fn spawn(port: u16, name: &str, cluster: Option<(u16, &[u16])>) -> Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new(nats_server_bin()?);
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .args(["-n", name]);
+        if let Some((route_port, all)) = cluster {
+            let routes: Vec<String> = all
+                .iter()
+                .filter(|p| **p != route_port)
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            cmd.args(["--cluster_name", "sluice-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route_port}")])
+                .args(["--routes", &routes.join(",")]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawn nats-server")?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Lines::default());
+        let sink = log.clone();
+        let tag = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("SLUICE_TEST_LOG").is_some() {
+                    eprintln!("[{tag}] {line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.changed.notify_all();
+            }
+        });
+        Ok(NatsServer {
+            child: Some(child),
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.log.wait(needle, timeout)
+    }
+
+    /// Every stderr line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, by PID; waits for the exit.
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("already stopped"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Three `nats-server -js` routed into one NATS cluster (JetStream replicates across them).
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three servers and waits until JetStream has elected its metadata leader (only
+    /// then can a bucket with 3 replicas be made).
+    pub fn start() -> Result<NatsCluster> {
+        let routes = [free_port()?, free_port()?, free_port()?];
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            servers.push(NatsServer::spawn(
+                free_port()?,
+                &format!("nats-{}", i + 1),
+                Some((*route, &routes)),
+            )?);
+        }
+        for s in &servers {
+            s.wait_log("Server is ready", Duration::from_secs(30))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if servers
+                .iter()
+                .any(|s| s.log().iter().any(|l| l.contains("metadata leader")))
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no JetStream metadata leader within 60 s; logs:\n{}",
+                    servers
+                        .iter()
+                        .map(|s| s.log().join("\n"))
+                        .collect::<Vec<_>>()
+                        .join("\n----\n")
+                );
+            }
+            // Any server's new line may be the one: wait on the first server's log changing,
+            // bounded by a short step so the others' lines are looked at too.
+            let _ = servers[0].wait_log("metadata leader", Duration::from_millis(200));
+        }
+        Ok(NatsCluster { servers })
+    }
+}
+
+/// The configuration of Sluice node `node` joined through `nats_url`.
+pub fn node_config(nats_url: &str, node: &str) -> String {
+    format!("[cluster]\nnats = \"{nats_url}\"\nnode = \"{node}\"\n")
+}
+
+/// Starts Sluice node `sluice-{n}` on 127.0.0.1:0 joined through `nats_url`, and waits until it
+/// has joined the cluster (its `listening on` line comes after `cluster: joined`).
+pub fn start_node(nats_url: &str, n: usize) -> Result<Broker> {
+    let node = format!("sluice-{n}");
+    let b = Broker::start_with(BrokerOpts {
+        config: node_config(nats_url, &node),
+        ..Default::default()
+    })?;
+    b.wait_log("cluster: joined", Duration::from_secs(30))?;
+    Ok(b)
+}
