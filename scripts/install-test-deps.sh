@@ -4,6 +4,7 @@
 #   - mosquitto (the broker and mosquitto_passwd: the ACL differential test and the benchmark's baseline)
 #   - nats-server (Debian package nats-server, 2.9.x with JetStream: the cluster tests and `sluice-bench --cluster`)
 #   - Paho's Python client (paho-mqtt) in a project-local virtualenv (.venv)
+#   - chromium + chromium-driver (the admin dashboard's browser test, tests/tests/admin.rs)
 # Idempotent: skips what is already there. Needs root (or sudo) for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-test-deps: apt-get install ${need_apt[*]}" >&2
     $SUDO apt-get update -qq

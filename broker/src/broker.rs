@@ -13,6 +13,9 @@
 //!
 //! Parked sessions' deadlines (delayed wills, session expiry) sit in one ordered map served by
 //! one task ([`crate::session::Deadlines`]), not a sleeping task per parked session.
+//!
+//! `operate.rs`: what the admin API does to sessions (disconnect a client, end a session),
+//! through the same locks and steps.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +43,9 @@ use crate::stats::{BridgeCounters, BridgeStatus, Stats};
 /// After this long waiting for the old connection to hand its session over, a takeover logs a
 /// warning (and goes on waiting).
 const TAKEOVER_SLOW: Duration = Duration::from_secs(5);
+
+mod operate;
+pub use operate::Kick;
 
 /// One broker: the parts, wired together. Connections hold an `Arc<Broker>`.
 ///
@@ -305,6 +311,7 @@ impl Broker {
                 own.owner = Some(Owner {
                     connection,
                     control: control.take(),
+                    info: None,
                 });
                 own.parked.take()
             };

@@ -13,6 +13,8 @@
 //!   -> cluster      cluster mode (`[cluster]`): the NATS connections, the task that sends
 //!                   this node's messages and interest to NATS and routes what comes back,
 //!                   the retained bucket (absent: never started)
+//!   -> observe      the admin HTTP listener: API, /metrics, dashboard (beside the MQTT ones)
+//!     -> metrics      Prometheus text of the broker's counters
 //!   -> connection   the per-client task: socket, buffers, timers, one hand-polled loop
 //!     -> protocol     sans-IO state machine: CONNECT negotiation and admission, PUBLISH and
 //!                     ack flows, SUBSCRIBE, AUTH, outbound topic aliases (packets and a time
@@ -26,7 +28,7 @@
 //!                           thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
 //!               -> shaping      egress token buckets and `[[shaping]]` rules (sans-IO)
-//!               -> config, message, topic, stats, locks, certgen   (leaves; `stats` is the
+//!               -> config, message, topic, stats, hot_topics, locks, certgen   (leaves; `stats` is the
 //!                  one registry of counters, striped per thread, added to per batch)
 //! ```
 //! * [`config`]: the TOML file and `SLUICE__SECTION__KEY` overrides, validated up front.
@@ -36,6 +38,10 @@
 //!   session, so a bridge's queue is bounded, persisted and restored like any session's.
 //! * [`cluster`]: cluster mode on NATS JetStream: topic-to-subject mapping, the wire format
 //!   between nodes, interest propagation, the retained bucket, shared groups across nodes.
+//! * [`observe`]: the admin HTTP listener (`[admin]`): `/metrics` ([`metrics`]), health,
+//!   the JSON API (clients, sessions, subscriptions, shared groups, retained, publish) and
+//!   the live dashboard; it reads the broker's registry and router and kicks clients through
+//!   the same control message as a takeover.
 //! * [`connection`]: the per-client task, the only owner of a socket and, while connected, of
 //!   the client's [`session::Session`]; per-connection ingress rate limits.
 //! * [`protocol`]: the MQTT state machine, unit-tested without sockets; `protocol::connect`
@@ -97,10 +103,12 @@ pub mod certgen;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod hot_topics;
 pub mod listener;
 pub mod locks;
 pub mod message;
 pub mod metrics;
+pub mod observe;
 pub mod persist;
 pub mod protocol;
 pub mod routing;

@@ -6,6 +6,8 @@
 //!   for byte-exact and malformed-packet cases;
 //! * [`mosquitto_pub`] / [`mosquitto_sub`]: Debian's `mosquitto-clients`;
 //! * [`paho`]: Paho's Python client, from the virtualenv made by `scripts/install-test-deps.sh`;
+//! * [`admin`]: the admin HTTP API (every broker started here has it on 127.0.0.1:0), and a
+//!   headless Chromium driven over WebDriver for the dashboard;
 //! * [`nats`]: `nats-server -js` (one, or a 3-server NATS cluster) and Sluice nodes joined to it.
 //!
 //! Every process started here is stopped by its PID (on drop at the latest), every wait is bounded.
@@ -22,6 +24,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod admin;
 pub mod clients;
 pub mod mosquitto;
 pub mod mosquitto_sub;
@@ -169,7 +172,9 @@ impl Broker {
         if !opts.no_bind {
             cmd.args(["--bind", "127.0.0.1:0"]);
         }
+        // The admin listener on a free port: parallel tests never share 18083.
         cmd.env_remove("RUST_LOG")
+            .env(ADMIN_BIND_ENV, "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -241,6 +246,19 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The admin HTTP listener's address, from its `admin API and dashboard on http://ADDR`
+    /// line (waiting for it, bounded).
+    pub fn admin_addr(&self) -> Result<SocketAddr> {
+        let line = self.wait_log(ADMIN_LINE, Duration::from_secs(10))?;
+        let addr = line
+            .split(ADMIN_LINE)
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .ok_or_else(|| anyhow!("no address in {line:?}"))?;
+        addr.parse()
+            .with_context(|| format!("parse {addr:?} in {line:?}"))
     }
 
     /// Sends SIGHUP (reload password, ACL and TLS files).
@@ -381,10 +399,19 @@ pub fn gen_certs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `sluice` with arguments to completion (bounded), e.g. `--check-config`.
+/// The variable the harness sets so that every broker's admin listener takes a free port.
+pub const ADMIN_BIND_ENV: &str = "SLUICE__ADMIN__BIND";
+/// The start of the log line naming the admin listener's address.
+pub const ADMIN_LINE: &str = "admin API and dashboard on http://";
+
+/// Runs `sluice` with arguments to completion (bounded), e.g. `--check-config`. Its admin
+/// listener (if it gets that far) takes a free port, unless `env` says otherwise.
 pub fn run_sluice(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Result<Output> {
     let mut cmd = Command::new(sluice_bin());
-    cmd.args(args).current_dir(dir).env_remove("RUST_LOG");
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env(ADMIN_BIND_ENV, "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -38,6 +38,8 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// The broker's `$SYS` status topics.
     pub sys: SysConfig,
+    /// The admin HTTP listener: API, `/metrics`, dashboard.
+    pub admin: AdminConfig,
     /// `[[bridges]]`: other MQTT brokers Sluice connects to as a client (`crate::bridge`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<BridgeConfig>,
@@ -256,6 +258,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             persistence: PersistenceConfig::default(),
             sys: SysConfig::default(),
+            admin: AdminConfig::default(),
             bridges: Vec::new(),
             cluster: None,
             shaping: Vec::new(),
@@ -706,6 +709,10 @@ impl Config {
         effective.auth.allow_anonymous = Some(self.auth.allows_anonymous());
         effective.mqtt.max_queued_messages = Some(self.max_queued_messages());
         effective.mqtt.max_queued_bytes = Some(self.max_queued_bytes());
+        if !effective.admin.token.is_empty() {
+            // A secret: printed configurations end up in tickets and chat.
+            effective.admin.token = "(set, not shown)".into();
+        }
         toml::to_string_pretty(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -744,7 +751,10 @@ fn from_config_error(e: config::ConfigError) -> ConfigError {
     }
 }
 
+mod admin;
 mod validate;
+
+pub use admin::AdminConfig;
 
 #[cfg(test)]
 mod tests;

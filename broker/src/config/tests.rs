@@ -248,6 +248,37 @@ fn delayed_and_priority_keys_are_read_and_validated() {
     assert!(e.key.starts_with("mqtt.priorities"), "{e}");
 }
 
+#[test]
+fn admin_listener_defaults_to_loopback_and_can_be_turned_off() {
+    let c = Config::default();
+    assert_eq!(c.admin.bind, "127.0.0.1:18083");
+    assert!(c.admin.addr().is_some());
+    let off = load_toml("[admin]\nbind = \"\"\n", &[]).unwrap();
+    assert_eq!(off.admin.addr(), None);
+    let env = load_toml("", &[("SLUICE__ADMIN__BIND", "127.0.0.1:0")]).unwrap();
+    assert_eq!(env.admin.bind, "127.0.0.1:0");
+}
+
+#[test]
+fn a_non_loopback_admin_bind_needs_a_token() {
+    let e = load_toml("[admin]\nbind = \"0.0.0.0:18083\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "admin.bind", "{e}");
+    assert_eq!(e.value, "0.0.0.0:18083", "{e}");
+    assert!(e.reason.contains("admin.token"), "{e}");
+    let ok = load_toml(
+        "[admin]\nbind = \"0.0.0.0:18083\"\ntoken = \"s3cret\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(ok.admin.token_required());
+    assert!(
+        !ok.to_toml().contains("s3cret"),
+        "the token is not printed by --check-config"
+    );
+    let e = load_toml("[admin]\nbind = \"localhost:1\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "admin.bind", "{e}");
+}
+
 const BRIDGE: &str = r#"
 [[bridges]]
 name = "cloud"

@@ -366,6 +366,7 @@ impl Config {
                 ));
             }
         }
+        self.admin.validate()?;
         Ok(())
     }
 }

@@ -46,6 +46,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let peer = info.peer;
+    let listener = info.listener;
     let tls_identity = info.tls_identity.take();
     let refuse = info.refuse.take();
     // CONNECT must arrive within `limits.connect_timeout` of the accept.
@@ -188,6 +189,23 @@ where
     ))
     .await;
     let keep_alive = state.n.keep_alive;
+    // What the admin API shows about this client, on the session's owner entry.
+    if let Some(owner) = state
+        .handle
+        .ownership()
+        .owner
+        .as_mut()
+        .filter(|o| o.connection == connection)
+    {
+        owner.info = Some(Box::new(crate::session::ConnectionInfo {
+            peer,
+            listener,
+            protocol: protocol.level(),
+            keep_alive,
+            username: state.n.username.clone(),
+            connected_at_ms: crate::persist::now_unix_ms(),
+        }));
+    }
     tracing::info!(
         %peer, client_id = %state.n.client_id, protocol = protocol.level(), clean_start,
         keep_alive, session_present, "client connected"

@@ -68,6 +68,8 @@ pub struct ConnInfo {
     /// Set when admission control refused the connection: its CONNECT is answered with this
     /// reason and it is closed (admission.rs).
     pub refuse: Option<Refusal>,
+    /// The listener it came through (index in `listeners`), for the admin API.
+    pub listener: usize,
     /// A bridge's in-process connection to its local session (`crate::bridge`): its CONNECT
     /// is trusted (no password check) and may use a `$bridge/` client identifier, which
     /// network clients may not.
@@ -82,6 +84,7 @@ impl ConnInfo {
             tls_identity: None,
             flush: false,
             refuse: None,
+            listener: 0,
             bridge: false,
         }
     }
@@ -94,6 +97,7 @@ impl ConnInfo {
             flush: true,
             refuse: None,
             bridge: true,
+            listener: crate::session::ConnectionInfo::BRIDGE,
         }
     }
 }
@@ -387,6 +391,15 @@ where
                             "session taken over by a new connection [MQTT-3.1.4-3]",
                         );
                     }
+                    // Handed over like a takeover: the admin API's caller holds connect_lock
+                    // and waits for the session to be parked (Broker::kick).
+                    Ok(Control::Kick(reply)) => {
+                        takeover_reply = Some(reply);
+                        break Close::error(
+                            ReasonCode::ADMINISTRATIVE_ACTION,
+                            "disconnected by an administrator (admin API)",
+                        );
+                    }
                     // The sender is gone (ownership moved on): nothing more can come.
                     Err(_) => w.control_rx = None,
                 },
@@ -648,7 +661,8 @@ where
                     _guard = handle.connect_lock.lock() => {
                         b.park_session(&handle, session, connection, will, false);
                     }
-                    Ok(Control::TakeOver(reply)) = async {
+                    // A kick now is answered the same way: its sender holds the lock too.
+                    Ok(Control::TakeOver(reply) | Control::Kick(reply)) = async {
                         match control_rx.as_mut() {
                             Some(rx) => rx.await,
                             None => std::future::pending().await,
@@ -743,7 +757,7 @@ fn decode_all(
 /// the session's wake-up: one struct, so that the loop's wait borrows one place (each
 /// borrowed local would be a pointer more in every idle connection's future).
 struct Waits {
-    /// The session's control channel (takeover), from CONNACK on. It can fire once; after
+    /// The session's control channel (takeover, kick), from CONNACK on. It can fire once; after
     /// that (or once its sender is gone) it is None.
     control_rx: Option<oneshot::Receiver<Control>>,
     /// Bytes read and not decoded yet; no capacity while idle.
@@ -787,7 +801,7 @@ struct Busy {
 enum Event {
     /// The server is shutting down.
     Shutdown,
-    /// The session's control message (a takeover), or its sender gone.
+    /// The session's control message (a takeover, a kick), or its sender gone.
     Control(Result<Control, oneshot::error::RecvError>),
     /// Some of the write buffer was written (Some(n)), or the stream flushed (None).
     Wrote(std::io::Result<Option<usize>>),

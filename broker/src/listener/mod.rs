@@ -22,6 +22,7 @@ use crate::connection::Refusal;
 use crate::listener::admission::{AddressRates, ListenerGate, Slot};
 use crate::listener::tls::{FailureLog, TlsListener, TlsReloader};
 use crate::metrics::sys::SysState;
+use crate::observe::Admin;
 use crate::persist::{Store, StoreError};
 use crate::stats::ListenerStats;
 
@@ -55,6 +56,8 @@ pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<(TcpListener, Arc<Transport>)>,
     tls: TlsReloader,
+    /// The admin HTTP listener (`[admin]`), if on.
+    admin: Option<Admin>,
 }
 
 /// What a listener speaks over TCP before MQTT: nothing (plain), TLS, WebSockets, or both.
@@ -65,6 +68,8 @@ struct Transport {
     websocket: Option<String>,
     /// Failed WebSocket upgrades (TLS failures go to the TLS listener's log).
     ws_failures: FailureLog,
+    /// This listener's index in `listeners` (the admin API shows where a client came in).
+    index: usize,
 }
 
 impl Transport {
@@ -118,6 +123,7 @@ impl Server {
                 tls,
                 websocket: l.websocket.as_ref().map(|w| w.path.clone()),
                 ws_failures: FailureLog::default(),
+                index: i,
             }));
         }
         let mut listeners = Vec::new();
@@ -130,6 +136,13 @@ impl Server {
                 })?;
             listeners.push((listener, transport));
         }
+        // Bound before the store is replayed: /healthz answers during a long recovery.
+        let admin = Admin::bind(&config.admin)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: format!("admin.bind = {}", config.admin.bind),
+                source,
+            })?;
         // Recover the persistent state before accepting anyone.
         let started = std::time::Instant::now();
         let (store, recovery) = Store::open(&config.persistence).map_err(StartError::Store)?;
@@ -169,10 +182,25 @@ impl Server {
                 "store recovered"
             );
         }
+        if let Some(admin) = &admin {
+            let names = listeners
+                .iter()
+                .map(|(l, t)| {
+                    let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    format!(
+                        "{}://{addr}{}",
+                        t.scheme(),
+                        t.websocket.as_deref().unwrap_or("")
+                    )
+                })
+                .collect();
+            admin.attach(broker.clone(), names);
+        }
         Ok(Server {
             broker,
             listeners,
             tls: TlsReloader::new(tls_listeners),
+            admin,
         })
     }
 
@@ -182,6 +210,11 @@ impl Server {
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The admin listener's address (port 0 resolved), if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
     }
 
     /// The TLS listeners, to reload their certificates (e.g. on SIGHUP).
@@ -249,6 +282,9 @@ impl Server {
         // Bridges to other brokers: each holds `alive` like a connection.
         crate::bridge::start(&self.broker, &stop_rx, &alive_tx);
         drop(alive_tx);
+        if let Some(admin) = &self.admin {
+            admin.set_ready();
+        }
         // Certificates changed on disk are picked up by new handshakes.
         let watcher = (!self.tls.is_empty()).then(|| tokio::spawn(self.tls.clone().watch()));
         shutdown.await;
@@ -261,6 +297,9 @@ impl Server {
             sys.abort();
         }
         tracing::info!("shutting down");
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         let _ = stop_tx.send(true);
         // Established connections wait for the stop signal through their session's wake-up
         // (connection/: no shutdown future per idle connection): wake them all to see it.
@@ -338,6 +377,7 @@ fn spawn_connection(
     if transport.is_plain() {
         let mut info = ConnInfo::plain(peer);
         info.refuse = refuse;
+        info.listener = transport.index;
         // The serve future is the task: captured by a wrapping task and moved into an await,
         // it (or its arguments) would be stored twice for the connection's whole life.
         tokio::spawn(crate::connection::serve_with(
@@ -380,6 +420,7 @@ async fn handshake_and_serve(
             tls_identity: None,
             flush: true,
             refuse,
+            listener: transport.index,
             bridge: false,
         };
         let upgrade = Upgrade {
@@ -439,6 +480,7 @@ async fn handshake_and_serve(
         tls_identity,
         flush: true,
         refuse,
+        listener: transport.index,
         bridge: false,
     };
     match &transport.websocket {

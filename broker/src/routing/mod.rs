@@ -19,6 +19,7 @@ use crate::auth::acl::{Access, Acl};
 use crate::auth::AccessControl;
 use crate::config::Config;
 use crate::config::QueueFullPolicy;
+use crate::hot_topics::HotTopics;
 use crate::locks::{read, write};
 use crate::message::{ClientId, Message};
 use crate::persist::Pending;
@@ -155,6 +156,8 @@ pub struct Router {
     stats: Arc<Stats>,
     /// `$delayed` messages waiting for their time, shared with the one timer task.
     pub delayed: Arc<DelayedPublishes>,
+    /// The busiest topics, sampled (the dashboard's panel; one PUBLISH in 16 per thread).
+    pub hot_topics: HotTopics,
     /// Cluster mode (`[cluster]`): the queue to this node's cluster task. Unset on a single
     /// node, where routing is exactly what it was without it.
     cluster: OnceLock<ClusterLink>,
@@ -189,6 +192,7 @@ impl Router {
             store,
             queue_budget,
             stats,
+            hot_topics: HotTopics::default(),
             cluster: OnceLock::new(),
         }
     }
@@ -270,6 +274,7 @@ impl Router {
         received: Option<Pending>,
         scope: Scope<'_>,
     ) -> Result<usize, ClientId> {
+        self.hot_topics.sample(msg.topic.as_str());
         let cluster = self.cluster.get();
         // Which subscriptions of this node this message is for: on a single node all of them;
         // in cluster mode shared groups get their messages only through NATS's queue groups
@@ -562,6 +567,20 @@ impl Router {
             }
         }
         self.store.flush_batch();
+    }
+
+    /// Removes the retained message of `topic` (admin API), as a retained PUBLISH with an
+    /// empty payload would, but without delivering anything. Returns whether there was one.
+    pub fn clear_retained(&self, topic: &str) -> bool {
+        let mut store = write(&self.retained);
+        let Some(old) = store.remove(topic) else {
+            return false;
+        };
+        if self.store.is_enabled() {
+            self.store.retained_cleared(old.topic.as_mqtt_str().clone());
+        }
+        self.store.flush_batch();
+        true
     }
 
     /// The retained messages to send for a new subscription, per Retain Handling

@@ -303,6 +303,25 @@ impl GroupQueue {
     }
 }
 
+/// One shared subscription group as the admin API shows it ([`Router::shared_groups`]).
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    /// `$share/{group}/{filter}`.
+    pub key: TopicFilter,
+    /// Its members' client ids, sorted.
+    pub members: Vec<ClientId>,
+    /// Messages waiting in the group's own queue (for any member's window).
+    pub queued: usize,
+    /// Of those, how many are on disk only.
+    pub on_disk: usize,
+    /// Bytes of waiting messages held in memory.
+    pub memory_bytes: usize,
+    /// How a member is picked.
+    pub strategy: SharedStrategy,
+    /// No members left; its messages are kept until `shared_group_orphan_expiry_seconds`.
+    pub orphaned: bool,
+}
+
 /// One candidate member, as the selector sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate<'a> {
@@ -664,6 +683,49 @@ impl Router {
             self.push_shared(&queue, d, &[]);
             queue.notify_members();
         }
+    }
+
+    /// Every shared subscription group with members or waiting messages, for the admin API
+    /// and the dashboard (locks each group briefly, one after the other).
+    pub fn shared_groups(&self) -> Vec<GroupView> {
+        let queues: Vec<Arc<GroupQueue>> = self
+            .shared_groups
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<GroupView> = queues
+            .into_iter()
+            .filter_map(|q| {
+                let (mut members, orphaned) = {
+                    let m = q.membership();
+                    let ids: Vec<ClientId> = m.members.keys().cloned().collect();
+                    (ids, m.orphaned_until.is_some())
+                };
+                let (queued, on_disk, memory_bytes) = {
+                    let o = q.lock();
+                    (o.len(), o.cold_len(), o.memory_bytes())
+                };
+                if members.is_empty() && queued == 0 {
+                    return None;
+                }
+                members.sort();
+                let group = q.key.shared().map_or("", |(g, _)| g);
+                Some(GroupView {
+                    strategy: self.shared_strategy(group),
+                    key: q.key.clone(),
+                    members,
+                    queued,
+                    on_disk,
+                    memory_bytes,
+                    orphaned,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
+        out
     }
 
     /// The strategy of a shared subscription `$share/{group}/...`.

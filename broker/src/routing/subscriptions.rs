@@ -193,6 +193,65 @@ impl<K: Clone + Eq + Hash, V> SubscriptionTree<K, V> {
         }
     }
 
+    /// Calls f(filter, share_group, client, value) for every subscription in the tree (the
+    /// admin API's listing; not for the hot path). `filter` is the matching part, without
+    /// `$share/{group}/`. Walks with a work list and one path buffer, so a deep filter costs
+    /// neither stack nor a copy of its path per level.
+    pub fn for_each_subscription(&self, mut f: impl FnMut(&str, Option<&str>, &K, &V)) {
+        /// A node to visit: the path's length before its level, and its level (None: the
+        /// root, which has no level; an empty first level, as in "/a", is Some("")).
+        struct Visit<'t, K, V> {
+            node: &'t Node<K, V>,
+            before: usize,
+            level: Option<&'t str>,
+            first: bool,
+        }
+        let mut work = vec![Visit {
+            node: &self.root,
+            before: 0,
+            level: None,
+            first: true,
+        }];
+        let mut path = String::new();
+        while let Some(v) = work.pop() {
+            path.truncate(v.before);
+            if let Some(level) = v.level {
+                if !v.first {
+                    path.push('/');
+                }
+                path.push_str(level);
+            }
+            let node = v.node;
+            node.exact
+                .for_each(&mut |group, client, value| f(&path, group, client, value));
+            if let Some(multi) = &node.multi {
+                let filter = match v.level {
+                    None => "#".to_owned(),
+                    Some(_) => format!("{path}/#"),
+                };
+                multi.for_each(&mut |group, client, value| f(&filter, group, client, value));
+            }
+            let first = v.level.is_none();
+            let before = path.len();
+            if let Some(plus) = &node.plus {
+                work.push(Visit {
+                    node: plus,
+                    before,
+                    level: Some("+"),
+                    first,
+                });
+            }
+            for (level, child) in node.children.0.iter().flat_map(|m| m.iter()) {
+                work.push(Visit {
+                    node: child,
+                    before,
+                    level: Some(level),
+                    first,
+                });
+            }
+        }
+    }
+
     /// Number of (filter, client) subscriptions.
     pub fn len(&self) -> usize {
         self.len
@@ -573,6 +632,32 @@ mod tests {
             tree.subscribe(&tf(f), 1, *f);
         }
         tree
+    }
+
+    /// The admin API's listing gives back every filter as it was subscribed, shared ones with
+    /// their group, including empty levels and a leading `/`.
+    #[test]
+    fn every_subscription_is_listed_with_its_filter() {
+        let filters = [
+            "a/b", "a/+", "a/#", "#", "+", "/a", "/", "a//b", "+/+/#", "$SYS/x", "a/b/c/d",
+        ];
+        let mut tree: SubscriptionTree<u8, ()> = SubscriptionTree::new();
+        for f in filters {
+            tree.subscribe(&tf(f), 1, ());
+        }
+        tree.subscribe(&tf("$share/g/a/+"), 2, ());
+        tree.subscribe(&tf("$share/h/#"), 3, ());
+        let mut listed = Vec::new();
+        tree.for_each_subscription(|filter, group, client, ()| {
+            listed.push((filter.to_owned(), group.map(str::to_owned), *client));
+        });
+        listed.sort();
+        let mut expected: Vec<(String, Option<String>, u8)> =
+            filters.iter().map(|f| (f.to_string(), None, 1)).collect();
+        expected.push(("a/+".into(), Some("g".into()), 2));
+        expected.push(("#".into(), Some("h".into()), 3));
+        expected.sort();
+        assert_eq!(listed, expected);
     }
 
     #[test]

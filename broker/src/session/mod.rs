@@ -272,6 +272,33 @@ pub enum Control {
     /// Another connection with the same client id arrived [MQTT-3.1.4-3]: send DISCONNECT
     /// 0x8E, close, park the session in the handle, then answer.
     TakeOver(oneshot::Sender<()>),
+    /// An administrator disconnects the client (admin API): send DISCONNECT 0x98
+    /// Administrative action (5.0; 3.1.1 just closes), park the session in the handle like a
+    /// takeover (the sender holds `connect_lock`), then answer.
+    Kick(oneshot::Sender<()>),
+}
+
+/// What the admin API shows about a connected client, recorded once when it connects.
+/// Boxed in [`Owner`]: only online sessions carry it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The listener it came through (index in `listeners`), or [`ConnectionInfo::BRIDGE`].
+    pub listener: usize,
+    /// MQTT protocol level (3: 3.1, 4: 3.1.1, 5: 5.0).
+    pub protocol: u8,
+    /// The negotiated Keep Alive, seconds.
+    pub keep_alive: u16,
+    /// The username it connected with (after TLS identity mapping).
+    pub username: Option<std::sync::Arc<str>>,
+    /// When it connected, milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+}
+
+impl ConnectionInfo {
+    /// The `listener` of a bridge's in-process connection to its local session.
+    pub const BRIDGE: usize = usize::MAX;
 }
 
 /// The connection currently owning a session.
@@ -282,6 +309,8 @@ pub struct Owner {
     /// Where to send the one [`Control`] message a connection can get (a oneshot: far
     /// smaller per connection than a channel). Taken when used.
     pub control: Option<oneshot::Sender<Control>>,
+    /// Who is connected (for the admin API); set right after the session is opened.
+    pub info: Option<Box<ConnectionInfo>>,
 }
 
 /// Who holds the session now; guarded by one lock so ownership changes are atomic.
