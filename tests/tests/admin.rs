@@ -100,9 +100,9 @@ async fn health_readiness_and_metrics_that_move_with_traffic() {
     let received = sample(
         &before,
         "sluice_messages_received_total",
-        Some(("qos", "any")),
+        Some(("qos", "1")),
     );
-    let sent = sample(&before, "sluice_messages_sent_total", None);
+    let sent = sample(&before, "sluice_messages_sent_total", Some(("qos", "1")));
     let total = sample(&before, "sluice_connections_total", None);
 
     let mut sub = client(&broker, Protocol::V5, &client_id("m-sub"), None, None).await;
@@ -127,16 +127,22 @@ async fn health_readiness_and_metrics_that_move_with_traffic() {
             got += 1;
         }
     }
-    let after = scrape(&api).await;
+    // Counted per read batch: the publisher's batch may be added just after the subscriber
+    // has its messages, so the scrape is repeated until it shows them (or the deadline).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let after = scrape(&api).await;
+        let moved = sample(&after, "sluice_messages_received_total", Some(("qos", "1"))) - received;
+        if moved >= 10.0 || std::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
-        sample(
-            &after,
-            "sluice_messages_received_total",
-            Some(("qos", "any"))
-        ) - received,
+        sample(&after, "sluice_messages_received_total", Some(("qos", "1"))) - received,
         10.0
     );
-    assert!(sample(&after, "sluice_messages_sent_total", None) - sent >= 10.0);
+    assert!(sample(&after, "sluice_messages_sent_total", Some(("qos", "1"))) - sent >= 10.0);
     assert_eq!(
         sample(&after, "sluice_connections_total", None) - total,
         2.0
@@ -146,7 +152,7 @@ async fn health_readiness_and_metrics_that_move_with_traffic() {
         sample(
             &after,
             "sluice_messages_dropped_total",
-            Some(("reason", "queue_full"))
+            Some(("reason", "queue_full_newest"))
         ),
         0.0
     );
@@ -622,4 +628,39 @@ async fn the_dashboard_shows_live_clients_and_disconnects_one() {
     browser.quit().await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(traffic.await.unwrap());
+}
+
+/// `GET /api/v1/clients/{id}` names the `[[shaping]]` rule in force for a connected client
+/// (first match, by client id glob or username) and null for one no rule matches.
+#[tokio::test]
+async fn a_clients_shaping_rule_is_shown() {
+    let broker = Broker::start_with(BrokerOpts {
+        config: "[[shaping]]\nusername = \"ops\"\nmessages_per_second = 50\n\n\
+                 [[shaping]]\nclient_id = \"sms-*\"\nmessages_per_second = 300\nburst = 20\n\
+                 overflow = \"drop_oldest\"\n"
+            .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let api = admin(&broker);
+    let _sms = client(&broker, Protocol::V5, "sms-1", None, None).await;
+    let _ops = client(&broker, Protocol::V311, "sms-2", Some("ops"), None).await;
+    let _other = client(&broker, Protocol::V5, "inventory", None, None).await;
+    let rule = api.ok("/api/v1/clients/sms-1").await.unwrap()["shaping_rule"].clone();
+    assert_eq!(rule["index"], 1, "{rule}");
+    assert_eq!(rule["client_id"], "sms-*", "{rule}");
+    assert_eq!(rule["messages_per_second"], 300.0, "{rule}");
+    assert_eq!(rule["burst"], 20, "{rule}");
+    assert_eq!(rule["overflow"], "drop_oldest", "{rule}");
+    let first = api.ok("/api/v1/clients/sms-2").await.unwrap()["shaping_rule"].clone();
+    assert_eq!(first["index"], 0, "the first matching rule wins: {first}");
+    assert_eq!(first["username"], "ops", "{first}");
+    assert_eq!(
+        first["burst"], 3,
+        "default burst: 1/20 s of the rate, {first}"
+    );
+    let none = api.ok("/api/v1/clients/inventory").await.unwrap();
+    assert!(none["shaping_rule"].is_null(), "{none}");
+    assert_eq!(none["dropped"], 0, "{none}");
+    assert_eq!(none["drops"]["queue_full_oldest"], 0, "{none}");
 }

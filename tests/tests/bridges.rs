@@ -17,6 +17,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 
+use sluice_tests::admin::AdminClient;
 use sluice_tests::clients::{publish_packet, publish_qos1, raw_ok, raw_subscribe, Opts};
 use sluice_tests::codec::{Packet, Protocol, PubAck, Publish, QoS};
 use sluice_tests::mosquitto::Mosquitto;
@@ -169,6 +170,47 @@ async fn out_and_in_with_prefixes(protocol: &str) {
         tp("cloud/commands/stop", "in-2"),
     ] {
         assert_eq!(next(&mut remote_sub, "remote side").await, expected);
+    }
+    bridge_is_visible(&s, "up", 2, 2).await;
+}
+
+/// The bridge `name` in the broker's metrics (`/metrics` of the admin listener: connected, and
+/// `out` / `in` messages forwarded) and in `$SYS/broker/connection/{name}/state` (`1`).
+async fn bridge_is_visible(s: &Broker, name: &str, out: u64, inbound: u64) {
+    let api = AdminClient::new(s.admin_addr().expect("admin listener logged"));
+    let want = [
+        format!("sluice_bridge_connected{{bridge=\"{name}\"}} 1"),
+        format!("sluice_bridge_forwarded_total{{bridge=\"{name}\",direction=\"out\"}} {out}"),
+        format!("sluice_bridge_forwarded_total{{bridge=\"{name}\",direction=\"in\"}} {inbound}"),
+    ];
+    // The remote's PUBACK of the last `out` message may still be on its way: polled.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, text) = api
+            .call_text(reqwest::Method::GET, "/metrics", None)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        if want.iter().all(|w| text.lines().any(|l| l == w)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bridge metrics {want:?} not in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `$SYS` is published every `sys.interval` (10 s): the first publication may predate the
+    // bridge's connection (`0`); the one after it says `1`.
+    let topic = format!("$SYS/broker/connection/{name}/state");
+    let mut sys = subscriber(s.addr, Protocol::V311, "sys-watch", &topic).await;
+    loop {
+        let (t, payload) = next(&mut sys, "bridge state in $SYS").await;
+        assert_eq!(t, topic);
+        if payload == "1" {
+            break;
+        }
+        assert_eq!(payload, "0", "{topic}");
     }
 }
 

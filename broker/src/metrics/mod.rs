@@ -398,6 +398,83 @@ pub fn render_prometheus(broker: &Broker) -> String {
     );
     sample(w, "sluice_delayed_messages", &[], g.delayed as u64);
 
+    // Bridges (`[[bridges]]`), one label value per bridge.
+    let bridges = broker.bridges();
+    if !bridges.is_empty() {
+        family(
+            w,
+            "sluice_bridge_connected",
+            "gauge",
+            "1 while the bridge is connected to its remote broker.",
+        );
+        for b in &bridges {
+            sample(
+                w,
+                "sluice_bridge_connected",
+                &[("bridge", &b.name)],
+                u64::from(b.connected),
+            );
+        }
+        family(
+            w,
+            "sluice_bridge_queued_messages",
+            "gauge",
+            "Messages waiting in the bridge's local session for the remote (queued and in flight).",
+        );
+        for b in &bridges {
+            sample(
+                w,
+                "sluice_bridge_queued_messages",
+                &[("bridge", &b.name)],
+                b.queued as u64,
+            );
+        }
+        family(
+            w,
+            "sluice_bridge_forwarded_total",
+            "counter",
+            "Messages passed by the bridge: out (to the remote, acknowledged by it) and in.",
+        );
+        for b in &bridges {
+            for (direction, n) in [("out", b.forwarded_out), ("in", b.forwarded_in)] {
+                sample(
+                    w,
+                    "sluice_bridge_forwarded_total",
+                    &[("bridge", &b.name), ("direction", direction)],
+                    n,
+                );
+            }
+        }
+        family(
+            w,
+            "sluice_bridge_dropped_total",
+            "counter",
+            "Messages the bridge could not pass on (no mapping, refused, or its full queue).",
+        );
+        for b in &bridges {
+            sample(
+                w,
+                "sluice_bridge_dropped_total",
+                &[("bridge", &b.name)],
+                b.dropped,
+            );
+        }
+        family(
+            w,
+            "sluice_bridge_connects_total",
+            "counter",
+            "Successful connections to the remote since start-up.",
+        );
+        for b in &bridges {
+            sample(
+                w,
+                "sluice_bridge_connects_total",
+                &[("bridge", &b.name)],
+                b.connects,
+            );
+        }
+    }
+
     // The store (absent in memory mode).
     if let Some((fsync, commit)) = broker.store.histograms() {
         let st = broker.store.stats();

@@ -152,6 +152,13 @@ pub fn values(broker: &Broker, state: &mut SysState, now: Instant) -> Vec<(Strin
         ),
         ("store/messages/bytes".into(), queued_bytes.to_string()),
     ];
+    // Bridges, as Mosquitto names its own: `connection/{name}/state`, 1 connected, 0 not.
+    for b in broker.bridges() {
+        v.push((
+            format!("connection/{}/state", b.name),
+            u8::from(b.connected).to_string(),
+        ));
+    }
     v.extend(state.loads.topics());
     v
 }
