@@ -185,7 +185,7 @@ impl Broker {
                         // One lock at a time (park_session takes ownership, then outbox).
                         let inflight = match &h.ownership().parked {
                             Some(s) => s.inflight_len(),
-                            None => h.inflight.load(Ordering::Relaxed),
+                            None => h.inflight.load(Ordering::Relaxed) as usize,
                         };
                         let outbox = h.outbox();
                         (outbox.len() + inflight, outbox.dropped())
@@ -685,7 +685,7 @@ impl Broker {
             handle.next_seq.store(s.next_seq.max(1), Ordering::Relaxed);
             let mut session = Session {
                 expiry_interval: s.expiry,
-                awaiting_pubrel: s.qos2_in.clone(),
+                awaiting_pubrel: s.qos2_in.clone().into(),
                 ..Session::default()
             };
             {

@@ -162,7 +162,6 @@ where
     G: Send,
 {
     async move {
-        let peer = info.peer;
         broker.stats.connections.fetch_add(1, Ordering::Relaxed);
         // Made before CONNECT, with the read buffer and the decoder the handshake uses: a local
         // moved into it later would keep its own slot in the task's future.
@@ -441,7 +440,7 @@ where
                                     break Close::error(ReasonCode::MESSAGE_RATE_TOO_HIGH, "PUBLISH rate over limits.publish_rate / publish_bytes_rate");
                                 }
                                 broker.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(%peer, client_id = %state.n.client_id, pause_ms = wait.as_millis() as u64, "over the publish rate limit: reading paused");
+                                tracing::debug!(peer = %peer_of(&state, connection), client_id = %state.n.client_id, pause_ms = wait.as_millis() as u64, "over the publish rate limit: reading paused");
                                 let until = tokio::time::Instant::from(now + wait);
                                 let b = w.busy();
                                 match b.pause.as_mut() {
@@ -613,6 +612,7 @@ where
             tracing::Level::INFO
         };
         let client_id = state.n.client_id.clone();
+        let peer = peer_of(&state, connection);
         if level == tracing::Level::WARN {
             tracing::warn!(%peer, %client_id, protocol = protocol.level(), reason = %close.reason, "client disconnected");
         } else {
@@ -710,6 +710,20 @@ fn drain(state: &mut ClientState, broker: &Broker, now: Instant) -> bool {
     let more = state.drain_outbox_counted(now, HIGH_WATER, &mut tally);
     broker.stats.flush_drain(&tally);
     more
+}
+
+/// The client's address, as recorded on the session's owner entry for the admin API (while
+/// this connection owns the session, which it does until it parks it). Looked up there rather
+/// than kept in every connection's task (32 bytes) for the two log lines that need it.
+fn peer_of(state: &ClientState, connection: u64) -> SocketAddr {
+    state
+        .handle
+        .ownership()
+        .owner
+        .as_ref()
+        .filter(|o| o.connection == connection)
+        .and_then(|o| o.info.as_ref())
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.peer)
 }
 
 fn done(broker: &Broker) {
@@ -928,9 +942,11 @@ mod tests {
     /// boxed, 1504 while serve() was an async fn holding its arguments twice, 1304 while the
     /// loop waited in a `select!` (one future per source: shutdown `Changed` 120 bytes,
     /// `Notified` 64, read and write futures, ...) on a split stream, with the store-waiting
-    /// state and the sent-horizon inline; 840 before the metrics tally (16 bytes), 856 in debug
-    /// builds now). tokio allocates the task
-    /// as this future plus 104 bytes, rounded up to 128: under 920 bytes the task is 1 KB.
+    /// state and the sent-horizon inline; 840 before the metrics tally (16 bytes), 856 before
+    /// the QoS 2 id set, the shared-subscription fields and the peer address left it, 760 in
+    /// debug builds now). tokio allocates the task as this future plus 104 bytes, rounded up
+    /// to 128; the listener's task adds its 16-byte guard: up to 776 bytes here the task is
+    /// 896 bytes, one more byte makes it 1 KB.
     #[test]
     fn connection_task_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -948,7 +964,7 @@ mod tests {
             let (_tx, rx) = tokio::sync::watch::channel(false);
             let f = super::serve(c, super::ConnInfo::plain(a), b, rx);
             let size = std::mem::size_of_val(&f);
-            assert!(size <= 880, "serve() future grew to {size} bytes");
+            assert!(size <= 776, "serve() future grew to {size} bytes");
         });
     }
 }

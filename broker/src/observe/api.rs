@@ -134,11 +134,11 @@ fn client_json(state: &AdminState, h: &SessionHandle) -> Value {
             "on_disk_messages": on_disk,
             "memory_messages": queued.saturating_sub(on_disk),
         },
-        "dropped": h.drops.total.load(Ordering::Relaxed),
+        "dropped": h.drops().total.load(Ordering::Relaxed),
         "drops": {
-            "queue_full_newest": h.drops.queue_full_newest.load(Ordering::Relaxed),
-            "queue_full_oldest": h.drops.queue_full_oldest.load(Ordering::Relaxed),
-            "qos0_rate": h.drops.qos0_rate.load(Ordering::Relaxed),
+            "queue_full_newest": h.drops().queue_full_newest.load(Ordering::Relaxed),
+            "queue_full_oldest": h.drops().queue_full_oldest.load(Ordering::Relaxed),
+            "qos0_rate": h.drops().qos0_rate.load(Ordering::Relaxed),
         },
         "shaping_rule": Value::Null,
     });

@@ -129,17 +129,12 @@ pub struct ClientState {
     pub handle: Arc<SessionHandle>,
     /// The owned half of the session.
     pub session: Session,
-    /// Queues of the shared subscriptions this session holds: pulled from when the window has
-    /// room (routing/shared_subscriptions.rs).
-    group_queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
-    /// Rotates which group queue is pulled from first.
-    group_cursor: usize,
+    /// The shared subscriptions' side of the session: boxed and allocated by the first shared
+    /// subscription, so other connections carry a pointer instead of 40 bytes.
+    groups: Option<Box<Groups>>,
     /// Whether the queue (or a group queue) had messages to read back from the store at the
     /// last drain (so the connection loop does not lock the queues to ask).
     cold_waiting: bool,
-    /// Set while the messages being read back are a group queue's (this member claimed the
-    /// job; dropping the claim gives it back).
-    group_load: Option<LoadClaim>,
     /// The persistent store (disabled in memory mode and in unit tests).
     store: Store,
     /// Packets that may go out only once the store has what they promise (acks of stored
@@ -171,6 +166,19 @@ pub struct ClientState {
     egress: Option<Box<shaping::Egress>>,
 }
 
+/// What a connection of a session with shared subscriptions keeps about their groups.
+#[derive(Debug, Default)]
+struct Groups {
+    /// Queues of the shared subscriptions this session holds: pulled from when the window has
+    /// room (routing/shared_subscriptions.rs).
+    queues: Vec<(TopicFilter, Arc<GroupQueue>)>,
+    /// Rotates which group queue is pulled from first.
+    cursor: usize,
+    /// Set while the messages being read back are a group queue's (this member claimed the
+    /// job; dropping the claim gives it back).
+    load: Option<LoadClaim>,
+}
+
 /// A session's `SentHorizon` as its connection keeps it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct SentHorizon {
@@ -194,22 +202,22 @@ impl ClientState {
         session: Session,
         will: Option<LastWill>,
     ) -> ClientState {
-        handle
-            .window
-            .store(n.send_window, std::sync::atomic::Ordering::Relaxed);
-        handle
-            .inflight
-            .store(session.inflight_len(), std::sync::atomic::Ordering::Relaxed);
+        handle.window.store(
+            crate::session::saturate_u32(n.send_window),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        handle.inflight.store(
+            crate::session::saturate_u32(session.inflight_len()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // A returning client gets the whole `slow_consumer_seconds` to drain its queue.
         handle.outbox().unmark_full();
         ClientState {
             n,
             handle,
             session,
-            group_queues: Vec::new(),
-            group_cursor: 0,
+            groups: None,
             cold_waiting: false,
-            group_load: None,
             store: Store::disabled(),
             held: BytesMut::new(),
             holding: false,
@@ -223,6 +231,16 @@ impl ClientState {
             horizon: None,
             egress: None,
         }
+    }
+
+    /// The queues of the shared subscriptions this connection pulls from.
+    fn group_queues(&self) -> &[(TopicFilter, Arc<GroupQueue>)] {
+        self.groups.as_deref().map_or(&[], |g| &g.queues)
+    }
+
+    /// The shared subscriptions' side, allocated on first use.
+    fn groups_mut(&mut self) -> &mut Groups {
+        self.groups.get_or_insert_with(Box::default)
     }
 
     /// The 5.0 parts, allocated on first use.
@@ -412,10 +430,7 @@ impl ClientState {
 
     /// Tells shared-subscription selection how full this client's window is.
     fn publish_inflight(&self) {
-        let n = self.session.inflight_len();
-        self.handle
-            .inflight
-            .store(n, std::sync::atomic::Ordering::Relaxed);
+        self.handle.set_inflight(self.session.inflight_len());
     }
 
     fn dispatch(&mut self, now: Instant, packet: Packet, broker: &Broker) -> Result<(), Close> {

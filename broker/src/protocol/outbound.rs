@@ -64,7 +64,7 @@ impl ClientState {
     /// otherwise.
     pub fn cold_to_load(&mut self) -> Option<Vec<u64>> {
         if !self.cold_waiting
-            || self.group_load.is_some()
+            || self.groups.as_ref().is_some_and(|g| g.load.is_some())
             || self.n.send_window <= self.session.inflight_len()
         {
             return None;
@@ -75,8 +75,9 @@ impl ClientState {
                 return Some(outbox.cold_ids());
             }
         }
-        let (ids, claim) = self.group_queues.iter().find_map(|(_, q)| q.claim_load())?;
-        self.group_load = Some(claim);
+        let groups = self.groups.as_deref_mut()?;
+        let (ids, claim) = groups.queues.iter().find_map(|(_, q)| q.claim_load())?;
+        groups.load = Some(claim);
         Some(ids)
     }
 
@@ -84,7 +85,7 @@ impl ClientState {
     /// for, ready to send. A message the store could not give back is dropped from the queue,
     /// logged and counted.
     pub fn warm(&mut self, ids: &[u64], messages: Vec<Option<Arc<Message>>>) {
-        if let Some(claim) = self.group_load.take() {
+        if let Some(claim) = self.groups.as_deref_mut().and_then(|g| g.load.take()) {
             let group = &claim.queue.key;
             let lost = claim.queue.warm_in_order(ids, messages);
             // The other members may have room for what came back too.
@@ -161,10 +162,8 @@ impl ClientState {
             // inflight before the lock goes, or a publisher in between would see a free slot
             // that is not there and queue a message behind a full window (where, behind a
             // consumer that stopped acknowledging, it would wait for ever).
-            self.handle.inflight.store(
-                self.session.inflight_len() + taken,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            self.handle
+                .set_inflight(self.session.inflight_len() + taken);
             if !batch.is_empty() {
                 outbox.unmark_full_below_low_water();
             }
@@ -172,13 +171,14 @@ impl ClientState {
             let mut more = !outbox.is_empty();
             drop(outbox);
             // Then the shared subscriptions' group queues, while the window has room.
-            if !self.group_queues.is_empty() {
-                let n = self.group_queues.len();
+            // Taken out for the loop (the loop borrows self), put back after it.
+            if let Some(mut groups) = self.groups.take_if(|g| !g.queues.is_empty()) {
+                let n = groups.queues.len();
                 let mut idle = 0;
                 while window > 0 && budget > 0 && idle < n {
-                    let i = self.group_cursor % n;
-                    self.group_cursor = self.group_cursor.wrapping_add(1);
-                    let (filter, q) = &self.group_queues[i];
+                    let i = groups.cursor % n;
+                    groups.cursor = groups.cursor.wrapping_add(1);
+                    let (filter, q) = &groups.queues[i];
                     // The group's bucket (a `group` rule: shared with the other members) is
                     // asked before taking; the message's bytes are charged once it is known.
                     if let Some(e) = egress.as_deref_mut() {
@@ -216,10 +216,11 @@ impl ClientState {
                 }
                 // A group queue whose next messages are on disk only: this member reads them
                 // back when its window has room (`cold_to_load`), unless another one is at it.
-                if window > 0 && self.group_queues.iter().any(|(_, q)| q.wants_load()) {
+                if window > 0 && groups.queues.iter().any(|(_, q)| q.wants_load()) {
                     cold_waiting = true;
                     more = true;
                 }
+                self.groups = Some(groups);
             }
             self.cold_waiting = cold_waiting;
             more

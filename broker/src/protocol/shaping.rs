@@ -125,7 +125,7 @@ impl ClientState {
                 && e.groups
                     .iter()
                     .map(|(f, _)| f)
-                    .eq(self.group_queues.iter().map(|(f, _)| f))
+                    .eq(self.group_queues().iter().map(|(f, _)| f))
         }) {
             return;
         }
@@ -147,7 +147,7 @@ impl ClientState {
             _ => None,
         };
         let groups: Vec<(TopicFilter, Route)> = self
-            .group_queues
+            .group_queues()
             .iter()
             .map(|(filter, _)| {
                 let group = filter.shared().map(|(g, _)| g);

@@ -115,8 +115,10 @@ impl ClientState {
                     .retained_for(&filter, &record, existed, &who, now),
             );
             if let Some(q) = &entry_group {
-                if !self.group_queues.iter().any(|(f, _)| *f == filter) {
-                    self.group_queues.push((filter.clone(), q.clone()));
+                if !self.group_queues().iter().any(|(f, _)| *f == filter) {
+                    // The field, not groups_mut(): `who` borrows another field of self.
+                    let groups = self.groups.get_or_insert_with(Box::default);
+                    groups.queues.push((filter.clone(), q.clone()));
                 }
             }
             let (f, o) = (filter.clone(), options);
@@ -168,7 +170,9 @@ impl ClientState {
                     self.store
                         .unsubscribed(self.n.client_id.clone(), filter.clone());
                 }
-                self.group_queues.retain(|(f, _)| *f != filter);
+                if let Some(g) = self.groups.as_deref_mut() {
+                    g.queues.retain(|(f, _)| *f != filter);
+                }
                 *r = if existed {
                     ReasonCode::SUCCESS
                 } else {
@@ -188,11 +192,11 @@ impl ClientState {
 
     /// Connects this connection to the queue of shared subscription `filter`.
     fn attach_group(&mut self, filter: &TopicFilter, broker: &Broker) {
-        if self.group_queues.iter().any(|(f, _)| f == filter) {
+        if self.group_queues().iter().any(|(f, _)| f == filter) {
             return;
         }
         let q = broker.router.group_queue(filter);
-        self.group_queues.push((filter.clone(), q));
+        self.groups_mut().queues.push((filter.clone(), q));
     }
 
     /// Connects to the group queues of every shared subscription of a resumed session.

@@ -37,7 +37,7 @@
 use crate::persist::Pending;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -225,7 +225,7 @@ impl GroupQueue {
     /// Pops the next delivery for a member and, for QoS 1/2, counts it in the member's
     /// `inflight` before the queue's lock is released: a publisher that finds this queue empty
     /// then also finds the member's window one fuller (see [`SessionHandle::headroom`]).
-    pub fn pop_reserving(&self, inflight: &AtomicUsize) -> Option<Delivery> {
+    pub fn pop_reserving(&self, inflight: &AtomicU32) -> Option<Delivery> {
         let mut queue = self.lock();
         let d = queue.pop()?;
         if d.qos != QoS::AtMostOnce {

@@ -8,8 +8,8 @@
 //!   inbound QoS 2 state. It is plain data, so the durability work can serialise it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -199,6 +199,65 @@ impl FromIterator<(TopicFilter, SubscriptionRecord)> for Subscriptions {
     }
 }
 
+/// The inbound QoS 2 packet ids awaiting PUBREL ([`Session::awaiting_pubrel`]): a set that
+/// exists only while it holds ids. An empty `HashSet` is 48 bytes in every session (and so in
+/// every connection's task); most clients never publish at QoS 2, so here they carry a
+/// pointer, and the set is freed again once its last id is released.
+#[derive(Debug, Default, Clone)]
+// Boxed on purpose: absent in the common case, and boxed it is one pointer wide.
+#[allow(clippy::box_collection)]
+pub struct PubrelIds(Option<Box<HashSet<u16>>>);
+
+impl PubrelIds {
+    pub fn contains(&self, pkid: &u16) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(pkid))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `pkid`; returns whether it was new.
+    pub fn insert(&mut self, pkid: u16) -> bool {
+        self.0.get_or_insert_with(Box::default).insert(pkid)
+    }
+
+    /// Removes `pkid`; returns whether it was there. The set goes with its last id.
+    pub fn remove(&mut self, pkid: &u16) -> bool {
+        let Some(s) = self.0.as_mut() else {
+            return false;
+        };
+        let removed = s.remove(pkid);
+        if s.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    /// The ids, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &u16> {
+        self.0.iter().flat_map(|s| s.iter())
+    }
+}
+
+impl PartialEq for PubrelIds {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|id| other.contains(id))
+    }
+}
+
+impl Eq for PubrelIds {}
+
+impl From<HashSet<u16>> for PubrelIds {
+    fn from(s: HashSet<u16>) -> Self {
+        PubrelIds((!s.is_empty()).then(|| Box::new(s)))
+    }
+}
+
 /// The session state owned by one task at a time (see the module docs).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -216,7 +275,7 @@ pub struct Session {
     pub pkids_unordered: bool,
     /// Inbound QoS 2 packet ids received and PUBREC'd but not yet released by PUBREL: a
     /// PUBLISH with one of these ids is not delivered again [MQTT-4.3.3-9].
-    pub awaiting_pubrel: HashSet<u16>,
+    pub awaiting_pubrel: PubrelIds,
     /// Session Expiry Interval in seconds; 0 ends the session with the connection, u32::MAX
     /// never expires (3.1.1 Clean Session = 0).
     pub expiry_interval: u32,
@@ -400,16 +459,17 @@ pub struct SessionHandle {
     /// session take it over one after the other. Held across the takeover await (async mutex).
     pub connect_lock: tokio::sync::Mutex<()>,
     /// Deliveries this session lost to a full queue or to shaping, by reason (an admin API
-    /// can read them).
-    pub drops: DropCounts,
+    /// can read them): allocated by the first drop, most sessions never have one.
+    drops: OnceLock<Box<DropCounts>>,
     /// Set while a `[[shaping]]` rule applies to the session: a QoS 0 message its full queue
     /// refuses was over the rate (`dropped_qos0_rate`).
     pub shaped: AtomicBool,
     /// QoS 1/2 messages in flight to the client, published by the owning connection task so
     /// shared-subscription selection can see who has room without touching the session.
-    pub inflight: AtomicUsize,
+    /// (At most 65,535: packet identifiers are 16 bits.)
+    pub inflight: AtomicU32,
     /// The connection's send window (min(client Receive Maximum, `mqtt.max_inflight`)).
-    pub window: AtomicUsize,
+    pub window: AtomicU32,
     /// Whether the session outlives its connection (Session Expiry > 0): its QoS 1/2 queue is
     /// then written to the store.
     pub persistent: AtomicBool,
@@ -431,10 +491,10 @@ impl SessionHandle {
             notify: Wakeup::default(),
             ownership: Mutex::new(Ownership::default()),
             connect_lock: tokio::sync::Mutex::new(()),
-            drops: DropCounts::default(),
+            drops: OnceLock::new(),
             shaped: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
-            window: AtomicUsize::new(0),
+            inflight: AtomicU32::new(0),
+            window: AtomicU32::new(0),
             persistent: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
         }
@@ -449,6 +509,22 @@ impl SessionHandle {
         }
         let window = self.window.load(Ordering::Relaxed) as i64;
         window - self.inflight.load(Ordering::Relaxed) as i64 - outbox.len() as i64
+    }
+
+    /// Publishes the number of messages in flight to the client (`inflight`).
+    pub fn set_inflight(&self, n: usize) {
+        self.inflight.store(saturate_u32(n), Ordering::Relaxed);
+    }
+
+    /// Deliveries this session lost, by reason (all zero until the first).
+    pub fn drops(&self) -> &DropCounts {
+        static NONE: DropCounts = DropCounts {
+            queue_full_newest: AtomicU64::new(0),
+            queue_full_oldest: AtomicU64::new(0),
+            qos0_rate: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        };
+        self.drops.get().map_or(&NONE, |d| d)
     }
 
     /// Locks the outbox. Never held across an await.
@@ -506,8 +582,9 @@ impl SessionHandle {
     /// Counts `n` drops for `reason`; logs the first of this session and every 1000th after
     /// it, so a flood cannot flood the log.
     pub fn count_drop(&self, reason: DropReason, n: u64) {
-        reason.counter(&self.drops).fetch_add(n, Ordering::Relaxed);
-        let before = self.drops.total.fetch_add(n, Ordering::Relaxed);
+        let drops = self.drops.get_or_init(Box::default);
+        reason.counter(drops).fetch_add(n, Ordering::Relaxed);
+        let before = drops.total.fetch_add(n, Ordering::Relaxed);
         if before % 1000 == 0 || before / 1000 != (before + n) / 1000 {
             let what = match reason {
                 DropReason::QueueFullNewest => {
@@ -528,6 +605,11 @@ impl SessionHandle {
             );
         }
     }
+}
+
+/// `n` as a u32, saturating (the window and inflight counts never come near it).
+pub fn saturate_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Why a message did not reach a session (counted per session in [`DropCounts`], and per
@@ -988,7 +1070,7 @@ mod tests {
         h.deliver(delivery(QoS::AtLeastOnce, b"x"), &mut evicted)
             .unwrap_err();
         assert_eq!(h.outbox().full_since(), Some(since), "kept from the first");
-        assert_eq!(h.drops.queue_full_newest.load(Ordering::Relaxed), 2);
+        assert_eq!(h.drops().queue_full_newest.load(Ordering::Relaxed), 2);
         let mut o = h.outbox();
         o.pop();
         o.unmark_full_below_low_water();
@@ -1007,6 +1089,21 @@ mod tests {
         );
         assert!(o.push(delivery(QoS::AtLeastOnce, b"a")).is_ok());
         assert_eq!(o.len(), 1);
+    }
+
+    /// The QoS 2 ids awaiting PUBREL: a set only while there are some; equality ignores
+    /// whether an empty set was ever allocated.
+    #[test]
+    fn pubrel_ids_exist_only_while_held() {
+        let mut ids = PubrelIds::default();
+        assert!(!ids.contains(&7) && !ids.remove(&7) && ids.is_empty());
+        assert!(ids.insert(7) && !ids.insert(7));
+        assert!(ids.insert(9));
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids, PubrelIds::from(HashSet::from([9, 7])));
+        assert!(ids.remove(&7) && ids.remove(&9) && !ids.remove(&9));
+        assert!(ids.0.is_none(), "freed with its last id");
+        assert_eq!(ids, PubrelIds::from(HashSet::new()));
     }
 
     /// The O(1) path: ids handed out in order, acknowledged in any order, and a window that

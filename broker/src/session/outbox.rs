@@ -134,7 +134,8 @@ pub struct Outbox {
     /// Set for a shared subscription's group queue (its `$share/{group}/{filter}`): every
     /// delivery is for that group, so shared ones may stay on disk too (a session's shared
     /// deliveries stay in memory: they move to another member if the session goes away).
-    group: Option<TopicFilter>,
+    /// Boxed: a session's queue (the common case) carries a pointer, not a 32-byte filter.
+    group: Option<Box<TopicFilter>>,
     /// `mqtt.max_queued_messages`.
     max_messages: usize,
     /// `mqtt.max_queued_bytes`.
@@ -243,7 +244,7 @@ impl Outbox {
 
     /// The queue of shared subscription `group` (deliveries read back from disk are for it).
     pub fn for_group(mut self, group: TopicFilter) -> Outbox {
-        self.group = Some(group);
+        self.group = Some(Box::new(group));
         self
     }
 
@@ -568,7 +569,7 @@ impl Outbox {
                         qos,
                         retain,
                         subscription_ids,
-                        shared: self.group.clone(),
+                        shared: self.group.as_deref().cloned(),
                         seq,
                     });
                     if let Some(e) = self.queue.get_mut(i) {
