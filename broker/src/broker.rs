@@ -35,8 +35,8 @@ use crate::message::{ClientId, Message};
 use crate::persist::{Image, InflightImage, Pending, QueuedImage, Store};
 use crate::routing::{Router, SubEntry};
 use crate::session::{
-    ColdDelivery, Control, Deadlines, Delivery, Inflight, Outbox, Owner, PendingWill, QueueBudget,
-    Session, SessionHandle, SubscriptionRecord,
+    ColdDelivery, Control, Deadlines, Delivery, Inflight, KeepAlives, Outbox, Owner, PendingWill,
+    QueueBudget, Session, SessionHandle, SubscriptionRecord,
 };
 use crate::stats::{BridgeCounters, BridgeStatus, Stats};
 
@@ -78,6 +78,8 @@ pub struct Broker {
     deadline_task: AtomicBool,
     /// One entry per `[[bridges]]`, in configuration order: updated by the bridge tasks.
     bridges: Vec<Arc<BridgeCounters>>,
+    /// Every connection's Keep Alive deadline, served by one task (no timer per connection).
+    pub keepalives: Arc<KeepAlives>,
 }
 
 impl Drop for Broker {
@@ -140,6 +142,7 @@ impl Broker {
             deadline_wake: Arc::new(Notify::new()),
             deadline_task: AtomicBool::new(false),
             bridges,
+            keepalives: KeepAlives::new(),
         }
     }
 

@@ -212,9 +212,11 @@ where
         let flush = info.flush;
         drop(info);
 
-        let sleep =
-            tokio::time::sleep(keepalive_limit(keep_alive).unwrap_or(Duration::from_secs(86_400)));
-        tokio::pin!(sleep);
+        // Keep Alive: one deadline on the session handle, watched by the broker's one task
+        // (session/keepalive.rs), which wakes this task through `notify` once it has passed.
+        if let Some(k) = keepalive_limit(keep_alive) {
+            broker.keepalives.watch(&state.handle, connection, now + k);
+        }
         let mut takeover_reply = None;
         // Boxed and only when configured: most connections never need it.
         let mut limiter =
@@ -301,9 +303,7 @@ where
             // only the sources themselves.
             // A `move` closure over a few references: what it borrows is stored in the task while
             // it waits.
-            let (timed, st, io, sd, ws) =
-                (keep_alive > 0, &mut state, &mut stream, &shutdown, &mut w);
-            let mut sl = sleep.as_mut();
+            let (st, io, sd, ws) = (&mut state, &mut stream, &shutdown, &mut w);
             let event = std::future::poll_fn(move |cx| {
                 if shutdown_signalled(sd) {
                     return Poll::Ready(Event::Shutdown);
@@ -354,9 +354,6 @@ where
                             return Poll::Ready(Event::Horizon(r.unwrap_or(false)));
                         }
                     }
-                }
-                if timed && sl.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::KeepAlive);
                 }
                 // Shutdown wakes this task through the session's wake-up, registered just above
                 // (Broker::wake_all_sessions, after the signal is set): look again, so a signal
@@ -455,7 +452,9 @@ where
                         }
                         if let Some(k) = keepalive_limit(keep_alive) {
                             // Any packet resets the keepalive timer [MQTT-3.1.2-22].
-                            sleep.as_mut().reset((now + k + silence_allowance).into());
+                            broker
+                                .keepalives
+                                .extend(&state.handle, now + k + silence_allowance);
                         }
                         if w.rbuf.is_empty() && w.rbuf.capacity() > HIGH_WATER {
                             w.rbuf = BytesMut::new();
@@ -468,7 +467,19 @@ where
                         pending = true;
                     }
                 },
-                Event::Notified => pending = true,
+                Event::Notified => {
+                    // The keepalive task wakes the connection this way once its deadline
+                    // has passed (a packet since then has moved it: `expired` is false).
+                    if keep_alive > 0 && broker.keepalives.expired(&state.handle, Instant::now()) {
+                        break Close::error(
+                            ReasonCode::KEEP_ALIVE_TIMEOUT,
+                            format!(
+                                "no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"
+                            ),
+                        );
+                    }
+                    pending = true;
+                }
                 Event::Loaded((ids, messages)) => {
                     w.busy().loading = None;
                     state.warm(&ids, messages);
@@ -533,12 +544,6 @@ where
                         state.horizon_safe(seq);
                     }
                     pending = true;
-                }
-                Event::KeepAlive => {
-                    break Close::error(
-                        ReasonCode::KEEP_ALIVE_TIMEOUT,
-                        format!("no packet within 1.5 x keepalive ({keep_alive}s) [MQTT-3.1.2-22]"),
-                    );
                 }
             }
         };
@@ -767,8 +772,8 @@ fn decode_all(
     }
 }
 
-/// What the connection loop waits on besides the socket's write side, the keepalive timer and
-/// the session's wake-up: one struct, so that the loop's wait borrows one place (each
+/// What the connection loop waits on besides the socket's write side and the session's
+/// wake-up (which also brings the Keep Alive timeout): one struct, so that the loop's wait borrows one place (each
 /// borrowed local would be a pointer more in every idle connection's future).
 struct Waits {
     /// The session's control channel (takeover, kick), from CONNACK on. It can fire once; after
@@ -834,8 +839,6 @@ enum Event {
     Ticket(bool),
     /// The store answered the ticket of the sent-horizon.
     Horizon(bool),
-    /// No packet within 1.5 x keepalive.
-    KeepAlive,
 }
 
 /// `mqtt.slow_consumer_seconds`.
@@ -943,10 +946,11 @@ mod tests {
     /// loop waited in a `select!` (one future per source: shutdown `Changed` 120 bytes,
     /// `Notified` 64, read and write futures, ...) on a split stream, with the store-waiting
     /// state and the sent-horizon inline; 840 before the metrics tally (16 bytes), 856 before
-    /// the QoS 2 id set, the shared-subscription fields and the peer address left it, 760 in
-    /// debug builds now). tokio allocates the task as this future plus 104 bytes, rounded up
-    /// to 128; the listener's task adds its 16-byte guard: up to 776 bytes here the task is
-    /// 896 bytes, one more byte makes it 1 KB.
+    /// the QoS 2 id set, the shared-subscription fields and the peer address left it, 760
+    /// before the keepalive timer (a `Sleep`, 112 bytes) moved to the broker's one keepalive
+    /// task, 632 in debug builds now). tokio allocates the task as this future plus 104 bytes,
+    /// rounded up to 128; the listener's task adds its 16-byte guard: up to 648 bytes here
+    /// the task is 768 bytes, one more byte makes it 896.
     #[test]
     fn connection_task_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -964,7 +968,7 @@ mod tests {
             let (_tx, rx) = tokio::sync::watch::channel(false);
             let f = super::serve(c, super::ConnInfo::plain(a), b, rx);
             let size = std::mem::size_of_val(&f);
-            assert!(size <= 776, "serve() future grew to {size} bytes");
+            assert!(size <= 648, "serve() future grew to {size} bytes");
         });
     }
 }

@@ -393,7 +393,7 @@ pub fn negotiate(
             .properties
             .maximum_packet_size
             .map_or(UNLIMITED_PACKET, |m| m as usize),
-        receive_maximum: usize::from(cfg.receive_maximum),
+        receive_maximum: cfg.receive_maximum,
         topic_alias_maximum: if v5 { cfg.topic_alias_maximum } else { 0 },
         request_problem_information: c.properties.request_problem_information.unwrap_or(true),
         outbound_alias_maximum: if v5 {

@@ -207,7 +207,7 @@ impl ClientState {
                     );
                     return Ok(());
                 }
-                if self.session.awaiting_pubrel.len() >= self.n.receive_maximum {
+                if self.session.awaiting_pubrel.len() >= usize::from(self.n.receive_maximum) {
                     return Err(Close::error(
                         ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                         "more unacknowledged QoS 2 PUBLISHes than Receive Maximum [MQTT-3.3.4-9]",

@@ -90,7 +90,7 @@ pub struct Negotiated {
     /// The client's Maximum Packet Size: larger messages are not sent to it [MQTT-3.1.2-25].
     pub client_max_packet: usize,
     /// Our Receive Maximum towards the client (inbound QoS 2 awaiting PUBREL).
-    pub receive_maximum: usize,
+    pub receive_maximum: u16,
     /// Our Topic Alias Maximum towards the client.
     pub topic_alias_maximum: u16,
     /// Whether the client wants Reason Strings and User Properties on errors (5.0).

@@ -20,9 +20,11 @@ use tokio::sync::oneshot;
 use crate::message::{ClientId, Message};
 
 mod deadlines;
+mod keepalive;
 mod lanes;
 mod outbox;
 pub use deadlines::{DeadlineKey, Deadlines};
+pub use keepalive::KeepAlives;
 pub use outbox::{ColdDelivery, Dropped, Evicted, Loaded, Outbox, QueueBudget, COLD_ENTRY_COST};
 
 /// One message on its way to one session: the shared message plus what differs per subscriber.
@@ -475,6 +477,9 @@ pub struct SessionHandle {
     pub persistent: AtomicBool,
     /// The next delivery number for the store's log (see `Store::message_queued`).
     pub next_seq: AtomicU64,
+    /// When the owning connection's Keep Alive runs out (milliseconds on [`KeepAlives`]'
+    /// clock; 0: not watched), moved forward by each packet it reads.
+    pub keepalive_due: AtomicU64,
 }
 
 impl SessionHandle {
@@ -497,6 +502,7 @@ impl SessionHandle {
             window: AtomicU32::new(0),
             persistent: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
+            keepalive_due: AtomicU64::new(0),
         }
     }
 
