@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sluice_codec::{LastWill, QoS};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::auth::acl::Acl;
 use crate::auth::passwords::PasswordFile;
@@ -35,8 +35,8 @@ use crate::message::{ClientId, Message};
 use crate::persist::{Image, InflightImage, Pending, QueuedImage, Store};
 use crate::routing::{Router, SubEntry};
 use crate::session::{
-    ColdDelivery, Control, Deadlines, Delivery, Inflight, KeepAlives, Outbox, Owner, PendingWill,
-    QueueBudget, Session, SessionHandle, SubscriptionRecord,
+    Asked, ColdDelivery, Control, ControlSlot, Deadlines, Delivery, Inflight, KeepAlives, Outbox,
+    Owner, PendingWill, QueueBudget, Session, SessionHandle, SubscriptionRecord,
 };
 use crate::stats::{BridgeCounters, BridgeStatus, Stats};
 
@@ -274,10 +274,7 @@ impl Broker {
         client_id: &ClientId,
         clean_start: bool,
         connection: u64,
-        control: oneshot::Sender<Control>,
     ) -> Opened {
-        // Handed to the Owner once; a retry of the loop happens before that.
-        let mut control = Some(control);
         loop {
             let handle = {
                 let mut sessions = lock(&self.sessions);
@@ -313,7 +310,7 @@ impl Broker {
                 }
                 own.owner = Some(Owner {
                     connection,
-                    control: control.take(),
+                    control: ControlSlot::Listening,
                     info: None,
                 });
                 own.parked.take()
@@ -371,22 +368,19 @@ impl Broker {
 
     /// Asks the current owner of `handle`, if any, to hand the session over, and waits.
     async fn take_over(&self, handle: &Arc<SessionHandle>) {
-        let control = handle
-            .ownership()
-            .owner
-            .as_mut()
-            .and_then(|o| o.control.take());
-        let Some(control) = control else { return };
-        let (tx, mut rx) = oneshot::channel();
-        if control.send(Control::TakeOver(tx)).is_ok()
-            && tokio::time::timeout(TAKEOVER_SLOW, &mut rx).await.is_err()
-        {
-            // Every step of the old task's close is bounded (its last writes by FLUSH_TIMEOUT),
-            // so it will answer; taking the session without its state would lose the session's
-            // inflight messages and leave its subscriptions in the tree with no session that
-            // knows them.
-            tracing::warn!(client_id = %handle.client_id, "old connection has not handed over its session after {} s; still waiting", TAKEOVER_SLOW.as_secs());
-            let _ = rx.await;
+        // Gone: the old task ended without parking (as a dropped channel's send failed).
+        if let Asked::Sent(mut rx) = match handle.ask_owner(Control::TakeOver) {
+            Asked::NoOwner => return,
+            asked => asked,
+        } {
+            if tokio::time::timeout(TAKEOVER_SLOW, &mut rx).await.is_err() {
+                // Every step of the old task's close is bounded (its last writes by
+                // FLUSH_TIMEOUT), so it will answer; taking the session without its state would
+                // lose the session's inflight messages and leave its subscriptions in the tree
+                // with no session that knows them.
+                tracing::warn!(client_id = %handle.client_id, "old connection has not handed over its session after {} s; still waiting", TAKEOVER_SLOW.as_secs());
+                let _ = rx.await;
+            }
         }
         // If the old task is gone without parking (it panicked), its session state is lost;
         // the owner slot is cleared so the new connection can proceed.
@@ -959,8 +953,7 @@ mod tests {
     use super::*;
 
     async fn open(broker: &Arc<Broker>, id: &ClientId, connection: u64) -> Opened {
-        let (tx, _rx) = oneshot::channel();
-        broker.open_session(id, false, connection, tx).await
+        broker.open_session(id, false, connection).await
     }
 
     #[tokio::test]
@@ -995,6 +988,32 @@ mod tests {
         assert!(lock(&broker.deadlines).is_empty());
     }
 
+    /// An old connection that went away without parking its session (it panicked: its
+    /// `ControlGuard` dropped) does not hold up the next one.
+    #[tokio::test]
+    async fn a_takeover_does_not_wait_for_a_connection_that_is_gone() {
+        let broker = Arc::new(Broker::new(Config::default(), None));
+        let id: ClientId = "gone".into();
+        let opened = open(&broker, &id, 1).await;
+        drop(crate::session::ControlGuard {
+            handle: opened.handle.clone(),
+            connection: 1,
+        });
+        let again = tokio::time::timeout(TAKEOVER_SLOW, open(&broker, &id, 2))
+            .await
+            .expect("not waiting for an answer that cannot come");
+        assert!(!again.session_present);
+        assert_eq!(
+            again
+                .handle
+                .ownership()
+                .owner
+                .as_ref()
+                .map(|o| o.connection),
+            Some(2)
+        );
+    }
+
     /// An old connection slow to hand over (its closing writes can take seconds towards a
     /// client that reads nothing) still hands its session to the new one: the takeover waits
     /// past [`TAKEOVER_SLOW`] rather than start the new connection on an empty session while the
@@ -1003,14 +1022,13 @@ mod tests {
     async fn a_slow_takeover_still_gets_the_old_session() {
         let broker = Arc::new(Broker::new(Config::default(), None));
         let id: ClientId = "slow".into();
-        let (tx, rx) = oneshot::channel();
-        let opened = broker.open_session(&id, false, 1, tx).await;
+        let opened = broker.open_session(&id, false, 1).await;
         let mut session = opened.session;
         session.expiry_interval = 3600;
         let old_handle = opened.handle.clone();
         let b = broker.clone();
         let old = tokio::spawn(async move {
-            let Ok(Control::TakeOver(reply)) = rx.await else {
+            let Control::TakeOver(reply) = old_handle.control_requested(1).await else {
                 panic!("no takeover asked");
             };
             tokio::time::sleep(TAKEOVER_SLOW * 3).await;

@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use sluice::config::{Config, SharedStrategy};
 use sluice::connection::ratelimit::RateLimiter;
 use sluice::protocol::{ClientState, Close};
-use sluice::session::Control;
+use sluice::session::ControlGuard;
 use sluice::{admit, negotiate, refusal, Admitted, Broker, Credentials};
 use sluice_codec::{
     encode, Connect, ConnectProperties, Decoder, Disconnect, DisconnectProperties, LastWill,
@@ -33,7 +33,6 @@ use sluice_codec::{
     Subscribe, SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
     Unsubscribe,
 };
-use tokio::sync::oneshot;
 
 const CLIENTS: usize = 3;
 
@@ -108,7 +107,7 @@ struct Live {
     connection: u64,
     limiter: RateLimiter,
     /// Kept so the session's owner looks alive; takeovers are done by the harness itself.
-    _control: oneshot::Receiver<Control>,
+    _control: ControlGuard,
 }
 
 /// One simulated TCP connection.
@@ -314,7 +313,7 @@ pub fn run(data: &[u8]) -> Reached {
             }
             10 => {
                 // The task ended without parking its session (as if it had panicked): the
-                // session's owner is left behind with a dead control channel.
+                // session's owner is left behind, its control slot marked gone.
                 if input.byte() == 0xa5 {
                     w.conns[c] = Conn::fresh(&w.broker.config);
                 }
@@ -478,20 +477,15 @@ impl World {
                 );
             }
         }
-        let (control_tx, control_rx) = oneshot::channel();
         let protocol = connect.protocol;
         let Admitted {
             mut state,
             connection,
+            control,
             ..
-        } = self.rt.block_on(admit(
-            &self.broker,
-            Box::new(connect),
-            accepted,
-            None,
-            control_tx,
-            now,
-        ));
+        } = self
+            .rt
+            .block_on(admit(&self.broker, Box::new(connect), accepted, None, now));
         state.drain_outbox(now, HIGH_WATER);
         assert_eq!(state.n.protocol, protocol);
         self.reached.connected += 1;
@@ -499,7 +493,7 @@ impl World {
             state,
             connection,
             limiter: RateLimiter::new(&self.broker.config.limits, now),
-            _control: control_rx,
+            _control: control,
         });
     }
 

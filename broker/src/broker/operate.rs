@@ -4,11 +4,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-
 use super::{Broker, TAKEOVER_SLOW};
 use crate::locks::lock;
-use crate::session::{Control, SessionHandle};
+use crate::session::{Asked, Control, SessionHandle};
 
 /// How [`Broker::kick`] went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,20 +38,12 @@ impl Broker {
 
     /// [`Broker::kick`] with `connect_lock` held by the caller.
     async fn kick_locked(&self, handle: &Arc<SessionHandle>) -> Kick {
-        let control = handle
-            .ownership()
-            .owner
-            .as_mut()
-            .and_then(|o| o.control.take());
-        let Some(control) = control else {
-            return Kick::NotConnected;
+        let mut rx = match handle.ask_owner(Control::Kick) {
+            Asked::Sent(rx) => rx,
+            Asked::NoOwner => return Kick::NotConnected,
+            // The connection is gone without parking the session.
+            Asked::Gone => return Kick::Closing,
         };
-        let (tx, rx) = oneshot::channel();
-        let mut rx = rx;
-        if control.send(Control::Kick(tx)).is_err() {
-            // The connection is ending on its own; it parks the session once it gets the lock.
-            return Kick::Closing;
-        }
         // As a takeover does: every step of the connection's close is bounded, so it answers;
         // letting go of the lock before would let a reconnecting client take the session
         // without its state.

@@ -12,7 +12,6 @@ use sluice_codec::{
     ReasonCode, Str,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 
 use super::{write_final, ConnInfo};
 
@@ -20,13 +19,14 @@ use crate::auth::enhanced::AuthStep;
 use crate::broker::Broker;
 use crate::protocol::connect::{admit, negotiate, refusal, Admitted, Credentials};
 use crate::protocol::ClientState;
-use crate::session::Control;
+use crate::session::ControlGuard;
 
 /// A connection past CONNECT/CONNACK: what the main loop needs.
 pub(super) struct Established {
     pub(super) state: ClientState,
-    pub(super) control_rx: oneshot::Receiver<Control>,
-    pub(super) connection: u64,
+    /// Whose drop answers a takeover of a connection that is gone; its `connection` is this
+    /// connection's number.
+    pub(super) control: ControlGuard,
     pub(super) protocol: Protocol,
     pub(super) keep_alive: u16,
     pub(super) now: Instant,
@@ -173,21 +173,13 @@ where
         }
     };
     let protocol = connect.protocol;
-    let (control_tx, control_rx) = oneshot::channel();
     let Admitted {
         state,
         connection,
         clean_start,
         session_present,
-    } = Box::pin(admit(
-        broker,
-        connect,
-        accepted,
-        enhanced,
-        control_tx,
-        Instant::now(),
-    ))
-    .await;
+        control,
+    } = Box::pin(admit(broker, connect, accepted, enhanced, Instant::now())).await;
     let keep_alive = state.n.keep_alive;
     // What the admin API shows about this client, on the session's owner entry.
     if let Some(owner) = state
@@ -213,8 +205,7 @@ where
     let now = Instant::now();
     Some(Established {
         state,
-        control_rx,
-        connection,
+        control,
         protocol,
         keep_alive,
         now,

@@ -166,7 +166,6 @@ where
         // Made before CONNECT, with the read buffer and the decoder the handshake uses: a local
         // moved into it later would keep its own slot in the task's future.
         let mut w = Waits {
-            control_rx: None,
             rbuf: BytesMut::with_capacity(READ_BUF),
             decoder: Decoder::new(broker.config.mqtt.max_packet_size as usize),
             undecoded: false,
@@ -176,8 +175,7 @@ where
 
         let Some(Established {
             mut state,
-            control_rx,
-            connection,
+            control,
             protocol,
             keep_alive,
             now,
@@ -215,7 +213,9 @@ where
         // Keep Alive: one deadline on the session handle, watched by the broker's one task
         // (session/keepalive.rs), which wakes this task through `notify` once it has passed.
         if let Some(k) = keepalive_limit(keep_alive) {
-            broker.keepalives.watch(&state.handle, connection, now + k);
+            broker
+                .keepalives
+                .watch(&state.handle, control.connection, now + k);
         }
         let mut takeover_reply = None;
         // Boxed and only when configured: most connections never need it.
@@ -229,7 +229,6 @@ where
             // Nothing read yet: an idle connection holds no read buffer (poll_read_more).
             w.rbuf = BytesMut::new();
         }
-        w.control_rx = Some(control_rx);
 
         let close: Close = loop {
             if pending && state.write_buf.len() < HIGH_WATER / 2 {
@@ -308,10 +307,10 @@ where
                 if shutdown_signalled(sd) {
                     return Poll::Ready(Event::Shutdown);
                 }
-                if let Some(rx) = ws.control_rx.as_mut() {
-                    if let Poll::Ready(r) = Pin::new(rx).poll(cx) {
-                        return Poll::Ready(Event::Control(r));
-                    }
+                // A takeover or a kick waits in the session's owner entry (and the wake-up
+                // below fires for it): looked at first, so a busy socket cannot hold it up.
+                if st.handle.control_waiting() {
+                    return Poll::Ready(Event::Control);
                 }
                 if !st.write_buf.is_empty() || ws.unflushed {
                     if let Poll::Ready(r) = poll_write_or_flush(cx, &mut *io, &st.write_buf) {
@@ -379,8 +378,8 @@ where
                         reason: "server shutting down".into(),
                     };
                 }
-                Event::Control(ctl) => match ctl {
-                    Ok(Control::TakeOver(reply)) => {
+                Event::Control => match state.handle.take_control(control.connection) {
+                    Some(Control::TakeOver(reply)) => {
                         takeover_reply = Some(reply);
                         break Close::error(
                             ReasonCode::SESSION_TAKEN_OVER,
@@ -389,15 +388,15 @@ where
                     }
                     // Handed over like a takeover: the admin API's caller holds connect_lock
                     // and waits for the session to be parked (Broker::kick).
-                    Ok(Control::Kick(reply)) => {
+                    Some(Control::Kick(reply)) => {
                         takeover_reply = Some(reply);
                         break Close::error(
                             ReasonCode::ADMINISTRATIVE_ACTION,
                             "disconnected by an administrator (admin API)",
                         );
                     }
-                    // The sender is gone (ownership moved on): nothing more can come.
-                    Err(_) => w.control_rx = None,
+                    // Not for this connection (ownership moved on).
+                    None => {}
                 },
                 Event::Wrote(r) => match r {
                     Ok(None) => w.unflushed = false,
@@ -437,7 +436,7 @@ where
                                     break Close::error(ReasonCode::MESSAGE_RATE_TOO_HIGH, "PUBLISH rate over limits.publish_rate / publish_bytes_rate");
                                 }
                                 broker.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(peer = %peer_of(&state, connection), client_id = %state.n.client_id, pause_ms = wait.as_millis() as u64, "over the publish rate limit: reading paused");
+                                tracing::debug!(peer = %peer_of(&state, control.connection), client_id = %state.n.client_id, pause_ms = wait.as_millis() as u64, "over the publish rate limit: reading paused");
                                 let until = tokio::time::Instant::from(now + wait);
                                 let b = w.busy();
                                 match b.pause.as_mut() {
@@ -550,11 +549,8 @@ where
 
         // The loop's state is done with; boxed: the closing steps' awaits (bounded flushes, the
         // handover) would otherwise size every connection's task for its whole life.
-        let Waits {
-            mut control_rx,
-            busy,
-            ..
-        } = w;
+        let Waits { busy, .. } = w;
+        let connection = control.connection;
         let mut waiting = busy.map(|b| b.waiting).unwrap_or_default();
         drop(limiter);
         Box::pin(async move {
@@ -667,12 +663,7 @@ where
                         b.park_session(&handle, session, connection, will, false);
                     }
                     // A kick now is answered the same way: its sender holds the lock too.
-                    Ok(Control::TakeOver(reply) | Control::Kick(reply)) = async {
-                        match control_rx.as_mut() {
-                            Some(rx) => rx.await,
-                            None => std::future::pending().await,
-                        }
-                    } => {
+                    Control::TakeOver(reply) | Control::Kick(reply) = handle.control_requested(connection) => {
                         b.park_session(&handle, session, connection, will, true);
                         let _ = reply.send(());
                     }
@@ -776,9 +767,6 @@ fn decode_all(
 /// wake-up (which also brings the Keep Alive timeout): one struct, so that the loop's wait borrows one place (each
 /// borrowed local would be a pointer more in every idle connection's future).
 struct Waits {
-    /// The session's control channel (takeover, kick), from CONNACK on. It can fire once; after
-    /// that (or once its sender is gone) it is None.
-    control_rx: Option<oneshot::Receiver<Control>>,
     /// Bytes read and not decoded yet; no capacity while idle.
     rbuf: BytesMut,
     decoder: Decoder,
@@ -820,8 +808,8 @@ struct Busy {
 enum Event {
     /// The server is shutting down.
     Shutdown,
-    /// The session's control message (a takeover, a kick), or its sender gone.
-    Control(Result<Control, oneshot::error::RecvError>),
+    /// A control message (a takeover, a kick) waits in the session's owner entry.
+    Control,
     /// Some of the write buffer was written (Some(n)), or the stream flushed (None).
     Wrote(std::io::Result<Option<usize>>),
     /// Bytes read into the read buffer (Ok(0): the peer closed).
@@ -948,7 +936,8 @@ mod tests {
     /// state and the sent-horizon inline; 840 before the metrics tally (16 bytes), 856 before
     /// the QoS 2 id set, the shared-subscription fields and the peer address left it, 760
     /// before the keepalive timer (a `Sleep`, 112 bytes) moved to the broker's one keepalive
-    /// task, 632 in debug builds now). tokio allocates the task as this future plus 104 bytes,
+    /// task, 632 before the takeover channel's receiver became a slot on the session, 624 in
+    /// debug builds now). tokio allocates the task as this future plus 104 bytes,
     /// rounded up to 128; the listener's task adds its 16-byte guard: up to 648 bytes here
     /// the task is 768 bytes, one more byte makes it 896.
     #[test]

@@ -7,12 +7,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_codec::{ConnAck, ConnAckProperties, Connect, Packet, Protocol, QoS, ReasonCode, Str};
-use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Opened};
 use crate::message::ClientId;
 use crate::protocol::{ClientState, Negotiated};
-use crate::session::Control;
+use crate::session::ControlGuard;
 
 /// The client's view of the maximum packet size when it announces none (the protocol's limit).
 const UNLIMITED_PACKET: usize = crate::MAX_PACKET_SIZE as usize;
@@ -82,14 +81,17 @@ pub struct Admitted {
     /// Present), for the connection's log line.
     pub clean_start: bool,
     pub session_present: bool,
+    /// Held by the connection while it runs (see [`ControlGuard`]).
+    pub control: ControlGuard,
 }
 
 /// Admits a client whose CONNECT `negotiate` accepted: opens its session (taking it over from
 /// a connected client [MQTT-3.1.4-3], resuming or discarding it per Clean Start
 /// [MQTT-3.1.2-4]), writes what the store must know about it, builds its state machine and
 /// queues CONNACK. `enhanced` is (method, data for CONNACK, username) when an AUTH exchange
-/// authenticated the client (4.12). `control` is how the broker will later ask this connection
-/// to hand its session over. `now` is the time of the CONNACK (the resent messages' expiry
+/// authenticated the client (4.12). The connection keeps the returned `control` guard while it
+/// runs: the broker asks it to hand its session over through the session's owner entry
+/// ([`crate::session::SessionHandle::ask_owner`]). `now` is the time of the CONNACK (the resent messages' expiry
 /// counts from it); the function reads no clock.
 ///
 /// The one way a client is admitted: the connection task, the protocol fuzz harness and the
@@ -99,7 +101,6 @@ pub async fn admit(
     connect: Box<Connect>,
     mut accepted: Accepted,
     enhanced: Option<(Str, Option<Bytes>, String)>,
-    control: oneshot::Sender<Control>,
     now: Instant,
 ) -> Admitted {
     let mut auth_method = None;
@@ -120,7 +121,12 @@ pub async fn admit(
         handle,
         mut session,
         session_present,
-    } = Box::pin(broker.open_session(&n.client_id, clean_start, connection, control)).await;
+    } = Box::pin(broker.open_session(&n.client_id, clean_start, connection)).await;
+    // From here until the session is parked again, this connection answers takeovers.
+    let control = ControlGuard {
+        handle: handle.clone(),
+        connection,
+    };
     session.expiry_interval = session_expiry;
     // Before this connection logs anything: how far the session's deliveries may have gone.
     let horizon = if session_present {
@@ -184,6 +190,7 @@ pub async fn admit(
         connection,
         clean_start,
         session_present,
+        control,
     }
 }
 

@@ -207,7 +207,7 @@ mod tests {
         let h = Arc::new(SessionHandle::new("ka".into(), 10, 1 << 20));
         h.ownership().owner = Some(Owner {
             connection,
-            control: None,
+            control: crate::session::ControlSlot::Listening,
             info: None,
         });
         h

@@ -19,10 +19,12 @@ use tokio::sync::oneshot;
 
 use crate::message::{ClientId, Message};
 
+mod control;
 mod deadlines;
 mod keepalive;
 mod lanes;
 mod outbox;
+pub use control::{Asked, ControlGuard, ControlSlot};
 pub use deadlines::{DeadlineKey, Deadlines};
 pub use keepalive::KeepAlives;
 pub use outbox::{ColdDelivery, Dropped, Evicted, Loaded, Outbox, QueueBudget, COLD_ENTRY_COST};
@@ -367,9 +369,8 @@ impl ConnectionInfo {
 pub struct Owner {
     /// Unique per connection, so a late-finishing old connection cannot clobber a new owner.
     pub connection: u64,
-    /// Where to send the one [`Control`] message a connection can get (a oneshot: far
-    /// smaller per connection than a channel). Taken when used.
-    pub control: Option<oneshot::Sender<Control>>,
+    /// The one [`Control`] message a connection can get.
+    pub control: ControlSlot,
     /// Who is connected (for the admin API); set right after the session is opened.
     pub info: Option<Box<ConnectionInfo>>,
 }
@@ -477,6 +478,9 @@ pub struct SessionHandle {
     pub persistent: AtomicBool,
     /// The next delivery number for the store's log (see `Store::message_queued`).
     pub next_seq: AtomicU64,
+    /// Set while a [`Control`] waits in the owner's slot: the owner looks at the slot (under
+    /// the ownership lock) only then, not at every wake-up.
+    control_pending: AtomicBool,
     /// When the owning connection's Keep Alive runs out (milliseconds on [`KeepAlives`]'
     /// clock; 0: not watched), moved forward by each packet it reads.
     pub keepalive_due: AtomicU64,
@@ -503,6 +507,7 @@ impl SessionHandle {
             persistent: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
             keepalive_due: AtomicU64::new(0),
+            control_pending: AtomicBool::new(false),
         }
     }
 
@@ -515,6 +520,66 @@ impl SessionHandle {
         }
         let window = self.window.load(Ordering::Relaxed) as i64;
         window - self.inflight.load(Ordering::Relaxed) as i64 - outbox.len() as i64
+    }
+
+    /// Asks the connection owning this session to hand it over (`make` builds the request
+    /// around the reply channel) and wakes it. Callers hold `connect_lock`.
+    pub fn ask_owner(&self, make: impl FnOnce(oneshot::Sender<()>) -> Control) -> Asked {
+        let rx = {
+            let mut own = self.ownership();
+            let Some(owner) = own.owner.as_mut() else {
+                return Asked::NoOwner;
+            };
+            match owner.control {
+                ControlSlot::Listening => {}
+                ControlSlot::Gone => return Asked::Gone,
+                ControlSlot::Requested(_) | ControlSlot::Taken => return Asked::NoOwner,
+            }
+            let (tx, rx) = oneshot::channel();
+            owner.control = ControlSlot::Requested(make(tx));
+            self.control_pending.store(true, Ordering::Release);
+            rx
+        };
+        self.notify.notify_one();
+        Asked::Sent(rx)
+    }
+
+    /// Whether a request waits in the owner's slot (a relaxed look, for the owner's loop).
+    pub fn control_waiting(&self) -> bool {
+        self.control_pending.load(Ordering::Relaxed)
+    }
+
+    /// The request waiting for `connection`, if it owns the session and one was made.
+    pub fn take_control(&self, connection: u64) -> Option<Control> {
+        if !self.control_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut own = self.ownership();
+        let owner = own.owner.as_mut().filter(|o| o.connection == connection)?;
+        match std::mem::replace(&mut owner.control, ControlSlot::Taken) {
+            ControlSlot::Requested(c) => {
+                self.control_pending.store(false, Ordering::Release);
+                Some(c)
+            }
+            other => {
+                owner.control = other;
+                None
+            }
+        }
+    }
+
+    /// Waits for a request to `connection` (see [`SessionHandle::ask_owner`]). Takes the
+    /// session's wake-ups meanwhile: for a connection that is closing.
+    pub async fn control_requested(&self, connection: u64) -> Control {
+        std::future::poll_fn(|cx| loop {
+            if let Some(c) = self.take_control(connection) {
+                return Poll::Ready(c);
+            }
+            if self.notify.poll_notified(cx).is_pending() {
+                return Poll::Pending;
+            }
+        })
+        .await
     }
 
     /// Publishes the number of messages in flight to the client (`inflight`).
