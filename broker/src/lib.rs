@@ -23,7 +23,8 @@
 //!                       delayed wills, restore after a restart); wires the parts below
 //!         -> routing      Router: subscription tree, retained store, shared-subscription
 //!                         groups, `$delayed` messages (one timer), the fan-out of one PUBLISH
-//!         -> session      Session (owned by one task), SessionHandle and its Outbox (shared)
+//!         -> session      Session (owned by one task), SessionHandle and its Outbox (shared),
+//!                         the takeover slot, every connection's Keep Alive (one task)
 //!           -> persist      the write-ahead log: Journal (event-named methods), writer
 //!                           thread, group commit, recovery
 //!             -> auth         AccessControl: ACL, passwords, SCRAM, failed-login delays
@@ -41,7 +42,7 @@
 //! * [`observe`]: the admin HTTP listener (`[admin]`): `/metrics` ([`metrics`]), health,
 //!   the JSON API (clients, sessions, subscriptions, shared groups, retained, publish) and
 //!   the live dashboard; it reads the broker's registry and router and kicks clients through
-//!   the same control message as a takeover.
+//!   the same control slot as a takeover.
 //! * [`connection`]: the per-client task, the only owner of a socket and, while connected, of
 //!   the client's [`session::Session`]; per-connection ingress rate limits.
 //! * [`protocol`]: the MQTT state machine, unit-tested without sockets; `protocol::connect`
@@ -52,7 +53,8 @@
 //!   store and shared subscriptions (member selection, group queues, hand-over, a group's
 //!   lifetime).
 //! * [`session`]: session state and the byte-bounded, disk-backed outbox (one lane per
-//!   `mqtt.priorities` priority).
+//!   `mqtt.priorities` priority); the slot through which a connection is asked to hand its
+//!   session over; the Keep Alive deadlines of all connections, served by one task.
 //! * [`persist`]: the write-ahead log, its writer thread (group commit) and start-up recovery.
 //!   Other modules tell it what happened through the journal, one method per event
 //!   (`message_stored`, `message_queued`, `delivery_sent`, `session_parked`...,
