@@ -72,8 +72,12 @@ pub struct NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
     log: Arc<Lines>,
-    /// JetStream's storage directory (removed on drop).
-    _dir: tempfile::TempDir,
+    /// The server's name (`-n`).
+    name: String,
+    /// In a NATS cluster: this server's route port and every route port of the cluster.
+    cluster: Option<(u16, Vec<u16>)>,
+    /// JetStream's storage directory (removed on drop; kept across [`NatsServer::restart`]).
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -86,12 +90,29 @@ impl NatsServer {
 
     /// `cluster`: (this server's route port, every route port of the cluster).
     fn spawn(port: u16, name: &str, cluster: Option<(u16, &[u16])>) -> Result<NatsServer> {
-        let dir = tempfile::tempdir()?;
+        let mut s = NatsServer {
+            child: None,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            log: Arc::default(),
+            name: name.to_owned(),
+            cluster: cluster.map(|(route, all)| (route, all.to_vec())),
+            dir: tempfile::tempdir()?,
+        };
+        s.run()?;
+        Ok(s)
+    }
+
+    /// Starts the process (again: same ports, name, routes and JetStream storage) with a
+    /// fresh log.
+    fn run(&mut self) -> Result<()> {
+        let (port, name) = (self.port, self.name.as_str());
         let mut cmd = Command::new(nats_server_bin()?);
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+            .arg(self.dir.path())
             .args(["-n", name]);
-        if let Some((route_port, all)) = cluster {
+        if let Some((route_port, all)) = &self.cluster {
+            let route_port = *route_port;
             let routes: Vec<String> = all
                 .iter()
                 .filter(|p| **p != route_port)
@@ -107,7 +128,8 @@ impl NatsServer {
         let mut child = cmd.spawn().context("spawn nats-server")?;
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Lines::default());
-        let sink = log.clone();
+        self.log = log.clone();
+        let sink = log;
         let tag = name.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
@@ -119,13 +141,8 @@ impl NatsServer {
                 sink.changed.notify_all();
             }
         });
-        Ok(NatsServer {
-            child: Some(child),
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
-            log,
-            _dir: dir,
-        })
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Waits until a stderr line contains `needle`.
@@ -146,6 +163,17 @@ impl NatsServer {
             .ok_or_else(|| anyhow!("already stopped"))?;
         child.kill()?;
         child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a killed server again with its JetStream storage (as after a crash and restart)
+    /// and waits until it is ready; its log starts afresh.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("{} is running", self.name);
+        }
+        self.run()?;
+        self.wait_log("Server is ready", Duration::from_secs(30))?;
         Ok(())
     }
 }
@@ -204,6 +232,37 @@ impl NatsCluster {
             let _ = servers[0].wait_log("metadata leader", Duration::from_millis(200));
         }
         Ok(NatsCluster { servers })
+    }
+
+    /// The index of the server leading JetStream stream `stream` (a server logs `new stream
+    /// leader for '$G > STREAM'` when it becomes the leader; the latest such line counts), once
+    /// one has; bounded by `timeout`.
+    pub fn stream_leader(&self, stream: &str, timeout: Duration) -> Result<usize> {
+        let needle = format!("new stream leader for '$G > {stream}'");
+        let deadline = Instant::now() + timeout;
+        loop {
+            // (timestamp, server) of each server's latest line; the format is
+            // `[PID] YYYY/MM/DD HH:MM:SS.micros [INF] ...`, so timestamps compare as text.
+            let latest = self
+                .servers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let line = s.log().into_iter().rev().find(|l| l.contains(&needle))?;
+                    let mut fields = line.split_whitespace().skip(1);
+                    let stamp = format!("{} {}", fields.next()?, fields.next()?);
+                    Some((stamp, i))
+                })
+                .max();
+            if let Some((_, i)) = latest {
+                return Ok(i);
+            }
+            if Instant::now() >= deadline {
+                bail!("no server logged {needle:?} within {timeout:?}");
+            }
+            // Bounded steps so that every server's log is looked at (as in `start`).
+            let _ = self.servers[0].wait_log(&needle, Duration::from_millis(200));
+        }
     }
 }
 
