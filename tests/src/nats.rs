@@ -45,16 +45,21 @@ struct Lines {
 
 impl Lines {
     fn wait(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_any(&[needle], timeout)
+    }
+
+    /// The first line that contains any of `needles`.
+    fn wait_any(&self, needles: &[&str], timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let mut lines = self.lines.lock().unwrap();
         loop {
-            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+            if let Some(l) = lines.iter().find(|l| needles.iter().any(|n| l.contains(n))) {
                 return Ok(l.clone());
             }
             let now = Instant::now();
             if now >= deadline {
                 bail!(
-                    "no line containing {needle:?} within {timeout:?}:\n{}",
+                    "no line containing {needles:?} within {timeout:?}:\n{}",
                     lines.join("\n")
                 );
             }
@@ -80,12 +85,30 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
 }
 
+/// Attempts at starting NATS on fresh free ports when a port was taken meanwhile.
+const PORT_ATTEMPTS: usize = 5;
+
 impl NatsServer {
     /// A single server with JetStream.
     pub fn start() -> Result<NatsServer> {
-        let s = NatsServer::spawn(free_port()?, "nats-single", None)?;
-        s.wait_log("Server is ready", Duration::from_secs(30))?;
-        Ok(s)
+        for _ in 0..PORT_ATTEMPTS {
+            let s = NatsServer::spawn(free_port()?, "nats-single", None)?;
+            if s.wait_ready()? {
+                return Ok(s);
+            }
+        }
+        bail!("nats-server found its ports taken {PORT_ATTEMPTS} times")
+    }
+
+    /// Waits until the server is ready: true, or false if a port it was given was taken
+    /// between [`free_port`] releasing it and the server binding it (by another test's
+    /// process or an outgoing connection's ephemeral port): the caller tries other ports.
+    fn wait_ready(&self) -> Result<bool> {
+        let line = self.log.wait_any(
+            &["Server is ready", "address already in use"],
+            Duration::from_secs(30),
+        )?;
+        Ok(line.contains("Server is ready"))
     }
 
     /// `cluster`: (this server's route port, every route port of the cluster).
@@ -197,18 +220,30 @@ impl NatsCluster {
     /// Starts three servers and waits until JetStream has elected its metadata leader (only
     /// then can a bucket with 3 replicas be made).
     pub fn start() -> Result<NatsCluster> {
-        let routes = [free_port()?, free_port()?, free_port()?];
-        let mut servers = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
-            servers.push(NatsServer::spawn(
-                free_port()?,
-                &format!("nats-{}", i + 1),
-                Some((*route, &routes)),
-            )?);
-        }
-        for s in &servers {
-            s.wait_log("Server is ready", Duration::from_secs(30))?;
-        }
+        let mut attempts = 0;
+        let servers = loop {
+            attempts += 1;
+            let routes = [free_port()?, free_port()?, free_port()?];
+            let mut servers = Vec::new();
+            for (i, route) in routes.iter().enumerate() {
+                servers.push(NatsServer::spawn(
+                    free_port()?,
+                    &format!("nats-{}", i + 1),
+                    Some((*route, &routes)),
+                )?);
+            }
+            let mut ready = true;
+            for s in &servers {
+                ready &= s.wait_ready()?;
+            }
+            if ready {
+                break servers;
+            }
+            // A port was taken: all three again on other ports (dropping kills them).
+            if attempts == PORT_ATTEMPTS {
+                bail!("nats-server found its ports taken {PORT_ATTEMPTS} times");
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if servers
