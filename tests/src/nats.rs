@@ -217,8 +217,9 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts three servers and waits until JetStream has elected its metadata leader (only
-    /// then can a bucket with 3 replicas be made).
+    /// Starts three servers and waits until every one of them knows JetStream's metadata
+    /// leader (each has joined JetStream's metadata group: only then can a bucket with 3
+    /// replicas be placed; before, JetStream answers "no suitable peers for placement").
     pub fn start() -> Result<NatsCluster> {
         let mut attempts = 0;
         let servers = loop {
@@ -248,13 +249,13 @@ impl NatsCluster {
         loop {
             if servers
                 .iter()
-                .any(|s| s.log().iter().any(|l| l.contains("metadata leader")))
+                .all(|s| s.log().iter().any(|l| l.contains("metadata leader")))
             {
                 break;
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "no JetStream metadata leader within 60 s; logs:\n{}",
+                    "not every server knows a JetStream metadata leader within 60 s; logs:\n{}",
                     servers
                         .iter()
                         .map(|s| s.log().join("\n"))

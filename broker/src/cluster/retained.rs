@@ -33,9 +33,19 @@ pub const BUCKET: &str = "sluice_retained";
 /// not written: counted and logged; the node's own store still has it).
 const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
 
+/// How long a node creating the bucket through a server that is in a NATS cluster keeps asking
+/// for 3 replicas while JetStream has too few peers for them ("no suitable peers for
+/// placement"): a cluster still forming (its servers joining JetStream's metadata group one by
+/// one) accepts them a moment later, and R1 would stay for good.
+const R3_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Opens the bucket, creating it if no node has yet: with 3 replicas if JetStream accepts
-/// that (a NATS cluster of 3 or more), else 1. Returns it and its replica count.
-pub async fn open(js: &async_nats::jetstream::Context) -> Result<(KvStore, usize), String> {
+/// that (a NATS cluster of 3 or more; `clustered`: the server is in a NATS cluster, so it is
+/// asked again for [`R3_PATIENCE`]), else 1. Returns it and its replica count.
+pub async fn open(
+    js: &async_nats::jetstream::Context,
+    clustered: bool,
+) -> Result<(KvStore, usize), String> {
     if let Ok(kv) = js.get_key_value(BUCKET).await {
         let replicas = match kv.status().await {
             Ok(s) => s.info.config.num_replicas,
@@ -63,15 +73,36 @@ pub async fn open(js: &async_nats::jetstream::Context) -> Result<(KvStore, usize
             discard: DiscardPolicy::New,
             ..Default::default()
         };
-        match js.create_stream(config).await {
-            Ok(_) => match js.get_key_value(BUCKET).await {
-                Ok(kv) => return Ok((kv, replicas)),
-                Err(e) => last = e.to_string(),
-            },
-            Err(e) => last = e.to_string(),
+        let since = Instant::now();
+        let mut first_ask = true;
+        loop {
+            use async_nats::jetstream::context::CreateStreamErrorKind;
+            let mut no_peers = false;
+            match js.create_stream(config.clone()).await {
+                Ok(_) => match js.get_key_value(BUCKET).await {
+                    Ok(kv) => return Ok((kv, replicas)),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => {
+                    no_peers = matches!(e.kind(), CreateStreamErrorKind::JetStream(api)
+                        if api.error_code() == async_nats::jetstream::ErrorCode::CLUSTER_NO_PEERS);
+                    last = e.to_string();
+                }
+            }
+            if !(no_peers && replicas > 1 && clustered) || since.elapsed() >= R3_PATIENCE {
+                break;
+            }
+            if std::mem::replace(&mut first_ask, false) {
+                tracing::info!(error = last, "cluster: JetStream has too few peers for a bucket with 3 replicas yet; asking again for up to {R3_PATIENCE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        // Another node may have created it meanwhile.
+        // Another node may have created it meanwhile (with how many replicas it could).
         if let Ok(kv) = js.get_key_value(BUCKET).await {
+            let replicas = match kv.status().await {
+                Ok(s) => s.info.config.num_replicas,
+                Err(_) => replicas,
+            };
             return Ok((kv, replicas));
         }
     }
