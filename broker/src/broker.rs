@@ -301,8 +301,12 @@ impl Broker {
             }
 
             let now = Instant::now();
-            let parked = {
+            let (parked, expired) = {
                 let mut own = handle.ownership();
+                // Past its expiry the session is gone [MQTT-3.1.2-23], also when the deadline
+                // task has not got to it yet (it waits for this lock; a loaded machine; a
+                // session restored already expired after a restart).
+                let expired = own.expires_at.is_some_and(|t| t <= now);
                 own.generation += 1;
                 own.expires_at = None;
                 if let Some(key) = own.timer.take() {
@@ -313,10 +317,10 @@ impl Broker {
                     control: ControlSlot::Listening,
                     info: None,
                 });
-                own.parked.take()
+                (own.parked.take(), expired)
             };
             let (session, present) = match parked {
-                Some(old) if !clean_start && old.expiry_interval > 0 => {
+                Some(old) if !clean_start && old.expiry_interval > 0 && !expired => {
                     let mut s = *old;
                     // Reconnected before the Will Delay Interval passed: the will is not sent
                     // [MQTT-3.1.3-9].
@@ -324,8 +328,12 @@ impl Broker {
                     (s, true)
                 }
                 Some(old) => {
-                    // Clean Start, or a session that ended with its connection: the old session
-                    // ends now, and with it any will still waiting for its delay.
+                    // Clean Start, a session that ended with its connection, or one that
+                    // expired: the old session ends now, and with it any will still waiting
+                    // for its delay. (The store forgets it when the new session is logged.)
+                    if expired {
+                        tracing::info!(client_id = %client_id, "session expired");
+                    }
                     self.hand_on_shared(&handle);
                     self.discard_subscriptions(client_id, &old);
                     handle.outbox().clear();
@@ -1011,6 +1019,28 @@ mod tests {
                 .as_ref()
                 .map(|o| o.connection),
             Some(2)
+        );
+    }
+
+    /// A client that comes back after its session's expiry gets a new session, also while
+    /// the deadline task has not yet expired the old one [MQTT-3.1.2-23]: here the task never
+    /// runs before the CONNECT (a current-thread runtime, no await in between).
+    #[tokio::test]
+    async fn a_session_past_its_expiry_is_not_resumed_before_its_deadline_fires() {
+        let broker = Arc::new(Broker::new(Config::default(), None));
+        let id: ClientId = "late".into();
+        let opened = open(&broker, &id, 1).await;
+        let mut session = opened.session;
+        session.expiry_interval = 60;
+        broker.park_session(&opened.handle, session, 1, None, false);
+        // As if the 60 s had passed (or the session was restored already expired).
+        opened.handle.ownership().expires_at = Some(Instant::now());
+        let again = open(&broker, &id, 2).await;
+        assert!(!again.session_present, "an expired session is not resumed");
+        assert_eq!(again.session.expiry_interval, 0, "a new, empty session");
+        assert!(
+            lock(&broker.deadlines).is_empty(),
+            "the expired session's deadline is disarmed"
         );
     }
 

@@ -419,27 +419,59 @@ pub fn run_sluice(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Result<Out
 }
 
 /// Runs a command with a time limit (killed by PID when it runs over); returns its output.
+/// Stdout and stderr are read to their end while it runs (a full pipe would stall a chatty
+/// child), and the output is returned only once both readers have reached EOF: every line
+/// written before the exit is in it.
 pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
     let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
+    let stdout = read_to_end_in_thread(child.stdout.take().expect("piped stdout"));
+    let stderr = read_to_end_in_thread(child.stderr.take().expect("piped stderr"));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output()?;
+            let _ = child.wait();
+            let left = Duration::from_secs(5);
             bail!(
                 "{cmd:?} ran over {limit:?}; stdout {:?} stderr {:?}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stdout.recv_timeout(left).unwrap_or_default()),
+                String::from_utf8_lossy(&stderr.recv_timeout(left).unwrap_or_default())
             );
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    // EOF comes with the exit, unless a process it started still holds the pipe (bounded).
+    let eof = |rx: std::sync::mpsc::Receiver<Vec<u8>>, name: &str| {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(5));
+        rx.recv_timeout(left)
+            .map_err(|_| anyhow!("{cmd:?} exited ({status}) but its {name} stayed open"))
+    };
+    Ok(Output {
+        status,
+        stdout: eof(stdout, "stdout")?,
+        stderr: eof(stderr, "stderr")?,
+    })
+}
+
+/// Reads `pipe` to EOF on a thread of its own; the channel yields everything read.
+fn read_to_end_in_thread(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    rx
 }
 
 fn require_tool(name: &str) -> PathBuf {

@@ -45,16 +45,21 @@ struct Lines {
 
 impl Lines {
     fn wait(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_any(&[needle], timeout)
+    }
+
+    /// The first line that contains any of `needles`.
+    fn wait_any(&self, needles: &[&str], timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let mut lines = self.lines.lock().unwrap();
         loop {
-            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+            if let Some(l) = lines.iter().find(|l| needles.iter().any(|n| l.contains(n))) {
                 return Ok(l.clone());
             }
             let now = Instant::now();
             if now >= deadline {
                 bail!(
-                    "no line containing {needle:?} within {timeout:?}:\n{}",
+                    "no line containing {needles:?} within {timeout:?}:\n{}",
                     lines.join("\n")
                 );
             }
@@ -72,26 +77,65 @@ pub struct NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
     log: Arc<Lines>,
-    /// JetStream's storage directory (removed on drop).
-    _dir: tempfile::TempDir,
+    /// The server's name (`-n`).
+    name: String,
+    /// In a NATS cluster: this server's route port and every route port of the cluster.
+    cluster: Option<(u16, Vec<u16>)>,
+    /// JetStream's storage directory (removed on drop; kept across [`NatsServer::restart`]).
+    dir: tempfile::TempDir,
 }
+
+/// Attempts at starting NATS on fresh free ports when a port was taken meanwhile.
+const PORT_ATTEMPTS: usize = 5;
 
 impl NatsServer {
     /// A single server with JetStream.
     pub fn start() -> Result<NatsServer> {
-        let s = NatsServer::spawn(free_port()?, "nats-single", None)?;
-        s.wait_log("Server is ready", Duration::from_secs(30))?;
-        Ok(s)
+        for _ in 0..PORT_ATTEMPTS {
+            let s = NatsServer::spawn(free_port()?, "nats-single", None)?;
+            if s.wait_ready()? {
+                return Ok(s);
+            }
+        }
+        bail!("nats-server found its ports taken {PORT_ATTEMPTS} times")
+    }
+
+    /// Waits until the server is ready: true, or false if a port it was given was taken
+    /// between [`free_port`] releasing it and the server binding it (by another test's
+    /// process or an outgoing connection's ephemeral port): the caller tries other ports.
+    fn wait_ready(&self) -> Result<bool> {
+        let line = self.log.wait_any(
+            &["Server is ready", "address already in use"],
+            Duration::from_secs(30),
+        )?;
+        Ok(line.contains("Server is ready"))
     }
 
     /// `cluster`: (this server's route port, every route port of the cluster).
     fn spawn(port: u16, name: &str, cluster: Option<(u16, &[u16])>) -> Result<NatsServer> {
-        let dir = tempfile::tempdir()?;
+        let mut s = NatsServer {
+            child: None,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            log: Arc::default(),
+            name: name.to_owned(),
+            cluster: cluster.map(|(route, all)| (route, all.to_vec())),
+            dir: tempfile::tempdir()?,
+        };
+        s.run()?;
+        Ok(s)
+    }
+
+    /// Starts the process (again: same ports, name, routes and JetStream storage) with a
+    /// fresh log.
+    fn run(&mut self) -> Result<()> {
+        let (port, name) = (self.port, self.name.as_str());
         let mut cmd = Command::new(nats_server_bin()?);
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+            .arg(self.dir.path())
             .args(["-n", name]);
-        if let Some((route_port, all)) = cluster {
+        if let Some((route_port, all)) = &self.cluster {
+            let route_port = *route_port;
             let routes: Vec<String> = all
                 .iter()
                 .filter(|p| **p != route_port)
@@ -107,7 +151,8 @@ impl NatsServer {
         let mut child = cmd.spawn().context("spawn nats-server")?;
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Lines::default());
-        let sink = log.clone();
+        self.log = log.clone();
+        let sink = log;
         let tag = name.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
@@ -119,13 +164,8 @@ impl NatsServer {
                 sink.changed.notify_all();
             }
         });
-        Ok(NatsServer {
-            child: Some(child),
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
-            log,
-            _dir: dir,
-        })
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Waits until a stderr line contains `needle`.
@@ -148,6 +188,17 @@ impl NatsServer {
         child.wait()?;
         Ok(())
     }
+
+    /// Starts a killed server again with its JetStream storage (as after a crash and restart)
+    /// and waits until it is ready; its log starts afresh.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("{} is running", self.name);
+        }
+        self.run()?;
+        self.wait_log("Server is ready", Duration::from_secs(30))?;
+        Ok(())
+    }
 }
 
 impl Drop for NatsServer {
@@ -167,20 +218,35 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts three servers and waits until JetStream has elected its metadata leader (only
-    /// then can a bucket with 3 replicas be made).
+    /// then can a bucket with 3 replicas be made; a server that has not joined the metadata
+    /// group yet makes JetStream answer "no suitable peers for placement" a moment longer,
+    /// which the node waits out: `retained::open` in the broker). Not every follower logs the
+    /// leader it learns of, so one server's line is what is waited for.
     pub fn start() -> Result<NatsCluster> {
-        let routes = [free_port()?, free_port()?, free_port()?];
-        let mut servers = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
-            servers.push(NatsServer::spawn(
-                free_port()?,
-                &format!("nats-{}", i + 1),
-                Some((*route, &routes)),
-            )?);
-        }
-        for s in &servers {
-            s.wait_log("Server is ready", Duration::from_secs(30))?;
-        }
+        let mut attempts = 0;
+        let servers = loop {
+            attempts += 1;
+            let routes = [free_port()?, free_port()?, free_port()?];
+            let mut servers = Vec::new();
+            for (i, route) in routes.iter().enumerate() {
+                servers.push(NatsServer::spawn(
+                    free_port()?,
+                    &format!("nats-{}", i + 1),
+                    Some((*route, &routes)),
+                )?);
+            }
+            let mut ready = true;
+            for s in &servers {
+                ready &= s.wait_ready()?;
+            }
+            if ready {
+                break servers;
+            }
+            // A port was taken: all three again on other ports (dropping kills them).
+            if attempts == PORT_ATTEMPTS {
+                bail!("nats-server found its ports taken {PORT_ATTEMPTS} times");
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if servers
@@ -204,6 +270,37 @@ impl NatsCluster {
             let _ = servers[0].wait_log("metadata leader", Duration::from_millis(200));
         }
         Ok(NatsCluster { servers })
+    }
+
+    /// The index of the server leading JetStream stream `stream` (a server logs `new stream
+    /// leader for '$G > STREAM'` when it becomes the leader; the latest such line counts), once
+    /// one has; bounded by `timeout`.
+    pub fn stream_leader(&self, stream: &str, timeout: Duration) -> Result<usize> {
+        let needle = format!("new stream leader for '$G > {stream}'");
+        let deadline = Instant::now() + timeout;
+        loop {
+            // (timestamp, server) of each server's latest line; the format is
+            // `[PID] YYYY/MM/DD HH:MM:SS.micros [INF] ...`, so timestamps compare as text.
+            let latest = self
+                .servers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let line = s.log().into_iter().rev().find(|l| l.contains(&needle))?;
+                    let mut fields = line.split_whitespace().skip(1);
+                    let stamp = format!("{} {}", fields.next()?, fields.next()?);
+                    Some((stamp, i))
+                })
+                .max();
+            if let Some((_, i)) = latest {
+                return Ok(i);
+            }
+            if Instant::now() >= deadline {
+                bail!("no server logged {needle:?} within {timeout:?}");
+            }
+            // Bounded steps so that every server's log is looked at (as in `start`).
+            let _ = self.servers[0].wait_log(&needle, Duration::from_millis(200));
+        }
     }
 }
 

@@ -391,6 +391,47 @@ async fn cluster_keeps_routing_when_one_nats_server_dies() -> Result<()> {
     Ok(())
 }
 
+/// A retained message published while the bucket cannot take writes (two of the three NATS
+/// servers down, the bucket's stream leader among them: no leader, no majority) reaches the
+/// other nodes once JetStream is back: the node keeps trying the write instead of dropping it,
+/// and the other nodes' bucket watches resume after their NATS reconnects. No fixed waits: the
+/// server comes back only once the node has logged that the write failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_write_is_retried_until_jetstream_is_back() -> Result<()> {
+    let mut nats = NatsCluster::start()?;
+    let nodes: Vec<Broker> = (0..3)
+        .map(|i| start_node(&nats.servers[i].url.clone(), i + 1))
+        .collect::<Result<_>>()?;
+    for node in &nodes {
+        let joined = node.wait_log("cluster: joined", DEADLINE)?;
+        assert!(joined.contains("retained_replicas=3"), "{joined}");
+    }
+    // Kill the bucket's stream leader and one other server; node `kept` (on the third) writes.
+    // With the leader gone nobody answers the write (it is never half-stored and committed
+    // later), and the one server left cannot elect a new leader alone.
+    let leader = nats.stream_leader("KV_sluice_retained", DEADLINE)?;
+    let other = (leader + 1) % 3;
+    let kept = (leader + 2) % 3;
+    // Node `leader`'s own probe (its retained store has it without the bucket).
+    publish_retained(nodes[leader].addr, "probe/1", b"p").await?;
+    nats.servers[leader].kill9()?;
+    nats.servers[other].kill9()?;
+    let from = nodes[kept].log_len();
+    publish_retained(nodes[kept].addr, "quorum/r", b"kept").await?;
+    nodes[kept]
+        .wait_log_from(from, "retained message not written to the bucket", DEADLINE)
+        .context("the write fails while the bucket has no leader")?;
+
+    // The old leader's server comes back: two of three, a leader is elected, writes go on.
+    nats.servers[leader].restart()?;
+    until_retained(nodes[leader].addr, "quorum/#", "probe/1", |s| {
+        s.contains(&("quorum/r".into(), "kept".into()))
+    })
+    .await
+    .context("the node of the restarted server gets the retained message")?;
+    Ok(())
+}
+
 /// The same client id connecting to another node closes its connection on the first one, as
 /// a local takeover does (5.0: DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3]). The session
 /// itself stays on its node (sessions do not move between nodes: README, "Cluster").

@@ -1,7 +1,10 @@
 //! Hostile clients (issue 6): while a well-behaved QoS 1 publisher/subscriber pair exchanges
 //! 2,000 messages, about 2,000 other connections misbehave at the same time:
 //!
-//! * 1,600 open TCP and never send CONNECT (closed after `limits.connect_timeout` = 2 s);
+//! * 1,600 open TCP and never send CONNECT (closed after `limits.connect_timeout` = 2 s, which
+//!   runs from the broker's accept: in such a burst the listen queue overflows and the kernel
+//!   completes some accepts only at a SYN-ACK retransmission, seconds after the client's
+//!   `connect` returned, so the test checks why each was closed, not how soon);
 //! * 200 send random bytes;
 //! * 100 declare a remaining length of 268,435,455 (before and after CONNECT);
 //! * 4 flood QoS 0 PUBLISHes far beyond `limits.publish_rate`;
@@ -89,6 +92,11 @@ impl Rng {
     }
 }
 
+/// How long a hostile connection may stay open before the test calls it a hang: a guard, not
+/// a measure. The broker's timers (connect timeout, 1.5 x Keep Alive) run from its accept and
+/// its reads, which on a loaded machine can come many seconds after the client's side.
+const CLOSE_GUARD: Duration = Duration::from_secs(60);
+
 /// Reads until the peer closes; returns how long that took, or None if it did not within
 /// `limit`.
 async fn wait_closed(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
@@ -154,21 +162,28 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     let (pair_done, pair_done_rx) = tokio::sync::watch::channel(false);
     let mut hostile: JoinSet<&'static str> = JoinSet::new();
 
-    // Never CONNECT: each must be closed by the broker soon after connect_timeout.
+    // Never CONNECT: each must be closed by the broker, for want of a CONNECT within
+    // connect_timeout of its accept (checked against the broker's log by peer address below).
     let silent_closed = Arc::new(AtomicU64::new(0));
     let slowest_close_ms = Arc::new(AtomicU64::new(0));
+    let silent_peers = Arc::new(std::sync::Mutex::new(Vec::with_capacity(SILENT)));
     {
         let (closed, slowest) = (silent_closed.clone(), slowest_close_ms.clone());
+        let peers = silent_peers.clone();
         hostile.spawn(async move {
             let mut set = JoinSet::new();
             for _ in 0..SILENT {
                 let (closed, slowest) = (closed.clone(), slowest.clone());
                 let stream = TcpStream::connect(addr).await.expect("silent connect");
+                // The broker logs the connection under this address (its peer).
+                let local = stream.local_addr().expect("silent local address");
+                let peers = peers.clone();
                 set.spawn(async move {
                     let mut stream = stream;
-                    if let Some(t) = wait_closed(&mut stream, Duration::from_secs(15)).await {
+                    if let Some(t) = wait_closed(&mut stream, CLOSE_GUARD).await {
                         closed.fetch_add(1, Ordering::Relaxed);
                         slowest.fetch_max(t.as_millis() as u64, Ordering::Relaxed);
+                        peers.lock().unwrap().push(local);
                     }
                 });
             }
@@ -203,10 +218,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
                     // The broker may close before everything is written.
                     let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&bytes))
                         .await;
-                    if wait_closed(&mut stream, Duration::from_secs(10))
-                        .await
-                        .is_some()
-                    {
+                    if wait_closed(&mut stream, CLOSE_GUARD).await.is_some() {
                         closed.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -238,7 +250,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
                     bytes.extend(header);
                     bytes.extend(std::iter::repeat_n(b'A', 4096));
                     let _ = c.send_bytes(&bytes).await;
-                    let seen = match c.expect_closed(Duration::from_secs(10)).await {
+                    let seen = match c.expect_closed(CLOSE_GUARD).await {
                         Ok(seen) => seen,
                         Err(e) => panic!("oversized connection {i} not closed: {e}"),
                     };
@@ -293,16 +305,22 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
         });
     }
 
-    // The pair: 2,000 QoS 1 messages, 50 in flight at a time, every one acknowledged.
+    // The pair: 2,000 QoS 1 messages, 50 in flight at a time, every one acknowledged. A
+    // PUBACK means the message is in the subscriber's queue (64 MiB, far from full), so every
+    // acknowledged message must arrive: the receiver stops when all have, or when nothing at
+    // all has come for `STALL` (a hang guard that progress resets, not a time limit on the
+    // pair).
+    const STALL: Duration = Duration::from_secs(60);
     let receiver = tokio::spawn(async move {
         let mut got = BTreeSet::new();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while got.len() < MESSAGES as usize && Instant::now() < deadline {
+        let mut last_progress = Instant::now();
+        while got.len() < MESSAGES as usize && last_progress.elapsed() < STALL {
             match sub.recv(Duration::from_secs(5)).await.unwrap() {
                 sluice_tests::Recv::Packet(p) => {
                     if let Packet::Publish(p) = *p {
                         let n: u32 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
                         got.insert(n);
+                        last_progress = Instant::now();
                         if p.qos == QoS::AtLeastOnce {
                             sub.send(&Packet::PubAck(PubAck::new(p.pkid)))
                                 .await
@@ -333,7 +351,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
                 .unwrap();
         }
         for _ in first..last {
-            match publisher.expect_packet(Duration::from_secs(20)).await {
+            match publisher.expect_packet(STALL).await {
                 Ok(Packet::PubAck(_)) => acked += 1,
                 other => panic!("good publisher expected PUBACK, got {other:?}"),
             }
@@ -350,8 +368,8 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     assert_eq!(acked, MESSAGES, "every good PUBLISH acknowledged");
     assert_eq!(got.len(), MESSAGES as usize, "every good message received");
 
-    // Hostile tasks end (each bounded).
-    while let Some(r) = tokio::time::timeout(Duration::from_secs(30), hostile.join_next())
+    // Hostile tasks end (each bounded by its own guard).
+    while let Some(r) = tokio::time::timeout(CLOSE_GUARD * 2, hostile.join_next())
         .await
         .expect("hostile tasks finish")
     {
@@ -374,9 +392,38 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
         oversized_ok.load(Ordering::Relaxed),
     );
     assert_eq!(silent_closed.load(Ordering::Relaxed), SILENT as u64);
-    assert!(
-        slowest_close_ms.load(Ordering::Relaxed) < 10_000,
-        "connections without CONNECT are closed within ~connect_timeout"
+    // Each was closed because no CONNECT came within connect_timeout of its accept (when that
+    // was is the broker's business: a timing assertion here fails on a loaded machine). The
+    // broker logs the line before it closes, but its log reaches the test through a pipe and a
+    // thread, so wait (bounded) until every address has its line.
+    let silent_peers: Vec<String> = silent_peers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let deadline = Instant::now() + CLOSE_GUARD;
+    let (unexplained, examples) = loop {
+        let log = broker.log();
+        let timed_out: std::collections::HashSet<&str> = log
+            .iter()
+            .filter(|l| l.contains("no CONNECT within 2s (limits.connect_timeout); closing"))
+            .filter_map(|l| l.rsplit_once("peer=").map(|(_, p)| p.trim()))
+            .collect();
+        let unexplained: Vec<&String> = silent_peers
+            .iter()
+            .filter(|p| !timed_out.contains(p.as_str()))
+            .collect();
+        if unexplained.is_empty() || Instant::now() >= deadline {
+            let examples: Vec<String> = unexplained.iter().take(5).map(|p| p.to_string()).collect();
+            break (unexplained.len(), examples);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        unexplained, 0,
+        "silent connections closed without the broker's connect_timeout line for their \
+         address, e.g. {examples:?}"
     );
     assert_eq!(random_closed.load(Ordering::Relaxed), RANDOM as u64);
     assert_eq!(oversized_ok.load(Ordering::Relaxed), OVERSIZED as u64);
@@ -389,7 +436,7 @@ async fn well_behaved_pair_unaffected_by_hostile_clients() {
     // A flooder's socket may still hold PUBLISHes the broker reads at the rate limit before it
     // sees the close, so those few can linger a little longer; nothing else should.
     let fd_slack = FLOODERS + 2;
-    let (rss_end, fds_end) = settle(pid, Duration::from_secs(20), |rss, fds| {
+    let (rss_end, fds_end) = settle(pid, CLOSE_GUARD, |rss, fds| {
         fds <= fds_start + fd_slack && rss < rss_start + 64 * 1024
     })
     .await;

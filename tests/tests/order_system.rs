@@ -135,6 +135,9 @@ fn nothing_acknowledged_is_lost_when_the_broker_is_killed_mid_drain() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = Stopped(cmd.spawn().expect("spawn the example"));
+    // Stdout is read line by line as it comes (the kill line asks for a restart) and to its
+    // end: the reader's channel closes only at EOF, after the example's last line (the
+    // summary), which a look at the exit status first could miss.
     let (tx, lines) = mpsc::channel::<String>();
     let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -149,14 +152,9 @@ fn nothing_acknowledged_is_lost_when_the_broker_is_killed_mid_drain() {
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut seen = Vec::new();
     let mut restarted = None;
-    let mut status = None;
-    while status.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the example ran over 180 s; so far:\n{}",
-            seen.join("\n")
-        );
-        match lines.recv_timeout(Duration::from_millis(100)) {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
             Ok(line) => {
                 if line.starts_with("kill: sent SIGKILL") {
                     // Reap the killed broker, then the same port and data directory again.
@@ -165,26 +163,32 @@ fn nothing_acknowledged_is_lost_when_the_broker_is_killed_mid_drain() {
                 }
                 seen.push(line);
             }
+            // EOF: every line the example wrote is in `seen`.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                status = child.0.try_wait().unwrap();
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                status = Some(child.0.wait().unwrap());
+                panic!("the example ran over 180 s; so far:\n{}", seen.join("\n"))
             }
         }
     }
-    // Lines written just before the exit.
-    seen.extend(lines.try_iter());
+    // Its stdout is closed: it is exiting (bounded, in case it closed stdout and went on).
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the example closed its stdout but did not exit within 180 s:\n{}",
+            seen.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let out = seen.join("\n");
     let progress = progress.join().unwrap();
     assert!(
         restarted.is_some(),
         "the example never killed the broker:\n{out}\n{progress}"
     );
-    assert!(
-        status.unwrap().success(),
-        "exit {status:?}\n{out}\n{progress}"
-    );
+    assert!(status.success(), "exit {status:?}\n{out}\n{progress}");
     let s = summary(&out);
     assert_complete(&s, ORDERS, &out);
     assert!(

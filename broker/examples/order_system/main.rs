@@ -130,14 +130,21 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    let code = match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("order-system: {e:#}");
             ExitCode::from(2)
         }
+    };
+    // The summary line is what a caller reads: on the pipe before the process exits, said
+    // here rather than left to `println!`'s line buffering and the runtime's exit path.
+    if let Err(e) = std::io::Write::flush(&mut std::io::stdout()) {
+        eprintln!("order-system: stdout: {e}");
+        return ExitCode::from(2);
     }
+    code
 }
 
 /// How the run went, for the report.

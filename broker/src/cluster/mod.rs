@@ -81,12 +81,14 @@ pub async fn start(broker: &Arc<Broker>, inbox: ClusterInbox) -> Result<(), Clus
     let main = connect(&config, "routing", true).await?;
     let queues = connect(&config, "shared", false).await?;
     let js = async_nats::jetstream::new(main.clone());
-    let (kv, replicas) = retained::open(&js)
-        .await
-        .map_err(|reason| ClusterError::JetStream {
-            url: config.nats.clone(),
-            reason,
-        })?;
+    let clustered = main.server_info().cluster.is_some();
+    let (kv, replicas) =
+        retained::open(&js, clustered)
+            .await
+            .map_err(|reason| ClusterError::JetStream {
+                url: config.nats.clone(),
+                reason,
+            })?;
     tokio::spawn(retained::watch_loop(kv.clone(), Arc::downgrade(broker)));
     // Takeover across nodes: subscribed (and known to the server: flush) before the node
     // accepts clients.

@@ -4,6 +4,12 @@
 //! watches the whole bucket, keeping its in-memory retained store (which new subscriptions
 //! read without waiting for anything) equal to the bucket.
 //!
+//! A write JetStream cannot take for the moment (the node's NATS connection is reconnecting,
+//! or the bucket's stream has no leader while JetStream elects one after a NATS server died)
+//! is tried again with a growing pause until it can, in order; dropping it would leave the
+//! other nodes without that retained message for good. The watch resumes from the last
+//! revision it applied when it breaks.
+//!
 //! The bucket is created with 3 replicas when the NATS cluster has 3 servers or more with
 //! JetStream, else with 1 (a single server); the start-up log line says which.
 
@@ -27,9 +33,19 @@ pub const BUCKET: &str = "sluice_retained";
 /// not written: counted and logged; the node's own store still has it).
 const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
 
+/// How long a node creating the bucket through a server that is in a NATS cluster keeps asking
+/// for 3 replicas while JetStream has too few peers for them ("no suitable peers for
+/// placement"): a cluster still forming (its servers joining JetStream's metadata group one by
+/// one) accepts them a moment later, and R1 would stay for good.
+const R3_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Opens the bucket, creating it if no node has yet: with 3 replicas if JetStream accepts
-/// that (a NATS cluster of 3 or more), else 1. Returns it and its replica count.
-pub async fn open(js: &async_nats::jetstream::Context) -> Result<(KvStore, usize), String> {
+/// that (a NATS cluster of 3 or more; `clustered`: the server is in a NATS cluster, so it is
+/// asked again for [`R3_PATIENCE`]), else 1. Returns it and its replica count.
+pub async fn open(
+    js: &async_nats::jetstream::Context,
+    clustered: bool,
+) -> Result<(KvStore, usize), String> {
     if let Ok(kv) = js.get_key_value(BUCKET).await {
         let replicas = match kv.status().await {
             Ok(s) => s.info.config.num_replicas,
@@ -57,15 +73,36 @@ pub async fn open(js: &async_nats::jetstream::Context) -> Result<(KvStore, usize
             discard: DiscardPolicy::New,
             ..Default::default()
         };
-        match js.create_stream(config).await {
-            Ok(_) => match js.get_key_value(BUCKET).await {
-                Ok(kv) => return Ok((kv, replicas)),
-                Err(e) => last = e.to_string(),
-            },
-            Err(e) => last = e.to_string(),
+        let since = Instant::now();
+        let mut first_ask = true;
+        loop {
+            use async_nats::jetstream::context::CreateStreamErrorKind;
+            let mut no_peers = false;
+            match js.create_stream(config.clone()).await {
+                Ok(_) => match js.get_key_value(BUCKET).await {
+                    Ok(kv) => return Ok((kv, replicas)),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => {
+                    no_peers = matches!(e.kind(), CreateStreamErrorKind::JetStream(api)
+                        if api.error_code() == async_nats::jetstream::ErrorCode::CLUSTER_NO_PEERS);
+                    last = e.to_string();
+                }
+            }
+            if !(no_peers && replicas > 1 && clustered) || since.elapsed() >= R3_PATIENCE {
+                break;
+            }
+            if std::mem::replace(&mut first_ask, false) {
+                tracing::info!(error = last, "cluster: JetStream has too few peers for a bucket with 3 replicas yet; asking again for up to {R3_PATIENCE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        // Another node may have created it meanwhile.
+        // Another node may have created it meanwhile (with how many replicas it could).
         if let Ok(kv) = js.get_key_value(BUCKET).await {
+            let replicas = match kv.status().await {
+                Ok(s) => s.info.config.num_replicas,
+                Err(_) => replicas,
+            };
             return Ok((kv, replicas));
         }
     }
@@ -113,26 +150,145 @@ impl Writer {
     }
 }
 
+/// The pause after a write's first failure; doubled after each failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest pause between two attempts of one write.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long a write that JetStream refused with an error of its own ([`Failure::Refused`]) is
+/// still tried again before it is given up: such an error (the message too large for the
+/// stream, say) rarely goes away, and the writes queued behind it wait meanwhile.
+const REFUSED_FOR: Duration = Duration::from_secs(30);
+
+/// Failures of one write logged: the first, then one in this many.
+const LOG_EVERY: u32 = 20;
+
+/// What a failed bucket write's error says about trying it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// JetStream could not take the write now: the connection to NATS is down or reconnecting,
+    /// the bucket's stream has no leader (a JetStream election after a NATS server died: no
+    /// responders), or the acknowledgement did not come in time. The same write succeeds later.
+    Unavailable,
+    /// JetStream answered the write with an error of its own, or the key is invalid.
+    Refused,
+}
+
+impl Failure {
+    /// Classifies a failed `put` or `delete` by the errors in its source chain.
+    fn of(error: &(dyn std::error::Error + 'static)) -> Failure {
+        use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+        use async_nats::jetstream::kv::{PutError, PutErrorKind, UpdateError, UpdateErrorKind};
+        use std::error::Error as _;
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(e) = e.downcast_ref::<PutError>() {
+                if e.kind() == PutErrorKind::InvalidKey {
+                    return Failure::Refused;
+                }
+            }
+            if let Some(e) = e.downcast_ref::<UpdateError>() {
+                match e.kind() {
+                    UpdateErrorKind::InvalidKey | UpdateErrorKind::WrongLastRevision => {
+                        return Failure::Refused
+                    }
+                    // The delete's ack did not come in time (the cause is not kept).
+                    UpdateErrorKind::TimedOut => return Failure::Unavailable,
+                    UpdateErrorKind::Other => {}
+                }
+            }
+            if let Some(e) = e.downcast_ref::<PublishError>() {
+                return match e.kind() {
+                    PublishErrorKind::TimedOut
+                    | PublishErrorKind::StreamNotFound
+                    | PublishErrorKind::BrokenPipe
+                    | PublishErrorKind::MaxAckPending => Failure::Unavailable,
+                    // An expectation of the write failed (Sluice sets none).
+                    PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+                        Failure::Refused
+                    }
+                    // An answer from JetStream: 503 is "temporarily unavailable" (no quorum).
+                    PublishErrorKind::Other => match e
+                        .source()
+                        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+                    {
+                        Some(api) if api.code() != 503 => Failure::Refused,
+                        // Not an answer: the message did not leave this client.
+                        _ => Failure::Unavailable,
+                    },
+                };
+            }
+            next = e.source();
+        }
+        // No answer from JetStream anywhere in the chain.
+        Failure::Unavailable
+    }
+}
+
+/// When a failed write is tried again: after `failures` failures (1 or more), the latest being
+/// `failure`, the first `failing_for` ago. None: give it up.
+fn retry_after(failures: u32, failure: Failure, failing_for: Duration) -> Option<Duration> {
+    if failure == Failure::Refused && failing_for >= REFUSED_FOR {
+        return None;
+    }
+    let doublings = failures.saturating_sub(1).min(16);
+    Some(RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX))
+}
+
 /// Writes queued retained messages in order, one at a time (each waits for JetStream's ack).
+/// A write that fails is tried again ([`retry_after`]): while JetStream cannot take it (NATS
+/// reconnecting, the bucket's stream electing a leader after a server died) until it can, so a
+/// retained message reaches the other nodes once JetStream is back; the writes after it wait
+/// (in order: a later write to the same topic must not be overtaken), bounded by the queue's
+/// [`MAX_PENDING_BYTES`]. Retrying stops when the node stops.
 async fn write_loop(
     kv: KvStore,
     mut rx: mpsc::UnboundedReceiver<(String, Bytes)>,
     pending: Arc<AtomicUsize>,
 ) {
     while let Some((key, body)) = rx.recv().await {
-        let cost = body.len() + wire::retained_topic(&key).map_or(0, |t| t.len());
-        let result = if body.is_empty() {
-            kv.delete(&key).await.map_err(|e| e.to_string())
-        } else {
-            kv.put(&key, body)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        pending.fetch_sub(cost, Ordering::Relaxed);
-        if let Err(e) = result {
-            tracing::warn!(key, error = %e, "cluster: retained message not written to the bucket");
+        let topic = wire::retained_topic(&key).unwrap_or_default();
+        let cost = body.len() + topic.len();
+        let mut failures = 0u32;
+        let mut first_failure = None;
+        loop {
+            let result = if body.is_empty() {
+                kv.delete(&key)
+                    .await
+                    .map_err(|e| (Failure::of(&e), e.to_string()))
+            } else {
+                kv.put(&key, body.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (Failure::of(&e), e.to_string()))
+            };
+            let (failure, error) = match result {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            topic,
+                            attempts = failures + 1,
+                            "cluster: retained message written to the bucket after retrying"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            let since = *first_failure.get_or_insert_with(Instant::now);
+            let retry = retry_after(failures, failure, since.elapsed()).filter(|_| !rx.is_closed());
+            let Some(pause) = retry else {
+                tracing::warn!(topic, attempts = failures, ?failure, error, "cluster: retained message not written to the bucket; given up (other nodes keep the previous one)");
+                break;
+            };
+            if failures == 1 || failures % LOG_EVERY == 0 {
+                tracing::warn!(topic, attempts = failures, ?failure, error, retry_in = ?pause, "cluster: retained message not written to the bucket yet; retrying");
+            }
+            tokio::time::sleep(pause).await;
         }
+        pending.fetch_sub(cost, Ordering::Relaxed);
     }
 }
 
@@ -142,6 +298,7 @@ async fn write_loop(
 pub async fn watch_loop(kv: KvStore, broker: Weak<Broker>) {
     let mut next_revision: Option<u64> = None;
     let mut synced = false;
+    let mut failed = false;
     loop {
         let watch = match next_revision {
             None => kv.watch_with_history(">").await,
@@ -149,6 +306,12 @@ pub async fn watch_loop(kv: KvStore, broker: Weak<Broker>) {
         };
         match watch {
             Ok(mut entries) => {
+                if std::mem::take(&mut failed) {
+                    tracing::info!(
+                        from_revision = next_revision,
+                        "cluster: retained bucket watch resumed"
+                    );
+                }
                 while let Some(entry) = entries.next().await {
                     let Some(broker) = broker.upgrade() else {
                         return;
@@ -182,6 +345,7 @@ pub async fn watch_loop(kv: KvStore, broker: Weak<Broker>) {
         if broker.strong_count() == 0 {
             return;
         }
+        failed = true;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -220,4 +384,101 @@ fn age(created_nanos: i128) -> Duration {
         .map_or(0, |d| d.as_nanos() as i128);
     let nanos = (now - created_nanos).max(0);
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    use async_nats::jetstream::kv::{PutError, PutErrorKind, UpdateError, UpdateErrorKind};
+
+    fn put_ack(kind: PublishErrorKind) -> PutError {
+        PutError::with_source(PutErrorKind::Ack, PublishError::new(kind))
+    }
+
+    /// An error JetStream answers a publish with (`code`: its HTTP-like status).
+    fn answered(code: u64) -> PublishError {
+        let text = format!("code = {code}\nerr_code = 10054\ndescription = \"x\"");
+        let api: async_nats::jetstream::Error = toml::from_str(&text).unwrap();
+        PublishError::with_source(PublishErrorKind::Other, api)
+    }
+
+    #[test]
+    fn failures_that_go_away_are_told_from_refusals() {
+        use Failure::*;
+        // A stream leader election after a NATS server died: no responders.
+        assert_eq!(
+            Failure::of(&put_ack(PublishErrorKind::StreamNotFound)),
+            Unavailable
+        );
+        assert_eq!(
+            Failure::of(&put_ack(PublishErrorKind::TimedOut)),
+            Unavailable
+        );
+        assert_eq!(
+            Failure::of(&put_ack(PublishErrorKind::BrokenPipe)),
+            Unavailable
+        );
+        // The client could not send (connection down): not an answer from JetStream.
+        let unsent = PublishError::with_source(
+            PublishErrorKind::Other,
+            std::io::Error::other("connection closed"),
+        );
+        let e = PutError::with_source(PutErrorKind::Publish, unsent);
+        assert_eq!(Failure::of(&e), Unavailable);
+        // A delete whose ack timed out keeps no cause.
+        assert_eq!(
+            Failure::of(&UpdateError::new(UpdateErrorKind::TimedOut)),
+            Unavailable
+        );
+        assert_eq!(
+            Failure::of(&PutError::with_source(PutErrorKind::Ack, answered(503))),
+            Unavailable,
+            "503: JetStream temporarily unavailable"
+        );
+
+        assert_eq!(
+            Failure::of(&PutError::with_source(PutErrorKind::Ack, answered(400))),
+            Refused
+        );
+        let e = UpdateError::with_source(UpdateErrorKind::Other, answered(400));
+        assert_eq!(Failure::of(&e), Refused);
+        assert_eq!(
+            Failure::of(&PutError::new(PutErrorKind::InvalidKey)),
+            Refused
+        );
+        assert_eq!(
+            Failure::of(&put_ack(PublishErrorKind::WrongLastSequence)),
+            Refused
+        );
+    }
+
+    #[test]
+    fn retries_back_off_and_only_refusals_are_given_up() {
+        let pauses: Vec<_> = (1..=8)
+            .map(|n| retry_after(n, Failure::Unavailable, Duration::ZERO).unwrap())
+            .collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            pauses,
+            [
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                RETRY_MAX,
+                RETRY_MAX
+            ]
+        );
+        let long = Duration::from_secs(24 * 3600);
+        assert_eq!(
+            retry_after(u32::MAX, Failure::Unavailable, long),
+            Some(RETRY_MAX),
+            "a write JetStream cannot take yet waits for it"
+        );
+        assert!(retry_after(3, Failure::Refused, REFUSED_FOR - ms(1)).is_some());
+        assert_eq!(retry_after(3, Failure::Refused, REFUSED_FOR), None);
+    }
 }
