@@ -549,6 +549,39 @@ impl Store {
         }
     }
 
+    /// Appends deliveries sent at once as one `SentMany` (see [`Store::deliveries_sent`]): inside
+    /// a batch it joins the batch's last record when that is a run of `client`'s, as
+    /// [`Store::append_run`] would for each; the run's vector is moved, not copied.
+    pub(super) fn append_sent_many(&self, client: &ClientId, sent: Vec<(u64, u16)>) {
+        let Some(s) = &self.shared else { return };
+        let cost = RUN_ITEM_COST * sent.len();
+        let rest = BATCH.with(|g| {
+            let mut g = g.borrow_mut();
+            let Some(b) = g.as_mut() else {
+                return Some(sent);
+            };
+            b.cost += cost;
+            match b.recs.last_mut() {
+                Some(Record::SentMany {
+                    client: c,
+                    sent: run,
+                }) if same_client(c, client) => {
+                    run.extend_from_slice(&sent);
+                }
+                _ => b.recs.push(Record::SentMany {
+                    client: client.clone(),
+                    sent,
+                }),
+            }
+            None
+        });
+        if let Some(sent) = rest {
+            s.backlog.fetch_add(cost, Ordering::Relaxed);
+            let client = client.clone();
+            let _ = s.tx.send(Cmd::Rec(Record::SentMany { client, sent }));
+        }
+    }
+
     /// Sends the records held by this thread's open batch, if any, to the writer now (in one
     /// frame); the batch stays open. For a step that makes records visible to other tasks
     /// (queueing a delivery), whose records must come after these.

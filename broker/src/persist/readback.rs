@@ -280,13 +280,19 @@ mod payload_tests {
 
     #[test]
     fn payloads_read_back_keep_their_bytes_in_every_size_class() {
-        for len in [0usize, 1, 31, 32, 33, 64, 100, 128, 129, 256, 300, 512, 513, 4096] {
+        for len in [
+            0usize, 1, 31, 32, 33, 64, 100, 128, 129, 256, 300, 512, 513, 4096,
+        ] {
             let p: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
             let b = payload_bytes(&p);
             assert_eq!(&b[..], &p[..], "len {len}");
             let clone = b.clone();
             drop(b);
-            assert_eq!(&clone[..], &p[..], "len {len}: a clone outlives the original");
+            assert_eq!(
+                &clone[..],
+                &p[..],
+                "len {len}: a clone outlives the original"
+            );
             assert_eq!(clone.slice(len / 2..), p[len / 2..], "len {len}: a slice");
         }
     }

@@ -66,7 +66,12 @@ fn deliver(msg: &Arc<Message>, sub: &Sub, now: Instant) -> (BytesMut, Publish) {
         shared: None,
         seq: if sub.dup { 5 } else { 0 },
     };
-    state.send_delivery(d, now, &mut crate::stats::DrainTally::default());
+    state.send_delivery(
+        d,
+        now,
+        &mut crate::stats::DrainTally::default(),
+        &mut Vec::new(),
+    );
     let v5 = sub.protocol.is_v5();
     let mut properties = PublishProperties::default();
     if v5 {
