@@ -87,8 +87,8 @@
 //!   per message; the messages are put back into the queue by position
 //!   (`Outbox::warm_in_order`), not through a map. What is left per message is the checksum
 //!   and two allocations (the message, and its payload boxed with its reference count in a
-//!   size class of at most twice its size, `payload_bytes`, so the PUBLISH's clone of it does
-//!   not allocate a third time), about 1,100 instructions. Reading in
+//!   size class of at most half its size again, `payload_bytes`, so the PUBLISH's clone of
+//!   it does not allocate a third time): about 1,300 instructions with the read. Reading in
 //!   the connection task from the page cache (`preadv2` with `RWF_NOWAIT`) instead of on the
 //!   blocking pool was tried: half the context switches, but more instructions (the
 //!   allocations then met the frees of the same thread's acknowledged messages in glibc's

@@ -205,17 +205,22 @@ impl MessageDecoder {
 /// separately: two allocations per message read back, and two frees, ~270 instructions a
 /// message in a durable drain (issue 16). A small payload is copied instead into an
 /// [`Inline`] of the next size class, which `Bytes::from_owner` boxes together with the count:
-/// one allocation, and clones that only count. The size classes double, so a payload holds at
-/// most twice its size (plus 24 bytes) and keeps nothing else alive: still a right-sized copy
-/// per message, not a slice of the read buffer. Larger payloads are copied as before.
+/// one allocation, and clones that only count. The size classes grow by half at most, so a
+/// payload holds at most half its size again (plus 24 bytes; at least 32 bytes) and keeps
+/// nothing else alive: still a right-sized copy per message, not a slice of the read buffer.
+/// Larger payloads are copied as before.
 fn payload_bytes(p: &[u8]) -> Bytes {
     match p.len() {
         0 => Bytes::new(),
         1..=32 => Inline::<32>::bytes(p),
-        33..=64 => Inline::<64>::bytes(p),
-        65..=128 => Inline::<128>::bytes(p),
-        129..=256 => Inline::<256>::bytes(p),
-        257..=512 => Inline::<512>::bytes(p),
+        33..=48 => Inline::<48>::bytes(p),
+        49..=64 => Inline::<64>::bytes(p),
+        65..=96 => Inline::<96>::bytes(p),
+        97..=128 => Inline::<128>::bytes(p),
+        129..=192 => Inline::<192>::bytes(p),
+        193..=256 => Inline::<256>::bytes(p),
+        257..=384 => Inline::<384>::bytes(p),
+        385..=512 => Inline::<512>::bytes(p),
         _ => Bytes::copy_from_slice(p),
     }
 }
@@ -281,7 +286,8 @@ mod payload_tests {
     #[test]
     fn payloads_read_back_keep_their_bytes_in_every_size_class() {
         for len in [
-            0usize, 1, 31, 32, 33, 64, 100, 128, 129, 256, 300, 512, 513, 4096,
+            0usize, 1, 31, 32, 33, 48, 49, 64, 65, 96, 100, 128, 129, 192, 193, 256, 300, 384, 385,
+            512, 513, 4096,
         ] {
             let p: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
             let b = payload_bytes(&p);
