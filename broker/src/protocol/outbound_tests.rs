@@ -250,6 +250,9 @@ proptest! {
         let start = Instant::now();
         let msg = message(&topic, Bytes::from(vec![0xa5; payload_len]), published, props, start);
         let now = start + Duration::from_millis(elapsed_ms);
+        // An expired message is not delivered at all [MQTT-3.3.2-5] (its own tests): at
+        // `elapsed_ms` = 1000 x its expiry there are no bytes to compare.
+        prop_assume!(!msg.is_expired(now));
         // Twice over the subscribers: the second round is served from the forms the first
         // one cached.
         for sub in subs.iter().chain(&subs) {
