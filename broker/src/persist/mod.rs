@@ -86,15 +86,18 @@
 //!   and a client id equal to the previous message's, instead of validating and allocating them
 //!   per message; the messages are put back into the queue by position
 //!   (`Outbox::warm_in_order`), not through a map. What is left per message is the checksum
-//!   and two allocations (the message and its payload), about 1,100 instructions. Reading in
+//!   and two allocations (the message, and its payload boxed with its reference count in a
+//!   size class of at most half its size again, `payload_bytes`, so the PUBLISH's clone of
+//!   it does not allocate a third time): about 1,300 instructions with the read. Reading in
 //!   the connection task from the page cache (`preadv2` with `RWF_NOWAIT`) instead of on the
 //!   blocking pool was tried: half the context switches, but more instructions (the
 //!   allocations then met the frees of the same thread's acknowledged messages in glibc's
 //!   slower paths) and no measurable CPU time, so the pool stays;
 //! * logging: the `Sent`s of the PUBLISHes a connection writes at once, and the `Acked`s of the
-//!   PUBACKs it reads at once, are merged into one `SentMany` / `AckedMany` record
-//!   (`Store::append_run` inside a [`Batch`]: in place, without building a record per
-//!   delivery): 10 + 2 bytes per delivery, and one lookup of the session per batch on the
+//!   PUBACKs it reads at once, are merged into one `SentMany` / `AckedMany` record (the
+//!   connection hands over a drain turn's `Sent`s as one vector, `Store::deliveries_sent`; the
+//!   `Acked`s join the run in place, `Store::append_run` inside a [`Batch`]): 10 + 2 bytes
+//!   per delivery, and one lookup of the session per batch on the
 //!   writer's side, whose image takes them from the front of the queue and of the inflight
 //!   list. Merging them further, into one record per delivered-and-acknowledged message, would
 //!   need the connection to hold its `Sent`s back until the PUBACK or a timer, for a saving of
@@ -546,6 +549,39 @@ impl Store {
                 RunItem::Acked { pkid } => Record::Acked { client, pkid },
             };
             let _ = s.tx.send(Cmd::Rec(rec));
+        }
+    }
+
+    /// Appends deliveries sent at once as one `SentMany` (see [`Store::deliveries_sent`]): inside
+    /// a batch it joins the batch's last record when that is a run of `client`'s, as
+    /// [`Store::append_run`] would for each; the run's vector is moved, not copied.
+    pub(super) fn append_sent_many(&self, client: &ClientId, sent: Vec<(u64, u16)>) {
+        let Some(s) = &self.shared else { return };
+        let cost = RUN_ITEM_COST * sent.len();
+        let rest = BATCH.with(|g| {
+            let mut g = g.borrow_mut();
+            let Some(b) = g.as_mut() else {
+                return Some(sent);
+            };
+            b.cost += cost;
+            match b.recs.last_mut() {
+                Some(Record::SentMany {
+                    client: c,
+                    sent: run,
+                }) if same_client(c, client) => {
+                    run.extend_from_slice(&sent);
+                }
+                _ => b.recs.push(Record::SentMany {
+                    client: client.clone(),
+                    sent,
+                }),
+            }
+            None
+        });
+        if let Some(sent) = rest {
+            s.backlog.fetch_add(cost, Ordering::Relaxed);
+            let client = client.clone();
+            let _ = s.tx.send(Cmd::Rec(Record::SentMany { client, sent }));
         }
     }
 

@@ -225,8 +225,13 @@ impl ClientState {
             more
         };
         self.egress = egress_box;
+        // The deliveries sent now, logged as one run (`SentMany`) once they are all written.
+        let mut sent = Vec::with_capacity(if self.persistent() { batch.len() } else { 0 });
         for d in batch {
-            self.send_delivery(d, now, tally);
+            self.send_delivery(d, now, tally, &mut sent);
+        }
+        if !sent.is_empty() {
+            self.store.deliveries_sent(&self.n.client_id, sent);
         }
         self.publish_inflight();
         more
@@ -240,7 +245,18 @@ impl ClientState {
         }
     }
 
-    fn send_delivery(&mut self, d: Delivery, now: Instant, tally: &mut DrainTally) {
+    /// Writes one delivery's PUBLISH (or drops it: expired, too large). A delivery the store
+    /// has (`seq`) is added to `sent` as `(seq, pkid)`: the caller logs them with
+    /// [`Store::deliveries_sent`](crate::persist::Store::deliveries_sent) before its batch of
+    /// records ends (and before any ticket a held PUBLISH asks for), one append per drain turn
+    /// instead of one per delivery (issue 16).
+    fn send_delivery(
+        &mut self,
+        d: Delivery,
+        now: Instant,
+        tally: &mut DrainTally,
+        sent: &mut Vec<(u64, u16)>,
+    ) {
         if d.msg.is_expired(now) {
             // Expired messages are never delivered [MQTT-3.3.2-5].
             tally.expired += 1;
@@ -328,7 +344,7 @@ impl ClientState {
         // record must still resend it with DUP [MQTT-3.3.1-1].
         let hold = self.horizon_before_send(d.seq);
         if d.seq != 0 && self.persistent() {
-            self.store.delivery_sent(&self.n.client_id, d.seq, pkid);
+            sent.push((d.seq, pkid));
         }
         // QoS 2: not on the wire before the store knows it was sent with this packet id, or a
         // crash could deliver it again as a new message [MQTT-4.3.3].

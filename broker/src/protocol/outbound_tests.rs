@@ -66,7 +66,12 @@ fn deliver(msg: &Arc<Message>, sub: &Sub, now: Instant) -> (BytesMut, Publish) {
         shared: None,
         seq: if sub.dup { 5 } else { 0 },
     };
-    state.send_delivery(d, now, &mut crate::stats::DrainTally::default());
+    state.send_delivery(
+        d,
+        now,
+        &mut crate::stats::DrainTally::default(),
+        &mut Vec::new(),
+    );
     let v5 = sub.protocol.is_v5();
     let mut properties = PublishProperties::default();
     if v5 {
@@ -245,6 +250,9 @@ proptest! {
         let start = Instant::now();
         let msg = message(&topic, Bytes::from(vec![0xa5; payload_len]), published, props, start);
         let now = start + Duration::from_millis(elapsed_ms);
+        // An expired message is not delivered at all [MQTT-3.3.2-5] (its own tests): at
+        // `elapsed_ms` = 1000 x its expiry there are no bytes to compare.
+        prop_assume!(!msg.is_expired(now));
         // Twice over the subscribers: the second round is served from the forms the first
         // one cached.
         for sub in subs.iter().chain(&subs) {
