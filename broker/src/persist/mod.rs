@@ -137,6 +137,7 @@
 //! the file, offset and record counts. Anything else unreadable stops start-up with the file
 //! and the reason: a store is never silently opened empty.
 
+mod batch;
 mod compaction;
 mod error;
 mod format;
@@ -158,6 +159,8 @@ use crate::config::{PersistenceConfig, PersistenceMode};
 use crate::message::Message;
 use crate::stats::Histogram;
 
+pub use self::batch::Batch;
+use self::batch::*;
 pub use self::error::*;
 pub use self::format::*;
 pub use self::image::*;
@@ -712,138 +715,12 @@ impl Store {
     }
 }
 
-thread_local! {
-    /// Records held by an open [`Batch`] on this thread.
-    static BATCH: std::cell::RefCell<Option<OpenBatch>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The records of an open [`Batch`], and what they count against the writer's backlog: added
-/// to [`Shared::backlog`] once, when they are sent, instead of an atomic step per record.
-#[derive(Debug, Default)]
-struct OpenBatch {
-    recs: Vec<Record>,
-    cost: usize,
-}
-
-impl OpenBatch {
-    fn send(self, s: &Shared) {
-        if !self.recs.is_empty() {
-            s.backlog.fetch_add(self.cost, Ordering::Relaxed);
-            let _ = s.tx.send(Cmd::Recs(self.recs));
-        }
-    }
-}
-
-/// A delivery sent or acknowledged, for [`Store::append_run`].
-#[derive(Debug, Clone, Copy)]
-pub(super) enum RunItem {
-    Sent { seq: u64, pkid: u16 },
-    Acked { pkid: u16 },
-}
-
-/// What one delivery of a `SentMany` / `AckedMany` counts against the backlog ([`record_cost`]).
-const RUN_ITEM_COST: usize = 64;
-/// Room a new run starts with: a drain turn sends, and one read brings the PUBACKs of, up to
-/// the inflight window (`mqtt.max_inflight`, 256 by default); growing from one step by step
-/// was ~1 % of a durable drain's instructions.
-const RUN_CAPACITY: usize = 64;
-
-fn same_client(a: &ClientId, b: &ClientId) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}
-
-/// See [`Store::batch`].
-pub struct Batch {
-    /// The store, if this guard opened the batch (inner guards and a disabled store do
-    /// nothing).
-    shared: Option<Arc<Shared>>,
-    /// The records wait in a thread-local: the guard must stay on its thread.
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-impl std::fmt::Debug for Batch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch")
-            .field("outer", &self.shared.is_some())
-            .finish()
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        let Some(s) = &self.shared else { return };
-        if let Some(open) = BATCH.with(|g| g.borrow_mut().take()) {
-            open.send(s);
-        }
-    }
-}
-
 /// A message read back from the log, with the priority the log gave it (`Record::Priority`).
 fn with_priority(mut m: Arc<Message>, priority: u8) -> Arc<Message> {
     if priority != 0 {
         Arc::make_mut(&mut m).priority = priority;
     }
     m
-}
-
-/// What a record counts against the writer's backlog.
-/// Adds `rec` to an open batch. A `Sent` or `Acked` joins the batch's last record when that is
-/// a run of them for the same client (a `SentMany`, an `AckedMany`); else it starts one. A
-/// drain's PUBLISHes written at once, and the PUBACKs read at once, are then one record each:
-/// per delivery the log gets 10 + 2 bytes, and the writer one step on the image, instead of
-/// two records with the client id in each, and two lookups of the session (issue 16). Only
-/// the last record is merged into, so the order of the batch's records is kept.
-fn push_merged(batch: &mut Vec<Record>, rec: Record) {
-    let same = same_client;
-    let rec = match rec {
-        Record::Sent { client, seq, pkid } => {
-            if let Some(Record::SentMany { client: c, sent }) = batch.last_mut() {
-                if same(c, &client) {
-                    sent.push((seq, pkid));
-                    return;
-                }
-            }
-            Record::SentMany {
-                client,
-                sent: vec![(seq, pkid)],
-            }
-        }
-        Record::Acked { client, pkid } => {
-            if let Some(Record::AckedMany { client: c, pkids }) = batch.last_mut() {
-                if same(c, &client) {
-                    pkids.push(pkid);
-                    return;
-                }
-            }
-            Record::AckedMany {
-                client,
-                pkids: vec![pkid],
-            }
-        }
-        other => other,
-    };
-    batch.push(rec);
-}
-
-/// How many records `rec` stands for in [`StoreStats::records`]: a merged run as the records
-/// it was merged from (every delivery sent and every acknowledgement counts, as before).
-fn record_count(rec: &Record) -> u64 {
-    match rec {
-        Record::SentMany { sent, .. } => sent.len() as u64,
-        Record::AckedMany { pkids, .. } => pkids.len() as u64,
-        _ => 1,
-    }
-}
-
-/// What a record counts against the writer's backlog: a merged run as the records it stands
-/// for (each was counted when appended, and the writer takes off what it writes).
-fn record_cost(rec: &Record) -> usize {
-    match rec {
-        Record::Message(m) => m.cost(),
-        Record::SentMany { sent, .. } => RUN_ITEM_COST * sent.len(),
-        Record::AckedMany { pkids, .. } => RUN_ITEM_COST * pkids.len(),
-        _ => 64,
-    }
 }
 
 #[cfg(test)]
