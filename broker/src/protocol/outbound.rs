@@ -18,7 +18,7 @@ use super::ClientState;
 
 #[cfg(test)]
 #[path = "outbound_tests.rs"]
-mod tests;
+pub(super) mod tests;
 
 impl ClientState {
     /// Resends unacknowledged PUBLISHes (DUP set) and PUBRELs of a resumed session, in their
@@ -171,10 +171,22 @@ impl ClientState {
             let mut cold_waiting = outbox.wants_load();
             let mut more = !outbox.is_empty();
             drop(outbox);
-            // Then the shared subscriptions' group queues, while the window has room.
+            // Then the shared subscriptions' group queues, while the window has room, and only
+            // while this session's own queue is empty [MQTT-4.6.0-6]. A publisher hands a
+            // shared message straight to a member only while the group queue is empty, so
+            // whatever waits in the member's queue is older than anything in the group queue:
+            // taking from the group queue first would send a topic's newer message before its
+            // older one. The session's queue stays locked through the takes, so a publisher
+            // cannot queue a message for this session in between (one that found this queue
+            // empty a moment ago, then found the group queue empty and this member's window
+            // free; the next message then went to the group queue, behind the full windows).
             if !self.group_queues.is_empty() {
+                #[cfg(test)]
+                tests::before_group_queues();
+                let own = self.handle.outbox();
                 let n = self.group_queues.len();
-                let mut idle = 0;
+                let mut idle = if own.is_empty() { 0 } else { n };
+                more |= idle > 0;
                 while window > 0 && budget > 0 && idle < n {
                     let i = self.group_cursor % n;
                     self.group_cursor = self.group_cursor.wrapping_add(1);
@@ -214,6 +226,7 @@ impl ClientState {
                         }
                     }
                 }
+                drop(own);
                 // A group queue whose next messages are on disk only: this member reads them
                 // back when its window has room (`cold_to_load`), unless another one is at it.
                 if window > 0 && self.group_queues.iter().any(|(_, q)| q.wants_load()) {

@@ -11,6 +11,28 @@ use proptest::prelude::*;
 use sluice_codec::{encode, Packet, Protocol, Publish, PublishProperties, QoS, Str, TopicName};
 
 use super::{pkid_offset, write_form};
+use std::cell::RefCell;
+
+thread_local! {
+    /// Run once by this thread's next drain that reaches the group queues, just before it
+    /// takes from them ([`set_before_group_queues`]).
+    static BEFORE_GROUP_QUEUES: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+}
+
+/// Makes this thread's next drain that reaches the group queues run `f` first, between taking
+/// from the session's own queue and taking from the group queues: what another task (a
+/// publisher) may do at that moment, played deterministically.
+pub(in crate::protocol) fn set_before_group_queues(f: impl FnOnce() + 'static) {
+    BEFORE_GROUP_QUEUES.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+}
+
+/// Called by the drain (test builds only): runs the hook set by [`set_before_group_queues`].
+pub(super) fn before_group_queues() {
+    // Taken out before it runs: it may drain other clients itself.
+    if let Some(f) = BEFORE_GROUP_QUEUES.with(|h| h.borrow_mut().take()) {
+        f();
+    }
+}
 use crate::message::{EncodedForm, Message, MAX_ENCODED_FORMS};
 use crate::protocol::{ClientState, Negotiated};
 use crate::session::{Delivery, Session, SessionHandle};
