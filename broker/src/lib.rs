@@ -92,7 +92,7 @@
 //!    (bounded by the client's Receive Maximum, and by its `[[shaping]]` token bucket: an
 //!    empty bucket leaves the rest queued and the task sleeps until the next token,
 //!    [`shaping`], `protocol/shaping.rs`), encodes into its write buffer and writes once
-//!    (journal: `Store::delivery_sent`; its PUBACKs: `Store::delivery_acked`).
+//!    (journal: `Store::deliveries_sent`, one run per drain turn; its PUBACKs: `Store::delivery_acked`).
 //!    A message going to many subscribers is encoded once per wire form (protocol level, QoS,
 //!    RETAIN, DUP, remaining expiry) and kept on the message; the others copy those bytes and
 //!    patch their packet id ([`message::EncodedForms`], `protocol/outbound.rs`).

@@ -595,12 +595,15 @@ async fn per_group_hash_topic_keeps_a_topic_on_one_member() -> Result<()> {
 /// this holds per member). Three members with Receive Maximum 2 share 30,000 QoS 1 messages on
 /// one topic, so their windows are full most of the time and the group queue holds the
 /// overflow: a message must never be handed straight to a member while older ones still wait
-/// in the group queue. Each member's sequence numbers must rise strictly; the plain subscriber
-/// on the same topic is the control.
+/// in the group queue, nor taken from the group queue by a member while older ones wait in
+/// that member's own queue. Each member's sequence numbers must rise strictly; the plain
+/// subscriber on the same topic is the control. The group queue keeps only 4 KiB of messages
+/// in memory (`persistence.queue_memory_bytes`, default 256 KiB), so a backlog goes to disk
+/// and members read it back as they drain (the durable path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_member_gets_a_topic_in_publish_order() -> Result<()> {
     const M: u32 = 30_000;
-    let broker = Broker::start();
+    let broker = Broker::with_config("[persistence]\nqueue_memory_bytes = 4096\n");
     let tally = Tally::new(M as usize);
     let mut handles = Vec::new();
     for (i, delay_ms) in [0u64, 0, 1].into_iter().enumerate() {
@@ -619,7 +622,20 @@ async fn each_member_gets_a_topic_in_publish_order() -> Result<()> {
     let plain = tokio::spawn(member(plain, Duration::ZERO, plain_tally.clone(), None));
     let mut publisher = connected(broker.addr, Protocol::V5, "ord-pub").await;
     let start = Instant::now();
-    publish_seqs(&mut publisher, Protocol::V5, 0..M, 200, |_| "ord/t".into()).await?;
+    // First in bursts of 200 (each waits for its PUBACKs): the group queue's backlog goes past
+    // its 4 KiB in memory to disk. Then in bursts of 5: the group queue empties and fills
+    // again thousands of times, and each time a member with a free slot may be handed a
+    // message straight while it drains (the interleaving this test once caught, rarely, with
+    // bursts of 200 only).
+    const BACKLOG: u32 = M / 5;
+    publish_seqs(&mut publisher, Protocol::V5, 0..BACKLOG, 200, |_| {
+        "ord/t".into()
+    })
+    .await?;
+    publish_seqs(&mut publisher, Protocol::V5, BACKLOG..M, 5, |_| {
+        "ord/t".into()
+    })
+    .await?;
     let published = start.elapsed();
     let all = tally.wait_all(Duration::from_secs(30)).await;
     eprintln!(

@@ -220,7 +220,7 @@ pub fn encode_record(rec: &Record, out: &mut BytesMut) {
     out.put_u64_le(0); // length and CRC, patched below
     encode_payload(rec, out);
     let len = (out.len() - start - 8) as u32;
-    let crc = crc32fast::hash(&out[start + 8..]);
+    let crc = crc32(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -696,7 +696,7 @@ pub(super) fn encode_batch<'a>(recs: impl Iterator<Item = &'a Record>, out: &mut
         out[at..at + 4].copy_from_slice(&n.to_le_bytes());
     }
     let len = (out.len() - start - 8) as u32;
-    let crc = crc32fast::hash(&out[start + 8..]);
+    let crc = crc32(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -750,6 +750,16 @@ pub(super) fn parse_enqueue(mut p: &[u8]) -> Result<(&str, QueuedImage), DecodeE
     Ok((client, q))
 }
 
+/// The CRC-32 of a frame's payload. `crc32fast::hash` detects the CPU's features anew on every
+/// call; a hasher detected once and cloned skips that for every frame written and read back
+/// (a durable drain checksums each message it reads, issue 16). Same checksum, same SIMD path.
+fn crc32(data: &[u8]) -> u32 {
+    static DETECTED: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    let mut h = DETECTED.get_or_init(crc32fast::Hasher::new).clone();
+    h.update(data);
+    h.finalize()
+}
+
 /// Checks a whole frame's length and checksum.
 pub(super) fn check_frame(frame: &[u8]) -> Result<(), DecodeError> {
     if frame.len() < 8 {
@@ -757,7 +767,7 @@ pub(super) fn check_frame(frame: &[u8]) -> Result<(), DecodeError> {
     }
     let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    if len + 8 != frame.len() || crc32fast::hash(&frame[8..]) != crc {
+    if len + 8 != frame.len() || crc32(&frame[8..]) != crc {
         return Err(DecodeError::BadFrame);
     }
     Ok(())

@@ -180,6 +180,14 @@ impl Store {
         self.append_run(client, RunItem::Sent { seq, pkid });
     }
 
+    /// Deliveries of `client` written at once, `(seq, pkid)` each in sending order: one
+    /// `SentMany`, as [`Store::delivery_sent`] for each of them makes inside a batch, with one
+    /// append for the whole run (a drain turn) instead of one per delivery. Nothing waits for
+    /// them but a QoS 2 PUBLISH among them, held until a ticket asked for after this call.
+    pub fn deliveries_sent(&self, client: &ClientId, sent: Vec<(u64, u16)>) {
+        self.append_sent_many(client, sent);
+    }
+
     /// Queued delivery `seq` of `client` was dropped unsent (expired, too large, moved, read
     /// error): `Skip`. Nothing waits for it.
     pub fn delivery_skipped(&self, client: ClientId, seq: u64) {

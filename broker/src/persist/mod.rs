@@ -86,15 +86,18 @@
 //!   and a client id equal to the previous message's, instead of validating and allocating them
 //!   per message; the messages are put back into the queue by position
 //!   (`Outbox::warm_in_order`), not through a map. What is left per message is the checksum
-//!   and two allocations (the message and its payload), about 1,100 instructions. Reading in
+//!   and two allocations (the message, and its payload boxed with its reference count in a
+//!   size class of at most half its size again, `payload_bytes`, so the PUBLISH's clone of
+//!   it does not allocate a third time): about 1,300 instructions with the read. Reading in
 //!   the connection task from the page cache (`preadv2` with `RWF_NOWAIT`) instead of on the
 //!   blocking pool was tried: half the context switches, but more instructions (the
 //!   allocations then met the frees of the same thread's acknowledged messages in glibc's
 //!   slower paths) and no measurable CPU time, so the pool stays;
 //! * logging: the `Sent`s of the PUBLISHes a connection writes at once, and the `Acked`s of the
-//!   PUBACKs it reads at once, are merged into one `SentMany` / `AckedMany` record
-//!   (`Store::append_run` inside a [`Batch`]: in place, without building a record per
-//!   delivery): 10 + 2 bytes per delivery, and one lookup of the session per batch on the
+//!   PUBACKs it reads at once, are merged into one `SentMany` / `AckedMany` record (the
+//!   connection hands over a drain turn's `Sent`s as one vector, `Store::deliveries_sent`; the
+//!   `Acked`s join the run in place, `Store::append_run` inside a [`Batch`]): 10 + 2 bytes
+//!   per delivery, and one lookup of the session per batch on the
 //!   writer's side, whose image takes them from the front of the queue and of the inflight
 //!   list. Merging them further, into one record per delivered-and-acknowledged message, would
 //!   need the connection to hold its `Sent`s back until the PUBACK or a timer, for a saving of
@@ -134,6 +137,7 @@
 //! the file, offset and record counts. Anything else unreadable stops start-up with the file
 //! and the reason: a store is never silently opened empty.
 
+mod batch;
 mod compaction;
 mod error;
 mod format;
@@ -155,6 +159,8 @@ use crate::config::{PersistenceConfig, PersistenceMode};
 use crate::message::Message;
 use crate::stats::Histogram;
 
+pub use self::batch::Batch;
+use self::batch::*;
 pub use self::error::*;
 pub use self::format::*;
 pub use self::image::*;
@@ -549,6 +555,39 @@ impl Store {
         }
     }
 
+    /// Appends deliveries sent at once as one `SentMany` (see [`Store::deliveries_sent`]): inside
+    /// a batch it joins the batch's last record when that is a run of `client`'s, as
+    /// [`Store::append_run`] would for each; the run's vector is moved, not copied.
+    pub(super) fn append_sent_many(&self, client: &ClientId, sent: Vec<(u64, u16)>) {
+        let Some(s) = &self.shared else { return };
+        let cost = RUN_ITEM_COST * sent.len();
+        let rest = BATCH.with(|g| {
+            let mut g = g.borrow_mut();
+            let Some(b) = g.as_mut() else {
+                return Some(sent);
+            };
+            b.cost += cost;
+            match b.recs.last_mut() {
+                Some(Record::SentMany {
+                    client: c,
+                    sent: run,
+                }) if same_client(c, client) => {
+                    run.extend_from_slice(&sent);
+                }
+                _ => b.recs.push(Record::SentMany {
+                    client: client.clone(),
+                    sent,
+                }),
+            }
+            None
+        });
+        if let Some(sent) = rest {
+            s.backlog.fetch_add(cost, Ordering::Relaxed);
+            let client = client.clone();
+            let _ = s.tx.send(Cmd::Rec(Record::SentMany { client, sent }));
+        }
+    }
+
     /// Sends the records held by this thread's open batch, if any, to the writer now (in one
     /// frame); the batch stays open. For a step that makes records visible to other tasks
     /// (queueing a delivery), whose records must come after these.
@@ -676,138 +715,12 @@ impl Store {
     }
 }
 
-thread_local! {
-    /// Records held by an open [`Batch`] on this thread.
-    static BATCH: std::cell::RefCell<Option<OpenBatch>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The records of an open [`Batch`], and what they count against the writer's backlog: added
-/// to [`Shared::backlog`] once, when they are sent, instead of an atomic step per record.
-#[derive(Debug, Default)]
-struct OpenBatch {
-    recs: Vec<Record>,
-    cost: usize,
-}
-
-impl OpenBatch {
-    fn send(self, s: &Shared) {
-        if !self.recs.is_empty() {
-            s.backlog.fetch_add(self.cost, Ordering::Relaxed);
-            let _ = s.tx.send(Cmd::Recs(self.recs));
-        }
-    }
-}
-
-/// A delivery sent or acknowledged, for [`Store::append_run`].
-#[derive(Debug, Clone, Copy)]
-pub(super) enum RunItem {
-    Sent { seq: u64, pkid: u16 },
-    Acked { pkid: u16 },
-}
-
-/// What one delivery of a `SentMany` / `AckedMany` counts against the backlog ([`record_cost`]).
-const RUN_ITEM_COST: usize = 64;
-/// Room a new run starts with: a drain turn sends, and one read brings the PUBACKs of, up to
-/// the inflight window (`mqtt.max_inflight`, 256 by default); growing from one step by step
-/// was ~1 % of a durable drain's instructions.
-const RUN_CAPACITY: usize = 64;
-
-fn same_client(a: &ClientId, b: &ClientId) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}
-
-/// See [`Store::batch`].
-pub struct Batch {
-    /// The store, if this guard opened the batch (inner guards and a disabled store do
-    /// nothing).
-    shared: Option<Arc<Shared>>,
-    /// The records wait in a thread-local: the guard must stay on its thread.
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-impl std::fmt::Debug for Batch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch")
-            .field("outer", &self.shared.is_some())
-            .finish()
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        let Some(s) = &self.shared else { return };
-        if let Some(open) = BATCH.with(|g| g.borrow_mut().take()) {
-            open.send(s);
-        }
-    }
-}
-
 /// A message read back from the log, with the priority the log gave it (`Record::Priority`).
 fn with_priority(mut m: Arc<Message>, priority: u8) -> Arc<Message> {
     if priority != 0 {
         Arc::make_mut(&mut m).priority = priority;
     }
     m
-}
-
-/// What a record counts against the writer's backlog.
-/// Adds `rec` to an open batch. A `Sent` or `Acked` joins the batch's last record when that is
-/// a run of them for the same client (a `SentMany`, an `AckedMany`); else it starts one. A
-/// drain's PUBLISHes written at once, and the PUBACKs read at once, are then one record each:
-/// per delivery the log gets 10 + 2 bytes, and the writer one step on the image, instead of
-/// two records with the client id in each, and two lookups of the session (issue 16). Only
-/// the last record is merged into, so the order of the batch's records is kept.
-fn push_merged(batch: &mut Vec<Record>, rec: Record) {
-    let same = same_client;
-    let rec = match rec {
-        Record::Sent { client, seq, pkid } => {
-            if let Some(Record::SentMany { client: c, sent }) = batch.last_mut() {
-                if same(c, &client) {
-                    sent.push((seq, pkid));
-                    return;
-                }
-            }
-            Record::SentMany {
-                client,
-                sent: vec![(seq, pkid)],
-            }
-        }
-        Record::Acked { client, pkid } => {
-            if let Some(Record::AckedMany { client: c, pkids }) = batch.last_mut() {
-                if same(c, &client) {
-                    pkids.push(pkid);
-                    return;
-                }
-            }
-            Record::AckedMany {
-                client,
-                pkids: vec![pkid],
-            }
-        }
-        other => other,
-    };
-    batch.push(rec);
-}
-
-/// How many records `rec` stands for in [`StoreStats::records`]: a merged run as the records
-/// it was merged from (every delivery sent and every acknowledgement counts, as before).
-fn record_count(rec: &Record) -> u64 {
-    match rec {
-        Record::SentMany { sent, .. } => sent.len() as u64,
-        Record::AckedMany { pkids, .. } => pkids.len() as u64,
-        _ => 1,
-    }
-}
-
-/// What a record counts against the writer's backlog: a merged run as the records it stands
-/// for (each was counted when appended, and the writer takes off what it writes).
-fn record_cost(rec: &Record) -> usize {
-    match rec {
-        Record::Message(m) => m.cost(),
-        Record::SentMany { sent, .. } => RUN_ITEM_COST * sent.len(),
-        Record::AckedMany { pkids, .. } => RUN_ITEM_COST * pkids.len(),
-        _ => 64,
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::ClientState;
 
 #[cfg(test)]
 #[path = "outbound_tests.rs"]
-mod tests;
+pub(super) mod tests;
 
 impl ClientState {
     /// Resends unacknowledged PUBLISHes (DUP set) and PUBRELs of a resumed session, in their
@@ -170,11 +170,23 @@ impl ClientState {
             let mut cold_waiting = outbox.wants_load();
             let mut more = !outbox.is_empty();
             drop(outbox);
-            // Then the shared subscriptions' group queues, while the window has room.
+            // Then the shared subscriptions' group queues, while the window has room, and only
+            // while this session's own queue is empty [MQTT-4.6.0-6]. A publisher hands a
+            // shared message straight to a member only while the group queue is empty, so
+            // whatever waits in the member's queue is older than anything in the group queue:
+            // taking from the group queue first would send a topic's newer message before its
+            // older one. The session's queue stays locked through the takes, so a publisher
+            // cannot queue a message for this session in between (one that found this queue
+            // empty a moment ago, then found the group queue empty and this member's window
+            // free; the next message then went to the group queue, behind the full windows).
             // Taken out for the loop (the loop borrows self), put back after it.
             if let Some(mut groups) = self.groups.take_if(|g| !g.queues.is_empty()) {
+                #[cfg(test)]
+                tests::before_group_queues();
+                let own = self.handle.outbox();
                 let n = groups.queues.len();
-                let mut idle = 0;
+                let mut idle = if own.is_empty() { 0 } else { n };
+                more |= idle > 0;
                 while window > 0 && budget > 0 && idle < n {
                     let i = groups.cursor % n;
                     groups.cursor = groups.cursor.wrapping_add(1);
@@ -214,6 +226,7 @@ impl ClientState {
                         }
                     }
                 }
+                drop(own);
                 // A group queue whose next messages are on disk only: this member reads them
                 // back when its window has room (`cold_to_load`), unless another one is at it.
                 if window > 0 && groups.queues.iter().any(|(_, q)| q.wants_load()) {
@@ -226,8 +239,13 @@ impl ClientState {
             more
         };
         self.egress = egress_box;
+        // The deliveries sent now, logged as one run (`SentMany`) once they are all written.
+        let mut sent = Vec::with_capacity(if self.persistent() { batch.len() } else { 0 });
         for d in batch {
-            self.send_delivery(d, now, tally);
+            self.send_delivery(d, now, tally, &mut sent);
+        }
+        if !sent.is_empty() {
+            self.store.deliveries_sent(&self.n.client_id, sent);
         }
         self.publish_inflight();
         more
@@ -241,7 +259,18 @@ impl ClientState {
         }
     }
 
-    fn send_delivery(&mut self, d: Delivery, now: Instant, tally: &mut DrainTally) {
+    /// Writes one delivery's PUBLISH (or drops it: expired, too large). A delivery the store
+    /// has (`seq`) is added to `sent` as `(seq, pkid)`: the caller logs them with
+    /// [`Store::deliveries_sent`](crate::persist::Store::deliveries_sent) before its batch of
+    /// records ends (and before any ticket a held PUBLISH asks for), one append per drain turn
+    /// instead of one per delivery (issue 16).
+    fn send_delivery(
+        &mut self,
+        d: Delivery,
+        now: Instant,
+        tally: &mut DrainTally,
+        sent: &mut Vec<(u64, u16)>,
+    ) {
         if d.msg.is_expired(now) {
             // Expired messages are never delivered [MQTT-3.3.2-5].
             tally.expired += 1;
@@ -329,7 +358,7 @@ impl ClientState {
         // record must still resend it with DUP [MQTT-3.3.1-1].
         let hold = self.horizon_before_send(d.seq);
         if d.seq != 0 && self.persistent() {
-            self.store.delivery_sent(&self.n.client_id, d.seq, pkid);
+            sent.push((d.seq, pkid));
         }
         // QoS 2: not on the wire before the store knows it was sent with this packet id, or a
         // crash could deliver it again as a new message [MQTT-4.3.3].

@@ -1020,6 +1020,136 @@ fn a_new_shared_message_goes_behind_the_group_queue() {
 }
 
 #[test]
+fn a_message_queued_for_a_member_while_it_drains_goes_before_the_group_queue() {
+    // [MQTT-4.6.0-6] per member, the interleaving that once failed the black-box test
+    // `each_member_gets_a_topic_in_publish_order`: member "a" has drained its own queue (empty)
+    // and has one free slot; before it takes from the group queue, the publisher hands "4"
+    // straight to "a" (the group queue was empty and "a" had room), and "5" goes to the group
+    // queue ("a"'s room is taken by "4", "c"'s window is full). "a" must send "4" before "5".
+    let b = Arc::new(shared_broker(crate::config::SharedStrategy::RoundRobin));
+    let two = |id: &str| {
+        Client::with(Negotiated {
+            send_window: 2,
+            ..negotiated(Protocol::V5, id)
+        })
+    };
+    let (mut a, mut c) = (two("a"), two("c"));
+    a.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    c.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    let mut publ = Client::new(Protocol::V5, "pub");
+    let payloads: [&'static [u8]; 5] = [b"1", b"2", b"3", b"4", b"5"];
+    for (i, p) in payloads[..3].iter().enumerate() {
+        publ.handle(&b, publish("t", QoS::AtLeastOnce, i as u16 + 1, p))
+            .unwrap();
+    }
+    let payloads_of = |ps: Vec<Packet>| -> Vec<(u16, Bytes)> {
+        publishes(&ps)
+            .iter()
+            .map(|p| (p.pkid, p.payload.clone()))
+            .collect()
+    };
+    // Round robin from "c": "c" gets 1 and 3 (its window is full), "a" gets 2 (one slot free).
+    let first = payloads_of(a.take());
+    assert_eq!(first.len(), 1, "a has one message in flight");
+    assert_eq!(payloads_of(c.take()).len(), 2, "c's window of 2 is full");
+    let group = b
+        .router
+        .group_queue(&TopicFilter::try_from("$share/w/t").unwrap());
+    assert!(group.is_empty());
+    let broker = b.clone();
+    super::outbound::tests::set_before_group_queues(move || {
+        for (i, p) in payloads[3..].iter().enumerate() {
+            publ.handle(&broker, publish("t", QoS::AtLeastOnce, i as u16 + 4, p))
+                .unwrap();
+        }
+    });
+    let mut got: Vec<Bytes> = Vec::new();
+    // Bounded: three messages at most are left for "a", each acknowledged as it comes.
+    for _ in 0..6 {
+        for (pkid, payload) in payloads_of(a.take()) {
+            got.push(payload);
+            a.handle(&b, Packet::PubAck(PubAck::new(pkid))).unwrap();
+        }
+    }
+    assert!(group.is_empty(), "the group queue was drained");
+    assert_eq!(
+        got,
+        vec![Bytes::from_static(b"4"), Bytes::from_static(b"5")],
+        "a gets the topic's messages in publish order"
+    );
+}
+
+#[test]
+fn a_member_reads_its_own_backlog_back_before_it_takes_from_the_group_queue() {
+    // [MQTT-4.6.0-6] per member: a persistent member's queue starts with a message kept on
+    // disk only (another topic), and "1" of the shared topic waits behind it (a session's
+    // shared deliveries stay in memory). "2" goes to the group queue ("a"'s room is taken).
+    // While "a" reads its backlog back, it must not take "2" from the group queue ahead of "1".
+    let b = shared_broker(crate::config::SharedStrategy::RoundRobin);
+    let mut a = Client::with(Negotiated {
+        send_window: 2,
+        ..negotiated(Protocol::V5, "a")
+    });
+    a.subscribe(&b, "$share/w/t", QoS::AtLeastOnce);
+    let on_disk = Arc::new(crate::message::Message::new(
+        TopicName::try_from("other").unwrap(),
+        Bytes::from_static(b"0"),
+        QoS::AtLeastOnce,
+        false,
+        PublishProperties::default(),
+        "pub".into(),
+        Instant::now(),
+    ));
+    a.state
+        .handle
+        .outbox()
+        .push_cold(crate::session::ColdDelivery {
+            seq: 1,
+            id: on_disk.id,
+            cost: on_disk.cost(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            priority: 0,
+        });
+    let mut publ = Client::new(Protocol::V5, "pub");
+    publ.handle(&b, publish("t", QoS::AtLeastOnce, 1, b"1"))
+        .unwrap();
+    publ.handle(&b, publish("t", QoS::AtLeastOnce, 2, b"2"))
+        .unwrap();
+    let group = b
+        .router
+        .group_queue(&TopicFilter::try_from("$share/w/t").unwrap());
+    assert_eq!(group.len(), 1, "2 waits in the group queue");
+    let mut got: Vec<Bytes> = Vec::new();
+    let mut record = |a: &mut Client, ps: Vec<Packet>| {
+        for p in publishes(&ps) {
+            got.push(p.payload.clone());
+            a.handle(&b, Packet::PubAck(PubAck::new(p.pkid))).unwrap();
+        }
+    };
+    let ps = a.take();
+    record(&mut a, ps);
+    let ids = a.state.cold_to_load().expect("a reads its backlog back");
+    assert_eq!(ids, vec![on_disk.id]);
+    a.state.warm(&ids, vec![Some(on_disk.clone())]);
+    // Bounded: three messages at most are left for "a", each acknowledged as it comes.
+    for _ in 0..4 {
+        let ps = a.take();
+        record(&mut a, ps);
+    }
+    assert_eq!(
+        got,
+        vec![
+            Bytes::from_static(b"0"),
+            Bytes::from_static(b"1"),
+            Bytes::from_static(b"2")
+        ],
+        "a's own queue first, then the group queue"
+    );
+}
+
+#[test]
 fn the_last_member_out_leaves_the_group_queue_to_the_orphan_policy() {
     // routing/shared_subscriptions.rs, a group's lifetime: when the last member leaves (here: unsubscribes), what
     // waits in the group queue is kept for a new member (until the expiry) or dropped; counted.

@@ -10,7 +10,10 @@
 //!    inflight less already queued): "members with no free inflight window are skipped";
 //! 2. if none has room but one is online, the message waits in the group's own bounded queue
 //!    ([`GroupQueue`]) and the first member whose window frees up takes it: a burst is spread
-//!    by how fast each worker acknowledges, not committed in turns to slow ones;
+//!    by how fast each worker acknowledges, not committed in turns to slow ones. A member takes
+//!    from the group queue only while its own queue is empty (what waits there was handed to it
+//!    while the group queue was empty, so it is older), deciding under its queue's lock
+//!    (`ClientState::drain_outbox`);
 //! 3. if none is online, any member (a persistent session queues it while offline).
 //!
 //! Within the tier the group's strategy picks (`mqtt.shared_subscription_strategy`, per group
