@@ -233,6 +233,8 @@ fn log_format_json_lines_parse() {
         ])
         .arg(dir.path().join("data"))
         .env_remove("RUST_LOG")
+        // The admin listener on a free port: parallel tests never share 18083.
+        .env(sluice_tests::ADMIN_BIND_ENV, "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

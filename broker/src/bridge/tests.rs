@@ -237,6 +237,8 @@ async fn broker_bridges_reports_a_disconnected_bridge_and_its_queue() {
         .unwrap();
     let mut config = crate::Config::default();
     config.listeners = vec![crate::config::ListenerConfig::plain("127.0.0.1:0")];
+    // The admin listener on a free port (the default 18083 may be taken).
+    config.admin.bind = "127.0.0.1:0".into();
     config.persistence.mode = crate::config::PersistenceMode::Memory;
     config.bridges = vec![crate::config::BridgeConfig {
         name: "up".into(),

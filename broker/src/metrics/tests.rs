@@ -65,6 +65,11 @@ async fn until(events: &mut rumqttc::EventLoop, mut want: impl FnMut(&Event) -> 
 async fn prometheus_counters_move_with_traffic() {
     let mut config = Config {
         listeners: vec![ListenerConfig::plain("127.0.0.1:0")],
+        // The admin listener on a free port (the default 18083 may be taken).
+        admin: crate::config::AdminConfig {
+            bind: "127.0.0.1:0".into(),
+            token: String::new(),
+        },
         ..Config::default()
     };
     config.persistence.mode = PersistenceMode::Memory;
