@@ -319,7 +319,13 @@ pub fn spawn(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
                 }
             }
             cmd.env("SLUICE__PERSISTENCE__MODE", mode.as_str());
-            let mut env = format!("SLUICE__PERSISTENCE__MODE={} ", mode.as_str());
+            // The admin HTTP listener is not measured, and its fixed default port
+            // (127.0.0.1:18083) would keep a second broker on this machine from starting.
+            cmd.env("SLUICE__ADMIN__BIND", "");
+            let mut env = format!(
+                "SLUICE__PERSISTENCE__MODE={} SLUICE__ADMIN__BIND= ",
+                mode.as_str()
+            );
             if let Some(q) = opts.max_queued {
                 cmd.env("SLUICE__MQTT__MAX_QUEUED_MESSAGES", q.to_string());
                 env += &format!("SLUICE__MQTT__MAX_QUEUED_MESSAGES={q} ");

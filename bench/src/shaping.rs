@@ -54,6 +54,14 @@ pub struct BurstArgs {
     /// themselves by acknowledging slowly).
     #[arg(long, value_delimiter = ',', default_value = "sluice,mosquitto")]
     brokers: Vec<String>,
+    /// Attach only `inventory` (the unshaped persistent subscriber, so a durable broker still
+    /// logs every order): the publisher's durable QoS 1 rate without shaped consumers.
+    #[arg(long, conflicts_with = "baseline")]
+    no_groups: bool,
+    /// Per broker, first a `--no-groups` run on a fresh broker, then the burst: reports the
+    /// absorb rate against that baseline.
+    #[arg(long)]
+    baseline: bool,
     /// Append the results as Markdown to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -245,20 +253,6 @@ async fn consume(c: Consumer) -> Result<()> {
     Ok(())
 }
 
-/// Peak RSS (KiB) of `pid` sampled every 100 ms until `stop`.
-fn sample_rss(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut peak = 0;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some((rss, _)) = procfs::memory_kib(pid) {
-                peak = peak.max(rss);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        peak
-    })
-}
-
 fn append_markdown(path: &Option<PathBuf>, text: &str) -> Result<()> {
     if let Some(p) = path {
         use std::io::Write;
@@ -357,11 +351,154 @@ struct Group {
     rate: Option<f64>,
 }
 
+/// Peak RSS (KiB) of `pid` and the highest 1-minute load average, sampled every 100 ms until
+/// `stop`.
+fn sample_rss_load(
+    pid: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, f64)> {
+    tokio::spawn(async move {
+        let (mut peak, mut load) = (0, 0.0f64);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some((rss, _)) = procfs::memory_kib(pid) {
+                peak = peak.max(rss);
+            }
+            load = load.max(load_average());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (peak, load)
+    })
+}
+
+/// The 1-minute load average (/proc/loadavg; 0 if unreadable).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// What one burst run measured.
+struct Outcome {
+    absorb: f64,
+    idle: u64,
+    /// RSS right after the last PUBACK (everything queued).
+    queued: u64,
+    peak: u64,
+    load: f64,
+    /// The broker's CPU time (user + system) per order while they were published, µs.
+    cpu_us: f64,
+    /// Per group: drain seconds, lost, duplicated.
+    groups: Vec<(f64, u64, u64)>,
+}
+
+/// One broker, fresh, with `groups` attached: N orders, then the drain.
+async fn burst_once(
+    spec: &BrokerSpec,
+    name: &str,
+    dir: &std::path::Path,
+    groups: &[Group],
+    n: u32,
+) -> Result<Outcome> {
+    let sluice = matches!(spec, BrokerSpec::Sluice { .. });
+    let config = sluice.then(|| {
+        groups
+            .iter()
+            .filter_map(|g| {
+                g.rate.map(|r| {
+                    format!(
+                        "[[shaping]]\ngroup = \"{}\"\nmessages_per_second = {}\n",
+                        g.name,
+                        r * g.workers as f64
+                    )
+                })
+            })
+            .collect::<String>()
+    });
+    let mut b = broker::start(spec, &opts(dir, config, n as usize * 2), name)?;
+    eprintln!("sluice-bench burst: `{}` pid {}", b.command, b.pid);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut received = Vec::new();
+    let mut tasks = Vec::new();
+    for g in groups {
+        let r = Arc::new(Mutex::new(Received::default()));
+        for w in 0..g.workers {
+            tasks.push(tokio::spawn(consume(Consumer {
+                addr: b.addr,
+                id: format!("{}-{w}", g.name),
+                filter: g.filter,
+                persistent: g.rate.is_none(),
+                // Sluice paces them; Mosquitto's pace themselves.
+                pace: if sluice { None } else { g.rate },
+                into: r.clone(),
+                stop: stop.clone(),
+                ready: tx.clone(),
+            })));
+        }
+        received.push(r);
+    }
+    for _ in 0..tasks.len() {
+        rx.recv().await.context("a consumer did not subscribe")?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = procfs::memory_kib(b.pid).map_or(0, |(rss, _)| rss);
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = sample_rss_load(b.pid, sampling.clone());
+    let pid = b.pid.to_string();
+    let cpu_before = procfs::cpu_seconds(&pid).unwrap_or(0.0);
+    let start = Instant::now();
+    let took = publish_burst(b.addr, n, 256).await?;
+    let cpu_us = (procfs::cpu_seconds(&pid).unwrap_or(0.0) - cpu_before) * 1e6 / f64::from(n);
+    let queued = procfs::memory_kib(b.pid).map_or(0, |(rss, _)| rss);
+    let absorb = f64::from(n) / took.as_secs_f64();
+    // Wait for every group to have every order (bounded: twice the slowest ideal + 60 s).
+    let slowest = groups
+        .iter()
+        .filter_map(|g| g.rate.map(|r| f64::from(n) / (r * g.workers as f64)))
+        .fold(0.0, f64::max);
+    let limit = start + Duration::from_secs_f64(slowest * 2.0 + 60.0);
+    while Instant::now() < limit
+        && received
+            .iter()
+            .any(|r| r.lock().unwrap_or_else(|p| p.into_inner()).distinct() < n as usize)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Late duplicates (redeliveries) would come within a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (peak, load) = peak.await.unwrap_or((0, 0.0));
+    b.stop(Duration::from_secs(5));
+    let groups = received
+        .iter()
+        .map(|r| {
+            let r = r.lock().unwrap_or_else(|p| p.into_inner());
+            let drain = r.last_new.map_or(f64::NAN, |t| (t - start).as_secs_f64());
+            let lost = u64::from(n).saturating_sub(r.distinct() as u64);
+            (drain, lost, r.duplicates())
+        })
+        .collect();
+    Ok(Outcome {
+        absorb,
+        idle,
+        queued,
+        peak,
+        load,
+        cpu_us,
+        groups,
+    })
+}
+
 /// `sluice-bench burst`: see the module docs.
 pub async fn burst(args: BurstArgs) -> Result<()> {
     let dir = scratch("burst")?;
     let n = args.messages;
-    let groups = [
+    let all = [
         Group {
             name: "inventory",
             filter: "orders/#",
@@ -381,111 +518,71 @@ pub async fn burst(args: BurstArgs) -> Result<()> {
             rate: Some(args.redpacket_rate),
         },
     ];
+    // `inventory` alone: the baseline (and the whole run with --no-groups).
+    let groups = if args.no_groups { &all[..1] } else { &all[..] };
     let mut md = format!(
-        "\n### Burst of {n} QoS 1 orders ({} cores, {})\n\n| broker | absorb (msg/s) | idle RSS | peak RSS | group | rate (msg/s) | drain (s) | ideal (s) | vs ideal | lost | duplicated |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n### Burst of {n} QoS 1 orders ({} cores, {}){}\n\n| broker | absorb (msg/s) | baseline (msg/s) | vs baseline | broker CPU µs/order (baseline) | idle RSS | RSS queued | peak RSS | peak - idle | load avg (max) | group | rate (msg/s) | drain (s) | ideal (s) | vs ideal | lost | duplicated |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         procfs::nproc(),
-        procfs::cpu_model()
+        procfs::cpu_model(),
+        if args.no_groups { ", `inventory` only" } else { "" }
     );
+    let mib = |k: u64| k as f64 / 1024.0;
     for name in &args.brokers {
         let spec = BrokerSpec::parse(name);
-        let sluice = matches!(spec, BrokerSpec::Sluice { .. });
-        let config = sluice.then(|| {
-            groups
-                .iter()
-                .filter_map(|g| {
-                    g.rate.map(|r| {
-                        format!(
-                            "[[shaping]]\ngroup = \"{}\"\nmessages_per_second = {}\n",
-                            g.name,
-                            r * g.workers as f64
-                        )
-                    })
+        let baseline = if args.baseline {
+            let o = burst_once(&spec, name, &dir, &all[..1], n).await?;
+            println!(
+                "burst-baseline: {}",
+                serde_json::json!({
+                    "broker": spec.name(), "messages": n, "absorb_per_second": o.absorb,
+                    "idle_rss_kib": o.idle, "queued_rss_kib": o.queued, "peak_rss_kib": o.peak,
+                    "load_average_max": o.load, "cpu_us_per_order": o.cpu_us,
                 })
-                .collect::<String>()
-        });
-        let mut b = broker::start(&spec, &opts(&dir, config, n as usize * 2), name)?;
-        eprintln!("sluice-bench burst: `{}` pid {}", b.command, b.pid);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut received = Vec::new();
-        let mut tasks = Vec::new();
-        for g in &groups {
-            let r = Arc::new(Mutex::new(Received::default()));
-            for w in 0..g.workers {
-                tasks.push(tokio::spawn(consume(Consumer {
-                    addr: b.addr,
-                    id: format!("{}-{w}", g.name),
-                    filter: g.filter,
-                    persistent: g.rate.is_none(),
-                    // Sluice paces them; Mosquitto's pace themselves.
-                    pace: if sluice { None } else { g.rate },
-                    into: r.clone(),
-                    stop: stop.clone(),
-                    ready: tx.clone(),
-                })));
-            }
-            received.push(r);
-        }
-        for _ in 0..tasks.len() {
-            rx.recv().await.context("a consumer did not subscribe")?;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle = procfs::memory_kib(b.pid).map_or(0, |(rss, _)| rss);
-        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let peak = sample_rss(b.pid, sampling.clone());
-        let start = Instant::now();
-        let took = publish_burst(b.addr, n, 256).await?;
-        let absorb = f64::from(n) / took.as_secs_f64();
-        // Wait for every group to have every order (bounded: twice the slowest ideal + 60 s).
-        let slowest = groups
-            .iter()
-            .filter_map(|g| g.rate.map(|r| f64::from(n) / (r * g.workers as f64)))
-            .fold(0.0, f64::max);
-        let limit = start + Duration::from_secs_f64(slowest * 2.0 + 60.0);
-        while Instant::now() < limit
-            && received
-                .iter()
-                .any(|r| r.lock().unwrap_or_else(|p| p.into_inner()).distinct() < n as usize)
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Late duplicates (redeliveries) would come within a moment.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        sampling.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in tasks {
-            let _ = t.await;
-        }
-        let peak = peak.await.unwrap_or(0);
-        b.stop(Duration::from_secs(5));
+            );
+            Some((o.absorb, o.cpu_us))
+        } else {
+            None
+        };
+        let o = burst_once(&spec, name, &dir, groups, n).await?;
+        let vs_base = baseline.map(|(b, _)| o.absorb / b * 100.0);
+        let cpu = match baseline {
+            Some((_, c)) => format!("{:.2} ({c:.2})", o.cpu_us),
+            None => format!("{:.2}", o.cpu_us),
+        };
         let mut json_groups = Vec::new();
-        for (g, r) in groups.iter().zip(&received) {
-            let r = r.lock().unwrap_or_else(|p| p.into_inner());
-            let drain = r.last_new.map_or(f64::NAN, |t| (t - start).as_secs_f64());
+        for (g, &(drain, lost, dup)) in groups.iter().zip(&o.groups) {
             let total = g.rate.map(|x| x * g.workers as f64);
             let ideal = total.map(|t| f64::from(n) / t);
-            let lost = u64::from(n).saturating_sub(r.distinct() as u64);
             let vs = ideal.map_or("-".into(), |i| format!("{:+.1} %", (drain - i) / i * 100.0));
             md.push_str(&format!(
-                "| {} | {absorb:.0} | {:.1} MiB | {:.1} MiB | {} | {} | {drain:.2} | {} | {vs} | {lost} | {} |\n",
+                "| {} | {:.0} | {} | {} | {cpu} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} | {} | {} | {drain:.2} | {} | {vs} | {lost} | {dup} |\n",
                 spec.name(),
-                idle as f64 / 1024.0,
-                peak as f64 / 1024.0,
+                o.absorb,
+                baseline.map_or("-".into(), |(b, _)| format!("{b:.0}")),
+                vs_base.map_or("-".into(), |v| format!("{v:.0} %")),
+                mib(o.idle),
+                mib(o.queued),
+                mib(o.peak),
+                mib(o.peak.saturating_sub(o.idle)),
+                o.load,
                 g.name,
                 total.map_or("unshaped".into(), |t| format!("{t:.0}")),
                 ideal.map_or("-".into(), |i| format!("{i:.2}")),
-                r.duplicates()
             ));
             json_groups.push(serde_json::json!({
                 "group": g.name, "rate": total, "drain_seconds": drain,
-                "ideal_seconds": ideal, "lost": lost, "duplicated": r.duplicates(),
+                "ideal_seconds": ideal, "lost": lost, "duplicated": dup,
             }));
         }
         println!(
             "burst: {}",
             serde_json::json!({
-                "broker": spec.name(), "messages": n, "absorb_per_second": absorb,
-                "idle_rss_kib": idle, "peak_rss_kib": peak, "groups": json_groups,
+                "broker": spec.name(), "messages": n, "absorb_per_second": o.absorb,
+                "baseline_absorb_per_second": baseline.map(|b| b.0),
+                "cpu_us_per_order": o.cpu_us,
+                "baseline_cpu_us_per_order": baseline.map(|b| b.1),
+                "idle_rss_kib": o.idle, "queued_rss_kib": o.queued, "peak_rss_kib": o.peak,
+                "load_average_max": o.load, "groups": json_groups,
             })
         );
     }

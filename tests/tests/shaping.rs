@@ -366,3 +366,52 @@ async fn qos0_over_the_rate_is_dropped_and_counted() {
     assert!(line.contains("q0-1"), "logged with the client: {line}");
     assert_eq!(seq_of(&expect_publish(&mut sub).await), 0, "the burst");
 }
+
+/// A member of a shaped group that goes away while the group waits for its next token does
+/// not strand the group's queue: here one member of a 2/s group leaves after its first message
+/// and the other receives the rest, with nothing published after the departure to wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_waiting_for_its_token_still_drains_when_a_member_leaves() {
+    let broker =
+        memory_broker("[[shaping]]\ngroup = \"pair\"\nmessages_per_second = 2\nburst = 1\n");
+    let mut a = raw_ok(broker.addr, Protocol::V5, "pair-a", &Opts::default()).await;
+    raw_subscribe(&mut a, 1, "$share/pair/work/#", QoS::AtLeastOnce).await;
+    let mut b = raw_ok(broker.addr, Protocol::V5, "pair-b", &Opts::default()).await;
+    raw_subscribe(&mut b, 1, "$share/pair/work/#", QoS::AtLeastOnce).await;
+    let n = 8u32;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // `a`: acknowledges its first message (or gives up after 10 s) and goes away.
+    let tx_a = tx.clone();
+    let leaver = tokio::spawn(async move {
+        if let Ok(sluice_tests::Recv::Packet(p)) = a.recv(Duration::from_secs(10)).await {
+            if let Packet::Publish(p) = *p {
+                a.send(&Packet::PubAck(PubAck::new(p.pkid))).await.unwrap();
+                let _ = tx_a.send(seq_of(&p));
+            }
+        }
+        drop(a);
+    });
+    let stayer = tokio::spawn(async move {
+        while let Ok(sluice_tests::Recv::Packet(p)) = b.recv(T).await {
+            let Packet::Publish(p) = *p else { continue };
+            b.send(&Packet::PubAck(PubAck::new(p.pkid))).await.unwrap();
+            if tx.send(seq_of(&p)).is_err() {
+                return;
+            }
+        }
+    });
+    let mut publ = raw_ok(broker.addr, Protocol::V5, "pair-pub", &Opts::default()).await;
+    let reasons = publish_all(&mut publ, "work/t", 0..n).await;
+    assert!(reasons.iter().all(|r| *r == ReasonCode::SUCCESS));
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < n as usize {
+        let seq = tokio::time::timeout(T, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the group stalled with {seen:?} of 0..{n}"))
+            .expect("a member is still receiving");
+        seen.insert(seq);
+    }
+    leaver.await.unwrap();
+    stayer.abort();
+    assert_eq!(seen, (0..n).collect(), "every message reached the group");
+}

@@ -112,10 +112,22 @@ impl SessionImage {
     }
 }
 
+/// A delivery waiting in a shared subscription's group queue, as stored: 24 bytes, half a
+/// [`QueuedImage`] (a group queue of a burst can be as long as the burst, and its entries
+/// never carry subscription identifiers or a group name of their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupQueuedImage {
+    /// The group's delivery number (see [`Record::GroupEnqueue`]).
+    pub seq: u64,
+    pub id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
 /// A shared subscription's group queue as stored.
 #[derive(Debug, Clone, Default)]
 pub struct GroupImage {
-    pub queue: VecDeque<QueuedImage>,
+    pub queue: VecDeque<GroupQueuedImage>,
     /// Above every delivery number used so far.
     pub next_seq: u64,
 }
@@ -370,14 +382,11 @@ impl Image {
                 let g = self.groups.entry(group.clone()).or_default();
                 g.next_seq = g.next_seq.max(seq + 1);
                 self.entries += 1;
-                g.queue.push_back(QueuedImage {
+                g.queue.push_back(GroupQueuedImage {
                     seq: *seq,
                     id: *id,
                     qos: *qos,
                     retain: *retain,
-                    subscription_ids: Box::default(),
-                    // Filed under the group: no copy of its name per entry.
-                    shared: None,
                 });
                 self.retain_msg(*id);
             }
@@ -580,7 +589,7 @@ fn shrinkable(len: usize, capacity: usize) -> bool {
 }
 
 /// Takes entry `pos` out of a stored queue, giving memory back once it is mostly empty.
-fn take_entry(q: &mut VecDeque<QueuedImage>, pos: usize) -> Option<QueuedImage> {
+fn take_entry<T>(q: &mut VecDeque<T>, pos: usize) -> Option<T> {
     let taken = q.remove(pos);
     if shrinkable(q.len(), q.capacity()) {
         q.shrink_to(q.len() * 2);

@@ -1447,3 +1447,11 @@ fn a_due_compaction_waits_while_a_drain_shrinks_the_live_data() {
         "near the disk limit: never put off"
     );
 }
+
+/// A group queue as long as a burst (issue 13: 1,000,000 orders into two shaped groups) costs
+/// the image 24 bytes per waiting delivery, not a session entry's 48.
+#[test]
+fn a_stored_group_queue_entry_is_24_bytes() {
+    assert_eq!(std::mem::size_of::<super::GroupQueuedImage>(), 24);
+    assert!(std::mem::size_of::<super::QueuedImage>() > 24);
+}

@@ -4,6 +4,16 @@
 
 use std::collections::VecDeque;
 
+/// Capacity a lane keeps however empty it gets (see [`Lanes`]).
+const KEEP_CAPACITY: usize = 4096;
+
+/// Gives back most of `q`'s buffer once it is under a quarter full (above [`KEEP_CAPACITY`]).
+fn shrink_drained<T>(q: &mut VecDeque<T>) {
+    if q.capacity() > KEEP_CAPACITY && q.len() < q.capacity() / 4 {
+        q.shrink_to((q.len() * 2).max(KEEP_CAPACITY));
+    }
+}
+
 /// One priority's entries, in arrival order.
 #[derive(Debug)]
 struct Lane<T> {
@@ -14,7 +24,10 @@ struct Lane<T> {
 /// Entries by priority, then arrival. Positions ([`Lanes::get_mut`], [`Lanes::remove`]) count
 /// in sending order across the lanes. A lane, once made, stays (empty) with its buffer, as a
 /// `VecDeque` keeps its capacity: a queue that empties and fills again does not reallocate.
-/// So a queue holds at most one lane per configured priority, plus lane 0.
+/// So a queue holds at most one lane per configured priority, plus lane 0. Only a lane grown
+/// past [`KEEP_CAPACITY`] entries gives memory back as it drains (halving at a time, once it is
+/// under a quarter full: O(1) copies per removal), so a drained burst of a million deliveries
+/// does not keep its buffer (80 MB) for good.
 #[derive(Debug)]
 pub struct Lanes<T> {
     /// Highest priority first.
@@ -82,7 +95,9 @@ impl<T> Lanes<T> {
 
     /// Takes the next entry to send.
     pub fn pop_front(&mut self) -> Option<T> {
-        let e = self.lanes.iter_mut().find_map(|l| l.queue.pop_front())?;
+        let lane = self.lanes.iter_mut().find(|l| !l.queue.is_empty())?;
+        let e = lane.queue.pop_front()?;
+        shrink_drained(&mut lane.queue);
         self.len -= 1;
         Some(e)
     }
@@ -90,11 +105,9 @@ impl<T> Lanes<T> {
     /// Takes the oldest entry of the lowest priority (`drop_oldest` evicts it: the last in
     /// line to be sent, then the longest waiting of those).
     pub fn pop_lowest_front(&mut self) -> Option<T> {
-        let e = self
-            .lanes
-            .iter_mut()
-            .rev()
-            .find_map(|l| l.queue.pop_front())?;
+        let lane = self.lanes.iter_mut().rev().find(|l| !l.queue.is_empty())?;
+        let e = lane.queue.pop_front()?;
+        shrink_drained(&mut lane.queue);
         self.len -= 1;
         Some(e)
     }
@@ -129,7 +142,9 @@ impl<T> Lanes<T> {
     /// Takes the `i`th entry in sending order out.
     pub fn remove(&mut self, i: usize) -> Option<T> {
         let (lane, at) = self.locate(i)?;
-        let e = self.lanes[lane].queue.remove(at)?;
+        let q = &mut self.lanes[lane].queue;
+        let e = q.remove(at)?;
+        shrink_drained(q);
         self.len -= 1;
         Some(e)
     }
@@ -229,5 +244,31 @@ mod tests {
         assert_eq!(l.lanes.len(), 1);
         assert!(l.iter().copied().eq(0..100));
         assert!((0..100).all(|i| l.pop_front() == Some(i)));
+    }
+
+    #[test]
+    fn a_drained_long_lane_gives_its_buffer_back() {
+        let mut l = Lanes::default();
+        let n = 100_000;
+        for i in 0..n {
+            l.push_back(0, i);
+        }
+        let grown = l.lanes[0].queue.capacity();
+        assert!(grown >= n);
+        for i in 0..n - 10 {
+            assert_eq!(l.pop_front(), Some(i));
+        }
+        let cap = l.lanes[0].queue.capacity();
+        assert!(cap <= KEEP_CAPACITY * 2, "capacity {cap} after draining");
+        // Order and contents are kept through the shrinking.
+        assert!(l.iter().copied().eq(n - 10..n));
+        // A short queue keeps its buffer (no reallocation when it fills again).
+        let mut s = Lanes::default();
+        for i in 0..1000 {
+            s.push_back(0, i);
+        }
+        let cap = s.lanes[0].queue.capacity();
+        while s.pop_front().is_some() {}
+        assert_eq!(s.lanes[0].queue.capacity(), cap);
     }
 }
