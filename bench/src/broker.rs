@@ -278,9 +278,6 @@ pub fn spawn(spec: &BrokerSpec, opts: &StartOpts, tag: &str) -> Result<Running> 
             };
             data_dir = Some(data.clone());
             cmd = Command::new(&bin);
-            // The admin listener (on by default) on a free port: a second broker, or another
-            // run on the machine, may hold the default 18083.
-            cmd.env("SLUICE__ADMIN__BIND", "127.0.0.1:0");
             let listen = if opts.tls {
                 // A TLS listener needs the configuration file (`--bind` is plain TCP only).
                 let conf = opts.dir.join(format!("{tag}-sluice.toml"));
