@@ -453,15 +453,7 @@ impl Router {
 
     /// Applies the shaping rules' overflow policies to every group queue (after a reload).
     pub fn refresh_group_policies(&self) {
-        let queues: Vec<Arc<GroupQueue>> = self
-            .shared_groups
-            .queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for q in queues {
+        for q in self.group_queues() {
             q.set_policy(self.group_policy(&q.key));
         }
     }
@@ -646,15 +638,7 @@ impl Router {
         if self.shared_groups.orphans.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let queues: Vec<Arc<GroupQueue>> = self
-            .shared_groups
-            .queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for q in queues {
+        for q in self.group_queues() {
             let mut m = q.membership();
             if m.orphaned_until.is_some_and(|t| t <= now) {
                 m.orphaned_until = None;
