@@ -136,11 +136,17 @@ impl Writer {
     /// `body` is None (an empty retained PUBLISH [MQTT-3.3.1-6]).
     pub fn set(&self, topic: &str, body: Option<Bytes>) {
         let body = body.unwrap_or_default();
-        let cost = body.len() + topic.len();
+        let key = wire::retained_key(topic);
+        if !key_fits(&key) {
+            // Its subject (the topic in base64) would be longer than NATS takes: the write
+            // could only fail, and a connection-level failure would be retried for ever.
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic_bytes = topic.len(), dropped = n + 1, "cluster: retained message kept on this node only: its topic is too long for a key of the bucket");
+            return;
+        }
+        let cost = entry_cost(&body, topic);
         let before = self.pending.fetch_add(cost, Ordering::Relaxed);
-        if before + cost > MAX_PENDING_BYTES
-            || self.tx.send((wire::retained_key(topic), body)).is_err()
-        {
+        if before + cost > MAX_PENDING_BYTES || self.tx.send((key, body)).is_err() {
             self.pending.fetch_sub(cost, Ordering::Relaxed);
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n % 100 == 0 {
@@ -148,6 +154,20 @@ impl Writer {
             }
         }
     }
+}
+
+/// The subject a bucket key is written under, before the key.
+const KV_SUBJECT_PREFIX: &str = "$KV.sluice_retained.";
+
+/// Whether a bucket key's subject is short enough for NATS (as a message's subject must be).
+fn key_fits(key: &str) -> bool {
+    KV_SUBJECT_PREFIX.len() + key.len() <= super::MAX_SUBJECT_BYTES
+}
+
+/// What one waiting write counts against [`MAX_PENDING_BYTES`]: its body and topic, and the
+/// queue entry itself (the key, the channel slot), so that many empty deletes stay bounded too.
+fn entry_cost(body: &Bytes, topic: &str) -> usize {
+    body.len() + topic.len() * 2 + 96
 }
 
 /// The pause after a write's first failure; doubled after each failure up to [`RETRY_MAX`].
@@ -249,7 +269,7 @@ async fn write_loop(
 ) {
     while let Some((key, body)) = rx.recv().await {
         let topic = wire::retained_topic(&key).unwrap_or_default();
-        let cost = body.len() + topic.len();
+        let cost = entry_cost(&body, &topic);
         let mut failures = 0u32;
         let mut first_failure = None;
         loop {
@@ -389,6 +409,19 @@ fn age(created_nanos: i128) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A topic whose bucket key (its base64) would make a subject longer than NATS takes is
+    /// kept on its node (before, its write failed and was retried for ever).
+    #[test]
+    fn a_topic_too_long_for_a_bucket_key_is_not_written() {
+        assert!(key_fits(&wire::retained_key("sensors/t1")));
+        let long = "a/".repeat(1_600); // 3,200 bytes: a valid topic, 4,267 bytes of key
+        assert!(!key_fits(&wire::retained_key(&long)));
+        assert!(
+            entry_cost(&Bytes::new(), "t") > 64,
+            "an empty delete still counts"
+        );
+    }
     use async_nats::jetstream::context::{PublishError, PublishErrorKind};
     use async_nats::jetstream::kv::{PutError, PutErrorKind, UpdateError, UpdateErrorKind};
 

@@ -547,6 +547,10 @@ where
             }
         };
 
+        if keepalive_limit(keep_alive).is_some() {
+            // Its wheel entry goes at its tick, or sooner once many connections have closed.
+            broker.keepalives.unwatch();
+        }
         // The loop's state is done with; boxed: the closing steps' awaits (bounded flushes, the
         // handover) would otherwise size every connection's task for its whole life.
         let Waits { busy, .. } = w;

@@ -63,6 +63,10 @@ impl Drop for ControlGuard {
                 None => return,
             }
         };
+        // The request (if any) goes with the slot: no flag may announce it to the next owner.
+        self.handle
+            .control_pending
+            .store(false, std::sync::atomic::Ordering::Release);
         // Dropped outside the lock: the request's reply sender wakes its waiter.
         drop(request);
     }

@@ -6,12 +6,14 @@
 //! 250 ms ticks that is looked at only when its tick comes: then the entry moves to the tick
 //! of the handle's current deadline, or, if that has passed, the owning connection is woken
 //! through the session's `notify` and closes itself (it checks [`KeepAlives::expired`]). A
-//! connection that has gone drops its entry at its next tick (the session's owner is another
-//! connection, or none). Timeouts are late by at most a tick and the task's scheduling, on top
+//! connection that has gone drops its entry when its tick comes (the session's owner is another
+//! connection, or none); a tick can be a day away (Keep Alive 65,535 s), so closing connections
+//! are counted ([`KeepAlives::unwatch`]) and once they are half the entries, the wheel is swept
+//! whole for entries whose connection is gone: memory stays bounded by the live connections. Timeouts are late by at most a tick and the task's scheduling, on top
 //! of the 1.5 x Keep Alive the specification allows.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -43,7 +45,14 @@ pub struct KeepAlives {
     wake: Notify,
     /// Whether the serving task runs (started by the first watch).
     running: AtomicBool,
+    /// Entries in the wheel.
+    entries: AtomicUsize,
+    /// Connections closed since the last whole sweep (their entries wait for their tick).
+    closed: AtomicUsize,
 }
+
+/// Closed connections below this never trigger a whole sweep.
+const PURGE_MIN: usize = 64;
 
 impl KeepAlives {
     pub fn new() -> Arc<KeepAlives> {
@@ -52,6 +61,8 @@ impl KeepAlives {
             wheel: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             running: AtomicBool::new(false),
+            entries: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
         })
     }
 
@@ -90,12 +101,44 @@ impl KeepAlives {
             });
             was_empty
         };
+        self.entries.fetch_add(1, Ordering::Relaxed);
         if !self.running.swap(true, Ordering::AcqRel) {
             tokio::spawn(serve(Arc::downgrade(self)));
         }
         if was_empty {
             self.wake.notify_one();
         }
+    }
+
+    /// A watched connection is closing. Its entry stays until its tick (up to a day away);
+    /// once closed connections are half the entries, every entry of a connection that no
+    /// longer owns its session is removed.
+    pub fn unwatch(&self) {
+        let closed = self.closed.fetch_add(1, Ordering::Relaxed) + 1;
+        if closed >= PURGE_MIN && closed * 2 >= self.entries.load(Ordering::Relaxed) {
+            self.purge();
+        }
+    }
+
+    /// Removes the entries of connections that are gone (see [`KeepAlives::unwatch`]).
+    fn purge(&self) {
+        let mut wheel = self.wheel();
+        let mut removed = 0;
+        wheel.retain(|_, watches| {
+            watches.retain(|w| {
+                let live = w.handle.upgrade().is_some_and(|h| {
+                    h.ownership()
+                        .owner
+                        .as_ref()
+                        .is_some_and(|o| o.connection == w.connection)
+                });
+                removed += usize::from(!live);
+                live
+            });
+            !watches.is_empty()
+        });
+        self.entries.fetch_sub(removed, Ordering::Relaxed);
+        self.closed.store(0, Ordering::Relaxed);
     }
 
     /// A packet came: the connection owning `handle` now has until `deadline`.
@@ -124,8 +167,10 @@ impl KeepAlives {
         };
         let mut woken = 0;
         let mut refile = Vec::new();
+        let mut dropped = 0;
         for w in due {
             let Some(handle) = w.handle.upgrade() else {
+                dropped += 1;
                 continue;
             };
             let owned = handle
@@ -135,6 +180,7 @@ impl KeepAlives {
                 .is_some_and(|o| o.connection == w.connection);
             let ms = handle.keepalive_due.load(Ordering::Relaxed);
             if !owned || ms == 0 {
+                dropped += 1;
                 continue;
             }
             let tick = if ms <= now_ms {
@@ -148,6 +194,7 @@ impl KeepAlives {
             };
             refile.push((tick, w));
         }
+        self.entries.fetch_sub(dropped, Ordering::Relaxed);
         if !refile.is_empty() {
             let mut wheel = self.wheel();
             for (tick, w) in refile {
@@ -255,6 +302,30 @@ mod tests {
         assert_eq!(k.len(), 2);
         assert_eq!(k.sweep(t0 + Duration::from_secs(2)), 0);
         assert!(k.is_empty());
+    }
+
+    /// Connections with a distant deadline (Keep Alive 65,535 s) that close leave no entries
+    /// behind for a day: once closed ones are half the wheel, it is swept whole. The ones still
+    /// connected stay.
+    #[tokio::test(start_paused = true)]
+    async fn closed_connections_with_far_deadlines_are_purged() {
+        let k = KeepAlives::new();
+        let far = Instant::now() + Duration::from_secs(65_535 * 3 / 2);
+        let live: Vec<_> = (0..10).map(|i| owned(1_000 + i)).collect();
+        for (i, h) in live.iter().enumerate() {
+            k.watch(h, 1_000 + i as u64, far);
+        }
+        let mut closed = Vec::new();
+        for i in 0..PURGE_MIN as u64 {
+            let h = owned(i);
+            k.watch(&h, i, far);
+            h.ownership().owner = None; // the connection parked its session and ended
+            k.unwatch();
+            closed.push(h);
+        }
+        assert_eq!(k.len(), live.len(), "only the connected ones are left");
+        // Entries that went at their tick are counted off too (none left to purge later).
+        assert_eq!(k.entries.load(Ordering::Relaxed), live.len());
     }
 
     /// The serving task wakes a silent connection's owner by itself (virtual time).

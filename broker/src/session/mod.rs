@@ -562,7 +562,11 @@ impl SessionHandle {
                 Some(c)
             }
             other => {
+                // Nothing waits in the slot (a request left by an owner that died before
+                // taking it was dropped with it): the flag must not stay set, or every poll
+                // of this connection would see a control event that is not there.
                 owner.control = other;
+                self.control_pending.store(false, Ordering::Release);
                 None
             }
         }
@@ -730,6 +734,40 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use sluice_codec::TopicName;
+
+    /// A takeover request left in the slot by an owner that died before taking it (its task
+    /// panicked) goes with it: the next owner is not told of a request that is not there (it
+    /// used to see `control_waiting` for ever and spin on it).
+    #[test]
+    fn a_request_left_by_a_dead_owner_does_not_reach_the_next_one() {
+        let handle = Arc::new(SessionHandle::new("c".into(), 10, 1 << 20));
+        let owner = |connection| Owner {
+            connection,
+            control: ControlSlot::Listening,
+            info: None,
+        };
+        handle.ownership().owner = Some(owner(1));
+        let guard = ControlGuard {
+            handle: handle.clone(),
+            connection: 1,
+        };
+        let Asked::Sent(rx) = handle.ask_owner(Control::TakeOver) else {
+            panic!("the owner listens");
+        };
+        assert!(handle.control_waiting());
+        drop(guard); // connection 1's task ends without taking the request
+        drop(rx);
+        assert!(!handle.control_waiting(), "the request went with its owner");
+        handle.ownership().owner = Some(owner(2));
+        assert!(handle.take_control(2).is_none());
+        assert!(!handle.control_waiting());
+        // A real request to the new owner still arrives.
+        let Asked::Sent(_rx) = handle.ask_owner(Control::TakeOver) else {
+            panic!("the new owner listens");
+        };
+        assert!(matches!(handle.take_control(2), Some(Control::TakeOver(_))));
+        assert!(!handle.control_waiting());
+    }
 
     fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
         let msg = Message::new(
