@@ -97,51 +97,30 @@ pub fn render_prometheus(broker: &Broker) -> String {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
-    family(
+    single(
         w,
         "sluice_uptime_seconds",
         "gauge",
         "Seconds since the broker started.",
+        s.uptime().as_secs(),
     );
-    sample(w, "sluice_uptime_seconds", &[], s.uptime().as_secs());
 
     // Connections.
-    family(
+    single(
         w,
         "sluice_connections_current",
         "gauge",
         "MQTT clients connected now (CONNACK sent, connection not ended).",
-    );
-    sample(
-        w,
-        "sluice_connections_current",
-        &[],
         s.clients_connected.load(Ordering::Relaxed) as u64,
     );
-    family(
+    single(
         w,
         "sluice_connections_total",
         "counter",
         "MQTT connections accepted (CONNACK 0x00 sent) since start.",
-    );
-    sample(
-        w,
-        "sluice_connections_total",
-        &[],
         s.connections_total.load(Ordering::Relaxed),
     );
-    family(
-        w,
-        "sluice_sockets_open",
-        "gauge",
-        "Network connections open, those still in TLS, WebSocket or CONNECT included (what limits.max_connections bounds).",
-    );
-    sample(
-        w,
-        "sluice_sockets_open",
-        &[],
-        s.connections.load(Ordering::Relaxed) as u64,
-    );
+    single(w, "sluice_sockets_open", "gauge", "Network connections open, those still in TLS, WebSocket or CONNECT included (what limits.max_connections bounds).", s.connections.load(Ordering::Relaxed) as u64);
     family(
         w,
         "sluice_connections_refused_total",
@@ -246,25 +225,20 @@ pub fn render_prometheus(broker: &Broker) -> String {
     ] {
         sample(w, "sluice_messages_sent_total", &[("qos", q)], c(ctr));
     }
-    family(
+    single(
         w,
         "sluice_bytes_received_total",
         "counter",
         "Bytes read from clients (every packet).",
-    );
-    sample(
-        w,
-        "sluice_bytes_received_total",
-        &[],
         c(Counter::BytesReceived),
     );
-    family(
+    single(
         w,
         "sluice_bytes_sent_total",
         "counter",
         "Bytes written to clients (every packet).",
+        c(Counter::BytesSent),
     );
-    sample(w, "sluice_bytes_sent_total", &[], c(Counter::BytesSent));
     family(
         w,
         "sluice_messages_dropped_total",
@@ -291,28 +265,18 @@ pub fn render_prometheus(broker: &Broker) -> String {
         &[("reason", "queue_full")],
         c(Counter::RejectedQueueFull),
     );
-    family(
+    single(
         w,
         "sluice_slow_consumers_disconnected_total",
         "counter",
         "Clients disconnected (0x97) by the disconnect_slow_consumer overflow policy.",
-    );
-    sample(
-        w,
-        "sluice_slow_consumers_disconnected_total",
-        &[],
         s.slow_consumers_disconnected.load(Ordering::Relaxed),
     );
-    family(
+    single(
         w,
         "sluice_publish_rate_limited_total",
         "counter",
         "Times a publisher's reading was paused by limits.publish_rate / publish_bytes_rate.",
-    );
-    sample(
-        w,
-        "sluice_publish_rate_limited_total",
-        &[],
         s.rate_limited.load(Ordering::Relaxed),
     );
     let (buckets, sum_us) = s.striped.latency();
@@ -376,27 +340,27 @@ pub fn render_prometheus(broker: &Broker) -> String {
         &[("where", "disk")],
         g.queued_disk_bytes as u64,
     );
-    family(
+    single(
         w,
         "sluice_retained_messages",
         "gauge",
         "Retained messages held.",
+        g.retained as u64,
     );
-    sample(w, "sluice_retained_messages", &[], g.retained as u64);
-    family(
+    single(
         w,
         "sluice_subscriptions",
         "gauge",
         "Subscriptions (filter and client).",
+        g.subscriptions as u64,
     );
-    sample(w, "sluice_subscriptions", &[], g.subscriptions as u64);
-    family(
+    single(
         w,
         "sluice_delayed_messages",
         "gauge",
         "$delayed messages waiting for their time.",
+        g.delayed as u64,
     );
-    sample(w, "sluice_delayed_messages", &[], g.delayed as u64);
 
     // Bridges (`[[bridges]]`), one label value per bridge.
     let bridges = broker.bridges();
@@ -478,34 +442,34 @@ pub fn render_prometheus(broker: &Broker) -> String {
     // The store (absent in memory mode).
     if let Some((fsync, commit)) = broker.store.histograms() {
         let st = broker.store.stats();
-        family(
+        single(
             w,
             "sluice_store_log_bytes",
             "gauge",
             "Size of the store's log file.",
+            broker.store.disk_bytes(),
         );
-        sample(w, "sluice_store_log_bytes", &[], broker.store.disk_bytes());
-        family(
+        single(
             w,
             "sluice_store_records_total",
             "counter",
             "Records appended to the log.",
+            st.records,
         );
-        sample(w, "sluice_store_records_total", &[], st.records);
-        family(
+        single(
             w,
             "sluice_store_written_bytes_total",
             "counter",
             "Bytes appended to the log (compaction not included).",
+            st.bytes,
         );
-        sample(w, "sluice_store_written_bytes_total", &[], st.bytes);
-        family(
+        single(
             w,
             "sluice_store_compactions_total",
             "counter",
             "Compactions that replaced the log.",
+            st.compactions,
         );
-        sample(w, "sluice_store_compactions_total", &[], st.compactions);
         let (bounds, buckets, sum) = fsync;
         histogram(
             w,
@@ -534,6 +498,12 @@ pub fn render_prometheus(broker: &Broker) -> String {
 fn family(w: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(w, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(w, "# TYPE {name} {kind}");
+}
+
+/// A metric family of one unlabelled sample: its `# HELP`, `# TYPE` and value.
+fn single(w: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    family(w, name, kind, help);
+    sample(w, name, &[], value);
 }
 
 /// One sample line.
