@@ -227,8 +227,7 @@ impl Broker {
     /// woken, and waits for it through its session's [`crate::session::Wakeup`] rather than
     /// with a shutdown future of its own (which every idle connection would carry).
     pub fn wake_all_sessions(&self) {
-        let handles: Vec<Arc<SessionHandle>> = lock(&self.sessions).values().cloned().collect();
-        for h in handles {
+        for h in self.session_handles() {
             h.notify.notify_one();
         }
     }
