@@ -254,6 +254,7 @@ impl Server {
         let per_address = Arc::new(AddressRates::new(
             self.broker.config.limits.max_connection_rate_per_address,
         ));
+        let mut listening = Vec::with_capacity(self.listeners.len());
         for (i, (listener, transport)) in self.listeners.into_iter().enumerate() {
             let gate = Arc::new(ListenerGate::new(
                 self.broker
@@ -269,7 +270,7 @@ impl Server {
                 Ok(addr) => format!("{}://{addr}{path}", transport.scheme()),
                 Err(_) => format!("{}://{}{path}", transport.scheme(), i),
             };
-            tracing::info!("listening on {name}");
+            listening.push(name.clone());
             let lstats = Arc::new(ListenerStats::new(name, gate.open_counter()));
             self.broker.stats.add_listener(lstats.clone());
             let broker = self.broker.clone();
@@ -282,8 +283,13 @@ impl Server {
         // Bridges to other brokers: each holds `alive` like a connection.
         crate::bridge::start(&self.broker, &stop_rx, &alive_tx);
         drop(alive_tx);
+        // Ready before the "listening on" lines: whoever waits for them (a supervisor, the
+        // tests) finds `/readyz` already answering 200.
         if let Some(admin) = &self.admin {
             admin.set_ready();
+        }
+        for name in listening {
+            tracing::info!("listening on {name}");
         }
         // Certificates changed on disk are picked up by new handshakes.
         let watcher = (!self.tls.is_empty()).then(|| tokio::spawn(self.tls.clone().watch()));
