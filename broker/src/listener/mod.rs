@@ -128,7 +128,7 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for (l, transport) in config.listeners.iter().zip(transports) {
-            let listener = TcpListener::bind(&l.bind)
+            let listener = bind_listener(&l.bind)
                 .await
                 .map_err(|source| StartError::Bind {
                     addr: l.bind.clone(),
@@ -637,4 +637,36 @@ async fn watch_auth_files(broker: Arc<Broker>, (mut passwords, mut acl): (Stamp,
             }
         }
     }
+}
+
+/// Pending connections the kernel may hold for a listener before `accept` takes them (the
+/// kernel caps it at `net.core.somaxconn`, 4,096 on current Linux). tokio's `TcpListener::bind`
+/// asks for 1,024, too few for a fleet reconnecting at once after a broker restart.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`, names resolved; the first address that binds wins, as
+/// `TcpListener::bind` does) with SO_REUSEADDR and a backlog of [`LISTEN_BACKLOG`].
+async fn bind_listener(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let bound = socket
+            .set_reuseaddr(true)
+            .and_then(|()| socket.bind(a))
+            .and_then(|()| socket.listen(LISTEN_BACKLOG));
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
 }
