@@ -256,7 +256,7 @@ where
                 if let Some(ids) = state.cold_to_load() {
                     let store = broker.store.clone();
                     w.busy().loading = Some(Box::pin(async move {
-                        let messages = store.load(ids.clone()).await;
+                        let messages = store.load_drain(ids.clone()).await;
                         (ids, messages)
                     }));
                 }
