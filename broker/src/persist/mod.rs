@@ -610,6 +610,38 @@ impl Store {
         }
     }
 
+    /// Appends acknowledgements read at once as one `AckedMany` (see
+    /// [`Store::deliveries_acked`]), as [`Store::append_sent_many`] does for deliveries.
+    pub(super) fn append_acked_many(&self, client: &ClientId, pkids: Vec<u16>) {
+        let Some(s) = &self.shared else { return };
+        let cost = RUN_ITEM_COST * pkids.len();
+        let rest = BATCH.with(|g| {
+            let mut g = g.borrow_mut();
+            let Some(b) = g.as_mut() else {
+                return Some(pkids);
+            };
+            b.cost += cost;
+            match b.recs.last_mut() {
+                Some(Record::AckedMany {
+                    client: c,
+                    pkids: run,
+                }) if same_client(c, client) => {
+                    run.extend_from_slice(&pkids);
+                }
+                _ => b.recs.push(Record::AckedMany {
+                    client: client.clone(),
+                    pkids,
+                }),
+            }
+            None
+        });
+        if let Some(pkids) = rest {
+            s.backlog.fetch_add(cost, Ordering::Relaxed);
+            let client = client.clone();
+            let _ = s.tx.send(Cmd::Rec(Record::AckedMany { client, pkids }));
+        }
+    }
+
     /// Sends the records held by this thread's open batch, if any, to the writer now (in one
     /// frame); the batch stays open. For a step that makes records visible to other tasks
     /// (queueing a delivery), whose records must come after these.
