@@ -256,7 +256,7 @@ where
                 if let Some(ids) = state.cold_to_load() {
                     let store = broker.store.clone();
                     w.busy().loading = Some(Box::pin(async move {
-                        let messages = store.load(ids.clone()).await;
+                        let messages = store.load_drain(ids.clone()).await;
                         (ids, messages)
                     }));
                 }
@@ -751,20 +751,29 @@ fn decode_all(
     // The records of everything read at once (acknowledgements of a consumer, mostly) reach
     // the writer together, in one frame: one message to it instead of one per record.
     let _records = broker.store.batch();
-    loop {
+    // The PUBACKs read in a row, logged as one run before anything else is handled (and
+    // before the batch closes): one append instead of one per PUBACK (issue 16).
+    let mut acked = Vec::new();
+    let r = loop {
         let before = rbuf.len();
         match decoder.decode(rbuf) {
+            Ok(Some(Packet::PubAck(a))) => state.handle_puback(a.pkid, &mut acked),
             Ok(Some(packet)) => {
+                state.log_acked(&mut acked);
                 if let (Some(limiter), Packet::Publish(_)) = (limiter.as_deref_mut(), &packet) {
                     // The decoder consumes exactly one whole frame.
                     limiter.charge(now, before - rbuf.len());
                 }
-                state.handle(now, packet, broker)?
+                if let Err(close) = state.handle(now, packet, broker) {
+                    break Err(close);
+                }
             }
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(Close::error(e.reason_code(), e.to_string())),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(Close::error(e.reason_code(), e.to_string())),
         }
-    }
+    };
+    state.log_acked(&mut acked);
+    r
 }
 
 /// What the connection loop waits on besides the socket's write side and the session's

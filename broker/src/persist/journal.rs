@@ -194,6 +194,13 @@ impl Store {
         self.append(Record::Skip { client, seq });
     }
 
+    /// PUBACKs of `client` read at once, in order: one `AckedMany`, as
+    /// [`Store::delivery_acked`] for each of them makes inside a batch, with one append for the
+    /// run. Nothing waits for them.
+    pub fn deliveries_acked(&self, client: &ClientId, pkids: Vec<u16>) {
+        self.append_acked_many(client, pkids);
+    }
+
     /// PUBACK / PUBCOMP: the inflight entry `pkid` of `client` is done (`Acked`, merged into
     /// `AckedMany` inside a batch). Nothing waits for it.
     pub fn delivery_acked(&self, client: &ClientId, pkid: u16) {

@@ -86,9 +86,11 @@
 //!   and a client id equal to the previous message's, instead of validating and allocating them
 //!   per message; the messages are put back into the queue by position
 //!   (`Outbox::warm_in_order`), not through a map. What is left per message is the checksum
-//!   and two allocations (the message, and its payload boxed with its reference count in a
-//!   size class of at most half its size again, `payload_bytes`, so the PUBLISH's clone of
-//!   it does not allocate a third time): about 1,300 instructions with the read. Reading in
+//!   and one allocation (the message); a drain's small payloads (`Store::load_drain`) are
+//!   copied into shared 2 KiB blocks, one allocation per block (a payload kept alone pins at
+//!   most its block), other read-backs box each payload with its reference count in a size
+//!   class of at most half its size again (`payload_bytes`), so that the PUBLISH's clone of
+//!   it does not allocate again: about 1,000 instructions with the read. Reading in
 //!   the connection task from the page cache (`preadv2` with `RWF_NOWAIT`) instead of on the
 //!   blocking pool was tried: half the context switches, but more instructions (the
 //!   allocations then met the frees of the same thread's acknowledged messages in glibc's
@@ -413,6 +415,12 @@ impl Store {
     /// None for a message the log does not have (yet: its record may still be on its way to
     /// the writer; see [`Store::load`]).
     pub fn load_blocking(&self, ids: &[u64]) -> Vec<Option<Arc<Message>>> {
+        self.read_back(ids, false)
+    }
+
+    /// Reads messages back (see [`Store::load_blocking`]); with `shared_blocks`, small payloads
+    /// share allocations (see [`Store::load_drain`]).
+    fn read_back(&self, ids: &[u64], shared_blocks: bool) -> Vec<Option<Arc<Message>>> {
         let Some(s) = &self.shared else {
             return vec![None; ids.len()];
         };
@@ -430,7 +438,7 @@ impl Store {
             };
             (state.reader.clone(), slots, priorities)
         };
-        let mut out = read_messages(&reader, &slots, Instant::now());
+        let mut out = read_messages(&reader, &slots, Instant::now(), shared_blocks);
         for (m, p) in out.iter_mut().zip(priorities) {
             if let Some(msg) = m.take() {
                 *m = Some(with_priority(msg, p));
@@ -443,9 +451,21 @@ impl Store {
     /// reached the file yet is read again once the writer has written everything appended so
     /// far; None only for a message the log cannot give back.
     pub async fn load(&self, ids: Vec<u64>) -> Vec<Option<Arc<Message>>> {
+        self.load_shared(ids, false).await
+    }
+
+    /// [`Store::load`] for messages a drain sends now and drops when they are acknowledged:
+    /// small payloads read back together share one allocation per 2 KiB block instead of one
+    /// each (a payload kept alone keeps at most its block alive; issue 16). Not for messages
+    /// that may stay in memory long.
+    pub async fn load_drain(&self, ids: Vec<u64>) -> Vec<Option<Arc<Message>>> {
+        self.load_shared(ids, true).await
+    }
+
+    async fn load_shared(&self, ids: Vec<u64>, shared_blocks: bool) -> Vec<Option<Arc<Message>>> {
         let store = self.clone();
         let (ids, mut out) = match tokio::task::spawn_blocking(move || {
-            let r = store.load_blocking(&ids);
+            let r = store.read_back(&ids, shared_blocks);
             (ids, r)
         })
         .await
@@ -462,7 +482,9 @@ impl Store {
         }
         let store = self.clone();
         let again: Vec<u64> = missing.iter().map(|&i| ids[i]).collect();
-        if let Ok(found) = tokio::task::spawn_blocking(move || store.load_blocking(&again)).await {
+        if let Ok(found) =
+            tokio::task::spawn_blocking(move || store.read_back(&again, shared_blocks)).await
+        {
             for (i, m) in missing.into_iter().zip(found) {
                 out[i] = m;
             }
@@ -585,6 +607,38 @@ impl Store {
             s.backlog.fetch_add(cost, Ordering::Relaxed);
             let client = client.clone();
             let _ = s.tx.send(Cmd::Rec(Record::SentMany { client, sent }));
+        }
+    }
+
+    /// Appends acknowledgements read at once as one `AckedMany` (see
+    /// [`Store::deliveries_acked`]), as [`Store::append_sent_many`] does for deliveries.
+    pub(super) fn append_acked_many(&self, client: &ClientId, pkids: Vec<u16>) {
+        let Some(s) = &self.shared else { return };
+        let cost = RUN_ITEM_COST * pkids.len();
+        let rest = BATCH.with(|g| {
+            let mut g = g.borrow_mut();
+            let Some(b) = g.as_mut() else {
+                return Some(pkids);
+            };
+            b.cost += cost;
+            match b.recs.last_mut() {
+                Some(Record::AckedMany {
+                    client: c,
+                    pkids: run,
+                }) if same_client(c, client) => {
+                    run.extend_from_slice(&pkids);
+                }
+                _ => b.recs.push(Record::AckedMany {
+                    client: client.clone(),
+                    pkids,
+                }),
+            }
+            None
+        });
+        if let Some(pkids) = rest {
+            s.backlog.fetch_add(cost, Ordering::Relaxed);
+            let client = client.clone();
+            let _ = s.tx.send(Cmd::Rec(Record::AckedMany { client, pkids }));
         }
     }
 

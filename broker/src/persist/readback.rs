@@ -5,7 +5,7 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sluice_codec::{PublishProperties, QoS, Str, TopicName};
 
 use crate::message::{ClientId, Message};
@@ -52,6 +52,7 @@ pub(super) fn read_messages(
     file: &File,
     slots: &[Option<MsgSlot>],
     now: Instant,
+    shared_blocks: bool,
 ) -> Vec<Option<Arc<Message>>> {
     use std::os::unix::fs::FileExt;
     let mut order: Vec<(usize, MsgSlot)> = slots
@@ -68,6 +69,9 @@ pub(super) fn read_messages(
         let buf = guard.as_deref_mut().unwrap_or(&mut own);
         let mut out = vec![None; slots.len()];
         let mut decoder = MessageDecoder::default();
+        if shared_blocks {
+            decoder.block = Some(BytesMut::new());
+        }
         let mut i = 0;
         while i < order.len() {
             let start = order[i].1.at;
@@ -119,7 +123,15 @@ pub(super) struct MessageDecoder {
     topic: Option<(Bytes, TopicName)>,
     /// The last origin decoded.
     origin: Option<ClientId>,
+    /// Where small payloads are copied to when they may share one allocation (see
+    /// [`MessageDecoder::payload`]); None: each payload is copied out on its own.
+    block: Option<BytesMut>,
 }
+
+/// Payloads up to this size share a block when the decoder has one.
+const SHARED_MAX: usize = 256;
+/// The size of a block of shared payloads: what one payload held alone can keep alive.
+const BLOCK: usize = 2048;
 
 impl MessageDecoder {
     /// Decodes the message in a whole frame at `at` (checksum verified).
@@ -132,6 +144,30 @@ impl MessageDecoder {
         let bad = |source| ReadError::Bad { at, source };
         check_frame(frame).map_err(bad)?;
         self.decode_payload(&frame[8..], now).map_err(bad)
+    }
+
+    /// A payload read back. For messages about to be sent ([`Store::load_drain`]), payloads of
+    /// up to [`SHARED_MAX`] bytes are copied one after the other into blocks of [`BLOCK`] bytes
+    /// and handed out as `Bytes` of them: one allocation per block (and one for its shared
+    /// reference count), where [`payload_bytes`] makes one per message, on the blocking thread
+    /// that reads back while the connection's thread frees, so glibc serves each from its slow
+    /// path (~280 instructions, plus the free; issue 16). The price is pinning: a payload kept
+    /// while its neighbours are gone keeps its block, at most [`BLOCK`] bytes, alive. These
+    /// messages are sent now and freed when acknowledged, so a block lives about as long as
+    /// the inflight window that holds its messages (at most Receive Maximum messages, each
+    /// pinning at most one block); messages that may be kept long (read back into memory for
+    /// good, delayed messages) are copied out right-sized instead.
+    fn payload(&mut self, p: &[u8]) -> Bytes {
+        match &mut self.block {
+            Some(block) if !p.is_empty() && p.len() <= SHARED_MAX => {
+                if block.capacity() - block.len() < p.len() {
+                    *block = BytesMut::with_capacity(BLOCK);
+                }
+                block.extend_from_slice(p);
+                block.split().freeze()
+            }
+            _ => payload_bytes(p),
+        }
     }
 
     /// A message record's payload (tag first); the same fields as [`decode_record`] reads.
@@ -152,7 +188,7 @@ impl MessageDecoder {
                 topic
             }
         };
-        let payload = payload_bytes(r.bytes()?);
+        let payload = self.payload(r.bytes()?);
         let qos = QoS::from_u8(r.u8()?).ok_or(DecodeError::BadQos)?;
         let retain = r.u8()? != 0;
         let origin_raw = r.bytes()?;
@@ -301,5 +337,46 @@ mod payload_tests {
             );
             assert_eq!(clone.slice(len / 2..), p[len / 2..], "len {len}: a slice");
         }
+    }
+
+    #[test]
+    fn drained_payloads_share_blocks_and_keep_their_bytes() {
+        let mut d = MessageDecoder {
+            block: Some(BytesMut::new()),
+            ..MessageDecoder::default()
+        };
+        let mut kept = Vec::new();
+        for n in 0..100usize {
+            let len = [0, 1, 100, SHARED_MAX, SHARED_MAX + 1, 4096][n % 6];
+            let p: Vec<u8> = (0..len).map(|i| (i + n) as u8).collect();
+            kept.push((d.payload(&p), p));
+        }
+        drop(d);
+        // Every other payload goes; the rest keep their bytes.
+        let kept: Vec<_> = kept.into_iter().step_by(2).collect();
+        for (b, p) in &kept {
+            assert_eq!(&b[..], &p[..]);
+            assert_eq!(b.clone(), p[..]);
+        }
+        // Two small payloads in a row sit in one block: 100 B then SHARED_MAX B.
+        let mut d = MessageDecoder {
+            block: Some(BytesMut::new()),
+            ..MessageDecoder::default()
+        };
+        let a = d.payload(&[1; 100]);
+        let b = d.payload(&[2; SHARED_MAX]);
+        assert_eq!(a.as_ptr() as usize + 100, b.as_ptr() as usize, "one block");
+        // A block never holds more than BLOCK bytes: the next one starts a new block.
+        let mut total = 100 + SHARED_MAX;
+        let mut last = b;
+        while total + SHARED_MAX <= BLOCK {
+            let next = d.payload(&[3; SHARED_MAX]);
+            assert_eq!(last.as_ptr() as usize + last.len(), next.as_ptr() as usize);
+            total += SHARED_MAX;
+            last = next;
+        }
+        let next = d.payload(&[4; SHARED_MAX]);
+        assert_ne!(last.as_ptr() as usize + last.len(), next.as_ptr() as usize);
+        assert_eq!(next, [4; SHARED_MAX][..]);
     }
 }

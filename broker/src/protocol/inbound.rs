@@ -319,14 +319,23 @@ impl ClientState {
     }
 
     pub(super) fn on_puback(&mut self, pkid: u16) {
+        if self.take_puback(pkid) {
+            self.log_ref(|s, client| s.delivery_acked(client, pkid));
+        }
+    }
+
+    /// PUBACK: releases the QoS 1 delivery `pkid` from the inflight window; whether there was
+    /// one (the caller logs it).
+    pub(super) fn take_puback(&mut self, pkid: u16) -> bool {
         match self.session.inflight_position(pkid) {
             Some(i) if matches!(&self.session.inflight[i], Inflight::Publish { delivery, .. } if delivery.qos == QoS::AtLeastOnce) =>
             {
                 self.session.inflight.remove(i);
-                self.log_ref(|s, client| s.delivery_acked(client, pkid));
+                true
             }
             _ => {
-                tracing::debug!(client_id = %self.n.client_id, pkid, "PUBACK for an unknown packet id ignored")
+                tracing::debug!(client_id = %self.n.client_id, pkid, "PUBACK for an unknown packet id ignored");
+                false
             }
         }
     }

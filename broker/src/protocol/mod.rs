@@ -428,6 +428,25 @@ impl ClientState {
         r
     }
 
+    /// A PUBACK among packets read at once: as [`ClientState::handle`] does for it, but the
+    /// `Acked` record is left in `acked`, for [`ClientState::log_acked`] to log with the
+    /// others as one `AckedMany` (one append per read instead of one per PUBACK, issue 16).
+    /// The caller logs them before handling any other packet, so records keep their order.
+    pub fn handle_puback(&mut self, pkid: u16, acked: &mut Vec<u16>) {
+        if self.take_puback(pkid) && self.persistent() {
+            acked.push(pkid);
+        }
+        self.publish_inflight();
+    }
+
+    /// Logs the acknowledgements [`ClientState::handle_puback`] left in `acked` (emptying it).
+    pub fn log_acked(&self, acked: &mut Vec<u16>) {
+        if !acked.is_empty() {
+            self.store
+                .deliveries_acked(&self.n.client_id, std::mem::take(acked));
+        }
+    }
+
     /// Tells shared-subscription selection how full this client's window is.
     fn publish_inflight(&self) {
         self.handle.set_inflight(self.session.inflight_len());
