@@ -13,7 +13,8 @@ use sluice_codec::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{write_final, ConnInfo};
+use super::io::write_final;
+use super::ConnInfo;
 
 use crate::auth::enhanced::AuthStep;
 use crate::broker::Broker;

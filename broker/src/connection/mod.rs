@@ -7,34 +7,37 @@
 //! make the broker buffer without bound.
 //!
 //! `handshake` holds what runs once before this loop: CONNECT, credentials, enhanced
-//! authentication, CONNACK or refusal.
+//! authentication, CONNACK or refusal. `waits` holds what the loop waits on (buffers, the
+//! busy-only state, the events), `io` the socket helpers (read, write, final write, linger).
 
 mod handshake;
+mod io;
 pub mod ratelimit;
+mod waits;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use sluice_codec::{encode, Decoder, Packet, Protocol, ReasonCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use sluice_codec::{Decoder, Packet, ReasonCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
 use crate::broker::Broker;
 use crate::connection::ratelimit::RateLimiter;
-use crate::message::Message;
 use crate::persist::BACKLOG_HIGH_WATER;
 use crate::protocol::connect::redirect_code;
 use crate::protocol::{ClientState, Close};
 use crate::session::Control;
 use crate::stats::{Counter, DrainTally};
 use handshake::{establish, Established};
+use io::{linger, poll_read_more, poll_write_or_flush};
+use waits::{Event, Waits};
 
 /// Stop reading and draining once this much is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
@@ -101,10 +104,6 @@ impl ConnInfo {
         }
     }
 }
-
-/// Messages being read back from the store: the ids asked for and what came back.
-type Loading =
-    Pin<Box<dyn std::future::Future<Output = (Vec<u64>, Vec<Option<Arc<Message>>>)> + Send>>;
 
 /// Serves one client connection until it ends.
 ///
@@ -688,21 +687,6 @@ where
     }
 }
 
-/// Reads and discards what the peer still sends, until it closes or [`LINGER`] has passed. A
-/// peer that keeps writing after the server closed its side would otherwise get a reset when
-/// the socket is closed with unread data, and never read the DISCONNECT (or refusing CONNACK)
-/// already sent to it. Bounded in time and memory (one small buffer), and it holds nothing
-/// another client needs: the session is already handed on.
-async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
-    let deadline = tokio::time::Instant::now() + LINGER;
-    let mut buf = vec![0u8; 4096];
-    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
-        if n == 0 {
-            break;
-        }
-    }
-}
-
 /// Drains the session's queue into the write buffer (`ClientState::drain_outbox`), adding
 /// what it sent and dropped to the broker's counts once for the whole drain.
 fn drain(state: &mut ClientState, broker: &Broker, now: Instant) -> bool {
@@ -776,72 +760,6 @@ fn decode_all(
     r
 }
 
-/// What the connection loop waits on besides the socket's write side and the session's
-/// wake-up (which also brings the Keep Alive timeout): one struct, so that the loop's wait borrows one place (each
-/// borrowed local would be a pointer more in every idle connection's future).
-struct Waits {
-    /// Bytes read and not decoded yet; no capacity while idle.
-    rbuf: BytesMut,
-    decoder: Decoder,
-    /// `rbuf` holds bytes read before the main loop (with the CONNECT) to decode first.
-    undecoded: bool,
-    /// TLS and WebSocket streams hold written bytes until flushed.
-    unflushed: bool,
-    /// What only a connection waiting for the store or paused by a limit uses: boxed on first
-    /// use and then kept (a connection that needed it once is likely to again), so an idle
-    /// connection carries a pointer instead of 80 bytes.
-    busy: Option<Box<Busy>>,
-}
-
-impl Waits {
-    /// The busy parts, allocated on first use.
-    fn busy(&mut self) -> &mut Busy {
-        self.busy.get_or_insert_with(Box::default)
-    }
-}
-
-/// See [`Waits::busy`].
-#[derive(Default)]
-struct Busy {
-    /// While over a rate limit, reading stops until this instant (TCP pushes back). Also used
-    /// while the store's writer is behind. Allocated only when needed.
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Packets waiting for the store, each batch behind the ticket that releases it, in order.
-    waiting: VecDeque<(oneshot::Receiver<bool>, BytesMut)>,
-    /// The ticket of the sent-horizon logged ahead (protocol/): nothing waits behind it.
-    horizon: Option<(oneshot::Receiver<bool>, u64)>,
-    /// Queued messages being read back from the store (the queue's front was on disk only).
-    loading: Option<Loading>,
-    /// Egress shaping's next token (an empty bucket stopped the drain), or a full queue's
-    /// slow-consumer deadline (`ClientState::egress_due`).
-    egress: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// What woke the connection loop (one per source it waits on).
-enum Event {
-    /// The server is shutting down.
-    Shutdown,
-    /// A control message (a takeover, a kick) waits in the session's owner entry.
-    Control,
-    /// Some of the write buffer was written (Some(n)), or the stream flushed (None).
-    Wrote(std::io::Result<Option<usize>>),
-    /// Bytes read into the read buffer (Ok(0): the peer closed).
-    Read(std::io::Result<usize>),
-    /// The session's outbox has something (or the task was woken to look at the shutdown
-    /// signal).
-    Notified,
-    /// Queued messages read back from the store.
-    Loaded((Vec<u64>, Vec<Option<Arc<Message>>>)),
-    /// A reading pause (rate limit, store backlog) is over.
-    Paused,
-    /// Shaping's next token is due, or a full queue's slow-consumer deadline has come.
-    Egress,
-    /// The store answered the ticket of the first batch of held packets.
-    Ticket(bool),
-    /// The store answered the ticket of the sent-horizon.
-    Horizon(bool),
-}
-
 /// `mqtt.slow_consumer_seconds`.
 fn slow_consumer(broker: &Broker) -> Duration {
     Duration::from_secs(u64::from(broker.config.mqtt.slow_consumer_seconds))
@@ -858,88 +776,8 @@ fn shutdown_signalled(shutdown: &watch::Receiver<bool>) -> bool {
     !matches!(shutdown.has_changed(), Ok(false))
 }
 
-/// Reads more bytes into `rbuf` (Ok(0): the peer closed), or, when `undecoded` is set (bytes
-/// read before the main loop and not decoded yet), clears it and returns their number at once
-/// without reading.
-fn poll_read_more<R: AsyncRead + Unpin>(
-    cx: &mut Context<'_>,
-    rd: &mut R,
-    rbuf: &mut BytesMut,
-    undecoded: &mut bool,
-) -> Poll<std::io::Result<usize>> {
-    if std::mem::take(undecoded) && !rbuf.is_empty() {
-        return Poll::Ready(Ok(rbuf.len()));
-    }
-    if !rbuf.is_empty() || rbuf.capacity() > 0 {
-        // `read_buf`'s future holds no state between polls: made afresh on each.
-        return std::pin::pin!(rd.read_buf(rbuf)).poll(cx);
-    }
-    // Idle: no buffer is held while waiting. The bytes are read into the stack, which exists
-    // only while polled (not in the connection's future), and copied into a buffer of their
-    // size once there are some.
-    let mut stack = [0u8; READ_BUF];
-    let mut buf = ReadBuf::new(&mut stack);
-    std::task::ready!(Pin::new(&mut *rd).poll_read(cx, &mut buf))?;
-    rbuf.extend_from_slice(buf.filled());
-    Poll::Ready(Ok(buf.filled().len()))
-}
-
-/// Writes some of `buf` (Some(n)), or, with nothing to write, flushes (None).
-fn poll_write_or_flush<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    wr: &mut W,
-    buf: &[u8],
-) -> Poll<std::io::Result<Option<usize>>> {
-    if buf.is_empty() {
-        Pin::new(wr).poll_flush(cx).map_ok(|()| None)
-    } else {
-        Pin::new(wr).poll_write(cx, buf).map_ok(Some)
-    }
-}
-
-/// Writes one packet and closes, best effort, bounded in time.
-async fn write_final<W: AsyncWrite + Unpin>(wr: &mut W, packet: &Packet, protocol: Protocol) {
-    let mut buf = BytesMut::new();
-    if encode(packet, protocol, &mut buf).is_ok() {
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&buf)).await;
-    }
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.shutdown()).await;
-}
-
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
-
-    /// A peer that neither closes nor stops writing holds a closing connection for at most
-    /// `LINGER` (virtual time: the clock is paused and advances only when everything waits).
-    #[tokio::test(start_paused = true)]
-    async fn linger_is_bounded_for_a_peer_that_never_closes() {
-        let (mut client, server) = tokio::io::duplex(1024);
-        let (mut rd, _wr) = tokio::io::split(server);
-        let writer = tokio::spawn(async move {
-            // Keeps writing (and stays open) until the server side is gone.
-            while client.write_all(b"\xc0\x00").await.is_ok() {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        });
-        let start = tokio::time::Instant::now();
-        super::linger(&mut rd).await;
-        assert_eq!(start.elapsed(), super::LINGER);
-        writer.abort();
-    }
-
-    /// A peer that closes ends the linger at once.
-    #[tokio::test(start_paused = true)]
-    async fn linger_ends_when_the_peer_closes() {
-        let (mut client, server) = tokio::io::duplex(1024);
-        let (mut rd, _wr) = tokio::io::split(server);
-        client.write_all(b"\xc0\x00").await.unwrap();
-        drop(client);
-        let start = tokio::time::Instant::now();
-        super::linger(&mut rd).await;
-        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
-    }
-
     /// Every connection's task holds this future for its whole life: keep it small (it was
     /// 4 KB before the one-off steps were boxed and the session's large rare parts boxed,
     /// 2000 bytes before the closing steps were boxed, 1608 before the 5.0-only state was

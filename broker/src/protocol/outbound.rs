@@ -169,6 +169,8 @@ impl ClientState {
             }
             let mut cold_waiting = outbox.wants_load();
             let mut more = !outbox.is_empty();
+            // Drained: an idle session's queue holds no box and no lane buffers.
+            outbox.release_if_drained();
             drop(outbox);
             // Then the shared subscriptions' group queues, while the window has room, and only
             // while this session's own queue is empty [MQTT-4.6.0-6]. A publisher hands a

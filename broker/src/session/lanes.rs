@@ -38,14 +38,19 @@ pub struct Lanes<T> {
 
 impl<T> Default for Lanes<T> {
     fn default() -> Lanes<T> {
+        Lanes::new()
+    }
+}
+
+impl<T> Lanes<T> {
+    /// No lanes, nothing queued.
+    pub const fn new() -> Lanes<T> {
         Lanes {
             lanes: Vec::new(),
             len: 0,
         }
     }
-}
 
-impl<T> Lanes<T> {
     /// The lane of `priority`, made if it does not exist yet.
     fn lane_mut(&mut self, priority: u8) -> &mut VecDeque<T> {
         let i = match self.lanes.iter().position(|l| l.priority <= priority) {

@@ -1282,3 +1282,67 @@ mod tests {
         );
     }
 }
+#[cfg(test)]
+mod size_tests {
+    /// Every session pays for its handle (in an `Arc`: plus 16 bytes, in glibc's 16-byte
+    /// classes); keep it small. 376 bytes before the outbox's queue was boxed on first push
+    /// and freed once drained (136 -> 72 bytes).
+    #[test]
+    fn session_handle_stays_small() {
+        let outbox = std::mem::size_of::<super::Outbox>();
+        assert!(outbox <= 72, "Outbox grew to {outbox} bytes");
+        let handle = std::mem::size_of::<super::SessionHandle>();
+        assert!(handle <= 312, "SessionHandle grew to {handle} bytes");
+    }
+
+    /// An outbox that never had a delivery holds no queue, and one that was drained gives it
+    /// back; what it reads meanwhile is an empty queue.
+    #[test]
+    fn the_queue_exists_only_while_it_holds_something() {
+        use super::tests_support::delivery;
+        let mut o = super::Outbox::new(10, 1 << 20);
+        o.set_online(true);
+        assert!(!o.is_allocated());
+        assert!(o.is_empty() && o.pop().is_none() && o.bytes() == 0);
+        o.release_if_drained();
+        o.push(delivery()).unwrap();
+        assert!(o.is_allocated() && o.len() == 1);
+        o.release_if_drained();
+        assert!(o.is_allocated(), "not drained yet");
+        assert!(o.pop().is_some());
+        o.release_if_drained();
+        assert!(!o.is_allocated());
+        // A full mark outlives the drain (disconnect_slow_consumer times it).
+        o.mark_full(std::time::Instant::now());
+        o.release_if_drained();
+        assert!(o.full_since().is_some());
+        o.unmark_full();
+        o.release_if_drained();
+        assert!(!o.is_allocated());
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    pub fn delivery() -> Delivery {
+        let msg = Message::new(
+            sluice_codec::TopicName::try_from("t").unwrap(),
+            bytes::Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+            Default::default(),
+            "p".into(),
+            Instant::now(),
+        );
+        Delivery {
+            msg: Arc::new(msg),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+            seq: 0,
+        }
+    }
+}

@@ -116,15 +116,10 @@ enum Entry {
 /// this sending order. Deliveries already in the inflight window are not reordered.
 #[derive(Debug)]
 pub struct Outbox {
-    /// Deliveries in sending order: by priority, then arrival [MQTT-4.6.0-6] (one lane
-    /// without `mqtt.priorities`).
-    queue: Lanes<Entry>,
-    /// Sum of `Message::cost` over `queue`, checked against `max_bytes`.
-    bytes: usize,
-    /// Sum of `Message::cost` over the in-memory entries.
-    hot_bytes: usize,
-    /// Number of cold entries.
-    cold: usize,
+    /// The deliveries and their sums: boxed, made by the first push and freed once the queue
+    /// is drained ([`Outbox::release_if_drained`]), so an idle session's queue is a pointer
+    /// rather than 72 bytes (and holds no lane buffer kept from its last burst).
+    queued: Option<Box<Queued>>,
     /// Bytes of messages kept in memory before logged deliveries stay on disk only.
     window: usize,
     /// Whether deliveries may be kept on disk only at all (not while a session leaves the log).
@@ -148,12 +143,45 @@ pub struct Outbox {
     /// What a push does when the queue is full (`mqtt.queue_full_policy`, or a shaping
     /// rule's `overflow`).
     policy: QueueFullPolicy,
-    /// Set when a push was refused for want of room, cleared once the queue is back under
-    /// three quarters of its bounds (`disconnect_slow_consumer`).
-    full_since: Option<std::time::Instant>,
     /// The broker-wide budget this queue's memory counts against (None: only its own bounds).
     budget: Option<Arc<QueueBudget>>,
 }
+
+/// What an [`Outbox`] holds while it holds something (see [`Outbox::queued`]).
+#[derive(Debug)]
+struct Queued {
+    /// Deliveries in sending order: by priority, then arrival [MQTT-4.6.0-6] (one lane
+    /// without `mqtt.priorities`).
+    queue: Lanes<Entry>,
+    /// Sum of `Message::cost` over `queue`, checked against `max_bytes`.
+    bytes: usize,
+    /// Sum of `Message::cost` over the in-memory entries.
+    hot_bytes: usize,
+    /// Number of cold entries.
+    cold: usize,
+    /// Set when a push was refused for want of room, cleared once the queue is back under
+    /// three quarters of its bounds (`disconnect_slow_consumer`).
+    full_since: Option<std::time::Instant>,
+}
+
+impl Queued {
+    /// What an outbox without a `Queued` reads: nothing queued.
+    const EMPTY: Queued = Queued {
+        queue: Lanes::new(),
+        bytes: 0,
+        hot_bytes: 0,
+        cold: 0,
+        full_since: None,
+    };
+
+    /// Nothing queued and no full mark: the box can go.
+    fn is_spent(&self) -> bool {
+        self.queue.is_empty() && self.full_since.is_none()
+    }
+}
+
+/// Read by an outbox that has no [`Queued`].
+static EMPTY: Queued = Queued::EMPTY;
 
 impl Drop for Outbox {
     fn drop(&mut self) {
@@ -167,10 +195,7 @@ impl Outbox {
     /// An empty outbox with the given bounds, all in memory.
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
-            queue: Lanes::default(),
-            bytes: 0,
-            hot_bytes: 0,
-            cold: 0,
+            queued: None,
             window: usize::MAX,
             spill: true,
             online: false,
@@ -180,9 +205,33 @@ impl Outbox {
             max_memory: usize::MAX,
             dropped: 0,
             policy: QueueFullPolicy::DropNewest,
-            full_since: None,
             budget: None,
         }
+    }
+
+    /// What is queued (an empty `Queued` when there is no box).
+    fn q(&self) -> &Queued {
+        self.queued.as_deref().unwrap_or(&EMPTY)
+    }
+
+    /// What is queued, the box made if there is none.
+    fn q_mut(&mut self) -> &mut Queued {
+        self.queued.get_or_insert_with(|| Box::new(Queued::EMPTY))
+    }
+
+    /// Frees the queue's box once nothing is queued (the connection calls this at the end of
+    /// each drain, not at every pop: a queue that empties and fills again within a burst
+    /// keeps its buffers).
+    pub fn release_if_drained(&mut self) {
+        if self.queued.as_ref().is_some_and(|q| q.is_spent()) {
+            self.queued = None;
+        }
+    }
+
+    /// Whether the queue's box exists (tests).
+    #[cfg(test)]
+    pub fn is_allocated(&self) -> bool {
+        self.queued.is_some()
     }
 
     /// The overflow policy.
@@ -197,30 +246,37 @@ impl Outbox {
 
     /// Since when the queue has been full (see [`Outbox::mark_full`]).
     pub fn full_since(&self) -> Option<std::time::Instant> {
-        self.full_since
+        self.q().full_since
     }
 
     /// Notes that a push was refused at `now` (kept from the first refusal); returns true if
     /// the queue was not marked full before.
     pub fn mark_full(&mut self, now: std::time::Instant) -> bool {
-        let first = self.full_since.is_none();
-        self.full_since.get_or_insert(now);
+        let q = self.q_mut();
+        let first = q.full_since.is_none();
+        q.full_since.get_or_insert(now);
         first
     }
 
     /// Forgets the full mark (a client that connects gets a fresh `slow_consumer_seconds`
     /// to drain what waited for it).
     pub fn unmark_full(&mut self) {
-        self.full_since = None;
+        if let Some(q) = self.queued.as_deref_mut() {
+            q.full_since = None;
+        }
     }
 
     /// Clears the full mark once the queue is under three quarters of its bounds.
     pub fn unmark_full_below_low_water(&mut self) {
-        if self.full_since.is_some()
-            && self.queue.len() < self.max_messages - self.max_messages / 4
-            && self.bytes < self.max_bytes - self.max_bytes / 4
+        let (max_messages, max_bytes) = (self.max_messages, self.max_bytes);
+        let Some(q) = self.queued.as_deref_mut() else {
+            return;
+        };
+        if q.full_since.is_some()
+            && q.queue.len() < max_messages - max_messages / 4
+            && q.bytes < max_bytes - max_bytes / 4
         {
-            self.full_since = None;
+            q.full_since = None;
         }
     }
 
@@ -250,7 +306,7 @@ impl Outbox {
 
     /// What this queue charges the broker-wide budget.
     fn charged(&self) -> usize {
-        self.hot_bytes + self.cold * COLD_ENTRY_COST
+        self.q().hot_bytes + self.q().cold * COLD_ENTRY_COST
     }
 
     fn try_charge(&self, n: usize) -> bool {
@@ -274,8 +330,9 @@ impl Outbox {
             // message refused for want of memory (the broker's, or this queue's for what
             // cannot wait on disk) is dropped itself, rather than emptying a queue on disk.
             if cost <= self.max_bytes {
-                while !self.queue.is_empty()
-                    && (self.queue.len() >= self.max_messages || self.bytes + cost > self.max_bytes)
+                while !self.q().queue.is_empty()
+                    && (self.q().queue.len() >= self.max_messages
+                        || self.q().bytes + cost > self.max_bytes)
                 {
                     self.evict_one(evicted);
                 }
@@ -299,7 +356,10 @@ impl Outbox {
 
     /// Drops the oldest delivery of the lowest priority.
     fn evict_one(&mut self, evicted: &mut Evicted) {
-        let Some(e) = self.queue.pop_lowest_front() else {
+        let Some(q) = self.queued.as_deref_mut() else {
+            return;
+        };
+        let Some(e) = q.queue.pop_lowest_front() else {
             return;
         };
         evicted.count += 1;
@@ -307,16 +367,16 @@ impl Outbox {
         match e {
             Entry::Hot(d) => {
                 let cost = d.msg.cost();
-                self.bytes -= cost;
-                self.hot_bytes -= cost;
+                q.bytes -= cost;
+                q.hot_bytes -= cost;
                 self.release(cost);
                 if d.seq != 0 {
                     evicted.seqs.push(d.seq);
                 }
             }
             Entry::Cold(c) => {
-                self.bytes -= c.cost;
-                self.cold -= 1;
+                q.bytes -= c.cost;
+                q.cold -= 1;
                 self.release(COLD_ENTRY_COST);
                 evicted.seqs.push(c.seq);
             }
@@ -332,19 +392,21 @@ impl Outbox {
         }
         let cost = d.msg.cost();
         let priority = d.msg.priority;
-        if self.queue.len() >= self.max_messages || self.bytes + cost > self.max_bytes {
+        let q = self.q();
+        if q.queue.len() >= self.max_messages || q.bytes + cost > self.max_bytes {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
         let spillable = self.may_spill(&d);
         // An offline session needs nothing in memory until its client is back.
         let window = if self.online { self.window } else { 0 };
-        let cold = spillable && (self.cold > 0 || self.hot_bytes + cost > window);
-        let fits_memory = self.hot_bytes + cost <= self.max_memory;
+        let cold = spillable && (q.cold > 0 || q.hot_bytes + cost > window);
+        let fits_memory = q.hot_bytes + cost <= self.max_memory;
         if !cold && fits_memory && self.try_charge(cost) {
-            self.bytes += cost;
-            self.hot_bytes += cost;
-            self.queue.push_back(priority, Entry::Hot(d));
+            let q = self.q_mut();
+            q.bytes += cost;
+            q.hot_bytes += cost;
+            q.queue.push_back(priority, Entry::Hot(d));
             return Ok(());
         }
         // On disk only: past the window, or memory (this queue's or the broker's) is short
@@ -353,9 +415,10 @@ impl Outbox {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
-        self.bytes += cost;
-        self.cold += 1;
-        self.queue.push_back(
+        let q = self.q_mut();
+        q.bytes += cost;
+        q.cold += 1;
+        q.queue.push_back(
             priority,
             Entry::Cold(ColdDelivery {
                 seq: d.seq,
@@ -373,7 +436,7 @@ impl Outbox {
     /// Room for `n` more deliveries of `priority` at once (start-up knows how many it
     /// restores: growing a long queue step by step would leave the steps' memory behind).
     pub fn reserve_exact(&mut self, priority: u8, n: usize) {
-        self.queue.reserve_exact(priority, n);
+        self.q_mut().queue.reserve_exact(priority, n);
     }
 
     /// Queues a delivery the store recovered at start-up, on disk only.
@@ -381,9 +444,10 @@ impl Outbox {
         if let Some(b) = &self.budget {
             b.charge(COLD_ENTRY_COST);
         }
-        self.bytes += c.cost;
-        self.cold += 1;
-        self.queue.push_back(c.priority, Entry::Cold(c));
+        let q = self.q_mut();
+        q.bytes += c.cost;
+        q.cold += 1;
+        q.queue.push_back(c.priority, Entry::Cold(c));
     }
 
     /// Queues a delivery the store recovered at start-up, in memory.
@@ -392,9 +456,10 @@ impl Outbox {
         if let Some(b) = &self.budget {
             b.charge(cost);
         }
-        self.bytes += cost;
-        self.hot_bytes += cost;
-        self.queue.push_back(d.msg.priority, Entry::Hot(d));
+        let q = self.q_mut();
+        q.bytes += cost;
+        q.hot_bytes += cost;
+        q.queue.push_back(d.msg.priority, Entry::Hot(d));
     }
 
     /// Puts `d` back at the front (of its priority's lane: a delivery taken but not sent, e.g.
@@ -405,35 +470,37 @@ impl Outbox {
             // Put back: it was charged before, so it may go over the budget briefly.
             b.charge(cost);
         }
-        self.bytes += cost;
-        self.hot_bytes += cost;
-        self.queue.push_front(d.msg.priority, Entry::Hot(d));
+        let q = self.q_mut();
+        q.bytes += cost;
+        q.hot_bytes += cost;
+        q.queue.push_front(d.msg.priority, Entry::Hot(d));
     }
 
     /// Whether a message of `cost` bytes fits the queue's count and byte bounds now.
     pub fn has_room(&self, cost: usize) -> bool {
-        self.queue.len() < self.max_messages && self.bytes + cost <= self.max_bytes
+        self.q().queue.len() < self.max_messages && self.q().bytes + cost <= self.max_bytes
     }
 
     /// Takes the oldest delivery if it is in memory (None also when the oldest is on disk:
     /// see [`Outbox::front_is_cold`]).
     pub fn pop(&mut self) -> Option<Delivery> {
-        if !matches!(self.queue.front(), Some(Entry::Hot(_))) {
+        let q = self.queued.as_deref_mut()?;
+        if !matches!(q.queue.front(), Some(Entry::Hot(_))) {
             return None;
         }
-        let Some(Entry::Hot(d)) = self.queue.pop_front() else {
+        let Some(Entry::Hot(d)) = q.queue.pop_front() else {
             return None;
         };
         let cost = d.msg.cost();
-        self.bytes -= cost;
-        self.hot_bytes -= cost;
+        q.bytes -= cost;
+        q.hot_bytes -= cost;
         self.release(cost);
         Some(d)
     }
 
     /// The oldest delivery if it is in memory, without taking it.
     pub fn front(&self) -> Option<&Delivery> {
-        match self.queue.front() {
+        match self.q().queue.front() {
             Some(Entry::Hot(d)) => Some(d),
             _ => None,
         }
@@ -441,16 +508,21 @@ impl Outbox {
 
     /// Whether the oldest delivery is on disk only (it must be read back before it is sent).
     pub fn front_is_cold(&self) -> bool {
-        matches!(self.queue.front(), Some(Entry::Cold(_)))
+        matches!(self.q().queue.front(), Some(Entry::Cold(_)))
     }
 
     /// The message ids of the first cold deliveries (after what is in memory at the front), up
     /// to the window's free bytes (at least one): what to read back next.
     pub fn cold_ids(&self) -> Vec<u64> {
         let mut ids = Vec::new();
-        let room = self.window.saturating_sub(self.hot_bytes);
+        let room = self.window.saturating_sub(self.q().hot_bytes);
         let mut bytes = 0usize;
-        for e in self.queue.iter().skip_while(|e| matches!(e, Entry::Hot(_))) {
+        for e in self
+            .q()
+            .queue
+            .iter()
+            .skip_while(|e| matches!(e, Entry::Hot(_)))
+        {
             let Entry::Cold(c) = e else { break };
             if !ids.is_empty() && bytes + c.cost > room {
                 break;
@@ -465,7 +537,7 @@ impl Outbox {
     /// what is in memory is down to half the window (read ahead, so a draining subscriber
     /// does not wait for the disk at every window).
     pub fn wants_load(&self) -> bool {
-        self.cold > 0 && (self.front_is_cold() || self.hot_bytes <= self.window / 2)
+        self.q().cold > 0 && (self.front_is_cold() || self.q().hot_bytes <= self.window / 2)
     }
 
     /// Brings the first cold deliveries (after what is in memory at the front) back into memory
@@ -499,7 +571,8 @@ impl Outbox {
 
     /// The ids of every delivery kept on disk only.
     pub fn all_cold_ids(&self) -> Vec<u64> {
-        self.queue
+        self.q()
+            .queue
             .iter()
             .filter_map(|e| match e {
                 Entry::Cold(c) => Some(c.id),
@@ -523,13 +596,17 @@ impl Outbox {
         all: bool,
     ) -> Vec<u64> {
         let mut lost = Vec::new();
+        let group = self.group.as_deref();
+        let Some(q) = self.queued.as_deref_mut() else {
+            return lost;
+        };
         let mut i = 0;
         let mut started = false;
         // The broker-wide budget is settled once at the end (one atomic step each way, not two
         // per message: this runs for every message of a backlog read back).
         let (mut warmed, mut charged) = (0usize, 0usize);
-        while i < self.queue.len() {
-            let Some(entry) = self.queue.get_mut(i) else {
+        while i < q.queue.len() {
+            let Some(entry) = q.queue.get_mut(i) else {
                 break;
             };
             let (seq, old_cost, qos, retain, subscription_ids, found) = match entry {
@@ -556,31 +633,31 @@ impl Outbox {
                 Entry::Hot(_) => break,
             };
             started = true;
-            self.cold -= 1;
+            q.cold -= 1;
             warmed += 1;
             match found {
                 Some(msg) => {
                     let cost = msg.cost();
-                    self.bytes = self.bytes - old_cost + cost;
-                    self.hot_bytes += cost;
+                    q.bytes = q.bytes - old_cost + cost;
+                    q.hot_bytes += cost;
                     charged += cost;
                     let hot = Entry::Hot(Delivery {
                         msg,
                         qos,
                         retain,
                         subscription_ids,
-                        shared: self.group.as_deref().cloned(),
+                        shared: group.cloned(),
                         seq,
                     });
-                    if let Some(e) = self.queue.get_mut(i) {
+                    if let Some(e) = q.queue.get_mut(i) {
                         *e = hot;
                     }
                     i += 1;
                 }
                 None => {
-                    self.bytes -= old_cost;
+                    q.bytes -= old_cost;
                     lost.push(seq);
-                    self.queue.remove(i);
+                    q.queue.remove(i);
                 }
             }
         }
@@ -594,27 +671,27 @@ impl Outbox {
 
     /// Number of queued deliveries.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.q().queue.len()
     }
 
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.q().queue.is_empty()
     }
 
     /// Bytes charged for queued deliveries (in memory and on disk).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.q().bytes
     }
 
     /// Bytes of queued messages held in memory.
     pub fn memory_bytes(&self) -> usize {
-        self.hot_bytes
+        self.q().hot_bytes
     }
 
     /// Number of queued deliveries kept on disk only.
     pub fn cold_len(&self) -> usize {
-        self.cold
+        self.q().cold
     }
 
     /// Deliveries refused so far.
@@ -636,12 +713,13 @@ impl Outbox {
     fn chill(&mut self) {
         let mut freed = 0;
         let mut chilled = 0;
-        for e in self.queue.iter_mut() {
+        let grouped = self.group.is_some();
+        let Some(q) = self.queued.as_deref_mut() else {
+            return;
+        };
+        for e in q.queue.iter_mut() {
             let Entry::Hot(d) = e else { continue };
-            if d.seq == 0
-                || (d.shared.is_some() && self.group.is_none())
-                || d.qos == QoS::AtMostOnce
-            {
+            if d.seq == 0 || (d.shared.is_some() && !grouped) || d.qos == QoS::AtMostOnce {
                 continue;
             }
             let cost = d.msg.cost();
@@ -658,8 +736,8 @@ impl Outbox {
             freed += cost;
             chilled += 1;
         }
-        self.hot_bytes -= freed;
-        self.cold += chilled;
+        q.hot_bytes -= freed;
+        q.cold += chilled;
         if let Some(b) = &self.budget {
             b.release(freed);
             b.charge(chilled * COLD_ENTRY_COST);
@@ -669,7 +747,10 @@ impl Outbox {
     /// Takes out every in-memory delivery for which `pred` holds, keeping the others in order.
     /// (A session's cold deliveries are never shared ones, the only kind taken out.)
     pub fn take_where(&mut self, mut pred: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
-        let taken: Vec<Delivery> = self
+        let Some(q) = self.queued.as_deref_mut() else {
+            return Vec::new();
+        };
+        let taken: Vec<Delivery> = q
             .queue
             .take_where(|e| matches!(e, Entry::Hot(d) if pred(d)))
             .into_iter()
@@ -680,8 +761,8 @@ impl Outbox {
             .collect();
         for d in &taken {
             let cost = d.msg.cost();
-            self.bytes -= cost;
-            self.hot_bytes -= cost;
+            q.bytes -= cost;
+            q.hot_bytes -= cost;
             if let Some(b) = &self.budget {
                 b.release(cost);
             }
@@ -698,6 +779,7 @@ impl Outbox {
     /// of those the store has (to log them as gone).
     pub fn clear_logged(&mut self) -> (usize, Vec<u64>) {
         let seqs = self
+            .q()
             .queue
             .iter()
             .filter_map(|e| match e {
@@ -705,7 +787,7 @@ impl Outbox {
                 Entry::Cold(c) => Some(c.seq),
             })
             .collect();
-        let n = self.queue.len();
+        let n = self.len();
         self.clear();
         (n, seqs)
     }
@@ -713,9 +795,12 @@ impl Outbox {
     /// Drops everything queued (Clean Start discards the old session's messages).
     pub fn clear(&mut self) {
         self.release(self.charged());
-        self.queue.clear();
-        self.bytes = 0;
-        self.hot_bytes = 0;
-        self.cold = 0;
+        if let Some(q) = self.queued.as_deref_mut() {
+            q.queue.clear();
+            q.bytes = 0;
+            q.hot_bytes = 0;
+            q.cold = 0;
+        }
+        self.release_if_drained();
     }
 }
