@@ -169,6 +169,18 @@ pub async fn admit(
                 n.username.clone(),
                 connect.will.clone().map(Box::new),
             );
+            // A session that came from another node (cluster mode): its subscriptions are
+            // new to this store.
+            if replay_from.is_some() {
+                for (filter, r) in session.subscriptions.iter() {
+                    broker.store.subscribed(
+                        n.client_id.clone(),
+                        filter.clone(),
+                        r.options,
+                        r.identifier,
+                    );
+                }
+            }
             // Only now: a queue entry logged before the session record would be ignored.
             handle.outbox().set_spill(true);
             handle.persistent.store(true, Ordering::Relaxed);
