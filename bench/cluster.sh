@@ -7,6 +7,10 @@
 #
 #   bench/cluster.sh [ROUNDS] [SECONDS]      defaults: 2 rounds of 5 s per configuration
 #
+# Environment: FIXED_ONLY=1 runs the fixed-rate loads only (the per-message cost);
+# SLUICE_BEFORE=/path/to/sluice also runs that binary as 2- and 3-node clusters
+# (`sluice-before-cluster-N`), to compare a change with the build before it in one run.
+#
 # Every process is started here and stopped by its PID (also on Ctrl-C). Sluice nodes run with
 # persistence.mode = "memory": the figures are about routing, not the disk.
 set -euo pipefail
@@ -51,12 +55,12 @@ start_nats() {
     wait_port "$port"
 }
 
-# start_sluice NAME [NATS_URL] -> ADDR, PID
+# start_sluice NAME [NATS_URL] [BINARY] -> ADDR, PID
 start_sluice() {
-    local name=$1 url=${2:-} port; port=$(free_port)
+    local name=$1 url=${2:-} bin=${3:-$SLUICE} port; port=$(free_port)
     local env=(SLUICE__PERSISTENCE__MODE=memory SLUICE__MQTT__MAX_QUEUED_MESSAGES=1000 SLUICE__MQTT__MAX_QUEUED_BYTES=16777216)
     if [ -n "$url" ]; then env+=(SLUICE__CLUSTER__NATS="$url" SLUICE__CLUSTER__NODE="$name"); fi
-    env "${env[@]}" "$SLUICE" --bind "127.0.0.1:$port" --log warn 2>"$WORK/$name.log" &
+    env "${env[@]}" "$bin" --bind "127.0.0.1:$port" --log warn 2>"$WORK/$name.log" &
     PID=$!; PIDS+=("$PID"); ADDR="127.0.0.1:$port"
     wait_port "$port"
 }
@@ -76,6 +80,7 @@ LOADS=(
   "--scenario fanout --subscribers 30 --qos 1 --protocol 5 --rate 2000"
   "--scenario p2p --pairs 30 --qos 1 --protocol 5 --rate 10000"
 )
+if [ -n "${FIXED_ONLY:-}" ]; then LOADS=("${LOADS[@]:1}"); fi
 
 run() { # label load-args addrs pids
     local label=$1 load=$2 addrs=$3 pids=$4
@@ -95,6 +100,15 @@ for round in $(seq 1 "$ROUNDS"); do
             run "sluice-cluster-$n" "$load" "$(IFS=,; echo "${addrs[*]}")" "$(IFS=,; echo "${pids[*]}")"
             stop_all
         done
+        if [ -n "${SLUICE_BEFORE:-}" ]; then
+            for n in 2 3; do
+                start_nats
+                addrs=(); pids=("$NATS_PID")
+                for i in $(seq 1 "$n"); do start_sluice "sluice-$i" "$NATS_URL" "$SLUICE_BEFORE"; addrs+=("$ADDR"); pids+=("$PID"); done
+                run "sluice-before-cluster-$n" "$load" "$(IFS=,; echo "${addrs[*]}")" "$(IFS=,; echo "${pids[*]}")"
+                stop_all
+            done
+        fi
     done
 done
 
@@ -110,7 +124,7 @@ for line in open(sys.argv[1]):
     rows.setdefault(key, []).append(r)
 print("| load | broker | delivered msgs/s | CPU µs per delivered msg (all processes) | CPU % | latency p50 µs | p99 µs | lost | dup |")
 print("|---|---|---|---|---|---|---|---|---|")
-for (load, broker), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], ["mosquitto","sluice-single","sluice-cluster-1","sluice-cluster-2","sluice-cluster-3"].index(kv[0][1]))):
+for (load, broker), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], ["mosquitto","sluice-single","sluice-cluster-1","sluice-before-cluster-2","sluice-cluster-2","sluice-before-cluster-3","sluice-cluster-3"].index(kv[0][1]))):
     def med(k):
         v = [r["figures"].get(k) for r in rs if r["ok"] and k in r["figures"]]
         return statistics.median(v) if v else float("nan")

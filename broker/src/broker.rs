@@ -44,8 +44,10 @@ use crate::stats::{BridgeCounters, BridgeStatus, Stats};
 /// warning (and goes on waiting).
 const TAKEOVER_SLOW: Duration = Duration::from_secs(5);
 
+mod moved;
 mod operate;
 mod restore;
+pub use moved::session_state;
 pub use operate::Kick;
 
 /// One broker: the parts, wired together. Connections hold an `Arc<Broker>`.
@@ -97,6 +99,9 @@ pub struct Opened {
     pub session: Session,
     /// Session Present for CONNACK [MQTT-3.2.2-2].
     pub session_present: bool,
+    /// Cluster mode: the session came from another node; the stream's messages after this
+    /// sequence are to be replayed into it ([`crate::routing::cluster_link::ClusterLink::replay`]).
+    pub replay_from: Option<u64>,
 }
 
 impl Broker {
@@ -295,9 +300,12 @@ impl Broker {
                 continue;
             }
             self.take_over(&handle).await;
-            // Cluster mode: a connection of this client id on another node closes.
+            // Cluster mode: a connection of this client id on another node closes, and a
+            // session another node has (or had, if it died) moves here (cluster/sessions.rs).
+            let mut adopted = None;
             if let Some(link) = self.router.cluster() {
                 link.session_opened(client_id);
+                adopted = link.adopt(client_id, clean_start).await;
             }
 
             let now = Instant::now();
@@ -320,7 +328,9 @@ impl Broker {
                 (own.parked.take(), expired)
             };
             let (session, present) = match parked {
-                Some(old) if !clean_start && old.expiry_interval > 0 && !expired => {
+                Some(old)
+                    if adopted.is_none() && !clean_start && old.expiry_interval > 0 && !expired =>
+                {
                     let mut s = *old;
                     // Reconnected before the Will Delay Interval passed: the will is not sent
                     // [MQTT-3.1.3-9].
@@ -344,34 +354,24 @@ impl Broker {
                 }
                 None => (Session::default(), false),
             };
+            // The session another node had replaces whatever this node kept of an earlier
+            // stay (discarded just above).
+            let (session, present, replay_from) = match adopted {
+                Some(a) => (
+                    self.adopt_session(&handle, a.state),
+                    true,
+                    Some(a.checkpoint),
+                ),
+                None => (session, present, None),
+            };
             handle.outbox().set_online(true);
             return Opened {
                 handle: handle.clone(),
                 session,
                 session_present: present,
+                replay_from,
             };
         }
-    }
-
-    /// Cluster mode: `client_id` connected to another node. Its connection here, if any, is
-    /// taken over as by a local CONNECT (v5: DISCONNECT 0x8E [MQTT-3.1.4-3]); the session
-    /// itself stays on this node, parked (persistent) or ended, as when its client goes.
-    /// Returns whether a connection was closed.
-    pub async fn taken_over_elsewhere(&self, client_id: &str) -> bool {
-        let Some(handle) = lock(&self.sessions).get(client_id).cloned() else {
-            return false;
-        };
-        let _guard = handle.connect_lock.lock().await;
-        if handle.ownership().owner.is_none() {
-            return false;
-        }
-        self.take_over(&handle).await;
-        // No new owner here: a session that ended with its connection (nothing parked) leaves
-        // the registry, as when its client goes (its subscriptions went with it).
-        if handle.ownership().parked.is_none() {
-            self.remove_handle(&handle);
-        }
-        true
     }
 
     /// Asks the current owner of `handle`, if any, to hand the session over, and waits.
@@ -506,6 +506,7 @@ impl Broker {
                 self.remove_handle(handle);
             }
         }
+        self.cluster_session_parked(&handle.client_id, &session);
         if let Some(will) = will_now {
             self.publish_will(&handle.client_id, will, now);
         }
@@ -571,6 +572,9 @@ impl Broker {
         }
         if let Some(session) = expired {
             tracing::info!(client_id = %handle.client_id, "session expired");
+            if let Some(link) = self.router.cluster() {
+                link.session_ended(&handle.client_id);
+            }
             self.hand_on_shared(&handle);
             if self.store.is_enabled() {
                 self.store.session_gone(handle.client_id.clone());

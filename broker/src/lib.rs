@@ -87,7 +87,10 @@
 //!    bounded in bytes, never awaited), which publishes it to NATS; the other nodes route it
 //!    to their subscribers the same way ([`routing::Router::publish_remote`]).
 //! 4. The publisher's PUBACK/PUBREC waits for the store's ticket ([`persist`]): written and
-//!    fsynced with everyone else's records of that moment (group commit) in `durable` mode.
+//!    fsynced with everyone else's records of that moment (group commit) in `durable` mode. In
+//!    cluster mode the ticket is the cluster's: answered once JetStream has acknowledged the
+//!    QoS 1/2 messages before it into the stream that persistent sessions moving between
+//!    nodes replay from (`cluster/acks.rs`, `cluster/sessions.rs`).
 //! 5. Each subscriber's task, woken by `Notify`, drains its outbox into the inflight window
 //!    (bounded by the client's Receive Maximum, and by its `[[shaping]]` token bucket: an
 //!    empty bucket leaves the rest queued and the task sleeps until the next token,

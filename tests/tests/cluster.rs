@@ -103,19 +103,36 @@ async fn collect_until(c: &mut RawClient, prefix: &str, end: &str) -> Result<Vec
     }
 }
 
-/// Publishes QoS 1 `{prefix}{i}` for i in 0..n, then `end`.
+/// Publishes one QoS 1 message and waits for its PUBACK. In cluster mode a PUBACK waits until
+/// the stream `sluice_messages` has the message: after a NATS server died that includes
+/// JetStream electing the stream's new leader, so the wait is [`DEADLINE`], not a few seconds.
+async fn publish_acked(c: &mut RawClient, topic: &str, pkid: u16, payload: &[u8]) -> Result<()> {
+    c.send(&sluice_tests::clients::publish_packet(
+        topic,
+        QoS::AtLeastOnce,
+        pkid,
+        payload,
+    ))
+    .await?;
+    match c.recv(DEADLINE).await? {
+        Recv::Packet(p) => match *p {
+            Packet::PubAck(a) if a.pkid == pkid => Ok(()),
+            other => bail!("expected PUBACK {pkid}, got {other:?}"),
+        },
+        other => bail!("no PUBACK {pkid} within {DEADLINE:?}: {other:?}"),
+    }
+}
+
+/// Publishes QoS 1 `{prefix}{i}` for i in 0..n, then `end`, each acknowledged.
 async fn publish_numbered(c: &mut RawClient, topic: &str, prefix: &str, n: u16, end: &str) {
     for i in 0..n {
-        raw_publish(
-            c,
-            topic,
-            QoS::AtLeastOnce,
-            i + 1,
-            format!("{prefix}{i}").as_bytes(),
-        )
-        .await;
+        publish_acked(c, topic, i + 1, format!("{prefix}{i}").as_bytes())
+            .await
+            .unwrap();
     }
-    raw_publish(c, topic, QoS::AtLeastOnce, n + 1, end.as_bytes()).await;
+    publish_acked(c, topic, n + 1, end.as_bytes())
+        .await
+        .unwrap();
 }
 
 fn expected(prefix: &str, n: u16) -> Vec<String> {
@@ -256,6 +273,21 @@ async fn publish_retained(addr: SocketAddr, topic: &str, payload: &[u8]) -> Resu
         Packet::PubAck(a) if a.pkid == 1 => Ok(()),
         other => bail!("expected PUBACK, got {other:?}"),
     }
+}
+
+/// Publishes a retained QoS 0 message (no PUBACK to wait for) and disconnects normally (so
+/// the node has routed it before the connection ends).
+async fn publish_retained_qos0(addr: SocketAddr, topic: &str, payload: &[u8]) -> Result<()> {
+    let mut c = connected(addr, Protocol::V5, "retainer0").await;
+    let mut p = packets::publish(topic, QoS::AtMostOnce, 0, payload);
+    p.retain = true;
+    c.send(&Packet::Publish(p)).await?;
+    c.send(&sluice_tests::clients::disconnect_packet(
+        sluice_tests::codec::ReasonCode::SUCCESS,
+        None,
+    ))
+    .await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,7 +449,9 @@ async fn retained_write_is_retried_until_jetstream_is_back() -> Result<()> {
     nats.servers[leader].kill9()?;
     nats.servers[other].kill9()?;
     let from = nodes[kept].log_len();
-    publish_retained(nodes[kept].addr, "quorum/r", b"kept").await?;
+    // QoS 0: a QoS 1 PUBLISH is not acknowledged while the stream `sluice_messages` has no
+    // majority either (README, "What is promised").
+    publish_retained_qos0(nodes[kept].addr, "quorum/r", b"kept").await?;
     nodes[kept]
         .wait_log_from(from, "retained message not written to the bucket", DEADLINE)
         .context("the write fails while the bucket has no leader")?;
@@ -433,8 +467,8 @@ async fn retained_write_is_retried_until_jetstream_is_back() -> Result<()> {
 }
 
 /// The same client id connecting to another node closes its connection on the first one, as
-/// a local takeover does (5.0: DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3]). The session
-/// itself stays on its node (sessions do not move between nodes: README, "Cluster").
+/// a local takeover does (5.0: DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3]), and its
+/// persistent session moves along (Session Present 1, README "Cluster"), and back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_to_another_node_takes_the_connection_over() -> Result<()> {
     let nats = NatsServer::start()?;
@@ -445,16 +479,127 @@ async fn connecting_to_another_node_takes_the_connection_over() -> Result<()> {
     let (mut first, _) = raw_ok_ack(nodes[0].addr, Protocol::V5, "roamer", &persistent).await;
     raw_subscribe(&mut first, 1, "roam/#", QoS::AtLeastOnce).await;
     let (mut second, ack) = raw_ok_ack(nodes[1].addr, Protocol::V5, "roamer", &persistent).await;
-    assert!(!ack.session_present, "sessions do not move between nodes");
+    assert!(ack.session_present, "the session moved to node 2");
     let seen = expect_closed(&mut first).await;
     assert_eq!(disconnect_reasons(&seen), vec![0x8E], "{seen:?}");
     nodes[0].wait_log("cluster: client connected to another node", DEADLINE)?;
-    // Back on node 1: its parked session is there, and node 2's connection is closed.
+    // Back on node 1: the session moves back, and node 2's connection is closed.
     let (mut third, ack) = raw_ok_ack(nodes[0].addr, Protocol::V5, "roamer", &persistent).await;
-    assert!(ack.session_present, "the session stayed parked on node 1");
+    assert!(ack.session_present, "the session moved back to node 1");
     let seen = expect_closed(&mut second).await;
     assert_eq!(disconnect_reasons(&seen), vec![0x8E], "{seen:?}");
     raw_subscribe(&mut third, 2, "roam/x", QoS::AtLeastOnce).await;
+    Ok(())
+}
+
+/// A persistent QoS 1 subscriber on node 2 goes away (DISCONNECT, then waits until node 2 has
+/// recorded its session as offline in the bucket `sluice_sessions`); `kill_owner`: node 2 is
+/// killed (`kill -9`). Node 1 publishes `n` QoS 1 messages, each PUBACKed (so each is in the
+/// stream `sluice_messages`). The client reconnects with the same id to node 3: Session Present
+/// 1, its subscription in force without a SUBSCRIBE, and every message delivered (duplicates
+/// would be allowed for QoS 1, README "What is promised"; none may be missing). Returns the
+/// nodes and the subscriber's connection on node 3.
+async fn move_offline_session(kill_owner: bool) -> Result<(NatsServer, Vec<Broker>)> {
+    let nats = NatsServer::start()?;
+    let mut nodes: Vec<Broker> = (1..=3)
+        .map(|n| start_node(&nats.url, n))
+        .collect::<Result<_>>()?;
+    let persistent = Opts::persistent(600);
+    let (mut sub, _) = raw_ok_ack(nodes[1].addr, Protocol::V5, "mover", &persistent).await;
+    raw_subscribe(&mut sub, 1, "move/#", QoS::AtLeastOnce).await;
+    let mut publisher = connected(nodes[0].addr, Protocol::V5, "pub").await;
+    // The subscription reaches NATS: node 2 gets node 1's messages live.
+    until_routed(&mut publisher, "move/warm", &mut [&mut sub]).await?;
+    let from = nodes[1].log_len();
+    sub.send(&sluice_tests::clients::disconnect_packet(
+        sluice_tests::codec::ReasonCode::SUCCESS,
+        None,
+    ))
+    .await?;
+    drop(sub);
+    nodes[1].wait_log_from(from, "cluster: session recorded as offline", DEADLINE)?;
+    if kill_owner {
+        nodes[1].kill();
+    }
+    let n = 40;
+    publish_numbered(&mut publisher, "move/a", "q-", n, "end").await;
+    let from3 = nodes[2].log_len();
+    let (mut back, ack) = raw_ok_ack(nodes[2].addr, Protocol::V5, "mover", &persistent).await;
+    assert!(ack.session_present, "the session resumed on node 3");
+    let got = collect_until(&mut back, "q-", "end").await?;
+    let unique: HashSet<&String> = got.iter().collect();
+    let want = expected("q-", n);
+    assert!(
+        want.iter().all(|w| unique.contains(w)),
+        "missing: {:?} (got {got:?})",
+        want.iter()
+            .filter(|w| !unique.contains(w))
+            .collect::<Vec<_>>()
+    );
+    nodes[2].wait_log_from(
+        from3,
+        "cluster: session taken over from another node",
+        DEADLINE,
+    )?;
+    // Live on node 3 now, without a new SUBSCRIBE: a message published on node 1 after the move.
+    until_routed(&mut publisher, "move/live", &mut [&mut back]).await?;
+    Ok((nats, nodes))
+}
+
+/// Issue 15's test: the subscriber's node dies while it is offline; nothing acknowledged to the
+/// publisher is lost when the client reconnects to another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_resumes_on_another_node_after_its_node_died() -> Result<()> {
+    move_offline_session(true).await?;
+    Ok(())
+}
+
+/// The subscriber's node is alive with the messages queued for it: it hands the session over to
+/// node 3 and forgets it (it no longer delivers there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_node_hands_a_persistent_session_over() -> Result<()> {
+    let (_nats, nodes) = move_offline_session(false).await?;
+    nodes[1].wait_log(
+        "cluster: session moved to another node: forgotten here",
+        DEADLINE,
+    )?;
+    Ok(())
+}
+
+/// A session whose expiry passed while its node was dead is not resumed on another node
+/// [MQTT-3.1.2-23]: Session Present 0, no subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_not_resumed_on_another_node() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let mut nodes: Vec<Broker> = (1..=3)
+        .map(|n| start_node(&nats.url, n))
+        .collect::<Result<_>>()?;
+    let (mut sub, _) = raw_ok_ack(nodes[1].addr, Protocol::V5, "brief", &Opts::persistent(2)).await;
+    raw_subscribe(&mut sub, 1, "brief/#", QoS::AtLeastOnce).await;
+    sub.send(&sluice_tests::clients::disconnect_packet(
+        sluice_tests::codec::ReasonCode::SUCCESS,
+        None,
+    ))
+    .await?;
+    drop(sub);
+    nodes[1].wait_log("cluster: session recorded as offline", DEADLINE)?;
+    let away = Instant::now();
+    // Killed before its own expiry timer could delete the record: only the record says when.
+    nodes[1].kill();
+    // The condition under test is the passing of the 2 s expiry (plus a margin for clocks).
+    tokio::time::sleep_until((away + Duration::from_secs(4)).into()).await;
+    let (mut c, ack) =
+        raw_ok_ack(nodes[2].addr, Protocol::V5, "brief", &Opts::persistent(60)).await;
+    assert!(!ack.session_present, "an expired session is not resumed");
+    nodes[2].wait_log("cluster: session expired: not resumed", DEADLINE)?;
+    // And no subscription came with it: a message to brief/x reaches nobody here.
+    let mut publisher = connected(nodes[0].addr, Protocol::V5, "pub").await;
+    raw_subscribe(&mut c, 1, "probe/#", QoS::AtLeastOnce).await;
+    until_routed(&mut publisher, "probe/x", &mut [&mut c]).await?;
+    raw_publish(&mut publisher, "brief/x", QoS::AtLeastOnce, 1, b"stale").await;
+    raw_publish(&mut publisher, "probe/x", QoS::AtLeastOnce, 2, b"end").await;
+    let seen = collect_until(&mut c, "stale", "end").await?;
+    assert!(seen.is_empty(), "{seen:?}");
     Ok(())
 }
 

@@ -102,6 +102,9 @@ impl Broker {
         }
         handle.outbox().clear();
         self.remove_handle(&handle);
+        if let Some(link) = self.router.cluster() {
+            link.session_ended(&handle.client_id);
+        }
         tracing::info!(client_id = %handle.client_id, "session ended by an administrator");
         Ok(true)
     }

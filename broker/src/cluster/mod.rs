@@ -13,16 +13,18 @@
 //! * Takeover across nodes: a node announces each client id that connects to it; another
 //!   node with a connection of that client id closes it as a local takeover would.
 //!
-//! What is not built: sessions in JetStream. A persistent session lives on the node it was
-//! opened on (as on a single node, in that node's store); a client reconnecting to another
-//! node starts there with that node's view of its session. See the README's "Cluster".
+//! * Sessions: QoS 1/2 messages go to the JetStream stream `sluice_messages` (a PUBACK waits
+//!   for JetStream's acknowledgement, [`acks`]); persistent sessions are recorded in the bucket
+//!   `sluice_sessions` and move to the node their client connects to ([`sessions`]).
 //!
 //! One cluster task per node owns the NATS connections. Routing never waits for it: it queues
 //! events on a queue bounded in bytes ([`crate::routing::cluster_link`]). Messages from NATS
 //! are routed by one small task per NATS subscription, straight into the router (which never
 //! awaits either). Every task here holds the broker weakly and ends when it goes.
 
+pub mod acks;
 pub mod retained;
+pub mod sessions;
 pub mod subject;
 pub mod wire;
 
@@ -34,6 +36,7 @@ use async_nats::{Client, HeaderMap, Subscriber};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use sluice_codec::TopicFilter;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
@@ -78,17 +81,21 @@ pub async fn start(broker: &Arc<Broker>, inbox: ClusterInbox) -> Result<(), Clus
     // Plain subscriptions and publishing share a connection with `no_echo`: NATS does not
     // send this node's own messages back to it. Queue subscriptions (shared groups) have their
     // own connection: there the node's own messages must come back when NATS picks its group.
-    let main = connect(&config, "routing", true).await?;
-    let queues = connect(&config, "shared", false).await?;
+    let (cmds, cmds_rx) = mpsc::unbounded_channel();
+    let main = connect(&config, "routing", true, Some(cmds.clone())).await?;
+    let queues = connect(&config, "shared", false, None).await?;
     let js = async_nats::jetstream::new(main.clone());
     let clustered = main.server_info().cluster.is_some();
-    let (kv, replicas) =
-        retained::open(&js, clustered)
-            .await
-            .map_err(|reason| ClusterError::JetStream {
-                url: config.nats.clone(),
-                reason,
-            })?;
+    let jetstream_error = |reason| ClusterError::JetStream {
+        url: config.nats.clone(),
+        reason,
+    };
+    let (kv, replicas) = retained::open(&js, clustered)
+        .await
+        .map_err(jetstream_error)?;
+    let (sessions_kv, stream_replicas, sessions_replicas) = sessions::open(&js, &config, clustered)
+        .await
+        .map_err(jetstream_error)?;
     tokio::spawn(retained::watch_loop(kv.clone(), Arc::downgrade(broker)));
     // Takeover across nodes: subscribed (and known to the server: flush) before the node
     // accepts clients.
@@ -108,14 +115,35 @@ pub async fn start(broker: &Arc<Broker>, inbox: ClusterInbox) -> Result<(), Clus
         config.node.clone(),
         Arc::downgrade(broker),
     ));
+    let inbound = Arc::new(Inbound {
+        node: config.node.clone(),
+        broker: Arc::downgrade(broker),
+        seen: Mutex::new(Seen::default()),
+    });
+    let sessions = sessions::start(
+        sessions_kv,
+        js.clone(),
+        main.clone(),
+        inbound.clone(),
+        cmds.clone(),
+        cmds_rx,
+    )
+    .await
+    .map_err(|reason| ClusterError::Connect {
+        url: config.nats.clone(),
+        reason,
+    })?;
+    main.flush().await.map_err(|e| ClusterError::Connect {
+        url: config.nats.clone(),
+        reason: e.to_string(),
+    })?;
     let node = ClusterTask {
-        inbound: Arc::new(Inbound {
-            node: config.node.clone(),
-            broker: Arc::downgrade(broker),
-            seen: Mutex::new(Seen::default()),
-        }),
+        inbound,
         main,
         queues,
+        acker: acks::Acker::spawn(js),
+        sessions,
+        cmds,
         retained: retained::Writer::spawn(kv),
         boot: rand::random::<u32>(),
         seq: 0,
@@ -125,16 +153,21 @@ pub async fn start(broker: &Arc<Broker>, inbox: ClusterInbox) -> Result<(), Clus
         node = %config.node,
         nats = %config.nats,
         retained_replicas = replicas,
+        messages_replicas = stream_replicas,
+        sessions_replicas,
         "cluster: joined"
     );
     tokio::spawn(node.run(inbox));
     Ok(())
 }
 
+/// `sessions`: told when the connection goes down and comes back (the routing connection:
+/// its persistent sessions catch up from the stream).
 async fn connect(
     config: &ClusterConfig,
     role: &str,
     no_echo: bool,
+    sessions: Option<mpsc::UnboundedSender<sessions::Cmd>>,
 ) -> Result<Client, ClusterError> {
     let node = config.node.clone();
     let role_name = role.to_owned();
@@ -146,6 +179,17 @@ async fn connect(
         .connection_timeout(CONNECT_TIMEOUT)
         .event_callback(move |event| {
             let (node, role, slow) = (node.clone(), role_name.clone(), slow.clone());
+            if let Some(tx) = &sessions {
+                match event {
+                    async_nats::Event::Connected => {
+                        let _ = tx.send(sessions::Cmd::Reconnected);
+                    }
+                    async_nats::Event::Disconnected => {
+                        let _ = tx.send(sessions::Cmd::Disconnected);
+                    }
+                    _ => {}
+                }
+            }
             async move {
                 match event {
                     async_nats::Event::SlowConsumer(_) => {
@@ -189,6 +233,12 @@ struct ClusterTask {
     /// Queue subscriptions of shared groups.
     queues: Client,
     retained: retained::Writer,
+    /// Sends QoS 1/2 messages to the stream and answers tickets after their acknowledgements.
+    acker: acks::Acker,
+    /// What adoptions share with the sessions task.
+    sessions: Arc<sessions::Shared>,
+    /// The sessions task's queue.
+    cmds: mpsc::UnboundedSender<sessions::Cmd>,
     /// Random per start: with `seq`, the identity of each message this node sends.
     boot: u32,
     seq: u64,
@@ -214,6 +264,32 @@ impl ClusterTask {
                         tracing::warn!(%client_id, error = %e, "cluster: other nodes not told of a connection (no takeover there)");
                     }
                 }
+                ClusterEvent::SessionSaved { client_id, state } => {
+                    let _ = self.cmds.send(sessions::Cmd::Saved(client_id, state));
+                }
+                ClusterEvent::SessionEnded(client_id) => {
+                    let _ = self.cmds.send(sessions::Cmd::Ended(client_id));
+                }
+                ClusterEvent::Adopt {
+                    client_id,
+                    clean_start,
+                    reply,
+                } => {
+                    let shared = self.sessions.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(sessions::adopt(shared, client_id, clean_start).await);
+                    });
+                }
+                ClusterEvent::Replay { client_id, from } => {
+                    // After the session's Interest events: its NATS subscriptions are sent
+                    // (NATS takes a connection's requests in order), so the replay's end,
+                    // read next, leaves nothing between it and live routing.
+                    let _ = self.cmds.send(sessions::Cmd::Replay(client_id, from));
+                }
+                ClusterEvent::Release { client_id, done } => {
+                    let _ = self.cmds.send(sessions::Cmd::Release(client_id, done));
+                }
+                ClusterEvent::Ticket { store, reply } => self.acker.ticket(store, reply),
                 ClusterEvent::Interest { filter, added } => {
                     if added {
                         self.subscribe(filter).await;
@@ -242,19 +318,29 @@ impl ClusterTask {
             }
         };
         self.seq += 1;
+        let id = format!("{:x}.{:x}", self.boot, self.seq);
         let mut headers = HeaderMap::new();
         headers.insert(wire::NODE_HEADER, self.inbound.node.as_str());
-        headers.insert(
-            wire::ID_HEADER,
-            format!("{:x}.{:x}", self.boot, self.seq).as_str(),
-        );
-        let subject = subject::topic_subject(msg.topic.as_str());
+        headers.insert(wire::ID_HEADER, id.as_str());
+        // QoS 1/2 under `sluice.msg`, kept by the stream; QoS 0 under `sluice.msg0`.
+        let stored = msg.qos != sluice_codec::QoS::AtMostOnce;
+        let prefix = if stored {
+            subject::MSG_PREFIX
+        } else {
+            subject::QOS0_PREFIX
+        };
+        let subject = subject::topic_subject_in(prefix, msg.topic.as_str());
         let max_payload = self.main.server_info().max_payload;
         if subject.len() > MAX_SUBJECT_BYTES || body.len() + HEADER_BYTES > max_payload {
             tracing::warn!(topic = %msg.topic, bytes = body.len(), max_payload, "cluster: message too large for NATS (max_payload) or topic too long for a subject: delivered on this node only");
             return;
         }
-        if let Err(e) = self
+        if stored {
+            let node_id = format!("{}/{id}", self.inbound.node);
+            self.acker
+                .publish(subject, headers, &node_id, body.clone())
+                .await;
+        } else if let Err(e) = self
             .main
             .publish_with_headers(subject, headers, body.clone())
             .await
@@ -270,7 +356,10 @@ impl ClusterTask {
     async fn subscribe(&mut self, filter: TopicFilter) {
         let shared = filter.shared().is_some();
         let mut tasks = Vec::new();
-        for subject in subject::filter_subjects(filter.match_filter()) {
+        let subjects = subject::PREFIXES
+            .iter()
+            .flat_map(|p| subject::filter_subjects_in(p, filter.match_filter()));
+        for subject in subjects {
             if subject.len() > MAX_SUBJECT_BYTES {
                 tracing::warn!(%filter, "cluster: filter too long for a NATS subject: it gets messages published on this node only");
                 continue;
@@ -329,7 +418,7 @@ fn queue_group(key: &TopicFilter) -> String {
 }
 
 /// What the routing tasks share.
-struct Inbound {
+pub(crate) struct Inbound {
     node: String,
     broker: Weak<Broker>,
     /// Recent message identities (see [`DEDUPE_WINDOW`]).
@@ -373,6 +462,12 @@ async fn forward(mut sub: Subscriber, inbound: Arc<Inbound>, shared: Option<Topi
 }
 
 impl Inbound {
+    /// True the first time message `id` (`{node}/{id}`) is seen here (within the window);
+    /// marks it seen.
+    pub(crate) fn first_seen(&self, id: &str) -> bool {
+        lock(&self.seen).first(id)
+    }
+
     fn route(&self, router: &Router, m: &async_nats::Message, shared: Option<&TopicFilter>) {
         // Borrowed from the message: no copy per message.
         let header = |name: &str| {
@@ -513,6 +608,7 @@ mod tests {
                 ClusterEvent::Publish(m) => format!("publish {}", m.topic.as_str()),
                 ClusterEvent::Interest { filter, added } => format!("{filter} {added}"),
                 ClusterEvent::SessionOpened(c) => format!("opened {c}"),
+                other => format!("{other:?}"),
             });
         }
         assert_eq!(

@@ -22,8 +22,16 @@
 //! at the first level also match `$` topics in NATS): the receiving node matches each message
 //! against its own subscription tree, which applies MQTT's rules ([MQTT-4.7.2-1]).
 
-/// The prefix of every subject that carries an MQTT message.
+/// The prefix of the subjects of QoS 1/2 messages: the JetStream stream `sluice_messages`
+/// keeps what is published under it (`sluice.msg.>`), for persistent sessions that move.
 pub const MSG_PREFIX: &str = "sluice.msg";
+
+/// The prefix of the subjects of QoS 0 messages: NATS core only, never stored. (A token of its
+/// own, so `sluice.msg.>` does not match it.)
+pub const QOS0_PREFIX: &str = "sluice.msg0";
+
+/// The prefixes a node subscribes under for each filter: both QoS.
+pub const PREFIXES: [&str; 2] = [MSG_PREFIX, QOS0_PREFIX];
 
 /// Appends `level` escaped as one token.
 fn push_level(level: &str, out: &mut String) {
@@ -41,10 +49,15 @@ fn push_level(level: &str, out: &mut String) {
     }
 }
 
-/// The subject a message published to `topic` goes to.
+/// The subject a QoS 1/2 message published to `topic` goes to.
 pub fn topic_subject(topic: &str) -> String {
-    let mut out = String::with_capacity(MSG_PREFIX.len() + topic.len() + 8);
-    out.push_str(MSG_PREFIX);
+    topic_subject_in(MSG_PREFIX, topic)
+}
+
+/// The subject of `topic` under `prefix` ([`MSG_PREFIX`] or [`QOS0_PREFIX`]).
+pub fn topic_subject_in(prefix: &str, topic: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + topic.len() + 8);
+    out.push_str(prefix);
     for level in topic.split('/') {
         out.push('.');
         push_level(level, &mut out);
@@ -55,12 +68,17 @@ pub fn topic_subject(topic: &str) -> String {
 /// The subjects to subscribe to for an MQTT filter (without `$share/{group}/`): one, or two
 /// for a filter ending in `#` after at least one level.
 pub fn filter_subjects(filter: &str) -> Vec<String> {
-    let mut base = String::with_capacity(MSG_PREFIX.len() + filter.len() + 8);
-    base.push_str(MSG_PREFIX);
+    filter_subjects_in(MSG_PREFIX, filter)
+}
+
+/// [`filter_subjects`] under `prefix` ([`MSG_PREFIX`] or [`QOS0_PREFIX`]).
+pub fn filter_subjects_in(prefix: &str, filter: &str) -> Vec<String> {
+    let mut base = String::with_capacity(prefix.len() + filter.len() + 8);
+    base.push_str(prefix);
     for level in filter.split('/') {
         match level {
             "#" => {
-                if base.len() == MSG_PREFIX.len() {
+                if base.len() == prefix.len() {
                     // `#` alone: every topic (each has at least one level).
                     return vec![format!("{base}.>")];
                 }

@@ -66,6 +66,24 @@ pub struct ClusterConfig {
     /// This node's name, unique in the cluster: it marks the messages this node publishes
     /// (so it ignores its own) and names the node in logs. Letters, digits, `-` and `_`.
     pub node: String,
+    /// How long the JetStream stream `sluice_messages` keeps a QoS 1/2 message (seconds): a
+    /// persistent session that moves to another node gets from it what was published since
+    /// its last checkpoint, so a session away longer than this loses the older ones.
+    #[serde(default = "default_messages_max_age")]
+    pub messages_max_age_seconds: u64,
+    /// The most bytes the stream `sluice_messages` holds (the oldest go first).
+    #[serde(default = "default_messages_max_bytes")]
+    pub messages_max_bytes: u64,
+}
+
+/// One day.
+fn default_messages_max_age() -> u64 {
+    86_400
+}
+
+/// 1 GiB.
+fn default_messages_max_bytes() -> u64 {
+    1 << 30
 }
 
 /// One `[[shaping]]` rule: whom it matches (exactly one of `client_id`, `username`, `group`)

@@ -365,6 +365,20 @@ impl Config {
                     "1 to 64 letters, digits, '-' or '_' (it is sent in a NATS header and must be unique in the cluster)",
                 ));
             }
+            if c.messages_max_age_seconds == 0 {
+                return Err(invalid(
+                    "cluster.messages_max_age_seconds",
+                    c.messages_max_age_seconds,
+                    "must be at least 1 (how long sluice_messages keeps a message)",
+                ));
+            }
+            if c.messages_max_bytes < 1 << 20 {
+                return Err(invalid(
+                    "cluster.messages_max_bytes",
+                    c.messages_max_bytes,
+                    "must be at least 1048576 (1 MiB)",
+                ));
+            }
         }
         self.admin.validate()?;
         Ok(())

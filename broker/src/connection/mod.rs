@@ -269,7 +269,7 @@ where
             }
             if !state.held.is_empty() {
                 let bytes = state.held.split();
-                match broker.store.ticket() {
+                match broker.ack_ticket() {
                     Some(rx) => w.busy().waiting.push_back((rx, bytes)),
                     None if broker.store.is_enabled() => {
                         // The writer is gone: nothing held may be promised any more.
@@ -559,7 +559,7 @@ where
         Box::pin(async move {
         // Acks waiting for the store go out once it has their messages (bounded wait).
         if !state.held.is_empty() {
-            if let Some(rx) = broker.store.ticket() {
+            if let Some(rx) = broker.ack_ticket() {
                 waiting.push_back((rx, state.held.split()));
             }
         }

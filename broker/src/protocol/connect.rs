@@ -121,6 +121,7 @@ pub async fn admit(
         handle,
         mut session,
         session_present,
+        replay_from,
     } = Box::pin(broker.open_session(&n.client_id, clean_start, connection)).await;
     // From here until the session is parked again, this connection answers takeovers.
     let control = ControlGuard {
@@ -168,13 +169,40 @@ pub async fn admit(
                 n.username.clone(),
                 connect.will.clone().map(Box::new),
             );
+            // A session that came from another node (cluster mode): its subscriptions are
+            // new to this store.
+            if replay_from.is_some() {
+                for (filter, r) in session.subscriptions.iter() {
+                    broker.store.subscribed(
+                        n.client_id.clone(),
+                        filter.clone(),
+                        r.options,
+                        r.identifier,
+                    );
+                }
+            }
             // Only now: a queue entry logged before the session record would be ignored.
             handle.outbox().set_spill(true);
             handle.persistent.store(true, Ordering::Relaxed);
         }
     }
+    if let Some(link) = broker.router.cluster() {
+        // Cluster mode: the bucket `sluice_sessions` keeps what another node needs to resume a
+        // persistent session (cluster/sessions.rs); one that ends with its connection is
+        // forgotten there. An adopted session catches up from the cluster's stream.
+        if session_expiry > 0 {
+            let state = crate::broker::session_state(&session, n.username.clone(), true);
+            link.session_saved(&n.client_id, state);
+            if let Some(from) = replay_from {
+                link.replay(&n.client_id, from);
+            }
+        } else {
+            link.session_ended(&n.client_id);
+        }
+    }
     let Connect { will, .. } = *connect;
     let mut state = ClientState::new(n, handle, session, will);
+    state.set_cluster_acks(broker.router.cluster().is_some());
     state.set_store(broker.store.clone());
     state.set_recovered_horizon(horizon);
     state.set_auth_method(auth_method);

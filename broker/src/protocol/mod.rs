@@ -143,6 +143,9 @@ pub struct ClientState {
     pub held: BytesMut,
     /// Set by the connection while earlier held packets still wait: new packets queue behind.
     pub holding: bool,
+    /// Cluster mode: acks wait for JetStream too (the connection's tickets are the cluster's,
+    /// answered once the QoS 1/2 messages before them are in the stream `sluice_messages`).
+    cluster_acks: bool,
     /// What only some 5.0 connections use (enhanced authentication, topic aliases): boxed and
     /// allocated on first use, so other connections do not carry it.
     v5: Option<Box<V5State>>,
@@ -221,6 +224,7 @@ impl ClientState {
             store: Store::disabled(),
             held: BytesMut::new(),
             holding: false,
+            cluster_acks: false,
             v5: None,
             will: will.map(Box::new),
             // Allocated by the first packet and released by the connection once written:
@@ -353,7 +357,7 @@ impl ClientState {
     /// into the held buffer when it must wait for the store (`wait_for_store`) and the store
     /// holds acks; else the write buffer.
     fn out_buf(&mut self, wait_for_store: bool) -> &mut BytesMut {
-        if wait_for_store && self.store.holds_acks() {
+        if wait_for_store && (self.cluster_acks || self.store.holds_acks()) {
             return &mut self.held;
         }
         let buf = if self.holding || !self.held.is_empty() {
@@ -366,6 +370,20 @@ impl ClientState {
             buf.reserve(FIRST_WRITE_BUF);
         }
         buf
+    }
+
+    /// Cluster mode: held packets wait for the cluster's tickets (see `cluster_acks`).
+    pub fn set_cluster_acks(&mut self, on: bool) {
+        self.cluster_acks = on;
+    }
+
+    /// Cluster mode: a persistent session's subscriptions changed; the cluster's session
+    /// bucket learns them (another node resumes the session with them).
+    fn cluster_saved(&self, broker: &crate::broker::Broker) {
+        if let (Some(link), true) = (broker.router.cluster(), self.session.expiry_interval > 0) {
+            let state = crate::broker::session_state(&self.session, self.n.username.clone(), true);
+            link.session_saved(&self.n.client_id, state);
+        }
     }
 
     /// Encodes `packet` to go out only after the store has everything logged so far.

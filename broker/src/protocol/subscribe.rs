@@ -133,6 +133,7 @@ impl ClientState {
                 }
             }
         }
+        self.cluster_saved(broker);
         // SUBACK first, then the retained messages through the queue [MQTT-3.8.4-1].
         self.send_if_persistent_held(&Packet::SubAck(SubAck {
             pkid: s.pkid,
@@ -183,6 +184,7 @@ impl ClientState {
         for group in left_groups {
             broker.router.leave_group(&group, &self.n.client_id);
         }
+        self.cluster_saved(broker);
         self.send_if_persistent_held(&Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
             reasons,

@@ -35,7 +35,7 @@ use crate::stats::{Counter, Stats};
 use std::sync::{OnceLock, RwLock};
 
 /// Where a message being routed comes from, in cluster mode: what this node does with it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum Scope<'a> {
     /// Published on this node: to its subscribers, to the retained store, and (cluster mode) to
     /// the other nodes; shared groups then get it through NATS, like everyone else's.
@@ -45,6 +45,20 @@ pub enum Scope<'a> {
     /// From another node or this one, through NATS's queue group of this shared subscription
     /// group (`$share/{group}/{filter}`): for one of this node's members of that group.
     RemoteShared(&'a TopicFilter),
+    /// From the cluster's message stream, replayed for the plain subscriptions of the sessions
+    /// the function accepts (a session that moved here catching up): not sent anywhere else.
+    Replay(&'a dyn Fn(&ClientId) -> bool),
+}
+
+impl std::fmt::Debug for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Local => f.write_str("Local"),
+            Scope::Remote => f.write_str("Remote"),
+            Scope::RemoteShared(k) => write!(f, "RemoteShared({k})"),
+            Scope::Replay(_) => f.write_str("Replay"),
+        }
+    }
 }
 
 /// A subscription as stored in the tree: what matching needs without touching the session.
@@ -281,10 +295,16 @@ impl Router {
         // (one node's group per message, cluster-wide), everything else directly.
         let (plain, shared_key): (bool, Option<&TopicFilter>) = match scope {
             Scope::Local => (true, None),
-            Scope::Remote => (true, None),
+            Scope::Remote | Scope::Replay(_) => (true, None),
             Scope::RemoteShared(key) => (false, Some(key)),
         };
-        let shared_here = cluster.is_none() || shared_key.is_some();
+        let only: Option<&dyn Fn(&ClientId) -> bool> = match scope {
+            Scope::Replay(f) => Some(f),
+            _ => None,
+        };
+        // Shared groups get replayed messages through nobody: NATS's queue group picked a
+        // node for each when it was published.
+        let shared_here = only.is_none() && (cluster.is_none() || shared_key.is_some());
         let mut targets: Vec<Target> = Vec::new();
         // (shared subscription's group, members): rare, so a small Vec.
         let mut groups: Vec<(Arc<GroupQueue>, Vec<Target>)> = Vec::new();
@@ -306,7 +326,9 @@ impl Router {
                             None => groups.push((g.clone(), vec![target])),
                         }
                     }
-                    _ if plain => targets.push(Target::from_entry(entry, &msg)),
+                    _ if plain && only.is_none_or(|f| f(client)) => {
+                        targets.push(Target::from_entry(entry, &msg))
+                    }
                     _ => {}
                 }
             });
