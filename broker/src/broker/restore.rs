@@ -57,15 +57,15 @@ impl Broker {
             for q in &g.queue {
                 match image.messages.get(&q.id) {
                     Some(slot) => queue.push_cold(ColdDelivery {
-                        seq: q.seq,
+                        seq: q.seq(),
                         id: q.id,
                         cost: slot.len as usize,
-                        qos: q.qos,
-                        retain: q.retain,
+                        qos: q.qos(),
+                        retain: q.retain(),
                         subscription_ids: Vec::new(),
                         priority: image.priority(q.id),
                     }),
-                    None => self.store.group_taken(group.clone(), q.seq),
+                    None => self.store.group_taken(group.clone(), q.seq()),
                 }
             }
         }

@@ -112,16 +112,61 @@ impl SessionImage {
     }
 }
 
-/// A delivery waiting in a shared subscription's group queue, as stored: 24 bytes, half a
-/// [`QueuedImage`] (a group queue of a burst can be as long as the burst, and its entries
-/// never carry subscription identifiers or a group name of their own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A delivery waiting in a shared subscription's group queue, as stored: 16 bytes, a third of
+/// a [`QueuedImage`] (a group queue of a burst can be as long as the burst, and its entries
+/// never carry subscription identifiers or a group name of their own). QoS and RETAIN ride in
+/// the top bits of the delivery number (a group's numbers count from 1: they never get there).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct GroupQueuedImage {
-    /// The group's delivery number (see [`Record::GroupEnqueue`]).
-    pub seq: u64,
+    /// The group's delivery number (see [`Record::GroupEnqueue`]) below
+    /// [`GroupQueuedImage::FLAGS`]; QoS (bits 62-63) and RETAIN (bit 61) above.
+    seq_flags: u64,
     pub id: u64,
-    pub qos: QoS,
-    pub retain: bool,
+}
+
+impl GroupQueuedImage {
+    const FLAGS: u32 = 61;
+    const SEQ: u64 = (1 << Self::FLAGS) - 1;
+
+    /// The entry; None for a delivery number past 2^61 (no group gets there: 1 per message).
+    pub fn new(seq: u64, id: u64, qos: QoS, retain: bool) -> Option<GroupQueuedImage> {
+        if seq > Self::SEQ {
+            return None;
+        }
+        let qos = u64::from(qos as u8) << (Self::FLAGS + 1);
+        Some(GroupQueuedImage {
+            seq_flags: seq | qos | (u64::from(retain) << Self::FLAGS),
+            id,
+        })
+    }
+
+    /// The group's delivery number.
+    pub fn seq(&self) -> u64 {
+        self.seq_flags & Self::SEQ
+    }
+
+    pub fn qos(&self) -> QoS {
+        match self.seq_flags >> (Self::FLAGS + 1) {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        }
+    }
+
+    pub fn retain(&self) -> bool {
+        self.seq_flags >> Self::FLAGS & 1 == 1
+    }
+}
+
+impl std::fmt::Debug for GroupQueuedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupQueuedImage")
+            .field("seq", &self.seq())
+            .field("id", &self.id)
+            .field("qos", &self.qos())
+            .field("retain", &self.retain())
+            .finish()
+    }
 }
 
 /// A shared subscription's group queue as stored.
@@ -379,15 +424,13 @@ impl Image {
                 if !self.messages.contains_key(id) {
                     return;
                 }
+                let Some(entry) = GroupQueuedImage::new(*seq, *id, *qos, *retain) else {
+                    return;
+                };
                 let g = self.groups.entry(group.clone()).or_default();
                 g.next_seq = g.next_seq.max(seq + 1);
                 self.entries += 1;
-                g.queue.push_back(GroupQueuedImage {
-                    seq: *seq,
-                    id: *id,
-                    qos: *qos,
-                    retain: *retain,
-                });
+                g.queue.push_back(entry);
                 self.retain_msg(*id);
             }
             Record::SentHorizon { client, seq } => {
@@ -419,7 +462,7 @@ impl Image {
                 let removed = g
                     .queue
                     .iter()
-                    .position(|q| q.seq == *seq)
+                    .position(|q| q.seq() == *seq)
                     .and_then(|pos| take_entry(&mut g.queue, pos));
                 if g.queue.is_empty() {
                     self.groups.remove(group);
@@ -486,10 +529,10 @@ impl Image {
             for q in &g.queue {
                 out(Record::GroupEnqueue {
                     group: group.clone(),
-                    seq: q.seq,
+                    seq: q.seq(),
                     id: q.id,
-                    qos: q.qos,
-                    retain: q.retain,
+                    qos: q.qos(),
+                    retain: q.retain(),
                 });
             }
         }

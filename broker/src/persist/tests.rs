@@ -1454,9 +1454,24 @@ fn a_due_compaction_waits_while_a_drain_shrinks_the_live_data() {
 }
 
 /// A group queue as long as a burst (issue 13: 1,000,000 orders into two shaped groups) costs
-/// the image 24 bytes per waiting delivery, not a session entry's 48.
+/// the image 16 bytes per waiting delivery, not a session entry's 48.
 #[test]
-fn a_stored_group_queue_entry_is_24_bytes() {
-    assert_eq!(std::mem::size_of::<super::GroupQueuedImage>(), 24);
-    assert!(std::mem::size_of::<super::QueuedImage>() > 24);
+fn a_stored_group_queue_entry_is_16_bytes() {
+    assert_eq!(std::mem::size_of::<super::GroupQueuedImage>(), 16);
+    assert!(std::mem::size_of::<super::QueuedImage>() > 16);
+}
+
+/// QoS, RETAIN and the delivery number come back as they were packed.
+#[test]
+fn a_stored_group_queue_entry_keeps_its_fields() {
+    use super::GroupQueuedImage as G;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        for retain in [false, true] {
+            for seq in [1, 2, 1 << 40, (1 << 61) - 1] {
+                let g = G::new(seq, 77, qos, retain).unwrap();
+                assert_eq!((g.seq(), g.id, g.qos(), g.retain()), (seq, 77, qos, retain));
+            }
+        }
+    }
+    assert!(G::new(1 << 61, 1, QoS::AtLeastOnce, false).is_none());
 }

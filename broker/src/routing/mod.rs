@@ -94,7 +94,8 @@ struct Target {
 }
 
 impl Target {
-    fn from_entry(e: &SubEntry, msg: &Message) -> Target {
+    /// `shared`: fill in the group of a shared subscription's entry.
+    fn from_entry(e: &SubEntry, msg: &Message, shared: bool) -> Target {
         Target {
             handle: e.handle.clone(),
             qos: msg.qos.min(e.options.qos),
@@ -103,7 +104,11 @@ impl Target {
             retain: msg.retain && e.options.retain_as_published,
             subscription_ids: e.identifier.into_iter().collect(),
             username: e.username.clone(),
-            shared: e.shared.as_ref().map(|g| g.key.clone()),
+            shared: if shared {
+                e.shared.as_ref().map(|g| g.key.clone())
+            } else {
+                None
+            },
         }
     }
 }
@@ -320,14 +325,19 @@ impl Router {
                         if !shared_here || shared_key.is_some_and(|k| *k != g.key) {
                             return;
                         }
-                        let target = Target::from_entry(entry, &msg);
-                        match groups.iter_mut().find(|(q, _)| q.key == g.key) {
+                        // Its group is filled in only if it is picked (most messages of a
+                        // burst go to the group's queue: no copy of the key per member).
+                        let target = Target::from_entry(entry, &msg, false);
+                        match groups
+                            .iter_mut()
+                            .find(|(q, _)| Arc::ptr_eq(q, g) || q.key == g.key)
+                        {
                             Some((_, members)) => members.push(target),
                             None => groups.push((g.clone(), vec![target])),
                         }
                     }
                     _ if plain && only.is_none_or(|f| f(client)) => {
-                        targets.push(Target::from_entry(entry, &msg))
+                        targets.push(Target::from_entry(entry, &msg, true))
                     }
                     _ => {}
                 }
@@ -377,16 +387,13 @@ impl Router {
             );
             match pick {
                 Some(Pick::Member(i)) => {
-                    let t = members.swap_remove(i);
+                    let mut t = members.swap_remove(i);
                     if readable.allows(t.username.as_ref(), &t.handle.client_id) {
+                        t.shared = Some(key.clone());
                         targets.push(t);
                     }
                 }
-                Some(Pick::Group) => {
-                    let handles: Vec<Arc<SessionHandle>> =
-                        members.iter().map(|m| m.handle.clone()).collect();
-                    to_groups.push((queue, handles));
-                }
+                Some(Pick::Group) => to_groups.push((queue, members)),
                 None => {}
             }
         }
@@ -438,7 +445,7 @@ impl Router {
         let mut message_logged = false;
         let to_groups: Vec<_> = to_groups
             .into_iter()
-            .map(|(queue, handles)| {
+            .map(|(queue, members)| {
                 // Adapted to the member that pulls it (its QoS, identifier) on the way out.
                 let mut d = Delivery {
                     msg: msg.clone(),
@@ -449,7 +456,7 @@ impl Router {
                     seq: 0,
                 };
                 self.log_shared(&queue, &mut d, &mut message_logged);
-                (queue, d, handles)
+                (queue, d, members)
             })
             .collect();
         let mut to_sessions = Vec::new();
@@ -476,8 +483,12 @@ impl Router {
         }
         // Records batched by the caller (Store::batch) go to the writer now, before any push.
         self.store.flush_batch();
-        for (queue, d, handles) in to_groups {
-            self.push_shared(&queue, d, &handles);
+        for (queue, d, members) in to_groups {
+            if self.push_shared(&queue, d) {
+                for m in &members {
+                    m.handle.notify.notify_one();
+                }
+            }
         }
         for (handle, d) in to_sessions {
             queued += usize::from(self.deliver_to(&handle, d));

@@ -503,13 +503,9 @@ impl Router {
         }
     }
 
-    /// The second step (see [`Broker::log_shared`]): queues `d` and wakes the members.
-    pub(crate) fn push_shared(
-        &self,
-        queue: &GroupQueue,
-        d: Delivery,
-        members: &[Arc<SessionHandle>],
-    ) {
+    /// The second step (see [`Broker::log_shared`]): queues `d`; returns whether it was queued
+    /// (the caller then wakes the members).
+    pub(crate) fn push_shared(&self, queue: &GroupQueue, d: Delivery) -> bool {
         let seq = d.seq;
         let mut evicted = Evicted::default();
         let r = queue.push(d, &mut evicted);
@@ -533,11 +529,9 @@ impl Router {
             if n % 1000 == 0 {
                 tracing::warn!(group = %queue.key, reason = "queue_full_newest", "shared subscription queue full (mqtt.max_queued_messages / max_queued_bytes): message dropped");
             }
-            return;
+            return false;
         }
-        for h in members {
-            h.notify.notify_one();
-        }
+        true
     }
 
     /// Adds `handle`'s session to the group of shared subscription `key` (on SUBSCRIBE, and for
@@ -667,8 +661,9 @@ impl Router {
             if let Some(rec) = release {
                 self.store.log_pending(rec);
             }
-            self.push_shared(&queue, d, &[]);
-            queue.notify_members();
+            if self.push_shared(&queue, d) {
+                queue.notify_members();
+            }
         }
     }
 
@@ -780,7 +775,11 @@ impl Router {
                     if let Some(rec) = release {
                         self.store.log_pending(rec);
                     }
-                    self.push_shared(&queue, d, &handles);
+                    if self.push_shared(&queue, d) {
+                        for h in &handles {
+                            h.notify.notify_one();
+                        }
+                    }
                 }
                 None => {}
             }

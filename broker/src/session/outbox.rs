@@ -92,12 +92,57 @@ pub struct ColdDelivery {
 /// Memory charged to the broker-wide budget for a delivery kept on disk (its bookkeeping).
 pub const COLD_ENTRY_COST: usize = 64;
 
+/// A queued delivery whose message is only on disk, as the queue keeps it: a [`ColdDelivery`]
+/// in 32 bytes (a burst queued on disk is a million of these; issue 13). The cost is kept in
+/// 32 bits (a message's cost always fits: deliveries whose cost does not stay in memory) and
+/// the rarely present subscription identifiers behind a pointer.
+#[derive(Debug)]
+struct Cold {
+    seq: u64,
+    id: u64,
+    cost: u32,
+    qos: QoS,
+    retain: bool,
+    priority: u8,
+    /// Boxed (a thin pointer, 8 bytes; a `Vec` is 24, a boxed slice 16): most have none.
+    #[allow(clippy::box_collection)]
+    subscription_ids: Option<Box<Vec<u32>>>,
+}
+
+impl Cold {
+    /// `c` as queued; None when its cost does not fit 32 bits (it then stays in memory).
+    fn pack(c: ColdDelivery) -> Option<Cold> {
+        Some(Cold {
+            seq: c.seq,
+            id: c.id,
+            cost: u32::try_from(c.cost).ok()?,
+            qos: c.qos,
+            retain: c.retain,
+            priority: c.priority,
+            subscription_ids: (!c.subscription_ids.is_empty())
+                .then(|| Box::new(c.subscription_ids)),
+        })
+    }
+
+    fn cost(&self) -> usize {
+        self.cost as usize
+    }
+
+    fn take_subscription_ids(&mut self) -> Vec<u32> {
+        self.subscription_ids
+            .take()
+            .map_or_else(Vec::new, |ids| *ids)
+    }
+}
+
+/// A queued delivery: 32 bytes (in memory ones are boxed: only a window's worth of them is
+/// kept when the store is on, while the cold ones of a long queue are many).
 #[derive(Debug)]
 enum Entry {
     /// In memory, ready to send.
-    Hot(Delivery),
+    Hot(Box<Delivery>),
     /// On disk only; read back (see [`Outbox::cold_ids`], [`Outbox::warm`]) before sending.
-    Cold(ColdDelivery),
+    Cold(Cold),
 }
 
 /// The per-session queue of deliveries not yet handed to the connection: messages for an
@@ -375,7 +420,7 @@ impl Outbox {
                 }
             }
             Entry::Cold(c) => {
-                q.bytes -= c.cost;
+                q.bytes -= c.cost();
                 q.cold -= 1;
                 self.release(COLD_ENTRY_COST);
                 evicted.seqs.push(c.seq);
@@ -397,7 +442,7 @@ impl Outbox {
             self.dropped += 1;
             return Err(Dropped::QueueFull);
         }
-        let spillable = self.may_spill(&d);
+        let spillable = self.may_spill(&d) && u32::try_from(cost).is_ok();
         // An offline session needs nothing in memory until its client is back.
         let window = if self.online { self.window } else { 0 };
         let cold = spillable && (q.cold > 0 || q.hot_bytes + cost > window);
@@ -406,7 +451,7 @@ impl Outbox {
             let q = self.q_mut();
             q.bytes += cost;
             q.hot_bytes += cost;
-            q.queue.push_back(priority, Entry::Hot(d));
+            q.queue.push_back(priority, Entry::Hot(Box::new(d)));
             return Ok(());
         }
         // On disk only: past the window, or memory (this queue's or the broker's) is short
@@ -420,14 +465,15 @@ impl Outbox {
         q.cold += 1;
         q.queue.push_back(
             priority,
-            Entry::Cold(ColdDelivery {
+            Entry::Cold(Cold {
                 seq: d.seq,
                 id: d.msg.id,
-                cost,
+                cost: cost as u32,
                 qos: d.qos,
                 retain: d.retain,
-                subscription_ids: d.subscription_ids,
                 priority,
+                subscription_ids: (!d.subscription_ids.is_empty())
+                    .then(|| Box::new(d.subscription_ids)),
             }),
         );
         Ok(())
@@ -441,11 +487,21 @@ impl Outbox {
 
     /// Queues a delivery the store recovered at start-up, on disk only.
     pub fn push_cold(&mut self, c: ColdDelivery) {
+        let (seq, id) = (c.seq, c.id);
+        // A cost past 32 bits cannot be a stored message's (`MAX_PACKET_SIZE`).
+        let Some(c) = Cold::pack(c) else {
+            tracing::error!(
+                seq,
+                id,
+                "recovered queue entry with an impossible cost: skipped"
+            );
+            return;
+        };
         if let Some(b) = &self.budget {
             b.charge(COLD_ENTRY_COST);
         }
         let q = self.q_mut();
-        q.bytes += c.cost;
+        q.bytes += c.cost();
         q.cold += 1;
         q.queue.push_back(c.priority, Entry::Cold(c));
     }
@@ -459,7 +515,7 @@ impl Outbox {
         let q = self.q_mut();
         q.bytes += cost;
         q.hot_bytes += cost;
-        q.queue.push_back(d.msg.priority, Entry::Hot(d));
+        q.queue.push_back(d.msg.priority, Entry::Hot(Box::new(d)));
     }
 
     /// Puts `d` back at the front (of its priority's lane: a delivery taken but not sent, e.g.
@@ -473,7 +529,7 @@ impl Outbox {
         let q = self.q_mut();
         q.bytes += cost;
         q.hot_bytes += cost;
-        q.queue.push_front(d.msg.priority, Entry::Hot(d));
+        q.queue.push_front(d.msg.priority, Entry::Hot(Box::new(d)));
     }
 
     /// Whether a message of `cost` bytes fits the queue's count and byte bounds now.
@@ -495,7 +551,7 @@ impl Outbox {
         q.bytes -= cost;
         q.hot_bytes -= cost;
         self.release(cost);
-        Some(d)
+        Some(*d)
     }
 
     /// The oldest delivery if it is in memory, without taking it.
@@ -524,10 +580,10 @@ impl Outbox {
             .skip_while(|e| matches!(e, Entry::Hot(_)))
         {
             let Entry::Cold(c) = e else { break };
-            if !ids.is_empty() && bytes + c.cost > room {
+            if !ids.is_empty() && bytes + c.cost() > room {
                 break;
             }
-            bytes += c.cost;
+            bytes += c.cost();
             ids.push(c.id);
         }
         ids
@@ -613,10 +669,10 @@ impl Outbox {
                 Entry::Cold(c) => match find(c.id) {
                     Some(found) => (
                         c.seq,
-                        c.cost,
+                        c.cost(),
                         c.qos,
                         c.retain,
-                        std::mem::take(&mut c.subscription_ids),
+                        c.take_subscription_ids(),
                         found,
                     ),
                     None if all => {
@@ -641,14 +697,14 @@ impl Outbox {
                     q.bytes = q.bytes - old_cost + cost;
                     q.hot_bytes += cost;
                     charged += cost;
-                    let hot = Entry::Hot(Delivery {
+                    let hot = Entry::Hot(Box::new(Delivery {
                         msg,
                         qos,
                         retain,
                         subscription_ids,
                         shared: group.cloned(),
                         seq,
-                    });
+                    }));
                     if let Some(e) = q.queue.get_mut(i) {
                         *e = hot;
                     }
@@ -723,14 +779,18 @@ impl Outbox {
                 continue;
             }
             let cost = d.msg.cost();
-            let cold = ColdDelivery {
+            let Ok(packed) = u32::try_from(cost) else {
+                continue;
+            };
+            let ids = std::mem::take(&mut d.subscription_ids);
+            let cold = Cold {
                 seq: d.seq,
                 id: d.msg.id,
-                cost,
+                cost: packed,
                 qos: d.qos,
                 retain: d.retain,
-                subscription_ids: std::mem::take(&mut d.subscription_ids),
                 priority: d.msg.priority,
+                subscription_ids: (!ids.is_empty()).then(|| Box::new(ids)),
             };
             *e = Entry::Cold(cold);
             freed += cost;
@@ -755,7 +815,7 @@ impl Outbox {
             .take_where(|e| matches!(e, Entry::Hot(d) if pred(d)))
             .into_iter()
             .filter_map(|e| match e {
-                Entry::Hot(d) => Some(d),
+                Entry::Hot(d) => Some(*d),
                 Entry::Cold(_) => None,
             })
             .collect();
@@ -802,5 +862,73 @@ impl Outbox {
             q.cold = 0;
         }
         self.release_if_drained();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst waiting on disk in a group queue is a million entries: each costs 32 bytes,
+    /// not a whole `Delivery`'s 80 (issue 13).
+    #[test]
+    fn a_queue_entry_is_32_bytes() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 32,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
+    #[test]
+    fn cold_entries_keep_their_subscription_identifiers() {
+        let mut o = Outbox::new(10, 1 << 20);
+        o.push_cold(ColdDelivery {
+            seq: 7,
+            id: 42,
+            cost: 300,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            subscription_ids: vec![3, 9],
+            priority: 0,
+        });
+        o.push_cold(ColdDelivery {
+            seq: 8,
+            id: 43,
+            cost: 200,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            priority: 0,
+        });
+        assert_eq!((o.len(), o.cold_len(), o.bytes()), (2, 2, 500));
+        assert_eq!(o.cold_ids(), vec![42, 43]);
+        let msg = |id| {
+            let mut m = Message::new(
+                sluice_codec::TopicName::try_from("a/b").unwrap(),
+                bytes::Bytes::from_static(b"x"),
+                QoS::ExactlyOnce,
+                false,
+                Default::default(),
+                "p".into(),
+                std::time::Instant::now(),
+            );
+            m.id = id;
+            Some(Arc::new(m))
+        };
+        assert!(o
+            .warm_in_order(&[42, 43], vec![msg(42), msg(43)])
+            .is_empty());
+        let a = o.pop().unwrap();
+        assert_eq!(
+            (a.seq, a.msg.id, a.qos, a.retain, a.subscription_ids),
+            (7, 42, QoS::AtLeastOnce, true, vec![3, 9])
+        );
+        let b = o.pop().unwrap();
+        assert_eq!(
+            (b.seq, b.msg.id, b.qos, b.retain, b.subscription_ids),
+            (8, 43, QoS::ExactlyOnce, false, vec![])
+        );
+        assert!(o.is_empty() && o.bytes() == 0);
     }
 }
