@@ -58,7 +58,8 @@ start_nats() {
 # start_sluice NAME [NATS_URL] [BINARY] -> ADDR, PID
 start_sluice() {
     local name=$1 url=${2:-} bin=${3:-$SLUICE} port; port=$(free_port)
-    local env=(SLUICE__PERSISTENCE__MODE=memory SLUICE__MQTT__MAX_QUEUED_MESSAGES=1000 SLUICE__MQTT__MAX_QUEUED_BYTES=16777216)
+    # Admin off: every node would bind the default 127.0.0.1:18083 and all but the first fail.
+    local env=(SLUICE__ADMIN__BIND= SLUICE__PERSISTENCE__MODE=memory SLUICE__MQTT__MAX_QUEUED_MESSAGES=1000 SLUICE__MQTT__MAX_QUEUED_BYTES=16777216)
     if [ -n "$url" ]; then env+=(SLUICE__CLUSTER__NATS="$url" SLUICE__CLUSTER__NODE="$name"); fi
     env "${env[@]}" "$bin" --bind "127.0.0.1:$port" --log warn 2>"$WORK/$name.log" &
     PID=$!; PIDS+=("$PID"); ADDR="127.0.0.1:$port"
