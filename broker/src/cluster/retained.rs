@@ -57,22 +57,11 @@ pub async fn open(
     for replicas in [3, 1] {
         // The stream a key-value bucket is, made directly: async-nats's `create_key_value`
         // first reads the account's limits in a shape NATS 2.9 (Debian's) does not send.
-        let config = StreamConfig {
-            name: format!("KV_{BUCKET}"),
-            description: Some("Sluice: the retained message of each MQTT topic".into()),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_bytes: -1,
-            max_message_size: -1,
-            storage: StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            deny_purge: false,
-            allow_direct: true,
-            num_replicas: replicas,
-            discard: DiscardPolicy::New,
-            ..Default::default()
-        };
+        let config = kv_stream_config(
+            BUCKET,
+            "Sluice: the retained message of each MQTT topic",
+            replicas,
+        );
         let since = Instant::now();
         let mut first_ask = true;
         loop {
@@ -404,6 +393,28 @@ fn age(created_nanos: i128) -> Duration {
         .map_or(0, |d| d.as_nanos() as i128);
     let nanos = (now - created_nanos).max(0);
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// The stream a JetStream key-value bucket `bucket` is (one value per key, file storage,
+/// direct reads), made directly: async-nats's `create_key_value` first reads the account's
+/// limits in a shape NATS 2.9 (Debian's) does not send.
+pub(super) fn kv_stream_config(bucket: &str, description: &str, replicas: usize) -> StreamConfig {
+    StreamConfig {
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_bytes: -1,
+        max_message_size: -1,
+        storage: StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

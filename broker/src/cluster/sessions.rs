@@ -229,25 +229,11 @@ pub async fn open(
     })
     .await?;
     let kv_replicas = create(js, &format!("KV_{BUCKET}"), clustered, |replicas| {
-        StreamConfig {
-            name: format!("KV_{BUCKET}"),
-            description: Some(
-                "Sluice: persistent sessions (subscriptions, expiry, owner node, checkpoint)"
-                    .into(),
-            ),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_bytes: -1,
-            max_message_size: -1,
-            storage: StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            deny_purge: false,
-            allow_direct: true,
-            num_replicas: replicas,
-            discard: DiscardPolicy::New,
-            ..Default::default()
-        }
+        super::retained::kv_stream_config(
+            BUCKET,
+            "Sluice: persistent sessions (subscriptions, expiry, owner node, checkpoint)",
+            replicas,
+        )
     })
     .await?;
     let kv = js

@@ -769,7 +769,7 @@ mod tests {
         assert!(!handle.control_waiting());
     }
 
-    fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
+    pub(super) fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
         let msg = Message::new(
             TopicName::try_from("t").unwrap(),
             Bytes::from_static(payload),
@@ -1326,23 +1326,8 @@ mod size_tests {
 mod tests_support {
     use super::*;
 
+    /// A QoS 1 delivery of `x` on topic `t`.
     pub fn delivery() -> Delivery {
-        let msg = Message::new(
-            sluice_codec::TopicName::try_from("t").unwrap(),
-            bytes::Bytes::from_static(b"x"),
-            QoS::AtLeastOnce,
-            false,
-            Default::default(),
-            "p".into(),
-            Instant::now(),
-        );
-        Delivery {
-            msg: Arc::new(msg),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: vec![],
-            shared: None,
-            seq: 0,
-        }
+        super::tests::delivery(QoS::AtLeastOnce, b"x")
     }
 }
