@@ -53,25 +53,45 @@ pub async fn open(
         };
         return Ok((kv, replicas));
     }
-    let mut last = String::new();
-    for replicas in [3, 1] {
-        // The stream a key-value bucket is, made directly: async-nats's `create_key_value`
-        // first reads the account's limits in a shape NATS 2.9 (Debian's) does not send.
-        let config = kv_stream_config(
+    let replicas = create_replicated(js, &format!("KV_{BUCKET}"), clustered, |replicas| {
+        kv_stream_config(
             BUCKET,
             "Sluice: the retained message of each MQTT topic",
             replicas,
-        );
+        )
+    })
+    .await?;
+    let kv = js
+        .get_key_value(BUCKET)
+        .await
+        .map_err(|e| format!("cannot open the JetStream bucket {BUCKET}: {e}"))?;
+    Ok((kv, replicas))
+}
+
+/// Creates stream `name` with 3 replicas if JetStream accepts that, else 1 (asked again for
+/// [`R3_PATIENCE`] while a clustered JetStream has too few peers); an existing one is kept as
+/// it is. Returns its replica count. Used for the retained and sessions buckets and the
+/// messages stream.
+pub(super) async fn create_replicated(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    clustered: bool,
+    config: impl Fn(usize) -> StreamConfig,
+) -> Result<usize, String> {
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    let existing = |mut s: async_nats::jetstream::stream::Stream| async move {
+        s.info().await.map_or(1, |i| i.config.num_replicas)
+    };
+    if let Ok(s) = js.get_stream(name).await {
+        return Ok(existing(s).await);
+    }
+    let mut last = String::new();
+    for replicas in [3, 1] {
         let since = Instant::now();
-        let mut first_ask = true;
         loop {
-            use async_nats::jetstream::context::CreateStreamErrorKind;
-            let mut no_peers = false;
-            match js.create_stream(config.clone()).await {
-                Ok(_) => match js.get_key_value(BUCKET).await {
-                    Ok(kv) => return Ok((kv, replicas)),
-                    Err(e) => last = e.to_string(),
-                },
+            let no_peers;
+            match js.create_stream(config(replicas)).await {
+                Ok(_) => return Ok(replicas),
                 Err(e) => {
                     no_peers = matches!(e.kind(), CreateStreamErrorKind::JetStream(api)
                         if api.error_code() == async_nats::jetstream::ErrorCode::CLUSTER_NO_PEERS);
@@ -81,23 +101,16 @@ pub async fn open(
             if !(no_peers && replicas > 1 && clustered) || since.elapsed() >= R3_PATIENCE {
                 break;
             }
-            if std::mem::replace(&mut first_ask, false) {
-                tracing::info!(error = last, "cluster: JetStream has too few peers for a bucket with 3 replicas yet; asking again for up to {R3_PATIENCE:?}");
+            if since.elapsed() < Duration::from_millis(500) {
+                tracing::info!(stream = name, error = last, "cluster: JetStream has too few peers for 3 replicas yet; asking again for up to {R3_PATIENCE:?}");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        // Another node may have created it meanwhile (with how many replicas it could).
-        if let Ok(kv) = js.get_key_value(BUCKET).await {
-            let replicas = match kv.status().await {
-                Ok(s) => s.info.config.num_replicas,
-                Err(_) => replicas,
-            };
-            return Ok((kv, replicas));
+        if let Ok(s) = js.get_stream(name).await {
+            return Ok(existing(s).await);
         }
     }
-    Err(format!(
-        "cannot create the JetStream bucket {BUCKET}: {last}"
-    ))
+    Err(format!("cannot create the JetStream stream {name}: {last}"))
 }
 
 /// The queue of bucket writes, bounded in bytes; drained by [`write_loop`].

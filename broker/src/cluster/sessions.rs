@@ -69,9 +69,6 @@ const FIRST_READ_TIMEOUT: Duration = Duration::from_millis(1500);
 const CHECKPOINT_PERIOD: Duration = Duration::from_secs(1);
 /// The least time between two checkpoint writes of one session.
 const CHECKPOINT_WRITE_EVERY: Duration = Duration::from_secs(5);
-/// How long a stream or bucket created through a server in a NATS cluster is asked for 3
-/// replicas while JetStream has too few peers yet (as the retained bucket).
-const R3_PATIENCE: Duration = Duration::from_secs(10);
 
 /// One subscription in a record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -212,75 +209,37 @@ pub async fn open(
 ) -> Result<(KvStore, usize, usize), String> {
     let max_age = Duration::from_secs(config.messages_max_age_seconds);
     let max_bytes = i64::try_from(config.messages_max_bytes).unwrap_or(i64::MAX);
-    let stream_replicas = create(js, STREAM, clustered, |replicas| StreamConfig {
-        name: STREAM.into(),
-        description: Some(
-            "Sluice: the QoS 1/2 messages of the cluster, for sessions that move between nodes"
-                .into(),
-        ),
-        subjects: vec![format!("{}.>", subject::MSG_PREFIX)],
-        max_age,
-        max_bytes,
-        storage: StorageType::File,
-        discard: DiscardPolicy::Old,
-        duplicate_window: Duration::from_secs(120),
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await?;
-    let kv_replicas = create(js, &format!("KV_{BUCKET}"), clustered, |replicas| {
-        super::retained::kv_stream_config(
-            BUCKET,
-            "Sluice: persistent sessions (subscriptions, expiry, owner node, checkpoint)",
-            replicas,
-        )
-    })
-    .await?;
+    let stream_replicas =
+        super::retained::create_replicated(js, STREAM, clustered, |replicas| StreamConfig {
+            name: STREAM.into(),
+            description: Some(
+                "Sluice: the QoS 1/2 messages of the cluster, for sessions that move between nodes"
+                    .into(),
+            ),
+            subjects: vec![format!("{}.>", subject::MSG_PREFIX)],
+            max_age,
+            max_bytes,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await?;
+    let kv_replicas =
+        super::retained::create_replicated(js, &format!("KV_{BUCKET}"), clustered, |replicas| {
+            super::retained::kv_stream_config(
+                BUCKET,
+                "Sluice: persistent sessions (subscriptions, expiry, owner node, checkpoint)",
+                replicas,
+            )
+        })
+        .await?;
     let kv = js
         .get_key_value(BUCKET)
         .await
         .map_err(|e| format!("cannot open the JetStream bucket {BUCKET}: {e}"))?;
     Ok((kv, stream_replicas, kv_replicas))
-}
-
-/// Creates stream `name` with 3 replicas if JetStream accepts that, else 1 (see the retained
-/// bucket); an existing one is kept as it is. Returns its replica count.
-async fn create(
-    js: &Context,
-    name: &str,
-    clustered: bool,
-    config: impl Fn(usize) -> StreamConfig,
-) -> Result<usize, String> {
-    use async_nats::jetstream::context::CreateStreamErrorKind;
-    let existing = |mut s: async_nats::jetstream::stream::Stream| async move {
-        s.info().await.map_or(1, |i| i.config.num_replicas)
-    };
-    if let Ok(s) = js.get_stream(name).await {
-        return Ok(existing(s).await);
-    }
-    let mut last = String::new();
-    for replicas in [3, 1] {
-        let since = Instant::now();
-        loop {
-            let no_peers;
-            match js.create_stream(config(replicas)).await {
-                Ok(_) => return Ok(replicas),
-                Err(e) => {
-                    no_peers = matches!(e.kind(), CreateStreamErrorKind::JetStream(api)
-                        if api.error_code() == async_nats::jetstream::ErrorCode::CLUSTER_NO_PEERS);
-                    last = e.to_string();
-                }
-            }
-            if !(no_peers && replicas > 1 && clustered) || since.elapsed() >= R3_PATIENCE {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        if let Ok(s) = js.get_stream(name).await {
-            return Ok(existing(s).await);
-        }
-    }
-    Err(format!("cannot create the JetStream stream {name}: {last}"))
 }
 
 /// Starts the sessions task and the hand-over responder; returns what the cluster task keeps.
