@@ -53,18 +53,31 @@ pub async fn open(
         };
         return Ok((kv, replicas));
     }
-    let replicas = create_replicated(js, &format!("KV_{BUCKET}"), clustered, |replicas| {
-        kv_stream_config(
-            BUCKET,
-            "Sluice: the retained message of each MQTT topic",
-            replicas,
-        )
+    open_kv(
+        js,
+        BUCKET,
+        "Sluice: the retained message of each MQTT topic",
+        clustered,
+    )
+    .await
+}
+
+/// Creates (see [`create_replicated`]) and opens the key-value bucket `bucket`; returns it
+/// and its replica count.
+pub(super) async fn open_kv(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    description: &str,
+    clustered: bool,
+) -> Result<(KvStore, usize), String> {
+    let replicas = create_replicated(js, &format!("KV_{bucket}"), clustered, |replicas| {
+        kv_stream_config(bucket, description, replicas)
     })
     .await?;
     let kv = js
-        .get_key_value(BUCKET)
+        .get_key_value(bucket)
         .await
-        .map_err(|e| format!("cannot open the JetStream bucket {BUCKET}: {e}"))?;
+        .map_err(|e| format!("cannot open the JetStream bucket {bucket}: {e}"))?;
     Ok((kv, replicas))
 }
 

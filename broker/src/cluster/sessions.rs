@@ -226,19 +226,13 @@ pub async fn open(
             ..Default::default()
         })
         .await?;
-    let kv_replicas =
-        super::retained::create_replicated(js, &format!("KV_{BUCKET}"), clustered, |replicas| {
-            super::retained::kv_stream_config(
-                BUCKET,
-                "Sluice: persistent sessions (subscriptions, expiry, owner node, checkpoint)",
-                replicas,
-            )
-        })
-        .await?;
-    let kv = js
-        .get_key_value(BUCKET)
-        .await
-        .map_err(|e| format!("cannot open the JetStream bucket {BUCKET}: {e}"))?;
+    let (kv, kv_replicas) = super::retained::open_kv(
+        js,
+        BUCKET,
+        "Sluice: persistent sessions (subscriptions, expiry, owner node, checkpoint)",
+        clustered,
+    )
+    .await?;
     Ok((kv, stream_replicas, kv_replicas))
 }
 
