@@ -581,64 +581,58 @@ impl Store {
     /// a batch it joins the batch's last record when that is a run of `client`'s, as
     /// [`Store::append_run`] would for each; the run's vector is moved, not copied.
     pub(super) fn append_sent_many(&self, client: &ClientId, sent: Vec<(u64, u16)>) {
-        let Some(s) = &self.shared else { return };
-        let cost = RUN_ITEM_COST * sent.len();
-        let rest = BATCH.with(|g| {
-            let mut g = g.borrow_mut();
-            let Some(b) = g.as_mut() else {
-                return Some(sent);
-            };
-            b.cost += cost;
-            match b.recs.last_mut() {
-                Some(Record::SentMany {
-                    client: c,
-                    sent: run,
-                }) if same_client(c, client) => {
-                    run.extend_from_slice(&sent);
-                }
-                _ => b.recs.push(Record::SentMany {
-                    client: client.clone(),
-                    sent,
-                }),
-            }
-            None
-        });
-        if let Some(sent) = rest {
-            s.backlog.fetch_add(cost, Ordering::Relaxed);
-            let client = client.clone();
-            let _ = s.tx.send(Cmd::Rec(Record::SentMany { client, sent }));
-        }
+        self.append_many(
+            client,
+            sent,
+            |r, client| match r {
+                Record::SentMany { client: c, sent } if same_client(c, client) => Some(sent),
+                _ => None,
+            },
+            |client, sent| Record::SentMany { client, sent },
+        );
     }
 
     /// Appends acknowledgements read at once as one `AckedMany` (see
     /// [`Store::deliveries_acked`]), as [`Store::append_sent_many`] does for deliveries.
     pub(super) fn append_acked_many(&self, client: &ClientId, pkids: Vec<u16>) {
+        self.append_many(
+            client,
+            pkids,
+            |r, client| match r {
+                Record::AckedMany { client: c, pkids } if same_client(c, client) => Some(pkids),
+                _ => None,
+            },
+            |client, pkids| Record::AckedMany { client, pkids },
+        );
+    }
+
+    /// One run record of `client`'s `items`: joined to the open batch's last record when
+    /// `run_of` finds it is `client`'s run of the same kind, else pushed (`make`) to the batch,
+    /// or sent to the writer when this thread has no batch open.
+    fn append_many<T: Copy>(
+        &self,
+        client: &ClientId,
+        items: Vec<T>,
+        run_of: impl for<'r> Fn(&'r mut Record, &ClientId) -> Option<&'r mut Vec<T>>,
+        make: impl Fn(ClientId, Vec<T>) -> Record,
+    ) {
         let Some(s) = &self.shared else { return };
-        let cost = RUN_ITEM_COST * pkids.len();
+        let cost = RUN_ITEM_COST * items.len();
         let rest = BATCH.with(|g| {
             let mut g = g.borrow_mut();
             let Some(b) = g.as_mut() else {
-                return Some(pkids);
+                return Some(items);
             };
             b.cost += cost;
-            match b.recs.last_mut() {
-                Some(Record::AckedMany {
-                    client: c,
-                    pkids: run,
-                }) if same_client(c, client) => {
-                    run.extend_from_slice(&pkids);
-                }
-                _ => b.recs.push(Record::AckedMany {
-                    client: client.clone(),
-                    pkids,
-                }),
+            match b.recs.last_mut().and_then(|r| run_of(r, client)) {
+                Some(run) => run.extend_from_slice(&items),
+                None => b.recs.push(make(client.clone(), items)),
             }
             None
         });
-        if let Some(pkids) = rest {
+        if let Some(items) = rest {
             s.backlog.fetch_add(cost, Ordering::Relaxed);
-            let client = client.clone();
-            let _ = s.tx.send(Cmd::Rec(Record::AckedMany { client, pkids }));
+            let _ = s.tx.send(Cmd::Rec(make(client.clone(), items)));
         }
     }
 
